@@ -1,0 +1,47 @@
+# Two commands matter: `make demo` and `make test`. Each sets up .venv on a fresh machine.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-dev
+BSTAMP  := $(VENV)/.installed-bench
+
+.PHONY: demo test check lint types pytest bench redis-server clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+$(BSTAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	touch $@
+
+# redis-server is a Debian package: installed when missing and we may (root), for the benchmarks.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q redis-server; \
+	  else echo "redis-server missing: run 'sudo apt-get install redis-server'"; exit 1; fi; }
+
+demo: $(STAMP)
+	$(BIN)/python examples/demo.py
+
+lint: $(STAMP)
+	$(BIN)/python -m ruff check asyncipc tests examples benchmarks
+	$(BIN)/python -m ruff format --check asyncipc tests examples benchmarks
+
+types: $(STAMP)
+	$(BIN)/python -m mypy --strict asyncipc
+
+check: lint types
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest
+
+test: check pytest
+
+bench: $(BSTAMP) redis-server
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
