@@ -1,0 +1,79 @@
+"""asyncipc: one async API to publish, subscribe and request over every IPC channel.
+
+::
+
+    import asyncipc
+
+    async with asyncipc.connect() as bus:               # embedded broker, no process needed
+        async with bus.subscribe("orders.*") as sub:
+            await bus.publish("orders.created", b'{"id": 7}')
+            msg = await sub.next_msg(timeout=1)
+
+Change the URL (``unix:///tmp/asyncipc.sock``, ``tcp://host:4222``, ``tls://...``) to
+reach a broker in another process; nothing else changes. See ``docs/`` for the guide.
+"""
+
+from ._connect import Connector, connect, default_socket_url
+from .broker import Broker, BrokerStats
+from .client import Bus
+from .errors import (
+    AsyncIPCError,
+    AuthenticationError,
+    BrokenLinkError,
+    BrokerError,
+    ClosedError,
+    ConfigurationError,
+    ConnectError,
+    ConnectionClosed,
+    FrameTooLarge,
+    HandshakeError,
+    InvalidSubject,
+    LocalProtocolError,
+    NoResponders,
+    ProtocolError,
+    RemoteProtocolError,
+    RequestTimeout,
+    ServiceError,
+    SlowConsumer,
+)
+from .link import Link, Listener, PeerInfo
+from .message import Message
+from .options import BrokerOptions, ConnectOptions
+from .subscription import Subscription
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncIPCError",
+    "AuthenticationError",
+    "BrokenLinkError",
+    "Broker",
+    "BrokerError",
+    "BrokerOptions",
+    "BrokerStats",
+    "Bus",
+    "ClosedError",
+    "ConfigurationError",
+    "ConnectError",
+    "ConnectOptions",
+    "ConnectionClosed",
+    "Connector",
+    "FrameTooLarge",
+    "HandshakeError",
+    "InvalidSubject",
+    "Link",
+    "Listener",
+    "LocalProtocolError",
+    "Message",
+    "NoResponders",
+    "PeerInfo",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "RequestTimeout",
+    "ServiceError",
+    "SlowConsumer",
+    "Subscription",
+    "__version__",
+    "connect",
+    "default_socket_url",
+]

@@ -1,0 +1,142 @@
+"""``asyncipc.connect``: URL in, handshaken :class:`~asyncipc.Bus` out.
+
+With no URL (or ``memory://``) the bus talks to an *embedded* broker in the running event
+loop, created on first use and closed when its last bus closes, so an application needs
+no separate process to start and moves to a broker process by changing only the URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl as _ssl
+import weakref
+from collections.abc import Generator
+from dataclasses import replace
+from typing import Any
+
+from .broker import Broker
+from .client import Bus
+from .errors import ConfigurationError
+from .options import ConnectOptions
+from .transports import TransportOptions, lookup, parse_url
+from .transports.memory import has_listener
+
+__all__ = ["DEFAULT_URL_ENV", "Connector", "connect", "default_socket_url"]
+
+DEFAULT_URL_ENV = "ASYNCIPC_URL"
+
+# Per loop: memory name -> [broker, number of buses using it]
+_embedded: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, list[Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def default_socket_url() -> str:
+    """Where the CLI looks for a broker when neither ``--url`` nor ``$ASYNCIPC_URL`` says:
+    ``$XDG_RUNTIME_DIR/asyncipc.sock`` (private to the user) or ``/tmp/asyncipc-$UID.sock``."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        return f"unix://{runtime}/asyncipc.sock"
+    return f"unix:///tmp/asyncipc-{os.getuid()}.sock"
+
+
+async def _acquire_embedded(name: str) -> Any:
+    loop = asyncio.get_running_loop()
+    brokers = _embedded.setdefault(loop, {})
+    entry = brokers.get(name)
+    if entry is None:
+        broker = Broker()
+        await broker.listen(f"memory://{name}")
+        entry = brokers[name] = [broker, 0]
+    entry[1] += 1
+
+    async def release() -> None:
+        entry[1] -= 1
+        if entry[1] == 0 and brokers.get(name) is entry:
+            del brokers[name]
+            await entry[0].close()
+
+    return release
+
+
+async def _connect(url: str | None, options: ConnectOptions) -> Bus:
+    url = url or "memory://"
+    parsed = parse_url(url)
+    if "token" in parsed.query and options.token is None:
+        options = replace(options, token=parsed.query["token"])
+    transport = lookup(parsed.scheme)
+    release = None
+    if parsed.scheme == "memory" and not has_listener(parsed.name):
+        release = await _acquire_embedded(parsed.name)
+    topts = TransportOptions(
+        ssl=options.ssl,
+        high_water=options.high_water,
+        max_frame=options.max_frame,
+        connect_timeout=options.connect_timeout,
+    )
+    try:
+        link = await transport.connect(parsed, topts)
+        bus = Bus(link, options, url)
+        try:
+            await bus._handshake()
+        except BaseException:
+            link.abort()
+            raise
+    except BaseException:
+        if release is not None:
+            await release()
+        raise
+    if release is not None:
+        bus._on_close.append(release)
+    return bus
+
+
+class Connector:
+    """What :func:`connect` returns: ``await`` it for a Bus, or ``async with`` it to have
+    the Bus closed (drained) on exit."""
+
+    def __init__(self, url: str | None, options: ConnectOptions) -> None:
+        self._url = url
+        self._options = options
+        self._bus: Bus | None = None
+
+    def __await__(self) -> Generator[Any, None, Bus]:
+        return _connect(self._url, self._options).__await__()
+
+    async def __aenter__(self) -> Bus:
+        self._bus = await _connect(self._url, self._options)
+        return self._bus
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._bus is not None:
+            await self._bus.close()
+
+
+def connect(
+    url: str | None = None,
+    *,
+    token: str | None = None,
+    name: str | None = None,
+    ssl: _ssl.SSLContext | None = None,
+    options: ConnectOptions | None = None,
+) -> Connector:
+    """Connect to a broker at ``url``; see :class:`~asyncipc.ConnectOptions` for the rest.
+
+    ``url`` defaults to ``memory://`` (the embedded broker of this event loop). Schemes:
+    ``memory://[name]``, ``unix:///path.sock``, ``tcp://host:port``, ``tls://host:port``,
+    and any a transport module registered. ``?token=`` in the URL sets the token.
+    """
+    if url is not None and not isinstance(url, str):
+        raise ConfigurationError(f"url must be a str, not {type(url).__name__}")
+    options = options or ConnectOptions()
+    changes: dict[str, Any] = {}
+    if token is not None:
+        changes["token"] = token
+    if name is not None:
+        changes["name"] = name
+    if ssl is not None:
+        changes["ssl"] = ssl
+    if changes:
+        options = replace(options, **changes)
+    return Connector(url, options)

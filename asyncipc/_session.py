@@ -1,0 +1,248 @@
+"""The broker's view of one connected client: handshake, keep-alive, its subscriptions.
+
+A session is the :class:`~asyncipc.link.LinkReceiver` of one link. It checks the HELLO,
+turns SUB/UNSUB into routes, answers PING, and hands every PUB to the broker's fan-out.
+Misbehaviour is answered with an ERR frame naming the problem, then a hang-up; only this
+session ends, the broker and every other client carry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from typing import TYPE_CHECKING
+
+from .errors import ConnectionClosed, InvalidSubject
+from .link import Link
+from .protocol import (
+    PONG,
+    PROTOCOL_VERSION,
+    Err,
+    ErrorCode,
+    Frame,
+    Hello,
+    Ping,
+    Pong,
+    Pub,
+    Sub,
+    Unsub,
+    Welcome,
+)
+from .router import Route
+from .subjects import validate_pattern, validate_queue, validate_subject
+
+if TYPE_CHECKING:
+    from .broker import Broker
+
+__all__ = ["Session"]
+
+log = logging.getLogger("asyncipc.broker")
+
+
+class Session:
+    """One client link as the broker sees it."""
+
+    def __init__(self, broker: Broker, link: Link, client_id: int) -> None:
+        self.broker = broker
+        self.link = link
+        self.client_id = client_id
+        self.name = ""
+        self.open = False
+        self.closed = False
+        self.routes: dict[int, Route[Session]] = {}
+        # Backpressure bookkeeping (overflow="block"): sessions whose reading we paused
+        # because *we* are slow, and the slow sessions that paused *us*.
+        self.blocked_sources: set[Session] = set()
+        self.blocked_by: set[Session] = set()
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        opts = broker.options
+        self._timer: asyncio.TimerHandle | None = loop.call_later(
+            opts.handshake_timeout, self._handshake_expired
+        )
+
+    def __repr__(self) -> str:
+        return f"<Session {self.client_id} {self.describe()}>"
+
+    def describe(self) -> str:
+        who = self.link.peer.describe()
+        return f"client {self.client_id} ({self.name}, {who})" if self.name else f"client {self.client_id} ({who})"
+
+    # --- LinkReceiver -----------------------------------------------------------------
+
+    def frame_received(self, frame: Frame) -> None:
+        if type(frame) is Pub and self.open:
+            try:
+                validate_subject(frame.subject)
+                if frame.reply is not None:
+                    validate_subject(frame.reply)
+            except InvalidSubject as exc:
+                self.send_error(ErrorCode.INVALID_SUBJECT, str(exc))
+                return
+            self.broker.publish_frame(frame, self)
+        elif not self.open:
+            self._handshake(frame)
+        elif type(frame) is Sub:
+            self._subscribe(frame)
+        elif type(frame) is Unsub:
+            route = self.routes.pop(frame.sid, None)
+            if route is not None:
+                self.broker.router.remove(route)
+        elif type(frame) is Ping:
+            self._send(PONG)
+        elif type(frame) is Pong:
+            pass  # liveness is tracked by the link's last_received
+        elif type(frame) is Err:
+            log.info("%s reported error %s: %s", self.describe(), frame.code, frame.message)
+        else:
+            self.fail(ErrorCode.PROTOCOL, f"unexpected {type(frame).__name__.upper()} frame from a client")
+
+    def link_lost(self, exc: BaseException | None) -> None:
+        if exc is not None:
+            log.debug("%s disconnected: %s", self.describe(), exc)
+        self._cleanup()
+
+    def writing_resumed(self) -> None:
+        sources, self.blocked_sources = self.blocked_sources, set()
+        for src in sources:
+            src.blocked_by.discard(self)
+            if not src.blocked_by:
+                src.link.resume_reading()
+
+    # --- handshake and keep-alive ---------------------------------------------------------
+
+    def _handshake(self, frame: Frame) -> None:
+        if not isinstance(frame, Hello):
+            self.fail(ErrorCode.PROTOCOL, f"expected HELLO as the first frame, got {type(frame).__name__.upper()}")
+            return
+        fields = frame.fields
+        version = fields.get("version")
+        if version != PROTOCOL_VERSION:
+            self.fail(
+                ErrorCode.VERSION,
+                f"unsupported protocol version {version!r}; this broker speaks {PROTOCOL_VERSION}",
+            )
+            return
+        expected = self.broker.options.token
+        if expected is not None:
+            token = fields.get("token")
+            if not isinstance(token, str) or not hmac.compare_digest(token.encode(), expected.encode()):
+                self.fail(ErrorCode.AUTH, "token required" if token is None else "invalid token")
+                return
+        name = fields.get("name")
+        self.name = name[:100] if isinstance(name, str) else ""
+        client_max = fields.get("max_frame")
+        opts = self.broker.options
+        if isinstance(client_max, int) and client_max >= 1024:
+            self.link.max_frame = min(opts.max_frame, client_max)
+        self.open = True
+        self._send(
+            Welcome(
+                {
+                    "version": PROTOCOL_VERSION,
+                    "server": "asyncipc",
+                    "server_id": self.broker.server_id,
+                    "client_id": self.client_id,
+                    "max_frame": opts.max_frame,
+                    "ping_interval": opts.ping_interval,
+                }
+            )
+        )
+        self._cancel_timer()
+        if opts.ping_interval > 0 and not self.link.in_process:
+            self._timer = self._loop.call_later(opts.ping_interval, self._keepalive)
+        log.debug("%s connected", self.describe())
+
+    def _handshake_expired(self) -> None:
+        self._timer = None
+        if not self.open and not self.closed:
+            timeout = self.broker.options.handshake_timeout
+            self.fail(ErrorCode.HANDSHAKE_TIMEOUT, f"no HELLO within {timeout:g} s")
+
+    def _keepalive(self) -> None:
+        self._timer = None
+        if self.closed:
+            return
+        opts = self.broker.options
+        idle = self._loop.time() - self.link.last_received
+        # A client we paused cannot be heard from; its silence is our doing.
+        if self.blocked_by:
+            idle = 0.0
+        if idle >= opts.ping_interval * opts.dead_peer_factor:
+            self.fail(ErrorCode.PEER_TIMEOUT, f"no traffic for {idle:.1f} s (ping unanswered)")
+            return
+        if idle >= opts.ping_interval:
+            self._send(Ping())
+        self._timer = self._loop.call_later(opts.ping_interval, self._keepalive)
+
+    # --- subscriptions --------------------------------------------------------------------
+
+    def _subscribe(self, frame: Sub) -> None:
+        try:
+            validate_pattern(frame.subject)
+            if frame.queue is not None:
+                validate_queue(frame.queue)
+        except InvalidSubject as exc:
+            self.send_error(ErrorCode.INVALID_SUBJECT, str(exc), frame.sid)
+            return
+        if frame.sid in self.routes:
+            self.send_error(ErrorCode.PROTOCOL, f"subscription id {frame.sid} is already in use", frame.sid)
+            return
+        route = Route(self, frame.sid, frame.subject, frame.queue, frame.overflow, frame.max_msgs, frame.max_bytes)
+        self.routes[frame.sid] = route
+        self.broker.router.add(route)
+
+    def drop_route(self, route: Route[Session]) -> None:
+        """Remove one of our routes (the slow-consumer cut-off)."""
+        if self.routes.pop(route.sid, None) is not None:
+            self.broker.router.remove(route)
+
+    # --- errors and closing -----------------------------------------------------------------
+
+    def _send(self, frame: Frame) -> None:
+        try:
+            self.link.send(frame)
+        except ConnectionClosed:
+            pass  # link_lost does the clean-up
+
+    def send_error(self, code: ErrorCode, message: str, sid: int = 0) -> None:
+        """An ERR frame that does not end the session (a refused frame)."""
+        log.info("refused a frame from %s: %s", self.describe(), message)
+        self._send(Err(code, message, sid))
+
+    def fail(self, code: ErrorCode, message: str) -> None:
+        """Tell the client what was wrong, then disconnect it. One log line."""
+        if self.closed:
+            return
+        log.warning("closing %s: %s", self.describe(), message)
+        self._send(Err(code, message))
+        self.link.close()
+        self._cleanup()
+
+    def close(self) -> None:
+        """Orderly close (broker shutdown): buffered messages are still written out."""
+        if not self.closed:
+            self.link.close()
+            self._cleanup()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _cleanup(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.open = False
+        self._cancel_timer()
+        router = self.broker.router
+        for route in self.routes.values():
+            router.remove(route)
+        self.routes.clear()
+        self.writing_resumed()  # nobody waits on a session that is gone
+        for target in self.blocked_by:
+            target.blocked_sources.discard(self)
+        self.blocked_by.clear()
+        self.broker.session_closed(self)

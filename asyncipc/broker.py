@@ -1,0 +1,204 @@
+"""The broker: links in, router, flow control, links out.
+
+A :class:`Broker` serves any number of listeners at once, on any mix of channels::
+
+    async with asyncipc.Broker() as broker:
+        await broker.listen("unix:///tmp/asyncipc.sock")
+        await broker.listen("tcp://127.0.0.1:4222")
+        await broker.serve_forever()
+
+It never blocks on one client. A subscriber that falls behind meets its subscription's
+overflow policy here too, on the broker's outbound buffer: ``block`` pauses reading from
+the publishers that feed it until it catches up (backpressure reaches them through their
+own sockets), ``drop_new``/``drop_oldest`` drop and count, ``error`` cuts the subscription
+off with an ERR frame. The memory a slow client can pin is therefore bounded by the
+high-water mark plus what one read from each publisher can hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ._session import Session
+from .errors import ConnectionClosed, FrameTooLarge
+from .link import Link, Listener
+from .options import BrokerOptions
+from .protocol import ErrorCode, Overflow, Pub
+from .router import Router
+from .transports import TransportOptions, lookup, parse_url
+
+__all__ = ["Broker", "BrokerStats"]
+
+log = logging.getLogger("asyncipc.broker")
+
+NO_RESPONDERS_HEADERS = {"asyncipc-status": "503"}
+"""Sent, with an empty body, to the reply subject of a request nobody is subscribed to."""
+
+
+@dataclass
+class BrokerStats:
+    """Counters since the broker started."""
+
+    connections: int = 0
+    """Links accepted in total."""
+    messages_in: int = 0
+    messages_out: int = 0
+    dropped: int = 0
+    """Messages a slow subscriber lost to ``drop_new``/``drop_oldest`` at the broker."""
+    slow_consumers: int = 0
+    """Subscriptions cut off by ``overflow="error"``."""
+    no_responders: int = 0
+
+
+class Broker:
+    """Routes messages between every client of every listener. See the module docstring."""
+
+    def __init__(self, options: BrokerOptions | None = None, **kwargs: Any) -> None:
+        """``kwargs`` override fields of ``options`` (``Broker(token="s3cret")``)."""
+        options = options or BrokerOptions()
+        if kwargs:
+            options = replace(options, **kwargs)
+        self.options = options
+        self.router: Router[Session] = Router()
+        self.stats = BrokerStats()
+        self.server_id = os.urandom(8).hex()
+        self._sessions: set[Session] = set()
+        self._listeners: list[Listener] = []
+        self._next_client = 0
+        self._closing = False
+        self._closed: asyncio.Event | None = None
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    async def listen(self, url: str, *, ssl: Any = None) -> Listener:
+        """Serve clients on ``url`` (any registered scheme). Returns the bound listener;
+        its ``url`` has the real port when ``:0`` was asked for."""
+        if self._closing:
+            raise RuntimeError("broker is closed")
+        parsed = parse_url(url)
+        transport = lookup(parsed.scheme)
+        opts = TransportOptions(
+            ssl=ssl or self.options.ssl,
+            high_water=self.options.high_water,
+            max_frame=self.options.max_frame,
+        )
+        listener = await transport.listen(parsed, self.attach, opts)
+        self._listeners.append(listener)
+        log.info("listening on %s", listener.url)
+        return listener
+
+    @property
+    def urls(self) -> list[str]:
+        """The URLs of every listener."""
+        return [listener.url for listener in self._listeners]
+
+    @property
+    def sessions(self) -> int:
+        """Clients connected now."""
+        return len(self._sessions)
+
+    def attach(self, link: Link) -> None:
+        """Take a new link from a listener (or a caller that made one) as a client."""
+        if self._closing:
+            link.abort()
+            return
+        self._next_client += 1
+        self.stats.connections += 1
+        session = Session(self, link, self._next_client)
+        self._sessions.add(session)
+        link.set_receiver(session)
+
+    def session_closed(self, session: Session) -> None:
+        self._sessions.discard(session)
+
+    async def serve_forever(self) -> None:
+        """Wait until :meth:`close` is called (from a signal handler, another task...)."""
+        if self._closed is None:
+            self._closed = asyncio.Event()
+        await self._closed.wait()
+
+    async def close(self) -> None:
+        """Stop listening, let every client receive what is already buffered for it,
+        then disconnect them (aborting any that cannot take it within
+        ``drain_timeout``)."""
+        if self._closing:
+            return
+        self._closing = True
+        for listener in self._listeners:
+            await listener.aclose()
+        links = [s.link for s in self._sessions]
+        for session in list(self._sessions):
+            session.close()
+        if links:
+            done, pending = await asyncio.wait(
+                [asyncio.ensure_future(link.wait_closed()) for link in links],
+                timeout=self.options.drain_timeout,
+            )
+            for fut in pending:
+                fut.cancel()
+            for link in links:
+                if not link.closed or pending:
+                    link.abort()
+        if self._closed is None:
+            self._closed = asyncio.Event()
+        self._closed.set()
+        log.info("broker closed")
+
+    async def __aenter__(self) -> Broker:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # --- the hot path -----------------------------------------------------------------
+
+    def publish_frame(self, pub: Pub, source: Session | None) -> None:
+        """Deliver ``pub`` to every route of its subject. ``source`` is paused if a
+        ``block`` subscriber cannot keep up."""
+        self.stats.messages_in += 1
+        routes = self.router.route(pub.subject)
+        if not routes:
+            if pub.reply is not None:
+                self.stats.no_responders += 1
+                self.publish_frame(Pub(pub.reply, b"", None, NO_RESPONDERS_HEADERS), None)
+            return
+        for route in routes:
+            target = route.owner
+            link = target.link
+            if link.write_blocked:
+                overflow = route.overflow
+                if overflow is Overflow.BLOCK:
+                    if source is not None and source is not target and target not in source.blocked_by:
+                        source.blocked_by.add(target)
+                        target.blocked_sources.add(source)
+                        source.link.pause_reading()
+                elif overflow is Overflow.ERROR:
+                    self._slow_consumer(target, route.sid, route)
+                    continue
+                else:
+                    route.dropped += 1
+                    self.stats.dropped += 1
+                    continue
+            try:
+                link.send_msg(route.sid, pub)
+            except ConnectionClosed:
+                continue  # its link_lost is on the way and will remove the route
+            except FrameTooLarge as exc:
+                target.send_error(ErrorCode.FRAME_TOO_LARGE, f"message not delivered: {exc}", route.sid)
+                continue
+            route.delivered += 1
+            self.stats.messages_out += 1
+
+    def _slow_consumer(self, target: Session, sid: int, route: Any) -> None:
+        self.stats.slow_consumers += 1
+        target.drop_route(route)
+        target.send_error(
+            ErrorCode.SLOW_CONSUMER,
+            f"subscription {sid} on {route.subject!r} cut off: the client fell more than "
+            f"{self.options.high_water} bytes behind",
+            sid,
+        )

@@ -1,0 +1,464 @@
+"""The :class:`Bus` a user holds: publish, subscribe, request, serve, over one link."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .errors import (
+    AuthenticationError,
+    BrokenLinkError,
+    BrokerError,
+    ClosedError,
+    ConnectionClosed,
+    FrameTooLarge,
+    HandshakeError,
+    InvalidSubject,
+    NoResponders,
+    RequestTimeout,
+    ServiceError,
+    SlowConsumer,
+)
+from .link import Link
+from .message import Message
+from .options import ConnectOptions
+from .protocol import PING, PONG, PROTOCOL_VERSION, Err, ErrorCode, Frame, Hello, Msg, Ping, Pong, Pub, Sub, Unsub, Welcome
+from .subjects import validate_pattern, validate_queue, validate_subject
+from .subscription import OVERFLOW_POLICIES, Subscription
+
+__all__ = ["Bus", "Handler"]
+
+log = logging.getLogger("asyncipc.client")
+
+Handler = Callable[[Message], Awaitable[bytes | None]]
+Callback = Callable[[Message], Awaitable[None]]
+
+STATUS = "asyncipc-status"
+ERROR = "asyncipc-error"
+
+DEFAULT_MAX_PENDING = 65536
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+
+
+class Bus:
+    """A connection to a broker. Get one with :func:`asyncipc.connect`."""
+
+    def __init__(self, link: Link, options: ConnectOptions, url: str) -> None:
+        self.url = url
+        self.options = options
+        self._link = link
+        self._loop = asyncio.get_running_loop()
+        self._subs: dict[int, Subscription] = {}
+        self._next_sid = 0
+        self._blocked: set[Subscription] = set()
+        self._pongs: deque[asyncio.Future[None]] = deque()
+        self._welcome: asyncio.Future[dict[str, Any]] = self._loop.create_future()
+        self._inbox_prefix = f"_INBOX.{os.urandom(11).hex()}."
+        self._inbox_sid = 0
+        self._requests: dict[str, tuple[asyncio.Future[Message], str]] = {}
+        self._next_request = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self._lost: BaseException | None = None
+        self._closed = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+        self._on_close: list[Callable[[], Awaitable[None]]] = []
+        self.max_payload = link.max_frame - 64
+        self.server_info: dict[str, Any] = {}
+
+    # --- connection -----------------------------------------------------------------
+
+    async def _handshake(self) -> None:
+        self._link.set_receiver(self)
+        opts = self.options
+        hello: dict[str, Any] = {
+            "version": PROTOCOL_VERSION,
+            "lang": "python",
+            "name": opts.name,
+            "max_frame": opts.max_frame,
+        }
+        if opts.token is not None:
+            hello["token"] = opts.token
+        self._link.send(Hello(hello))
+        try:
+            async with asyncio.timeout(opts.connect_timeout):
+                info = await self._welcome
+        except TimeoutError:
+            self._link.abort()
+            raise HandshakeError(f"no WELCOME from {self.url} within {opts.connect_timeout:g} s") from None
+        self.server_info = info
+        peer_max = info.get("max_frame")
+        if isinstance(peer_max, int) and peer_max >= 1024:
+            self._link.max_frame = min(self._link.max_frame, peer_max)
+        # Headroom for the subject and headers that travel with the payload.
+        self.max_payload = self._link.max_frame - 64
+        if opts.ping_interval > 0 and not self._link.in_process:
+            self._timer = self._loop.call_later(opts.ping_interval, self._keepalive)
+
+    def _keepalive(self) -> None:
+        self._timer = None
+        if self._lost is not None or self._link.closed:
+            return
+        opts = self.options
+        idle = self._loop.time() - self._link.last_received
+        if self._blocked:
+            idle = 0.0  # we stopped reading ourselves
+        if idle >= opts.ping_interval * opts.dead_peer_factor:
+            log.warning("%s: broker silent for %.1f s, dropping the connection", self.url, idle)
+            self._lost = BrokenLinkError(f"broker at {self.url} stopped responding ({idle:.1f} s)")
+            self._link.abort()
+            return
+        if idle >= opts.ping_interval:
+            with contextlib.suppress(ConnectionClosed):
+                self._link.send(PING)
+        self._timer = self._loop.call_later(opts.ping_interval, self._keepalive)
+
+    @property
+    def is_closed(self) -> bool:
+        """True once :meth:`close` started or the link broke."""
+        return self._closing or self._lost is not None
+
+    @property
+    def peer(self) -> Any:
+        """What is known of the broker end of the link (:class:`~asyncipc.link.PeerInfo`)."""
+        return self._link.peer
+
+    # --- LinkReceiver -----------------------------------------------------------------
+
+    def frame_received(self, frame: Frame) -> None:
+        if type(frame) is Msg:
+            sub = self._subs.get(frame.sid)
+            if sub is not None:
+                sub._deliver(Message(frame.subject, frame.data, frame.headers, frame.reply, self))
+            elif frame.sid == self._inbox_sid:
+                self._reply_received(frame)
+        elif type(frame) is Pong:
+            if self._pongs:
+                fut = self._pongs.popleft()
+                if not fut.done():
+                    fut.set_result(None)
+        elif type(frame) is Ping:
+            with contextlib.suppress(ConnectionClosed):
+                self._link.send(PONG)
+        elif type(frame) is Err:
+            self._error_received(frame)
+        elif type(frame) is Welcome:
+            if not self._welcome.done():
+                self._welcome.set_result(frame.fields)
+
+    def link_lost(self, exc: BaseException | None) -> None:
+        if self._lost is None:
+            self._lost = exc if exc is not None else ClosedError("bus is closed")
+        lost = self._lost
+        if not self._closing:
+            log.warning("%s: connection lost: %s", self.url, lost)
+        if not self._welcome.done():
+            self._welcome.set_exception(
+                lost if isinstance(lost, HandshakeError) else HandshakeError(f"connection to {self.url} closed during handshake: {lost}")
+            )
+            self._welcome.exception()  # mark retrieved: the handshake may already be gone
+        error = lost if not isinstance(lost, ClosedError) else None
+        for sub in list(self._subs.values()):
+            sub._end(BrokenLinkError(str(error)) if error is not None else None)
+        self._subs.clear()
+        for fut, _ in self._requests.values():
+            if not fut.done():
+                fut.set_exception(BrokenLinkError(f"connection lost before the reply: {lost}"))
+        for fut in self._pongs:
+            if not fut.done():
+                fut.set_exception(BrokenLinkError(f"connection lost: {lost}"))
+        self._pongs.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def writing_resumed(self) -> None:
+        pass  # publishers wait in Link.drain()
+
+    def _error_received(self, frame: Err) -> None:
+        code, message = frame.code, frame.message
+        if not self._welcome.done():
+            exc: HandshakeError = AuthenticationError(message) if code == ErrorCode.AUTH else HandshakeError(message)
+            self._lost = exc
+            self._welcome.set_exception(exc)
+            return
+        sub = self._subs.get(frame.sid) if frame.sid else None
+        if sub is not None:
+            error: Exception
+            if code == ErrorCode.SLOW_CONSUMER:
+                error = SlowConsumer(message)
+            elif code == ErrorCode.INVALID_SUBJECT:
+                error = InvalidSubject(message)
+            else:
+                error = BrokerError(code, message)
+            del self._subs[frame.sid]
+            sub._end(error)
+            return
+        log.warning("%s: broker error %s: %s", self.url, code, message)
+        if code < 100:
+            self._lost = BrokerError(code, message)
+
+    # --- publishing -------------------------------------------------------------------
+
+    async def publish(
+        self,
+        subject: str,
+        data: bytes = b"",
+        headers: dict[str, str] | None = None,
+        reply_to: str | None = None,
+    ) -> None:
+        """Send ``data`` to every subscriber of ``subject``.
+
+        Returns as soon as the message is handed to the link; waits only while the broker
+        is not keeping up (backpressure). Raises :class:`~asyncipc.InvalidSubject` for a
+        bad subject and :class:`~asyncipc.FrameTooLarge` for a payload over the maximum,
+        before anything is sent.
+        """
+        validate_subject(subject)
+        if reply_to is not None:
+            validate_subject(reply_to)
+        if type(data) is not bytes:
+            data = _as_bytes(data)
+        if len(data) > self.max_payload:
+            raise FrameTooLarge(f"payload of {len(data)} bytes exceeds the maximum of {self.max_payload} bytes")
+        link = self._link
+        if self._lost is not None:
+            raise self._dead()
+        link.send(Pub(subject, data, reply_to, headers))
+        if link.write_blocked:
+            await link.drain()
+
+    def _dead(self) -> Exception:
+        lost = self._lost
+        if isinstance(lost, ClosedError) or lost is None:
+            return ClosedError("bus is closed")
+        return BrokenLinkError(f"bus connection is broken: {lost}")
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Wait until the broker has processed everything published so far."""
+        if self._lost is not None:
+            raise self._dead()
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._pongs.append(fut)
+        self._link.send(PING)
+        async with asyncio.timeout(timeout):
+            if self._link.write_blocked:
+                await self._link.drain()
+            await fut
+
+    # --- subscribing ------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        subject: str,
+        queue: str | None = None,
+        *,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        overflow: str = "block",
+        callback: Callback | None = None,
+    ) -> Subscription:
+        """Subscribe to ``subject`` (``*`` and ``>`` wildcards allowed).
+
+        Subscriptions sharing a ``queue`` name split the messages between them. The
+        result is an async iterator and an async context manager; with ``callback`` the
+        bus instead calls ``await callback(msg)`` for each message, one at a time, in a
+        task it owns and stops on :meth:`close`.
+        """
+        validate_pattern(subject)
+        if queue is not None:
+            validate_queue(queue)
+        policy = OVERFLOW_POLICIES.get(overflow)
+        if policy is None:
+            raise ValueError(f"overflow must be one of {sorted(OVERFLOW_POLICIES)}, not {overflow!r}")
+        if max_pending < 1 or max_bytes < 1:
+            raise ValueError("max_pending and max_bytes must be positive")
+        if self._closing or self._lost is not None:
+            raise self._dead()
+        self._next_sid += 1
+        sid = self._next_sid
+        sub = Subscription(self, sid, subject, queue, max_pending, max_bytes, policy)
+        self._link.send(Sub(sid, subject, queue, policy, max_pending, max_bytes))
+        self._subs[sid] = sub
+        if callback is not None:
+            task = self._loop.create_task(self._run_callback(sub, callback), name=f"asyncipc callback {subject}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return sub
+
+    async def _run_callback(self, sub: Subscription, callback: Callback) -> None:
+        try:
+            async for msg in sub:
+                try:
+                    await callback(msg)
+                except Exception:
+                    log.exception("callback for %r raised", sub.subject)
+        except ConnectionClosed:
+            pass
+        except SlowConsumer as exc:
+            log.warning("%s", exc)
+
+    def handler(self, subject: str, queue: str | None = None, **subscribe_options: Any) -> Callable[[Handler], Handler]:
+        """Decorate ``async def f(msg) -> bytes`` to serve requests on ``subject``.
+
+        The return value (``None`` for an empty body) is the reply. If ``f`` raises, the
+        requester gets :class:`~asyncipc.ServiceError` with the exception's text.
+        """
+
+        def decorate(fn: Handler) -> Handler:
+            async def serve(msg: Message) -> None:
+                try:
+                    result = await fn(msg)
+                except Exception as exc:
+                    log.exception("handler for %r raised", subject)
+                    if msg.reply_to is not None:
+                        headers = {STATUS: "500", ERROR: f"{type(exc).__name__}: {exc}"[:1000]}
+                        await self.publish(msg.reply_to, b"", headers=headers)
+                    return
+                if msg.reply_to is not None:
+                    await self.publish(msg.reply_to, b"" if result is None else result)
+
+            self.subscribe(subject, queue, callback=serve, **subscribe_options)
+            return fn
+
+        return decorate
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        if self._subs.pop(sub.sid, None) is not None and self._lost is None:
+            self._link.send(Unsub(sub.sid))
+
+    def _forget(self, sub: Subscription) -> None:
+        """A subscription cut itself off (overflow="error"): tell the broker."""
+        with contextlib.suppress(ConnectionClosed):
+            self._unsubscribe(sub)
+
+    def _sub_blocked(self, sub: Subscription) -> None:
+        if not self._blocked:
+            self._link.pause_reading()
+        self._blocked.add(sub)
+
+    def _sub_unblocked(self, sub: Subscription) -> None:
+        self._blocked.discard(sub)
+        if not self._blocked:
+            self._link.resume_reading()
+
+    # --- requests ---------------------------------------------------------------------
+
+    async def request(
+        self,
+        subject: str,
+        data: bytes = b"",
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float = 1.0,
+    ) -> Message:
+        """Publish ``data`` and wait for the first reply.
+
+        Raises :class:`~asyncipc.NoResponders` at once if nobody subscribes to
+        ``subject``, :class:`~asyncipc.RequestTimeout` (a ``TimeoutError``) if no reply
+        comes within ``timeout`` seconds, :class:`~asyncipc.ServiceError` if the
+        responder's handler raised.
+        """
+        if not self._inbox_sid:
+            if self._lost is not None:
+                raise self._dead()
+            self._next_sid += 1
+            self._inbox_sid = self._next_sid
+            self._link.send(Sub(self._inbox_sid, self._inbox_prefix + "*"))
+        self._next_request += 1
+        token = f"{self._next_request:x}"
+        fut: asyncio.Future[Message] = self._loop.create_future()
+        self._requests[token] = (fut, subject)
+        try:
+            await self.publish(subject, data, headers, self._inbox_prefix + token)
+            async with asyncio.timeout(timeout):
+                return await fut
+        except TimeoutError:
+            if fut.done() and not fut.cancelled() and fut.exception() is not None:
+                raise
+            raise RequestTimeout(f"no reply to request on {subject!r} within {timeout:g} s") from None
+        finally:
+            del self._requests[token]
+
+    def _reply_received(self, frame: Msg) -> None:
+        entry = self._requests.get(frame.subject[len(self._inbox_prefix) :])
+        if entry is None:
+            return  # late reply to a request that timed out, or a second responder
+        fut, subject = entry
+        if fut.done():
+            return
+        headers = frame.headers
+        status = headers.get(STATUS) if headers else None
+        if status == "503":
+            fut.set_exception(NoResponders(f"no responders for request on {subject!r}"))
+        elif status == "500":
+            assert headers is not None
+            fut.set_exception(ServiceError(f"handler for {subject!r} failed: {headers.get(ERROR, '')}"))
+        else:
+            fut.set_result(Message(frame.subject, frame.data, headers, frame.reply, self))
+
+    # --- closing ----------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Drain, then close: what was published is delivered, callbacks finish the
+        messages they already have, then the link closes. Bounded by ``drain_timeout``."""
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        try:
+            async with asyncio.timeout(self.options.drain_timeout):
+                await self._drain()
+        except (TimeoutError, ConnectionClosed, BrokerError) as exc:
+            log.debug("%s: drain ended early: %r", self.url, exc)
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            if self._tasks:
+                await asyncio.wait(self._tasks)
+            self._link.close()
+            self.link_lost(ClosedError("bus is closed"))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.options.drain_timeout):
+                    await self._link.wait_closed()
+            for cb in self._on_close:
+                await cb()
+            self._closed.set()
+
+    async def _drain(self) -> None:
+        if self._lost is not None:
+            return
+        subs = list(self._subs.values())
+        for sub in subs:
+            self._link.send(Unsub(sub.sid))
+        # Let what is in flight land even in full queues: no new messages can come now.
+        for sub in subs:
+            sub.max_pending = sub.max_bytes = 1 << 62
+        self._blocked.clear()
+        self._link.resume_reading()
+        await self.flush()  # everything sent before our UNSUBs is now queued
+        for sub in subs:
+            self._subs.pop(sub.sid, None)
+            sub._end()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
+        await self.flush()  # replies the callbacks published have reached the broker
+
+    async def __aenter__(self) -> Bus:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+def _as_bytes(data: Any) -> bytes:
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data)
+    if isinstance(data, str):
+        raise TypeError("data must be bytes, not str: encode it first (data.encode())")
+    raise TypeError(f"data must be bytes, not {type(data).__name__}")

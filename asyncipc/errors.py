@@ -1,0 +1,130 @@
+"""The one exception tree of asyncipc.
+
+::
+
+    AsyncIPCError
+    ├── ConfigurationError (ValueError)       a bad URL, option or argument
+    │   └── InvalidSubject                    a subject or queue name that is not valid
+    ├── ConnectError (OSError)                could not reach a listener at the URL
+├── ConnectionClosed                      the link is gone
+    │   ├── ClosedError                       ... because *we* closed it (anyio's ClosedResourceError)
+    │   └── BrokenLinkError (OSError)         ... because the peer or the world did (BrokenResource)
+    ├── ProtocolError                         the wire was misused
+    │   ├── LocalProtocolError                ... by us (a frame we refuse to send)
+    │   ├── RemoteProtocolError               ... by the peer (garbage, truncated, oversized)
+    │   └── FrameTooLarge                     a frame over the negotiated maximum (either side)
+    ├── HandshakeError                        the hello/welcome exchange failed
+    │   └── AuthenticationError               the broker refused our token
+    ├── BrokerError                           the broker sent an error frame (``code`` attribute)
+    ├── NoResponders                          a request found nobody subscribed
+    ├── RequestTimeout (TimeoutError)         a request got no answer in time
+    ├── ServiceError                          the responder's handler raised
+    └── SlowConsumer                          a subscription overflowed with overflow="error"
+
+``except TimeoutError`` catches request time-outs and ``except OSError`` catches broken
+links, as with aiohttp and the standard library; ``except ValueError`` catches bad
+subjects before anything is sent.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AsyncIPCError",
+    "AuthenticationError",
+    "BrokenLinkError",
+    "BrokerError",
+    "ClosedError",
+    "ConfigurationError",
+    "ConnectError",
+    "ConnectionClosed",
+    "FrameTooLarge",
+    "HandshakeError",
+    "InvalidSubject",
+    "LocalProtocolError",
+    "NoResponders",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "RequestTimeout",
+    "ServiceError",
+    "SlowConsumer",
+]
+
+
+class AsyncIPCError(Exception):
+    """Root of every exception asyncipc raises on purpose."""
+
+
+class ConfigurationError(AsyncIPCError, ValueError):
+    """A URL, option or argument that cannot be used."""
+
+
+class InvalidSubject(ConfigurationError):
+    """A subject, wildcard pattern or queue name that breaks the subject rules."""
+
+
+class ConnectError(AsyncIPCError, OSError):
+    """Nothing answered at the URL (no socket file, connection refused, time-out)."""
+
+
+class ConnectionClosed(AsyncIPCError):
+    """The link to the peer is closed; nothing more can be sent or received on it."""
+
+
+class ClosedError(ConnectionClosed):
+    """The link or subscription was closed by this side (``close()`` was called)."""
+
+
+class BrokenLinkError(ConnectionClosed, OSError):
+    """The peer vanished or the channel failed under us."""
+
+
+class ProtocolError(AsyncIPCError):
+    """The wire protocol was violated."""
+
+
+class LocalProtocolError(ProtocolError):
+    """We were asked to send something the protocol does not allow."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent bytes that are not a valid frame sequence."""
+
+
+class FrameTooLarge(ProtocolError):
+    """A frame is larger than the maximum the two sides agreed on."""
+
+
+class HandshakeError(AsyncIPCError):
+    """The version handshake did not complete."""
+
+
+class AuthenticationError(HandshakeError):
+    """The broker refused the token (or its absence)."""
+
+
+class BrokerError(AsyncIPCError):
+    """The broker reported an error in an error frame.
+
+    ``code`` is the numeric error code of ``docs/protocol.md``.
+    """
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"broker error {code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class NoResponders(AsyncIPCError):
+    """A request was published to a subject nobody is subscribed to."""
+
+
+class RequestTimeout(AsyncIPCError, TimeoutError):
+    """A request was delivered but no reply arrived before the time-out."""
+
+
+class ServiceError(AsyncIPCError):
+    """The handler that served a request raised; ``str()`` carries its message."""
+
+
+class SlowConsumer(AsyncIPCError):
+    """A subscription with ``overflow="error"`` fell behind and was cut off."""

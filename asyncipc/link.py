@@ -1,0 +1,169 @@
+"""The Link: the one seam between channels (transports) and the bus and broker above.
+
+A :class:`Link` is a two-way channel of *frames* (``asyncipc.protocol``). Every transport
+turns its channel into Links; the broker and the client never know which channel they
+are on. A link pushes what it receives into a :class:`LinkReceiver` (callbacks, like
+asyncio's ``Protocol``: the hot path must not pay a task switch per frame) and accepts
+frames through :meth:`Link.send`, which buffers and returns at once. Backpressure is
+explicit: :attr:`Link.write_blocked` says the peer is not keeping up, :meth:`Link.drain`
+waits until it is, and :meth:`Link.pause_reading` is how a receiver pushes back.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .protocol import DEFAULT_MAX_FRAME, Frame, Pub
+
+__all__ = [
+    "DEFAULT_HIGH_WATER",
+    "Accept",
+    "Link",
+    "LinkReceiver",
+    "Listener",
+    "PeerInfo",
+]
+
+DEFAULT_HIGH_WATER = 1024 * 1024
+"""Bytes a link may hold for its peer before :attr:`Link.write_blocked` turns true."""
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    """What is known of the other end of a link (anyio's typed attributes, simplified).
+
+    ``address`` is transport-specific (a path, ``(host, port)``, a name); ``pid``, ``uid``
+    and ``gid`` come from the kernel where the channel can tell (Unix sockets: SO_PEERCRED).
+    """
+
+    transport: str
+    address: Any = None
+    pid: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """A short human description for log lines."""
+        parts = [self.transport]
+        if self.address not in (None, "", b""):
+            parts.append(str(self.address))
+        if self.pid is not None:
+            parts.append(f"pid={self.pid}")
+        if self.uid is not None:
+            parts.append(f"uid={self.uid}")
+        return " ".join(parts)
+
+
+class LinkReceiver(Protocol):
+    """What a link calls as things happen. Implemented by the broker's sessions and the Bus."""
+
+    def frame_received(self, frame: Frame) -> None:
+        """A complete frame arrived. Must not block; may call ``pause_reading``."""
+
+    def link_lost(self, exc: BaseException | None) -> None:
+        """The link closed: ``None`` for an orderly close, else what broke it."""
+
+    def writing_resumed(self) -> None:
+        """:attr:`Link.write_blocked` went from true to false."""
+
+
+class Link(abc.ABC):
+    """A two-way channel of frames. See the module docstring for the contract."""
+
+    transport: str = ""
+    peer: PeerInfo
+    max_frame: int = DEFAULT_MAX_FRAME
+    """The largest frame this side will *send*; raised to the peer's announced maximum."""
+    in_process: bool = False
+    """True when frames cross without encoding (memory); no keep-alive pings are needed."""
+
+    @abc.abstractmethod
+    def set_receiver(self, receiver: LinkReceiver) -> None:
+        """Attach the receiver. Frames that arrived before are delivered now."""
+
+    @abc.abstractmethod
+    def send(self, frame: Frame) -> None:
+        """Queue ``frame`` for the peer and return at once.
+
+        Raises :class:`~asyncipc.ClosedError` after :meth:`close`,
+        :class:`~asyncipc.BrokenLinkError` once the channel broke, and
+        :class:`~asyncipc.FrameTooLarge` for a frame over :attr:`max_frame`.
+        """
+
+    def send_msg(self, sid: int, pub: Pub) -> None:
+        """Deliver ``pub`` to subscription ``sid`` of the peer: the broker's fan-out path.
+
+        Stream links override it to reuse the publisher's encoded bytes.
+        """
+        from .protocol import Msg
+
+        self.send(Msg(sid, pub.subject, pub.data, pub.reply, pub.headers))
+
+    @property
+    @abc.abstractmethod
+    def write_blocked(self) -> bool:
+        """True while more than the high-water mark is queued for the peer."""
+
+    @abc.abstractmethod
+    async def drain(self) -> None:
+        """Wait until :attr:`write_blocked` is false (raises if the link breaks meanwhile)."""
+
+    @property
+    @abc.abstractmethod
+    def buffered(self) -> int:
+        """Bytes queued for the peer and not yet handed to the channel."""
+
+    @abc.abstractmethod
+    def pause_reading(self) -> None:
+        """Stop delivering frames until :meth:`resume_reading`; the channel backs up."""
+
+    @abc.abstractmethod
+    def resume_reading(self) -> None:
+        """Undo :meth:`pause_reading`."""
+
+    @property
+    @abc.abstractmethod
+    def closed(self) -> bool:
+        """True once :meth:`close` or :meth:`abort` was called or the peer went away."""
+
+    @property
+    def last_received(self) -> float:
+        """Event-loop time of the last bytes from the peer (for dead-peer detection)."""
+        return 0.0
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close gracefully: what was sent is still delivered, then the channel closes."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Close at once, dropping anything unsent."""
+
+    @abc.abstractmethod
+    async def wait_closed(self) -> None:
+        """Wait until the channel is fully closed."""
+
+
+Accept = Callable[[Link], None]
+"""What a listener calls with each new link (the broker's ``attach``)."""
+
+
+class Listener(abc.ABC):
+    """A bound endpoint that turns incoming connections into links."""
+
+    url: str
+    """The URL clients connect to, with any port the system chose filled in."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Stop accepting and release the endpoint (remove socket files, ...).
+
+        Links already accepted are not touched: the broker closes those.
+        """
+
+
+Opener = Callable[..., Awaitable[Link]]

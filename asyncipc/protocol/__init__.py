@@ -1,0 +1,57 @@
+"""The sans-I/O wire protocol: frames, their encoders and the incremental decoder.
+
+Nothing here touches a socket or an event loop; every stream transport wraps it in a thin
+shell. The byte layout is specified in ``docs/protocol.md``.
+"""
+
+from .decoder import FrameDecoder
+from .frames import (
+    DEFAULT_MAX_FRAME,
+    PING,
+    PONG,
+    PREAMBLE,
+    PROTOCOL_VERSION,
+    Err,
+    ErrorCode,
+    Frame,
+    Headers,
+    Hello,
+    Msg,
+    Op,
+    Overflow,
+    Ping,
+    Pong,
+    Pub,
+    Sub,
+    Unsub,
+    Welcome,
+    encode,
+    encode_headers,
+    encode_msg_from_pub,
+)
+
+__all__ = [
+    "DEFAULT_MAX_FRAME",
+    "PING",
+    "PONG",
+    "PREAMBLE",
+    "PROTOCOL_VERSION",
+    "Err",
+    "ErrorCode",
+    "Frame",
+    "FrameDecoder",
+    "Headers",
+    "Hello",
+    "Msg",
+    "Op",
+    "Overflow",
+    "Ping",
+    "Pong",
+    "Pub",
+    "Sub",
+    "Unsub",
+    "Welcome",
+    "encode",
+    "encode_headers",
+    "encode_msg_from_pub",
+]

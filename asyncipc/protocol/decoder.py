@@ -1,0 +1,250 @@
+"""The incremental frame decoder: bytes in, frames out, nothing else.
+
+It never calls back into its owner (h11's rule): :meth:`FrameDecoder.feed` returns the
+complete frames found so far and keeps any partial one for the next call. Once it has
+raised, the stream is unrecoverable and every later call raises the same error.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+from ..errors import FrameTooLarge, RemoteProtocolError
+from .frames import (
+    DEFAULT_MAX_FRAME,
+    PING,
+    PONG,
+    PREAMBLE,
+    Err,
+    Frame,
+    Headers,
+    Hello,
+    Msg,
+    Op,
+    Overflow,
+    Pub,
+    Sub,
+    Unsub,
+    Welcome,
+)
+
+__all__ = ["FrameDecoder"]
+
+_LEN = struct.Struct(">I")
+_U16 = struct.Struct(">H")
+_SUB = struct.Struct(">IIQB")
+_ERR = struct.Struct(">HI")
+_HTTP_METHODS = (b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"OPTI", b"PATC", b"CONN", b"PRI ")
+
+
+class FrameDecoder:
+    """Turns a byte stream into frames.
+
+    ``expect_preamble``: the server side of a stream first checks the client's
+    :data:`~asyncipc.protocol.frames.PREAMBLE`. ``max_frame`` bounds the length prefix, so
+    a hostile peer can make us buffer at most that many bytes.
+    """
+
+    __slots__ = ("_buf", "_error", "_need_preamble", "max_frame")
+
+    def __init__(self, *, max_frame: int = DEFAULT_MAX_FRAME, expect_preamble: bool = False):
+        self.max_frame = max_frame
+        self._buf = bytearray()
+        self._need_preamble = expect_preamble
+        self._error: Exception | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held that do not yet form a complete frame."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """Add ``data``; return every frame it completes, in order."""
+        if self._error is not None:
+            raise self._error
+        buf = self._buf
+        buf += data
+        try:
+            if self._need_preamble:
+                if not self._check_preamble():
+                    return []
+            return self._frames()
+        except (RemoteProtocolError, FrameTooLarge) as exc:
+            self._error = exc
+            buf.clear()
+            raise
+
+    def eof(self) -> None:
+        """The stream ended. Raises if it ended inside a frame (a truncated frame)."""
+        if self._error is not None:
+            return
+        if self._need_preamble and self._buf:
+            raise RemoteProtocolError(
+                f"connection closed during the preamble after {len(self._buf)} bytes"
+            )
+        if self._buf:
+            have = len(self._buf)
+            if have >= 4:
+                want = _LEN.unpack_from(self._buf)[0] + 4
+                raise RemoteProtocolError(
+                    f"connection closed mid-frame: got {have} of {want} bytes"
+                )
+            raise RemoteProtocolError(f"connection closed mid-frame: got {have} of 4 length bytes")
+
+    def _check_preamble(self) -> bool:
+        buf = self._buf
+        n = min(len(buf), len(PREAMBLE))
+        if buf[:n] != PREAMBLE[:n]:
+            head = bytes(buf[:4])
+            if head in _HTTP_METHODS:
+                raise RemoteProtocolError(
+                    "an HTTP request arrived on an asyncipc socket "
+                    f"(starts with {bytes(buf[:16])!r}); this port speaks the asyncipc protocol"
+                )
+            if buf[:5] == PREAMBLE[:5]:
+                raise RemoteProtocolError(
+                    f"unsupported protocol version in preamble {bytes(buf[:8])!r}; "
+                    f"this broker speaks {PREAMBLE!r}"
+                )
+            raise RemoteProtocolError(
+                f"bad preamble {bytes(buf[:8])!r}: expected {PREAMBLE!r} "
+                "(is this an asyncipc client?)"
+            )
+        if n < len(PREAMBLE):
+            return False
+        del buf[: len(PREAMBLE)]
+        self._need_preamble = False
+        return True
+
+    def _frames(self) -> list[Frame]:
+        buf = self._buf
+        out: list[Frame] = []
+        pos = 0
+        end = len(buf)
+        max_frame = self.max_frame
+        view = memoryview(buf)
+        try:
+            while end - pos >= 4:
+                length = _LEN.unpack_from(buf, pos)[0]
+                if length > max_frame:
+                    raise FrameTooLarge(
+                        f"frame length {length} exceeds the maximum frame size {max_frame}"
+                    )
+                if length == 0:
+                    raise RemoteProtocolError("frame of length 0 (a frame holds at least its op)")
+                stop = pos + 4 + length
+                if stop > end:
+                    break
+                out.append(_parse(buf[pos + 4], bytes(view[pos + 5 : stop])))
+                pos = stop
+        finally:
+            view.release()
+        if pos:
+            del buf[:pos]
+        return out
+
+
+def _parse(op: int, body: bytes) -> Frame:
+    try:
+        if op == Op.PUB:
+            subject, reply, headers, off = _pub_fields(body, 0)
+            return Pub._decoded(subject, reply, headers, body, off)
+        if op == Op.MSG:
+            sid = _LEN.unpack_from(body)[0]
+            subject, reply, headers, off = _pub_fields(body, 4)
+            return Msg(sid, subject, body[off:], reply, headers)
+        if op == Op.PING:
+            return PING
+        if op == Op.PONG:
+            return PONG
+        if op == Op.SUB:
+            sid, max_msgs, max_bytes, overflow = _SUB.unpack_from(body)
+            subject, off = _text(body, _SUB.size, "subject")
+            queue, off = _text(body, off, "queue")
+            _no_trailing(body, off, "SUB")
+            try:
+                policy = Overflow(overflow)
+            except ValueError:
+                raise RemoteProtocolError(f"SUB with unknown overflow policy {overflow}") from None
+            return Sub(sid, subject or "", queue, policy, max_msgs, max_bytes)
+        if op == Op.UNSUB:
+            _no_trailing(body, 4, "UNSUB")
+            return Unsub(_LEN.unpack_from(body)[0])
+        if op == Op.HELLO:
+            return Hello(_json(body, "HELLO"))
+        if op == Op.WELCOME:
+            return Welcome(_json(body, "WELCOME"))
+        if op == Op.ERR:
+            code, sid = _ERR.unpack_from(body)
+            return Err(code, body[_ERR.size :].decode("utf-8", "replace"), sid)
+    except struct.error:
+        name = Op(op).name
+        raise RemoteProtocolError(f"{name} frame truncated: body of {len(body)} bytes") from None
+    raise RemoteProtocolError(f"unknown frame op {op}")
+
+
+def _pub_fields(body: bytes, off: int) -> tuple[str, str | None, Headers | None, int]:
+    subject, off = _text(body, off, "subject")
+    if not subject:
+        raise RemoteProtocolError("message with an empty subject")
+    reply, off = _text(body, off, "reply subject")
+    hlen = _LEN.unpack_from(body, off)[0]
+    off += 4
+    if off + hlen > len(body):
+        raise RemoteProtocolError(f"header block of {hlen} bytes runs past the frame end")
+    headers = _headers(body, off, off + hlen) if hlen else None
+    return subject, reply, headers, off + hlen
+
+
+def _text(body: bytes, off: int, what: str) -> tuple[str | None, int]:
+    n = _U16.unpack_from(body, off)[0]
+    off += 2
+    if n == 0:
+        return None, off
+    if off + n > len(body):
+        raise RemoteProtocolError(f"{what} of {n} bytes runs past the frame end")
+    try:
+        return body[off : off + n].decode(), off + n
+    except UnicodeDecodeError:
+        raise RemoteProtocolError(f"{what} is not valid UTF-8") from None
+
+
+def _headers(body: bytes, off: int, end: int) -> Headers:
+    count = _U16.unpack_from(body, off)[0]
+    off += 2
+    out: Headers = {}
+    for _ in range(count):
+        klen = _U16.unpack_from(body, off)[0]
+        off += 2
+        key = body[off : off + klen]
+        off += klen
+        vlen = _LEN.unpack_from(body, off)[0]
+        off += 4
+        value = body[off : off + vlen]
+        off += vlen
+        if off > end:
+            raise RemoteProtocolError("header entry runs past the header block")
+        try:
+            out[key.decode()] = value.decode()
+        except UnicodeDecodeError:
+            raise RemoteProtocolError("header name or value is not valid UTF-8") from None
+    if off != end:
+        raise RemoteProtocolError(f"header block has {end - off} trailing bytes")
+    return out
+
+
+def _json(body: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(body)
+    except (UnicodeDecodeError, ValueError):
+        raise RemoteProtocolError(f"{what} body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise RemoteProtocolError(f"{what} body must be a JSON object")
+    return value
+
+
+def _no_trailing(body: bytes, off: int, what: str) -> None:
+    if len(body) != off:
+        raise RemoteProtocolError(f"{what} frame has {len(body) - off} unexpected trailing bytes")

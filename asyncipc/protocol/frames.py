@@ -1,0 +1,362 @@
+"""Frame types of the asyncipc wire protocol and their encoders.
+
+The byte layout is specified in ``docs/protocol.md``; this module is its executable form.
+Every frame on a stream is ``u32 length | u8 op | body`` (big-endian; ``length`` counts
+the op byte and the body). Frames are plain slotted objects: the memory transport hands
+them across without encoding, the stream transports encode them with :func:`encode`.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from enum import IntEnum
+from typing import Any, Final
+
+from ..errors import FrameTooLarge, LocalProtocolError
+
+__all__ = [
+    "DEFAULT_MAX_FRAME",
+    "PREAMBLE",
+    "PROTOCOL_VERSION",
+    "Err",
+    "ErrorCode",
+    "Frame",
+    "Headers",
+    "Hello",
+    "Msg",
+    "Op",
+    "Overflow",
+    "Ping",
+    "Pong",
+    "Pub",
+    "Sub",
+    "Unsub",
+    "Welcome",
+    "encode",
+    "encode_headers",
+    "encode_msg_from_pub",
+]
+
+PROTOCOL_VERSION: Final = 1
+PREAMBLE: Final = b"AIPC/1\r\n"
+"""Sent by the client before its first frame. Readable on purpose: it tells a human with
+``tcpdump`` what they are looking at, and an HTTP request line can never match it."""
+
+DEFAULT_MAX_FRAME: Final = 8 * 1024 * 1024
+
+_HEAD = struct.Struct(">IB")  # length, op
+_HEAD_SID = struct.Struct(">IBI")  # length, op, sid
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_SUB = struct.Struct(">IIQB")  # sid, max_msgs, max_bytes, overflow
+_ERR = struct.Struct(">HI")  # code, sid
+_EMPTY_HDR = b"\x00\x00\x00\x00"
+
+
+class Op(IntEnum):
+    """The op byte that follows every frame's length."""
+
+    HELLO = 1
+    WELCOME = 2
+    PUB = 3
+    MSG = 4
+    SUB = 5
+    UNSUB = 6
+    PING = 7
+    PONG = 8
+    ERR = 9
+
+
+class Overflow(IntEnum):
+    """What happens when a subscription's pending bound is reached (DESIGN.md §4)."""
+
+    BLOCK = 0
+    DROP_OLDEST = 1
+    DROP_NEW = 2
+    ERROR = 3
+
+
+class ErrorCode(IntEnum):
+    """Codes carried by ERR frames. Below 100: the connection is closed after the frame."""
+
+    PROTOCOL = 1  # malformed frame, unknown op, bad preamble
+    FRAME_TOO_LARGE = 2
+    VERSION = 3  # no protocol version in common
+    AUTH = 4  # token missing or wrong
+    HANDSHAKE_TIMEOUT = 5
+    PEER_TIMEOUT = 6  # no PONG or other traffic within the dead-peer time-out
+    SHUTDOWN = 7  # the broker is going away
+    INVALID_SUBJECT = 100  # the frame is refused, the connection stays
+    SLOW_CONSUMER = 101  # ``sid`` names the subscription cut off
+    PERMISSION = 102
+
+
+Headers = dict[str, str]
+
+
+class Pub:
+    """PUB: a message from a client to the broker.
+
+    ``raw`` is the encoded body. A frame decoded from a stream keeps the bytes it arrived
+    in, so the broker forwards them to stream subscribers without re-encoding; ``data`` is
+    then sliced out only if an in-process subscriber asks for it.
+    """
+
+    __slots__ = ("_data", "_off", "_raw", "headers", "reply", "subject")
+
+    def __init__(
+        self,
+        subject: str,
+        data: bytes,
+        reply: str | None = None,
+        headers: Headers | None = None,
+    ) -> None:
+        self.subject = subject
+        self.reply = reply
+        self.headers = headers
+        self._data: bytes | None = data
+        self._raw: bytes | None = None
+        self._off = 0
+
+    @classmethod
+    def _decoded(
+        cls, subject: str, reply: str | None, headers: Headers | None, raw: bytes, off: int
+    ) -> Pub:
+        self = cls.__new__(cls)
+        self.subject = subject
+        self.reply = reply
+        self.headers = headers
+        self._data = None
+        self._raw = raw
+        self._off = off
+        return self
+
+    @property
+    def data(self) -> bytes:
+        if self._data is None:
+            assert self._raw is not None
+            self._data = self._raw[self._off :]
+        return self._data
+
+    @property
+    def raw(self) -> bytes:
+        """The PUB body as it goes on the wire (also the tail of a MSG body)."""
+        if self._raw is None:
+            assert self._data is not None
+            self._raw = _pub_body(self.subject, self.reply, self.headers, self._data)
+        return self._raw
+
+    def __repr__(self) -> str:
+        return f"Pub({self.subject!r}, {len(self.data)} bytes, reply={self.reply!r})"
+
+
+class Msg:
+    """MSG: a message from the broker to one subscription (``sid``) of a client."""
+
+    __slots__ = ("data", "headers", "reply", "sid", "subject")
+
+    def __init__(
+        self,
+        sid: int,
+        subject: str,
+        data: bytes,
+        reply: str | None = None,
+        headers: Headers | None = None,
+    ) -> None:
+        self.sid = sid
+        self.subject = subject
+        self.data = data
+        self.reply = reply
+        self.headers = headers
+
+    def __repr__(self) -> str:
+        return f"Msg(sid={self.sid}, {self.subject!r}, {len(self.data)} bytes)"
+
+
+class Sub:
+    """SUB: register subscription ``sid`` on ``subject`` (a pattern), optionally in a queue.
+
+    The bounds and overflow policy travel with it so that the broker can apply the same
+    policy to its own outbound buffer when the client stops reading.
+    """
+
+    __slots__ = ("max_bytes", "max_msgs", "overflow", "queue", "sid", "subject")
+
+    def __init__(
+        self,
+        sid: int,
+        subject: str,
+        queue: str | None = None,
+        overflow: Overflow = Overflow.BLOCK,
+        max_msgs: int = 0,
+        max_bytes: int = 0,
+    ) -> None:
+        self.sid = sid
+        self.subject = subject
+        self.queue = queue
+        self.overflow = overflow
+        self.max_msgs = max_msgs
+        self.max_bytes = max_bytes
+
+    def __repr__(self) -> str:
+        return f"Sub(sid={self.sid}, {self.subject!r}, queue={self.queue!r})"
+
+
+class Unsub:
+    """UNSUB: remove subscription ``sid``."""
+
+    __slots__ = ("sid",)
+
+    def __init__(self, sid: int) -> None:
+        self.sid = sid
+
+    def __repr__(self) -> str:
+        return f"Unsub(sid={self.sid})"
+
+
+class Ping:
+    """PING: the peer must answer PONG. Also proves liveness."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "Ping()"
+
+
+class Pong:
+    """PONG: the answer to PING."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "Pong()"
+
+
+class Hello:
+    """HELLO: the client's first frame, a JSON object (``version``, ``token``, ``name``...)."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.fields = fields
+
+    def __repr__(self) -> str:
+        shown = {k: ("***" if k == "token" else v) for k, v in self.fields.items()}
+        return f"Hello({shown})"
+
+
+class Welcome:
+    """WELCOME: the broker's answer to HELLO, a JSON object (``max_frame``...)."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.fields = fields
+
+    def __repr__(self) -> str:
+        return f"Welcome({self.fields})"
+
+
+class Err:
+    """ERR: an error with a code; ``sid`` is 0 unless it concerns one subscription."""
+
+    __slots__ = ("code", "message", "sid")
+
+    def __init__(self, code: int, message: str, sid: int = 0) -> None:
+        self.code = code
+        self.message = message
+        self.sid = sid
+
+    def __repr__(self) -> str:
+        return f"Err({self.code}, {self.message!r}, sid={self.sid})"
+
+
+Frame = Pub | Msg | Sub | Unsub | Ping | Pong | Hello | Welcome | Err
+
+PING: Final = Ping()
+PONG: Final = Pong()
+
+
+def encode_headers(headers: Headers | None) -> bytes:
+    """The header block *with* its u32 length prefix (``00000000`` when empty)."""
+    if not headers:
+        return _EMPTY_HDR
+    parts = [_U16.pack(len(headers))]
+    for key, value in headers.items():
+        k = key.encode()
+        v = value.encode()
+        if len(k) > 0xFFFF:
+            raise LocalProtocolError(f"header name longer than 65535 bytes: {key[:40]!r}...")
+        parts += (_U16.pack(len(k)), k, _U32.pack(len(v)), v)
+    block = b"".join(parts)
+    return _U32.pack(len(block)) + block
+
+
+def _short(text: str | None, what: str) -> bytes:
+    if text is None:
+        return b"\x00\x00"
+    b = text.encode()
+    if len(b) > 0xFFFF:
+        raise LocalProtocolError(f"{what} longer than 65535 bytes")
+    return _U16.pack(len(b)) + b
+
+
+def _pub_body(subject: str, reply: str | None, headers: Headers | None, data: bytes) -> bytes:
+    return b"".join(
+        (_short(subject, "subject"), _short(reply, "reply subject"), encode_headers(headers), data)
+    )
+
+
+def encode_msg_from_pub(sid: int, pub: Pub, max_frame: int) -> bytes:
+    """A MSG frame for subscription ``sid`` carrying ``pub``, reusing its encoded body."""
+    raw = pub.raw
+    length = len(raw) + 5
+    if length > max_frame:
+        raise FrameTooLarge(f"message of {length} bytes exceeds the maximum frame {max_frame}")
+    return _HEAD_SID.pack(length, Op.MSG, sid) + raw
+
+
+def encode(frame: Frame, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
+    """Encode one frame, length prefix included.
+
+    Raises :class:`FrameTooLarge` if the result would exceed ``max_frame`` (the frame is
+    refused here, at the sender, instead of being cut off by the receiver).
+    """
+    body: bytes
+    if isinstance(frame, Pub):
+        op, body = Op.PUB, frame.raw
+    elif isinstance(frame, Msg):
+        op = Op.MSG
+        body = _U32.pack(frame.sid) + _pub_body(
+            frame.subject, frame.reply, frame.headers, frame.data
+        )
+    elif isinstance(frame, Sub):
+        op = Op.SUB
+        body = b"".join(
+            (
+                _SUB.pack(frame.sid, frame.max_msgs, frame.max_bytes, frame.overflow),
+                _short(frame.subject, "subject"),
+                _short(frame.queue, "queue"),
+            )
+        )
+    elif isinstance(frame, Unsub):
+        op, body = Op.UNSUB, _U32.pack(frame.sid)
+    elif isinstance(frame, Ping):
+        op, body = Op.PING, b""
+    elif isinstance(frame, Pong):
+        op, body = Op.PONG, b""
+    elif isinstance(frame, Hello):
+        op, body = Op.HELLO, json.dumps(frame.fields, separators=(",", ":")).encode()
+    elif isinstance(frame, Welcome):
+        op, body = Op.WELCOME, json.dumps(frame.fields, separators=(",", ":")).encode()
+    elif isinstance(frame, Err):
+        op, body = Op.ERR, _ERR.pack(frame.code, frame.sid) + frame.message.encode()
+    else:  # pragma: no cover - the union above is exhaustive
+        raise LocalProtocolError(f"not a frame: {frame!r}")
+    length = len(body) + 1
+    if length > max_frame:
+        raise FrameTooLarge(
+            f"{op.name} frame of {length} bytes exceeds the maximum frame size {max_frame}"
+        )
+    return _HEAD.pack(length, op) + body

@@ -1,0 +1,141 @@
+"""Who gets a message: subscriptions, queue groups and the match cache. Pure, no I/O.
+
+The broker asks :meth:`Router.route` for the routes of a subject and does the sending.
+Subscriptions with no queue each get every matching message; among subscriptions that
+share a queue name, each message goes to one member, round robin (NATS semantics).
+"""
+
+from __future__ import annotations
+
+from typing import Generic, TypeVar
+
+from .protocol import Overflow
+from .subjects import SubjectIndex
+
+__all__ = ["Route", "Router"]
+
+O = TypeVar("O")  # the owner of a route: the broker's session object
+
+_CACHE_MAX = 8192
+
+
+class Route(Generic[O]):
+    """One subscription as the broker knows it. Hashed by identity."""
+
+    __slots__ = (
+        "delivered",
+        "dropped",
+        "max_bytes",
+        "max_msgs",
+        "overflow",
+        "owner",
+        "queue",
+        "sid",
+        "subject",
+    )
+
+    def __init__(
+        self,
+        owner: O,
+        sid: int,
+        subject: str,
+        queue: str | None = None,
+        overflow: Overflow = Overflow.BLOCK,
+        max_msgs: int = 0,
+        max_bytes: int = 0,
+    ) -> None:
+        self.owner = owner
+        self.sid = sid
+        self.subject = subject
+        self.queue = queue
+        self.overflow = overflow
+        self.max_msgs = max_msgs
+        self.max_bytes = max_bytes
+        self.delivered = 0
+        self.dropped = 0
+
+    def __repr__(self) -> str:
+        return f"Route(sid={self.sid}, {self.subject!r}, queue={self.queue!r})"
+
+
+class _Group(Generic[O]):
+    __slots__ = ("members", "next")
+
+    def __init__(self) -> None:
+        self.members: list[Route[O]] = []
+        self.next = 0
+
+
+class Router(Generic[O]):
+    """The subscription table. Lookups are cached per subject until the table changes."""
+
+    def __init__(self) -> None:
+        self._index: SubjectIndex[Route[O]] = SubjectIndex()
+        # subject -> (routes without queue, queue groups). Cleared on every change:
+        # subscriptions change rarely next to publishes, and a stale entry would misroute.
+        self._cache: dict[str, tuple[list[Route[O]], list[_Group[O]]]] = {}
+        # The rotation of a queue group must survive cache clears, or a table change
+        # would send the next message to the first member again.
+        self._rotation: dict[tuple[str, str], int] = {}
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def add(self, route: Route[O]) -> None:
+        """Register ``route`` (its subject already validated as a pattern)."""
+        self._index.add(route.subject, route)
+        self.clear_cache()
+
+    def remove(self, route: Route[O]) -> bool:
+        """Unregister ``route``; True if it was registered."""
+        found = self._index.remove(route.subject, route)
+        if found:
+            self.clear_cache()
+        return found
+
+    def route(self, subject: str) -> list[Route[O]]:
+        """The routes that receive a message published on the literal ``subject``."""
+        entry = self._cache.get(subject)
+        if entry is None:
+            entry = self._build(subject)
+        plain, groups = entry
+        if not groups:
+            return plain
+        out = list(plain)
+        for group in groups:
+            members = group.members
+            i = group.next % len(members)
+            group.next = i + 1
+            out.append(members[i])
+        return out
+
+    def _build(self, subject: str) -> tuple[list[Route[O]], list[_Group[O]]]:
+        plain: list[Route[O]] = []
+        by_queue: dict[str, _Group[O]] = {}
+        for route in self._index.match(subject):
+            if route.queue is None:
+                plain.append(route)
+            else:
+                group = by_queue.get(route.queue)
+                if group is None:
+                    group = by_queue[route.queue] = _Group()
+                    group.next = self._rotation.get((subject, route.queue), 0)
+                group.members.append(route)
+        if len(self._cache) >= _CACHE_MAX:
+            self._save_rotation()
+            self._cache.clear()
+        entry = (plain, list(by_queue.values()))
+        self._cache[subject] = entry
+        return entry
+
+    def _save_rotation(self) -> None:
+        for subject, (_, groups) in self._cache.items():
+            for group in groups:
+                self._rotation[(subject, group.members[0].queue or "")] = group.next
+        if len(self._rotation) > _CACHE_MAX:
+            self._rotation.clear()
+
+    def clear_cache(self) -> None:
+        """Forget cached lookups (after a change made behind the router's back)."""
+        self._save_rotation()
+        self._cache.clear()

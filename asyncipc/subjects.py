@@ -1,0 +1,238 @@
+"""Subjects: validation and the wildcard index. Pure: no I/O, no asyncio.
+
+A subject is dot-separated tokens, ``orders.eu.created``. A *pattern* (what a
+subscription names) may use ``*`` for exactly one token and ``>`` as its last token for
+one or more trailing tokens, the NATS convention. Tokens are non-empty and hold no
+whitespace; ``*`` and ``>`` are only ever whole tokens, never part of one.
+
+:class:`SubjectIndex` answers "which patterns match this subject" by walking a trie of
+tokens, so the cost of a lookup depends on the subject's depth and on what matches, not on
+how many unrelated subscriptions exist.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Hashable, Iterator
+from typing import Generic, TypeVar
+
+from .errors import InvalidSubject
+
+__all__ = [
+    "MAX_SUBJECT_BYTES",
+    "SubjectIndex",
+    "is_literal",
+    "validate_pattern",
+    "validate_queue",
+    "validate_subject",
+]
+
+MAX_SUBJECT_BYTES = 1024
+"""Longest subject or pattern, in UTF-8 bytes. The wire format could carry 64 KiB; a
+kilobyte is already far more than any sane subject needs and keeps the index cheap."""
+
+_TOKEN = r"[^\s.*>]+"
+_SUBJECT_RE = re.compile(rf"{_TOKEN}(?:\.{_TOKEN})*")
+_PATTERN_RE = re.compile(rf"(?:{_TOKEN}|\*)(?:\.(?:{_TOKEN}|\*))*(?:\.>)?|>")
+_QUEUE_RE = re.compile(r"[^\s*>]+")
+
+# Publishing re-validates the same few subjects millions of times; a dict hit is several
+# times cheaper than the regex. Bounded so that a stream of unique subjects cannot grow it.
+_valid_subjects: dict[str, None] = {}
+_VALID_CACHE_MAX = 4096
+
+
+def _too_long(text: str) -> bool:
+    return len(text) > MAX_SUBJECT_BYTES // 4 and len(text.encode()) > MAX_SUBJECT_BYTES
+
+
+def validate_subject(subject: str) -> str:
+    """Return ``subject`` if it is a valid literal subject (no wildcards), else raise.
+
+    Raises :class:`InvalidSubject` (a ``ValueError``) naming the subject and the rule.
+    """
+    if subject in _valid_subjects:
+        return subject
+    if not isinstance(subject, str):
+        raise InvalidSubject(f"subject must be a str, not {type(subject).__name__}")
+    if _SUBJECT_RE.fullmatch(subject) is None:
+        raise InvalidSubject(_explain(subject, wildcards=False))
+    if _too_long(subject):
+        raise InvalidSubject(f"subject is longer than {MAX_SUBJECT_BYTES} bytes")
+    if len(_valid_subjects) >= _VALID_CACHE_MAX:
+        _valid_subjects.clear()
+    _valid_subjects[subject] = None
+    return subject
+
+
+def validate_pattern(pattern: str) -> str:
+    """Return ``pattern`` if it is a valid subscription pattern, else raise InvalidSubject."""
+    if not isinstance(pattern, str):
+        raise InvalidSubject(f"subject must be a str, not {type(pattern).__name__}")
+    if _PATTERN_RE.fullmatch(pattern) is None:
+        raise InvalidSubject(_explain(pattern, wildcards=True))
+    if _too_long(pattern):
+        raise InvalidSubject(f"subject is longer than {MAX_SUBJECT_BYTES} bytes")
+    return pattern
+
+
+def validate_queue(queue: str) -> str:
+    """Return ``queue`` if it is a valid queue-group name, else raise InvalidSubject."""
+    if not isinstance(queue, str) or _QUEUE_RE.fullmatch(queue) is None:
+        raise InvalidSubject(
+            f"invalid queue group name {queue!r}: must be non-empty, without whitespace, "
+            "'*' or '>'"
+        )
+    if _too_long(queue):
+        raise InvalidSubject(f"queue group name is longer than {MAX_SUBJECT_BYTES} bytes")
+    return queue
+
+
+def is_literal(pattern: str) -> bool:
+    """True if ``pattern`` contains no wildcard token."""
+    return "*" not in pattern and ">" not in pattern
+
+
+def _explain(text: str, *, wildcards: bool) -> str:
+    what = "subject pattern" if wildcards else "subject"
+    if text == "":
+        return f"invalid {what} '': a subject cannot be empty"
+    for token in text.split("."):
+        if token == "":
+            return f"invalid {what} {text!r}: empty token (leading, trailing or double dot)"
+        if any(ch.isspace() for ch in token):
+            return f"invalid {what} {text!r}: whitespace in token {token!r}"
+        if token in ("*", ">"):
+            if not wildcards:
+                return f"invalid {what} {text!r}: wildcards are only allowed when subscribing"
+            if token == ">":
+                return f"invalid {what} {text!r}: '>' must be the last token"
+        elif "*" in token or ">" in token:
+            return f"invalid {what} {text!r}: '*' and '>' must be whole tokens, not in {token!r}"
+    return f"invalid {what} {text!r}"
+
+
+T = TypeVar("T", bound=Hashable)
+
+
+class _Node(Generic[T]):
+    __slots__ = ("children", "full", "items", "star")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _Node[T]] = {}
+        self.star: _Node[T] | None = None
+        self.items: dict[T, None] = {}  # patterns ending here (insertion-ordered set)
+        self.full: dict[T, None] = {}  # patterns ending in '>' below this node
+
+    def empty(self) -> bool:
+        return not (self.children or self.star or self.items or self.full)
+
+
+class SubjectIndex(Generic[T]):
+    """A trie of subscription patterns mapping each to a set of items.
+
+    ``match(subject)`` returns the items of every pattern that matches, each once per
+    pattern it was added under, in a stable order.
+    """
+
+    __slots__ = ("_count", "_root")
+
+    def __init__(self) -> None:
+        self._root: _Node[T] = _Node()
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, pattern: str, item: T) -> None:
+        """Add ``item`` under ``pattern`` (already validated with :func:`validate_pattern`)."""
+        tokens = pattern.split(".")
+        node = self._root
+        for i, token in enumerate(tokens):
+            if token == ">" and i == len(tokens) - 1:
+                if item not in node.full:
+                    node.full[item] = None
+                    self._count += 1
+                return
+            if token == "*":
+                if node.star is None:
+                    node.star = _Node()
+                node = node.star
+            else:
+                child = node.children.get(token)
+                if child is None:
+                    child = node.children[token] = _Node()
+                node = child
+        if item not in node.items:
+            node.items[item] = None
+            self._count += 1
+
+    def remove(self, pattern: str, item: T) -> bool:
+        """Remove ``item`` from ``pattern``; prune empty nodes. True if it was there."""
+        tokens = pattern.split(".")
+        path: list[tuple[_Node[T], str]] = []
+        node: _Node[T] | None = self._root
+        for i, token in enumerate(tokens):
+            assert node is not None
+            if token == ">" and i == len(tokens) - 1:
+                found = node.full.pop(item, 0) is None
+                break
+            path.append((node, token))
+            node = node.star if token == "*" else node.children.get(token)
+            if node is None:
+                return False
+        else:
+            assert node is not None
+            found = node.items.pop(item, 0) is None
+        if found:
+            self._count -= 1
+            self._prune(path, node)
+        return found
+
+    @staticmethod
+    def _prune(path: list[tuple[_Node[T], str]], node: _Node[T] | None) -> None:
+        for parent, token in reversed(path):
+            child = parent.star if token == "*" else parent.children.get(token)
+            if child is None or not child.empty():
+                return
+            if token == "*":
+                parent.star = None
+            else:
+                del parent.children[token]
+
+    def match(self, subject: str) -> list[T]:
+        """Every item whose pattern matches the literal ``subject``."""
+        out: list[T] = []
+        self._match(self._root, subject.split("."), 0, out)
+        return out
+
+    def _match(self, node: _Node[T], tokens: list[str], i: int, out: list[T]) -> None:
+        # Iterative along literal children, recursive only where '*' forks the walk.
+        last = len(tokens)
+        while True:
+            if node.full and i < last:
+                out.extend(node.full)
+            if i == last:
+                out.extend(node.items)
+                return
+            if node.star is not None:
+                self._match(node.star, tokens, i + 1, out)
+            child = node.children.get(tokens[i])
+            if child is None:
+                return
+            node = child
+            i += 1
+
+    def items(self) -> Iterator[tuple[str, T]]:
+        """Every ``(pattern, item)`` pair, for diagnostics and tests."""
+        stack: list[tuple[_Node[T], list[str]]] = [(self._root, [])]
+        while stack:
+            node, prefix = stack.pop()
+            for item in node.items:
+                yield ".".join(prefix), item
+            for item in node.full:
+                yield ".".join([*prefix, ">"]), item
+            if node.star is not None:
+                stack.append((node.star, [*prefix, "*"]))
+            for token, child in node.children.items():
+                stack.append((child, [*prefix, token]))

@@ -1,0 +1,211 @@
+"""Subscriptions: a bounded queue of messages with an overflow policy.
+
+A :class:`Subscription` is an async iterator (``async for msg in sub``) and an async
+context manager (leaving it unsubscribes). Its queue is bounded by ``max_pending``
+messages and ``max_bytes`` bytes; when a message arrives at a full queue the ``overflow``
+policy decides (DESIGN.md §4):
+
+``block``
+    Keep the message and stop reading the link until the queue is half empty again, so
+    the broker, and through it the publisher, is slowed down. Nothing is lost. The link is
+    shared by every subscription of the bus: one blocked subscription pauses them all
+    (as in NATS and ZeroMQ); give a consumer that must not be held up its own bus.
+``drop_oldest`` / ``drop_new``
+    Discard the oldest queued message, or the arriving one; :attr:`Subscription.dropped`
+    counts them.
+``error``
+    Cut the subscription off: the queued messages are still yielded, then iteration
+    raises :class:`~asyncipc.SlowConsumer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING
+
+from .errors import ClosedError, ConnectionClosed
+from .message import Message
+from .protocol import Overflow
+
+if TYPE_CHECKING:
+    from .client import Bus
+
+__all__ = ["OVERFLOW_POLICIES", "Subscription"]
+
+OVERFLOW_POLICIES = {
+    "block": Overflow.BLOCK,
+    "drop_oldest": Overflow.DROP_OLDEST,
+    "drop_new": Overflow.DROP_NEW,
+    "error": Overflow.ERROR,
+}
+
+
+class Subscription:
+    """Messages on one subject pattern. Create with :meth:`Bus.subscribe`."""
+
+    __slots__ = (
+        "_blocking",
+        "_bus",
+        "_bytes",
+        "_ended",
+        "_error",
+        "_queue",
+        "_waiter",
+        "dropped",
+        "max_bytes",
+        "max_pending",
+        "overflow",
+        "queue",
+        "sid",
+        "subject",
+    )
+
+    def __init__(
+        self,
+        bus: Bus,
+        sid: int,
+        subject: str,
+        queue: str | None,
+        max_pending: int,
+        max_bytes: int,
+        overflow: Overflow,
+    ) -> None:
+        self._bus = bus
+        self.sid = sid
+        self.subject = subject
+        self.queue = queue
+        self.max_pending = max_pending
+        self.max_bytes = max_bytes
+        self.overflow = overflow
+        self.dropped = 0
+        """Messages discarded by ``drop_oldest``/``drop_new`` in this process."""
+        self._queue: deque[Message] = deque()
+        self._bytes = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._blocking = False
+        self._ended = False  # no more messages will arrive (unsubscribed, bus closed)
+        self._error: BaseException | None = None
+
+    def __repr__(self) -> str:
+        return f"<Subscription {self.sid} {self.subject!r} queue={self.queue!r} pending={len(self._queue)}>"
+
+    @property
+    def pending(self) -> int:
+        """Messages received and not yet taken."""
+        return len(self._queue)
+
+    @property
+    def pending_bytes(self) -> int:
+        """Payload bytes received and not yet taken."""
+        return self._bytes
+
+    @property
+    def active(self) -> bool:
+        """True until the subscription is unsubscribed, cut off or its bus closes."""
+        return not self._ended
+
+    # --- called by the Bus ----------------------------------------------------------
+
+    def _deliver(self, msg: Message) -> None:
+        q = self._queue
+        size = len(msg.data)
+        if len(q) >= self.max_pending or self._bytes + size > self.max_bytes and q:
+            overflow = self.overflow
+            if overflow is Overflow.BLOCK:
+                if not self._blocking:
+                    self._blocking = True
+                    self._bus._sub_blocked(self)
+            elif overflow is Overflow.DROP_NEW:
+                self.dropped += 1
+                return
+            elif overflow is Overflow.DROP_OLDEST:
+                old = q.popleft()
+                self._bytes -= len(old.data)
+                self.dropped += 1
+            else:
+                from .errors import SlowConsumer
+
+                self._end(
+                    SlowConsumer(
+                        f"subscription to {self.subject!r} fell behind: "
+                        f"{len(q)} messages / {self._bytes} bytes pending"
+                    )
+                )
+                self._bus._forget(self)
+                return
+        q.append(msg)
+        self._bytes += size
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _end(self, error: BaseException | None = None) -> None:
+        """No more messages will come; iteration ends (or raises ``error``) once drained."""
+        if self._ended:
+            return
+        self._ended = True
+        self._error = error
+        if self._blocking:
+            self._blocking = False
+            self._bus._sub_unblocked(self)
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # --- the consumer's side --------------------------------------------------------
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Message:
+        q = self._queue
+        while not q:
+            if self._ended:
+                if self._error is not None:
+                    raise self._error
+                raise StopAsyncIteration
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                if self._waiter is waiter:
+                    self._waiter = None
+        msg = q.popleft()
+        self._bytes -= len(msg.data)
+        if self._blocking and len(q) <= self.max_pending // 2 and self._bytes <= self.max_bytes // 2:
+            self._blocking = False
+            self._bus._sub_unblocked(self)
+        return msg
+
+    async def next_msg(self, timeout: float | None = None) -> Message:
+        """The next message; raises ``TimeoutError`` after ``timeout`` seconds and
+        :class:`~asyncipc.ClosedError` if the subscription has ended."""
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.__anext__()
+        except StopAsyncIteration:
+            raise ClosedError(f"subscription to {self.subject!r} has ended") from None
+
+    async def unsubscribe(self) -> None:
+        """Stop receiving. Messages already queued can still be iterated."""
+        if not self._ended:
+            self._end()
+            try:
+                self._bus._unsubscribe(self)
+            except ConnectionClosed:
+                pass
+
+    async def __aenter__(self) -> Subscription:
+        # A round trip makes sure the broker has registered us before the body runs,
+        # so a message published right after from another connection is not missed.
+        if not self._ended:
+            await self._bus.flush()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.unsubscribe()

@@ -1,0 +1,125 @@
+"""The transport registry: URL scheme → the module that turns that channel into Links.
+
+Adding a channel is adding one module that calls :func:`register`; nothing above it
+changes. Built-in transports are imported on first use, so ``import asyncipc`` does not
+pay for channels a program never touches.
+"""
+
+from __future__ import annotations
+
+import importlib
+import ssl as _ssl
+from dataclasses import dataclass, field
+from typing import Protocol
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from ..errors import ConfigurationError
+from ..link import DEFAULT_HIGH_WATER, Accept, Link, Listener
+from ..protocol import DEFAULT_MAX_FRAME
+
+__all__ = [
+    "URL",
+    "Transport",
+    "TransportOptions",
+    "lookup",
+    "parse_url",
+    "register",
+    "schemes",
+]
+
+
+@dataclass(frozen=True)
+class URL:
+    """A parsed channel URL. ``query`` holds the ``?key=value`` options."""
+
+    raw: str
+    scheme: str
+    host: str = ""
+    port: int | None = None
+    path: str = ""
+    query: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """For ``memory://name`` and ``shm://name``: the part after ``//``."""
+        return self.host or self.path.strip("/")
+
+
+def parse_url(url: str) -> URL:
+    """Split ``url`` into scheme, host, port, path and query; raise ConfigurationError."""
+    if not isinstance(url, str) or "://" not in url and not url.endswith(":"):
+        raise ConfigurationError(f"not a channel URL: {url!r} (expected scheme://...)")
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if not scheme:
+        raise ConfigurationError(f"URL {url!r} has no scheme")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigurationError(f"URL {url!r} has an invalid port") from None
+    return URL(
+        raw=url,
+        scheme=scheme,
+        host=parts.hostname or "",
+        port=port,
+        path=unquote(parts.path),
+        query=dict(parse_qsl(parts.query)),
+    )
+
+
+@dataclass(frozen=True)
+class TransportOptions:
+    """Settings every transport understands (a transport ignores what does not apply).
+
+    ``ssl``: for ``tls://``, a server context when listening, a client context when
+    connecting. ``high_water``: bytes a link buffers before it reports ``write_blocked``.
+    ``max_frame``: the largest frame this side accepts.
+    """
+
+    ssl: _ssl.SSLContext | None = None
+    high_water: int = DEFAULT_HIGH_WATER
+    max_frame: int = DEFAULT_MAX_FRAME
+    connect_timeout: float = 5.0
+
+
+class Transport(Protocol):
+    """What a transport module registers for its scheme(s)."""
+
+    async def connect(self, url: URL, options: TransportOptions) -> Link:
+        """Open a link to a listener at ``url``."""
+        ...
+
+    async def listen(self, url: URL, accept: Accept, options: TransportOptions) -> Listener:
+        """Bind ``url`` and call ``accept`` with a link for each incoming connection."""
+        ...
+
+
+_registry: dict[str, Transport] = {}
+_builtin = {
+    "memory": "asyncipc.transports.memory",
+    "unix": "asyncipc.transports.unix",
+    "tcp": "asyncipc.transports.tcp",
+    "tls": "asyncipc.transports.tcp",
+}
+
+
+def register(scheme: str, transport: Transport) -> None:
+    """Make ``scheme://`` URLs use ``transport``. A later registration replaces an earlier."""
+    _registry[scheme.lower()] = transport
+
+
+def lookup(scheme: str) -> Transport:
+    """The transport for ``scheme``; raises ConfigurationError naming the known ones."""
+    transport = _registry.get(scheme)
+    if transport is None and scheme in _builtin:
+        importlib.import_module(_builtin[scheme])
+        transport = _registry.get(scheme)
+    if transport is None:
+        known = ", ".join(sorted(schemes()))
+        raise ConfigurationError(f"no transport for scheme {scheme!r} (known: {known})")
+    return transport
+
+
+def schemes() -> set[str]:
+    """Every scheme that :func:`lookup` can resolve."""
+    return set(_registry) | set(_builtin)

@@ -1,0 +1,272 @@
+"""One framing implementation for every byte-stream channel (unix, tcp, tls; later pipes).
+
+:class:`StreamLink` is an ``asyncio.Protocol`` (callbacks, not ``StreamReader``: a task
+switch per frame would cost more than the frame) around the sans-I/O
+:class:`~asyncipc.protocol.FrameDecoder`. Writes are gathered and handed to the transport
+once per event-loop turn, so a burst of publishes costs one system call, not one each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from ..errors import BrokenLinkError, ClosedError, FrameTooLarge, ProtocolError
+from ..link import Link, LinkReceiver, Listener, PeerInfo
+from ..protocol import PREAMBLE, Err, ErrorCode, Frame, FrameDecoder, Pub, encode
+from ..protocol.frames import encode_msg_from_pub
+from . import TransportOptions
+
+__all__ = ["StreamLink", "StreamListener"]
+
+log = logging.getLogger("asyncipc.transport")
+
+_HTTP_400 = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+    b"Content-Length: 55\r\n\r\nthis is an asyncipc broker socket, not an HTTP server.\n"
+)
+
+
+class StreamLink(asyncio.Protocol, Link):
+    """A :class:`~asyncipc.link.Link` over an asyncio stream transport."""
+
+    def __init__(
+        self,
+        transport_name: str,
+        options: TransportOptions,
+        *,
+        server_side: bool,
+        peer_info: Callable[[asyncio.Transport], PeerInfo] | None = None,
+    ) -> None:
+        self.transport = transport_name
+        self.peer = PeerInfo(transport_name)
+        self.max_frame = options.max_frame
+        self._high_water = options.high_water
+        self._low_water = options.high_water // 4
+        self._decoder = FrameDecoder(max_frame=options.max_frame, expect_preamble=server_side)
+        self._server_side = server_side
+        self._peer_info = peer_info
+        self._tr: asyncio.Transport | None = None
+        self._receiver: LinkReceiver | None = None
+        self._early: list[Frame] = []
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._flush_handle: asyncio.Handle | None = None
+        self._transport_paused = False  # the OS buffer is full (pause_writing)
+        self._reading_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._blocked_reported = False
+        self._closing = False
+        self._exc: BaseException | None = None
+        self._closed_fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self._last_rx = self._loop.time()
+
+    # --- asyncio.Protocol callbacks -------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._tr = transport
+        # The OS buffer limit only decides when asyncio calls pause_writing; our own
+        # high-water mark (user-space list + OS buffer) is what publishers see.
+        transport.set_write_buffer_limits(high=self._high_water, low=self._low_water)
+        if self._peer_info is not None:
+            self.peer = self._peer_info(transport)
+        if not self._server_side:
+            transport.write(PREAMBLE)
+
+    def data_received(self, data: bytes) -> None:
+        self._last_rx = self._loop.time()
+        try:
+            frames = self._decoder.feed(data)
+        except (ProtocolError, FrameTooLarge) as exc:
+            self._protocol_violation(exc, data)
+            return
+        receiver = self._receiver
+        if receiver is None:
+            self._early += frames
+            return
+        for frame in frames:
+            if self._exc is not None:
+                return
+            receiver.frame_received(frame)
+
+    def eof_received(self) -> bool:
+        try:
+            self._decoder.eof()
+        except ProtocolError as exc:
+            self._exc = BrokenLinkError(str(exc))
+        return False  # let the transport close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None and self._exc is None:
+            self._exc = BrokenLinkError(f"{self.peer.describe()}: {exc}")
+        if self._exc is None and not self._closing:
+            self._exc = BrokenLinkError(f"{self.peer.describe()} closed the connection")
+        self._closing = True
+        self._out.clear()
+        self._out_bytes = 0
+        self._wake_drainers()
+        if not self._closed_fut.done():
+            self._closed_fut.set_result(None)
+        if self._receiver is not None:
+            err = self._exc
+            self._receiver.link_lost(None if isinstance(err, ClosedError) else err)
+
+    def pause_writing(self) -> None:
+        self._transport_paused = True
+
+    def resume_writing(self) -> None:
+        self._transport_paused = False
+        self._maybe_unblocked()
+
+    # --- Link -----------------------------------------------------------------------
+
+    def set_receiver(self, receiver: LinkReceiver) -> None:
+        self._receiver = receiver
+        early, self._early = self._early, []
+        for frame in early:
+            receiver.frame_received(frame)
+
+    def send(self, frame: Frame) -> None:
+        if self._closing:
+            raise self._send_error()
+        self._queue(encode(frame, self.max_frame))
+
+    def send_msg(self, sid: int, pub: Pub) -> None:
+        if self._closing:
+            raise self._send_error()
+        self._queue(encode_msg_from_pub(sid, pub, self.max_frame))
+
+    def _queue(self, data: bytes) -> None:
+        self._out.append(data)
+        self._out_bytes += len(data)
+        if self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        if not self._out or self._tr is None:
+            return
+        out = self._out
+        self._out = []
+        self._out_bytes = 0
+        # One write of the joined batch: a single send() system call for the whole turn.
+        self._tr.write(out[0] if len(out) == 1 else b"".join(out))
+        self._maybe_unblocked()
+
+    def _send_error(self) -> Exception:
+        if self._exc is not None and not isinstance(self._exc, ClosedError):
+            return BrokenLinkError(str(self._exc))
+        return ClosedError(f"{self.transport} link is closed")
+
+    @property
+    def write_blocked(self) -> bool:
+        return self._transport_paused or self._out_bytes > self._high_water
+
+    @property
+    def buffered(self) -> int:
+        tr = self._tr
+        return self._out_bytes + (tr.get_write_buffer_size() if tr is not None else 0)
+
+    async def drain(self) -> None:
+        while self.write_blocked:
+            if self._closing:
+                raise self._send_error()
+            fut = self._loop.create_future()
+            self._drain_waiters.append(fut)
+            self._blocked_reported = True
+            await fut
+        if self._closing and self._exc is not None and not isinstance(self._exc, ClosedError):
+            raise self._send_error()
+
+    def _maybe_unblocked(self) -> None:
+        if self.write_blocked:
+            self._blocked_reported = True
+            return
+        self._wake_drainers()
+        if self._blocked_reported:
+            self._blocked_reported = False
+            if self._receiver is not None and not self._closing:
+                self._receiver.writing_resumed()
+
+    def _wake_drainers(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    def pause_reading(self) -> None:
+        if not self._reading_paused and self._tr is not None and not self._closing:
+            self._reading_paused = True
+            self._tr.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and self._tr is not None and not self._closing:
+            self._reading_paused = False
+            self._tr.resume_reading()
+
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
+    @property
+    def last_received(self) -> float:
+        return self._last_rx
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush()
+        self._closing = True
+        self._exc = self._exc or ClosedError(f"{self.transport} link is closed")
+        if self._tr is not None:
+            self._tr.close()  # asyncio still writes out what is buffered, then closes
+        elif not self._closed_fut.done():
+            self._closed_fut.set_result(None)
+
+    def abort(self) -> None:
+        if self._tr is not None:
+            self._closing = True
+            self._exc = self._exc or ClosedError(f"{self.transport} link was aborted")
+            self._tr.abort()
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._closed_fut)
+
+    def _protocol_violation(self, exc: Exception, data: bytes) -> None:
+        """Tell the offender what was wrong, in a form it can read, then hang up."""
+        self._exc = BrokenLinkError(f"{self.peer.describe()}: {exc}")
+        log.warning("closing %s: %s", self.peer.describe(), exc)
+        if self._tr is None:
+            return
+        code = ErrorCode.FRAME_TOO_LARGE if isinstance(exc, FrameTooLarge) else ErrorCode.PROTOCOL
+        if self._server_side and "HTTP request" in str(exc):
+            self._tr.write(_HTTP_400)
+        else:
+            self._tr.write(encode(Err(code, str(exc)[:1000])))
+        self._closing = True
+        self._out.clear()
+        self._tr.close()
+
+
+class StreamListener(Listener):
+    """A listening asyncio server whose connections become :class:`StreamLink` s."""
+
+    def __init__(
+        self, url: str, server: asyncio.AbstractServer, on_close: Callable[[], None] | None = None
+    ) -> None:
+        self.url = url
+        self._server = server
+        self._on_close = on_close
+
+    async def aclose(self) -> None:
+        self._server.close()
+        if self._on_close is not None:
+            self._on_close()
+            self._on_close = None
+        # Server.wait_closed() waits for every accepted connection (3.12+); the broker
+        # closes those itself, so only the listening socket matters here.

@@ -1,0 +1,232 @@
+"""``memory://[name]``: links inside one event loop, frames handed over as objects.
+
+Nothing is encoded or copied: a published ``bytes`` object is the very object every
+in-process subscriber receives. Delivery is a direct call into the peer's receiver while
+the peer reads; once it pauses, frames wait in a deque whose size is what
+``write_blocked`` measures, so backpressure works exactly as on a socket.
+
+Names are scoped to the running event loop: ``memory://a`` in two loops (or two
+processes) are two different brokers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections import deque
+
+from ..errors import BrokenLinkError, ClosedError, ConfigurationError, ConnectError, FrameTooLarge
+from ..link import Accept, Link, LinkReceiver, Listener, PeerInfo
+from ..protocol import Frame, Msg, Pub
+from . import URL, TransportOptions, register
+
+__all__ = ["MemoryLink", "MemoryTransport", "has_listener", "memory_pair"]
+
+# Per event loop: name -> accept callback of the broker listening on memory://name.
+_listeners: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Accept]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _frame_size(frame: Frame) -> int:
+    if isinstance(frame, Msg):
+        return len(frame.data) + 64
+    if isinstance(frame, Pub):
+        return len(frame.data) + 64
+    return 64
+
+
+class MemoryLink(Link):
+    """One end of an in-process link; see :func:`memory_pair`."""
+
+    in_process = True
+
+    def __init__(self, name: str, options: TransportOptions) -> None:
+        self.transport = "memory"
+        self.peer = PeerInfo("memory", name)
+        self.max_frame = options.max_frame
+        self._high_water = options.high_water
+        self._low_water = options.high_water // 4
+        self._other: MemoryLink | None = None
+        self._receiver: LinkReceiver | None = None
+        self._inbox: deque[Frame] = deque()  # frames for *this* end, waiting while paused
+        self._inbox_bytes = 0
+        self._paused = False
+        self._closing = False
+        self._lost = False
+        self._exc: BaseException | None = None
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._blocked_reported = False
+        self._loop = asyncio.get_running_loop()
+        self._closed_fut: asyncio.Future[None] = self._loop.create_future()
+
+    def set_receiver(self, receiver: LinkReceiver) -> None:
+        self._receiver = receiver
+        self._deliver_inbox()
+
+    def send(self, frame: Frame) -> None:
+        other = self._other
+        if self._closing or other is None or other._lost:
+            raise self._send_error()
+        if isinstance(frame, Pub) and len(frame.data) > self.max_frame:
+            raise FrameTooLarge(
+                f"message of {len(frame.data)} bytes exceeds the maximum frame {self.max_frame}"
+            )
+        receiver = other._receiver
+        if receiver is not None and not other._paused and not other._inbox:
+            receiver.frame_received(frame)
+            return
+        other._inbox.append(frame)
+        other._inbox_bytes += _frame_size(frame)
+
+    def send_msg(self, sid: int, pub: Pub) -> None:
+        self.send(Msg(sid, pub.subject, pub.data, pub.reply, pub.headers))
+
+    def _send_error(self) -> Exception:
+        if self._closing and not isinstance(self._exc, BrokenLinkError):
+            return ClosedError("memory link is closed")
+        return BrokenLinkError("the other end of the memory link went away")
+
+    @property
+    def write_blocked(self) -> bool:
+        other = self._other
+        return other is not None and other._inbox_bytes > self._high_water
+
+    @property
+    def buffered(self) -> int:
+        other = self._other
+        return other._inbox_bytes if other is not None else 0
+
+    async def drain(self) -> None:
+        while self.write_blocked:
+            if self._closing or self._lost:
+                raise self._send_error()
+            fut = self._loop.create_future()
+            self._drain_waiters.append(fut)
+            self._blocked_reported = True
+            await fut
+
+    def pause_reading(self) -> None:
+        self._paused = True
+
+    def resume_reading(self) -> None:
+        if self._paused:
+            self._paused = False
+            self._deliver_inbox()
+
+    def _deliver_inbox(self) -> None:
+        receiver = self._receiver
+        inbox = self._inbox
+        while inbox and not self._paused and receiver is not None and not self._lost:
+            frame = inbox.popleft()
+            self._inbox_bytes -= _frame_size(frame)
+            receiver.frame_received(frame)
+        if not inbox:
+            self._inbox_bytes = 0
+            if self._other is not None and self._other._closing:
+                self._finish(None)  # the writer closed gracefully and all is delivered
+        other = self._other
+        if other is not None and self._inbox_bytes <= self._low_water:
+            other._unblocked()
+
+    def _unblocked(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+        if self._blocked_reported:
+            self._blocked_reported = False
+            if self._receiver is not None and not self._closing:
+                self._receiver.writing_resumed()
+
+    @property
+    def closed(self) -> bool:
+        return self._closing or self._lost
+
+    def close(self) -> None:
+        if self._closing or self._lost:
+            return
+        self._closing = True
+        self._exc = ClosedError("memory link is closed")
+        other = self._other
+        # The peer learns of the close after it has read what we sent before it.
+        if other is not None and not other._inbox:
+            self._loop.call_soon(other._finish, None)
+        self._loop.call_soon(self._finish, None)
+
+    def abort(self) -> None:
+        if self._lost:
+            return
+        self._closing = True
+        self._exc = ClosedError("memory link was aborted")
+        other = self._other
+        if other is not None:
+            other._inbox.clear()
+            self._loop.call_soon(other._finish, BrokenLinkError("memory link peer aborted"))
+        self._loop.call_soon(self._finish, None)
+
+    def _finish(self, exc: BaseException | None) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self._inbox.clear()
+        self._inbox_bytes = 0
+        for fut in self._drain_waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self._drain_waiters.clear()
+        if not self._closed_fut.done():
+            self._closed_fut.set_result(None)
+        if self._receiver is not None:
+            if exc is None and not self._closing:
+                exc = BrokenLinkError("the other end closed the memory link")
+            self._receiver.link_lost(exc)
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._closed_fut)
+
+
+def memory_pair(name: str = "", options: TransportOptions | None = None) -> tuple[MemoryLink, MemoryLink]:
+    """Two connected in-process link ends. Must be called with an event loop running."""
+    options = options or TransportOptions()
+    a, b = MemoryLink(name, options), MemoryLink(name, options)
+    a._other, b._other = b, a
+    return a, b
+
+
+def has_listener(name: str) -> bool:
+    """True if a broker in the running loop listens on ``memory://name``."""
+    return name in _listeners.get(asyncio.get_running_loop(), {})
+
+
+class _MemoryListener(Listener):
+    def __init__(self, name: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.url = f"memory://{name}"
+        self._name = name
+        self._loop = loop
+
+    async def aclose(self) -> None:
+        _listeners.get(self._loop, {}).pop(self._name, None)
+
+
+class MemoryTransport:
+    """The ``memory`` scheme."""
+
+    async def connect(self, url: URL, options: TransportOptions) -> Link:
+        accept = _listeners.get(asyncio.get_running_loop(), {}).get(url.name)
+        if accept is None:
+            raise ConnectError(f"no broker listens on memory://{url.name} in this event loop")
+        client, server = memory_pair(url.name, options)
+        accept(server)
+        return client
+
+    async def listen(self, url: URL, accept: Accept, options: TransportOptions) -> Listener:
+        loop = asyncio.get_running_loop()
+        names = _listeners.setdefault(loop, {})
+        if url.name in names:
+            raise ConfigurationError(f"memory://{url.name} already has a broker in this loop")
+        names[url.name] = accept
+        return _MemoryListener(url.name, loop)
+
+
+register("memory", MemoryTransport())

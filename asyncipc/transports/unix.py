@@ -1,0 +1,139 @@
+"""``unix:///path.sock``: Unix domain stream sockets.
+
+The socket file is created with mode 0600 (``?mode=0660`` to share with a group): it is
+bound under a temporary name, its mode set, then renamed into place, so there is no moment
+at which the path exists with looser permissions. A file left at the path by a dead broker
+is replaced; a live broker's socket, or anything that is not a socket, is never touched.
+Peer credentials (pid, uid, gid) come from ``SO_PEERCRED``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import socket
+import stat
+import struct
+from collections.abc import Callable
+
+from ..errors import ConfigurationError, ConnectError
+from ..link import Accept, Link, Listener, PeerInfo
+from . import URL, TransportOptions, register
+from ._stream import StreamLink, StreamListener
+
+__all__ = ["UnixTransport"]
+
+_UCRED = struct.Struct("3i")
+
+
+def _path(url: URL) -> str:
+    path = url.path if not url.host else f"/{url.host}{url.path}"
+    if not path or path == "/":
+        raise ConfigurationError(f"unix URL {url.raw!r} has no socket path (unix:///path.sock)")
+    return path
+
+
+def _peer_info(path: str) -> Callable[[asyncio.Transport], PeerInfo]:
+    def info(tr: asyncio.Transport) -> PeerInfo:
+        sock = tr.get_extra_info("socket")
+        pid = uid = gid = None
+        if sock is not None and hasattr(socket, "SO_PEERCRED"):
+            with contextlib.suppress(OSError):
+                raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+                pid, uid, gid = _UCRED.unpack(raw)
+        return PeerInfo("unix", path, pid, uid, gid)
+
+    return info
+
+
+async def _is_live(path: str) -> bool:
+    """True if something accepts connections at ``path`` (so it is not a stale file)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.setblocking(False)
+    try:
+        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(probe, path), 1.0)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except (OSError, TimeoutError):
+        return True  # something is there and not refusing: leave it alone
+    finally:
+        probe.close()
+    return True
+
+
+class UnixTransport:
+    """The ``unix`` scheme."""
+
+    async def connect(self, url: URL, options: TransportOptions) -> Link:
+        path = _path(url)
+        loop = asyncio.get_running_loop()
+        info = _peer_info(path)
+        try:
+            _, link = await asyncio.wait_for(
+                loop.create_unix_connection(
+                    lambda: StreamLink("unix", options, server_side=False, peer_info=info),
+                    path,
+                ),
+                options.connect_timeout,
+            )
+        except FileNotFoundError:
+            raise ConnectError(f"cannot connect to {url.raw}: no socket at {path}") from None
+        except ConnectionRefusedError:
+            raise ConnectError(f"cannot connect to {url.raw}: connection refused") from None
+        except TimeoutError:
+            raise ConnectError(f"cannot connect to {url.raw}: timed out") from None
+        except OSError as exc:
+            raise ConnectError(f"cannot connect to {url.raw}: {exc.strerror or exc}") from None
+        return link
+
+    async def listen(self, url: URL, accept: Accept, options: TransportOptions) -> Listener:
+        path = _path(url)
+        try:
+            mode = int(url.query.get("mode", "600"), 8)
+        except ValueError:
+            raise ConfigurationError(f"bad mode in {url.raw!r}: expected octal like 0600") from None
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            pass
+        else:
+            if not stat.S_ISSOCK(st.st_mode):
+                raise ConfigurationError(f"refusing to replace {path}: it exists and is not a socket")
+            if await _is_live(path):
+                raise ConfigurationError(f"{path} is in use: a live server is listening there")
+        tmp = f"{path}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(tmp)
+            os.chmod(tmp, mode)
+            sock.listen(512)
+            os.rename(tmp, path)  # atomic: replaces a stale socket file, never half-exists
+        except OSError as exc:
+            sock.close()
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                raise ConfigurationError(f"cannot create socket at {path}: permission denied") from None
+            raise ConfigurationError(f"cannot listen on {url.raw}: {exc.strerror or exc}") from None
+        ino = os.stat(path).st_ino
+        info = _peer_info(path)
+
+        def factory() -> StreamLink:
+            link = StreamLink("unix", options, server_side=True, peer_info=info)
+            accept(link)
+            return link
+
+        server = await asyncio.get_running_loop().create_unix_server(factory, sock=sock)
+
+        def remove_socket_file() -> None:
+            # Only our own file: a newer broker may have replaced it meanwhile.
+            with contextlib.suppress(OSError):
+                if os.stat(path).st_ino == ino:
+                    os.unlink(path)
+
+        return StreamListener(f"unix://{path}", server, remove_socket_file)
+
+
+register("unix", UnixTransport())
