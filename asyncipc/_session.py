@@ -21,6 +21,7 @@ from .protocol import (
     Err,
     ErrorCode,
     Frame,
+    Headers,
     Hello,
     Ping,
     Pong,
@@ -71,6 +72,20 @@ class Session:
 
     # --- LinkReceiver -----------------------------------------------------------------
 
+    def pub_received(
+        self, subject: str, data: bytes, reply: str | None, headers: Headers | None
+    ) -> None:
+        # Only in-process links call this, for a Bus that validated the subjects already.
+        if self.open:
+            self.broker.publish(subject, data, reply, headers, None, self)
+        else:
+            self._handshake(Pub(subject, data, reply, headers))
+
+    def msg_received(
+        self, sid: int, subject: str, data: bytes, reply: str | None, headers: Headers | None
+    ) -> None:
+        self.fail(ErrorCode.PROTOCOL, "unexpected MSG frame from a client")
+
     def frame_received(self, frame: Frame) -> None:
         if type(frame) is Pub and self.open:
             try:
@@ -80,7 +95,7 @@ class Session:
             except InvalidSubject as exc:
                 self.send_error(ErrorCode.INVALID_SUBJECT, str(exc))
                 return
-            self.broker.publish_frame(frame, self)
+            self.broker.publish(frame.subject, None, frame.reply, frame.headers, frame, self)
         elif not self.open:
             self._handshake(frame)
         elif type(frame) is Sub:

@@ -27,8 +27,8 @@ from ._session import Session
 from .errors import ConnectionClosed, FrameTooLarge
 from .link import Link, Listener
 from .options import BrokerOptions
-from .protocol import ErrorCode, Overflow, Pub
-from .router import Router
+from .protocol import ErrorCode, Headers, Overflow, Pub
+from .router import Route, Router
 from .transports import TransportOptions, lookup, parse_url
 
 __all__ = ["Broker", "BrokerStats"]
@@ -156,44 +156,68 @@ class Broker:
 
     # --- the hot path -----------------------------------------------------------------
 
-    def publish_frame(self, pub: Pub, source: Session | None) -> None:
-        """Deliver ``pub`` to every route of its subject. ``source`` is paused if a
-        ``block`` subscriber cannot keep up."""
-        self.stats.messages_in += 1
-        routes = self.router.route(pub.subject)
+    def publish(
+        self,
+        subject: str,
+        data: bytes | None,
+        reply: str | None,
+        headers: Headers | None,
+        pub: Pub | None,
+        source: Session | None,
+    ) -> None:
+        """Deliver a message to every route of ``subject``.
+
+        It comes either as fields (from an in-process bus: ``pub`` is None) or as the PUB
+        frame it arrived in (``data`` is None: sliced out only if an in-process target
+        needs it, stream targets forward the frame's bytes). ``source`` is paused if a
+        ``block`` subscriber cannot keep up.
+        """
+        stats = self.stats
+        stats.messages_in += 1
+        routes = self.router.route(subject)
         if not routes:
-            if pub.reply is not None:
-                self.stats.no_responders += 1
-                self.publish_frame(Pub(pub.reply, b"", None, NO_RESPONDERS_HEADERS), None)
+            if reply is not None:
+                stats.no_responders += 1
+                self.publish(reply, b"", None, NO_RESPONDERS_HEADERS, None, None)
             return
+        sent = 0
         for route in routes:
-            target = route.owner
-            link = target.link
-            if link.write_blocked:
-                overflow = route.overflow
-                if overflow is Overflow.BLOCK:
-                    if source is not None and source is not target and target not in source.blocked_by:
-                        source.blocked_by.add(target)
-                        target.blocked_sources.add(source)
-                        source.link.pause_reading()
-                elif overflow is Overflow.ERROR:
-                    self._slow_consumer(target, route.sid, route)
-                    continue
-                else:
-                    route.dropped += 1
-                    self.stats.dropped += 1
-                    continue
+            link = route.owner.link
+            if link.write_blocked and not self._overflow(route, source):
+                continue
+            if data is None and link.in_process:
+                assert pub is not None
+                data = pub.data
             try:
-                link.send_msg(route.sid, pub)
+                link.deliver(route.sid, subject, data, reply, headers, pub)  # type: ignore[arg-type]
             except ConnectionClosed:
                 continue  # its link_lost is on the way and will remove the route
             except FrameTooLarge as exc:
-                target.send_error(ErrorCode.FRAME_TOO_LARGE, f"message not delivered: {exc}", route.sid)
+                route.owner.send_error(
+                    ErrorCode.FRAME_TOO_LARGE, f"message not delivered: {exc}", route.sid
+                )
                 continue
-            route.delivered += 1
-            self.stats.messages_out += 1
+            sent += 1
+        stats.messages_out += sent
 
-    def _slow_consumer(self, target: Session, sid: int, route: Any) -> None:
+    def _overflow(self, route: Route[Session], source: Session | None) -> bool:
+        """The route's client is behind: apply its policy. True to deliver anyway."""
+        target = route.owner
+        overflow = route.overflow
+        if overflow is Overflow.BLOCK:
+            if source is not None and source is not target and target not in source.blocked_by:
+                source.blocked_by.add(target)
+                target.blocked_sources.add(source)
+                source.link.pause_reading()
+            return True
+        if overflow is Overflow.ERROR:
+            self._slow_consumer(target, route.sid, route)
+            return False
+        route.dropped += 1
+        self.stats.dropped += 1
+        return False
+
+    def _slow_consumer(self, target: Session, sid: int, route: Route[Session]) -> None:
         self.stats.slow_consumers += 1
         target.drop_route(route)
         target.send_error(

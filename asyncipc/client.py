@@ -27,7 +27,22 @@ from .errors import (
 from .link import Link
 from .message import Message
 from .options import ConnectOptions
-from .protocol import PING, PONG, PROTOCOL_VERSION, Err, ErrorCode, Frame, Hello, Msg, Ping, Pong, Pub, Sub, Unsub, Welcome
+from .protocol import (
+    PING,
+    PONG,
+    PROTOCOL_VERSION,
+    Err,
+    ErrorCode,
+    Frame,
+    Headers,
+    Hello,
+    Msg,
+    Ping,
+    Pong,
+    Sub,
+    Unsub,
+    Welcome,
+)
 from .subjects import validate_pattern, validate_queue, validate_subject
 from .subscription import OVERFLOW_POLICIES, Subscription
 
@@ -130,13 +145,23 @@ class Bus:
 
     # --- LinkReceiver -----------------------------------------------------------------
 
+    def msg_received(
+        self, sid: int, subject: str, data: bytes, reply: str | None, headers: Headers | None
+    ) -> None:
+        sub = self._subs.get(sid)
+        if sub is not None:
+            sub._deliver(Message(subject, data, headers, reply, self))
+        elif sid == self._inbox_sid:
+            self._reply_received(subject, data, headers)
+
+    def pub_received(
+        self, subject: str, data: bytes, reply: str | None, headers: Headers | None
+    ) -> None:
+        log.warning("%s: ignoring a PUB sent by the broker", self.url)
+
     def frame_received(self, frame: Frame) -> None:
         if type(frame) is Msg:
-            sub = self._subs.get(frame.sid)
-            if sub is not None:
-                sub._deliver(Message(frame.subject, frame.data, frame.headers, frame.reply, self))
-            elif frame.sid == self._inbox_sid:
-                self._reply_received(frame)
+            self.msg_received(frame.sid, frame.subject, frame.data, frame.reply, frame.headers)
         elif type(frame) is Pong:
             if self._pongs:
                 fut = self._pongs.popleft()
@@ -229,7 +254,7 @@ class Bus:
         link = self._link
         if self._lost is not None:
             raise self._dead()
-        link.send(Pub(subject, data, reply_to, headers))
+        link.publish(subject, data, reply_to, headers)
         if link.write_blocked:
             await link.drain()
 
@@ -385,22 +410,21 @@ class Bus:
         finally:
             del self._requests[token]
 
-    def _reply_received(self, frame: Msg) -> None:
-        entry = self._requests.get(frame.subject[len(self._inbox_prefix) :])
+    def _reply_received(self, subject: str, data: bytes, headers: Headers | None) -> None:
+        entry = self._requests.get(subject[len(self._inbox_prefix) :])
         if entry is None:
             return  # late reply to a request that timed out, or a second responder
-        fut, subject = entry
+        fut, asked = entry
         if fut.done():
             return
-        headers = frame.headers
         status = headers.get(STATUS) if headers else None
         if status == "503":
-            fut.set_exception(NoResponders(f"no responders for request on {subject!r}"))
+            fut.set_exception(NoResponders(f"no responders for request on {asked!r}"))
         elif status == "500":
             assert headers is not None
-            fut.set_exception(ServiceError(f"handler for {subject!r} failed: {headers.get(ERROR, '')}"))
+            fut.set_exception(ServiceError(f"handler for {asked!r} failed: {headers.get(ERROR, '')}"))
         else:
-            fut.set_result(Message(frame.subject, frame.data, headers, frame.reply, self))
+            fut.set_result(Message(subject, data, headers, None, self))
 
     # --- closing ----------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .protocol import DEFAULT_MAX_FRAME, Frame, Pub
+from .protocol import DEFAULT_MAX_FRAME, Frame, Headers, Msg, Pub
 
 __all__ = [
     "DEFAULT_HIGH_WATER",
@@ -70,6 +70,16 @@ class LinkReceiver(Protocol):
     def writing_resumed(self) -> None:
         """:attr:`Link.write_blocked` went from true to false."""
 
+    def pub_received(
+        self, subject: str, data: bytes, reply: str | None, headers: Headers | None
+    ) -> None:
+        """A PUB arrived as fields, without a frame object (in-process links)."""
+
+    def msg_received(
+        self, sid: int, subject: str, data: bytes, reply: str | None, headers: Headers | None
+    ) -> None:
+        """A MSG arrived as fields, without a frame object (in-process links)."""
+
 
 class Link(abc.ABC):
     """A two-way channel of frames. See the module docstring for the contract."""
@@ -94,19 +104,31 @@ class Link(abc.ABC):
         :class:`~asyncipc.FrameTooLarge` for a frame over :attr:`max_frame`.
         """
 
-    def send_msg(self, sid: int, pub: Pub) -> None:
-        """Deliver ``pub`` to subscription ``sid`` of the peer: the broker's fan-out path.
+    def publish(
+        self, subject: str, data: bytes, reply: str | None, headers: Headers | None
+    ) -> None:
+        """Send a PUB: the client's hot path. In-process links skip the frame object."""
+        self.send(Pub(subject, data, reply, headers))
 
-        Stream links override it to reuse the publisher's encoded bytes.
+    def deliver(
+        self,
+        sid: int,
+        subject: str,
+        data: bytes,
+        reply: str | None,
+        headers: Headers | None,
+        pub: Pub | None,
+    ) -> None:
+        """Send a MSG for subscription ``sid``: the broker's fan-out path.
+
+        ``pub`` is the frame the message arrived in, when it arrived in one: stream links
+        reuse its encoded bytes instead of encoding the message again.
         """
-        from .protocol import Msg
+        self.send(Msg(sid, subject, data, reply, headers))
 
-        self.send(Msg(sid, pub.subject, pub.data, pub.reply, pub.headers))
-
-    @property
-    @abc.abstractmethod
-    def write_blocked(self) -> bool:
-        """True while more than the high-water mark is queued for the peer."""
+    write_blocked: bool = False
+    """True while more than the high-water mark is queued for the peer. A plain
+    attribute, kept current by the link: it is read once per message per subscriber."""
 
     @abc.abstractmethod
     async def drain(self) -> None:

@@ -23,7 +23,6 @@ class Route(Generic[O]):
     """One subscription as the broker knows it. Hashed by identity."""
 
     __slots__ = (
-        "delivered",
         "dropped",
         "max_bytes",
         "max_msgs",
@@ -51,7 +50,6 @@ class Route(Generic[O]):
         self.overflow = overflow
         self.max_msgs = max_msgs
         self.max_bytes = max_bytes
-        self.delivered = 0
         self.dropped = 0
 
     def __repr__(self) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from ..errors import BrokenLinkError, ClosedError, FrameTooLarge, ProtocolError
 from ..link import Link, LinkReceiver, Listener, PeerInfo
-from ..protocol import PREAMBLE, Err, ErrorCode, Frame, FrameDecoder, Pub, encode
+from ..protocol import PREAMBLE, Err, ErrorCode, Frame, FrameDecoder, Headers, Msg, Pub, encode
 from ..protocol.frames import encode_msg_from_pub
 from . import TransportOptions
 
@@ -107,6 +107,7 @@ class StreamLink(asyncio.Protocol, Link):
         self._closing = True
         self._out.clear()
         self._out_bytes = 0
+        self.write_blocked = False
         self._wake_drainers()
         if not self._closed_fut.done():
             self._closed_fut.set_result(None)
@@ -116,9 +117,11 @@ class StreamLink(asyncio.Protocol, Link):
 
     def pause_writing(self) -> None:
         self._transport_paused = True
+        self.write_blocked = True
 
     def resume_writing(self) -> None:
         self._transport_paused = False
+        self.write_blocked = self._out_bytes > self._high_water
         self._maybe_unblocked()
 
     # --- Link -----------------------------------------------------------------------
@@ -134,14 +137,27 @@ class StreamLink(asyncio.Protocol, Link):
             raise self._send_error()
         self._queue(encode(frame, self.max_frame))
 
-    def send_msg(self, sid: int, pub: Pub) -> None:
+    def deliver(
+        self,
+        sid: int,
+        subject: str,
+        data: bytes,
+        reply: str | None,
+        headers: Headers | None,
+        pub: Pub | None,
+    ) -> None:
         if self._closing:
             raise self._send_error()
-        self._queue(encode_msg_from_pub(sid, pub, self.max_frame))
+        if pub is None:
+            self._queue(encode(Msg(sid, subject, data, reply, headers), self.max_frame))
+        else:
+            self._queue(encode_msg_from_pub(sid, pub, self.max_frame))
 
     def _queue(self, data: bytes) -> None:
         self._out.append(data)
         self._out_bytes += len(data)
+        if self._out_bytes > self._high_water:
+            self.write_blocked = True
         if self._flush_handle is None:
             self._flush_handle = self._loop.call_soon(self._flush)
 
@@ -152,6 +168,7 @@ class StreamLink(asyncio.Protocol, Link):
         out = self._out
         self._out = []
         self._out_bytes = 0
+        self.write_blocked = self._transport_paused
         # One write of the joined batch: a single send() system call for the whole turn.
         self._tr.write(out[0] if len(out) == 1 else b"".join(out))
         self._maybe_unblocked()
@@ -160,10 +177,6 @@ class StreamLink(asyncio.Protocol, Link):
         if self._exc is not None and not isinstance(self._exc, ClosedError):
             return BrokenLinkError(str(self._exc))
         return ClosedError(f"{self.transport} link is closed")
-
-    @property
-    def write_blocked(self) -> bool:
-        return self._transport_paused or self._out_bytes > self._high_water
 
     @property
     def buffered(self) -> int:

@@ -15,9 +15,9 @@ import asyncio
 import weakref
 from collections import deque
 
-from ..errors import BrokenLinkError, ClosedError, ConfigurationError, ConnectError, FrameTooLarge
+from ..errors import BrokenLinkError, ClosedError, ConfigurationError, ConnectError
 from ..link import Accept, Link, LinkReceiver, Listener, PeerInfo
-from ..protocol import Frame, Msg, Pub
+from ..protocol import Frame, Headers, Msg, Pub
 from . import URL, TransportOptions, register
 
 __all__ = ["MemoryLink", "MemoryTransport", "has_listener", "memory_pair"]
@@ -29,9 +29,7 @@ _listeners: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Accep
 
 
 def _frame_size(frame: Frame) -> int:
-    if isinstance(frame, Msg):
-        return len(frame.data) + 64
-    if isinstance(frame, Pub):
+    if isinstance(frame, (Msg, Pub)):
         return len(frame.data) + 64
     return 64
 
@@ -68,29 +66,52 @@ class MemoryLink(Link):
         other = self._other
         if self._closing or other is None or other._lost:
             raise self._send_error()
-        if isinstance(frame, Pub) and len(frame.data) > self.max_frame:
-            raise FrameTooLarge(
-                f"message of {len(frame.data)} bytes exceeds the maximum frame {self.max_frame}"
-            )
         receiver = other._receiver
         if receiver is not None and not other._paused and not other._inbox:
             receiver.frame_received(frame)
             return
         other._inbox.append(frame)
         other._inbox_bytes += _frame_size(frame)
+        if other._inbox_bytes > self._high_water:
+            self.write_blocked = True
 
-    def send_msg(self, sid: int, pub: Pub) -> None:
-        self.send(Msg(sid, pub.subject, pub.data, pub.reply, pub.headers))
+    # The two hot paths hand fields straight to the peer's receiver: no frame object is
+    # built unless the peer is paused and the message has to wait in its inbox.
+
+    def publish(
+        self, subject: str, data: bytes, reply: str | None, headers: Headers | None
+    ) -> None:
+        other = self._other
+        if self._closing or other is None or other._lost:
+            raise self._send_error()
+        receiver = other._receiver
+        if receiver is not None and not other._paused and not other._inbox:
+            receiver.pub_received(subject, data, reply, headers)
+        else:
+            self.send(Pub(subject, data, reply, headers))
+
+    def deliver(
+        self,
+        sid: int,
+        subject: str,
+        data: bytes,
+        reply: str | None,
+        headers: Headers | None,
+        pub: Pub | None,
+    ) -> None:
+        other = self._other
+        if self._closing or other is None or other._lost:
+            raise self._send_error()
+        receiver = other._receiver
+        if receiver is not None and not other._paused and not other._inbox:
+            receiver.msg_received(sid, subject, data, reply, headers)
+        else:
+            self.send(Msg(sid, subject, data, reply, headers))
 
     def _send_error(self) -> Exception:
         if self._closing and not isinstance(self._exc, BrokenLinkError):
             return ClosedError("memory link is closed")
         return BrokenLinkError("the other end of the memory link went away")
-
-    @property
-    def write_blocked(self) -> bool:
-        other = self._other
-        return other is not None and other._inbox_bytes > self._high_water
 
     @property
     def buffered(self) -> int:
@@ -130,6 +151,7 @@ class MemoryLink(Link):
             other._unblocked()
 
     def _unblocked(self) -> None:
+        self.write_blocked = False
         waiters, self._drain_waiters = self._drain_waiters, []
         for fut in waiters:
             if not fut.done():
@@ -171,6 +193,9 @@ class MemoryLink(Link):
         self._lost = True
         self._inbox.clear()
         self._inbox_bytes = 0
+        self.write_blocked = False
+        if self._other is not None:
+            self._other.write_blocked = False
         for fut in self._drain_waiters:
             if not fut.done():
                 fut.set_result(None)
