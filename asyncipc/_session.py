@@ -68,7 +68,11 @@ class Session:
 
     def describe(self) -> str:
         who = self.link.peer.describe()
-        return f"client {self.client_id} ({self.name}, {who})" if self.name else f"client {self.client_id} ({who})"
+        return (
+            f"client {self.client_id} ({self.name}, {who})"
+            if self.name
+            else f"client {self.client_id} ({who})"
+        )
 
     # --- LinkReceiver -----------------------------------------------------------------
 
@@ -111,7 +115,9 @@ class Session:
         elif type(frame) is Err:
             log.info("%s reported error %s: %s", self.describe(), frame.code, frame.message)
         else:
-            self.fail(ErrorCode.PROTOCOL, f"unexpected {type(frame).__name__.upper()} frame from a client")
+            self.fail(
+                ErrorCode.PROTOCOL, f"unexpected {type(frame).__name__.upper()} frame from a client"
+            )
 
     def link_lost(self, exc: BaseException | None) -> None:
         if exc is not None:
@@ -129,7 +135,10 @@ class Session:
 
     def _handshake(self, frame: Frame) -> None:
         if not isinstance(frame, Hello):
-            self.fail(ErrorCode.PROTOCOL, f"expected HELLO as the first frame, got {type(frame).__name__.upper()}")
+            self.fail(
+                ErrorCode.PROTOCOL,
+                f"expected HELLO as the first frame, got {type(frame).__name__.upper()}",
+            )
             return
         fields = frame.fields
         version = fields.get("version")
@@ -142,7 +151,9 @@ class Session:
         expected = self.broker.options.token
         if expected is not None:
             token = fields.get("token")
-            if not isinstance(token, str) or not hmac.compare_digest(token.encode(), expected.encode()):
+            if not isinstance(token, str) or not hmac.compare_digest(
+                token.encode(), expected.encode()
+            ):
                 self.fail(ErrorCode.AUTH, "token required" if token is None else "invalid token")
                 return
         name = fields.get("name")
@@ -202,9 +213,19 @@ class Session:
             self.send_error(ErrorCode.INVALID_SUBJECT, str(exc), frame.sid)
             return
         if frame.sid in self.routes:
-            self.send_error(ErrorCode.PROTOCOL, f"subscription id {frame.sid} is already in use", frame.sid)
+            self.send_error(
+                ErrorCode.PROTOCOL, f"subscription id {frame.sid} is already in use", frame.sid
+            )
             return
-        route = Route(self, frame.sid, frame.subject, frame.queue, frame.overflow, frame.max_msgs, frame.max_bytes)
+        route = Route(
+            self,
+            frame.sid,
+            frame.subject,
+            frame.queue,
+            frame.overflow,
+            frame.max_msgs,
+            frame.max_bytes,
+        )
         self.routes[frame.sid] = route
         self.broker.router.add(route)
 

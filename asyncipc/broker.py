@@ -134,7 +134,7 @@ class Broker:
         for session in list(self._sessions):
             session.close()
         if links:
-            done, pending = await asyncio.wait(
+            _, pending = await asyncio.wait(
                 [asyncio.ensure_future(link.wait_closed()) for link in links],
                 timeout=self.options.drain_timeout,
             )

@@ -105,7 +105,9 @@ class Bus:
                 info = await self._welcome
         except TimeoutError:
             self._link.abort()
-            raise HandshakeError(f"no WELCOME from {self.url} within {opts.connect_timeout:g} s") from None
+            raise HandshakeError(
+                f"no WELCOME from {self.url} within {opts.connect_timeout:g} s"
+            ) from None
         self.server_info = info
         peer_max = info.get("max_frame")
         if isinstance(peer_max, int) and peer_max >= 1024:
@@ -172,9 +174,8 @@ class Bus:
                 self._link.send(PONG)
         elif type(frame) is Err:
             self._error_received(frame)
-        elif type(frame) is Welcome:
-            if not self._welcome.done():
-                self._welcome.set_result(frame.fields)
+        elif type(frame) is Welcome and not self._welcome.done():
+            self._welcome.set_result(frame.fields)
 
     def link_lost(self, exc: BaseException | None) -> None:
         if self._lost is None:
@@ -184,7 +185,9 @@ class Bus:
             log.warning("%s: connection lost: %s", self.url, lost)
         if not self._welcome.done():
             self._welcome.set_exception(
-                lost if isinstance(lost, HandshakeError) else HandshakeError(f"connection to {self.url} closed during handshake: {lost}")
+                lost
+                if isinstance(lost, HandshakeError)
+                else HandshakeError(f"connection to {self.url} closed during handshake: {lost}")
             )
             self._welcome.exception()  # mark retrieved: the handshake may already be gone
         error = lost if not isinstance(lost, ClosedError) else None
@@ -194,9 +197,9 @@ class Bus:
         for fut, _ in self._requests.values():
             if not fut.done():
                 fut.set_exception(BrokenLinkError(f"connection lost before the reply: {lost}"))
-        for fut in self._pongs:
-            if not fut.done():
-                fut.set_exception(BrokenLinkError(f"connection lost: {lost}"))
+        for pong in self._pongs:
+            if not pong.done():
+                pong.set_exception(BrokenLinkError(f"connection lost: {lost}"))
         self._pongs.clear()
         if self._timer is not None:
             self._timer.cancel()
@@ -208,7 +211,9 @@ class Bus:
     def _error_received(self, frame: Err) -> None:
         code, message = frame.code, frame.message
         if not self._welcome.done():
-            exc: HandshakeError = AuthenticationError(message) if code == ErrorCode.AUTH else HandshakeError(message)
+            exc: HandshakeError = (
+                AuthenticationError(message) if code == ErrorCode.AUTH else HandshakeError(message)
+            )
             self._lost = exc
             self._welcome.set_exception(exc)
             return
@@ -250,7 +255,9 @@ class Bus:
         if type(data) is not bytes:
             data = _as_bytes(data)
         if len(data) > self.max_payload:
-            raise FrameTooLarge(f"payload of {len(data)} bytes exceeds the maximum of {self.max_payload} bytes")
+            raise FrameTooLarge(
+                f"payload of {len(data)} bytes exceeds the maximum of {self.max_payload} bytes"
+            )
         link = self._link
         if self._lost is not None:
             raise self._dead()
@@ -300,7 +307,9 @@ class Bus:
             validate_queue(queue)
         policy = OVERFLOW_POLICIES.get(overflow)
         if policy is None:
-            raise ValueError(f"overflow must be one of {sorted(OVERFLOW_POLICIES)}, not {overflow!r}")
+            raise ValueError(
+                f"overflow must be one of {sorted(OVERFLOW_POLICIES)}, not {overflow!r}"
+            )
         if max_pending < 1 or max_bytes < 1:
             raise ValueError("max_pending and max_bytes must be positive")
         if self._closing or self._lost is not None:
@@ -311,7 +320,9 @@ class Bus:
         self._link.send(Sub(sid, subject, queue, policy, max_pending, max_bytes))
         self._subs[sid] = sub
         if callback is not None:
-            task = self._loop.create_task(self._run_callback(sub, callback), name=f"asyncipc callback {subject}")
+            task = self._loop.create_task(
+                self._run_callback(sub, callback), name=f"asyncipc callback {subject}"
+            )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return sub
@@ -328,7 +339,9 @@ class Bus:
         except SlowConsumer as exc:
             log.warning("%s", exc)
 
-    def handler(self, subject: str, queue: str | None = None, **subscribe_options: Any) -> Callable[[Handler], Handler]:
+    def handler(
+        self, subject: str, queue: str | None = None, **subscribe_options: Any
+    ) -> Callable[[Handler], Handler]:
         """Decorate ``async def f(msg) -> bytes`` to serve requests on ``subject``.
 
         The return value (``None`` for an empty body) is the reply. If ``f`` raises, the
@@ -406,7 +419,9 @@ class Bus:
         except TimeoutError:
             if fut.done() and not fut.cancelled() and fut.exception() is not None:
                 raise
-            raise RequestTimeout(f"no reply to request on {subject!r} within {timeout:g} s") from None
+            raise RequestTimeout(
+                f"no reply to request on {subject!r} within {timeout:g} s"
+            ) from None
         finally:
             del self._requests[token]
 
@@ -422,7 +437,9 @@ class Bus:
             fut.set_exception(NoResponders(f"no responders for request on {asked!r}"))
         elif status == "500":
             assert headers is not None
-            fut.set_exception(ServiceError(f"handler for {asked!r} failed: {headers.get(ERROR, '')}"))
+            fut.set_exception(
+                ServiceError(f"handler for {asked!r} failed: {headers.get(ERROR, '')}")
+            )
         else:
             fut.set_result(Message(subject, data, headers, None, self))
 

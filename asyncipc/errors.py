@@ -3,24 +3,25 @@
 ::
 
     AsyncIPCError
-    ├── ConfigurationError (ValueError)       a bad URL, option or argument
-    │   └── InvalidSubject                    a subject or queue name that is not valid
-    ├── ConnectError (OSError)                could not reach a listener at the URL
-├── ConnectionClosed                      the link is gone
-    │   ├── ClosedError                       ... because *we* closed it (anyio's ClosedResourceError)
-    │   └── BrokenLinkError (OSError)         ... because the peer or the world did (BrokenResource)
-    ├── ProtocolError                         the wire was misused
-    │   ├── LocalProtocolError                ... by us (a frame we refuse to send)
-    │   ├── RemoteProtocolError               ... by the peer (garbage, truncated, oversized)
-    │   └── FrameTooLarge                     a frame over the negotiated maximum (either side)
-    ├── HandshakeError                        the hello/welcome exchange failed
-    │   └── AuthenticationError               the broker refused our token
-    ├── BrokerError                           the broker sent an error frame (``code`` attribute)
-    ├── NoResponders                          a request found nobody subscribed
-    ├── RequestTimeout (TimeoutError)         a request got no answer in time
-    ├── ServiceError                          the responder's handler raised
-    └── SlowConsumer                          a subscription overflowed with overflow="error"
+    ├── ConfigurationError (ValueError)     a bad URL, option or argument
+    │   └── InvalidSubject                  a subject or queue name that is not valid
+    ├── ConnectError (OSError)              nothing answered at the URL
+    ├── ConnectionClosed                    the link is gone
+    │   ├── ClosedError                     ... because *we* closed it
+    │   └── BrokenLinkError (OSError)       ... because the peer or the world did
+    ├── ProtocolError                       the wire was misused
+    │   ├── LocalProtocolError              ... by us (a frame we refuse to send)
+    │   ├── RemoteProtocolError             ... by the peer (garbage, truncated)
+    │   └── FrameTooLarge                   a frame over the agreed maximum
+    ├── HandshakeError                      the hello/welcome exchange failed
+    │   └── AuthenticationError             the broker refused our token
+    ├── BrokerError                         the broker sent an error frame (``code``)
+    ├── NoResponders                        a request found nobody subscribed
+    ├── RequestTimeout (TimeoutError)       a request got no answer in time
+    ├── ServiceError                        the responder's handler raised
+    └── SlowConsumer                        a subscription overflowed (overflow="error")
 
+ClosedError/BrokenLinkError follow anyio's ClosedResourceError/BrokenResourceError split.
 ``except TimeoutError`` catches request time-outs and ``except OSError`` catches broken
 links, as with aiohttp and the standard library; ``except ValueError`` catches bad
 subjects before anything is sent.

@@ -14,7 +14,7 @@ from .subjects import SubjectIndex
 
 __all__ = ["Route", "Router"]
 
-O = TypeVar("O")  # the owner of a route: the broker's session object
+O = TypeVar("O")  # noqa: E741 - the owner of a route: the broker's session object
 
 _CACHE_MAX = 8192
 

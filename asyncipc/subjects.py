@@ -80,8 +80,7 @@ def validate_queue(queue: str) -> str:
     """Return ``queue`` if it is a valid queue-group name, else raise InvalidSubject."""
     if not isinstance(queue, str) or _QUEUE_RE.fullmatch(queue) is None:
         raise InvalidSubject(
-            f"invalid queue group name {queue!r}: must be non-empty, without whitespace, "
-            "'*' or '>'"
+            f"invalid queue group name {queue!r}: must be non-empty, without whitespace, '*' or '>'"
         )
     if _too_long(queue):
         raise InvalidSubject(f"queue group name is longer than {MAX_SUBJECT_BYTES} bytes")

@@ -88,7 +88,8 @@ class Subscription:
         self._error: BaseException | None = None
 
     def __repr__(self) -> str:
-        return f"<Subscription {self.sid} {self.subject!r} queue={self.queue!r} pending={len(self._queue)}>"
+        pending = len(self._queue)
+        return f"<Subscription {self.sid} {self.subject!r} queue={self.queue!r} pending={pending}>"
 
     @property
     def pending(self) -> int:
@@ -110,7 +111,7 @@ class Subscription:
     def _deliver(self, msg: Message) -> None:
         q = self._queue
         size = len(msg.data)
-        if len(q) >= self.max_pending or self._bytes + size > self.max_bytes and q:
+        if len(q) >= self.max_pending or (self._bytes + size > self.max_bytes and q):
             overflow = self.overflow
             if overflow is Overflow.BLOCK:
                 if not self._blocking:
@@ -177,7 +178,11 @@ class Subscription:
                     self._waiter = None
         msg = q.popleft()
         self._bytes -= len(msg.data)
-        if self._blocking and len(q) <= self.max_pending // 2 and self._bytes <= self.max_bytes // 2:
+        if (
+            self._blocking
+            and len(q) <= self.max_pending // 2
+            and self._bytes <= self.max_bytes // 2
+        ):
             self._blocking = False
             self._bus._sub_unblocked(self)
         return msg

@@ -67,9 +67,8 @@ class FrameDecoder:
         buf = self._buf
         buf += data
         try:
-            if self._need_preamble:
-                if not self._check_preamble():
-                    return []
+            if self._need_preamble and not self._check_preamble():
+                return []
             return self._frames()
         except (RemoteProtocolError, FrameTooLarge) as exc:
             self._error = exc
@@ -161,14 +160,14 @@ def _parse(op: int, body: bytes) -> Frame:
             return PONG
         if op == Op.SUB:
             sid, max_msgs, max_bytes, overflow = _SUB.unpack_from(body)
-            subject, off = _text(body, _SUB.size, "subject")
+            pattern, off = _text(body, _SUB.size, "subject")
             queue, off = _text(body, off, "queue")
             _no_trailing(body, off, "SUB")
             try:
                 policy = Overflow(overflow)
             except ValueError:
                 raise RemoteProtocolError(f"SUB with unknown overflow policy {overflow}") from None
-            return Sub(sid, subject or "", queue, policy, max_msgs, max_bytes)
+            return Sub(sid, pattern or "", queue, policy, max_msgs, max_bytes)
         if op == Op.UNSUB:
             _no_trailing(body, 4, "UNSUB")
             return Unsub(_LEN.unpack_from(body)[0])

@@ -47,7 +47,7 @@ class URL:
 
 def parse_url(url: str) -> URL:
     """Split ``url`` into scheme, host, port, path and query; raise ConfigurationError."""
-    if not isinstance(url, str) or "://" not in url and not url.endswith(":"):
+    if not isinstance(url, str) or ("://" not in url and not url.endswith(":")):
         raise ConfigurationError(f"not a channel URL: {url!r} (expected scheme://...)")
     parts = urlsplit(url)
     scheme = parts.scheme.lower()

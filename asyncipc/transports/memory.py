@@ -211,7 +211,9 @@ class MemoryLink(Link):
         await asyncio.shield(self._closed_fut)
 
 
-def memory_pair(name: str = "", options: TransportOptions | None = None) -> tuple[MemoryLink, MemoryLink]:
+def memory_pair(
+    name: str = "", options: TransportOptions | None = None
+) -> tuple[MemoryLink, MemoryLink]:
     """Two connected in-process link ends. Must be called with an event loop running."""
     options = options or TransportOptions()
     a, b = MemoryLink(name, options), MemoryLink(name, options)

@@ -100,7 +100,9 @@ class TcpTransport:
                 options.connect_timeout,
             )
         except ssl.SSLError as exc:
-            raise ConnectError(f"TLS handshake with {url.raw} failed: {exc.reason or exc}") from None
+            raise ConnectError(
+                f"TLS handshake with {url.raw} failed: {exc.reason or exc}"
+            ) from None
         except TimeoutError:
             raise ConnectError(f"cannot connect to {url.raw}: timed out") from None
         except OSError as exc:

@@ -100,7 +100,9 @@ class UnixTransport:
             pass
         else:
             if not stat.S_ISSOCK(st.st_mode):
-                raise ConfigurationError(f"refusing to replace {path}: it exists and is not a socket")
+                raise ConfigurationError(
+                    f"refusing to replace {path}: it exists and is not a socket"
+                )
             if await _is_live(path):
                 raise ConfigurationError(f"{path} is in use: a live server is listening there")
         tmp = f"{path}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
@@ -115,7 +117,9 @@ class UnixTransport:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             if exc.errno in (errno.EACCES, errno.EPERM):
-                raise ConfigurationError(f"cannot create socket at {path}: permission denied") from None
+                raise ConfigurationError(
+                    f"cannot create socket at {path}: permission denied"
+                ) from None
             raise ConfigurationError(f"cannot listen on {url.raw}: {exc.strerror or exc}") from None
         ino = os.stat(path).st_ino
         info = _peer_info(path)
