@@ -117,7 +117,7 @@ class StreamLink(asyncio.Protocol, Link):
 
     def pause_writing(self) -> None:
         self._transport_paused = True
-        self.write_blocked = True
+        self.write_blocked = self._blocked_reported = True
 
     def resume_writing(self) -> None:
         self._transport_paused = False
@@ -157,7 +157,7 @@ class StreamLink(asyncio.Protocol, Link):
         self._out.append(data)
         self._out_bytes += len(data)
         if self._out_bytes > self._high_water:
-            self.write_blocked = True
+            self.write_blocked = self._blocked_reported = True
         if self._flush_handle is None:
             self._flush_handle = self._loop.call_soon(self._flush)
 

@@ -73,7 +73,8 @@ class MemoryLink(Link):
         other._inbox.append(frame)
         other._inbox_bytes += _frame_size(frame)
         if other._inbox_bytes > self._high_water:
-            self.write_blocked = True
+            # Whoever sees this (a drain() or the broker) must hear writing_resumed().
+            self.write_blocked = self._blocked_reported = True
 
     # The two hot paths hand fields straight to the peer's receiver: no frame object is
     # built unless the peer is paused and the message has to wait in its inbox.

@@ -1,0 +1,149 @@
+"""Shared fixtures: brokers in this process and in their own, over every transport."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trustme
+
+import asyncipc
+
+HERE = Path(__file__).parent
+
+
+@dataclass
+class Certs:
+    """A private CA with a server certificate for 127.0.0.1/localhost and a client one."""
+
+    ca: trustme.CA
+    dir: Path
+
+    @property
+    def ca_file(self) -> str:
+        return str(self.dir / "ca.pem")
+
+    @property
+    def server_cert(self) -> str:
+        return str(self.dir / "server.pem")
+
+    @property
+    def server_key(self) -> str:
+        return str(self.dir / "server.key")
+
+    @property
+    def client_cert(self) -> str:
+        return str(self.dir / "client.pem")
+
+    @property
+    def client_key(self) -> str:
+        return str(self.dir / "client.key")
+
+    def server_query(self) -> str:
+        return f"?cert={self.server_cert}&key={self.server_key}"
+
+    def client_query(self) -> str:
+        return f"?ca={self.ca_file}"
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    d = tmp_path_factory.mktemp("certs")
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(d / "ca.pem"))
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    server.cert_chain_pems[0].write_to_path(str(d / "server.pem"))
+    server.private_key_pem.write_to_path(str(d / "server.key"))
+    client = ca.issue_cert("client@asyncipc.test")
+    client.cert_chain_pems[0].write_to_path(str(d / "client.pem"))
+    client.private_key_pem.write_to_path(str(d / "client.key"))
+    return Certs(ca, d)
+
+
+class BrokerProcess:
+    """``tests/broker_proc.py`` in a subprocess, stopped with SIGTERM."""
+
+    def __init__(self, listen: list[str], env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / "broker_proc.py"), *listen],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self.urls: list[str] = []
+        assert self.proc.stdout is not None
+        for _ in listen:
+            line = self.proc.stdout.readline()
+            if not line.startswith("ready "):
+                self.stop()
+                raise RuntimeError(f"broker process failed: {line!r} {self.proc.stderr.read()!r}")  # type: ignore[union-attr]
+            self.urls.append(line.split(" ", 1)[1].strip())
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def broker_process(certs: Certs) -> Iterator[dict[str, str]]:
+    """One broker process for the session, on unix, tcp and tls; URLs by transport."""
+    sock_dir = tempfile.mkdtemp(prefix="aipc-")
+    proc = BrokerProcess(
+        [
+            f"unix://{sock_dir}/proc.sock",
+            "tcp://127.0.0.1:0",
+            "tls://127.0.0.1:0" + certs.server_query(),
+        ]
+    )
+    unix, tcp, tls = proc.urls
+    yield {"unix": unix, "tcp": tcp, "tls": tls + certs.client_query()}
+    assert proc.stop() == 0, "broker process did not drain and exit 0 on SIGTERM"
+    assert not os.path.exists(f"{sock_dir}/proc.sock"), "socket file left behind"
+    os.rmdir(sock_dir)
+
+
+# Every conformance test runs over each of these.
+TRANSPORTS = ["memory", "unix", "tcp", "tls", "unix-process", "tcp-process", "tls-process"]
+
+
+@pytest.fixture(params=TRANSPORTS)
+async def url(request: pytest.FixtureRequest, tmp_path: Path, certs: Certs) -> AsyncIterator[str]:
+    """A URL on which a broker serves, in this process or in its own."""
+    kind: str = request.param
+    if kind.endswith("-process"):
+        urls: dict[str, str] = request.getfixturevalue("broker_process")
+        yield urls[kind.removesuffix("-process")]
+        return
+    if kind == "memory":
+        name = f"t{os.urandom(4).hex()}"
+        async with asyncipc.Broker() as broker:
+            await broker.listen(f"memory://{name}")
+            yield f"memory://{name}"
+        return
+    async with asyncipc.Broker() as broker:
+        if kind == "unix":
+            listener = await broker.listen(f"unix://{tmp_path}/b.sock")
+            yield listener.url
+        elif kind == "tcp":
+            listener = await broker.listen("tcp://127.0.0.1:0")
+            yield listener.url
+        else:
+            listener = await broker.listen("tls://127.0.0.1:0" + certs.server_query())
+            yield listener.url + certs.client_query()

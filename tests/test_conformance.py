@@ -1,0 +1,281 @@
+"""The conformance suite (DESIGN.md §6): the same behaviours over every transport.
+
+``url`` (conftest.py) is parametrized over memory, unix, tcp and tls with a broker in this
+process, and unix, tcp and tls with a broker in its own process. The process broker is
+shared by the session, so every test works under its own subject prefix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+import asyncipc
+
+
+@pytest.fixture
+def p() -> str:
+    """A subject prefix no other test uses."""
+    return f"t{os.urandom(4).hex()}"
+
+
+async def test_publish_subscribe_carries_every_field(url: str, p: str) -> None:
+    async with asyncipc.connect(url) as bus, bus.subscribe(f"{p}.orders.*") as sub:
+        await bus.publish(
+            f"{p}.orders.created", b'{"id": 7}', headers={"trace": "abc"}, reply_to=f"{p}.r"
+        )
+        msg = await sub.next_msg(timeout=5)
+    assert msg.subject == f"{p}.orders.created"
+    assert msg.data == b'{"id": 7}'
+    assert msg.headers == {"trace": "abc"}
+    assert msg.reply_to == f"{p}.r"
+
+
+async def test_between_two_connections_in_order(url: str, p: str) -> None:
+    async with asyncipc.connect(url) as pub, asyncipc.connect(url) as subbus:
+        async with subbus.subscribe(f"{p}.seq") as sub:
+            for i in range(2000):
+                await pub.publish(f"{p}.seq", i.to_bytes(4, "big"))
+            got = [int.from_bytes((await sub.next_msg(timeout=5)).data, "big") for _ in range(2000)]
+    assert got == list(range(2000))
+
+
+async def test_wildcards(url: str, p: str) -> None:
+    async with asyncipc.connect(url) as bus:
+        star = bus.subscribe(f"{p}.*.created")
+        full = bus.subscribe(f"{p}.>")
+        exact = bus.subscribe(f"{p}.a.created")
+        await bus.flush()
+        for subject in (f"{p}.a.created", f"{p}.b.created", f"{p}.a.b.created", f"{p}.x"):
+            await bus.publish(subject, b"")
+        await bus.flush()
+        assert [m.subject for m in _drain(star)] == [f"{p}.a.created", f"{p}.b.created"]
+        assert len(_drain(full)) == 4
+        assert [m.subject for m in _drain(exact)] == [f"{p}.a.created"]
+
+
+def _drain(sub: asyncipc.Subscription) -> list[asyncipc.Message]:
+    out = []
+    while sub.pending:
+        out.append(sub._queue.popleft())
+    return out
+
+
+async def test_queue_group_shares_and_plain_subscribers_get_all(url: str, p: str) -> None:
+    async with asyncipc.connect(url) as a, asyncipc.connect(url) as b, asyncipc.connect(url) as c:
+        w1 = a.subscribe(f"{p}.jobs", queue="workers")
+        w2 = b.subscribe(f"{p}.jobs", queue="workers")
+        audit = c.subscribe(f"{p}.jobs")
+        for bus in (a, b, c):
+            await bus.flush()
+        for i in range(100):
+            await c.publish(f"{p}.jobs", str(i).encode())
+        for bus in (c, a, b):
+            await bus.flush()
+        got1, got2 = _drain(w1), _drain(w2)
+        assert len(got1) + len(got2) == 100
+        assert got1 and got2, "both members of the group get a share"
+        assert sorted(int(m.data) for m in got1 + got2) == list(range(100))
+        assert len(_drain(audit)) == 100
+
+
+async def test_request_reply_and_its_errors(url: str, p: str) -> None:
+    async with asyncipc.connect(url) as server, asyncipc.connect(url) as client:
+
+        @server.handler(f"{p}.upper")
+        async def upper(msg: asyncipc.Message) -> bytes:
+            return msg.data.upper()
+
+        @server.handler(f"{p}.fail")
+        async def fail(msg: asyncipc.Message) -> bytes:
+            raise RuntimeError("no stock")
+
+        silent = server.subscribe(f"{p}.silent")
+        await server.flush()
+
+        reply = await client.request(f"{p}.upper", b"sku-1", timeout=5)
+        assert reply.data == b"SKU-1"
+        with pytest.raises(asyncipc.NoResponders):
+            await client.request(f"{p}.nobody", b"", timeout=5)
+        with pytest.raises(asyncipc.RequestTimeout) as timeout:
+            await client.request(f"{p}.silent", b"", timeout=0.2)
+        assert isinstance(timeout.value, TimeoutError)
+        assert silent.pending == 1
+        with pytest.raises(asyncipc.ServiceError, match="no stock"):
+            await client.request(f"{p}.fail", b"", timeout=5)
+        # Many at once: replies find their own requests.
+        replies = await asyncio.gather(
+            *(client.request(f"{p}.upper", f"x{i}".encode(), timeout=5) for i in range(50))
+        )
+        assert [r.data for r in replies] == [f"X{i}".encode() for i in range(50)]
+
+
+async def test_respond_and_callback_subscriptions(url: str, p: str) -> None:
+    seen: list[bytes] = []
+
+    async def on_msg(msg: asyncipc.Message) -> None:
+        seen.append(msg.data)
+        await msg.respond(b"ack:" + msg.data)
+
+    async with asyncipc.connect(url) as server, asyncipc.connect(url) as client:
+        server.subscribe(f"{p}.cb", callback=on_msg)
+        await server.flush()
+        reply = await client.request(f"{p}.cb", b"1", timeout=5)
+    assert reply.data == b"ack:1"
+    assert seen == [b"1"]
+
+
+@pytest.mark.parametrize("size", [0, 1, 64 * 1024, 1024 * 1024, 6 * 1024 * 1024])
+async def test_message_sizes(url: str, p: str, size: int) -> None:
+    payload = os.urandom(size)
+    async with asyncipc.connect(url) as bus, bus.subscribe(f"{p}.big") as sub:
+        await bus.publish(f"{p}.big", payload)
+        msg = await sub.next_msg(timeout=10)
+    assert msg.data == payload
+
+
+async def test_oversized_refused_at_sender_and_bus_goes_on(url: str, p: str) -> None:
+    async with asyncipc.connect(url) as bus, bus.subscribe(f"{p}.x") as sub:
+        with pytest.raises(asyncipc.FrameTooLarge, match="exceeds"):
+            await bus.publish(f"{p}.x", b"\0" * (9 * 1024 * 1024))
+        await bus.publish(f"{p}.x", b"after")
+        assert (await sub.next_msg(timeout=5)).data == b"after"
+
+
+async def test_invalid_subjects_raise_before_sending(url: str, p: str) -> None:
+    async with asyncipc.connect(url) as bus:
+        for bad in ("", "a..b", "a.*", "a.>", " a", "a b"):
+            with pytest.raises(asyncipc.InvalidSubject):
+                await bus.publish(bad, b"")
+        with pytest.raises(ValueError, match="'>' must be the last token"):
+            bus.subscribe("a.>.b")
+        with pytest.raises(ValueError):
+            bus.subscribe("a", queue="bad queue")
+        await bus.flush()  # still connected and usable
+
+
+@pytest.mark.parametrize(
+    ("overflow", "kept"), [("drop_new", range(10)), ("drop_oldest", range(90, 100))]
+)
+async def test_drop_policies(url: str, p: str, overflow: str, kept: range) -> None:
+    async with asyncipc.connect(url) as pub, asyncipc.connect(url) as subbus:
+        async with subbus.subscribe(f"{p}.d", max_pending=10, overflow=overflow) as sub:
+            for i in range(100):
+                await pub.publish(f"{p}.d", str(i).encode())
+            await pub.flush()
+            await subbus.flush()
+            assert sub.dropped == 90
+            assert [int(m.data) for m in _drain(sub)] == list(kept)
+
+
+async def test_error_policy_yields_what_it_has_then_raises(url: str, p: str) -> None:
+    async with asyncipc.connect(url) as bus:
+        sub = bus.subscribe(f"{p}.e", max_pending=5, overflow="error")
+        await bus.flush()
+        for i in range(20):
+            await bus.publish(f"{p}.e", str(i).encode())
+        await bus.flush()
+        got = []
+        with pytest.raises(asyncipc.SlowConsumer, match="fell behind"):
+            async for msg in sub:
+                got.append(int(msg.data))
+        assert got == [0, 1, 2, 3, 4]
+        assert not sub.active
+
+
+async def test_block_policy_slows_the_publisher_and_loses_nothing(url: str, p: str) -> None:
+    """A subscriber that stops reading holds the publisher back (through the broker), and
+    once it reads again every message arrives, in order."""
+    n, size = 400, 64 * 1024  # 25 MiB: far more than every buffer on the way together
+    async with asyncipc.connect(url) as pub, asyncipc.connect(url) as subbus:
+        sub = subbus.subscribe(f"{p}.b", max_pending=8)
+        await subbus.flush()
+        progress = 0
+
+        async def produce() -> None:
+            nonlocal progress
+            for i in range(n):
+                await pub.publish(f"{p}.b", i.to_bytes(4, "big") * (size // 4))
+                progress = i + 1
+
+        task = asyncio.create_task(produce())
+        for _ in range(50):  # let it run until it stalls
+            await asyncio.sleep(0.02)
+        assert not task.done(), "the publisher should be held back by the stalled subscriber"
+        assert progress < n
+        got = []
+        async for msg in sub:
+            got.append(int.from_bytes(msg.data[:4], "big"))
+            if len(got) == n:
+                break
+        await task
+        assert got == list(range(n))
+
+
+async def test_close_drains_what_was_published(url: str, p: str) -> None:
+    async with asyncipc.connect(url) as subbus, subbus.subscribe(f"{p}.drain") as sub:
+        pub = await asyncipc.connect(url)
+        for i in range(500):
+            await pub.publish(f"{p}.drain", str(i).encode())
+        await pub.close()  # returns only once the broker has everything
+        got = [int((await sub.next_msg(timeout=5)).data) for _ in range(500)]
+        assert got == list(range(500))
+        with pytest.raises(asyncipc.ClosedError):
+            await pub.publish(f"{p}.drain", b"late")
+
+
+async def test_close_lets_handlers_finish(url: str, p: str) -> None:
+    started = asyncio.Event()
+    release = asyncio.Event()
+    async with asyncipc.connect(url) as client:
+        server = await asyncipc.connect(url)
+
+        @server.handler(f"{p}.slow")
+        async def slow(msg: asyncipc.Message) -> bytes:
+            started.set()
+            await release.wait()
+            return b"done"
+
+        await server.flush()
+        pending = asyncio.create_task(client.request(f"{p}.slow", b"", timeout=10))
+        await started.wait()
+        closing = asyncio.create_task(server.close())
+        await asyncio.sleep(0.05)
+        release.set()
+        await closing
+        assert (await pending).data == b"done"
+
+
+async def test_reconnect_after_close_and_subscriptions_go_with_the_bus(url: str, p: str) -> None:
+    bus = await asyncipc.connect(url)
+
+    @bus.handler(f"{p}.svc")
+    async def svc(msg: asyncipc.Message) -> bytes:
+        return b"one"
+
+    await bus.flush()
+    await bus.close()
+    async with asyncipc.connect(url) as again:
+        with pytest.raises(asyncipc.NoResponders):
+            await again.request(f"{p}.svc", b"", timeout=5)
+
+        @again.handler(f"{p}.svc")
+        async def svc2(msg: asyncipc.Message) -> bytes:
+            return b"two"
+
+        await again.flush()
+        assert (await again.request(f"{p}.svc", b"", timeout=5)).data == b"two"
+
+
+async def test_unsubscribe_stops_delivery(url: str, p: str) -> None:
+    async with asyncipc.connect(url) as bus:
+        sub = bus.subscribe(f"{p}.u")
+        await bus.flush()
+        await bus.publish(f"{p}.u", b"1")
+        await bus.flush()
+        await sub.unsubscribe()
+        await bus.publish(f"{p}.u", b"2")
+        await bus.flush()
+        assert [m.data async for m in sub] == [b"1"]
