@@ -25,7 +25,7 @@ from typing import Any
 
 from ._session import Session
 from .errors import ConnectionClosed, FrameTooLarge
-from .link import Link, Listener
+from .link import Link, Listener, PeerInfo
 from .options import BrokerOptions
 from .protocol import ErrorCode, Headers, Overflow, Pub
 from .router import Route, Router
@@ -100,6 +100,17 @@ class Broker:
     def sessions(self) -> int:
         """Clients connected now."""
         return len(self._sessions)
+
+    @property
+    def peers(self) -> list[PeerInfo]:
+        """Who is connected now (peer credentials where the channel tells)."""
+        return [s.link.peer for s in self._sessions]
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for clients that have not taken them yet: the memory slow
+        subscribers pin in the broker. Bounded by the high-water mark (see module doc)."""
+        return sum(s.link.buffered for s in self._sessions)
 
     def attach(self, link: Link) -> None:
         """Take a new link from a listener (or a caller that made one) as a client."""

@@ -93,13 +93,22 @@ class StreamLink(asyncio.Protocol, Link):
             receiver.frame_received(frame)
 
     def eof_received(self) -> bool:
+        self._check_truncated()
+        return False  # let the transport close
+
+    def _check_truncated(self) -> None:
+        """A peer that leaves in the middle of a frame gets one log line saying so."""
+        if self._exc is not None:
+            return
         try:
             self._decoder.eof()
         except ProtocolError as exc:
-            self._exc = BrokenLinkError(str(exc))
-        return False  # let the transport close
+            self._exc = BrokenLinkError(f"{self.peer.describe()}: {exc}")
+            log.warning("closing %s: %s", self.peer.describe(), exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self._closing:
+            self._check_truncated()
         if exc is not None and self._exc is None:
             self._exc = BrokenLinkError(f"{self.peer.describe()}: {exc}")
         if self._exc is None and not self._closing:
