@@ -218,6 +218,11 @@ class Bus:
             self._welcome.set_exception(exc)
             return
         sub = self._subs.get(frame.sid) if frame.sid else None
+        if sub is not None and code == ErrorCode.FRAME_TOO_LARGE:
+            # One message was too big for us; the subscription itself is fine.
+            sub.dropped += 1
+            log.warning("%s: subscription %r lost a message: %s", self.url, sub.subject, message)
+            return
         if sub is not None:
             error: Exception
             if code == ErrorCode.SLOW_CONSUMER:
