@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import cast
 
 from ..errors import BrokenLinkError, ClosedError, FrameTooLarge, ProtocolError
 from ..link import Link, LinkReceiver, Listener, PeerInfo
@@ -66,8 +67,9 @@ class StreamLink(asyncio.Protocol, Link):
     # --- asyncio.Protocol callbacks -------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._tr = transport
+        # A cast, not an isinstance check: uvloop's transports do not derive from
+        # asyncio.Transport although they implement it.
+        self._tr = transport = cast(asyncio.Transport, transport)
         # The OS buffer limit only decides when asyncio calls pause_writing; our own
         # high-water mark (user-space list + OS buffer) is what publishers see.
         transport.set_write_buffer_limits(high=self._high_water, low=self._low_water)
