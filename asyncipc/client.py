@@ -43,7 +43,7 @@ from .protocol import (
     Unsub,
     Welcome,
 )
-from .subjects import validate_pattern, validate_queue, validate_subject
+from .subjects import known_valid, validate_pattern, validate_queue, validate_subject
 from .subscription import OVERFLOW_POLICIES, Subscription
 
 __all__ = ["Bus", "Handler"]
@@ -254,8 +254,9 @@ class Bus:
         bad subject and :class:`~asyncipc.FrameTooLarge` for a payload over the maximum,
         before anything is sent.
         """
-        validate_subject(subject)
-        if reply_to is not None:
+        if subject not in known_valid:  # the common case costs one dict lookup
+            validate_subject(subject)
+        if reply_to is not None and reply_to not in known_valid:
             validate_subject(reply_to)
         if type(data) is not bytes:
             data = _as_bytes(data)

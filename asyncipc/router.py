@@ -94,6 +94,8 @@ class Router(Generic[O]):
     def route(self, subject: str) -> list[Route[O]]:
         """The routes that receive a message published on the literal ``subject``."""
         entry = self._cache.get(subject)
+        if entry is not None and not entry[1]:
+            return entry[0]  # no queue groups: the cached list is the answer
         if entry is None:
             entry = self._build(subject)
         plain, groups = entry

@@ -22,6 +22,7 @@ __all__ = [
     "MAX_SUBJECT_BYTES",
     "SubjectIndex",
     "is_literal",
+    "known_valid",
     "validate_pattern",
     "validate_queue",
     "validate_subject",
@@ -38,7 +39,8 @@ _QUEUE_RE = re.compile(r"[^\s*>]+")
 
 # Publishing re-validates the same few subjects millions of times; a dict hit is several
 # times cheaper than the regex. Bounded so that a stream of unique subjects cannot grow it.
-_valid_subjects: dict[str, None] = {}
+known_valid: dict[str, None] = {}
+_valid_subjects = known_valid
 _VALID_CACHE_MAX = 4096
 
 
