@@ -1,0 +1,726 @@
+"""A client written from ``docs/protocol.md`` alone, speaking to a real broker.
+
+Nothing here imports ``asyncipc.protocol`` or ``asyncipc.client``: frames are built with
+``struct`` and ``json`` exactly as the spec lays them out and read from raw asyncio
+streams. ``asyncipc`` itself is used only to start the broker under test and, for the
+interoperability tests, a normal Python Bus. Section numbers (§n) refer to the spec.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import struct
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import asyncipc
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
+TIMEOUT = 5.0
+
+# --- the encoding, from the spec ----------------------------------------------------------
+
+PREAMBLE = b"AIPC/1\r\n"  # §4
+HELLO, WELCOME, PUB, MSG, SUB, UNSUB, PING, PONG, ERR = range(1, 10)  # §7
+BLOCK, DROP_OLDEST, DROP_NEW, ERROR = range(4)  # §7.5
+DEFAULT_MAX_FRAME = 8 * 1024 * 1024  # §5
+
+
+def frame(op: int, body: bytes = b"") -> bytes:
+    """§5: u32 length (op + body), u8 op, body."""
+    return struct.pack(">IB", len(body) + 1, op) + body
+
+
+def s16(text: str | None) -> bytes:
+    """§6.1: u16 length + UTF-8; length 0 = absent."""
+    raw = (text or "").encode()
+    return struct.pack(">H", len(raw)) + raw
+
+
+def header_block(headers: dict[str, str] | None) -> bytes:
+    """§6.2: u32 block length, u16 count, entries; no headers = 4 zero bytes."""
+    if not headers:
+        return b"\x00\x00\x00\x00"
+    block = struct.pack(">H", len(headers))
+    for name, value in headers.items():
+        k, v = name.encode(), value.encode()
+        block += struct.pack(">H", len(k)) + k + struct.pack(">I", len(v)) + v
+    return struct.pack(">I", len(block)) + block
+
+
+def pub_body(
+    subject: str, data: bytes = b"", reply: str | None = None, headers: dict[str, str] | None = None
+) -> bytes:
+    """§7.3: str subject, str reply, header block, data (the rest of the frame)."""
+    return s16(subject) + s16(reply) + header_block(headers) + data
+
+
+def jsonframe(op: int, fields: dict[str, Any]) -> bytes:
+    return frame(op, json.dumps(fields, separators=(",", ":")).encode())
+
+
+def hello(**fields: Any) -> bytes:
+    return jsonframe(HELLO, {"version": 1, **fields})
+
+
+def pub(
+    subject: str, data: bytes = b"", reply: str | None = None, headers: dict[str, str] | None = None
+) -> bytes:
+    return frame(PUB, pub_body(subject, data, reply, headers))
+
+
+def msg(
+    sid: int,
+    subject: str,
+    data: bytes = b"",
+    reply: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> bytes:
+    """§7.4: u32 sid + a PUB body."""
+    return frame(MSG, struct.pack(">I", sid) + pub_body(subject, data, reply, headers))
+
+
+def sub(
+    sid: int,
+    subject: str,
+    queue: str | None = None,
+    *,
+    max_msgs: int = 0,
+    max_bytes: int = 0,
+    overflow: int = BLOCK,
+) -> bytes:
+    """§7.5: u32 sid, u32 max_msgs, u64 max_bytes, u8 overflow, str subject, str queue."""
+    fixed = struct.pack(">IIQB", sid, max_msgs, max_bytes, overflow)
+    return frame(SUB, fixed + s16(subject) + s16(queue))
+
+
+def unsub(sid: int) -> bytes:
+    return frame(UNSUB, struct.pack(">I", sid))
+
+
+# --- decoding -------------------------------------------------------------------------
+
+
+@dataclass
+class Msg:
+    sid: int
+    subject: str
+    reply: str | None
+    headers: dict[str, str]
+    data: bytes
+
+
+def _str(body: bytes, off: int) -> tuple[str | None, int]:
+    (n,) = struct.unpack_from(">H", body, off)
+    off += 2
+    return (body[off : off + n].decode() if n else None), off + n
+
+
+def parse_msg(body: bytes) -> Msg:
+    (sid,) = struct.unpack_from(">I", body, 0)
+    subject, off = _str(body, 4)
+    assert subject is not None
+    reply, off = _str(body, off)
+    (block_len,) = struct.unpack_from(">I", body, off)
+    off += 4
+    end = off + block_len
+    headers: dict[str, str] = {}
+    if block_len:
+        (count,) = struct.unpack_from(">H", body, off)
+        off += 2
+        for _ in range(count):
+            (klen,) = struct.unpack_from(">H", body, off)
+            key = body[off + 2 : off + 2 + klen].decode()
+            off += 2 + klen
+            (vlen,) = struct.unpack_from(">I", body, off)
+            headers[key] = body[off + 4 : off + 4 + vlen].decode()
+            off += 4 + vlen
+        assert off == end, "header block not filled exactly"
+    return Msg(sid, subject, reply, headers, body[end:])
+
+
+def parse_err(body: bytes) -> tuple[int, int, str]:
+    code, sid = struct.unpack_from(">HI", body)
+    return code, sid, body[6:].decode("utf-8", "replace")
+
+
+class Raw:
+    """One raw connection to the broker."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    def send(self, *chunks: bytes) -> None:
+        self.writer.write(b"".join(chunks))
+
+    async def _read_frame(self) -> bytes:
+        head = await self.reader.readexactly(5)
+        (length,) = struct.unpack(">I", head[:4])
+        return head + await self.reader.readexactly(length - 1)
+
+    async def raw_frame(self, timeout: float = TIMEOUT) -> bytes:
+        """The next frame, length prefix included."""
+        return await asyncio.wait_for(self._read_frame(), timeout)
+
+    async def frame(self, timeout: float = TIMEOUT) -> tuple[int, bytes]:
+        data = await self.raw_frame(timeout)
+        return data[4], data[5:]
+
+    async def expect(self, op: int, timeout: float = TIMEOUT) -> bytes:
+        got, body = await self.frame(timeout)
+        assert got == op, f"expected op {op}, got op {got} with body {body[:200]!r}"
+        return body
+
+    async def expect_err(self, timeout: float = TIMEOUT) -> tuple[int, int, str]:
+        return parse_err(await self.expect(ERR, timeout))
+
+    async def expect_eof(self) -> None:
+        rest = await asyncio.wait_for(self.reader.read(), TIMEOUT)
+        assert rest == b"", f"expected the broker to close, got {rest[:100]!r}"
+
+    async def handshake(self, **fields: Any) -> dict[str, Any]:
+        self.send(PREAMBLE, hello(**fields))
+        welcome: dict[str, Any] = json.loads(await self.expect(WELCOME))
+        return welcome
+
+    async def flush(self) -> None:
+        """§14: PING, then the PONG proves every earlier frame was processed."""
+        self.send(frame(PING))
+        await self.expect(PONG)
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def raw(url: str) -> AsyncIterator[Raw]:
+    """A raw connection, not yet handshaken."""
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_unix_connection(url.removeprefix("unix://")), TIMEOUT
+    )
+    conn = Raw(reader, writer)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def client(url: str, **hello_fields: Any) -> AsyncIterator[Raw]:
+    """A raw connection after a successful handshake."""
+    async with raw(url) as conn:
+        await conn.handshake(**hello_fields)
+        yield conn
+
+
+@contextlib.asynccontextmanager
+async def serve(tmp_path: Path, **options: Any) -> AsyncIterator[str]:
+    """A real broker on a Unix socket; yields its URL."""
+    broker = asyncipc.Broker(**options)
+    listener = await broker.listen(f"unix://{tmp_path}/b.sock")
+    try:
+        yield listener.url
+    finally:
+        await broker.close()
+
+
+@pytest.fixture
+async def url(tmp_path: Path) -> AsyncIterator[str]:
+    async with serve(tmp_path) as u:
+        yield u
+
+
+# --- the worked example (§17) -----------------------------------------------------------------
+
+EXAMPLE_HELLO = {"version": 1, "name": "demo", "max_frame": 1048576}
+EXAMPLE_SERVER_ID = "5d41402abc4b2a76"
+EXAMPLE_WELCOME = {
+    "version": 1,
+    "server": "asyncipc",
+    "server_id": EXAMPLE_SERVER_ID,
+    "client_id": 1,
+    "max_frame": DEFAULT_MAX_FRAME,
+    "ping_interval": 20.0,
+}
+EXAMPLE_PUB = ("orders.created", b'{"id":7}', "reply.7", {"trace": "abc"})
+
+
+def doc_example() -> dict[str, bytes]:
+    """The hex dump between the worked-example markers, item by item."""
+    text = DOC.read_text(encoding="utf-8")
+    found = re.search(
+        r"<!-- worked-example:begin -->\s*```text\n(.*?)```\s*<!-- worked-example:end -->",
+        text,
+        re.S,
+    )
+    assert found, "no worked-example block in docs/protocol.md"
+    items: dict[str, bytearray] = {}
+    sizes: dict[str, int] = {}
+    current = ""
+    for line in found.group(1).splitlines():
+        if line.startswith("# "):
+            head = re.fullmatch(r"# (C->B|B->C) (\w+) \((\d+) bytes\)", line)
+            assert head, f"bad item line {line!r}"
+            current = head.group(2)
+            items[current] = bytearray()
+            sizes[current] = int(head.group(3))
+        elif line.strip():
+            offset, rest = line.split(":", 1)
+            assert int(offset, 16) == len(items[current]), f"offset out of step: {line!r}"
+            for token in rest.split():
+                if not re.fullmatch(r"[0-9a-f]{2}", token):
+                    break  # the |ascii| column
+                items[current].append(int(token, 16))
+    for name, data in items.items():
+        assert len(data) == sizes[name], f"{name}: {len(data)} bytes, header says {sizes[name]}"
+    return {name: bytes(data) for name, data in items.items()}
+
+
+def test_worked_example_is_what_the_spec_encodes() -> None:
+    ex = doc_example()
+    assert list(ex) == ["preamble", "HELLO", "WELCOME", "SUB", "PUB", "MSG", "PING", "PONG"]
+    assert ex["preamble"] == PREAMBLE
+    assert ex["HELLO"] == jsonframe(HELLO, EXAMPLE_HELLO)
+    assert ex["WELCOME"] == jsonframe(WELCOME, EXAMPLE_WELCOME)
+    assert ex["SUB"] == sub(1, "orders.*")
+    assert ex["PUB"] == pub(*EXAMPLE_PUB)
+    assert ex["MSG"] == msg(1, *EXAMPLE_PUB)
+    assert ex["PING"] == frame(PING) == b"\x00\x00\x00\x01\x07"
+    assert ex["PONG"] == frame(PONG) == b"\x00\x00\x00\x01\x08"
+    # §7.4: a MSG is u32 sid + the PUB body, so its length is the PUB's + 4.
+    assert ex["MSG"][5:9] == struct.pack(">I", 1)
+    assert ex["MSG"][9:] == ex["PUB"][5:]
+    assert struct.unpack(">I", ex["MSG"][:4])[0] == struct.unpack(">I", ex["PUB"][:4])[0] + 4
+
+
+async def test_worked_example_session_with_a_real_broker(url: str) -> None:
+    """The broker's side of the example, byte for byte (a fresh broker: client_id 1)."""
+    ex = doc_example()
+    async with raw(url) as c:
+        c.send(ex["preamble"], ex["HELLO"])
+        welcome = await c.raw_frame()
+        server_id = json.loads(welcome[5:])["server_id"]
+        assert re.fullmatch(r"[0-9a-f]{16}", server_id)
+        assert welcome == ex["WELCOME"].replace(EXAMPLE_SERVER_ID.encode(), server_id.encode())
+        c.send(ex["SUB"], ex["PUB"], ex["PING"])
+        assert await c.raw_frame() == ex["MSG"]
+        assert await c.raw_frame() == ex["PONG"]
+
+
+# --- handshake (§4, §9, §16) ------------------------------------------------------------------
+
+
+async def test_welcome_fields(url: str) -> None:
+    async with raw(url) as c:
+        welcome = await c.handshake(name="raw", lang="spec", max_frame=65536, future_field=[1])
+        assert welcome["version"] == 1
+        assert welcome["server"] == "asyncipc"
+        assert re.fullmatch(r"[0-9a-f]{16}", welcome["server_id"])
+        assert isinstance(welcome["client_id"], int)
+        assert welcome["client_id"] >= 1
+        assert welcome["max_frame"] == DEFAULT_MAX_FRAME
+        assert welcome["ping_interval"] == 20
+    async with raw(url) as c:
+        assert (await c.handshake())["client_id"] == welcome["client_id"] + 1
+
+
+async def test_frames_may_follow_hello_before_welcome(url: str) -> None:
+    async with raw(url) as c:
+        c.send(PREAMBLE + hello() + sub(1, "pipe.*") + pub("pipe.x", b"1") + frame(PING))
+        await c.expect(WELCOME)
+        assert parse_msg(await c.expect(MSG)) == Msg(1, "pipe.x", None, {}, b"1")
+        await c.expect(PONG)
+
+
+@pytest.mark.parametrize(
+    ("first_bytes", "code", "text"),
+    [
+        (PREAMBLE + hello(version=2), 3, "unsupported protocol version 2"),
+        (PREAMBLE + jsonframe(HELLO, {"name": "no version"}), 3, "unsupported protocol version"),
+        (PREAMBLE + frame(PING), 1, "expected HELLO as the first frame"),
+        (PREAMBLE + frame(HELLO, b"not json"), 1, "not valid JSON"),
+        (b"XYZW/1\r\n", 1, "bad preamble"),
+        (b"AIPC/2\r\n", 1, "unsupported protocol version in preamble"),
+    ],
+    ids=["version", "no-version", "ping-first", "bad-json", "bad-preamble", "preamble-v2"],
+)
+async def test_handshake_refusals_close_the_connection(
+    url: str, first_bytes: bytes, code: int, text: str
+) -> None:
+    async with raw(url) as c:
+        c.send(first_bytes)
+        got_code, sid, message = await c.expect_err()
+        assert (got_code, sid) == (code, 0)
+        assert text in message
+        await c.expect_eof()
+
+
+async def test_token(tmp_path: Path) -> None:
+    async with serve(tmp_path, token="s3cret") as url:
+        for fields, text in (({}, "token required"), ({"token": "nope"}, "invalid token")):
+            async with raw(url) as c:
+                c.send(PREAMBLE, hello(**fields))
+                assert await c.expect_err() == (4, 0, text)
+                await c.expect_eof()
+        async with raw(url) as c:
+            await c.handshake(token="s3cret")
+            await c.flush()
+
+
+async def test_handshake_timeout(tmp_path: Path) -> None:
+    async with serve(tmp_path, handshake_timeout=0.2) as url, raw(url) as c:
+        c.send(PREAMBLE)  # and then nothing
+        code, sid, message = await c.expect_err()
+        assert (code, sid) == (5, 0)
+        assert "no HELLO" in message
+        await c.expect_eof()
+
+
+async def test_http_request_gets_a_400(url: str) -> None:
+    async with raw(url) as c:
+        c.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        response = await asyncio.wait_for(c.reader.read(), TIMEOUT)
+    assert response == (
+        b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+        b"Content-Length: 55\r\n\r\nthis is an asyncipc broker socket, not an HTTP server.\n"
+    )
+
+
+# --- publish, subscribe, MSG (§7, §11) ----------------------------------------------------------
+
+
+async def test_msg_carries_every_field_byte_exactly(url: str) -> None:
+    headers = {"trace": "abc", "ünï": "välue ✓", "empty": ""}
+    data = bytes(range(256)) * 3  # zeros and every byte value: the payload is opaque
+    body = pub_body("shop.eu.created", data, "_INBOX.abc.1", headers)
+    async with client(url) as subscriber, client(url) as publisher:
+        subscriber.send(sub(7, "shop.>"), sub(8, "shop.*.created"))
+        await subscriber.flush()
+        publisher.send(frame(PUB, body))
+        await publisher.flush()
+        got = {}
+        for _ in range(2):
+            m = await subscriber.expect(MSG)
+            got[struct.unpack_from(">I", m)[0]] = m
+        assert sorted(got) == [7, 8]
+        for sid, m in got.items():
+            assert m == struct.pack(">I", sid) + body  # forwarded without re-encoding
+            assert parse_msg(m) == Msg(sid, "shop.eu.created", "_INBOX.abc.1", headers, data)
+        await subscriber.flush()  # nothing else was queued
+
+
+async def test_wildcards_and_own_messages(url: str) -> None:
+    async with client(url) as c:
+        c.send(sub(1, "w.*.x"), sub(2, "w.>"), sub(3, ">"))
+        for subject in ("w", "w.a.x", "w.a.b.x", "other"):
+            c.send(pub(subject))
+        c.send(frame(PING))
+        got: list[tuple[int, str]] = []
+        while (op := (await c.frame()))[0] == MSG:
+            m = parse_msg(op[1])
+            got.append((m.sid, m.subject))
+        assert op[0] == PONG
+    expected = [(3, "w"), (1, "w.a.x"), (2, "w.a.x"), (3, "w.a.x")]
+    expected += [(2, "w.a.b.x"), (3, "w.a.b.x"), (3, "other")]
+    assert sorted(got) == sorted(expected)
+
+
+async def test_unsub_stops_delivery(url: str) -> None:
+    async with client(url) as c:
+        c.send(sub(1, "u.x"), pub("u.x", b"1"))
+        assert parse_msg(await c.expect(MSG)).data == b"1"
+        c.send(unsub(1), unsub(99), pub("u.x", b"2"))  # an unknown sid is ignored
+        await c.flush()  # the PONG comes with no MSG before it
+
+
+async def test_queue_group_splits_messages(url: str) -> None:
+    async with client(url) as a, client(url) as b, client(url) as publisher:
+        a.send(sub(1, "jobs.*", "workers"), sub(2, "jobs.run"))  # a group member and a copy
+        b.send(sub(1, "jobs.run", "workers"))
+        await a.flush()
+        await b.flush()
+        for i in range(10):
+            publisher.send(pub("jobs.run", str(i).encode()))
+        await publisher.flush()
+        a.send(frame(PING))
+        b.send(frame(PING))
+        seen: dict[str, list[tuple[int, bytes]]] = {"a": [], "b": []}
+        for name, conn in (("a", a), ("b", b)):
+            while (op := (await conn.frame()))[0] == MSG:
+                m = parse_msg(op[1])
+                seen[name].append((m.sid, m.data))
+            assert op[0] == PONG
+    group = [d for sid, d in seen["a"] if sid == 1] + [d for _, d in seen["b"]]
+    assert sorted(group) == sorted(str(i).encode() for i in range(10))
+    assert len(seen["b"]) == 5  # round robin
+    assert [d for sid, d in seen["a"] if sid == 2] == [str(i).encode() for i in range(10)]
+
+
+async def test_ping_pong(url: str) -> None:
+    async with client(url) as c:
+        c.send(frame(PING), frame(PING), frame(PING))
+        for _ in range(3):
+            assert await c.raw_frame() == b"\x00\x00\x00\x01\x08"
+
+
+# --- errors (§5, §8) ----------------------------------------------------------------------------
+
+
+async def test_bad_subjects_are_refused_and_the_connection_stays(url: str) -> None:
+    async with client(url) as c:
+        c.send(pub("bad subject", b"x"))
+        assert (await c.expect_err())[:2] == (100, 0)
+        c.send(pub("wild.*"))
+        assert (await c.expect_err())[:2] == (100, 0)
+        c.send(pub("ok", reply="no..reply"))
+        assert (await c.expect_err())[:2] == (100, 0)
+        c.send(pub("x" * 1025))
+        code, sid, message = await c.expect_err()
+        assert (code, sid) == (100, 0)
+        assert "1024" in message
+        c.send(sub(5, "a..b"))
+        assert (await c.expect_err())[:2] == (100, 5)
+        c.send(sub(6, "a.>.b"))
+        assert (await c.expect_err())[:2] == (100, 6)
+        c.send(sub(7, "ok.x", "q q"))
+        assert (await c.expect_err())[:2] == (100, 7)
+        # Still usable: nothing was subscribed by the refused SUBs, the rest works.
+        await c.flush()
+        c.send(sub(8, "ok.x"), pub("ok.x", b"fine"))
+        assert parse_msg(await c.expect(MSG)) == Msg(8, "ok.x", None, {}, b"fine")
+
+
+async def test_frame_over_max_frame_gets_err_2_and_close(url: str) -> None:
+    async with raw(url) as c:
+        max_frame = (await c.handshake())["max_frame"]
+        assert max_frame == DEFAULT_MAX_FRAME
+        c.send(struct.pack(">IB", max_frame + 1, PUB))  # the length alone is enough
+        code, sid, message = await c.expect_err()
+        assert (code, sid) == (2, 0)
+        assert str(max_frame) in message
+        await c.expect_eof()
+
+
+async def test_max_frame_boundary(tmp_path: Path) -> None:
+    async with serve(tmp_path, max_frame=4096) as url, raw(url) as c:
+        assert (await c.handshake())["max_frame"] == 4096
+        exact = pub("edge", b"x" * (4096 - 1 - 2 - 4 - 2 - 4))
+        assert struct.unpack(">I", exact[:4])[0] == 4096
+        c.send(exact)
+        await c.flush()  # accepted
+        c.send(pub("edge", b"x" * (4096 - 1 - 2 - 4 - 2 - 4 + 1)))
+        assert (await c.expect_err())[:2] == (2, 0)
+        await c.expect_eof()
+
+
+async def test_malformed_frames_get_err_1_and_close(url: str) -> None:
+    bad = [
+        struct.pack(">I", 0),  # length 0
+        frame(42),  # unknown op
+        frame(PUB, s16(None) + s16(None) + header_block(None)),  # absent subject
+        frame(UNSUB, b"\x00\x00\x00\x01\x00"),  # trailing byte
+        frame(SUB, struct.pack(">IIQB", 1, 0, 0, 9) + s16("a") + s16(None)),  # overflow 9
+        frame(PUB, s16("a") + s16(None) + b"\x00\x00\x00\x09\x00\x01"),  # block past the end
+        msg(1, "a"),  # MSG is broker-to-client only
+        hello(),  # a second HELLO
+    ]
+    for data in bad:
+        async with client(url) as c:
+            await c.flush()  # the handshake's frames are out of the way
+            c.send(data)
+            assert (await c.expect_err())[:2] == (1, 0), data
+            await c.expect_eof()
+
+
+async def test_client_max_frame_is_respected(url: str) -> None:
+    """§5: the broker sends a client no frame longer than the max_frame of its HELLO."""
+    async with client(url, max_frame=1024) as small, client(url) as publisher:
+        small.send(sub(1, "big"))
+        await small.flush()
+        publisher.send(pub("big", b"y" * 2000), pub("big", b"small"))
+        await publisher.flush()
+        while True:
+            data = await small.raw_frame()
+            assert struct.unpack(">I", data[:4])[0] <= 1024
+            if data[4] == MSG:
+                assert parse_msg(data[5:]).data == b"small"
+                break
+            assert data[4] == ERR  # the undeliverable message may be reported
+
+
+# --- keep-alive (§10) ---------------------------------------------------------------------------
+
+
+async def test_broker_pings_and_cuts_off_a_silent_client(tmp_path: Path) -> None:
+    async with serve(tmp_path, ping_interval=0.2) as url, raw(url) as c:
+        assert (await c.handshake())["ping_interval"] == 0.2
+        for _ in range(4):  # answered pings keep the connection alive past 3 intervals
+            await c.expect(PING, timeout=2)
+            c.send(frame(PONG))
+        pings = 0
+        while (got := await c.frame(timeout=2))[0] == PING:
+            pings += 1  # now silent
+        assert pings >= 1
+        assert got[0] == ERR
+        code, sid, message = parse_err(got[1])
+        assert (code, sid) == (6, 0)
+        assert "no traffic" in message
+        await c.expect_eof()
+
+
+# --- request / reply (§12) ----------------------------------------------------------------------
+
+
+async def test_request_to_nobody_gets_503_at_once(url: str) -> None:
+    inbox = f"_INBOX.{os.urandom(11).hex()}"
+    async with client(url) as c:
+        c.send(sub(1, inbox + ".*"), pub("nobody.home", b"?", inbox + ".1"), frame(PING))
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        body = await c.expect(MSG)
+        await c.expect(PONG)  # the 503 was ahead of the PONG: sent at once
+        assert loop.time() - start < 1.0
+    expected = struct.pack(">I", 1) + pub_body(inbox + ".1", b"", None, {"asyncipc-status": "503"})
+    assert body == expected
+    assert parse_msg(body) == Msg(1, inbox + ".1", None, {"asyncipc-status": "503"}, b"")
+
+
+async def test_raw_requester_and_bus_responder(url: str) -> None:
+    inbox = f"_INBOX.{os.urandom(11).hex()}"
+    async with asyncipc.connect(url) as bus, client(url) as c:
+
+        @bus.handler("svc.upper", queue="svc")
+        async def upper(m: asyncipc.Message) -> bytes:
+            return m.data.upper()
+
+        @bus.handler("svc.fail")
+        async def fail(m: asyncipc.Message) -> bytes:
+            raise ValueError("boom")
+
+        await bus.flush()
+        c.send(sub(1, inbox + ".*"), pub("svc.upper", b"hi", inbox + ".1"))
+        assert parse_msg(await c.expect(MSG)) == Msg(1, inbox + ".1", None, {}, b"HI")
+        c.send(pub("svc.fail", b"", inbox + ".2"))
+        reply = parse_msg(await c.expect(MSG))
+    assert reply.subject == inbox + ".2"
+    assert reply.data == b""
+    assert reply.headers == {"asyncipc-status": "500", "asyncipc-error": "ValueError: boom"}
+
+
+async def test_bus_requester_and_raw_responder(url: str) -> None:
+    async with asyncipc.connect(url) as bus, client(url) as c:
+        c.send(sub(1, "svc.echo", "echoers"))
+        await c.flush()
+        request = asyncio.ensure_future(bus.request("svc.echo", b"ping?", timeout=TIMEOUT))
+        m = parse_msg(await c.expect(MSG))
+        assert (m.sid, m.subject, m.data) == (1, "svc.echo", b"ping?")
+        assert m.reply is not None
+        assert m.reply.startswith("_INBOX.")
+        c.send(pub(m.reply, b"pong!", headers={"who": "raw"}))
+        reply = await asyncio.wait_for(request, TIMEOUT)
+        assert reply.data == b"pong!"
+        assert reply.headers == {"who": "raw"}
+        # A Bus request nobody serves is answered by the broker's 503 at once.
+        with pytest.raises(asyncipc.NoResponders):
+            await bus.request("svc.nobody", b"", timeout=TIMEOUT)
+
+
+# --- interoperability with a Python Bus ---------------------------------------------------------
+
+
+async def test_bus_publishes_raw_client_receives(url: str) -> None:
+    payload = os.urandom(300_000)
+    async with asyncipc.connect(url) as bus, client(url) as c:
+        c.send(sub(3, "interop.>"))
+        await c.flush()
+        await bus.publish("interop.a", b"from bus", headers={"k": "v"}, reply_to="interop.r")
+        await bus.publish("interop.big", payload)
+        await bus.flush()
+        assert parse_msg(await c.expect(MSG)) == Msg(
+            3, "interop.a", "interop.r", {"k": "v"}, b"from bus"
+        )
+        assert parse_msg(await c.expect(MSG)) == Msg(3, "interop.big", None, {}, payload)
+
+
+async def test_raw_client_publishes_bus_receives(url: str) -> None:
+    async with (
+        asyncipc.connect(url) as bus,
+        bus.subscribe("interop.*") as subscription,
+        client(url) as c,
+    ):
+        await bus.flush()
+        c.send(pub("interop.raw", b"from raw", "interop.r", {"h": "1", "h2": "ü"}))
+        c.send(pub("interop.bare"))
+        got = await subscription.next_msg(timeout=TIMEOUT)
+        bare = await subscription.next_msg(timeout=TIMEOUT)
+    assert (got.subject, got.data, got.reply_to) == ("interop.raw", b"from raw", "interop.r")
+    assert got.headers == {"h": "1", "h2": "ü"}
+    assert (bare.subject, bare.data, bare.reply_to) == ("interop.bare", b"", None)
+    assert not bare.headers
+
+
+# --- flow control (§13) -------------------------------------------------------------------------
+
+
+async def test_overflow_error_cuts_the_subscription_off_with_err_101(tmp_path: Path) -> None:
+    async with (
+        serve(tmp_path, high_water=16384) as url,
+        client(url) as slow,
+        client(url) as publisher,
+    ):
+        slow.send(sub(1, "flood", overflow=ERROR))
+        await slow.flush()
+        message = pub("flood", b"z" * 1024)
+        for _ in range(4000):  # 4 MB while the subscriber does not read
+            publisher.send(message)
+            await asyncio.wait_for(publisher.writer.drain(), TIMEOUT)
+        await publisher.flush()  # `error` never pauses the publisher
+        msgs = 0
+        while (got := await slow.frame())[0] == MSG:
+            msgs += 1
+        assert got[0] == ERR
+        code, sid, text = parse_err(got[1])
+        assert (code, sid) == (101, 1)
+        assert "cut off" in text
+        assert 0 < msgs < 4000
+        # The connection stays; the subscription is gone at the broker.
+        publisher.send(message)
+        await publisher.flush()
+        await slow.flush()
+
+
+async def test_overflow_block_pauses_the_publisher_and_loses_nothing(tmp_path: Path) -> None:
+    async with (
+        serve(tmp_path, high_water=16384) as url,
+        client(url) as slow,
+        client(url) as publisher,
+    ):
+        slow.send(sub(1, "flood", overflow=BLOCK))
+        await slow.flush()
+        sent = 0
+        paused = False
+        for i in range(20000):  # up to 20 MB
+            publisher.send(pub("flood", i.to_bytes(4, "big") + b"z" * 1020))
+            sent += 1
+            try:
+                await asyncio.wait_for(publisher.writer.drain(), 0.5)
+            except TimeoutError:
+                paused = True  # the broker stopped reading us
+                break
+        assert paused, "the publisher was never slowed down"
+        for i in range(sent):  # reading lets everything through, in order
+            m = parse_msg(await slow.expect(MSG))
+            assert int.from_bytes(m.data[:4], "big") == i
+        await publisher.flush()
+        await slow.flush()
