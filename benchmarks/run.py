@@ -1,0 +1,267 @@
+"""Run the benchmarks: ``python -m benchmarks.run [--quick] [--cases ...] [--systems ...]``.
+
+Prints progress on stderr as cells finish, then the tables on stdout, and writes every
+number (all repeats, latency percentiles, lost counts, versions) as JSON. Ctrl-C (or
+SIGTERM) stops the run: every process it started is stopped, and the tables of the cells
+that finished are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ._cases import CASES, Case, Scale, run_cell
+from ._procs import REPO_ROOT, BenchError, run_module
+from ._report import Cell, render_inprocess, render_summary, render_tables, write_json
+from ._systems import SYSTEMS, Nats, System
+
+DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
+
+#: ``--systems asyncipc`` means both of its columns.
+ALIASES = {"asyncipc": ["asyncipc-unix", "asyncipc-tcp"]}
+
+#: The in-process section (``benchmarks/inprocess.py``): asyncipc alone, one process.
+INPROCESS = "inprocess"
+ALL_CASES = [*CASES, INPROCESS]
+
+
+def _select(text: str | None, known: Sequence[str], what: str) -> list[str]:
+    if not text:
+        return list(known)
+    chosen: list[str] = []
+    for name in (n.strip() for n in text.split(",") if n.strip()):
+        names = ALIASES.get(name, [name])
+        for n in names:
+            if n not in known:
+                raise SystemExit(f"unknown {what} {n!r}; choose from {', '.join(known)}")
+            if n not in chosen:
+                chosen.append(n)
+    # Keep the canonical order, so the table's columns do not depend on the flag's.
+    return [k for k in known if k in chosen]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description="asyncipc against nats-py, pyzmq and redis-py, same run, same machine.",
+    )
+    p.add_argument("--quick", action="store_true", help="divide message counts by 10")
+    p.add_argument("--cases", help=f"comma-separated, of: {', '.join(ALL_CASES)}")
+    p.add_argument("--systems", help=f"comma-separated, of: {', '.join(SYSTEMS)} (asyncipc = both)")
+    p.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write results")
+    p.add_argument("--repeat", type=int, default=1, help="runs per cell; the median is shown")
+    p.add_argument("--timeout", type=float, help="seconds per cell (default 120, quick 60)")
+    p.add_argument(
+        "--fanout-procs",
+        type=int,
+        default=2,
+        help="processes the fan-out case's 10 subscriber connections are spread over",
+    )
+    args = p.parse_args(argv)
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1")
+    if args.fanout_procs < 1:
+        p.error("--fanout-procs must be at least 1")
+    return args
+
+
+def _median_run(case: Case, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    key = case.primary.metric
+    ordered = sorted(runs, key=lambda m: m[key], reverse=case.primary.higher_is_better)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+async def _cell(case: Case, system: System, scale: Scale, repeat: int) -> Cell:
+    reason = system.unavailable()
+    if reason is not None:
+        return Cell("skipped", reason=reason)
+    runs: list[dict[str, Any]] = []
+    for _ in range(repeat):
+        try:
+            runs.append(await run_cell(case, system, scale))
+        except BenchError as exc:
+            return Cell("error", reason=str(exc), detail=exc.detail, runs=runs)
+    return Cell("ok", metrics=_median_run(case, runs), runs=runs)
+
+
+def _summary(case: Case, cell: Cell) -> str:
+    if cell.status != "ok":
+        return f"{cell.status}: {cell.reason}"
+    m = cell.metrics
+    return ", ".join(f"{r.metric}={m[r.metric]:,.1f}" for r in case.rows) + (
+        f", lost={m['lost']}" if m.get("lost") else ""
+    )
+
+
+def _version(argv: list[str]) -> str | None:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def _commit() -> str | None:
+    """HEAD, with "+dirty" when the measured code differs from it (uncommitted edits)."""
+    git = ["git", "-C", str(REPO_ROOT)]
+    head = _version([*git, "rev-parse", "--short", "HEAD"])
+    if head is None:
+        return None
+    changes = _version([*git, "status", "--porcelain", "--", "asyncipc", "benchmarks"])
+    return f"{head}+dirty" if changes else head
+
+
+def _meta(args: argparse.Namespace, scale: Scale) -> dict[str, Any]:
+    versions: dict[str, str | None] = {}
+    for dist in ("asyncipc", "nats-py", "pyzmq", "redis", "uvloop"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = None
+    nats_server = Nats.binary()
+    versions["nats-server"] = _version([nats_server, "--version"]) if nats_server else None
+    versions["redis-server"] = _version(["redis-server", "--version"])
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "commit": _commit(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "loadavg_at_start": os.getloadavg(),
+        "quick": args.quick,
+        "repeat": args.repeat,
+        "fanout_procs": scale.fanout_procs,
+        "counts": {c.id: scale.count(c) for c in CASES.values()},
+        "request_warmup": scale.warmup,
+        "versions": versions,
+    }
+
+
+async def _inprocess(quick: bool, timeout: float) -> dict[str, Any]:
+    """The in-process section, in a child process of its own (a fresh uvloop loop, and the
+    same stop-on-timeout/Ctrl-C guarantee as every other process of the run)."""
+    with tempfile.TemporaryDirectory(prefix="aipcb-") as tmp:
+        out = Path(tmp) / "inprocess.json"
+        args = ["--json", str(out), *(["--quick"] if quick else [])]
+        try:
+            async with asyncio.timeout(timeout):
+                await run_module("inprocess", "benchmarks.inprocess", args, Path(tmp))
+        except TimeoutError:
+            raise BenchError(f"timeout ({timeout:g} s)") from None
+        result: dict[str, Any] = json.loads(out.read_text())
+        return result
+
+
+def _render(
+    args: argparse.Namespace,
+    scale: Scale,
+    cases: list[Case],
+    systems: list[str],
+    cells: dict[tuple[str, str], Cell],
+    inprocess: dict[str, Any] | None,
+) -> str:
+    parts = [render_tables(cases, systems, cells, {c.id: scale.count(c) for c in cases})]
+    if inprocess is not None:
+        if "error" in inprocess:
+            parts.append(f"## in-process\n\nerror: {inprocess['error']}")
+        else:
+            parts.append("## " + render_inprocess(inprocess))
+    parts.append(render_summary(cases, systems, cells))
+    return "\n\n".join(p for p in parts if p)
+
+
+async def amain(args: argparse.Namespace) -> int:
+    chosen = _select(args.cases, ALL_CASES, "case")
+    cases = [CASES[c] for c in chosen if c in CASES]
+    systems = _select(args.systems, list(SYSTEMS), "system")
+    scale = Scale(
+        divisor=10 if args.quick else 1,
+        timeout=args.timeout or (60.0 if args.quick else 120.0),
+        fanout_procs=args.fanout_procs,
+    )
+    meta = _meta(args, scale)
+    cells: dict[tuple[str, str], Cell] = {}
+    inprocess: dict[str, Any] | None = None
+    started = time.monotonic()
+    try:
+        for case in cases:
+            for name in systems:
+                t0 = time.monotonic()
+                cell = await _cell(case, SYSTEMS[name], scale, args.repeat)
+                cells[case.id, name] = cell
+                print(
+                    f"{case.id:>9} {name:<14} {time.monotonic() - t0:5.1f} s  "
+                    f"{_summary(case, cell)}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        if INPROCESS in chosen:
+            t0 = time.monotonic()
+            try:
+                inprocess = await _inprocess(args.quick, scale.timeout)
+                done = f"memory/queue={inprocess['memory_vs_queue']:.2f}"
+            except BenchError as exc:
+                inprocess = {"error": str(exc), "detail": exc.detail}
+                done = f"error: {exc}"
+            print(
+                f"{INPROCESS:>9} {'asyncipc':<14} {time.monotonic() - t0:5.1f} s  {done}",
+                file=sys.stderr,
+                flush=True,
+            )
+    except asyncio.CancelledError:
+        # Ctrl-C or SIGTERM: the cell's processes are stopped by now (context managers).
+        for case in cases:
+            for name in systems:
+                cells.setdefault((case.id, name), Cell("skipped", reason="interrupted"))
+        print("\ninterrupted; the cells that finished:\n", file=sys.stderr)
+        print(_render(args, scale, cases, systems, cells, inprocess), flush=True)
+        raise
+    meta["seconds"] = round(time.monotonic() - started, 1)
+    meta["complete"] = (
+        not args.quick
+        and chosen == ALL_CASES
+        and systems == list(SYSTEMS)
+        and all(c.status == "ok" for c in cells.values())
+        and inprocess is not None
+        and "error" not in inprocess
+    )
+    print(_render(args, scale, cases, systems, cells, inprocess))
+    write_json(args.json, meta, cases, systems, cells, inprocess)
+    print(f"\nfull results: {args.json} ({meta['seconds']:.0f} s)", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    async def run() -> int:
+        # SIGTERM is handled like Ctrl-C: cancel, so that every process is stopped.
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await amain(args)
+
+    try:
+        return asyncio.run(run())
+    except KeyboardInterrupt:
+        return 130
+    except asyncio.CancelledError:
+        return 128 + signal.SIGTERM
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""The asyncipc broker process: ``asyncipc.Broker`` listening on the given URLs.
+
+``python -m benchmarks.workers.asyncipc_broker URL [URL ...]``. Written against the
+library's API rather than the ``asyncipc`` command, so that the benchmark measures the
+broker itself and does not depend on the command line's flags. It runs on uvloop, as the
+client workers do and as DESIGN.md asks of the broker. SIGTERM or SIGINT closes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+import uvloop
+
+import asyncipc
+
+
+async def serve(urls: list[str]) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with asyncipc.Broker() as broker:  # leaving it closes the broker
+        for url in urls:
+            await broker.listen(url)
+        print("ready", *broker.urls, flush=True)
+        await stop.wait()
+
+
+def main(argv: list[str]) -> None:
+    if not argv:
+        raise SystemExit("usage: python -m benchmarks.workers.asyncipc_broker URL [URL ...]")
+    uvloop.run(serve(argv))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
