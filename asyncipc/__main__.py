@@ -1,0 +1,8 @@
+"""``python -m asyncipc``: the ``asyncipc`` command (see :mod:`asyncipc.cli`)."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
