@@ -142,7 +142,7 @@ class Session:
             return
         fields = frame.fields
         version = fields.get("version")
-        if version != PROTOCOL_VERSION:
+        if type(version) is not int or version != PROTOCOL_VERSION:  # not True, not 1.0
             self.fail(
                 ErrorCode.VERSION,
                 f"unsupported protocol version {version!r}; this broker speaks {PROTOCOL_VERSION}",
@@ -214,7 +214,7 @@ class Session:
             return
         if frame.sid in self.routes:
             self.send_error(
-                ErrorCode.PROTOCOL, f"subscription id {frame.sid} is already in use", frame.sid
+                ErrorCode.SID_IN_USE, f"subscription id {frame.sid} is already in use", frame.sid
             )
             return
         route = Route(
@@ -257,8 +257,11 @@ class Session:
         self._cleanup()
 
     def close(self) -> None:
-        """Orderly close (broker shutdown): buffered messages are still written out."""
+        """Orderly close (broker shutdown): buffered messages are still written out,
+        followed by an ERR SHUTDOWN so the client knows why the connection ends."""
         if not self.closed:
+            if self.open:
+                self._send(Err(ErrorCode.SHUTDOWN, "broker is shutting down"))
             self.link.close()
             self._cleanup()
 

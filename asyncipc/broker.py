@@ -205,7 +205,7 @@ class Broker:
                 continue  # its link_lost is on the way and will remove the route
             except FrameTooLarge as exc:
                 route.owner.send_error(
-                    ErrorCode.FRAME_TOO_LARGE, f"message not delivered: {exc}", route.sid
+                    ErrorCode.NOT_DELIVERED, f"message not delivered: {exc}", route.sid
                 )
                 continue
             sent += 1
@@ -216,7 +216,10 @@ class Broker:
         target = route.owner
         overflow = route.overflow
         if overflow is Overflow.BLOCK:
-            if source is not None and source is not target and target not in source.blocked_by:
+            # Even when the source is the target itself (a client publishing to its own
+            # subscription): otherwise nothing would bound what we buffer for it. Its
+            # reading resumes when it has taken what we hold (writing_resumed).
+            if source is not None and target not in source.blocked_by:
                 source.blocked_by.add(target)
                 target.blocked_sources.add(source)
                 source.link.pause_reading()

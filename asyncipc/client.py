@@ -218,7 +218,7 @@ class Bus:
             self._welcome.set_exception(exc)
             return
         sub = self._subs.get(frame.sid) if frame.sid else None
-        if sub is not None and code == ErrorCode.FRAME_TOO_LARGE:
+        if sub is not None and code in (ErrorCode.NOT_DELIVERED, ErrorCode.FRAME_TOO_LARGE):
             # One message was too big for us; the subscription itself is fine.
             sub.dropped += 1
             log.warning("%s: subscription %r lost a message: %s", self.url, sub.subject, message)
@@ -234,7 +234,10 @@ class Bus:
             del self._subs[frame.sid]
             sub._end(error)
             return
-        log.warning("%s: broker error %s: %s", self.url, code, message)
+        if code == ErrorCode.SHUTDOWN:
+            log.info("%s: %s", self.url, message)
+        else:
+            log.warning("%s: broker error %s: %s", self.url, code, message)
         if code < 100:
             self._lost = BrokerError(code, message)
 

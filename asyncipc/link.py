@@ -87,7 +87,7 @@ class Link(abc.ABC):
     transport: str = ""
     peer: PeerInfo
     max_frame: int = DEFAULT_MAX_FRAME
-    """The largest frame this side will *send*; raised to the peer's announced maximum."""
+    """The largest frame this side will *send*: the smaller of ours and the peer's."""
     in_process: bool = False
     """True when frames cross without encoding (memory); no keep-alive pings are needed."""
 

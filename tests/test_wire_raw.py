@@ -347,13 +347,24 @@ async def test_frames_may_follow_hello_before_welcome(url: str) -> None:
     ("first_bytes", "code", "text"),
     [
         (PREAMBLE + hello(version=2), 3, "unsupported protocol version 2"),
+        (PREAMBLE + hello(version=True), 3, "unsupported protocol version True"),
+        (PREAMBLE + hello(version=1.0), 3, "unsupported protocol version 1.0"),
         (PREAMBLE + jsonframe(HELLO, {"name": "no version"}), 3, "unsupported protocol version"),
         (PREAMBLE + frame(PING), 1, "expected HELLO as the first frame"),
         (PREAMBLE + frame(HELLO, b"not json"), 1, "not valid JSON"),
         (b"XYZW/1\r\n", 1, "bad preamble"),
         (b"AIPC/2\r\n", 1, "unsupported protocol version in preamble"),
     ],
-    ids=["version", "no-version", "ping-first", "bad-json", "bad-preamble", "preamble-v2"],
+    ids=[
+        "version",
+        "version-true",
+        "version-float",
+        "no-version",
+        "ping-first",
+        "bad-json",
+        "bad-preamble",
+        "preamble-v2",
+    ],
 )
 async def test_handshake_refusals_close_the_connection(
     url: str, first_bytes: bytes, code: int, text: str
@@ -395,6 +406,31 @@ async def test_http_request_gets_a_400(url: str) -> None:
         b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n"
         b"Content-Length: 55\r\n\r\nthis is an asyncipc broker socket, not an HTTP server.\n"
     )
+
+
+async def test_http_request_line_split_across_reads_gets_a_400(url: str) -> None:
+    async with raw(url) as c:
+        c.send(b"GE")
+        await c.writer.drain()
+        await asyncio.sleep(0.05)  # let the broker see the 2 bytes alone
+        c.send(b"T / HTTP/1.1\r\n\r\n")
+        response = await asyncio.wait_for(c.reader.read(), TIMEOUT)
+    assert response.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+
+
+async def test_broker_shutdown_sends_err_7(tmp_path: Path) -> None:
+    """§15: a closing broker says why with ERR 7, then closes."""
+    broker = asyncipc.Broker()
+    listener = await broker.listen(f"unix://{tmp_path}/b.sock")
+    async with client(listener.url) as c:
+        c.send(sub(1, "last"), pub("last", b"words"), frame(PING))
+        assert parse_msg(await c.expect(MSG)).data == b"words"
+        await c.expect(PONG)
+        await broker.close()
+        code, sid, message = await c.expect_err()
+        assert (code, sid) == (7, 0)
+        assert "shutting down" in message
+        await c.expect_eof()
 
 
 # --- publish, subscribe, MSG (§7, §11) ----------------------------------------------------------
@@ -544,19 +580,56 @@ async def test_malformed_frames_get_err_1_and_close(url: str) -> None:
 
 
 async def test_client_max_frame_is_respected(url: str) -> None:
-    """§5: the broker sends a client no frame longer than the max_frame of its HELLO."""
+    """§5: the broker sends a client no frame longer than the max_frame of its HELLO; a
+    message too big for it is reported with ERR 104 and the subscription stays."""
     async with client(url, max_frame=1024) as small, client(url) as publisher:
         small.send(sub(1, "big"))
         await small.flush()
         publisher.send(pub("big", b"y" * 2000), pub("big", b"small"))
         await publisher.flush()
-        while True:
-            data = await small.raw_frame()
-            assert struct.unpack(">I", data[:4])[0] <= 1024
-            if data[4] == MSG:
-                assert parse_msg(data[5:]).data == b"small"
-                break
-            assert data[4] == ERR  # the undeliverable message may be reported
+        code, sid, message = await small.expect_err()
+        assert (code, sid) == (104, 1)
+        assert "not delivered" in message
+        data = await small.raw_frame()
+        assert struct.unpack(">I", data[:4])[0] <= 1024
+        assert data[4] == MSG
+        assert parse_msg(data[5:]).data == b"small"
+
+
+async def test_pub_of_exactly_max_frame_is_delivered(tmp_path: Path) -> None:
+    """§5: a MSG may be max_frame + 4 long, so every PUB the broker accepts is deliverable
+    to a client with the same maximum."""
+    async with serve(tmp_path, max_frame=4096) as url, client(url) as s, client(url) as p:
+        s.send(sub(1, "edge"))
+        await s.flush()
+        exact = pub("edge", b"x" * (4096 - 1 - 2 - 4 - 2 - 4))
+        p.send(exact)
+        data = await s.raw_frame()
+        assert struct.unpack(">I", data[:4])[0] == 4096 + 4
+        assert parse_msg(data[5:]).data == b"x" * (4096 - 13)
+
+
+async def test_duplicate_sid_is_refused_with_103_and_the_connection_stays(url: str) -> None:
+    async with client(url) as c:
+        c.send(sub(5, "first"), sub(5, "second"))
+        code, sid, message = await c.expect_err()
+        assert (code, sid) == (103, 5)
+        assert "already in use" in message
+        c.send(pub("first", b"1"), pub("second", b"2"))
+        assert parse_msg(await c.expect(MSG)) == Msg(5, "first", None, {}, b"1")
+        await c.flush()  # nothing for "second": the refused SUB did not replace the first
+
+
+async def test_frames_before_a_malformed_one_are_acted_on(url: str) -> None:
+    """§8: the frames that arrived before the bad one in the same read are processed."""
+    async with client(url) as watcher, raw(url) as bad:
+        watcher.send(sub(1, "before"))
+        await watcher.flush()
+        bad.send(PREAMBLE + hello() + pub("before", b"kept") + frame(42))
+        await bad.expect(WELCOME)
+        assert (await bad.expect_err())[:2] == (1, 0)
+        await bad.expect_eof()
+        assert parse_msg(await watcher.expect(MSG)).data == b"kept"
 
 
 # --- keep-alive (§10) ---------------------------------------------------------------------------
@@ -698,6 +771,29 @@ async def test_overflow_error_cuts_the_subscription_off_with_err_101(tmp_path: P
         publisher.send(message)
         await publisher.flush()
         await slow.flush()
+
+
+async def test_publishing_to_your_own_block_subscription_is_bounded(tmp_path: Path) -> None:
+    """§13: a client that publishes to its own subscription and does not read is paused
+    like any other publisher; the broker does not buffer for it without bound."""
+    async with serve(tmp_path, high_water=16384) as url, client(url) as c:
+        c.send(sub(1, "loop", overflow=BLOCK))
+        await c.flush()
+        sent = 0
+        paused = False
+        for i in range(20000):
+            c.send(pub("loop", i.to_bytes(4, "big") + b"z" * 1020))
+            sent += 1
+            try:
+                await asyncio.wait_for(c.writer.drain(), 0.5)
+            except TimeoutError:
+                paused = True
+                break
+        assert paused, "the broker kept reading a client it could not write to"
+        for i in range(sent):
+            m = parse_msg(await c.expect(MSG))
+            assert int.from_bytes(m.data[:4], "big") == i
+        await c.flush()
 
 
 async def test_overflow_block_pauses_the_publisher_and_loses_nothing(tmp_path: Path) -> None:

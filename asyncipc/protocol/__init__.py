@@ -7,6 +7,7 @@ shell. The byte layout is specified in ``docs/protocol.md``.
 from .decoder import FrameDecoder
 from .frames import (
     DEFAULT_MAX_FRAME,
+    MSG_EXTRA,
     PING,
     PONG,
     PREAMBLE,
@@ -32,6 +33,7 @@ from .frames import (
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
+    "MSG_EXTRA",
     "PING",
     "PONG",
     "PREAMBLE",

@@ -1,8 +1,10 @@
 """The incremental frame decoder: bytes in, frames out, nothing else.
 
 It never calls back into its owner (h11's rule): :meth:`FrameDecoder.feed` returns the
-complete frames found so far and keeps any partial one for the next call. Once it has
-raised, the stream is unrecoverable and every later call raises the same error.
+complete frames found so far and keeps any partial one for the next call. When a chunk
+holds good frames followed by a malformed one, the good frames are returned and the error
+is kept in :attr:`FrameDecoder.error`: the next call raises it. Once it has raised, the
+stream is unrecoverable and every later call raises the same error.
 """
 
 from __future__ import annotations
@@ -47,13 +49,24 @@ class FrameDecoder:
     a hostile peer can make us buffer at most that many bytes.
     """
 
-    __slots__ = ("_buf", "_error", "_need_preamble", "max_frame")
+    __slots__ = ("_buf", "_error", "_need_preamble", "_raised", "max_frame")
 
     def __init__(self, *, max_frame: int = DEFAULT_MAX_FRAME, expect_preamble: bool = False):
         self.max_frame = max_frame
         self._buf = bytearray()
         self._need_preamble = expect_preamble
         self._error: Exception | None = None
+        self._raised = False
+
+    @property
+    def error(self) -> Exception | None:
+        """The protocol error found in the stream, if any.
+
+        Set without raising when :meth:`feed` returned good frames that preceded the
+        malformed one: the caller handles those, then sees the error here (the next
+        :meth:`feed` or :meth:`eof` raises it too).
+        """
+        return self._error
 
     @property
     def buffered(self) -> int:
@@ -63,6 +76,7 @@ class FrameDecoder:
     def feed(self, data: bytes) -> list[Frame]:
         """Add ``data``; return every frame it completes, in order."""
         if self._error is not None:
+            self._raised = True
             raise self._error
         buf = self._buf
         buf += data
@@ -72,12 +86,17 @@ class FrameDecoder:
             return self._frames()
         except (RemoteProtocolError, FrameTooLarge) as exc:
             self._error = exc
+            self._raised = True
             buf.clear()
             raise
 
     def eof(self) -> None:
-        """The stream ended. Raises if it ended inside a frame (a truncated frame)."""
+        """The stream ended. Raises if it ended inside a frame (a truncated frame), or the
+        pending :attr:`error` if it was not raised yet."""
         if self._error is not None:
+            if not self._raised:
+                self._raised = True
+                raise self._error
             return
         if self._need_preamble and self._buf:
             raise RemoteProtocolError(
@@ -97,6 +116,8 @@ class FrameDecoder:
         n = min(len(buf), len(PREAMBLE))
         if buf[:n] != PREAMBLE[:n]:
             head = bytes(buf[:4])
+            if len(head) < 4 and any(m.startswith(head) for m in _HTTP_METHODS):
+                return False  # "GE" may become "GET ": wait, to name the problem right
             if head in _HTTP_METHODS:
                 raise RemoteProtocolError(
                     "an HTTP request arrived on an asyncipc socket "
@@ -124,6 +145,7 @@ class FrameDecoder:
         end = len(buf)
         max_frame = self.max_frame
         view = memoryview(buf)
+        failure: RemoteProtocolError | FrameTooLarge | None = None
         try:
             while end - pos >= 4:
                 length = _LEN.unpack_from(buf, pos)[0]
@@ -138,9 +160,16 @@ class FrameDecoder:
                     break
                 out.append(_parse(buf[pos + 4], bytes(view[pos + 5 : stop])))
                 pos = stop
+        except (RemoteProtocolError, FrameTooLarge) as exc:
+            if not out:
+                raise
+            failure = exc  # hand out the good frames first; the error waits in .error
         finally:
             view.release()
-        if pos:
+        if failure is not None:
+            self._error = failure
+            buf.clear()
+        elif pos:
             del buf[:pos]
         return out
 

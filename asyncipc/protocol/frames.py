@@ -17,6 +17,7 @@ from ..errors import FrameTooLarge, LocalProtocolError
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
+    "MSG_EXTRA",
     "PREAMBLE",
     "PROTOCOL_VERSION",
     "Err",
@@ -44,6 +45,10 @@ PREAMBLE: Final = b"AIPC/1\r\n"
 ``tcpdump`` what they are looking at, and an HTTP request line can never match it."""
 
 DEFAULT_MAX_FRAME: Final = 8 * 1024 * 1024
+
+MSG_EXTRA: Final = 4
+"""A MSG may exceed the maximum frame by this much: it is a PUB plus the 4-byte sid, and
+a PUB that fitted must stay deliverable."""
 
 _HEAD = struct.Struct(">IB")  # length, op
 _HEAD_SID = struct.Struct(">IBI")  # length, op, sid
@@ -90,6 +95,8 @@ class ErrorCode(IntEnum):
     INVALID_SUBJECT = 100  # the frame is refused, the connection stays
     SLOW_CONSUMER = 101  # ``sid`` names the subscription cut off
     PERMISSION = 102
+    SID_IN_USE = 103  # a SUB reused a live subscription id; refused
+    NOT_DELIVERED = 104  # one message too large for ``sid``'s client; skipped, sub kept
 
 
 Headers = dict[str, str]
@@ -312,7 +319,7 @@ def encode_msg_from_pub(sid: int, pub: Pub, max_frame: int) -> bytes:
     """A MSG frame for subscription ``sid`` carrying ``pub``, reusing its encoded body."""
     raw = pub.raw
     length = len(raw) + 5
-    if length > max_frame:
+    if length > max_frame + MSG_EXTRA:
         raise FrameTooLarge(f"message of {length} bytes exceeds the maximum frame {max_frame}")
     return _HEAD_SID.pack(length, Op.MSG, sid) + raw
 
@@ -355,7 +362,7 @@ def encode(frame: Frame, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
     else:  # pragma: no cover - the union above is exhaustive
         raise LocalProtocolError(f"not a frame: {frame!r}")
     length = len(body) + 1
-    if length > max_frame:
+    if length > max_frame + (MSG_EXTRA if op is Op.MSG else 0):
         raise FrameTooLarge(
             f"{op.name} frame of {length} bytes exceeds the maximum frame size {max_frame}"
         )

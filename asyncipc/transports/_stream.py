@@ -15,7 +15,18 @@ from typing import cast
 
 from ..errors import BrokenLinkError, ClosedError, FrameTooLarge, ProtocolError
 from ..link import Link, LinkReceiver, Listener, PeerInfo
-from ..protocol import PREAMBLE, Err, ErrorCode, Frame, FrameDecoder, Headers, Msg, Pub, encode
+from ..protocol import (
+    MSG_EXTRA,
+    PREAMBLE,
+    Err,
+    ErrorCode,
+    Frame,
+    FrameDecoder,
+    Headers,
+    Msg,
+    Pub,
+    encode,
+)
 from ..protocol.frames import encode_msg_from_pub
 from . import TransportOptions
 
@@ -45,7 +56,11 @@ class StreamLink(asyncio.Protocol, Link):
         self.max_frame = options.max_frame
         self._high_water = options.high_water
         self._low_water = options.high_water // 4
-        self._decoder = FrameDecoder(max_frame=options.max_frame, expect_preamble=server_side)
+        # A client receives MSGs, which may carry MSG_EXTRA bytes more than the maximum.
+        self._decoder = FrameDecoder(
+            max_frame=options.max_frame + (0 if server_side else MSG_EXTRA),
+            expect_preamble=server_side,
+        )
         self._server_side = server_side
         self._peer_info = peer_info
         self._tr: asyncio.Transport | None = None
@@ -88,11 +103,16 @@ class StreamLink(asyncio.Protocol, Link):
         receiver = self._receiver
         if receiver is None:
             self._early += frames
-            return
-        for frame in frames:
-            if self._exc is not None:
-                return
-            receiver.frame_received(frame)
+        else:
+            for frame in frames:
+                if self._exc is not None:
+                    return
+                receiver.frame_received(frame)
+        error = self._decoder.error
+        if error is not None and self._exc is None:
+            # Good frames came before a malformed one in this chunk: they were handled
+            # above; now the offender hears what was wrong.
+            self._protocol_violation(error, data)
 
     def eof_received(self) -> bool:
         self._check_truncated()
@@ -268,6 +288,7 @@ class StreamLink(asyncio.Protocol, Link):
         if self._tr is None:
             return
         code = ErrorCode.FRAME_TOO_LARGE if isinstance(exc, FrameTooLarge) else ErrorCode.PROTOCOL
+        self._flush()  # answers to the good frames before the bad one go out first
         if self._server_side and "HTTP request" in str(exc):
             self._tr.write(_HTTP_400)
         else:
