@@ -87,6 +87,9 @@ class Broker:
             max_frame=self.options.max_frame,
         )
         listener = await transport.listen(parsed, self.attach, opts)
+        if self._closing:  # close() ran while we were binding: do not outlive it
+            await listener.aclose()
+            raise RuntimeError("broker is closed")
         self._listeners.append(listener)
         log.info("listening on %s", listener.url)
         return listener
@@ -137,6 +140,10 @@ class Broker:
         then disconnect them (aborting any that cannot take it within
         ``drain_timeout``)."""
         if self._closing:
+            # A second caller waits for the first one's drain, as Bus.close() does.
+            if self._closed is None:
+                self._closed = asyncio.Event()
+            await self._closed.wait()
             return
         self._closing = True
         for listener in self._listeners:

@@ -181,7 +181,13 @@ class Bus:
         if self._lost is None:
             self._lost = exc if exc is not None else ClosedError("bus is closed")
         lost = self._lost
-        if not self._closing:
+        welcomed = (
+            self._welcome.done()
+            and not self._welcome.cancelled()
+            and self._welcome.exception() is None
+        )
+        if not self._closing and welcomed:
+            # (A refused handshake is raised to the caller of connect(): no log line.)
             log.warning("%s: connection lost: %s", self.url, lost)
         if not self._welcome.done():
             self._welcome.set_exception(

@@ -56,12 +56,24 @@ class Route(Generic[O]):
         return f"Route(sid={self.sid}, {self.subject!r}, queue={self.queue!r})"
 
 
-class _Group(Generic[O]):
-    __slots__ = ("members", "next")
+class _Turn:
+    """Whose turn it is in one queue group: shared by every subject the group serves,
+    so ``orders.1``, ``orders.2``, ... are spread over the members, not all sent to the
+    first one."""
+
+    __slots__ = ("n", "routes")
 
     def __init__(self) -> None:
+        self.n = 0
+        self.routes = 0  # subscriptions with this queue name; the turn goes with the last
+
+
+class _Group(Generic[O]):
+    __slots__ = ("members", "turn")
+
+    def __init__(self, turn: _Turn) -> None:
         self.members: list[Route[O]] = []
-        self.next = 0
+        self.turn = turn
 
 
 class Router(Generic[O]):
@@ -72,9 +84,9 @@ class Router(Generic[O]):
         # subject -> (routes without queue, queue groups). Cleared on every change:
         # subscriptions change rarely next to publishes, and a stale entry would misroute.
         self._cache: dict[str, tuple[list[Route[O]], list[_Group[O]]]] = {}
-        # The rotation of a queue group must survive cache clears, or a table change
-        # would send the next message to the first member again.
-        self._rotation: dict[tuple[str, str], int] = {}
+        # One turn counter per queue name: it survives cache clears (a table change must
+        # not send the next message to the first member again) and spans subjects.
+        self._turns: dict[str, _Turn] = {}
 
     def __len__(self) -> int:
         return len(self._index)
@@ -82,12 +94,22 @@ class Router(Generic[O]):
     def add(self, route: Route[O]) -> None:
         """Register ``route`` (its subject already validated as a pattern)."""
         self._index.add(route.subject, route)
+        if route.queue is not None:
+            turn = self._turns.get(route.queue)
+            if turn is None:
+                turn = self._turns[route.queue] = _Turn()
+            turn.routes += 1
         self.clear_cache()
 
     def remove(self, route: Route[O]) -> bool:
         """Unregister ``route``; True if it was registered."""
         found = self._index.remove(route.subject, route)
         if found:
+            if route.queue is not None:
+                turn = self._turns[route.queue]
+                turn.routes -= 1
+                if not turn.routes:
+                    del self._turns[route.queue]
             self.clear_cache()
         return found
 
@@ -104,9 +126,9 @@ class Router(Generic[O]):
         out = list(plain)
         for group in groups:
             members = group.members
-            i = group.next % len(members)
-            group.next = i + 1
-            out.append(members[i])
+            turn = group.turn
+            out.append(members[turn.n % len(members)])
+            turn.n += 1
         return out
 
     def _build(self, subject: str) -> tuple[list[Route[O]], list[_Group[O]]]:
@@ -118,24 +140,14 @@ class Router(Generic[O]):
             else:
                 group = by_queue.get(route.queue)
                 if group is None:
-                    group = by_queue[route.queue] = _Group()
-                    group.next = self._rotation.get((subject, route.queue), 0)
+                    group = by_queue[route.queue] = _Group(self._turns[route.queue])
                 group.members.append(route)
         if len(self._cache) >= _CACHE_MAX:
-            self._save_rotation()
             self._cache.clear()
         entry = (plain, list(by_queue.values()))
         self._cache[subject] = entry
         return entry
 
-    def _save_rotation(self) -> None:
-        for subject, (_, groups) in self._cache.items():
-            for group in groups:
-                self._rotation[(subject, group.members[0].queue or "")] = group.next
-        if len(self._rotation) > _CACHE_MAX:
-            self._rotation.clear()
-
     def clear_cache(self) -> None:
         """Forget cached lookups (after a change made behind the router's back)."""
-        self._save_rotation()
         self._cache.clear()

@@ -53,10 +53,10 @@ def validate_subject(subject: str) -> str:
 
     Raises :class:`InvalidSubject` (a ``ValueError``) naming the subject and the rule.
     """
+    if not isinstance(subject, str):  # first: a list would not even hash
+        raise InvalidSubject(f"subject must be a str, not {type(subject).__name__}")
     if subject in _valid_subjects:
         return subject
-    if not isinstance(subject, str):
-        raise InvalidSubject(f"subject must be a str, not {type(subject).__name__}")
     if _SUBJECT_RE.fullmatch(subject) is None:
         raise InvalidSubject(_explain(subject, wildcards=False))
     if _too_long(subject):

@@ -764,3 +764,30 @@ def test_json_handshake_bodies_are_compact() -> None:
     wire = encode(Hello({"version": 1, "name": "n"}))
     assert json.loads(wire[5:]) == {"version": 1, "name": "n"}
     assert wire[5:] == b'{"version":1,"name":"n"}'
+
+
+# --- messages that name the problem -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("frame", "text"),
+    [
+        (Unsub(2**32), "Unsub has a field out of range"),
+        (Err(70000, "x"), "Err has a field out of range"),
+        (Sub(1, "a", overflow=7), "unknown overflow policy 7"),
+    ],
+)
+def test_encoding_out_of_range_fields_is_a_local_protocol_error(frame: Any, text: str) -> None:
+    with pytest.raises(LocalProtocolError, match=text):
+        encode(frame)
+
+
+def test_short_unsub_is_reported_as_truncated() -> None:
+    with pytest.raises(RemoteProtocolError, match="UNSUB frame truncated"):
+        FrameDecoder().feed(raw(Op.UNSUB, b"\x00"))
+
+
+def test_one_byte_header_block_is_named() -> None:
+    body = b"\x00\x01a\x00\x00" + b"\x00\x00\x00\x01" + b"\x00" + b"data"
+    with pytest.raises(RemoteProtocolError, match="no room for its count"):
+        FrameDecoder().feed(raw(Op.PUB, body))

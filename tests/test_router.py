@@ -130,16 +130,25 @@ def test_one_group_across_different_patterns_and_owners() -> None:
     assert shares(picks) == {1: 10, 2: 10, 3: 10, 4: 10}  # o.y does not match
 
 
-def test_rotation_is_kept_per_published_subject() -> None:
-    router, _ = make(("p.*", "q"), ("p.*", "q"))
-    xs, ys = [], []
-    for _ in range(10):
-        xs.append(group_pick(router, "p.x", "q").sid)
-        ys.append(group_pick(router, "p.y", "q").sid)
-        ys.append(group_pick(router, "p.y", "q").sid)
-    assert xs == [xs[0], 3 - xs[0]] * 5
-    assert Counter(ys) == {1: 10, 2: 10}
-    assert all(ys[i] != ys[i + 1] for i in range(len(ys) - 1))
+def test_rotation_spans_subjects() -> None:
+    """One turn per queue group, not per subject: a group on ``p.*`` that receives a new
+    subject for every message (``p.0``, ``p.1``, ...) still shares them out."""
+    router, _ = make(("p.*", "q"), ("p.*", "q"), ("p.*", "q"))
+    picks = [group_pick(router, f"p.{n}", "q") for n in range(300)]
+    assert shares(picks) == {1: 100, 2: 100, 3: 100}
+    mixed = [group_pick(router, "p.x" if n % 2 else "p.y", "q").sid for n in range(30)]
+    for i in range(len(mixed) - 2):
+        assert set(mixed[i : i + 3]) == {1, 2, 3}
+
+
+def test_the_turn_goes_with_the_last_member() -> None:
+    router, routes = make(("t.*", "q"), ("t.*", "q"))
+    for _ in range(3):
+        group_pick(router, "t.x", "q")
+    for r in routes:
+        router.remove(r)
+    router.add(Route("new", 9, "t.*", "q"))
+    assert group_pick(router, "t.x", "q").sid == 9
 
 
 def test_rotation_survives_unrelated_table_changes() -> None:

@@ -422,3 +422,11 @@ def test_removed_patterns_leave_no_work_behind() -> None:
         assert count_calls(lambda s=subject: used.match(s)) == count_calls(
             lambda s=subject: fresh.match(s)
         )
+
+
+@pytest.mark.parametrize("bad", [["a"], {"a": 1}, None, b"a", 7])
+def test_non_string_subjects_are_invalid_subjects(bad: Any) -> None:
+    with pytest.raises(InvalidSubject, match="must be a str"):
+        validate_subject(bad)
+    with pytest.raises(InvalidSubject, match="must be a str"):
+        validate_pattern(bad)

@@ -4,7 +4,8 @@ It never calls back into its owner (h11's rule): :meth:`FrameDecoder.feed` retur
 complete frames found so far and keeps any partial one for the next call. When a chunk
 holds good frames followed by a malformed one, the good frames are returned and the error
 is kept in :attr:`FrameDecoder.error`: the next call raises it. Once it has raised, the
-stream is unrecoverable and every later call raises the same error.
+stream is unrecoverable: every later :meth:`FrameDecoder.feed` raises the same error
+(:meth:`FrameDecoder.eof` raises it only if nobody has seen it yet).
 """
 
 from __future__ import annotations
@@ -198,8 +199,9 @@ def _parse(op: int, body: bytes) -> Frame:
                 raise RemoteProtocolError(f"SUB with unknown overflow policy {overflow}") from None
             return Sub(sid, pattern or "", queue, policy, max_msgs, max_bytes)
         if op == Op.UNSUB:
+            sid = _LEN.unpack_from(body)[0]  # a short body is "truncated", below
             _no_trailing(body, 4, "UNSUB")
-            return Unsub(_LEN.unpack_from(body)[0])
+            return Unsub(sid)
         if op == Op.HELLO:
             return Hello(_json(body, "HELLO"))
         if op == Op.WELCOME:
@@ -240,6 +242,8 @@ def _text(body: bytes, off: int, what: str) -> tuple[str | None, int]:
 
 
 def _headers(body: bytes, off: int, end: int) -> Headers:
+    if end - off < 2:
+        raise RemoteProtocolError(f"header block of {end - off} byte(s) has no room for its count")
     count = _U16.unpack_from(body, off)[0]
     off += 2
     out: Headers = {}

@@ -82,6 +82,9 @@ class Overflow(IntEnum):
     ERROR = 3
 
 
+_OVERFLOWS: Final = frozenset(Overflow)
+
+
 class ErrorCode(IntEnum):
     """Codes carried by ERR frames. Below 100: the connection is closed after the frame."""
 
@@ -331,36 +334,44 @@ def encode(frame: Frame, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
     refused here, at the sender, instead of being cut off by the receiver).
     """
     body: bytes
-    if isinstance(frame, Pub):
-        op, body = Op.PUB, frame.raw
-    elif isinstance(frame, Msg):
-        op = Op.MSG
-        body = _U32.pack(frame.sid) + _pub_body(
-            frame.subject, frame.reply, frame.headers, frame.data
-        )
-    elif isinstance(frame, Sub):
-        op = Op.SUB
-        body = b"".join(
-            (
-                _SUB.pack(frame.sid, frame.max_msgs, frame.max_bytes, frame.overflow),
-                _short(frame.subject, "subject"),
-                _short(frame.queue, "queue"),
+    try:
+        if isinstance(frame, Pub):
+            op, body = Op.PUB, frame.raw
+        elif isinstance(frame, Msg):
+            op = Op.MSG
+            body = _U32.pack(frame.sid) + _pub_body(
+                frame.subject, frame.reply, frame.headers, frame.data
             )
-        )
-    elif isinstance(frame, Unsub):
-        op, body = Op.UNSUB, _U32.pack(frame.sid)
-    elif isinstance(frame, Ping):
-        op, body = Op.PING, b""
-    elif isinstance(frame, Pong):
-        op, body = Op.PONG, b""
-    elif isinstance(frame, Hello):
-        op, body = Op.HELLO, json.dumps(frame.fields, separators=(",", ":")).encode()
-    elif isinstance(frame, Welcome):
-        op, body = Op.WELCOME, json.dumps(frame.fields, separators=(",", ":")).encode()
-    elif isinstance(frame, Err):
-        op, body = Op.ERR, _ERR.pack(frame.code, frame.sid) + frame.message.encode()
-    else:  # pragma: no cover - the union above is exhaustive
-        raise LocalProtocolError(f"not a frame: {frame!r}")
+        elif isinstance(frame, Sub):
+            op = Op.SUB
+            if frame.overflow not in _OVERFLOWS:
+                raise LocalProtocolError(f"SUB with unknown overflow policy {frame.overflow!r}")
+            body = b"".join(
+                (
+                    _SUB.pack(frame.sid, frame.max_msgs, frame.max_bytes, frame.overflow),
+                    _short(frame.subject, "subject"),
+                    _short(frame.queue, "queue"),
+                )
+            )
+        elif isinstance(frame, Unsub):
+            op, body = Op.UNSUB, _U32.pack(frame.sid)
+        elif isinstance(frame, Ping):
+            op, body = Op.PING, b""
+        elif isinstance(frame, Pong):
+            op, body = Op.PONG, b""
+        elif isinstance(frame, Hello):
+            op, body = Op.HELLO, json.dumps(frame.fields, separators=(",", ":")).encode()
+        elif isinstance(frame, Welcome):
+            op, body = Op.WELCOME, json.dumps(frame.fields, separators=(",", ":")).encode()
+        elif isinstance(frame, Err):
+            op, body = Op.ERR, _ERR.pack(frame.code, frame.sid) + frame.message.encode()
+        else:  # pragma: no cover - the union above is exhaustive
+            raise LocalProtocolError(f"not a frame: {frame!r}")
+    except struct.error as exc:
+        # A sid, count or code outside its field (a u32 sid of 2**32, say).
+        raise LocalProtocolError(
+            f"{type(frame).__name__} has a field out of range: {exc}"
+        ) from None
     length = len(body) + 1
     if length > max_frame + (MSG_EXTRA if op is Op.MSG else 0):
         raise FrameTooLarge(

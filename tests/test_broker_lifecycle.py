@@ -1,0 +1,75 @@
+"""Broker start and stop when calls overlap, and what a refused client logs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pytest
+
+import asyncipc
+from asyncipc.link import Accept, Link, Listener
+from asyncipc.transports import URL, TransportOptions, lookup, register
+
+
+class GatedUnix:
+    """The unix transport, holding each listen() until the test opens the gate: the
+    window in which close() can run while a listener is being bound, made wide."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    async def connect(self, url: URL, options: TransportOptions) -> Link:
+        return await lookup("unix").connect(url, options)
+
+    async def listen(self, url: URL, accept: Accept, options: TransportOptions) -> Listener:
+        self.entered.set()
+        await self.gate.wait()
+        return await lookup("unix").listen(url, accept, options)
+
+
+async def test_close_during_listen_leaves_no_listener(tmp_path: Path) -> None:
+    """close() while listen() is binding: the new listener must not outlive the broker."""
+    gated = GatedUnix()
+    register("gated-unix", gated)
+    broker = asyncipc.Broker()
+    path = tmp_path / "late.sock"
+    binding = asyncio.ensure_future(broker.listen(f"gated-unix://{path}"))
+    await gated.entered.wait()
+    await broker.close()
+    gated.gate.set()
+    with pytest.raises(RuntimeError, match="broker is closed"):
+        await binding
+    assert broker.urls == []
+    assert not path.exists(), "a socket file outlived the broker"
+
+
+async def test_second_close_waits_for_the_drain(tmp_path: Path) -> None:
+    broker = asyncipc.Broker()
+    listener = await broker.listen(f"unix://{tmp_path}/b.sock")
+    bus = await asyncipc.connect(listener.url)
+    try:
+        first = asyncio.ensure_future(broker.close())
+        await asyncio.sleep(0)
+        second = asyncio.ensure_future(broker.close())
+        await asyncio.sleep(0)
+        assert not second.done(), "a second close() returned before the drain"
+        await asyncio.wait_for(asyncio.gather(first, second), 10)
+        assert broker.sessions == 0
+    finally:
+        await bus.close()
+
+
+async def test_refused_token_is_raised_not_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with asyncipc.Broker(token="right") as broker:
+        listener = await broker.listen(f"unix://{tmp_path}/b.sock")
+        with caplog.at_level(logging.WARNING, logger="asyncipc"):
+            with pytest.raises(asyncipc.AuthenticationError, match="invalid token"):
+                await asyncipc.connect(listener.url + "?token=wrong")
+            await asyncio.sleep(0.05)  # let the link's loss be processed
+        client_lines = [r for r in caplog.records if r.name.startswith("asyncipc.client")]
+        assert client_lines == [], [r.getMessage() for r in client_lines]
