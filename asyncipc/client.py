@@ -338,6 +338,7 @@ class Bus:
             task = self._loop.create_task(
                 self._run_callback(sub, callback), name=f"asyncipc callback {subject}"
             )
+            sub._task = task
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return sub
@@ -360,30 +361,58 @@ class Bus:
         """Decorate ``async def f(msg) -> bytes`` to serve requests on ``subject``.
 
         The return value (``None`` for an empty body) is the reply. If ``f`` raises, the
-        requester gets :class:`~asyncipc.ServiceError` with the exception's text.
+        requester gets :class:`~asyncipc.ServiceError` with the exception's text. The
+        function is returned unchanged; use :meth:`serve` to get the subscription (to
+        stop one service with :meth:`Subscription.drain` without closing the bus).
         """
 
         def decorate(fn: Handler) -> Handler:
-            async def serve(msg: Message) -> None:
-                try:
-                    result = await fn(msg)
-                except Exception as exc:
-                    log.exception("handler for %r raised", subject)
-                    if msg.reply_to is not None:
-                        headers = {STATUS: "500", ERROR: f"{type(exc).__name__}: {exc}"[:1000]}
-                        await self.publish(msg.reply_to, b"", headers=headers)
-                    return
-                if msg.reply_to is not None:
-                    await self.publish(msg.reply_to, b"" if result is None else result)
-
-            self.subscribe(subject, queue, callback=serve, **subscribe_options)
+            self.serve(subject, fn, queue, **subscribe_options)
             return fn
 
         return decorate
 
+    def serve(
+        self, subject: str, fn: Handler, queue: str | None = None, **subscribe_options: Any
+    ) -> Subscription:
+        """Serve requests on ``subject`` with ``fn``, as :meth:`handler` does; returns the
+        subscription, so that ``await sub.drain()`` stops this service alone, answering
+        the requests it already has."""
+
+        async def serve(msg: Message) -> None:
+            try:
+                result = await fn(msg)
+            except Exception as exc:
+                log.exception("handler for %r raised", subject)
+                if msg.reply_to is not None:
+                    headers = {STATUS: "500", ERROR: f"{type(exc).__name__}: {exc}"[:1000]}
+                    await self.publish(msg.reply_to, b"", headers=headers)
+                return
+            if msg.reply_to is not None:
+                await self.publish(msg.reply_to, b"" if result is None else result)
+
+        return self.subscribe(subject, queue, callback=serve, **subscribe_options)
+
     def _unsubscribe(self, sub: Subscription) -> None:
         if self._subs.pop(sub.sid, None) is not None and self._lost is None:
             self._link.send(Unsub(sub.sid))
+
+    async def _drain_sub(self, sub: Subscription) -> None:
+        """UNSUB, keep taking what the broker had already sent, then end ``sub``."""
+        if self._lost is not None or sub.sid not in self._subs:
+            sub._end()
+            return
+        self._link.send(Unsub(sub.sid))
+        # Only what is in flight can still come: let it land even in a full queue.
+        sub.max_pending = sub.max_bytes = 1 << 62
+        if sub in self._blocked:
+            sub._blocking = False
+            self._sub_unblocked(sub)
+        try:
+            await self.flush()  # the PONG comes after every MSG sent before our UNSUB
+        finally:
+            self._subs.pop(sub.sid, None)
+            sub._end()
 
     def _forget(self, sub: Subscription) -> None:
         """A subscription cut itself off (overflow="error"): tell the broker."""

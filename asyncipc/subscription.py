@@ -48,9 +48,11 @@ class Subscription:
         "_blocking",
         "_bus",
         "_bytes",
+        "_draining",
         "_ended",
         "_error",
         "_queue",
+        "_task",
         "_waiter",
         "dropped",
         "max_bytes",
@@ -86,6 +88,8 @@ class Subscription:
         self._blocking = False
         self._ended = False  # no more messages will arrive (unsubscribed, bus closed)
         self._error: BaseException | None = None
+        self._draining = False
+        self._task: asyncio.Task[None] | None = None  # the callback's, if any
 
     def __repr__(self) -> str:
         pending = len(self._queue)
@@ -197,13 +201,36 @@ class Subscription:
             raise ClosedError(f"subscription to {self.subject!r} has ended") from None
 
     async def unsubscribe(self) -> None:
-        """Stop receiving. Messages already queued can still be iterated."""
+        """Stop receiving now. Messages already queued can still be iterated; messages
+        the broker had already sent are discarded when they arrive (as in NATS). To
+        leave a queue group without losing any, use :meth:`drain`."""
         if not self._ended:
             self._end()
             try:
                 self._bus._unsubscribe(self)
             except ConnectionClosed:
                 pass
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Stop receiving without losing anything, then wait until it is all handled.
+
+        The broker is told to stop routing here (UNSUB), and every message it had
+        already sent to this subscription is still queued (bounds lifted for them), so in
+        a queue group each message reaches exactly one member even while one leaves.
+        Iteration ends once the queue is empty. For a callback subscription (and
+        :meth:`Bus.serve`/:meth:`Bus.handler`), also waits until the callback has
+        finished those messages. Raises ``TimeoutError`` after ``timeout`` seconds.
+        """
+        async with asyncio.timeout(timeout):
+            if not self._ended and not self._draining:
+                self._draining = True
+                try:
+                    await self._bus._drain_sub(self)
+                except ConnectionClosed:
+                    self._end()
+            task = self._task
+            if task is not None and task is not asyncio.current_task():
+                await asyncio.wait({task})
 
     async def __aenter__(self) -> Subscription:
         # A round trip makes sure the broker has registered us before the body runs,

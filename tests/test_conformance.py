@@ -285,3 +285,68 @@ async def test_unsubscribe_stops_delivery(url: str, p: str) -> None:
         await bus.publish(f"{p}.u", b"2")
         await bus.flush()
         assert [m.data async for m in sub] == [b"1"]
+
+
+async def test_drain_leaves_a_queue_group_without_losing_a_message(url: str, p: str) -> None:
+    """unsubscribe() drops what the broker already sent; drain() keeps it, so every
+    message reaches exactly one member while one of them leaves mid-stream."""
+    n = 2000
+    async with (
+        asyncipc.connect(url) as pub,
+        asyncipc.connect(url) as a,
+        asyncipc.connect(url) as b,
+    ):
+        # A small bound on a: its link pauses, so messages wait in flight for it.
+        sa = a.subscribe(f"{p}.work", queue="g", max_pending=10)
+        sb = b.subscribe(f"{p}.work", queue="g")
+        await a.flush()
+        await b.flush()
+        got_b: list[int] = []
+
+        async def read_b() -> None:
+            async for m in sb:
+                got_b.append(int(m.data[:8]))
+
+        async def publish() -> None:
+            for i in range(n):
+                # 4 KiB each: more than a socket buffer holds is in flight for a.
+                await pub.publish(f"{p}.work", b"%08d" % i + bytes(4096))
+            await pub.flush()
+
+        reader = asyncio.create_task(read_b())
+        publisher = asyncio.create_task(publish())
+        got_a: list[int] = []
+        async for m in sa:
+            got_a.append(int(m.data[:8]))
+            if len(got_a) == 50:
+                await sa.drain(timeout=10)  # iteration goes on with what was in flight
+        await publisher
+        await b.flush()  # b's PONG follows every message routed to it
+        await sb.drain(timeout=10)
+        await reader
+    assert sorted(got_a + got_b) == list(range(n))
+    assert len(got_a) >= 50
+
+
+async def test_serve_drain_answers_the_request_in_hand(url: str, p: str) -> None:
+    async with asyncipc.connect(url) as service, asyncipc.connect(url) as client:
+        started = asyncio.Event()
+        release = asyncio.Event()
+
+        async def slow(msg: asyncipc.Message) -> bytes:
+            started.set()
+            await release.wait()
+            return b"done:" + msg.data
+
+        sub = service.serve(f"{p}.slow", slow)
+        await service.flush()
+        request = asyncio.create_task(client.request(f"{p}.slow", b"x", timeout=10))
+        await started.wait()
+        draining = asyncio.create_task(sub.drain(timeout=10))
+        await asyncio.sleep(0.05)
+        assert not draining.done(), "drain() returned before the handler finished"
+        release.set()
+        await draining
+        assert (await request).data == b"done:x"
+        with pytest.raises(asyncipc.NoResponders):
+            await client.request(f"{p}.slow", b"y", timeout=5)
