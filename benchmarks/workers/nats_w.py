@@ -50,11 +50,12 @@ async def pub(args: WorkerArgs) -> None:
             await nc.flush()
 
         await warm_up_until_go(ctl, send_warm)
+        start_ns = time.monotonic_ns()  # the clock the subscribers stamp with
         t0 = time.perf_counter()
         for _ in range(args.count):
             await nc.publish(args.subject, data)
         await nc.flush(timeout=60)
-        emit("result", sent=args.count, seconds=time.perf_counter() - t0)
+        emit("result", sent=args.count, seconds=time.perf_counter() - t0, start_ns=start_ns)
         await ctl.wait("stop")
     finally:
         await nc.close()

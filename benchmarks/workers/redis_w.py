@@ -65,6 +65,7 @@ async def pub(args: WorkerArgs) -> None:
             await r.publish(args.subject, warm)
 
         await warm_up_until_go(ctl, send_warm)
+        start_ns = time.monotonic_ns()  # the clock the subscribers stamp with
         t0 = time.perf_counter()
         left = args.count
         while left:
@@ -74,7 +75,7 @@ async def pub(args: WorkerArgs) -> None:
                 pipe.publish(args.subject, data)
             await pipe.execute()
             left -= batch
-        emit("result", sent=args.count, seconds=time.perf_counter() - t0)
+        emit("result", sent=args.count, seconds=time.perf_counter() - t0, start_ns=start_ns)
         await ctl.wait("stop")
     finally:
         await r.aclose()

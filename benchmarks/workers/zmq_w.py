@@ -52,12 +52,13 @@ async def pub(args: WorkerArgs) -> None:
             await sock.send_multipart([topic, warm])
 
         await warm_up_until_go(ctl, send_warm)
+        start_ns = time.monotonic_ns()  # the clock the subscribers stamp with
         t0 = time.perf_counter()
         for _ in range(args.count):
             await sock.send_multipart([topic, data])
         # Nothing to flush: a PUB socket has no acknowledgement. Staying connected until
         # "stop" lets the queued messages leave before the socket closes.
-        emit("result", sent=args.count, seconds=time.perf_counter() - t0)
+        emit("result", sent=args.count, seconds=time.perf_counter() - t0, start_ns=start_ns)
         await ctl.wait("stop")
     finally:
         ctx.destroy(linger=0)
