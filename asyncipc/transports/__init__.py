@@ -100,6 +100,7 @@ _builtin = {
     "unix": "asyncipc.transports.unix",
     "tcp": "asyncipc.transports.tcp",
     "tls": "asyncipc.transports.tcp",
+    "udp": "asyncipc.transports.udp",
 }
 
 
