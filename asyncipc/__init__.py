@@ -14,6 +14,7 @@ reach a broker in another process; nothing else changes. See ``docs/`` for the g
 """
 
 from ._connect import Connector, connect, default_socket_url
+from ._peer import PipePeer, spawn_peer
 from .broker import Broker, BrokerStats
 from .client import Bus
 from .errors import (
@@ -67,6 +68,7 @@ __all__ = [
     "Message",
     "NoResponders",
     "PeerInfo",
+    "PipePeer",
     "ProtocolError",
     "RemoteProtocolError",
     "RequestTimeout",
@@ -76,4 +78,5 @@ __all__ = [
     "__version__",
     "connect",
     "default_socket_url",
+    "spawn_peer",
 ]

@@ -20,8 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._session import Session
 from .errors import ConnectionClosed, FrameTooLarge
@@ -30,6 +31,9 @@ from .options import BrokerOptions
 from .protocol import ErrorCode, Headers, Overflow, Pub
 from .router import Route, Router
 from .transports import TransportOptions, lookup, parse_url
+
+if TYPE_CHECKING:
+    from .transports.pipe import PipeChild
 
 __all__ = ["Broker", "BrokerStats"]
 
@@ -125,6 +129,28 @@ class Broker:
         session = Session(self, link, self._next_client)
         self._sessions.add(session)
         link.set_receiver(session)
+
+    async def spawn(
+        self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, **popen_kwargs: Any
+    ) -> PipeChild:
+        """Start ``argv`` as a child service wired to this broker over inherited pipes.
+
+        In the child, ``asyncipc.connect("pipe:")`` finds the pipes (named by
+        ``$ASYNCIPC_PIPE_FDS``); its stdin, stdout and stderr stay its own. The broker
+        adopts the child as a client when it first speaks; when the child exits, its
+        session and subscriptions go. ``env`` (default: ours) and the other keyword
+        arguments (``stdin``, ``cwd``, ...) go to :func:`asyncio.create_subprocess_exec`.
+        Returns a :class:`~asyncipc.transports.pipe.PipeChild` (``process``, ``pid``,
+        ``wait()``, ``link``). See ``docs/transports.md``.
+        """
+        if self._closing:
+            raise RuntimeError("broker is closed")
+        from .transports.pipe import spawn_child  # loaded on first use, like every channel
+
+        opts = TransportOptions(
+            high_water=self.options.high_water, max_frame=self.options.max_frame
+        )
+        return await spawn_child(self.attach, argv, opts, env=env, **popen_kwargs)
 
     def session_closed(self, session: Session) -> None:
         self._sessions.discard(session)

@@ -8,6 +8,7 @@ pay for channels a program never touches.
 from __future__ import annotations
 
 import importlib
+import re
 import ssl as _ssl
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -45,9 +46,13 @@ class URL:
         return self.host or self.path.strip("/")
 
 
+_BARE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:(\?.*)?\Z", re.DOTALL)
+
+
 def parse_url(url: str) -> URL:
     """Split ``url`` into scheme, host, port, path and query; raise ConfigurationError."""
-    if not isinstance(url, str) or ("://" not in url and not url.endswith(":")):
+    # "scheme:" alone, or with a query only ("pipe:?fds=3,4"), names a channel too.
+    if not isinstance(url, str) or ("://" not in url and not _BARE.match(url)):
         raise ConfigurationError(f"not a channel URL: {url!r} (expected scheme://...)")
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
@@ -101,6 +106,8 @@ _builtin = {
     "tcp": "asyncipc.transports.tcp",
     "tls": "asyncipc.transports.tcp",
     "udp": "asyncipc.transports.udp",
+    "pipe": "asyncipc.transports.pipe",
+    "fifo": "asyncipc.transports.fifo",
 }
 
 
