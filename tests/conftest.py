@@ -111,6 +111,32 @@ class BrokerProcess:
         return self.proc.returncode
 
 
+# Pipes (docs/transports.md): "pipe" makes a fresh pair of real pipes per connection to a
+# broker in this event loop (pipe://name); fifo:// is served in this process and in a
+# broker process of its own. Real child processes over pipe: are in test_pipe.py.
+PIPE_TRANSPORTS = ["pipe", "fifo", "fifo-process"]
+
+
+@pytest.fixture(scope="session")
+def fifo_broker_process() -> Iterator[str]:
+    """A broker process of its own on a FIFO; checks it leaves nothing behind."""
+    fifo_dir = tempfile.mkdtemp(prefix="aipc-")
+    proc = BrokerProcess([f"fifo://{fifo_dir}/proc.fifo"])
+    yield proc.urls[0]
+    assert proc.stop() == 0, "fifo broker process did not drain and exit 0 on SIGTERM"
+    assert os.listdir(fifo_dir) == [], "FIFO or FIFO directory left behind"
+    os.rmdir(fifo_dir)
+
+
+async def pipe_url(kind: str, tmp_path: Path) -> AsyncIterator[str]:
+    """The URL for one of PIPE_TRANSPORTS, with its broker in this event loop."""
+    async with asyncipc.Broker() as broker:
+        if kind == "pipe":
+            yield (await broker.listen(f"pipe://t{os.urandom(4).hex()}")).url
+        else:
+            yield (await broker.listen(f"fifo://{tmp_path}/b.fifo")).url
+
+
 @pytest.fixture(scope="session")
 def broker_process(certs: Certs) -> Iterator[dict[str, str]]:
     """One broker process for the session, on unix, tcp and tls; URLs by transport."""
@@ -134,6 +160,7 @@ TRANSPORTS = ["memory", "unix", "tcp", "tls", "unix-process", "tcp-process", "tl
 # UDP on loopback: best effort, so the few behaviours it cannot promise skip themselves,
 # citing docs/transports.md (UDP).
 TRANSPORTS += ["udp", "udp-process"]
+TRANSPORTS += PIPE_TRANSPORTS
 
 
 @pytest.fixture(scope="session")
@@ -149,6 +176,13 @@ def udp_broker_process() -> Iterator[str]:
 async def url(request: pytest.FixtureRequest, tmp_path: Path, certs: Certs) -> AsyncIterator[str]:
     """A URL on which a broker serves, in this process or in its own."""
     kind: str = request.param
+    if kind == "fifo-process":
+        yield request.getfixturevalue("fifo_broker_process")
+        return
+    if kind in PIPE_TRANSPORTS:
+        async for where in pipe_url(kind, tmp_path):
+            yield where
+        return
     if kind == "udp-process":
         yield request.getfixturevalue("udp_broker_process")
         return
