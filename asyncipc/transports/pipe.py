@@ -40,7 +40,7 @@ from . import URL, TransportOptions, register
 from ._pipes import check_pipe_fd, open_pipe_link
 from ._stream import StreamLink
 
-__all__ = ["ENV_VAR", "PipeChild", "PipeTransport", "spawn_child"]
+__all__ = ["ENV_VAR", "PipeChild", "PipeTransport", "attach", "parse_fds", "spawn_child"]
 
 ENV_VAR = "ASYNCIPC_PIPE_FDS"
 """Names the inherited pipes in a spawned child: ``"R,W"``, the descriptor the child
@@ -181,9 +181,12 @@ async def spawn_child(
         process = await asyncio.create_subprocess_exec(
             *argv, env=environ, pass_fds=(*pass_fds, down_r, up_w), **popen_kwargs
         )
-    except BaseException:
+    except BaseException as exc:
         for fd in (up_r, down_w):
             os.close(fd)
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+            # uvloop does not say which program it could not start; the caller should hear.
+            raise type(exc)(exc.errno, exc.strerror, argv[0]) from None
         raise
     finally:
         # The child has its own copies now (or there is no child): ours would keep its
@@ -194,6 +197,31 @@ async def spawn_child(
     link = StreamLink("pipe", options, server_side=True, peer_info=lambda _: peer)
     await open_pipe_link(link, up_r, down_w, on_first_data=accept)
     return PipeChild(process, link)
+
+
+async def attach(
+    accept: Accept, read_fd: int, write_fd: int, options: TransportOptions | None = None
+) -> Link:
+    """Serve a client on pipes made some other way: the broker reads the client's frames
+    from ``read_fd`` and writes to ``write_fd`` (both now owned by the link). The client,
+    holding the other ends, connects with ``pipe:?fds=R,W``::
+
+        (c_r, b_w), (b_r, c_w) = os.pipe(), os.pipe()
+        await asyncipc.transports.pipe.attach(broker.attach, b_r, b_w)
+        bus = await asyncipc.connect(f"pipe:?fds={c_r},{c_w}")
+
+    ``accept`` (the broker's ``attach``) gets the link when the client first speaks.
+    Raises :class:`~asyncipc.ConnectError` if a descriptor is not an open pipe.
+    """
+    for fd in (read_fd, write_fd):
+        problem = check_pipe_fd(fd)
+        if problem is not None:
+            raise ConnectError(f"cannot serve on pipes: {problem}")
+    peer = PeerInfo("pipe", f"fds={read_fd},{write_fd}")
+    link = StreamLink(
+        "pipe", options or TransportOptions(), server_side=True, peer_info=lambda _: peer
+    )
+    return await open_pipe_link(link, read_fd, write_fd, on_first_data=accept)
 
 
 class _PipeListener(Listener):
