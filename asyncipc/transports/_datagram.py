@@ -594,6 +594,9 @@ class DatagramLink(Link):
             self._inbox_bytes += size
             return
         self._last_rx = self._last_any
+        # Acknowledged before it is handled, so that an answer it causes carries the
+        # acknowledgement and no separate datagram is needed.
+        self._acked = self.tracker.highest
         self._receiver.frame_received(frame)
 
     def _sync_stats(self) -> None:
