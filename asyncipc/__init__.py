@@ -13,6 +13,7 @@ Change the URL (``unix:///tmp/asyncipc.sock``, ``tcp://host:4222``, ``tls://...`
 reach a broker in another process; nothing else changes. See ``docs/`` for the guide.
 """
 
+from . import signals as signals
 from ._connect import Connector, connect, default_socket_url
 from ._peer import PipePeer, spawn_peer
 from .broker import Broker, BrokerStats
@@ -35,6 +36,8 @@ from .errors import (
     RemoteProtocolError,
     RequestTimeout,
     ServiceError,
+    SignalInUse,
+    SignalRefused,
     SlowConsumer,
 )
 from .link import Link, Listener, PeerInfo
@@ -73,6 +76,8 @@ __all__ = [
     "RemoteProtocolError",
     "RequestTimeout",
     "ServiceError",
+    "SignalInUse",
+    "SignalRefused",
     "SlowConsumer",
     "Subscription",
     "__version__",

@@ -13,6 +13,7 @@ import hmac
 import logging
 from typing import TYPE_CHECKING
 
+from . import _system
 from .errors import ConnectionClosed, InvalidSubject
 from .link import Link
 from .protocol import (
@@ -31,6 +32,7 @@ from .protocol import (
     Welcome,
 )
 from .router import Route
+from .signals import RESERVED_PREFIX
 from .subjects import validate_pattern, validate_queue, validate_subject
 
 if TYPE_CHECKING:
@@ -41,6 +43,12 @@ __all__ = ["Session"]
 log = logging.getLogger("asyncipc.broker")
 
 
+def _reserved(subject: str, reply: str | None) -> bool:
+    return subject.startswith(RESERVED_PREFIX) or (
+        reply is not None and reply.startswith(RESERVED_PREFIX)
+    )
+
+
 class Session:
     """One client link as the broker sees it."""
 
@@ -49,6 +57,8 @@ class Session:
         self.link = link
         self.client_id = client_id
         self.name = ""
+        self.allowed_signals: frozenset[str] = frozenset()
+        """Signal names this client lets others send it (HELLO ``signals``)."""
         self.open = False
         self.closed = False
         self.routes: dict[int, Route[Session]] = {}
@@ -81,6 +91,12 @@ class Session:
     ) -> None:
         # Only in-process links call this, for a Bus that validated the subjects already.
         if self.open:
+            # One character compared on the hot path; $sys. subjects are the broker's own.
+            if (subject[0] == "$" or (reply is not None and reply[0] == "$")) and _reserved(
+                subject, reply
+            ):
+                _system.handle(self, subject, data, reply, headers, None)
+                return
             self.broker.publish(subject, data, reply, headers, None, self)
         else:
             self._handshake(Pub(subject, data, reply, headers))
@@ -98,6 +114,12 @@ class Session:
                     validate_subject(frame.reply)
             except InvalidSubject as exc:
                 self.send_error(ErrorCode.INVALID_SUBJECT, str(exc))
+                return
+            subject, reply = frame.subject, frame.reply
+            if (subject[0] == "$" or (reply is not None and reply[0] == "$")) and _reserved(
+                subject, reply
+            ):
+                _system.handle(self, subject, None, reply, frame.headers, frame)
                 return
             self.broker.publish(frame.subject, None, frame.reply, frame.headers, frame, self)
         elif not self.open:
@@ -163,18 +185,20 @@ class Session:
         if isinstance(client_max, int) and client_max >= 1024:
             self.link.max_frame = min(opts.max_frame, client_max)
         self.open = True
-        self._send(
-            Welcome(
-                {
-                    "version": PROTOCOL_VERSION,
-                    "server": "asyncipc",
-                    "server_id": self.broker.server_id,
-                    "client_id": self.client_id,
-                    "max_frame": opts.max_frame,
-                    "ping_interval": opts.ping_interval,
-                }
-            )
-        )
+        welcome = {
+            "version": PROTOCOL_VERSION,
+            "server": "asyncipc",
+            "server_id": self.broker.server_id,
+            "client_id": self.client_id,
+            "max_frame": opts.max_frame,
+            "ping_interval": opts.ping_interval,
+        }
+        if "signals" in fields:
+            self.allowed_signals, ignored = _system.allowed_signals(fields["signals"])
+            if ignored:
+                log.info("%s: ignored HELLO signals %s", self.describe(), ", ".join(ignored))
+            welcome["signals"] = sorted(self.allowed_signals)  # what is in effect
+        self._send(Welcome(welcome))
         self._cancel_timer()
         if opts.ping_interval > 0 and not self.link.in_process:
             self._timer = self._loop.call_later(opts.ping_interval, self._keepalive)

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from ._inflight import InFlight
 from ._session import Session
 from .errors import ConnectionClosed, FrameTooLarge
 from .link import Link, Listener, PeerInfo
@@ -75,6 +76,9 @@ class Broker:
         self._next_client = 0
         self._closing = False
         self._closed: asyncio.Event | None = None
+        # Requests a responder holds, so that close() can wait for their replies.
+        self._inflight: InFlight[Session] = InFlight()
+        self._awaited = self._inflight.replies
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -154,6 +158,7 @@ class Broker:
 
     def session_closed(self, session: Session) -> None:
         self._sessions.discard(session)
+        self._inflight.forget(session)
 
     async def serve_forever(self) -> None:
         """Wait until :meth:`close` is called (from a signal handler, another task...)."""
@@ -162,9 +167,11 @@ class Broker:
         await self._closed.wait()
 
     async def close(self) -> None:
-        """Stop listening, let every client receive what is already buffered for it,
-        then disconnect them (aborting any that cannot take it within
-        ``drain_timeout``)."""
+        """Stop listening (socket files are removed), wait until the requests in flight
+        are answered, let every client receive what is already buffered for it, then
+        disconnect them. Each of the two waits is bounded by ``drain_timeout``: a
+        request whose reply has not come by then is given up, a client that cannot
+        take its messages is aborted."""
         if self._closing:
             # A second caller waits for the first one's drain, as Bus.close() does.
             if self._closed is None:
@@ -174,6 +181,15 @@ class Broker:
         self._closing = True
         for listener in self._listeners:
             await listener.aclose()
+        if self._inflight:
+            # Clients stay connected meanwhile: a service finishing a request publishes
+            # its reply through us, and the requester must still be there to get it.
+            log.info("waiting for the replies to %d requests in flight", len(self._inflight))
+            try:
+                async with asyncio.timeout(self.options.drain_timeout):
+                    await self._inflight.wait_empty()
+            except TimeoutError:
+                log.warning("gave up on %d unanswered requests", len(self._inflight))
         links = [s.link for s in self._sessions]
         for session in list(self._sessions):
             session.close()
@@ -218,6 +234,8 @@ class Broker:
         """
         stats = self.stats
         stats.messages_in += 1
+        if self._awaited and subject in self._awaited:
+            self._inflight.answered(subject)  # the reply to a request we saw
         routes = self.router.route(subject)
         if not routes:
             if reply is not None:
@@ -243,6 +261,8 @@ class Broker:
                 continue
             sent += 1
         stats.messages_out += sent
+        if reply is not None and source is not None and sent:
+            self._inflight.add(reply, source)
 
     def _overflow(self, route: Route[Session], source: Session | None) -> bool:
         """The route's client is behind: apply its policy. True to deliver anyway."""

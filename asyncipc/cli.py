@@ -41,6 +41,7 @@ from .errors import (
 )
 from .message import Message
 from .protocol import DEFAULT_MAX_FRAME
+from .signals import drain_on_signals, on_signal
 from .transports import lookup, parse_url
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "TOKEN_ENV", "build_parser", "main"]
@@ -208,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_FRAME,
         help="largest frame accepted from a client, announced to clients; K/M/G suffixes "
         f"allowed (default: {DEFAULT_MAX_FRAME // (1 << 20)}M)",
+    )
+    p.add_argument(
+        "--allow-remote-signals",
+        action="store_true",
+        help="let clients on tcp:// and tls:// listeners ask the broker to signal local "
+        "clients that allowed it (default: only local clients may; see docs/signals.md)",
     )
     p.set_defaults(func=_broker, interrupted=EXIT_OK, log_level=logging.INFO)
 
@@ -385,34 +392,28 @@ async def _broker(args: argparse.Namespace) -> int:
                 "serves other processes on unix://, tcp:// or tls://"
             )
     token = args.token or _env(TOKEN_ENV)
-    broker = Broker(token=token, max_frame=args.max_frame)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def on_signal(signum: int) -> None:
-        if not stop.is_set():
-            log.info("%s received: draining and closing", signal.Signals(signum).name)
-        stop.set()
-
-    # The handlers of _run (which cancel the task) are replaced: a signal during start-up
+    broker = Broker(token=token, max_frame=args.max_frame, remote_signals=args.allow_remote_signals)
+    # SIGINT/SIGTERM are caught from here on, so that one arriving during start-up still
     # lets the listeners already bound be closed in order, their socket files removed.
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, on_signal, signum)
-    try:
+    # Leaving the block drains: replies to requests in flight, then buffered messages.
+    async with drain_on_signals(broker) as drain:
         for url in urls:
-            if stop.is_set():
+            if drain.received is not None:
                 break
             try:
                 listener = await broker.listen(url)
             except (AsyncIPCError, OSError) as exc:
                 raise CommandError(_listen_error(url, exc)) from None
             print(f"listening on {listener.url}", flush=True)
-        if token is None and any(not u.startswith("unix:") for u in broker.urls):
+        network = any(not u.startswith(("unix:", "fifo:")) for u in broker.urls)
+        if token is None and network:
             log.warning("no --token: any client that can reach the network listeners is served")
-        await stop.wait()
-    finally:
-        if broker.urls:  # else there is nothing to close (and nothing to log)
-            await broker.close()
+        if args.allow_remote_signals and network:
+            log.warning(
+                "--allow-remote-signals: clients on network listeners may have local "
+                "clients signalled (those that allowed it, as the same user)"
+            )
+        await drain.wait()
     return EXIT_OK
 
 
@@ -456,36 +457,33 @@ def _describe(exc: BaseException, args: argparse.Namespace) -> tuple[int, str]:
 async def _run(
     func: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Namespace
 ) -> int:
-    """Run a command until SIGINT/SIGTERM, which cancels it: its ``async with`` blocks
-    still close (drain) the bus, and a second signal cuts that short. Then the command's
-    ``interrupted`` exit code is returned, or 128 + the signal number if it has none."""
-    loop = asyncio.get_running_loop()
+    """Run a client command until SIGINT/SIGTERM, which cancels it: its ``async with``
+    blocks still close (drain) the bus, and a second signal cuts that short. Then the
+    command's ``interrupted`` exit code is returned, or 128 + the signal number if it has
+    none. (The broker command drains instead: ``_broker``.)"""
     task = asyncio.current_task()
     assert task is not None
     received: list[int] = []
 
-    def on_signal(signum: int) -> None:
+    def cancel(signum: int) -> None:
         received.append(signum)
         task.cancel()
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, on_signal, signum)
-    try:
-        return await func(args)
-    except asyncio.CancelledError:
-        if not received:
-            raise
-        code: int | None = args.interrupted
-        return 128 + received[0] if code is None else code
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
+    with on_signal(cancel, signal.SIGINT, signal.SIGTERM):
+        try:
+            return await func(args)
+        except asyncio.CancelledError:
+            if not received:
+                raise
+            code: int | None = args.interrupted
+            return 128 + received[0] if code is None else code
 
 
 async def _command(args: argparse.Namespace) -> int:
     try:
-        if args.command != "broker":
-            args.url = _client_url(args)
+        if args.command == "broker":
+            return await _broker(args)
+        args.url = _client_url(args)
         return await _run(args.func, args)
     except (AsyncIPCError, OSError, CommandError) as exc:
         if isinstance(exc, BrokenPipeError):

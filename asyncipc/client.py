@@ -43,6 +43,7 @@ from .protocol import (
     Unsub,
     Welcome,
 )
+from .signals import sendable_names
 from .subjects import known_valid, validate_pattern, validate_queue, validate_subject
 from .subscription import OVERFLOW_POLICIES, Subscription
 
@@ -99,6 +100,8 @@ class Bus:
         }
         if opts.token is not None:
             hello["token"] = opts.token
+        if opts.allow_signals:
+            hello["signals"] = sendable_names(opts.allow_signals)  # docs/signals.md
         self._link.send(Hello(hello))
         try:
             async with asyncio.timeout(opts.connect_timeout):
@@ -109,6 +112,8 @@ class Bus:
                 f"no WELCOME from {self.url} within {opts.connect_timeout:g} s"
             ) from None
         self.server_info = info
+        if opts.allow_signals and "signals" not in info:
+            log.warning("%s: the broker does not support allow_signals", self.url)
         peer_max = info.get("max_frame")
         if isinstance(peer_max, int) and peer_max >= 1024:
             self._link.max_frame = min(self._link.max_frame, peer_max)

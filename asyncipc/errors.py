@@ -19,7 +19,9 @@
     ├── NoResponders                        a request found nobody subscribed
     ├── RequestTimeout (TimeoutError)       a request got no answer in time
     ├── ServiceError                        the responder's handler raised
-    └── SlowConsumer                        a subscription overflowed (overflow="error")
+    ├── SlowConsumer                        a subscription overflowed (overflow="error")
+    ├── SignalRefused                       the broker would not signal that client (``reason``)
+    └── SignalInUse (RuntimeError)          another event-loop handler owns that signal
 
 ClosedError/BrokenLinkError follow anyio's ClosedResourceError/BrokenResourceError split.
 ``except TimeoutError`` catches request time-outs and ``except OSError`` catches broken
@@ -47,6 +49,8 @@ __all__ = [
     "RemoteProtocolError",
     "RequestTimeout",
     "ServiceError",
+    "SignalInUse",
+    "SignalRefused",
     "SlowConsumer",
 ]
 
@@ -129,3 +133,22 @@ class ServiceError(AsyncIPCError):
 
 class SlowConsumer(AsyncIPCError):
     """A subscription with ``overflow="error"`` fell behind and was cut off."""
+
+
+class SignalRefused(AsyncIPCError):
+    """The broker refused to signal another client (``asyncipc.signals.send``).
+
+    ``reason`` is the machine-readable code of ``docs/signals.md`` (``not-allowed``,
+    ``no-pid``, ``remote-sender``, ``uid-mismatch``, ``unknown-client``, ...); ``str()``
+    says the same for humans, naming the client and the signal.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class SignalInUse(AsyncIPCError, RuntimeError):
+    """``asyncipc.signals`` will not take over a signal that another event-loop handler
+    (``loop.add_signal_handler``) already handles: that handler would be replaced
+    silently. Remove it first, or register through ``asyncipc.signals.on_signal``."""

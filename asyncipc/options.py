@@ -30,6 +30,9 @@ class ConnectOptions:
             ``dead_peer_factor`` intervals is declared dead. 0 disables.
         drain_timeout: seconds ``close()`` waits for callbacks and flushes to finish.
         high_water: bytes buffered towards the broker before ``publish`` waits.
+        allow_signals: signals other local clients may ask the broker to send this
+            process (names such as ``"HUP"``, or ``signal.SIGHUP``); sent in HELLO as
+            ``signals``. Empty (the default): none. See ``docs/signals.md``.
     """
 
     name: str = ""
@@ -41,6 +44,7 @@ class ConnectOptions:
     dead_peer_factor: float = 3.0
     drain_timeout: float = 10.0
     high_water: int = DEFAULT_HIGH_WATER
+    allow_signals: tuple[str | int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -55,8 +59,13 @@ class BrokerOptions:
             silent for ``dead_peer_factor`` intervals is disconnected. 0 disables.
         high_water: bytes the broker buffers for one client before that client counts as
             slow and its subscriptions' overflow policies apply.
-        drain_timeout: seconds ``close()`` gives clients to receive what is buffered.
+        drain_timeout: seconds ``close()`` gives clients to receive what is buffered,
+            and before that to answer the requests they hold.
         ssl: server TLS context for ``tls://`` listeners (else from the URL query).
+        remote_signals: let clients the broker cannot identify as local processes
+            (TCP, TLS: no peer credentials) ask it to signal other clients. Off by
+            default: a network listener must not become a way to kill local processes.
+            See ``docs/signals.md``.
     """
 
     token: str | None = None
@@ -67,3 +76,4 @@ class BrokerOptions:
     high_water: int = 4 * DEFAULT_HIGH_WATER
     drain_timeout: float = 5.0
     ssl: ssl.SSLContext | None = None
+    remote_signals: bool = False

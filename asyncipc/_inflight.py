@@ -1,0 +1,87 @@
+"""Requests the broker routed to a responder and has not seen answered yet.
+
+Kept so that a broker shutting down (SIGTERM: ``asyncipc.signals``) can wait for the
+replies of requests a service is in the middle of, instead of cutting the service off
+and leaving its requester to time out. The broker knows a request only as a PUB with a
+reply subject that matched a subscription, and its answer only as the first PUB on that
+reply subject, so that is all this tracks: one dict entry per request, added and removed
+on the hot path, never scanned there.
+
+Entries whose answer never comes (the requester timed out, the responder ignored it)
+go when their requester disconnects, or when the table is full (oldest first). A
+shutdown therefore waits at most the broker's ``drain_timeout`` for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+__all__ = ["InFlight"]
+
+S = TypeVar("S", bound=Hashable)  # the requester: the broker's session
+
+MAX_TRACKED = 65536
+"""Unanswered requests remembered at once; beyond, the oldest are forgotten."""
+
+
+class InFlight(Generic[S]):
+    """Reply subjects awaited, each with the session that asked."""
+
+    __slots__ = ("_by_requester", "_max", "_waiter", "replies")
+
+    def __init__(self, max_tracked: int = MAX_TRACKED) -> None:
+        self.replies: dict[str, S] = {}
+        """Reply subject -> requester. The broker reads it directly on the hot path."""
+        self._by_requester: dict[S, set[str]] = {}
+        self._max = max_tracked
+        self._waiter: asyncio.Future[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.replies)
+
+    def add(self, reply: str, requester: S) -> None:
+        """A request with reply subject ``reply`` reached at least one responder."""
+        replies = self.replies
+        if reply in replies:
+            return
+        if len(replies) >= self._max:
+            self.answered(next(iter(replies)))
+        replies[reply] = requester
+        mine = self._by_requester.get(requester)
+        if mine is None:
+            mine = self._by_requester[requester] = set()
+        mine.add(reply)
+
+    def answered(self, reply: str) -> None:
+        """A PUB on ``reply`` arrived (or the request is given up)."""
+        requester = self.replies.pop(reply, None)
+        if requester is None:
+            return
+        mine = self._by_requester.get(requester)
+        if mine is not None:
+            mine.discard(reply)
+            if not mine:
+                del self._by_requester[requester]
+        self._wake()
+
+    def forget(self, requester: S) -> None:
+        """The requester left: nobody waits for those replies any more."""
+        for reply in self._by_requester.pop(requester, ()):
+            self.replies.pop(reply, None)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if not self.replies and waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait_empty(self) -> None:
+        """Return once every tracked request is answered or forgotten."""
+        while self.replies:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
