@@ -11,6 +11,7 @@ import asyncio
 import os
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -538,3 +539,22 @@ async def test_a_duplicate_hello_gets_the_welcome_again(
     assert again.fields == first.fields
     assert b.sessions == 1
     assert b.peers[0].extra["stats"].duplicates == 1
+
+
+def test_the_example_in_the_protocol_doc_is_what_the_encoder_makes() -> None:
+    """docs/protocol.md §21.5, byte for byte."""
+    doc = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
+    section = doc[doc.index("### 21.5 Example") :]
+    block = section[section.index("```text") : section.index("```\n", section.index("```text") + 7)]
+    datagrams: list[bytes] = []
+    for line in block.splitlines()[1:]:
+        if line.startswith("#"):
+            datagrams.append(b"")
+        elif line:
+            datagrams[-1] += bytes.fromhex(line[6:54])
+    conn = 0x0A0B0C0D
+    assert datagrams == [
+        pack_header(0, conn, 1, 0) + encode(Hello({"version": 1})),
+        pack_header(0, conn, 2, 1) + encode(Pub("t", b"hi")),
+        pack_header(Flag.ACK_REQ, conn, 2, 5),
+    ]
