@@ -82,6 +82,7 @@ class Bus:
         self._closing = False
         self._lost: BaseException | None = None
         self._closed = asyncio.Event()
+        self._gone = asyncio.Event()  # set by link_lost: closed by us or broken
         self._timer: asyncio.TimerHandle | None = None
         self._on_close: list[Callable[[], Awaitable[None]]] = []
         self.max_payload = link.max_frame - 64
@@ -145,6 +146,11 @@ class Bus:
         """True once :meth:`close` started or the link broke."""
         return self._closing or self._lost is not None
 
+    async def wait_closed(self) -> None:
+        """Wait until the connection is gone: :meth:`close` ran, or the broker went
+        away (a service that should exit with its broker awaits this)."""
+        await self._gone.wait()
+
     @property
     def peer(self) -> Any:
         """What is known of the broker end of the link (:class:`~asyncipc.link.PeerInfo`)."""
@@ -183,6 +189,7 @@ class Bus:
             self._welcome.set_result(frame.fields)
 
     def link_lost(self, exc: BaseException | None) -> None:
+        self._gone.set()
         if self._lost is None:
             self._lost = exc if exc is not None else ClosedError("bus is closed")
         lost = self._lost

@@ -323,8 +323,9 @@ class Drain:
     """What :func:`drain_on_signals` gives the ``async with`` body.
 
     ``received`` is the signal that asked the process to stop (``None`` until then);
-    ``await wait()`` returns it, or ``None`` if a broker among the targets was closed
-    by other means first. Leaving the block drains and closes the targets either way.
+    ``await wait()`` returns it, or ``None`` if a target ended by other means first (a
+    broker closed, a bus whose broker went away). Leaving the block drains and closes
+    the targets either way.
     """
 
     def __init__(self, targets: tuple[Bus | Broker, ...], signals: tuple[int | str, ...]) -> None:
@@ -344,10 +345,12 @@ class Drain:
             log.info("%s received: already draining (bounded by the drain time-outs)", sig.name)
 
     async def wait(self) -> signal.Signals | None:
-        """Wait for one of the signals (or for a target broker to close on its own)."""
-        _, brokers = _split(self.targets)
+        """Wait for one of the signals, or until a target ends on its own (a broker
+        closed by other means, a bus whose broker went away): then ``None``."""
+        buses, brokers = _split(self.targets)
         waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._event.wait())]
         waits += [asyncio.ensure_future(broker.serve_forever()) for broker in brokers]
+        waits += [asyncio.ensure_future(bus.wait_closed()) for bus in buses]
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -426,8 +429,8 @@ async def run_until_signalled(
     already hold (their replies are sent) and delivers what was published. Brokers
     close next: they stop listening (socket files go), wait for the requests in flight
     through them to be answered, deliver what is buffered and disconnect everyone. Both
-    are bounded by their ``drain_timeout``. Returns the signal, or ``None`` if a broker
-    among ``targets`` was closed by other means first.
+    are bounded by their ``drain_timeout``. Returns the signal, or ``None`` if a target
+    ended by other means first (a broker closed, a bus whose broker went away).
     """
     async with drain_on_signals(*targets, signals=signals) as drain:
         return await drain.wait()
