@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -558,3 +560,16 @@ def test_the_example_in_the_protocol_doc_is_what_the_encoder_makes() -> None:
         pack_header(0, conn, 2, 1) + encode(Pub("t", b"hi")),
         pack_header(Flag.ACK_REQ, conn, 2, 5),
     ]
+
+
+def test_the_udp_metrics_example_runs() -> None:
+    example = Path(__file__).resolve().parent.parent / "examples" / "udp_metrics.py"
+    done = subprocess.run(
+        [sys.executable, str(example), "--samples", "50"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+    assert "collector received" in done.stdout
+    assert done.stdout.count("latest ") == 6, done.stdout
