@@ -394,6 +394,31 @@ async def test_remote_signals_when_the_broker_enables_them() -> None:
             assert (await sub.next_msg(timeout=GUARD)).data == b"USR1"
 
 
+async def test_a_child_the_broker_spawned_over_pipes_can_be_signalled() -> None:
+    """A pipe child has no peer credentials: the broker knows its pid because it
+    started it. Here the sender is in-process (memory://), also a local client."""
+    name = f"memory://spawn-{os.urandom(4).hex()}"
+    async with asyncipc.Broker() as broker:
+        await broker.listen(name)
+        argv = [sys.executable, str(CHILD), "pipe:", "--name", "piped"]
+        child = await broker.spawn(
+            [*argv, "--allow", "HUP", "--watch", "HUP"],
+            stdout=subprocess.PIPE,
+            env=child_env(),
+        )
+        assert child.process.stdout is not None
+        ready = (await child.process.stdout.readline()).split()
+        assert ready[0] == b"ready"
+        async with asyncipc.connect(name) as bus:
+            await signals.send(bus, "piped", "HUP")
+            assert await child.process.stdout.readline() == b"signal HUP\n"
+            await signals.send(bus, int(ready[1]), "HUP")
+            assert await child.process.stdout.readline() == b"signal HUP\n"
+        child.send_signal(signal.SIGTERM)
+        assert await child.wait() == 0
+        assert await child.process.stdout.read() == b"exit\n"
+
+
 async def test_a_client_that_left_cannot_be_signalled(bus: asyncipc.Bus) -> None:
     options = asyncipc.ConnectOptions(allow_signals=("HUP",))
     async with asyncipc.connect(bus.url, options=options) as gone:
@@ -469,3 +494,24 @@ def test_only_the_same_user_or_root_may_signal() -> None:
     assert refused is not None
     assert refused[0] == "uid-mismatch"
     assert "runs as uid 1000, the sender as uid 1001" in refused[1]
+
+
+# --- the example ------------------------------------------------------------------------------
+
+
+def test_signals_demo() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "signals_demo.py")],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=child_env(),
+    )
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+    out = done.stdout
+    assert "worker: reloaded config (SIGHUP #1)" in out
+    assert "USR2 refused       not-allowed:" in out
+    assert "reply 'done: job-1'" in out
+    assert "worker exited      0" in out
+    assert "socket removed" in out
+    assert out.rstrip().endswith("everything went as described")
