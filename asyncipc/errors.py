@@ -12,6 +12,7 @@
     ├── ProtocolError                       the wire was misused
     │   ├── LocalProtocolError              ... by us (a frame we refuse to send)
     │   ├── RemoteProtocolError             ... by the peer (garbage, truncated)
+    │   │   └── CorruptRing                 shared memory or a ring file breaks the ring layout
     │   └── FrameTooLarge                   a frame over the agreed maximum
     ├── HandshakeError                      the hello/welcome exchange failed
     │   └── AuthenticationError             the broker refused our token
@@ -21,7 +22,8 @@
     ├── ServiceError                        the responder's handler raised
     ├── SlowConsumer                        a subscription overflowed (overflow="error")
     ├── SignalRefused                       the broker would not signal that client (``reason``)
-    └── SignalInUse (RuntimeError)          another event-loop handler owns that signal
+    ├── SignalInUse (RuntimeError)          another event-loop handler owns that signal
+    └── RecordReleased (ValueError)         a ring record was read after it was released
 
 ClosedError/BrokenLinkError follow anyio's ClosedResourceError/BrokenResourceError split.
 ``except TimeoutError`` catches request time-outs and ``except OSError`` catches broken
@@ -40,12 +42,14 @@ __all__ = [
     "ConfigurationError",
     "ConnectError",
     "ConnectionClosed",
+    "CorruptRing",
     "FrameTooLarge",
     "HandshakeError",
     "InvalidSubject",
     "LocalProtocolError",
     "NoResponders",
     "ProtocolError",
+    "RecordReleased",
     "RemoteProtocolError",
     "RequestTimeout",
     "ServiceError",
@@ -93,6 +97,19 @@ class LocalProtocolError(ProtocolError):
 
 class RemoteProtocolError(ProtocolError):
     """The peer sent bytes that are not a valid frame sequence."""
+
+
+class CorruptRing(RemoteProtocolError):
+    """A shared-memory ring or ring file breaks the ring layout (``docs/shm.md``).
+
+    The message names what was wrong and where: a bad magic number, a counter out of
+    range, a record whose length runs past the ring end, a checksum that does not match.
+    ``position`` is the ring position of the offending record, when there is one.
+    """
+
+    def __init__(self, message: str, position: int | None = None) -> None:
+        super().__init__(message)
+        self.position = position
 
 
 class FrameTooLarge(ProtocolError):
@@ -152,3 +169,11 @@ class SignalInUse(AsyncIPCError, RuntimeError):
     """``asyncipc.signals`` will not take over a signal that another event-loop handler
     (``loop.add_signal_handler``) already handles: that handler would be replaced
     silently. Remove it first, or register through ``asyncipc.signals.on_signal``."""
+
+
+class RecordReleased(AsyncIPCError, ValueError):
+    """A ring record (or a view of it) was used after it was released.
+
+    Its bytes live in shared memory that the writer reuses once the record is released:
+    reading them then would return someone else's data, so it raises instead.
+    """

@@ -1,0 +1,637 @@
+"""Single-producer, single-consumer rings of variable-size records over any writable buffer.
+
+Pure logic: no file descriptor, no event loop, no mapping. The same code runs over a
+``bytearray`` in the unit tests, over a shared ``memfd`` (``shm://``) and over a mapped
+file (``mmap://``). ``docs/shm.md`` draws the layout and argues why a record becomes
+visible to the reader only once it is complete; the short version:
+
+* The **writer** owns ``tail``, the **reader** owns ``head``: two byte counters that only
+  grow, each on its own 64-byte cache line. ``tail - head`` bytes are in use.
+* A record is a 16-byte header (length, payload CRC, position tag, kind, flags, header
+  check) followed by its payload, padded to 16 bytes. The writer copies the payload,
+  then the header, and only then moves ``tail`` past the record: moving ``tail`` is the
+  commit. A writer that dies before that leaves nothing the reader will ever look at.
+* A record never wraps. When it does not fit before the end, the rest of the ring gets a
+  *pad* record (committed on its own) and the record starts again at offset 0, so every
+  record is one contiguous slice: that is what makes a zero-copy view possible.
+* The reader checks every header: the tag must be the record's own position (a header
+  left from an earlier lap is caught), the header check must match, the length must stay
+  inside the ring and below ``tail``, and, when the ring was made with checksums, the
+  payload's CRC-32 must match. A record that fails raises :class:`CorruptRing` naming
+  what was wrong; :meth:`RingReader.skip_corrupt` steps over it (``mmap://`` recovery).
+* A record larger than the ring is refused with :class:`FrameTooLarge`; the links above
+  carry bigger frames in pieces (``FLAG_MORE``), the ring itself never splits a record.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import CorruptRing, FrameTooLarge, RecordReleased
+
+__all__ = [
+    "ALIGN",
+    "DATA_OFFSET",
+    "FLAG_FIN",
+    "FLAG_MORE",
+    "HEADER_SIZE",
+    "KIND_DATA",
+    "KIND_PAD",
+    "MIN_CAPACITY",
+    "RECORD",
+    "RECORD_HEADER",
+    "Record",
+    "RecordView",
+    "RingReader",
+    "RingWriter",
+    "format_ring",
+    "header_check",
+    "record_size",
+    "ring_size",
+]
+
+MAGIC = b"AIPCRNG1"
+VERSION = 1
+
+# --- the ring header: 512 bytes, one concern per 64-byte cache line -----------------
+HEADER_SIZE = 512
+DATA_OFFSET = HEADER_SIZE
+_META = struct.Struct("<8sIIQ")  # line 0, written once: magic, version, ring flags, capacity
+TAIL = 64  # line 1: u64, written by the writer on every commit
+HEAD = 128  # line 2: u64, written by the reader as it consumes
+READER_SLEEPING = 192  # line 3: u32, written by the reader when it goes to sleep / wakes
+WRITER_WAITING = 256  # line 4: u32, written by the writer when it waits for space
+RING_CHECKSUM = 1  # ring flag: every record carries the CRC-32 of its payload
+
+_U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
+
+# --- records ---------------------------------------------------------------------------
+RECORD = struct.Struct("<IIIBBH")  # length, payload crc, tag, kind, flags, header check
+RECORD_HEADER = RECORD.size  # 16
+ALIGN = 16  # records start on 16-byte boundaries, so a gap at the end always fits a pad
+KIND_DATA = 1
+KIND_PAD = 2
+FLAG_MORE = 1  # (link level) the payload continues in the next record
+FLAG_FIN = 2  # (link level) the writer closed: nothing follows
+
+MIN_CAPACITY = 4096
+MAX_CAPACITY = 1 << 40
+
+
+def ring_size(capacity: int) -> int:
+    """Bytes a ring of ``capacity`` data bytes occupies, header included."""
+    return HEADER_SIZE + capacity
+
+
+def record_size(length: int) -> int:
+    """Ring bytes a record with a payload of ``length`` bytes takes, header and padding."""
+    return (RECORD_HEADER + length + ALIGN - 1) & -ALIGN
+
+
+def header_check(length: int, crc: int, tag: int, kind: int, flags: int) -> int:
+    """The 16-bit check over a record header's other fields: a header whose fields were
+    not all written (or are garbage) fails it, whatever its payload checksum mode."""
+    h = (length * 0x9E3779B1 + crc * 0x85EBCA77 + tag * 0xC2B2AE3D + (kind << 8 | flags)) & (
+        0xFFFFFFFF
+    )
+    return (h ^ (h >> 16)) & 0xFFFF
+
+
+def _tag(position: int) -> int:
+    return (position >> 4) & 0xFFFFFFFF
+
+
+def _writable_view(buf: Any) -> memoryview:
+    mv = memoryview(buf)
+    if mv.readonly:
+        mv.release()
+        raise ValueError("a ring needs a writable buffer (bytearray, mmap, ...)")
+    if mv.ndim != 1 or mv.itemsize != 1 or not mv.c_contiguous:
+        flat = mv.cast("B")
+        mv.release()
+        mv = flat
+    return mv
+
+
+def format_ring(buf: Any, capacity: int, *, offset: int = 0, checksum: bool = False) -> None:
+    """Write an empty ring of ``capacity`` data bytes into ``buf`` at ``offset``.
+
+    ``capacity`` is a multiple of 16 of at least 4096. With ``checksum`` every record
+    carries the CRC-32 of its payload (``mmap://`` always; see ``docs/shm.md``).
+    """
+    if capacity % ALIGN or not MIN_CAPACITY <= capacity <= MAX_CAPACITY:
+        raise ValueError(
+            f"ring capacity {capacity} must be a multiple of {ALIGN} between "
+            f"{MIN_CAPACITY} and {MAX_CAPACITY}"
+        )
+    mv = _writable_view(buf)
+    try:
+        if offset < 0 or offset % 64 or len(mv) < offset + ring_size(capacity):
+            raise ValueError(
+                f"a ring of {capacity} bytes at offset {offset} needs {ring_size(capacity)} "
+                f"bytes on a 64-byte boundary; the buffer has {len(mv)}"
+            )
+        mv[offset : offset + HEADER_SIZE] = bytes(HEADER_SIZE)
+        flags = RING_CHECKSUM if checksum else 0
+        _META.pack_into(mv, offset, MAGIC, VERSION, flags, capacity)
+    finally:
+        mv.release()
+
+
+class _RingEnd:
+    """What both ends share: the validated header and the buffer view."""
+
+    __slots__ = ("_base", "_data", "_mv", "capacity", "checksum")
+
+    def __init__(self, buf: Any, offset: int = 0) -> None:
+        mv = _writable_view(buf)
+        try:
+            if offset < 0 or len(mv) < offset + HEADER_SIZE:
+                raise CorruptRing(
+                    f"no room for a ring header at offset {offset} of a {len(mv)}-byte buffer"
+                )
+            magic, version, flags, capacity = _META.unpack_from(mv, offset)
+            if magic != MAGIC:
+                raise CorruptRing(
+                    f"ring header at offset {offset}: bad magic {magic!r} "
+                    f"(expected {MAGIC!r}; not an asyncipc ring)"
+                )
+            if version != VERSION:
+                raise CorruptRing(
+                    f"ring header at offset {offset}: layout version {version}, "
+                    f"this code reads version {VERSION}"
+                )
+            if flags & ~RING_CHECKSUM:
+                raise CorruptRing(f"ring header at offset {offset}: unknown flags {flags:#x}")
+            if capacity % ALIGN or not MIN_CAPACITY <= capacity <= MAX_CAPACITY:
+                raise CorruptRing(f"ring header at offset {offset}: bad capacity {capacity}")
+            if len(mv) < offset + ring_size(capacity):
+                raise CorruptRing(
+                    f"ring header at offset {offset} claims {capacity} data bytes, but only "
+                    f"{len(mv) - offset - HEADER_SIZE} follow it in the buffer"
+                )
+        except BaseException:
+            mv.release()
+            raise
+        self._mv = mv
+        self._base = offset
+        self._data = offset + DATA_OFFSET
+        self.capacity: int = capacity
+        self.checksum: bool = bool(flags & RING_CHECKSUM)
+
+    def _load_counters(self) -> tuple[int, int]:
+        head = _U64.unpack_from(self._mv, self._base + HEAD)[0]
+        tail = _U64.unpack_from(self._mv, self._base + TAIL)[0]
+        if head > tail or tail - head > self.capacity or head % ALIGN or tail % ALIGN:
+            raise CorruptRing(
+                f"ring counters out of range: head {head}, tail {tail}, capacity {self.capacity}"
+            )
+        return head, tail
+
+    @property
+    def used(self) -> int:
+        """Bytes between the reader's and the writer's position, as the header says now."""
+        head, tail = self._load_counters()
+        return tail - head
+
+    def close(self) -> None:
+        """Drop this end's view of the buffer (the buffer itself is the caller's)."""
+        self._mv.release()
+
+
+class RingWriter(_RingEnd):
+    """The one writer of a ring. Appends records; never blocks (``try_*`` says no)."""
+
+    __slots__ = ("_head_seen", "_tail", "max_payload")
+
+    def __init__(self, buf: Any, offset: int = 0) -> None:
+        super().__init__(buf, offset)
+        try:
+            head, tail = self._load_counters()
+        except BaseException:
+            self.close()
+            raise
+        # A writer that restarts continues after the last committed record: ``tail``.
+        self._tail = tail
+        self._head_seen = head
+        self.max_payload: int = self.capacity - RECORD_HEADER
+
+    def _room(self, size: int) -> bool:
+        if self._tail + size - self._head_seen <= self.capacity:
+            return True
+        head: int = _U64.unpack_from(self._mv, self._base + HEAD)[0]
+        if head > self._tail or head < self._tail - self.capacity or head % ALIGN:
+            raise CorruptRing(
+                f"the reader's head {head} is out of range "
+                f"(tail {self._tail}, capacity {self.capacity})"
+            )
+        self._head_seen = head
+        return self._tail + size - head <= self.capacity
+
+    @property
+    def free(self) -> int:
+        """Bytes free now (a record needs :func:`record_size` of them, plus any pad)."""
+        self._room(self.capacity + 1)  # refreshes the reader's position
+        return self.capacity - (self._tail - self._head_seen)
+
+    def try_write(self, payload: Any, flags: int = 0) -> bool:
+        """Append one record; False if the ring has no room for it now."""
+        return self.try_write_parts((payload,), len(payload), flags)
+
+    def try_write_parts(self, parts: Sequence[Any], length: int, flags: int = 0) -> bool:
+        """Append one record whose payload is ``parts`` (bytes-like, ``length`` bytes in
+        all) without joining them first: each part is copied once, into the ring."""
+        size = record_size(length)
+        cap = self.capacity
+        if size > cap:
+            raise FrameTooLarge(
+                f"record of {length} bytes does not fit a ring of {cap} bytes "
+                f"(at most {self.max_payload})"
+            )
+        tail = self._tail
+        off = tail % cap
+        room = cap - off
+        mv = self._mv
+        if size > room:
+            # Fill the end with a pad and commit it alone: waiting for room for pad and
+            # record together could wait forever for a record bigger than what is left.
+            if not self._room(room):
+                return False
+            length_pad = room - RECORD_HEADER
+            tag = _tag(tail)
+            RECORD.pack_into(
+                mv,
+                self._data + off,
+                length_pad,
+                0,
+                tag,
+                KIND_PAD,
+                0,
+                header_check(length_pad, 0, tag, KIND_PAD, 0),
+            )
+            tail += room
+            self._tail = tail
+            _U64.pack_into(mv, self._base + TAIL, tail)
+            off = 0
+        if not self._room(size):
+            return False
+        at = self._data + off
+        pos = at + RECORD_HEADER
+        crc = 0
+        for part in parts:
+            n = len(part)
+            mv[pos : pos + n] = part
+            pos += n
+            if self.checksum:
+                crc = zlib.crc32(part, crc)
+        if pos - at - RECORD_HEADER != length:
+            raise ValueError(f"parts hold {pos - at - RECORD_HEADER} bytes, not {length}")
+        tag = _tag(tail)
+        # Order matters (docs/shm.md): payload, then header, then the tail that commits.
+        RECORD.pack_into(
+            mv,
+            at,
+            length,
+            crc,
+            tag,
+            KIND_DATA,
+            flags,
+            header_check(length, crc, tag, KIND_DATA, flags),
+        )
+        self._tail = tail + size
+        _U64.pack_into(mv, self._base + TAIL, tail + size)
+        return True
+
+    @property
+    def reader_sleeping(self) -> bool:
+        """The reader said it is going to sleep: a new record must ring its doorbell."""
+        return bool(_U32.unpack_from(self._mv, self._base + READER_SLEEPING)[0])
+
+    def set_waiting(self, waiting: bool) -> None:
+        """Tell the reader that this writer waits for space (it rings when it frees some)."""
+        _U32.pack_into(self._mv, self._base + WRITER_WAITING, 1 if waiting else 0)
+
+
+class RingReader(_RingEnd):
+    """The one reader of a ring: records in order, in place or copied."""
+
+    __slots__ = ("_head", "_held", "_size", "_tail_seen", "skipped_bytes", "skipped_records")
+
+    def __init__(self, buf: Any, offset: int = 0) -> None:
+        super().__init__(buf, offset)
+        self._held: Record | None = None
+        try:
+            head, _tail = self._load_counters()
+        except BaseException:
+            self.close()
+            raise
+        # A reader that restarts resumes at the first record it did not consume: ``head``.
+        self._head = head
+        self._tail_seen = head
+        self._size = 0
+        self.skipped_records = 0
+        """Records :meth:`skip_corrupt` stepped over (``skipped_bytes``: their bytes)."""
+        self.skipped_bytes = 0
+
+    def _load_tail(self) -> int:
+        tail: int = _U64.unpack_from(self._mv, self._base + TAIL)[0]
+        head = self._head
+        if tail < head or tail - head > self.capacity or tail % ALIGN:
+            raise CorruptRing(
+                f"the writer's tail {tail} is out of range (head {head}, capacity {self.capacity})"
+            )
+        self._tail_seen = tail
+        return tail
+
+    def has_data(self) -> bool:
+        """True if a record (or a pad) waits; reads the writer's tail afresh."""
+        return self._head != self._tail_seen or self._load_tail() != self._head
+
+    def _next(self) -> tuple[int, int, int] | None:
+        """The next data record as (buffer offset, length, flags), not yet consumed.
+        Pads are consumed on the way. Raises CorruptRing for a record that fails."""
+        mv = self._mv
+        cap = self.capacity
+        while True:
+            head = self._head
+            if head == self._tail_seen and self._load_tail() == head:
+                return None
+            off = head % cap
+            at = self._data + off
+            length, crc, tag, kind, flags, check = RECORD.unpack_from(mv, at)
+            problem = self._header_problem(head, off, length, crc, tag, kind, flags, check)
+            if problem is not None:
+                raise CorruptRing(f"record at ring position {head}: {problem}", head)
+            size = record_size(length)
+            if kind == KIND_PAD:
+                self._head = head + size
+                _U64.pack_into(mv, self._base + HEAD, head + size)
+                continue
+            if (
+                self.checksum
+                and zlib.crc32(mv[at + RECORD_HEADER : at + RECORD_HEADER + length]) != crc
+            ):
+                raise CorruptRing(
+                    f"record at ring position {head}: payload of {length} bytes fails its "
+                    "CRC-32 (torn or overwritten)",
+                    head,
+                )
+            self._size = size
+            return at + RECORD_HEADER, length, flags
+
+    def _header_problem(
+        self,
+        head: int,
+        off: int,
+        length: int,
+        crc: int,
+        tag: int,
+        kind: int,
+        flags: int,
+        check: int,
+    ) -> str | None:
+        if tag != _tag(head):
+            return f"header tag {tag:#x} is not this position's ({_tag(head):#x}): stale or garbage"
+        if check != header_check(length, crc, tag, kind, flags):
+            return "header check does not match (a torn or garbage header)"
+        if kind not in (KIND_DATA, KIND_PAD):
+            return f"unknown record kind {kind}"
+        left = self.capacity - off - RECORD_HEADER
+        if length > left:
+            return f"length {length} runs past the ring end ({left} bytes left before it)"
+        if head + record_size(length) > self._tail_seen:
+            return f"length {length} runs past the writer's tail {self._tail_seen}"
+        if kind == KIND_PAD and length != left:
+            return f"pad of {length} bytes does not reach the ring end ({left} bytes left)"
+        return None
+
+    def _consume(self) -> None:
+        """Move past the record :meth:`_next` returned, freeing its bytes for the writer."""
+        head = self._head + self._size
+        self._head = head
+        self._size = 0
+        _U64.pack_into(self._mv, self._base + HEAD, head)
+
+    def read(self) -> Record | None:
+        """The next record, in place: valid until its :meth:`Record.release`.
+
+        One record is held at a time: the writer may reuse its bytes as soon as it is
+        released, so reading the next one first would hide that ordering.
+        """
+        if self._held is not None and not self._held.released:
+            raise RuntimeError("release the record you hold before reading the next one")
+        got = self._next()
+        if got is None:
+            return None
+        start, length, flags = got
+        self._held = rec = Record(self, start, length, flags)
+        return rec
+
+    def read_bytes(self) -> bytes | None:
+        """The next record's payload as a copy (consumed at once), or None if empty."""
+        if self._held is not None and not self._held.released:
+            raise RuntimeError("release the record you hold before reading the next one")
+        got = self._next()
+        if got is None:
+            return None
+        start, length, _ = got
+        data = bytes(self._mv[start : start + length])
+        self._consume()
+        return data
+
+    def skip_corrupt(self) -> int:
+        """Step over the record at the read position after it raised CorruptRing.
+
+        With its header intact (only the payload fails its CRC) exactly that record is
+        skipped. With a bad header its length cannot be trusted to find the next record,
+        so everything up to the writer's tail goes. Returns the bytes skipped.
+        """
+        if self._held is not None and not self._held.released:
+            raise RuntimeError("release the record you hold before skipping")
+        head = self._head
+        tail = self._load_tail()
+        if head == tail:
+            return 0
+        off = head % self.capacity
+        length, crc, tag, kind, flags, check = RECORD.unpack_from(self._mv, self._data + off)
+        problem = self._header_problem(head, off, length, crc, tag, kind, flags, check)
+        new_head = tail if problem is not None else head + record_size(length)
+        self._head = new_head
+        self._size = 0
+        _U64.pack_into(self._mv, self._base + HEAD, new_head)
+        self.skipped_records += 1
+        self.skipped_bytes += new_head - head
+        return new_head - head
+
+    def set_sleeping(self, sleeping: bool) -> None:
+        """Tell the writer this reader sleeps (it must ring) or is awake (it need not)."""
+        _U32.pack_into(self._mv, self._base + READER_SLEEPING, 1 if sleeping else 0)
+
+    @property
+    def writer_waiting(self) -> bool:
+        """The writer waits for space: freeing some must ring its doorbell."""
+        return bool(_U32.unpack_from(self._mv, self._base + WRITER_WAITING)[0])
+
+    def close(self) -> None:
+        if self._held is not None:
+            self._held._drop()
+        super().close()
+
+
+class Record:
+    """One record read from a ring, still in place in the ring's memory.
+
+    Use it as a context manager, or call :meth:`release` when done: that consumes it,
+    and the writer may then overwrite its bytes. After that every access raises
+    :class:`~asyncipc.errors.RecordReleased` instead of reading what the writer put there.
+    """
+
+    __slots__ = ("_handed", "_reader", "_released", "_start", "_stop", "flags")
+
+    def __init__(self, reader: RingReader, start: int, length: int, flags: int) -> None:
+        self._reader = reader
+        self._start = start
+        self._stop = start + length
+        self._released = False
+        self._handed: list[memoryview] = []
+        self.flags = flags
+        """The record's flags (``FLAG_MORE``, ``FLAG_FIN``: used by the links)."""
+
+    @property
+    def released(self) -> bool:
+        return self._released
+
+    def __len__(self) -> int:
+        return self._stop - self._start
+
+    @property
+    def view(self) -> RecordView:
+        """A zero-copy view of the payload; its slices are views too, all checked."""
+        if self._released:
+            raise RecordReleased("the record was released; its bytes belong to the writer now")
+        return RecordView(self, self._start, self._stop)
+
+    def tobytes(self) -> bytes:
+        """A copy of the payload, yours to keep."""
+        return self.view.tobytes()
+
+    def __bytes__(self) -> bytes:
+        return self.tobytes()
+
+    def release(self) -> None:
+        """Consume the record. Idempotent.
+
+        Raises BufferError (and consumes nothing) if a buffer exported from one of its
+        :meth:`RecordView.memoryview` s is still alive (``numpy.frombuffer``, say):
+        letting the writer reuse memory something still points to is the bug this
+        API is shaped to prevent.
+        """
+        if self._released:
+            return
+        self._drop()
+        self._reader._consume()
+
+    def _drop(self) -> None:
+        for mv in self._handed:
+            try:
+                mv.release()
+            except BufferError:
+                raise BufferError(
+                    "cannot release the record: a buffer exported from its memoryview is "
+                    "still in use; drop it first"
+                ) from None
+        self._handed.clear()
+        self._released = True
+
+    def __enter__(self) -> Record:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        state = "released" if self._released else f"{len(self)} bytes"
+        return f"<Record {state} flags={self.flags}>"
+
+
+class RecordView:
+    """Bytes of a held :class:`Record`, in place. Raises once the record is released.
+
+    Indexing gives ints, slicing gives another :class:`RecordView` (no copy), so no
+    derived object can outlive the record unchecked. For APIs that want a real buffer,
+    :meth:`memoryview` hands one out that the record releases with itself.
+    """
+
+    __slots__ = ("_rec", "_start", "_stop")
+
+    def __init__(self, rec: Record, start: int, stop: int) -> None:
+        self._rec = rec
+        self._start = start
+        self._stop = stop
+
+    def _buf(self) -> memoryview:
+        if self._rec._released:
+            raise RecordReleased("the record was released; its bytes belong to the writer now")
+        return self._rec._reader._mv[self._start : self._stop]
+
+    def __len__(self) -> int:
+        if self._rec._released:
+            raise RecordReleased("the record was released; its bytes belong to the writer now")
+        return self._stop - self._start
+
+    def __getitem__(self, key: int | slice) -> Any:
+        n = len(self)
+        if isinstance(key, slice):
+            start, stop, step = key.indices(n)
+            if step != 1:
+                raise ValueError("a RecordView slice takes no step")
+            return RecordView(self._rec, self._start + start, self._start + max(start, stop))
+        if key < 0:
+            key += n
+        if not 0 <= key < n:
+            raise IndexError("RecordView index out of range")
+        return self._rec._reader._mv[self._start + key]
+
+    def tobytes(self) -> bytes:
+        """A copy of these bytes."""
+        return bytes(self._buf())
+
+    def __bytes__(self) -> bytes:
+        return self.tobytes()
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return str(self._buf(), encoding, errors)
+
+    def unpack_from(self, fmt: str | struct.Struct, offset: int = 0) -> tuple[Any, ...]:
+        """``struct.unpack_from`` within these bytes, without copying them."""
+        if isinstance(fmt, struct.Struct):
+            return fmt.unpack_from(self._buf(), offset)
+        return struct.unpack_from(fmt, self._buf(), offset)
+
+    def memoryview(self) -> memoryview:
+        """A read-only memoryview of these bytes, released when the record is.
+
+        Its own slices share its fate in CPython only while it lives: prefer slicing the
+        RecordView, and never keep a memoryview past the record.
+        """
+        mv = self._buf().toreadonly()
+        self._rec._handed.append(mv)
+        return mv
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, RecordView):
+            return self._buf() == other._buf()
+        if isinstance(other, (bytes, bytearray, memoryview)):
+            return self._buf() == other
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        if self._rec._released:
+            return "<RecordView released>"
+        return f"<RecordView {self._stop - self._start} bytes>"
