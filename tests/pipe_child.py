@@ -3,7 +3,8 @@
 Each mode is a real program started over inherited pipes (``Broker.spawn`` or
 ``spawn_peer``), or a broker that starts one:
 
-* ``worker [DELAY]``: waits DELAY seconds (a slow start), connects with ``pipe:``, serves
+* ``worker [DELAY [URL]]``: waits DELAY seconds (a slow start), connects to URL (default
+  ``pipe:``), serves
   ``work`` in the queue group ``workers`` and ``ctl.<pid>``, says ``ready`` (a request,
   repeated until someone answers), and exits 0 on ``quit`` or when its parent goes
   (printing what its bus said);
@@ -11,8 +12,9 @@ Each mode is a real program started over inherited pipes (``Broker.spawn`` or
   waits to be killed;
 * ``stdio``: reads a line from stdin, publishes it on ``stdio``, prints it upper-cased:
   the child's stdin and stdout are its own;
-* ``raw garbage|badframe|vanish``: speaks bytes, not the API, on the inherited pipes,
-  then prints (hex) what came back until EOF, or vanishes mid-frame.
+* ``raw garbage|badframe|vanish [FIFO]``: speaks bytes, not the API, on the inherited
+  pipes (or on a pair of FIFOs got from the broker at FIFO, by the handshake of
+  docs/transports.md), then prints (hex) what came back until EOF, or vanishes mid-frame.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import select
 import struct
 import sys
 
@@ -38,17 +41,17 @@ async def say_ready(bus: asyncipc.Bus) -> None:
             await asyncio.sleep(0.02)
 
 
-async def worker(delay: float) -> None:
+async def worker(delay: float, url: str) -> None:
     await asyncio.sleep(delay)
-    async with asyncipc.connect("pipe:", name=f"worker-{os.getpid()}") as bus:
+    async with asyncipc.connect(url, name=f"worker-{os.getpid()}") as bus:
 
         @bus.handler("work", queue="workers")
         async def work(msg: asyncipc.Message) -> bytes:
             return json.dumps({"pid": os.getpid(), "result": msg.data.decode().upper()}).encode()
 
         ctl = bus.subscribe(f"ctl.{os.getpid()}")
-        await say_ready(bus)
         try:
+            await say_ready(bus)
             async for msg in ctl:
                 if msg.reply_to is not None:
                     await bus.publish(msg.reply_to, b"bye")
@@ -78,8 +81,30 @@ async def stdio() -> None:
     print(line.upper(), flush=True)
 
 
-def raw(mode: str) -> None:
-    r, w = (int(fd) for fd in os.environ[ENV_VAR].split(","))
+def fifo_handshake(path: str) -> tuple[int, int]:
+    """docs/transports.md, fifo://, by hand: the read and write ends of a new client."""
+    cid = os.urandom(16).hex()
+    up, down = f"{path}.d/{cid}.up", f"{path}.d/{cid}.down"
+    os.mkfifo(up, 0o600)
+    os.mkfifo(down, 0o600)
+    r = os.open(down, os.O_RDONLY | os.O_NONBLOCK)
+    rendezvous = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    os.write(rendezvous, b"AIPC-FIFO/1 %s\n" % cid.encode())
+    os.close(rendezvous)
+    select.select([r], [], [], 30)
+    assert os.read(r, 16) == b"OK\n"
+    w = os.open(up, os.O_WRONLY)
+    os.unlink(up)
+    os.unlink(down)
+    os.set_blocking(r, True)
+    return r, w
+
+
+def raw(mode: str, fifo: str | None) -> None:
+    if fifo is None:
+        r, w = (int(fd) for fd in os.environ[ENV_VAR].split(","))
+    else:
+        r, w = fifo_handshake(fifo)
     hello = PREAMBLE + encode(Hello({"version": 1}))
     if mode == "garbage":
         os.write(w, b"\x00\xff" * 32)
@@ -98,13 +123,14 @@ def raw(mode: str) -> None:
 def main(argv: list[str]) -> None:
     mode = argv[0]
     if mode == "worker":
-        asyncio.run(worker(float(argv[1]) if len(argv) > 1 else 0.0))
+        delay = float(argv[1]) if len(argv) > 1 else 0.0
+        asyncio.run(worker(delay, argv[2] if len(argv) > 2 else "pipe:"))
     elif mode == "parent":
         asyncio.run(parent())
     elif mode == "stdio":
         asyncio.run(stdio())
     elif mode == "raw":
-        raw(argv[1])
+        raw(argv[1], argv[2] if len(argv) > 2 else None)
     else:
         raise SystemExit(f"unknown mode {mode!r}")
 

@@ -104,7 +104,9 @@ async def test_parent_exit_is_noticed_by_the_child() -> None:
     parent.kill()
     await parent.wait()
     rest = (await asyncio.wait_for(parent.stdout.read(), 30)).decode()
-    assert f"worker {worker_pid} saw: pipe parent pid={parent.pid} closed the connection" in rest
+    # (It may have been waiting for the answer to its "ready" when the parent went.)
+    assert f"worker {worker_pid} saw: " in rest
+    assert f"pipe parent pid={parent.pid} closed the connection" in rest
 
 
 async def test_direct_link_to_one_child_without_a_broker_process() -> None:

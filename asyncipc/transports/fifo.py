@@ -326,11 +326,11 @@ class FifoTransport:
         fail = f"cannot connect to {url.raw}"
         try:
             st = os.lstat(path)
+            if not stat.S_ISFIFO(st.st_mode):
+                raise ConnectError(f"{fail}: {path} is {_kind(st.st_mode)}, not a FIFO")
             dst = os.lstat(dpath)
         except FileNotFoundError as exc:
             raise ConnectError(f"{fail}: no {exc.filename} (is a broker listening?)") from None
-        if not stat.S_ISFIFO(st.st_mode):
-            raise ConnectError(f"{fail}: {path} is {_kind(st.st_mode)}, not a FIFO")
         # Our FIFOs go in there: it must be the broker's private directory.
         if not stat.S_ISDIR(dst.st_mode) or dst.st_uid != st.st_uid or dst.st_mode & 0o077:
             raise ConnectError(f"{fail}: {dpath} is not a private directory of uid {st.st_uid}")
