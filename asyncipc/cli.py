@@ -178,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a broker until SIGINT or SIGTERM",
         description="Run a broker on one or more URLs. Prints 'listening on URL' on stdout "
         "for each listener once it accepts connections; on SIGINT or SIGTERM stops "
-        "listening, delivers what clients are owed (drain), then exits 0.",
+        "listening, waits for the replies to requests in flight, delivers what clients "
+        "are owed (drain), then exits 0.",
         epilog="Examples:\n"
         "  asyncipc broker\n"
         "  asyncipc broker --listen unix:///tmp/app.sock --listen tcp://0.0.0.0:4222\n"
