@@ -31,9 +31,11 @@ from ..errors import BrokenLinkError, ClosedError, FrameTooLarge, ProtocolError
 from ..link import Link, LinkReceiver, PeerInfo
 from ..protocol import Frame, Headers, Hello, Msg, Op, Pub, Welcome, encode
 from ..protocol.datagram import (
+    ACK_REQ,
+    FIN,
+    RESET,
     Arrival,
     Envelope,
-    Flag,
     SequenceTracker,
     decode_frame,
     pack_header,
@@ -393,53 +395,53 @@ class DatagramLink(Link):
         if len(self._outbox) == 1:
             self._flush()
 
-    def _window_open(self, size: int) -> bool:
-        n = len(self._unacked)
-        return n == 0 or (n < self._window and self._unacked_bytes + size <= self._window_bytes)
-
     def _flush(self) -> None:
-        """Send from the outbox while the window allows."""
+        """Send from the outbox while the window allows. (The hot path of sending: one
+        datagram per frame, so it avoids every call it can.)"""
         outbox = self._outbox
         if self._finished:
             return
-        endpoint, stats = self.endpoint, self.stats
+        endpoint, stats, unacked = self.endpoint, self.stats, self._unacked
+        window, window_bytes, conn, addr = self._window, self._window_bytes, self.conn, self.addr
         while outbox:
             data = outbox[0]
             size = len(data)
-            if not self._window_open(size):
+            n = len(unacked)
+            in_flight = self._unacked_bytes + size
+            if n and (n >= window or in_flight > window_bytes):
                 if not self._stalled:
                     self._stalled = True
                     stats.window_stalls += 1
                     self._arm_probe()
                 break
             seq = self._next_seq
-            unacked = len(self._unacked) + 1
-            flags = 0
-            if (
-                unacked * 2 >= self._window
-                or (self._unacked_bytes + size) * 2 >= self._window_bytes
-            ):
-                flags = Flag.ACK_REQ  # half the window is out: acknowledge soon, please
-            header = pack_header(flags, self.conn, seq, self._acked)
+            # Half the window is out: acknowledge soon, please.
+            flags = ACK_REQ if (n + 1) * 2 >= window or in_flight * 2 >= window_bytes else 0
+            header = pack_header(flags, conn, seq, self._acked)
             try:
-                if not endpoint.send([header, data], self.addr, self):
+                if not endpoint.send([header, data], addr, self):
                     break  # the socket buffer is full; _flush runs again when it drains
             except OSError as exc:
                 if self._send_failed(exc):
                     return
             else:
                 stats.sent += 1
-            self._ack_sent_now()
+            self._ack_sent = self._acked
+            self._ack_asked = False
+            if self._ack_timer is not None:
+                self._ack_timer.cancel()
+                self._ack_timer = None
             outbox.popleft()
             self._outbox_bytes -= size
             self._next_seq = (seq + 1) & 0xFFFFFFFF
-            self._unacked.append((seq, size))
-            self._unacked_bytes += size
-            if self._hello is not None and self._hello[1] is data:
-                self._hello[0] = header
-                self._arm_hello()
-            elif self.server_side and seq == 1:
-                self._first_answer = [header, data]
+            unacked.append((seq, size))
+            self._unacked_bytes = in_flight
+            if seq == 1:
+                if self._hello is not None and self._hello[1] is data:
+                    self._hello[0] = header
+                    self._arm_hello()
+                elif self.server_side:
+                    self._first_answer = [header, data]
         if self.write_blocked and self._outbox_bytes <= self._low_water:
             self.write_blocked = False
         self._maybe_unblocked()
@@ -504,7 +506,7 @@ class DatagramLink(Link):
         if not self._stalled or self._finished:
             return
         self.stats.probes += 1
-        self._control(Flag.ACK_REQ)
+        self._control(ACK_REQ)
         self._probe_delay = min(self._probe_delay * 2, PROBE_MAX)
         self._arm_probe()
 
@@ -529,7 +531,7 @@ class DatagramLink(Link):
             return
         self._last_any = self._loop.time()
         flags = env.flags
-        if flags & Flag.RESET:
+        if flags & RESET:
             self._lost(
                 BrokenLinkError(
                     f"{self.peer.describe()} does not know this connection "
@@ -549,16 +551,20 @@ class DatagramLink(Link):
         else:
             self.tracker.skip_to(env.seq)  # it carries the last number the peer used
             self._sync_stats()
-        if flags & Flag.ACK_REQ:
+        if flags & ACK_REQ:
             self._ack_asked = True
-        if flags & Flag.FIN:
+        if flags & FIN:
             self._fin_pending = True
         self._caught_up()
 
     def _frame_datagram(self, env: Envelope) -> None:
-        stats = self.stats
-        arrival = self.tracker.arrived(env.seq)
-        self._sync_stats()
+        stats, tracker, seq = self.stats, self.tracker, env.seq
+        if seq == (tracker.highest + 1) & 0xFFFFFFFF:
+            tracker.highest = seq  # in order: nothing to count (the common case, inlined)
+            arrival = Arrival.NEXT
+        else:
+            arrival = tracker.arrived(seq)
+            self._sync_stats()
         if arrival is Arrival.DUPLICATE:
             if env.seq == 1 and env.frame[4] == Op.HELLO and self._first_answer is not None:
                 # Our WELCOME was lost and the client asks again.
@@ -716,7 +722,7 @@ class DatagramLink(Link):
         if self._finished:
             return
         if fin:
-            self._control(Flag.FIN)
+            self._control(FIN)
         self._finished = True
         for timer in (self._probe_timer, self._ack_timer, self._hello_timer, self._linger):
             if timer is not None:

@@ -29,7 +29,7 @@ from typing import Any
 from ..errors import BrokenLinkError, ConfigurationError, ConnectError, ProtocolError
 from ..link import Accept, Link, Listener, PeerInfo
 from ..protocol import Op
-from ..protocol.datagram import MAX_DATAGRAM, MIN_DATAGRAM, Flag, pack_header, parse_datagram
+from ..protocol.datagram import FIN, MAX_DATAGRAM, MIN_DATAGRAM, RESET, pack_header, parse_datagram
 from . import URL, TransportOptions, register
 from ._datagram import DatagramLink, DatagramSettings, DatagramSocket, DatagramStats
 
@@ -156,7 +156,7 @@ class UdpListener(DatagramSocket, Listener):
             link.envelope_received(env)
             self._touched.add(link)
             return
-        if env.flags & (Flag.FIN | Flag.RESET):
+        if env.flags & (FIN | RESET):
             return  # the end of a connection we no longer know: nothing to say
         if not (env.frame and env.frame[4] == Op.HELLO):
             stats.unexpected += 1
@@ -201,7 +201,7 @@ class UdpListener(DatagramSocket, Listener):
             return
         self._reset_budget = (start, count + 1)
         with contextlib.suppress(OSError):
-            if self.send([pack_header(Flag.RESET, conn, 0, 0)], addr):
+            if self.send([pack_header(RESET, conn, 0, 0)], addr):
                 self.stats.resets += 1
 
     def batch_done(self) -> None:
