@@ -6,16 +6,26 @@ another's connections, buffers or socket files.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
 import shutil
+import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ._procs import Server, free_port, server, wait_for_path, wait_for_tcp, wait_for_unix
+from ._procs import (
+    Server,
+    _probe_until,
+    free_port,
+    server,
+    wait_for_path,
+    wait_for_tcp,
+    wait_for_unix,
+)
 
 __all__ = ["SYSTEMS", "Endpoints", "Pattern", "System"]
 
@@ -53,7 +63,7 @@ class System:
 class Asyncipc(System):
     worker = "asyncipc_w"
 
-    def __init__(self, transport: Literal["unix", "tcp"]) -> None:
+    def __init__(self, transport: Literal["unix", "tcp", "udp"]) -> None:
         self.transport = transport
         self.name = f"asyncipc-{transport}"
 
@@ -72,16 +82,45 @@ class Asyncipc(System):
 
             async def ready(s: Server) -> None:
                 await wait_for_unix(path, STARTUP_TIMEOUT, s.proc, s.log)
-        else:
+        elif self.transport == "tcp":
             port = free_port()
             url = f"tcp://127.0.0.1:{port}"
 
             async def ready(s: Server) -> None:
                 await wait_for_tcp("127.0.0.1", port, STARTUP_TIMEOUT, s.proc, s.log)
+        else:
+            # UDP cannot be probed by connecting: the broker's "ready" line says it is bound.
+            url = f"udp://127.0.0.1:{free_udp_port()}"
+
+            async def ready(s: Server) -> None:
+                await wait_for_line(s.log, "ready ", STARTUP_TIMEOUT, s.proc)
 
         argv = [sys.executable, "-m", "benchmarks.workers.asyncipc_broker", url]
         async with server("broker", argv, tmp, ready):
             yield Endpoints(url, url)
+
+
+def free_udp_port() -> int:
+    """A UDP port on 127.0.0.1 that was free a moment ago (the same race as free_port)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _has_line(log: Path, text: str) -> bool:
+    return any(line.startswith(text) for line in log.read_text().splitlines())
+
+
+async def wait_for_line(
+    log: Path, text: str, timeout: float, proc: asyncio.subprocess.Process
+) -> None:
+    """Until the server's log (its stdout) has a line starting with ``text``."""
+
+    async def probe() -> bool:
+        return _has_line(log, text)
+
+    await _probe_until(probe, f"{text.strip()!r} in {log.name}", timeout, proc, log)
 
 
 class Nats(System):
@@ -175,5 +214,5 @@ class Redis(System):
 
 
 SYSTEMS: dict[str, System] = {
-    s.name: s for s in (Asyncipc("unix"), Asyncipc("tcp"), Nats(), Zmq(), Redis())
+    s.name: s for s in (Asyncipc("unix"), Asyncipc("tcp"), Asyncipc("udp"), Nats(), Zmq(), Redis())
 }

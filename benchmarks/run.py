@@ -31,8 +31,8 @@ from ._systems import SYSTEMS, Nats, System
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 
-#: ``--systems asyncipc`` means both of its columns.
-ALIASES = {"asyncipc": ["asyncipc-unix", "asyncipc-tcp"]}
+#: ``--systems asyncipc`` means all of its columns.
+ALIASES = {"asyncipc": ["asyncipc-unix", "asyncipc-tcp", "asyncipc-udp"]}
 
 #: The in-process section (``benchmarks/inprocess.py``): asyncipc alone, one process.
 INPROCESS = "inprocess"

@@ -1,4 +1,4 @@
-"""asyncipc client roles against an ``asyncipc_broker`` process (unix:// or tcp://)."""
+"""asyncipc client roles against an ``asyncipc_broker`` process (unix://, tcp://, udp://)."""
 
 from __future__ import annotations
 
