@@ -60,6 +60,7 @@ __all__ = [
     "on_signal",
     "run_until_signalled",
     "send",
+    "sendable_names",
     "signal_name",
     "subject",
     "watch",
@@ -84,7 +85,10 @@ SENDABLE = frozenset(
 (nothing can handle them: an "allowed" KILL is a remote kill switch), nor the fault
 signals (SEGV, BUS, FPE, ILL, ABRT, TRAP, SYS), which would lie about what happened."""
 
-_UNCATCHABLE = frozenset({signal.SIGKILL, signal.SIGSTOP})
+# (getattr: importing asyncipc must not fail where the platform lacks them.)
+_UNCATCHABLE = frozenset(
+    getattr(signal, name) for name in ("SIGKILL", "SIGSTOP") if hasattr(signal, name)
+)
 
 
 # --- names ------------------------------------------------------------------------------
