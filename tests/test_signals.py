@@ -419,6 +419,15 @@ async def test_a_child_the_broker_spawned_over_pipes_can_be_signalled() -> None:
         assert await child.process.stdout.read() == b"exit\n"
 
 
+async def test_a_client_that_allowed_nothing_cannot_be_signalled(bus: asyncipc.Bus) -> None:
+    async with asyncipc.connect(bus.url, name="shy") as shy:
+        assert "signals" not in shy.server_info  # it did not ask for any
+        with pytest.raises(
+            asyncipc.SignalRefused, match=r"did not allow SIGHUP \(it allows: none\)"
+        ):
+            await signals.send(bus, "shy", "HUP")
+
+
 async def test_a_client_that_left_cannot_be_signalled(bus: asyncipc.Bus) -> None:
     options = asyncipc.ConnectOptions(allow_signals=("HUP",))
     async with asyncipc.connect(bus.url, options=options) as gone:
