@@ -97,6 +97,7 @@ class Broker:
         listener = await transport.listen(parsed, self.attach, opts)
         if self._closing:  # close() ran while we were binding: do not outlive it
             await listener.aclose()
+            await listener.wait_closed()
             raise RuntimeError("broker is closed")
         self._listeners.append(listener)
         log.info("listening on %s", listener.url)
@@ -203,6 +204,9 @@ class Broker:
             for link in links:
                 if not link.closed or pending:
                     link.abort()
+        for listener in self._listeners:
+            # Adapters (gRPC, HTTP) stop their servers once the links they served are gone.
+            await listener.wait_closed()
         if self._closed is None:
             self._closed = asyncio.Event()
         self._closed.set()

@@ -187,5 +187,15 @@ class Listener(abc.ABC):
         Links already accepted are not touched: the broker closes those.
         """
 
+    async def wait_closed(self) -> None:
+        """Wait until the endpoint has let go of everything it serves.
+
+        The broker calls this after it has closed the links this listener accepted (as
+        ``asyncio.Server.wait_closed`` waits for its connections). A listener whose
+        server runs a task per connection (gRPC, HTTP) finishes its shutdown here, once
+        those connections are gone; it must return within a bounded time. Default:
+        nothing to wait for.
+        """
+
 
 Opener = Callable[..., Awaitable[Link]]
