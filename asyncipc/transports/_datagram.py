@@ -1,13 +1,9 @@
 """The Link over a datagram socket: one frame per datagram, best effort (``udp://``).
 
 The envelope (header, sequence numbers, acknowledgements) is the sans-I/O
-:mod:`asyncipc.protocol.datagram`; this module is the shell around it:
-
-* :class:`DatagramSocket` owns one non-blocking socket on the event loop. It reads with
-  ``recvmsg`` in batches (asyncio's datagram transport reads one datagram per loop turn,
-  and hides the ancillary data that carries the kernel's drop count, ``SO_RXQ_OVFL``).
-* :class:`DatagramLink` is one peer over such a socket: a client's own socket, or one
-  address among many on a broker's listening socket.
+:mod:`asyncipc.protocol.datagram`; the socket is :mod:`._datagram_socket`. A
+:class:`DatagramLink` is one peer: a client's own socket, or one address among many on a
+broker's listening socket.
 
 Nothing is retransmitted: a datagram that is lost stays lost, and is counted. What the
 link does promise is not to *cause* loss: it keeps at most a window of datagrams that the
@@ -19,12 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import socket
-import struct
-import sys
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BrokenLinkError, ClosedError, FrameTooLarge, ProtocolError
@@ -43,15 +34,9 @@ from ..protocol.datagram import (
 )
 from ..protocol.frames import encode_msg_from_pub
 from . import TransportOptions
+from ._datagram_socket import DatagramSocket, DatagramStats
 
-__all__ = ["DatagramLink", "DatagramSettings", "DatagramSocket", "DatagramStats"]
-
-log = logging.getLogger("asyncipc.transport")
-
-SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40 if sys.platform == "linux" else None)
-_U32 = struct.Struct("=I")  # SO_RXQ_OVFL's count is a native-endian u32
-_RECV_BUFFER = 65536  # every UDP payload fits (IPv4 65,507; IPv6 65,527)
-_READ_BATCH = 64  # datagrams per read callback, so one busy socket cannot starve the loop
+__all__ = ["DatagramLink"]
 
 ACK_DELAY = 0.01
 """Seconds a receiver may sit on an acknowledgement nobody asked for yet. The sender asks
@@ -66,184 +51,6 @@ or the WELCOME may be lost); doubled each time, up to 2 s, until connect_timeout
 LINGER = 10.0
 """Seconds a closing link keeps trying to hand its queue to a peer that does not
 acknowledge, before it gives up (as a TCP socket's linger)."""
-
-
-@dataclass(frozen=True)
-class DatagramSettings:
-    """Tunables of a datagram link, from the URL query (``udp://host:port?window=64``)."""
-
-    max_datagram: int = 65507
-    window: int = 64
-    """Datagrams in flight (sent, not yet acknowledged) before the sender waits."""
-    window_bytes: int = 256 * 1024
-    """Bytes in flight before the sender waits; one datagram may always go."""
-    rcvbuf: int = 4 * 1024 * 1024
-    """SO_RCVBUF asked for; the kernel caps it (Linux: net.core.rmem_max)."""
-    idle_timeout: float = 180.0
-    """Broker: a peer silent this long is dropped, whatever the keep-alive does. 0: never."""
-    max_peers: int = 4096
-    """Broker: peers at once on one listener; HELLOs beyond are dropped and counted."""
-
-
-@dataclass
-class DatagramStats:
-    """What one datagram link saw; ``peer.extra["stats"]`` of a udp link (and so
-    ``bus.peer.extra["stats"]``, and each of ``broker.peers``)."""
-
-    sent: int = 0
-    """Datagrams carrying a frame handed to the socket."""
-    received: int = 0
-    """Datagrams carrying a frame that arrived (late ones included, duplicates not)."""
-    lost: int = 0
-    """Sequence numbers the peer used that never arrived (a gap; less the late arrivals)."""
-    reordered: int = 0
-    """Datagrams that arrived after a later one (they fill a gap; delivered)."""
-    duplicates: int = 0
-    """Datagrams seen twice (dropped)."""
-    malformed: int = 0
-    """Datagrams of this peer whose frame did not decode (dropped)."""
-    oversized: int = 0
-    """Frames over our maximum that the peer sent anyway (dropped)."""
-    overruns: int = 0
-    """Frames dropped because we were paused and the peer ignored its window."""
-    kernel_drops: int = 0
-    """Datagrams the kernel dropped on a full receive buffer (``SO_RXQ_OVFL``, Linux) on
-    this link's own socket; a broker's shared socket counts in its listener's stats."""
-    send_errors: int = 0
-    """Datagrams the socket refused (counted, dropped: the receiver sees a gap)."""
-    window_stalls: int = 0
-    """Times the sender had to wait for the peer's acknowledgement."""
-    probes: int = 0
-    """Probes sent while stalled (an acknowledgement was late or lost)."""
-
-
-class RateLimitedLog:
-    """At most one line per ``interval`` seconds per kind; the rest are counted and the
-    count is told with the next line. Garbage from the network must not flood the log."""
-
-    def __init__(self, interval: float = 10.0) -> None:
-        self.interval = interval
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def warning(self, kind: str, msg: str, *args: object) -> None:
-        now = asyncio.get_running_loop().time()
-        last = self._last.get(kind)
-        if last is not None and now - last < self.interval:
-            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
-            return
-        self._last[kind] = now
-        more = self._suppressed.pop(kind, 0)
-        if more:
-            msg += f" ({more} more like it not logged in the last {self.interval:g} s)"
-        log.warning(msg, *args)
-
-
-class DatagramSocket:
-    """One non-blocking datagram socket on the event loop. Subclasses say what a datagram
-    is for; sending never queues here: a link keeps what the socket would not take."""
-
-    def __init__(self, sock: socket.socket, settings: DatagramSettings) -> None:
-        self.sock = sock
-        self.settings = settings
-        self.kernel_drops = 0
-        self.log = RateLimitedLog()
-        self._loop = asyncio.get_running_loop()
-        self._buf = bytearray(_RECV_BUFFER)
-        self._view = memoryview(self._buf)
-        self._anc = socket.CMSG_SPACE(4) if SO_RXQ_OVFL is not None else 0
-        self._writers: set[DatagramLink] = set()
-        self._closed = False
-        sock.setblocking(False)
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, settings.rcvbuf)
-        if SO_RXQ_OVFL is not None:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
-            except OSError:
-                self._anc = 0
-        self._loop.add_reader(sock.fileno(), self._read_ready)
-
-    @property
-    def rcvbuf(self) -> int:
-        """The receive buffer the kernel granted (Linux reports twice what it counts)."""
-        return self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-
-    def _read_ready(self) -> None:
-        sock, buf, view = self.sock, self._buf, self._view
-        try:
-            for _ in range(_READ_BATCH):
-                try:
-                    n, anc, _flags, addr = sock.recvmsg_into([buf], self._anc)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError as exc:
-                    self.read_error(exc)
-                    if self._closed:
-                        return
-                    continue
-                for level, kind, data in anc:
-                    if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(data) >= 4:
-                        self.kernel_drops = _U32.unpack_from(data)[0]
-                self.datagram_received(bytes(view[:n]), addr)
-                if self._closed:
-                    return
-        finally:
-            if not self._closed:
-                self.batch_done()
-
-    def send(self, parts: list[bytes], addr: Any, link: DatagramLink | None = None) -> bool:
-        """Hand one datagram to the socket. False when its buffer is full: ``link`` (if
-        given) is called back through ``_flush`` once it drains; without one (control
-        datagrams) the datagram is simply not sent. Other OS errors are raised."""
-        if self._writers and link is not None:
-            self._writers.add(link)  # others wait already: keep their turn
-            return False
-        try:
-            if addr is None:
-                self.sock.sendmsg(parts)
-            else:
-                self.sock.sendmsg(parts, (), 0, addr)
-        except (BlockingIOError, InterruptedError):
-            if link is not None:
-                if not self._writers:
-                    self._loop.add_writer(self.sock.fileno(), self._write_ready)
-                self._writers.add(link)
-            return False
-        return True
-
-    def _write_ready(self) -> None:
-        self._loop.remove_writer(self.sock.fileno())
-        writers, self._writers = self._writers, set()
-        for link in writers:
-            link._flush()
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        fd = self.sock.fileno()
-        if fd >= 0:
-            self._loop.remove_reader(fd)
-            if self._writers:
-                self._loop.remove_writer(fd)
-        self._writers.clear()
-        self._view.release()
-        self.sock.close()
-
-    # --- what a datagram is for (subclasses) -----------------------------------------
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        raise NotImplementedError
-
-    def batch_done(self) -> None:
-        """A read callback ended: acknowledgements that were asked for go out now."""
-
-    def read_error(self, exc: OSError) -> None:
-        self.log.warning("read", "udp socket error: %s", exc)
-
-    def forget(self, link: DatagramLink) -> None:
-        """``link`` closed."""
 
 
 class DatagramLink(Link):
@@ -532,6 +339,10 @@ class DatagramLink(Link):
         self._last_any = self._loop.time()
         flags = env.flags
         if flags & RESET:
+            if not self._heard:
+                # The broker has not seen our HELLO yet (lost, or overtaken by what we
+                # sent after it): the HELLO we repeat will start the session.
+                return
             self._lost(
                 BrokenLinkError(
                     f"{self.peer.describe()} does not know this connection "
