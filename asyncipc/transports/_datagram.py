@@ -23,6 +23,7 @@ from ..link import Link, LinkReceiver, PeerInfo
 from ..protocol import Frame, Headers, Hello, Msg, Op, Pub, Welcome, encode
 from ..protocol.datagram import (
     ACK_REQ,
+    DATAGRAM_OVERHEAD,
     FIN,
     RESET,
     Arrival,
@@ -79,7 +80,7 @@ class DatagramLink(Link):
         self.conn = conn
         self.server_side = server_side
         # The datagram bounds every frame, whatever the options say: a MSG must fit whole.
-        self._limit = min(options.max_frame, settings.max_datagram - 24)
+        self._limit = min(options.max_frame, settings.max_datagram - DATAGRAM_OVERHEAD)
         self._max_frame = self._limit
         self._high_water = options.high_water
         self._low_water = options.high_water // 4
@@ -121,7 +122,6 @@ class DatagramLink(Link):
         self._exc: BaseException | None = None
         self._linger: asyncio.TimerHandle | None = None
         self._drain_waiters: list[asyncio.Future[None]] = []
-        self._blocked_reported = False
         self._closed_fut: asyncio.Future[None] = self._loop.create_future()
         self._last_rx = self._last_any = self._loop.time()
 
@@ -197,10 +197,10 @@ class DatagramLink(Link):
             self._hello = [b"", data]  # its header is made when it is first sent
         self._outbox.append(data)
         self._outbox_bytes += len(data)
+        if len(self._outbox) == 1 and not self.write_blocked:
+            self._flush()  # at once: no frame waits for the next turn of the loop
         if self._outbox_bytes > self._high_water:
-            self.write_blocked = self._blocked_reported = True
-        if len(self._outbox) == 1:
-            self._flush()
+            self.write_blocked = True
 
     def _flush(self) -> None:
         """Send from the outbox while the window allows. (The hot path of sending: one
@@ -250,8 +250,11 @@ class DatagramLink(Link):
                 elif self.server_side:
                     self._first_answer = [header, data]
         if self.write_blocked and self._outbox_bytes <= self._low_water:
+            # Not from inside send(): _queue only flushes while write_blocked is false.
             self.write_blocked = False
-        self._maybe_unblocked()
+            self._wake_drainers()
+            if self._receiver is not None and not self._closing:
+                self._receiver.writing_resumed()
         if self._closing and not outbox:
             self._finish(fin=True)
 
@@ -476,19 +479,9 @@ class DatagramLink(Link):
                 raise self._send_error()
             fut = self._loop.create_future()
             self._drain_waiters.append(fut)
-            self._blocked_reported = True
             await fut
         if self._closing and self._exc is not None and not isinstance(self._exc, ClosedError):
             raise self._send_error()
-
-    def _maybe_unblocked(self) -> None:
-        if self.write_blocked:
-            return
-        self._wake_drainers()
-        if self._blocked_reported:
-            self._blocked_reported = False
-            if self._receiver is not None and not self._closing:
-                self._receiver.writing_resumed()
 
     def _wake_drainers(self) -> None:
         waiters, self._drain_waiters = self._drain_waiters, []
