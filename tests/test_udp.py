@@ -573,3 +573,32 @@ def test_the_udp_metrics_example_runs() -> None:
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
     assert "collector received" in done.stdout
     assert done.stdout.count("latest ") == 6, done.stdout
+
+
+async def test_a_paused_subscriber_holds_the_publisher_back_through_the_window(
+    broker: tuple[asyncipc.Broker, UdpListener],
+) -> None:
+    """docs/transports.md, UDP, flow control: the subscriber stops acknowledging, the
+    broker's window towards it closes, the broker stops acknowledging the publisher."""
+    b, listener = broker
+    n = 3000
+    async with asyncipc.connect(listener.url) as pub, asyncipc.connect(listener.url) as subbus:
+        sub = subbus.subscribe("flow", max_pending=4)
+        await subbus.flush()
+        sent = 0
+
+        async def produce() -> None:
+            nonlocal sent
+            for i in range(n):
+                await pub.publish("flow", i.to_bytes(4, "big") + bytes(2044))
+                sent += 1
+
+        task = asyncio.create_task(produce())
+        await wait_until(lambda: pub.peer.extra["stats"].window_stalls > 0, "the publisher stalls")
+        got = [int.from_bytes((await sub.next_msg(timeout=10)).data[:4], "big") for _ in range(n)]
+        await task
+        towards_sub = next(p.extra["stats"] for p in b.peers if p.extra["stats"].sent >= n)
+    assert got == list(range(n))
+    assert towards_sub.window_stalls > 0
+    for stats in (pub.peer.extra["stats"], subbus.peer.extra["stats"], towards_sub):
+        assert (stats.lost, stats.kernel_drops, stats.overruns) == (0, 0, 0)
