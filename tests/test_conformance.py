@@ -14,7 +14,6 @@ import pytest
 
 import asyncipc
 
-
 UDP_MAX_PAYLOAD = 65419
 """The largest payload over udp:// with the default max_datagram (docs/transports.md)."""
 
