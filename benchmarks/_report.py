@@ -202,6 +202,8 @@ def write_json(
     systems: Sequence[str],
     cells: dict[tuple[str, str], Cell],
     inprocess: dict[str, Any] | None,
+    *,
+    channels: dict[str, Any] | None = None,
 ) -> None:
     doc = {
         "meta": meta,
@@ -228,6 +230,7 @@ def write_json(
             for case in cases
         },
         "inprocess": inprocess,
+        "channels": channels,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2) + "\n")

@@ -36,7 +36,10 @@ ALIASES = {"asyncipc": ["asyncipc-unix", "asyncipc-tcp", "asyncipc-udp"]}
 
 #: The in-process section (``benchmarks/inprocess.py``): asyncipc alone, one process.
 INPROCESS = "inprocess"
-ALL_CASES = [*CASES, INPROCESS]
+#: The channels section (``benchmarks/channels.py``): unix://, fifo://, pipe: and the
+#: direct parent <-> child pipe link side by side, 64 B and 64 KiB.
+CHANNELS = "channels"
+ALL_CASES = [*CASES, INPROCESS, CHANNELS]
 
 
 def _select(text: str | None, known: Sequence[str], what: str) -> list[str]:
@@ -151,15 +154,16 @@ def _meta(args: argparse.Namespace, scale: Scale) -> dict[str, Any]:
     }
 
 
-async def _inprocess(quick: bool, timeout: float) -> dict[str, Any]:
-    """The in-process section, in a child process of its own (a fresh uvloop loop, and the
+async def _inprocess(quick: bool, timeout: float, name: str = INPROCESS) -> dict[str, Any]:
+    """The in-process section (or ``name``'s: ``benchmarks/<name>.py``, which writes its
+    results with ``--json``), in a child process of its own (a fresh uvloop loop, and the
     same stop-on-timeout/Ctrl-C guarantee as every other process of the run)."""
     with tempfile.TemporaryDirectory(prefix="aipcb-") as tmp:
-        out = Path(tmp) / "inprocess.json"
+        out = Path(tmp) / f"{name}.json"
         args = ["--json", str(out), *(["--quick"] if quick else [])]
         try:
             async with asyncio.timeout(timeout):
-                await run_module("inprocess", "benchmarks.inprocess", args, Path(tmp))
+                await run_module(name, f"benchmarks.{name}", args, Path(tmp))
         except TimeoutError:
             raise BenchError(f"timeout ({timeout:g} s)") from None
         result: dict[str, Any] = json.loads(out.read_text())
@@ -173,6 +177,7 @@ def _render(
     systems: list[str],
     cells: dict[tuple[str, str], Cell],
     inprocess: dict[str, Any] | None,
+    channels: dict[str, Any] | None = None,
 ) -> str:
     parts = [render_tables(cases, systems, cells, {c.id: scale.count(c) for c in cases})]
     if inprocess is not None:
@@ -180,6 +185,13 @@ def _render(
             parts.append(f"## in-process\n\nerror: {inprocess['error']}")
         else:
             parts.append("## " + render_inprocess(inprocess))
+    if channels is not None:
+        if "error" in channels:
+            parts.append(f"## channels\n\nerror: {channels['error']}")
+        else:
+            from .channels import table  # imports asyncipc: only when it ran
+
+            parts.append("## " + table(channels))
     parts.append(render_summary(cases, systems, cells))
     return "\n\n".join(p for p in parts if p)
 
@@ -196,6 +208,7 @@ async def amain(args: argparse.Namespace) -> int:
     meta = _meta(args, scale)
     cells: dict[tuple[str, str], Cell] = {}
     inprocess: dict[str, Any] | None = None
+    channels: dict[str, Any] | None = None
     started = time.monotonic()
     try:
         for case in cases:
@@ -222,13 +235,27 @@ async def amain(args: argparse.Namespace) -> int:
                 file=sys.stderr,
                 flush=True,
             )
+        if CHANNELS in chosen:
+            t0 = time.monotonic()
+            try:
+                # Eight cells (four channels, two sizes), each bounded like one cell.
+                channels = await _inprocess(args.quick, 4 * scale.timeout, CHANNELS)
+                done = "unix, fifo, pipe, pipe direct"
+            except BenchError as exc:
+                channels = {"error": str(exc), "detail": exc.detail}
+                done = f"error: {exc}"
+            print(
+                f"{CHANNELS:>9} {'asyncipc':<14} {time.monotonic() - t0:5.1f} s  {done}",
+                file=sys.stderr,
+                flush=True,
+            )
     except asyncio.CancelledError:
         # Ctrl-C or SIGTERM: the cell's processes are stopped by now (context managers).
         for case in cases:
             for name in systems:
                 cells.setdefault((case.id, name), Cell("skipped", reason="interrupted"))
         print("\ninterrupted; the cells that finished:\n", file=sys.stderr)
-        print(_render(args, scale, cases, systems, cells, inprocess), flush=True)
+        print(_render(args, scale, cases, systems, cells, inprocess, channels), flush=True)
         raise
     meta["seconds"] = round(time.monotonic() - started, 1)
     meta["complete"] = (
@@ -238,9 +265,11 @@ async def amain(args: argparse.Namespace) -> int:
         and all(c.status == "ok" for c in cells.values())
         and inprocess is not None
         and "error" not in inprocess
+        and channels is not None
+        and "error" not in channels
     )
-    print(_render(args, scale, cases, systems, cells, inprocess))
-    write_json(args.json, meta, cases, systems, cells, inprocess)
+    print(_render(args, scale, cases, systems, cells, inprocess, channels))
+    write_json(args.json, meta, cases, systems, cells, inprocess, channels=channels)
     print(f"\nfull results: {args.json} ({meta['seconds']:.0f} s)", file=sys.stderr)
     return 0
 

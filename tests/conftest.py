@@ -161,6 +161,8 @@ TRANSPORTS = ["memory", "unix", "tcp", "tls", "unix-process", "tcp-process", "tl
 # citing docs/transports.md (UDP).
 TRANSPORTS += ["udp", "udp-process"]
 TRANSPORTS += PIPE_TRANSPORTS
+# gRPC (docs/grpc.md): the Bus over a Connect stream, to a broker in this event loop.
+TRANSPORTS += ["grpc"]
 
 
 @pytest.fixture(scope="session")
@@ -200,7 +202,7 @@ async def url(request: pytest.FixtureRequest, tmp_path: Path, certs: Certs) -> A
         if kind == "unix":
             listener = await broker.listen(f"unix://{tmp_path}/b.sock")
             yield listener.url
-        elif kind in ("tcp", "udp"):
+        elif kind in ("tcp", "udp", "grpc"):
             listener = await broker.listen(f"{kind}://127.0.0.1:0")
             yield listener.url
         else:

@@ -108,6 +108,7 @@ _builtin = {
     "udp": "asyncipc.transports.udp",
     "pipe": "asyncipc.transports.pipe",
     "fifo": "asyncipc.transports.fifo",
+    "grpc": "asyncipc.adapters.grpc",  # an adapter: a broker listener and a client
 }
 
 
