@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-dev
 BSTAMP  := $(VENV)/.installed-bench
 
-.PHONY: demo test check lint types pytest bench redis-server clean
+.PHONY: demo test check lint types pytest bench redis-server clean proto
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -42,6 +42,11 @@ test: check pytest
 
 bench: $(BSTAMP) redis-server
 	$(BIN)/python -m benchmarks.run
+
+# The gRPC stubs under asyncipc/adapters/_proto/ are committed; regenerate them after
+# editing protos/asyncipc/v1/bus.proto (tests/test_grpc_proto.py fails until you do).
+proto: $(STAMP)
+	$(BIN)/python protos/generate.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
