@@ -125,7 +125,8 @@ def connect(
 
     ``url`` defaults to ``memory://`` (the embedded broker of this event loop). Schemes:
     ``memory://[name]``, ``unix:///path.sock``, ``tcp://host:port``, ``tls://host:port``,
-    and any a transport module registered. ``?token=`` in the URL sets the token.
+    ``fifo:///path``, ``pipe:`` (in a child started by :meth:`Broker.spawn`), and any a
+    transport module registered. ``?token=`` in the URL sets the token.
     """
     if url is not None and not isinstance(url, str):
         raise ConfigurationError(f"url must be a str, not {type(url).__name__}")
