@@ -334,7 +334,7 @@ async def test_garbage_on_the_rendezvous_is_ignored(
     # A genuine request right behind the junk still gets through.
     await assert_others_carry_on(path)
     messages = [r.getMessage() for r in caplog.records]
-    assert sum("ignoring a malformed request" in m for m in messages) >= 2
+    assert any("malformed request line(s)" in m for m in messages)
 
 
 async def test_a_client_that_dies_before_reading_the_answer(env: Env) -> None:

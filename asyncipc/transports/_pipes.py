@@ -123,6 +123,9 @@ class PipePairTransport(asyncio.Transport):
 
     def _read_made(self, transport: asyncio.BaseTransport) -> None:
         self._r = cast(asyncio.ReadTransport, transport)
+        if self._closing:  # closed while the halves were being set up
+            self._r.close()
+            return
         # Only now: the read half is guaranteed to deliver no data before this call.
         self._link.connection_made(self)
 

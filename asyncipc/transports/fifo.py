@@ -193,14 +193,17 @@ class _FifoListener(Listener):
             # of a genuine request appended to it.
             log.warning("%s: dropping %d bytes of garbage", self._path, len(self._buf) - 64)
             self._buf = self._buf[-64:]
+        bad = 0
         for line in lines:
             # Each request is one atomic write, so it is whole; garbage written before it
             # without a newline would only prefix it: look at the end of the line.
             m = _REQUEST_RE.search(line)
             if m is None:
-                log.warning("%s: ignoring a malformed request (%d bytes)", self._path, len(line))
+                bad += 1
             else:
                 self._request(m.group(1).decode())
+        if bad:  # one line per read, however much garbage came
+            log.warning("%s: ignoring %d malformed request line(s)", self._path, bad)
         if self._loop.time() >= self._next_sweep:
             self._next_sweep = self._loop.time() + _SWEEP_EVERY
             self._sweep()
