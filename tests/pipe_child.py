@@ -12,9 +12,10 @@ Each mode is a real program started over inherited pipes (``Broker.spawn`` or
   waits to be killed;
 * ``stdio``: reads a line from stdin, publishes it on ``stdio``, prints it upper-cased:
   the child's stdin and stdout are its own;
-* ``raw garbage|badframe|vanish [FIFO]``: speaks bytes, not the API, on the inherited
+* ``raw garbage|badframe|vanish|lastwords [FIFO]``: speaks bytes, not the API, on the inherited
   pipes (or on a pair of FIFOs got from the broker at FIFO, by the handshake of
-  docs/transports.md), then prints (hex) what came back until EOF, or vanishes mid-frame.
+  docs/transports.md), then prints (hex) what came back until EOF, or vanishes mid-frame,
+  or right after 100 whole PUB frames (``lastwords``).
 """
 
 from __future__ import annotations
@@ -110,6 +111,10 @@ def raw(mode: str, fifo: str | None) -> None:
         os.write(w, b"\x00\xff" * 32)
     elif mode == "badframe":
         os.write(w, hello + struct.pack(">IB", 5, 0xEE) + b"junk")
+    elif mode == "lastwords":  # a whole handshake and 100 PUBs, gone before any answer
+        pubs = b"".join(encode(Pub("last.words", b"%d" % i)) for i in range(100))
+        os.write(w, hello + pubs)
+        os._exit(0)
     else:  # vanish: half a PUB, then gone without closing anything
         pub = encode(Pub("partial.x", b"y" * 1000))
         os.write(w, hello + pub[: len(pub) // 2])

@@ -181,6 +181,17 @@ async def test_child_vanishing_mid_frame(env: Env, caplog: pytest.LogCaptureFixt
     assert any("mid-frame" in r.getMessage() for r in caplog.records)
 
 
+async def test_what_a_child_wrote_before_exiting_is_still_delivered(env: Env) -> None:
+    """The child is gone before the broker answers its HELLO: our writes to it break, but
+    its frames are in the pipe, and they are read to the end and routed."""
+    broker, bus = env
+    async with bus.subscribe("last.words") as sub:
+        proc = await broker.spawn(child("raw", "lastwords"))
+        assert await proc.wait() == 0
+        got = [(await sub.next_msg(timeout=10)).data for _ in range(100)]
+    assert got == [b"%d" % i for i in range(100)]
+
+
 async def test_explicit_descriptors_form() -> None:
     """``pipe:?fds=R,W`` with pipes made by hand, served with ``pipe.attach``."""
     async with asyncipc.Broker() as broker:
