@@ -62,6 +62,8 @@ class Session:
         self.open = False
         self.closed = False
         self.routes: dict[int, Route[Session]] = {}
+        self.counters = broker.stats.transport(link.transport)
+        """Where this client's traffic is counted: its transport's TransportStats."""
         # Backpressure bookkeeping (overflow="block"): sessions whose reading we paused
         # because *we* are slow, and the slow sessions that paused *us*.
         self.blocked_sources: set[Session] = set()

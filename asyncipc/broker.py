@@ -21,7 +21,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ._inflight import InFlight
@@ -36,12 +36,26 @@ from .transports import TransportOptions, lookup, parse_url
 if TYPE_CHECKING:
     from .transports.pipe import PipeChild
 
-__all__ = ["Broker", "BrokerStats"]
+__all__ = ["Broker", "BrokerStats", "TransportStats"]
 
 log = logging.getLogger("asyncipc.broker")
 
 NO_RESPONDERS_HEADERS = {"asyncipc-status": "503"}
 """Sent, with an empty body, to the reply subject of a request nobody is subscribed to."""
+
+
+@dataclass(slots=True)
+class TransportStats:
+    """Counters for the clients of one transport (``link.transport``) since the broker
+    started. Bytes are payload bytes; ``messages_out`` counts deliveries (one message to
+    three subscribers is three)."""
+
+    connections: int = 0
+    messages_in: int = 0
+    bytes_in: int = 0
+    messages_out: int = 0
+    bytes_out: int = 0
+    dropped: int = 0
 
 
 @dataclass
@@ -57,6 +71,16 @@ class BrokerStats:
     slow_consumers: int = 0
     """Subscriptions cut off by ``overflow="error"``."""
     no_responders: int = 0
+    transports: dict[str, TransportStats] = field(default_factory=dict)
+    """The same counters by transport (``"unix"``, ``"tcp"``, ``"http"``...), with bytes:
+    what ``/metrics`` of the HTTP adapter reports."""
+
+    def transport(self, name: str) -> TransportStats:
+        """The counters of transport ``name``, created on first use."""
+        counters = self.transports.get(name)
+        if counters is None:
+            counters = self.transports[name] = TransportStats()
+        return counters
 
 
 class Broker:
@@ -94,7 +118,14 @@ class Broker:
             high_water=self.options.high_water,
             max_frame=self.options.max_frame,
         )
-        listener = await transport.listen(parsed, self.attach, opts)
+        # An adapter (asyncipc/adapters/: HTTP, ...) serves a whole API in front of the
+        # broker rather than bare links: it needs the broker itself (token, statistics).
+        serve_broker = getattr(transport, "serve_broker", None)
+        listener: Listener
+        if serve_broker is not None:
+            listener = await serve_broker(parsed, self, opts)
+        else:
+            listener = await transport.listen(parsed, self.attach, opts)
         if self._closing:  # close() ran while we were binding: do not outlive it
             await listener.aclose()
             await listener.wait_closed()
@@ -132,6 +163,7 @@ class Broker:
         self._next_client += 1
         self.stats.connections += 1
         session = Session(self, link, self._next_client)
+        session.counters.connections += 1
         self._sessions.add(session)
         link.set_receiver(session)
 
@@ -238,6 +270,11 @@ class Broker:
         """
         stats = self.stats
         stats.messages_in += 1
+        size = len(data) if data is not None else len(pub.data)  # type: ignore[union-attr]
+        if source is not None:
+            counters = source.counters
+            counters.messages_in += 1
+            counters.bytes_in += size
         if self._awaited and subject in self._awaited:
             self._inflight.answered(subject)  # the reply to a request we saw
         routes = self.router.route(subject)
@@ -248,7 +285,8 @@ class Broker:
             return
         sent = 0
         for route in routes:
-            link = route.owner.link
+            owner = route.owner
+            link = owner.link
             if link.write_blocked and not self._overflow(route, source):
                 continue
             if data is None and link.in_process:
@@ -264,6 +302,9 @@ class Broker:
                 )
                 continue
             sent += 1
+            counters = owner.counters
+            counters.messages_out += 1
+            counters.bytes_out += size
         stats.messages_out += sent
         if reply is not None and source is not None and sent:
             self._inflight.add(reply, source)
@@ -286,6 +327,7 @@ class Broker:
             return False
         route.dropped += 1
         self.stats.dropped += 1
+        target.counters.dropped += 1
         return False
 
     def _slow_consumer(self, target: Session, sid: int, route: Route[Session]) -> None:
