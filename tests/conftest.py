@@ -163,6 +163,8 @@ TRANSPORTS += ["udp", "udp-process"]
 TRANSPORTS += PIPE_TRANSPORTS
 # gRPC (docs/grpc.md): the Bus over a Connect stream, to a broker in this event loop.
 TRANSPORTS += ["grpc"]
+# REST (docs/rest.md): the Bus over GET /v1/ws, to a broker in this event loop.
+TRANSPORTS += ["http"]
 
 
 @pytest.fixture(scope="session")
@@ -202,7 +204,7 @@ async def url(request: pytest.FixtureRequest, tmp_path: Path, certs: Certs) -> A
         if kind == "unix":
             listener = await broker.listen(f"unix://{tmp_path}/b.sock")
             yield listener.url
-        elif kind in ("tcp", "udp", "grpc"):
+        elif kind in ("tcp", "udp", "grpc", "http"):
             listener = await broker.listen(f"{kind}://127.0.0.1:0")
             yield listener.url
         else:

@@ -2,6 +2,8 @@
 
 * :mod:`asyncipc.adapters.grpc`: ``grpc://host:port``, the ``asyncipc.v1.Bus`` gRPC
   service (``protos/asyncipc/v1/bus.proto``); also a client transport.
+* :mod:`asyncipc.adapters.rest`: ``http://host:port``, the REST API on aiohttp (publish,
+  request, Server-Sent Events, a WebSocket; ``docs/rest.md``); also a client transport.
 
 An adapter registers its scheme with :func:`asyncipc.transports.register`, so that
 ``Broker.listen(url)`` serves it and, where it has one, ``asyncipc.connect(url)`` uses its

@@ -109,6 +109,8 @@ _builtin = {
     "pipe": "asyncipc.transports.pipe",
     "fifo": "asyncipc.transports.fifo",
     "grpc": "asyncipc.adapters.grpc",  # an adapter: a broker listener and a client
+    "http": "asyncipc.adapters.rest",  # an adapter too: the REST API and its WebSocket
+    "https": "asyncipc.adapters.rest",
 }
 
 

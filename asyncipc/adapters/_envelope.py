@@ -1,0 +1,127 @@
+"""What the HTTP adapter says in JSON: message envelopes, error bodies, header mapping.
+
+Pure functions, shared by the unary routes, Server-Sent Events and the JSON WebSocket,
+so that a message or an error looks the same whichever way it travels (docs/rest.md).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ..message import Message
+
+__all__ = [
+    "HEADER_PREFIX",
+    "REPLY_TO_HEADER",
+    "HttpError",
+    "data_field",
+    "error_body",
+    "headers_field",
+    "headers_from_http",
+    "headers_to_http",
+    "message_json",
+]
+
+HEADER_PREFIX = "X-Asyncipc-Header-"
+"""An HTTP header ``X-Asyncipc-Header-Trace: abc`` is the message header ``trace: abc``."""
+REPLY_TO_HEADER = "X-Asyncipc-Reply-To"
+"""The reply subject of a published message, as an HTTP header."""
+
+# RFC 9110 §5.1 token characters, and a field value we can send back unchanged.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE = re.compile(r"[\x20-\x7e]*")
+
+
+class HttpError(Exception):
+    """An answer other than success, with the JSON body every route uses for it.
+
+    ``error`` is a short machine-readable code (``invalid_subject``, ``no_responders``,
+    ...: the table in docs/rest.md), ``message`` says what was wrong and with which value.
+    """
+
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.message = message
+        self.headers: dict[str, str] = {}
+        """Extra response headers (``WWW-Authenticate`` for a 401)."""
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.error, self.message)
+
+
+def error_body(error: str, message: str) -> dict[str, Any]:
+    """``{"error": code, "message": text}``: every error, on every route."""
+    return {"error": error, "message": message}
+
+
+def message_json(msg: Message) -> dict[str, Any]:
+    """A delivered message as JSON, its payload in standard base64."""
+    return {
+        "subject": msg.subject,
+        "data": base64.b64encode(msg.data).decode("ascii"),
+        "headers": msg.headers or {},
+        "reply_to": msg.reply_to,
+    }
+
+
+def data_field(obj: Mapping[str, Any], key: str = "data") -> bytes:
+    """The base64 payload ``obj[key]`` (absent: empty); HttpError 400 if it is not."""
+    value = obj.get(key)
+    if value is None:
+        return b""
+    if not isinstance(value, str):
+        raise HttpError(400, "bad_request", f"{key!r} must be a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise HttpError(400, "bad_request", f"{key!r} is not valid base64") from None
+
+
+def headers_field(obj: Mapping[str, Any]) -> dict[str, str] | None:
+    """``obj["headers"]``: an object of strings, or absent/null; HttpError 400 if not."""
+    value = obj.get("headers")
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise HttpError(400, "bad_request", "'headers' must be an object of strings")
+    return value or None
+
+
+def headers_from_http(items: Iterable[tuple[str, str]]) -> dict[str, str] | None:
+    """Message headers from ``X-Asyncipc-Header-*`` request headers.
+
+    HTTP header names are case-insensitive and proxies may change their case, so the
+    message header name is the rest of the HTTP name in lower case. A name sent twice
+    keeps its last value.
+    """
+    prefix = HEADER_PREFIX.lower()
+    headers = {
+        name[len(prefix) :].lower(): value
+        for name, value in items
+        if name.lower().startswith(prefix) and len(name) > len(prefix)
+    }
+    return headers or None
+
+
+def headers_to_http(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """``X-Asyncipc-Header-*`` response headers for a reply's message headers.
+
+    Only a header whose name is an HTTP token and whose value is printable ASCII can
+    travel this way unchanged; the others are left out here and are complete in the JSON
+    form of the reply (``Accept: application/json``).
+    """
+    if not headers:
+        return {}
+    return {
+        HEADER_PREFIX + name: value
+        for name, value in headers.items()
+        if _TOKEN.fullmatch(name) and _FIELD_VALUE.fullmatch(value)
+    }

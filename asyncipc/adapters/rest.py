@@ -1,0 +1,625 @@
+"""The REST adapter: ``http://host:port``, a broker listener (aiohttp) and a client transport.
+
+``Broker.listen("http://127.0.0.1:8080")`` (or ``asyncipc broker --http HOST:PORT``)
+serves the HTTP API of ``docs/rest.md``. Whoever comes in through it is an ordinary
+participant of the bus, both ways:
+
+* ``GET /v1/ws`` with the subprotocol ``asyncipc.v1`` is a
+  :class:`~asyncipc.adapters._ws.WebSocketLink` attached with ``Broker.attach``: the wire
+  protocol itself, a client like one on a Unix socket. ``asyncipc.connect("http://...")``
+  is its other end, so the ordinary :class:`~asyncipc.Bus` runs over HTTP.
+* ``GET /v1/ws`` without it speaks JSON (``_ws_json.py``), and each
+  ``GET /v1/subscribe/{subject}`` (Server-Sent Events) is served by an in-process
+  :class:`~asyncipc.Bus` of its own, attached to the broker like any client: its
+  subscription has the bounds and overflow policy the caller asked for, so a slow
+  reader meets them exactly as a slow Unix-socket subscriber would.
+* ``POST /v1/publish/{subject}`` and ``POST /v1/request/{subject}`` share one
+  in-process Bus.
+
+The adapter's links say ``transport="http"``: the broker counts them under that name, and
+never mistakes them for in-process clients of its own (``$sys.`` subjects, signals).
+``GET /v1/openapi.json`` describes every route (``_openapi.py``), ``GET /metrics`` is the
+broker's counters in the Prometheus text format (``_metrics.py``), ``GET /healthz`` says
+whether it is serving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import logging
+import ssl as _ssl
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp import web
+
+from ..client import DEFAULT_MAX_BYTES, DEFAULT_MAX_PENDING, Bus
+from ..errors import (
+    ConfigurationError,
+    ConnectError,
+    ConnectionClosed,
+    FrameTooLarge,
+    InvalidSubject,
+    NoResponders,
+    RequestTimeout,
+    ServiceError,
+    SlowConsumer,
+)
+from ..link import Accept, Link, Listener, PeerInfo
+from ..options import ConnectOptions
+from ..subjects import validate_pattern, validate_queue, validate_subject
+from ..subscription import OVERFLOW_POLICIES, Subscription
+from ..transports import URL, TransportOptions, register
+from ..transports.memory import memory_pair
+from . import _metrics, _openapi
+from ._envelope import (
+    REPLY_TO_HEADER,
+    HttpError,
+    error_body,
+    headers_from_http,
+    headers_to_http,
+    message_json,
+)
+from ._ws import SUBPROTOCOL, WebSocketLink, max_message
+from ._ws_json import JSON_SUBPROTOCOL, JsonSession
+
+if TYPE_CHECKING:
+    from ..broker import Broker
+
+__all__ = [
+    "DEFAULT_REQUEST_TIMEOUT",
+    "HEARTBEAT",
+    "MAX_REQUEST_TIMEOUT",
+    "HttpTransport",
+    "RestServer",
+]
+
+log = logging.getLogger("asyncipc.http")
+
+DEFAULT_REQUEST_TIMEOUT = 1.0
+"""Seconds ``POST /v1/request`` waits without ``?timeout=`` (as ``Bus.request``)."""
+MAX_REQUEST_TIMEOUT = 300.0
+"""The longest ``?timeout=`` accepted."""
+HEARTBEAT = 15.0
+"""Seconds of silence after which an event stream gets a comment line, so that proxies
+keep it open and a reader that went away is noticed."""
+
+_JSON = "application/json"
+_ERROR_NAMES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
+
+
+class RestServer(Listener):
+    """The aiohttp server in front of one broker. See the module docstring."""
+
+    def __init__(self, broker: Broker, scheme: str, ssl: _ssl.SSLContext | None) -> None:
+        self.broker = broker
+        self.url = ""
+        self._scheme = scheme
+        self._ssl = ssl
+        self._closing = False
+        self._unary: Bus | None = None
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._live: set[Subscription] = set()  # the adapter's SSE and JSON subscriptions
+        self.dropped = 0
+        """Messages the adapter's own subscription queues dropped (drop policies), for
+        the subscriptions that have ended; ``/metrics`` adds the live ones."""
+        self.responses: Counter[tuple[str, int]] = Counter()
+        """HTTP responses by route and status."""
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def start(self, url: URL) -> None:
+        """Bind ``url``'s host and port (``0``: any free one) and start serving."""
+        broker = self.broker
+        self._unary = await self.attach_bus(PeerInfo("http", None, extra={"route": "unary"}))
+        app = web.Application(
+            middlewares=[self._errors],
+            # Bodies over the payload limit are refused with 413 while being read.
+            client_max_size=self._unary.max_payload,
+        )
+        app.router.add_post("/v1/publish/{subject}", self._publish)
+        app.router.add_post("/v1/request/{subject}", self._request)
+        app.router.add_get("/v1/subscribe/{subject}", self._subscribe, allow_head=False)
+        app.router.add_get("/v1/ws", self._websocket, allow_head=False)
+        app.router.add_get("/v1/openapi.json", self._openapi, allow_head=False)
+        app.router.add_get("/healthz", self._health, allow_head=False)
+        app.router.add_get("/metrics", self._metrics, allow_head=False)
+        # handler_cancellation: a client that hangs up cancels its request's handler, so
+        # a waiting request or a stalled event stream does not outlive its reader.
+        self._runner = web.AppRunner(
+            app, handler_cancellation=True, access_log=None, shutdown_timeout=0
+        )
+        await self._runner.setup()
+        host = url.host or "127.0.0.1"
+        self._site = web.TCPSite(
+            self._runner, host, url.port or 0, ssl_context=self._ssl, reuse_address=True
+        )
+        try:
+            await self._site.start()
+        except OSError:
+            await self._runner.cleanup()
+            await self._unary.close()
+            raise
+        port = self._runner.addresses[-1][1]
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"{self._scheme}://{shown}:{port}"
+        log.debug("%s: serving, max body %d bytes", self.url, broker.options.max_frame)
+
+    async def aclose(self) -> None:
+        """Stop accepting connections; idle keep-alive connections close now, busy ones
+        after their current request. Streams and WebSockets are clients of the broker:
+        they end when it closes their links, as any client's (Listener's contract)."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._site is not None:
+            await self._site.stop()
+        if self._runner is not None and self._runner.server is not None:
+            # Not runner.cleanup(): it would wait for those streams, which end only once
+            # the broker, after this returns, closes their links.
+            self._runner.server.pre_shutdown()
+
+    async def attach_bus(self, peer: PeerInfo) -> Bus:
+        """A new in-process Bus attached to the broker as a client whose link says
+        ``transport="http"`` and ``peer``: the adapter's side of one participant."""
+        broker = self.broker
+        opts = broker.options
+        topts = TransportOptions(high_water=opts.high_water, max_frame=opts.max_frame)
+        ours, theirs = memory_pair("http", topts)
+        # Not "memory": the broker must count these as HTTP clients and must not take
+        # them for in-process ones of its own, which may signal local processes.
+        ours.transport = theirs.transport = "http"
+        theirs.peer = peer
+        broker.attach(theirs)
+        bus = Bus(
+            ours,
+            ConnectOptions(
+                name=f"http {peer.extra.get('route', '')} {_where(peer)}".strip(),
+                token=opts.token,
+                max_frame=opts.max_frame,
+                high_water=opts.high_water,
+                drain_timeout=opts.drain_timeout,
+            ),
+            self.url,
+        )
+        try:
+            await bus._handshake()
+        except BaseException:
+            ours.abort()
+            raise
+        return bus
+
+    def track(self, sub: Subscription) -> None:
+        """Count ``sub``'s drops in ``/metrics`` while it lives."""
+        self._live.add(sub)
+
+    def untrack(self, sub: Subscription) -> None:
+        """``sub`` ended: keep its drops, forget it."""
+        if sub in self._live:
+            self._live.discard(sub)
+            self.dropped += sub.dropped
+
+    # --- helpers ----------------------------------------------------------------------
+
+    def authorize(self, request: web.Request, *, required: bool = True) -> None:
+        """HttpError 401 unless the request carries the broker's token (when it has one):
+        ``Authorization: Bearer <token>``, or ``?access_token=`` (RFC 6750 §2.3) for
+        clients that cannot set headers (browsers' EventSource and WebSocket)."""
+        expected = self.broker.options.token
+        if expected is None:
+            return
+        token = request.query.get("access_token")
+        header = request.headers.get("Authorization")
+        if header is not None:
+            scheme, _, value = header.partition(" ")
+            token = value.strip() if scheme.lower() == "bearer" else None
+            if token is None:
+                raise _unauthorized("the Authorization header must be 'Bearer <token>'")
+        elif token is None:
+            if not required:
+                return
+            raise _unauthorized("token required: send 'Authorization: Bearer <token>'")
+        if not hmac.compare_digest(token.encode(), expected.encode()):
+            raise _unauthorized("invalid token")
+
+    def _bus(self) -> Bus:
+        bus = self._unary
+        if bus is None or bus.is_closed or self._closing:
+            raise HttpError(503, "unavailable", "the broker is shutting down")
+        return bus
+
+    async def _body(self, request: web.Request) -> bytes:
+        limit = request.app._client_max_size
+        if request.content_length is not None and request.content_length > limit:
+            # Refused before reading a byte of it; the connection closes after the answer.
+            raise HttpError(
+                413,
+                "payload_too_large",
+                f"body of {request.content_length} bytes exceeds the maximum of {limit} bytes",
+            )
+        return await request.read()
+
+    # --- middleware -----------------------------------------------------------------
+
+    @web.middleware
+    async def _errors(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Every error is JSON ``{"error", "message"}`` with its status (docs/rest.md)."""
+        route = request.match_info.route.resource
+        name = route.canonical if route is not None else "unmatched"
+        try:
+            response = await handler(request)
+        except HttpError as exc:
+            response = web.json_response(exc.body(), status=exc.status, headers=exc.headers)
+            if exc.status == 413:
+                response.force_close()
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            error = _ERROR_NAMES.get(exc.status, "http_error")
+            text = exc.text or exc.reason
+            if exc.status == 404:
+                text = f"no route for {request.method} {request.path}"
+            response = web.json_response(error_body(error, (text or "").strip()), status=exc.status)
+            for key in ("Allow", "WWW-Authenticate"):
+                if key in exc.headers:
+                    response.headers[key] = exc.headers[key]
+            if exc.status == 413:
+                response.force_close()
+        self.responses[name, response.status] += 1
+        return response
+
+    # --- routes ---------------------------------------------------------------------
+
+    async def _publish(self, request: web.Request) -> web.StreamResponse:
+        self.authorize(request)
+        subject, reply_to = _subject(request), _reply_to(request)
+        headers = headers_from_http(request.headers.items())
+        data = await self._body(request)
+        try:
+            await self._bus().publish(subject, data, headers, reply_to)
+        except FrameTooLarge as exc:
+            raise HttpError(413, "payload_too_large", str(exc)) from None
+        except ConnectionClosed:
+            raise HttpError(503, "unavailable", "the broker is shutting down") from None
+        return web.Response(status=202)
+
+    async def _request(self, request: web.Request) -> web.StreamResponse:
+        self.authorize(request)
+        subject = _subject(request)
+        timeout = _timeout(request.query.get("timeout"))
+        headers = headers_from_http(request.headers.items())
+        data = await self._body(request)
+        try:
+            reply = await self._bus().request(subject, data, headers=headers, timeout=timeout)
+        except NoResponders as exc:
+            raise HttpError(503, "no_responders", str(exc)) from None
+        except RequestTimeout as exc:
+            raise HttpError(504, "timeout", str(exc)) from None
+        except ServiceError as exc:
+            raise HttpError(502, "service_error", str(exc)) from None
+        except FrameTooLarge as exc:
+            raise HttpError(413, "payload_too_large", str(exc)) from None
+        except ConnectionClosed:
+            raise HttpError(503, "unavailable", "the broker is shutting down") from None
+        if _wants_json(request):
+            return web.json_response(message_json(reply))
+        return web.Response(
+            body=reply.data,
+            content_type="application/octet-stream",
+            headers=headers_to_http(reply.headers),
+        )
+
+    async def _subscribe(self, request: web.Request) -> web.StreamResponse:
+        self.authorize(request)
+        q = request.query
+        subject = request.match_info["subject"]
+        try:
+            validate_pattern(subject)
+            if "queue" in q:
+                validate_queue(q["queue"])
+        except InvalidSubject as exc:
+            raise HttpError(400, "invalid_subject", str(exc)) from None
+        overflow = q.get("overflow", "block")
+        if overflow not in OVERFLOW_POLICIES:
+            raise HttpError(
+                400, "bad_request", f"overflow must be one of {sorted(OVERFLOW_POLICIES)}"
+            )
+        max_pending = _positive_int(q, "max_pending", DEFAULT_MAX_PENDING)
+        max_bytes = _positive_int(q, "max_bytes", DEFAULT_MAX_BYTES)
+        count = _positive_int(q, "count", 0)
+        if self._closing:
+            raise HttpError(503, "unavailable", "the broker is shutting down")
+        bus = await self.attach_bus(_peer(request, "sse"))
+        try:
+            sub = bus.subscribe(
+                subject, q.get("queue"), max_pending=max_pending, max_bytes=max_bytes,
+                overflow=overflow,
+            )  # fmt: skip
+            self.track(sub)
+            try:
+                await bus.flush()  # in effect at the broker before "subscribed" is said
+                response = web.StreamResponse(
+                    headers={
+                        "Content-Type": "text/event-stream",
+                        "Cache-Control": "no-cache",
+                        "X-Accel-Buffering": "no",  # nginx: do not hold events back
+                    }
+                )
+                response.force_close()  # a stream ends its connection (no keep-alive)
+                await response.prepare(request)
+                await _stream_events(response, sub, count)
+                return response
+            finally:
+                self.untrack(sub)
+        finally:
+            await bus.close()
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(
+            protocols=(SUBPROTOCOL, JSON_SUBPROTOCOL),
+            compress=False,
+            # Binary: a frame or a batch. JSON: a payload in base64 (4/3) and its envelope.
+            max_msg_size=max_message(self.broker.options.max_frame) * 4 // 3 + 65536,
+        )
+        ready = ws.can_prepare(request)
+        if not ready.ok:
+            raise HttpError(400, "bad_request", "expected a WebSocket upgrade request")
+        binary = ready.protocol == SUBPROTOCOL
+        # The wire protocol authenticates in its HELLO, as on every transport: a header
+        # is then optional (checked if sent). JSON has no HELLO: the header is the check.
+        self.authorize(request, required=not binary)
+        if self._closing:
+            raise HttpError(503, "unavailable", "the broker is shutting down")
+        await ws.prepare(request)
+        opts = self.broker.options
+        if binary:
+            transport = request.transport
+
+            def abort() -> None:
+                if transport is not None:
+                    transport.abort()
+
+            link = WebSocketLink(
+                ws,
+                TransportOptions(high_water=opts.high_water, max_frame=opts.max_frame),
+                server_side=True,
+                peer=_peer(request, "ws"),
+                abort_transport=abort,
+            )
+            self.broker.attach(link)
+            await link.run()
+        else:
+            await JsonSession(self, ws, _peer(request, "ws-json")).run()
+        return ws
+
+    async def _openapi(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(_openapi.document(self._unary_max()))
+
+    async def _health(self, request: web.Request) -> web.StreamResponse:
+        if self._closing or self._unary is None or self._unary.is_closed:
+            return web.json_response({"status": "closing"}, status=503)
+        return web.json_response(
+            {"status": "ok", "server_id": self.broker.server_id, "clients": self.broker.sessions}
+        )
+
+    async def _metrics(self, request: web.Request) -> web.StreamResponse:
+        self.authorize(request)
+        adapter_drops = self.dropped + sum(s.dropped for s in self._live)
+        text = _metrics.render(self.broker, adapter_drops, self.responses)
+        return web.Response(body=text.encode(), headers={"Content-Type": _metrics.CONTENT_TYPE})
+
+    def _unary_max(self) -> int:
+        return self._unary.max_payload if self._unary is not None else 0
+
+
+# --- Server-Sent Events ------------------------------------------------------------------
+
+
+def sse_event(data: dict[str, Any], event: str | None = None, ident: int | None = None) -> bytes:
+    """One Server-Sent Event: optional ``id:`` and ``event:`` lines, one ``data:`` line."""
+    head = ""
+    if ident is not None:
+        head += f"id: {ident}\n"
+    if event is not None:
+        head += f"event: {event}\n"
+    return f"{head}data: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+async def _stream_events(response: web.StreamResponse, sub: Subscription, count: int) -> None:
+    """Write ``sub``'s messages as events until it ends, ``count`` are sent, or the
+    reader goes away. Several queued messages go out in one write."""
+    await response.write(
+        sse_event({"subject": sub.subject, "queue": sub.queue}, event="subscribed")
+    )
+    sent = 0
+    try:
+        while not count or sent < count:
+            try:
+                msg = await sub.next_msg(timeout=HEARTBEAT)
+            except TimeoutError:
+                await response.write(b": keep-alive\n\n")
+                continue
+            sent += 1
+            chunk = [sse_event(message_json(msg), ident=sent)]
+            while sub.pending and len(chunk) < 64 and (not count or sent < count):
+                sent += 1
+                chunk.append(sse_event(message_json(await sub.next_msg()), ident=sent))
+            # Waits while the socket is full: the subscription's queue fills meanwhile,
+            # and its overflow policy decides, as for any slow subscriber.
+            await response.write(b"".join(chunk))
+    except SlowConsumer as exc:
+        await response.write(sse_event(error_body("slow_consumer", str(exc)), event="error"))
+    except ConnectionClosed as exc:
+        if sub.active:
+            raise
+        await response.write(sse_event(error_body("unavailable", str(exc)), event="error"))
+    except ConnectionResetError:
+        return  # the reader went away
+    with contextlib.suppress(ConnectionResetError):
+        await response.write_eof()
+
+
+# --- request parsing ---------------------------------------------------------------------
+
+
+def _unauthorized(message: str) -> HttpError:
+    exc = HttpError(401, "unauthorized", message)
+    exc.headers = {"WWW-Authenticate": 'Bearer realm="asyncipc"'}
+    return exc
+
+
+def _subject(request: web.Request) -> str:
+    subject = request.match_info["subject"]
+    try:
+        return validate_subject(subject)
+    except InvalidSubject as exc:
+        raise HttpError(400, "invalid_subject", str(exc)) from None
+
+
+def _reply_to(request: web.Request) -> str | None:
+    reply = request.headers.get(REPLY_TO_HEADER)
+    if reply is None:
+        return None
+    try:
+        return validate_subject(reply)
+    except InvalidSubject as exc:
+        raise HttpError(400, "invalid_subject", f"{REPLY_TO_HEADER}: {exc}") from None
+
+
+def _timeout(text: str | None) -> float:
+    if text is None:
+        return DEFAULT_REQUEST_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= MAX_REQUEST_TIMEOUT:
+        raise HttpError(
+            400,
+            "bad_request",
+            f"timeout must be a number of seconds above 0 and at most "
+            f"{MAX_REQUEST_TIMEOUT:g}, not {text!r}",
+        )
+    return value
+
+
+def _positive_int(query: Any, name: str, default: int) -> int:
+    text = query.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise HttpError(400, "bad_request", f"{name} must be a positive integer, not {text!r}")
+    return value
+
+
+def _wants_json(request: web.Request) -> bool:
+    accept = request.headers.get("Accept", "")
+    return _JSON in accept and "application/octet-stream" not in accept
+
+
+def _peer(request: web.Request, route: str) -> PeerInfo:
+    peername = request.transport.get_extra_info("peername") if request.transport else None
+    address = tuple(peername[:2]) if isinstance(peername, tuple) else request.remote
+    return PeerInfo("http", address, extra={"route": route})
+
+
+def _where(peer: PeerInfo) -> str:
+    address = peer.address
+    if isinstance(address, tuple) and len(address) == 2:
+        return f"{address[0]}:{address[1]}"
+    return "" if address is None else str(address)
+
+
+# --- the transport -----------------------------------------------------------------------
+
+
+class HttpTransport:
+    """The ``http`` and ``https`` schemes: a broker serves the REST API with
+    ``Broker.listen``; ``asyncipc.connect`` opens a Link over ``GET /v1/ws``."""
+
+    async def serve_broker(self, url: URL, broker: Broker, options: TransportOptions) -> Listener:
+        """Serve ``broker``'s HTTP API at ``url`` (``Broker.listen`` calls this)."""
+        ssl = options.ssl
+        if url.scheme == "https" and ssl is None:
+            from ..transports.tcp import server_ssl_context
+
+            ssl = server_ssl_context(url)
+        if url.path not in ("", "/"):
+            raise ConfigurationError(f"{url.raw!r}: an http listener has no path")
+        server = RestServer(broker, url.scheme, ssl)
+        await server.start(url)
+        return server
+
+    async def listen(self, url: URL, accept: Accept, options: TransportOptions) -> Listener:
+        """Not for bare links: the HTTP API needs the broker (``Broker.listen``)."""
+        raise ConfigurationError(f"{url.raw!r} is served by a Broker: use Broker.listen")
+
+    async def connect(self, url: URL, options: TransportOptions) -> Link:
+        """A :class:`~asyncipc.adapters._ws.WebSocketLink` to ``url``'s ``/v1/ws``."""
+        ssl: _ssl.SSLContext | bool = False
+        if url.scheme == "https":
+            from ..transports.tcp import client_ssl_context
+
+            ssl = options.ssl or client_ssl_context(url)
+        host = f"[{url.host}]" if ":" in url.host else url.host
+        port = f":{url.port}" if url.port is not None else ""
+        ws_url = f"{'wss' if url.scheme == 'https' else 'ws'}://{host}{port}"
+        ws_url += url.path.rstrip("/") + "/v1/ws"
+        headers = {}
+        if "token" in url.query:  # else the token travels in HELLO only
+            headers["Authorization"] = f"Bearer {url.query['token']}"
+        session = aiohttp.ClientSession()
+        try:
+            ws = await session.ws_connect(
+                ws_url,
+                protocols=(SUBPROTOCOL,),
+                headers=headers,
+                ssl=ssl,
+                max_msg_size=max_message(options.max_frame),
+                timeout=aiohttp.ClientWSTimeout(ws_close=options.connect_timeout),
+                autoping=True,
+            )
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            await session.close()
+            raise ConnectError(f"cannot connect to {url.raw}: {_client_error(exc)}") from None
+        if ws.protocol != SUBPROTOCOL:
+            await ws.close()
+            await session.close()
+            raise ConnectError(f"{url.raw} did not accept the {SUBPROTOCOL} subprotocol")
+
+        link = WebSocketLink(
+            ws,
+            options,
+            server_side=False,
+            peer=PeerInfo("http", (url.host, url.port), extra={"url": ws_url}),
+            abort_transport=None,  # abort() cancels the reader, which closes the session
+        )
+        link.run_in_task(session.close)
+        return link
+
+
+def _client_error(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.WSServerHandshakeError):
+        return f"HTTP {exc.status} {exc.message}"
+    return str(exc) or type(exc).__name__
+
+
+register("http", HttpTransport())
+register("https", HttpTransport())
