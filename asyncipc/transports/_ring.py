@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import CorruptRing, FrameTooLarge, RecordReleased
@@ -62,8 +62,8 @@ DATA_OFFSET = HEADER_SIZE
 _META = struct.Struct("<8sIIQ")  # line 0, written once: magic, version, ring flags, capacity
 TAIL = 64  # line 1: u64, written by the writer on every commit
 HEAD = 128  # line 2: u64, written by the reader as it consumes
-READER_SLEEPING = 192  # line 3: u32, written by the reader when it goes to sleep / wakes
-WRITER_WAITING = 256  # line 4: u32, written by the writer when it waits for space
+READER_SLEEP = 192  # line 3: u32 counter, odd while the reader sleeps (reader-written)
+WRITER_WAIT = 256  # line 4: u32 counter, odd while the writer waits for space (writer-written)
 RING_CHECKSUM = 1  # ring flag: every record carries the CRC-32 of its payload
 
 _U64 = struct.Struct("<Q")
@@ -206,7 +206,7 @@ class _RingEnd:
 class RingWriter(_RingEnd):
     """The one writer of a ring. Appends records; never blocks (``try_*`` says no)."""
 
-    __slots__ = ("_head_seen", "_tail", "max_payload")
+    __slots__ = ("_head_seen", "_tail", "_wait_seq", "max_payload")
 
     def __init__(self, buf: Any, offset: int = 0) -> None:
         super().__init__(buf, offset)
@@ -218,6 +218,7 @@ class RingWriter(_RingEnd):
         # A writer that restarts continues after the last committed record: ``tail``.
         self._tail = tail
         self._head_seen = head
+        self._wait_seq: int = _U32.unpack_from(self._mv, self._base + WRITER_WAIT)[0]
         self.max_payload: int = self.capacity - RECORD_HEADER
 
     def _room(self, size: int) -> bool:
@@ -307,19 +308,36 @@ class RingWriter(_RingEnd):
         return True
 
     @property
+    def reader_sleep(self) -> int:
+        """The reader's sleep counter: odd once it said it is going to sleep, so a new
+        record must ring its doorbell. Each sleep has its own value: one ring per sleep."""
+        seq: int = _U32.unpack_from(self._mv, self._base + READER_SLEEP)[0]
+        return seq
+
+    @property
     def reader_sleeping(self) -> bool:
-        """The reader said it is going to sleep: a new record must ring its doorbell."""
-        return bool(_U32.unpack_from(self._mv, self._base + READER_SLEEPING)[0])
+        return bool(self.reader_sleep & 1)
 
     def set_waiting(self, waiting: bool) -> None:
         """Tell the reader that this writer waits for space (it rings when it frees some)."""
-        _U32.pack_into(self._mv, self._base + WRITER_WAITING, 1 if waiting else 0)
+        seq = self._wait_seq
+        if bool(seq & 1) != waiting:
+            self._wait_seq = seq = (seq + 1) & 0xFFFFFFFF
+            _U32.pack_into(self._mv, self._base + WRITER_WAIT, seq)
 
 
 class RingReader(_RingEnd):
     """The one reader of a ring: records in order, in place or copied."""
 
-    __slots__ = ("_head", "_held", "_size", "_tail_seen", "skipped_bytes", "skipped_records")
+    __slots__ = (
+        "_head",
+        "_held",
+        "_size",
+        "_sleep_seq",
+        "_tail_seen",
+        "skipped_bytes",
+        "skipped_records",
+    )
 
     def __init__(self, buf: Any, offset: int = 0) -> None:
         super().__init__(buf, offset)
@@ -333,6 +351,7 @@ class RingReader(_RingEnd):
         self._head = head
         self._tail_seen = head
         self._size = 0
+        self._sleep_seq: int = _U32.unpack_from(self._mv, self._base + READER_SLEEP)[0]
         self.skipped_records = 0
         """Records :meth:`skip_corrupt` stepped over (``skipped_bytes``: their bytes)."""
         self.skipped_bytes = 0
@@ -469,12 +488,21 @@ class RingReader(_RingEnd):
 
     def set_sleeping(self, sleeping: bool) -> None:
         """Tell the writer this reader sleeps (it must ring) or is awake (it need not)."""
-        _U32.pack_into(self._mv, self._base + READER_SLEEPING, 1 if sleeping else 0)
+        seq = self._sleep_seq
+        if bool(seq & 1) != sleeping:
+            self._sleep_seq = seq = (seq + 1) & 0xFFFFFFFF
+            _U32.pack_into(self._mv, self._base + READER_SLEEP, seq)
+
+    @property
+    def writer_wait(self) -> int:
+        """The writer's wait counter: odd while it waits for space, so freeing some must
+        ring its doorbell (once per wait)."""
+        seq: int = _U32.unpack_from(self._mv, self._base + WRITER_WAIT)[0]
+        return seq
 
     @property
     def writer_waiting(self) -> bool:
-        """The writer waits for space: freeing some must ring its doorbell."""
-        return bool(_U32.unpack_from(self._mv, self._base + WRITER_WAITING)[0])
+        return bool(self.writer_wait & 1)
 
     def close(self) -> None:
         if self._held is not None:
@@ -490,14 +518,22 @@ class Record:
     :class:`~asyncipc.errors.RecordReleased` instead of reading what the writer put there.
     """
 
-    __slots__ = ("_handed", "_reader", "_released", "_start", "_stop", "flags")
+    __slots__ = ("_handed", "_on_release", "_reader", "_released", "_start", "_stop", "flags")
 
-    def __init__(self, reader: RingReader, start: int, length: int, flags: int) -> None:
+    def __init__(
+        self,
+        reader: RingReader,
+        start: int,
+        length: int,
+        flags: int,
+        on_release: Callable[[], None] | None = None,
+    ) -> None:
         self._reader = reader
         self._start = start
         self._stop = start + length
         self._released = False
         self._handed: list[memoryview] = []
+        self._on_release = on_release
         self.flags = flags
         """The record's flags (``FLAG_MORE``, ``FLAG_FIN``: used by the links)."""
 
@@ -534,6 +570,8 @@ class Record:
             return
         self._drop()
         self._reader._consume()
+        if self._on_release is not None:
+            self._on_release()
 
     def _drop(self) -> None:
         for mv in self._handed:

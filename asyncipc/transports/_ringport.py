@@ -1,0 +1,241 @@
+"""The event-loop side of a ring pair: when to look, when to sleep, when to ring.
+
+A :class:`RingPort` owns no data; its *owner* (a link or a channel) reads and writes the
+rings. The port decides when the owner is asked to, following the doorbell protocol of
+``docs/shm.md``:
+
+* **Busy:** while records keep coming, the port polls the inbound ring once per event-loop
+  turn (``call_soon``), so a stream costs no system call per message: the loop's own
+  ``epoll_wait`` is the only one, and it is shared by everything in the loop.
+* **Spinning:** after the last record it keeps polling for ``spin`` seconds (yielding the
+  CPU to other processes between polls), because on a request/reply exchange the answer
+  usually comes within that time and catching it by polling saves two system calls and
+  a scheduler wake-up.
+* **Asleep:** then it publishes "sleeping" in the ring header (an odd sleep counter),
+  issues the cross-process fence, looks once more (a record may have landed between its
+  last look and the flag), and if there is still nothing, waits for its doorbell through
+  ``loop.add_reader``: no CPU at all while idle.
+
+The writer side is symmetric: a record that does not fit waits in the owner's queue,
+the port publishes "waiting" in the outbound ring and sleeps the same way; the peer's
+reader rings when it frees space. A peer rings at most once per sleep (each sleep has its
+own counter value).
+
+The control socket, when there is one, is watched too: end-of-file means the peer
+process is gone (closed, crashed or killed: the kernel closes its sockets either way),
+and anything else arriving on it after set-up is a protocol violation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from typing import Protocol
+
+from ._doorbell import BACKSTOP, FENCE, EventfdBell, FifoBell
+from ._ring import RingReader, RingWriter
+
+__all__ = ["DEFAULT_SPIN", "PortOwner", "RingPort"]
+
+DEFAULT_SPIN = 0.0002
+"""Seconds a port keeps polling after the last record before it goes to sleep."""
+
+_BATCH = 512  # records handled per poll before the loop gets a turn
+
+
+Bell = EventfdBell | FifoBell
+
+
+class PortOwner(Protocol):
+    """What a port asks of the link or channel that owns it."""
+
+    def _port_read(self, limit: int) -> int:
+        """Handle up to ``limit`` inbound records; return how many (0 if not reading)."""
+        ...
+
+    def _port_write(self) -> bool:
+        """Move queued writes into the outbound ring; True if any went in."""
+        ...
+
+    @property
+    def _port_reading(self) -> bool:
+        """True while inbound records are wanted (a receiver is set, not paused)."""
+        ...
+
+    @property
+    def _port_writes_waiting(self) -> bool:
+        """True while writes wait for ring space."""
+        ...
+
+    def _port_peer_gone(self, problem: str | None) -> None:
+        """The control socket ended (``None``) or carried garbage (what was wrong)."""
+        ...
+
+
+class RingPort:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        owner: PortOwner,
+        rx: RingReader | None,
+        tx: RingWriter | None,
+        bell_in: Bell | None,
+        bell_out: Bell | None,
+        *,
+        ctl: socket.socket | None = None,
+        spin: float = DEFAULT_SPIN,
+    ) -> None:
+        self._owner = owner
+        self._rx = rx
+        self._tx = tx
+        self._bell_in = bell_in
+        self._bell_out = bell_out
+        self._ctl = ctl
+        self._spin = spin
+        self._loop = asyncio.get_running_loop()
+        self._handle: asyncio.Handle | None = None
+        self._asleep = False
+        self._closed = False
+        self._active = self._loop.time()
+        self._rung = -1  # the peer's sleep counter value we last rang for
+        self._rung_writer = -1
+        if bell_in is not None:
+            self._loop.add_reader(bell_in.fileno(), self._on_bell)
+        if ctl is not None:
+            ctl.setblocking(False)
+            self._loop.add_reader(ctl.fileno(), self._on_ctl)
+        self.poke()
+
+    # --- called by the owner -----------------------------------------------------------
+
+    def poke(self) -> None:
+        """Look at the rings soon (reading resumed, a receiver arrived, a write queued)."""
+        if self._closed:
+            return
+        if self._asleep:
+            self._wake_flags()
+        self._active = self._loop.time()
+        if self._handle is None:
+            self._handle = self._loop.call_soon(self._poll)
+
+    def wrote(self) -> None:
+        """Records went into the outbound ring: ring the peer if it sleeps."""
+        tx = self._tx
+        assert tx is not None
+        seq = tx.reader_sleep
+        if seq & 1 and seq != self._rung and self._bell_out is not None:
+            self._rung = seq
+            self._bell_out.ring()
+        if self._asleep:
+            # We spoke: an answer is likely, and catching it by polling is cheaper.
+            self.poke()
+
+    def consumed(self) -> None:
+        """Records left the inbound ring: ring the peer's writer if it waits for space."""
+        rx = self._rx
+        assert rx is not None
+        seq = rx.writer_wait
+        if seq & 1 and seq != self._rung_writer and self._bell_out is not None:
+            self._rung_writer = seq
+            self._bell_out.ring()
+
+    def close(self) -> None:
+        """Stop watching; the owner closes rings and bells."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if self._bell_in is not None and self._bell_in.fileno() >= 0:
+            self._loop.remove_reader(self._bell_in.fileno())
+        if self._ctl is not None and self._ctl.fileno() >= 0:
+            self._loop.remove_reader(self._ctl.fileno())
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def _poll(self) -> None:
+        self._handle = None
+        if self._closed:
+            return
+        owner = self._owner
+        n = owner._port_read(_BATCH)
+        if self._closed:
+            return
+        if owner._port_writes_waiting:
+            owner._port_write()
+            if self._closed:
+                return
+        now = self._loop.time()
+        if n:
+            self._active = now
+            self._handle = self._loop.call_soon(self._poll)
+        elif now - self._active < self._spin and (
+            owner._port_reading or owner._port_writes_waiting
+        ):
+            os.sched_yield()  # spinning: let the peer's process have this core
+            self._handle = self._loop.call_soon(self._poll)
+        else:
+            self._sleep()
+
+    def _sleep(self) -> None:
+        owner = self._owner
+        reading = owner._port_reading and self._rx is not None
+        waiting = owner._port_writes_waiting and self._tx is not None
+        if reading:
+            assert self._rx is not None
+            self._rx.set_sleeping(True)
+        if waiting:
+            assert self._tx is not None
+            self._tx.set_waiting(True)
+        self._asleep = True
+        if FENCE is not None:
+            FENCE()
+        # One more look after the flags are visible: a record (or space) that arrived
+        # before the peer could see them would otherwise never be rung for.
+        if (reading and self._rx is not None and self._rx.has_data()) or (
+            waiting and owner._port_write()
+        ):
+            self.poke()
+            return
+        if FENCE is None or self._bell_in is None:
+            self._handle = self._loop.call_later(BACKSTOP, self._backstop)
+
+    def _backstop(self) -> None:
+        self._handle = None
+        self.poke()
+
+    def _wake_flags(self) -> None:
+        self._asleep = False
+        if self._rx is not None:
+            self._rx.set_sleeping(False)
+        if self._tx is not None:
+            self._tx.set_waiting(False)
+
+    def _on_bell(self) -> None:
+        if self._closed or self._bell_in is None:
+            return
+        self._bell_in.clear()
+        self.poke()
+
+    def _on_ctl(self) -> None:
+        ctl = self._ctl
+        if self._closed or ctl is None:
+            return
+        try:
+            data = ctl.recv(256)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # ECONNRESET and the like: gone all the same
+            self._loop.remove_reader(ctl.fileno())
+            self._owner._port_peer_gone(None)
+            return
+        self._loop.remove_reader(ctl.fileno())
+        if data:
+            self._owner._port_peer_gone(
+                f"unexpected {len(data)} bytes on the control socket after set-up"
+            )
+        else:
+            self._owner._port_peer_gone(None)
