@@ -176,6 +176,25 @@ def udp_broker_process() -> Iterator[str]:
     assert proc.stop() == 0, "udp broker process did not drain and exit 0 on SIGTERM"
 
 
+# Shared-memory rings (docs/shm.md): a broker in this event loop and one in its own process.
+RING_TRANSPORTS = ["shm", "shm-process"]
+TRANSPORTS += RING_TRANSPORTS
+
+
+@pytest.fixture(scope="session")
+def ring_broker_process() -> Iterator[dict[str, str]]:
+    """A broker process of its own on the ring transports; URLs by transport."""
+    proc = BrokerProcess([f"shm://p{os.urandom(4).hex()}"])
+    yield {"shm": proc.urls[0]}
+    assert proc.stop() == 0, "ring broker process did not drain and exit 0 on SIGTERM"
+
+
+async def ring_url(kind: str, tmp_path: Path) -> AsyncIterator[str]:
+    """The URL for one of RING_TRANSPORTS served in this event loop."""
+    async with asyncipc.Broker() as broker:
+        yield (await broker.listen(f"shm://t{os.urandom(4).hex()}")).url
+
+
 @pytest.fixture(params=TRANSPORTS)
 async def url(request: pytest.FixtureRequest, tmp_path: Path, certs: Certs) -> AsyncIterator[str]:
     """A URL on which a broker serves, in this process or in its own."""
@@ -189,6 +208,13 @@ async def url(request: pytest.FixtureRequest, tmp_path: Path, certs: Certs) -> A
         return
     if kind == "udp-process":
         yield request.getfixturevalue("udp_broker_process")
+        return
+    if kind in RING_TRANSPORTS:
+        if kind.endswith("-process"):
+            yield request.getfixturevalue("ring_broker_process")[kind.removesuffix("-process")]
+        else:
+            async for where in ring_url(kind, tmp_path):
+                yield where
         return
     if kind.endswith("-process"):
         urls: dict[str, str] = request.getfixturevalue("broker_process")

@@ -111,6 +111,7 @@ _builtin = {
     "grpc": "asyncipc.adapters.grpc",  # an adapter: a broker listener and a client
     "http": "asyncipc.adapters.rest",  # an adapter too: the REST API and its WebSocket
     "https": "asyncipc.adapters.rest",
+    "shm": "asyncipc.transports.shm",
 }
 
 

@@ -1,0 +1,344 @@
+"""A direct channel of byte records between two processes over a ring pair: no broker.
+
+:class:`RingChannel` is the shortest path asyncipc has between two processes: no frames,
+no subjects, no broker hop. One ``send`` is one ring record; ``recv`` returns a copy;
+``recv_record`` hands out the record *in place* (a :class:`~._ring.Record`: zero-copy,
+valid until released). A record must fit the ring (``max_record`` bytes): larger data
+is refused with :class:`~asyncipc.FrameTooLarge` (use a larger ``?size=``), because a
+record in pieces could not be read in place.
+
+Closing is as for the ring link: :meth:`RingChannel.close` writes what is queued and a
+``FIN`` record, then hangs up; the peer's ``recv`` delivers everything before the
+``FIN``, then raises :class:`~asyncipc.BrokenLinkError` ("closed the channel"), and
+``async for`` ends cleanly there. A peer that dies without a ``FIN`` is noticed through
+the control socket: what it committed is still delivered, then ``recv`` raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ..errors import BrokenLinkError, ClosedError, CorruptRing, FrameTooLarge, RemoteProtocolError
+from ..link import PeerInfo
+from ._ring import FLAG_FIN, Record
+from ._ringlink import CORRUPT_GRACE
+from ._ringport import DEFAULT_SPIN, RingPort
+from ._ringsetup import ControlListener, Endpoint
+
+__all__ = ["ChannelListener", "RingChannel"]
+
+log = logging.getLogger("asyncipc.transport")
+
+
+class RingChannel:
+    """One end of a direct ring channel. Get one from ``listen_channel``/``connect_channel``
+    (``asyncipc.transports.shm``)."""
+
+    def __init__(self, endpoint: Endpoint, *, spin: float = DEFAULT_SPIN) -> None:
+        self.peer: PeerInfo = endpoint.peer
+        self._ep = endpoint
+        self._rx = endpoint.rx
+        self._tx = endpoint.tx
+        self.max_record: int = endpoint.tx.max_payload
+        """The largest record :meth:`send` takes: the ring's capacity less a header."""
+        self._pending: deque[tuple[Any, int, int, asyncio.Future[None]]] = deque()
+        self._recv_waiter: asyncio.Future[None] | None = None
+        self._closing = False
+        self._lost = False
+        self._peer_gone = False
+        self._peer_fin = False
+        self._error: BaseException | None = None
+        self._corrupt_since: float | None = None
+        self._loop = asyncio.get_running_loop()
+        self._closed_fut: asyncio.Future[None] = self._loop.create_future()
+        self._port = RingPort(
+            self,
+            endpoint.rx,
+            endpoint.tx,
+            endpoint.bell_in,
+            endpoint.bell_out,
+            ctl=endpoint.ctl,
+            spin=spin,
+        )
+
+    # --- sending -------------------------------------------------------------------------
+
+    async def send(self, data: Any) -> None:
+        """Append one record (bytes-like); waits only while the ring is full."""
+        if self._closing or self._lost or self._peer_gone:
+            raise self._send_error()
+        n = len(data)
+        if n > self.max_record:
+            raise FrameTooLarge(
+                f"record of {n} bytes exceeds this channel's ring ({self.max_record} bytes "
+                "at most); use a larger ?size="
+            )
+        if not self._pending and self._tx.try_write(data):
+            self._port.wrote()
+            return
+        fut = self._loop.create_future()
+        self._pending.append((data, n, 0, fut))
+        self._port.poke()
+        await fut
+
+    def _send_error(self) -> Exception:
+        if self._closing:
+            return ClosedError("the channel is closed")
+        return BrokenLinkError(str(self._error or f"{self.peer.describe()} went away"))
+
+    # --- receiving ------------------------------------------------------------------------
+
+    async def recv(self) -> bytes:
+        """The next record, copied out of the ring."""
+        rx = self._rx
+        while True:
+            got = self._next()
+            if got is not None:
+                start, length, _ = got
+                data = bytes(rx._mv[start : start + length])
+                rx._consume()
+                self._port.consumed()
+                return data
+            await self._readable()
+
+    async def recv_record(self) -> Record:
+        """The next record *in place*: use it as ``with await ch.recv_record() as rec:``.
+
+        Its bytes stay in shared memory until it is released; the next ``recv`` before
+        that raises, and any use after it raises :class:`~asyncipc.RecordReleased`.
+        """
+        rx = self._rx
+        while True:
+            got = self._next()
+            if got is not None:
+                start, length, flags = got
+                rec = Record(rx, start, length, flags, self._port.consumed)
+                rx._held = rec
+                return rec
+            await self._readable()
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[bytes]:
+        while True:
+            try:
+                yield await self.recv()
+            except BrokenLinkError:
+                if self._peer_fin:
+                    return
+                raise
+
+    def _next(self) -> tuple[int, int, int] | None:
+        if self._closing or self._lost:
+            if self._peer_fin:
+                raise BrokenLinkError(f"{self.peer.describe()} closed the channel")
+            raise ClosedError("the channel is closed") if self._error is None else self._error
+        rx = self._rx
+        held = rx._held
+        if held is not None and not held.released:
+            raise RuntimeError("release the record you hold before receiving the next one")
+        try:
+            got = rx._next()
+        except CorruptRing as exc:
+            now = self._loop.time()
+            if self._corrupt_since is None:
+                self._corrupt_since = now
+            if now - self._corrupt_since < CORRUPT_GRACE and not self._peer_gone:
+                return None
+            self._fail(exc)
+            raise
+        self._corrupt_since = None
+        if got is None:
+            if self._peer_gone:
+                self._fail(
+                    BrokenLinkError(f"{self.peer.describe()} went away without closing the channel")
+                )
+                raise self._error  # type: ignore[misc]
+            return None
+        if got[2] & FLAG_FIN:
+            rx._consume()
+            self._peer_fin = True
+            self._finish()
+            raise BrokenLinkError(f"{self.peer.describe()} closed the channel")
+        return got
+
+    async def _readable(self) -> None:
+        fut = self._recv_waiter = self._loop.create_future()
+        self._port.poke()
+        try:
+            await fut
+        finally:
+            self._recv_waiter = None
+
+    # --- the port's questions -----------------------------------------------------------------
+
+    @property
+    def _port_reading(self) -> bool:
+        return self._recv_waiter is not None and not self._lost
+
+    @property
+    def _port_writes_waiting(self) -> bool:
+        return bool(self._pending) and not self._lost
+
+    def _port_read(self, limit: int) -> int:
+        waiter = self._recv_waiter
+        if waiter is None or waiter.done():
+            return 0
+        try:
+            ready = self._rx.has_data() or self._peer_gone
+        except CorruptRing:
+            ready = True  # recv() meets it and names it
+        if ready:
+            waiter.set_result(None)
+            return 1
+        return 0
+
+    def _port_write(self) -> bool:
+        tx = self._tx
+        pending = self._pending
+        wrote = fin = False
+        while pending:
+            data, _, flags, fut = pending[0]
+            if fut.cancelled():
+                pending.popleft()
+                continue
+            if not tx.try_write(data, flags):
+                break
+            pending.popleft()
+            fut.set_result(None)
+            wrote = True
+            fin = bool(flags & FLAG_FIN)
+        if wrote:
+            self._port.wrote()
+            if fin:
+                self._finish()
+        return wrote
+
+    def _port_peer_gone(self, problem: str | None) -> None:
+        if self._lost:
+            return
+        if problem is not None:
+            self._fail(RemoteProtocolError(problem))
+            return
+        self._peer_gone = True
+        if self._closing:
+            self._finish()
+            return
+        self._error = BrokenLinkError(f"{self.peer.describe()} went away")
+        for *_, fut in self._pending:
+            if not fut.done():
+                fut.set_exception(BrokenLinkError(f"{self.peer.describe()} went away"))
+        self._pending.clear()
+        if self._recv_waiter is not None and not self._recv_waiter.done():
+            self._recv_waiter.set_result(None)  # recv() drains what it committed, then raises
+
+    # --- closing ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Finish sending what is queued, then a FIN, then hang up (see the module doc)."""
+        if self._closing or self._lost:
+            return
+        self._closing = True
+        if self._peer_gone:
+            self._finish()
+            return
+        fut = self._loop.create_future()
+        if not self._pending and self._tx.try_write(b"", FLAG_FIN):
+            self._port.wrote()
+            self._finish()
+            return
+        self._pending.append((b"", 0, FLAG_FIN, fut))
+        self._port.poke()
+
+    def abort(self) -> None:
+        """Hang up at once; the peer sees a channel that broke."""
+        self._closing = True
+        self._finish()
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._closed_fut)
+
+    async def aclose(self) -> None:
+        """:meth:`close` and wait until it is done."""
+        self.close()
+        await self.wait_closed()
+
+    async def __aenter__(self) -> RingChannel:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._lost:
+            return
+        log.warning("closing channel with %s: %s", self.peer.describe(), exc)
+        self._error = exc
+        self._finish()
+
+    def _finish(self) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self._port.close()
+        error = self._error or ClosedError("the channel is closed")
+        for *_, fut in self._pending:
+            if not fut.done():
+                fut.set_exception(error if not self._closing else ClosedError("closed"))
+        self._pending.clear()
+        if self._recv_waiter is not None and not self._recv_waiter.done():
+            self._recv_waiter.set_result(None)
+        ep = self._ep
+        ep.bell_in.close()
+        ep.bell_out.close()
+        with contextlib.suppress(OSError):
+            ep.ctl.close()
+        try:
+            self._rx.close()
+        except BufferError as exc:
+            log.warning("a record of the channel is still exported: %s", exc)
+        self._tx.close()
+        try:
+            ep.segment.close()
+        except (BufferError, OSError) as exc:  # a view still exported: freed by GC later
+            log.debug("channel segment not released now: %s", exc)
+        if not self._closed_fut.done():
+            self._closed_fut.set_result(None)
+
+
+class ChannelListener:
+    """Channels arriving on a ``listen_channel`` URL, in order: ``await accept()``."""
+
+    control: ControlListener
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[RingChannel] = asyncio.Queue()
+
+    @property
+    def url(self) -> str:
+        return self.control.url
+
+    def put(self, channel: RingChannel) -> None:
+        self._queue.put_nowait(channel)
+
+    async def accept(self) -> RingChannel:
+        """The next peer's channel (waits for one to connect)."""
+        return await self._queue.get()
+
+    async def aclose(self) -> None:
+        """Stop listening; channels not accepted yet are aborted."""
+        await self.control.aclose()
+        while not self._queue.empty():
+            self._queue.get_nowait().abort()
+
+    async def __aenter__(self) -> ChannelListener:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

@@ -1,0 +1,521 @@
+"""A :class:`~asyncipc.link.Link` over a pair of shared-memory rings (``shm://``, ``mmap://``).
+
+Frames are the wire protocol's own encoding (``docs/protocol.md``), one frame per ring
+record, so the broker and the bus are unchanged. The two hot paths skip the intermediate
+``bytes``: a client's PUB is written field by field straight into the ring, and the
+broker forwards a PUB's encoded body into each subscriber's ring behind a MSG head, one
+copy each. A frame larger than half the ring travels as several records flagged ``MORE``
+and is reassembled on the other side (bounded by the maximum frame size).
+
+Closing is in-band: :meth:`RingLink.close` writes what is queued, then a ``FIN`` record,
+then hangs up the control socket. The peer reads everything up to the ``FIN`` even
+though the socket is gone already, because the memory stays mapped on its side. A
+control socket that ends *without* a ``FIN`` is a peer that died: whatever it committed
+is still delivered, then the link breaks with :class:`~asyncipc.BrokenLinkError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+from collections import deque
+from typing import Any, Protocol
+
+from ..errors import (
+    BrokenLinkError,
+    ClosedError,
+    CorruptRing,
+    FrameTooLarge,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+)
+from ..link import Link, LinkReceiver, PeerInfo
+from ..protocol import MSG_EXTRA, Err, ErrorCode, Frame, Headers, Msg, Op, Pub, encode
+from ..protocol.decoder import _headers, _parse
+from ..protocol.frames import encode_headers
+from . import TransportOptions
+from ._ring import FLAG_FIN, FLAG_MORE, RECORD_HEADER, RingReader, RingWriter
+from ._ringport import Bell, RingPort
+
+__all__ = ["CORRUPT_GRACE", "RingLink"]
+
+log = logging.getLogger("asyncipc.transport")
+
+CORRUPT_GRACE = 0.1
+"""Seconds a record that fails validation is looked at again before it counts as
+corruption: on a weakly ordered CPU its last bytes may still be on their way
+(``docs/shm.md``). On x86-64 a failing record is corrupt the first time."""
+
+_HEAD = struct.Struct(">IB")
+_HEAD_SID = struct.Struct(">IBI")
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_NONE = b"\x00\x00"
+
+_Parts = tuple[Any, ...]
+_MsgFields = tuple[int, str, bytes, "str | None", "Headers | None"]
+
+
+class Segment(Protocol):
+    """The shared memory under a ring pair: released when the link is done with it."""
+
+    def close(self) -> None: ...
+
+
+def _short(text: str | None, what: str) -> bytes:
+    if text is None:
+        return _NONE
+    b = text.encode()
+    if len(b) > 0xFFFF:
+        raise LocalProtocolError(f"{what} longer than 65535 bytes")
+    return _U16.pack(len(b)) + b
+
+
+def _text(mv: memoryview, p: int, end: int, what: str) -> tuple[str | None, int]:
+    n = _U16.unpack_from(mv, p)[0]
+    p += 2
+    if n == 0:
+        return None, p
+    if p + n > end:
+        raise RemoteProtocolError(f"{what} of {n} bytes runs past the frame end")
+    try:
+        return str(mv[p : p + n], "utf-8"), p + n
+    except UnicodeDecodeError:
+        raise RemoteProtocolError(f"{what} is not valid UTF-8") from None
+
+
+def _decode_msg(mv: memoryview, start: int, end: int) -> _MsgFields:
+    """A MSG's fields read in place; only the payload is copied out of the ring."""
+    try:
+        sid = _U32.unpack_from(mv, start + 5)[0]
+        subject, p = _text(mv, start + 9, end, "subject")
+        if not subject:
+            raise RemoteProtocolError("message with an empty subject")
+        reply, p = _text(mv, p, end, "reply subject")
+        hlen = _U32.unpack_from(mv, p)[0]
+        p += 4
+        if p + hlen > end:
+            raise RemoteProtocolError(f"header block of {hlen} bytes runs past the frame end")
+        headers = _headers(bytes(mv[p : p + hlen]), 0, hlen) if hlen else None
+    except struct.error:
+        raise RemoteProtocolError(f"MSG frame truncated: {end - start} bytes") from None
+    return sid, subject, bytes(mv[p + hlen : end]), reply, headers
+
+
+class RingLink(Link):
+    """One end of a link over two rings. Built by ``shm.py`` and ``mmap.py``."""
+
+    def __init__(
+        self,
+        transport_name: str,
+        peer: PeerInfo,
+        options: TransportOptions,
+        *,
+        server_side: bool,
+        rx: RingReader,
+        tx: RingWriter,
+        bell_in: Bell,
+        bell_out: Bell,
+        ctl: socket.socket,
+        segment: Segment,
+        spin: float,
+    ) -> None:
+        self.transport = transport_name
+        self.peer = peer
+        self.max_frame = options.max_frame
+        self._high_water = options.high_water
+        self._low_water = options.high_water // 4
+        self._rx_max = options.max_frame + (0 if server_side else MSG_EXTRA)
+        self._rx = rx
+        self._tx = tx
+        # Frames above half the ring go in pieces, so one never waits for the whole ring.
+        self._piece = min(tx.max_payload, tx.capacity // 2 - RECORD_HEADER)
+        self._pending: deque[tuple[_Parts, int, int]] = deque()
+        self._pending_bytes = 0
+        self._partial: bytearray | None = None
+        self._receiver: LinkReceiver | None = None
+        self._paused = False
+        self._closing = False  # close() called: FIN queued, nothing more accepted
+        self._dead = False  # closing, lost, or the peer gone: sends raise
+        self._lost = False  # finished: resources released
+        self._peer_gone = False
+        self._exc: BaseException | None = None
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._blocked_reported = False
+        self._loop = asyncio.get_running_loop()
+        self._closed_fut: asyncio.Future[None] = self._loop.create_future()
+        self._last_rx = self._loop.time()
+        self._corrupt_since: float | None = None
+        self._ctl = ctl
+        self._segment = segment
+        self._bells = (bell_in, bell_out)
+        self._port = RingPort(self, rx, tx, bell_in, bell_out, ctl=ctl, spin=spin)
+
+    # --- sending --------------------------------------------------------------------------
+
+    def send(self, frame: Frame) -> None:
+        if self._dead:
+            raise self._send_error()
+        data = encode(frame, self.max_frame)
+        self._put((data,), len(data))
+
+    def publish(
+        self, subject: str, data: bytes, reply: str | None, headers: Headers | None
+    ) -> None:
+        if self._dead:
+            raise self._send_error()
+        s = _short(subject, "subject")
+        r = _short(reply, "reply subject")
+        h = encode_headers(headers)
+        length = 1 + len(s) + len(r) + len(h) + len(data)
+        if length > self.max_frame:
+            raise FrameTooLarge(
+                f"PUB frame of {length} bytes exceeds the maximum frame size {self.max_frame}"
+            )
+        self._put((_HEAD.pack(length, Op.PUB), s, r, h, data), length + 4)
+
+    def deliver(
+        self,
+        sid: int,
+        subject: str,
+        data: bytes,
+        reply: str | None,
+        headers: Headers | None,
+        pub: Pub | None,
+    ) -> None:
+        if self._dead:
+            raise self._send_error()
+        if pub is None:
+            frame = encode(Msg(sid, subject, data, reply, headers), self.max_frame)
+            self._put((frame,), len(frame))
+            return
+        raw = pub.raw
+        length = len(raw) + 5
+        if length > self.max_frame + MSG_EXTRA:
+            raise FrameTooLarge(
+                f"message of {length} bytes exceeds the maximum frame {self.max_frame}"
+            )
+        self._put((_HEAD_SID.pack(length, Op.MSG, sid), raw), length + 4)
+
+    def _put(self, parts: _Parts, n: int) -> None:
+        if n > self._piece:
+            whole = memoryview(b"".join(parts))
+            for off in range(0, n, self._piece):
+                chunk = whole[off : off + self._piece]
+                more = FLAG_MORE if off + self._piece < n else 0
+                self._put_record((chunk,), len(chunk), more)
+        else:
+            self._put_record(parts, n, 0)
+
+    def _put_record(self, parts: _Parts, n: int, flags: int) -> None:
+        if not self._pending:
+            try:
+                written = self._tx.try_write_parts(parts, n, flags)
+            except CorruptRing as exc:
+                self._protocol_violation(exc)
+                raise self._send_error() from None
+            if written:
+                self._port.wrote()
+                return
+        self._pending.append((parts, n, flags))
+        self._pending_bytes += n
+        if self._pending_bytes > self._high_water:
+            self.write_blocked = self._blocked_reported = True
+        self._port.poke()
+
+    def _send_error(self) -> Exception:
+        if self._exc is not None and not isinstance(self._exc, ClosedError):
+            return BrokenLinkError(str(self._exc))
+        return ClosedError(f"{self.transport} link is closed")
+
+    @property
+    def buffered(self) -> int:
+        try:
+            in_ring = self._tx.used if not self._lost else 0
+        except CorruptRing:
+            in_ring = 0
+        return self._pending_bytes + in_ring
+
+    async def drain(self) -> None:
+        while self.write_blocked:
+            if self._dead and not self._closing:
+                raise self._send_error()
+            fut = self._loop.create_future()
+            self._drain_waiters.append(fut)
+            self._blocked_reported = True
+            await fut
+        if self._exc is not None and not isinstance(self._exc, ClosedError):
+            raise self._send_error()
+
+    def _unblock(self) -> None:
+        self.write_blocked = False
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+        if self._blocked_reported:
+            self._blocked_reported = False
+            if self._receiver is not None and not self._dead:
+                self._receiver.writing_resumed()
+
+    # --- the port's questions ---------------------------------------------------------------
+
+    @property
+    def _port_reading(self) -> bool:
+        return (
+            self._receiver is not None and not self._paused and not self._lost and not self._closing
+        )
+
+    @property
+    def _port_writes_waiting(self) -> bool:
+        return bool(self._pending) and not self._lost
+
+    def _port_write(self) -> bool:
+        tx = self._tx
+        pending = self._pending
+        wrote = fin = False
+        try:
+            while pending:
+                parts, n, flags = pending[0]
+                if not tx.try_write_parts(parts, n, flags):
+                    break
+                pending.popleft()
+                self._pending_bytes -= n
+                wrote = True
+                fin = bool(flags & FLAG_FIN)
+        except CorruptRing as exc:
+            self._protocol_violation(exc)
+            return False
+        if wrote:
+            self._port.wrote()
+            if fin:
+                self._finish(None)
+                return True
+            if self.write_blocked and self._pending_bytes <= self._low_water:
+                self._unblock()
+        return wrote
+
+    def _port_read(self, limit: int) -> int:
+        receiver = self._receiver
+        if receiver is None or self._paused or self._lost or self._closing:
+            return 0
+        rx = self._rx
+        mv = rx._mv
+        n = 0
+        try:
+            while n < limit:
+                got = rx._next()
+                if got is None:
+                    break
+                start, length, flags = got
+                if flags or self._partial is not None:
+                    whole = self._piece_in(mv, start, length, flags)
+                    rx._consume()
+                    n += 1
+                    if whole is None:
+                        if self._lost:
+                            break
+                        continue
+                    item = self._decode(memoryview(whole), 0, len(whole))
+                else:
+                    item = self._decode(mv, start, start + length)
+                    rx._consume()
+                    n += 1
+                if type(item) is tuple:
+                    receiver.msg_received(*item)
+                else:
+                    receiver.frame_received(item)  # type: ignore[arg-type]
+                if self._paused or self._lost or self._closing:
+                    break
+        except CorruptRing as exc:
+            now = self._loop.time()
+            if self._corrupt_since is None:
+                self._corrupt_since = now
+            if now - self._corrupt_since >= CORRUPT_GRACE or self._peer_gone:
+                self._protocol_violation(exc)
+            return n
+        except (RemoteProtocolError, FrameTooLarge) as exc:
+            self._protocol_violation(exc)
+            return n
+        if n:
+            self._last_rx = self._loop.time()
+            self._corrupt_since = None
+            if not self._lost:
+                self._port.consumed()
+        if self._peer_gone and not self._lost and not self._paused:
+            try:
+                more = rx.has_data()
+            except CorruptRing:
+                more = False
+            if not more:
+                self._finish(
+                    BrokenLinkError(
+                        f"{self.peer.describe()} went away without closing the link "
+                        "(its process ended or was killed)"
+                    )
+                )
+        return n
+
+    def _piece_in(self, mv: memoryview, start: int, length: int, flags: int) -> bytearray | None:
+        if flags & FLAG_FIN:
+            if self._partial is not None:
+                raise RemoteProtocolError(
+                    f"the peer closed in the middle of a frame ({len(self._partial)} bytes in)"
+                )
+            self._finish(BrokenLinkError(f"{self.peer.describe()} closed the link"))
+            return None
+        partial = self._partial
+        if partial is None:
+            partial = self._partial = bytearray()
+        if len(partial) + length > self._rx_max + 4:
+            raise FrameTooLarge(
+                f"frame in pieces exceeds the maximum frame size {self._rx_max} "
+                f"({len(partial) + length} bytes so far)"
+            )
+        partial += mv[start : start + length]
+        if flags & FLAG_MORE:
+            return None
+        self._partial = None
+        return partial
+
+    def _decode(self, mv: memoryview, start: int, end: int) -> Frame | _MsgFields:
+        length = end - start
+        if length < 5:
+            raise RemoteProtocolError(f"ring record of {length} bytes is too short for a frame")
+        flen = _U32.unpack_from(mv, start)[0]
+        if flen > self._rx_max:
+            raise FrameTooLarge(
+                f"frame length {flen} exceeds the maximum frame size {self._rx_max}"
+            )
+        if flen != length - 4:
+            raise RemoteProtocolError(
+                f"ring record of {length} bytes holds a frame claiming {flen} + 4 bytes"
+            )
+        op = mv[start + 4]
+        if op == Op.MSG:
+            return _decode_msg(mv, start, end)
+        return _parse(op, bytes(mv[start + 5 : end]))
+
+    def _port_peer_gone(self, problem: str | None) -> None:
+        if self._lost:
+            return
+        if problem is not None:
+            self._protocol_violation(RemoteProtocolError(problem))
+            return
+        self._peer_gone = self._dead = True
+        if self._closing:
+            self._finish(None)
+            return
+        self._exc = BrokenLinkError(f"{self.peer.describe()} went away")
+        # What it committed is still in our mapping: deliver it, then break the link.
+        self._pending.clear()
+        self._pending_bytes = 0
+        if self.write_blocked:
+            self._unblock()
+        self._port.poke()
+
+    # --- receiving control -----------------------------------------------------------------
+
+    def set_receiver(self, receiver: LinkReceiver) -> None:
+        self._receiver = receiver
+        self._port.poke()
+
+    def pause_reading(self) -> None:
+        self._paused = True
+
+    def resume_reading(self) -> None:
+        if self._paused:
+            self._paused = False
+            self._port.poke()
+
+    @property
+    def closed(self) -> bool:
+        return self._dead
+
+    @property
+    def last_received(self) -> float:
+        return self._last_rx
+
+    # --- closing ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._dead:
+            if self._peer_gone and not self._lost:
+                self._finish(None)
+            return
+        self._closing = self._dead = True
+        self._exc = ClosedError(f"{self.transport} link is closed")
+        self._put_record((), 0, FLAG_FIN)  # after everything queued
+        if not self._pending and not self._lost:
+            self._finish(None)  # written at once; otherwise _port_write finishes
+
+    def abort(self) -> None:
+        if self._lost:
+            return
+        self._closing = self._dead = True
+        if self._exc is None:
+            self._exc = ClosedError(f"{self.transport} link was aborted")
+        self._finish(None)
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._closed_fut)
+
+    def _protocol_violation(self, exc: Exception) -> None:
+        """Tell the offender what was wrong if there is room to, then hang up."""
+        if self._lost:
+            return
+        log.warning("closing %s: %s", self.peer.describe(), exc)
+        if not self._dead:
+            code = (
+                ErrorCode.FRAME_TOO_LARGE if isinstance(exc, FrameTooLarge) else ErrorCode.PROTOCOL
+            )
+            try:
+                self._port_write()
+                if not self._pending:
+                    err = encode(Err(code, str(exc)[:1000]))
+                    if self._tx.try_write_parts((err,), len(err), 0):
+                        self._port.wrote()
+            except (CorruptRing, ProtocolError):
+                pass
+        self._closing = self._dead = True
+        self._finish(BrokenLinkError(f"{self.peer.describe()}: {exc}"))
+
+    def _finish(self, exc: BaseException | None) -> None:
+        """Release everything, once; tell the receiver (``exc`` None: we closed it)."""
+        if self._lost:
+            return
+        self._lost = self._dead = True
+        if exc is not None and (self._exc is None or isinstance(self._exc, BrokenLinkError)):
+            self._exc = exc
+        self._port.close()
+        self._pending.clear()
+        self._pending_bytes = 0
+        self._partial = None
+        for bell in self._bells:
+            bell.close()
+        try:
+            self._ctl.close()  # the peer sees end-of-file: its side ends too
+        except OSError:
+            pass
+        self._rx.close()
+        self._tx.close()
+        try:
+            self._segment.close()
+        except (BufferError, OSError) as err:  # pragma: no cover - freed by GC instead
+            log.debug("segment of %s not released now: %s", self.peer.describe(), err)
+        self._unblock_all()
+        if not self._closed_fut.done():
+            self._closed_fut.set_result(None)
+        if self._receiver is not None:
+            lost = self._exc
+            self._receiver.link_lost(None if isinstance(lost, ClosedError) else lost)
+
+    def _unblock_all(self) -> None:
+        self.write_blocked = False
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
