@@ -520,9 +520,12 @@ class Bus:
                 await asyncio.wait(self._tasks)
             self._link.close()
             self.link_lost(ClosedError("bus is closed"))
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout(self.options.drain_timeout):
                     await self._link.wait_closed()
+            except TimeoutError:
+                # The peer never acknowledged the close (a stalled socket): let go of it.
+                self._link.abort()
             for cb in self._on_close:
                 await cb()
             self._closed.set()

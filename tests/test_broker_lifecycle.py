@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 from pathlib import Path
 
 import pytest
 
 import asyncipc
 from asyncipc.link import Accept, Link, Listener
+from asyncipc.protocol import PREAMBLE, Welcome, encode
 from asyncipc.transports import URL, TransportOptions, lookup, register
 
 
@@ -73,3 +76,40 @@ async def test_refused_token_is_raised_not_logged(
             await asyncio.sleep(0.05)  # let the link's loss be processed
         client_lines = [r for r in caplog.records if r.name.startswith("asyncipc.client")]
         assert client_lines == [], [r.getMessage() for r in client_lines]
+
+
+async def test_close_lets_go_of_a_broker_that_stopped_reading(tmp_path: Path) -> None:
+    """Bus.close() is bounded even when the broker reads nothing more, and afterwards the
+    socket is really closed (aborted), not left open holding unsendable bytes."""
+    path = str(tmp_path / "deaf.sock")
+    release = asyncio.Event()
+
+    async def deaf_broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readexactly(len(PREAMBLE))
+        writer.write(encode(Welcome({"version": 1, "max_frame": 1 << 20})))
+        await release.wait()  # and never reads again: the client's socket fills up
+        writer.close()
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    server = await asyncio.start_unix_server(deaf_broker, path)
+    try:
+        before = open_fds()
+        options = asyncipc.ConnectOptions(drain_timeout=0.3, ping_interval=60)
+        bus = await asyncipc.connect(f"unix://{path}", options=options)
+        while True:  # publish until backpressure holds us: the broker is not reading
+            publishing = asyncio.ensure_future(bus.publish("flood", bytes(65536)))
+            done, _ = await asyncio.wait({publishing}, timeout=0.5)
+            if not done:
+                break
+        await asyncio.wait_for(bus.close(), 20)
+        with contextlib.suppress(asyncipc.AsyncIPCError, OSError):
+            await publishing
+        for _ in range(20):  # the transport's connection_lost runs a turn or two later
+            await asyncio.sleep(0.01)
+        server_side = 1  # the broker's accepted socket is still open until release
+        assert open_fds() <= before + server_side, "the client socket was left open"
+    finally:
+        release.set()
+        server.close()
