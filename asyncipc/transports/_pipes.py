@@ -168,23 +168,31 @@ class PipePairTransport(asyncio.Transport):
 
     # --- asyncio.Transport -------------------------------------------------------------
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:
+    def _writable(self) -> asyncio.WriteTransport | None:
+        """The write half while it can be used: uvloop raises on a closed transport's
+        methods, and the peer may have gone before the link even started."""
         w = self._w
+        return w if w is not None and not self._w_done and not w.is_closing() else None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         # Like a socket transport after the peer went: writes are dropped, and the link
         # learns of the loss through connection_lost.
-        if w is not None and not self._w_done and not w.is_closing():
+        w = self._writable()
+        if w is not None:
             w.write(data)
 
     def get_write_buffer_size(self) -> int:
-        w = self._w
-        return w.get_write_buffer_size() if w is not None and not self._w_done else 0
+        w = self._writable()
+        return w.get_write_buffer_size() if w is not None else 0
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        if self._w is not None:
-            self._w.set_write_buffer_limits(high, low)
+        w = self._writable()
+        if w is not None:
+            w.set_write_buffer_limits(high, low)
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
-        return self._w.get_write_buffer_limits() if self._w is not None else (0, 0)
+        w = self._writable()
+        return w.get_write_buffer_limits() if w is not None else (0, 0)
 
     def can_write_eof(self) -> bool:
         return False
