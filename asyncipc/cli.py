@@ -198,6 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
         f"default: {default_url})",
     )
     p.add_argument(
+        "--grpc",
+        metavar="HOST:PORT",
+        action="append",
+        default=[],
+        help="also serve the gRPC adapter there, for clients in any language: the same "
+        "as --listen grpc://HOST:PORT (repeatable; see docs/grpc.md)",
+    )
+    p.add_argument(
         "--token",
         metavar="T",
         help=f"require this shared secret from every client (default: ${TOKEN_ENV}; "
@@ -380,7 +388,8 @@ async def _request(args: argparse.Namespace) -> int:
 
 
 async def _broker(args: argparse.Namespace) -> int:
-    urls: list[str] = args.listen or [default_socket_url()]
+    urls: list[str] = args.listen + [f"grpc://{a}" for a in args.grpc]
+    urls = urls or [default_socket_url()]
     for url in urls:  # every URL checked before anything is bound
         try:
             scheme = parse_url(url).scheme

@@ -1,9 +1,10 @@
-"""A :class:`~asyncipc.link.Link` over one gRPC ``Connect`` stream, at either end.
+"""What both ends of a gRPC ``Connect`` stream share: a Link's queue, writer, reader.
 
 The stream carries the frames of the wire protocol (``docs/protocol.md``) as protobuf
-messages (``protos/asyncipc/v1/bus.proto``): the broker side (:class:`ServerLink`) is
-attached to the broker as an ordinary client, the client side (:class:`ClientLink`) sits
-under an ordinary :class:`~asyncipc.Bus`. Neither knows it is on gRPC.
+messages (``protos/asyncipc/v1/bus.proto``). The broker's end
+(:class:`~asyncipc.adapters._grpc_server.ServerLink`) is attached to the broker as an
+ordinary client; the client's end (:class:`~asyncipc.adapters._grpc_client.ClientLink`)
+sits under an ordinary :class:`~asyncipc.Bus`. Neither knows it is on gRPC.
 
 Both ends queue what they send and let one writer coroutine hand it to gRPC, several
 frames per stream message: one gRPC message costs tens of microseconds however small it
@@ -17,7 +18,6 @@ us, so the peer's writes back up the same way.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from typing import Any, Protocol
@@ -28,27 +28,15 @@ from ..errors import BrokenLinkError, ClosedError, FrameTooLarge
 from ..link import Link, LinkReceiver, PeerInfo
 from ..protocol import (
     MSG_EXTRA,
-    PING,
-    PONG,
-    PROTOCOL_VERSION,
-    Err,
-    ErrorCode,
     Frame,
     Headers,
-    Hello,
     Msg,
-    Overflow,
-    Ping,
-    Pong,
     Pub,
-    Sub,
-    Unsub,
-    Welcome,
 )
 from ..transports import TransportOptions
 from ._proto import bus_pb2 as pb
 
-__all__ = ["BATCH_BYTES", "SLACK", "ClientLink", "GrpcLink", "ServerLink", "grpc_status"]
+__all__ = ["BATCH_BYTES", "OVERHEAD", "SLACK", "Entry", "GrpcLink", "Malformed"]
 
 log = logging.getLogger("asyncipc.grpc")
 
@@ -60,32 +48,10 @@ SLACK = 64 * 1024
 frame is a few bytes longer than the wire protocol's, and the limit must never refuse a
 frame that the protocol accepts. Frames between the two are refused by the link."""
 
-_OVERHEAD = 16  # what a queued frame is counted for beyond its strings and payload
-
-_STATUS: dict[int, grpc.StatusCode] = {
-    ErrorCode.PROTOCOL: grpc.StatusCode.INVALID_ARGUMENT,
-    ErrorCode.FRAME_TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    ErrorCode.VERSION: grpc.StatusCode.FAILED_PRECONDITION,
-    ErrorCode.AUTH: grpc.StatusCode.UNAUTHENTICATED,
-    ErrorCode.HANDSHAKE_TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
-    ErrorCode.PEER_TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
-    ErrorCode.SHUTDOWN: grpc.StatusCode.UNAVAILABLE,
-}
-
-# Statuses a client turns back into the ERR they stand for (the others: a lost link).
-_STATUS_ERRORS = {
-    grpc.StatusCode.UNAUTHENTICATED: ErrorCode.AUTH,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: ErrorCode.FRAME_TOO_LARGE,
-}
-
-
-def grpc_status(code: int) -> grpc.StatusCode:
-    """The gRPC status a ``Connect`` stream ends with after a fatal ERR ``code``."""
-    return _STATUS.get(code, grpc.StatusCode.UNKNOWN)
-
+OVERHEAD = 16  # what a queued frame is counted for beyond its strings and payload
 
 # A queued message: (sid, subject, data, reply, headers); sid is 0 for a publish.
-_Entry = tuple[int, str, bytes, "str | None", "Headers | None"]
+Entry = tuple[int, str, bytes, "str | None", "Headers | None"]
 
 
 def _size(subject: str, data: bytes, reply: str | None, headers: Headers | None) -> int:
@@ -98,8 +64,20 @@ def _size(subject: str, data: bytes, reply: str | None, headers: Headers | None)
     return n
 
 
-def _headers(pbmap: Any) -> Headers | None:
+def headers_of(pbmap: Any) -> Headers | None:
+    """A protobuf map as message headers (None when empty, as the protocol has it)."""
     return dict(pbmap) if pbmap else None
+
+
+class Malformed:
+    """What the broker's deserializers return for bytes that are not the message they
+    should be: the handler answers INVALID_ARGUMENT instead of grpc.aio logging an
+    exception and answering UNKNOWN."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
 
 
 class _Stream(Protocol):
@@ -123,7 +101,7 @@ class GrpcLink(Link):
         self._low_water = options.high_water // 4
         self._loop = asyncio.get_running_loop()
         self._receiver: LinkReceiver | None = None
-        self._out: deque[_Entry | Any] = deque()  # messages as tuples, other frames as pb
+        self._out: deque[Entry | Any] = deque()  # messages as tuples, other frames as pb
         self._out_bytes = 0
         self._wake_writer = asyncio.Event()
         self._inbox: deque[Any] = deque()  # received pb frames not yet handed on
@@ -147,7 +125,7 @@ class GrpcLink(Link):
         """An empty stream message (ConnectRequest or ConnectResponse)."""
         raise NotImplementedError
 
-    def _add_message(self, batch: Any, entry: _Entry) -> None:
+    def _add_message(self, batch: Any, entry: Entry) -> None:
         raise NotImplementedError
 
     def _encode(self, frame: Frame) -> Any:
@@ -157,6 +135,10 @@ class GrpcLink(Link):
     def _dispatch(self, receiver: LinkReceiver, frame: Any) -> None:
         """Hand one received pb frame to the receiver."""
         raise NotImplementedError
+
+    def _violation(self, message: str) -> None:
+        """The peer sent something this end cannot take: end the stream."""
+        self._finish(BrokenLinkError(f"{self.peer.describe()}: {message}"))
 
     # --- sending -----------------------------------------------------------------------
 
@@ -174,7 +156,7 @@ class GrpcLink(Link):
         else:
             encoded = self._encode(frame)
             if encoded is not None:
-                self._queue(encoded, _OVERHEAD)
+                self._queue(encoded, OVERHEAD)
 
     def publish(
         self, subject: str, data: bytes, reply: str | None, headers: Headers | None
@@ -211,7 +193,7 @@ class GrpcLink(Link):
 
     def _queue(self, entry: Any, size: int) -> None:
         self._out.append(entry)
-        self._out_bytes += size + _OVERHEAD
+        self._out_bytes += size + OVERHEAD
         if self._out_bytes > self._high_water:
             self.write_blocked = self._blocked_reported = True
         self._wake_writer.set()
@@ -239,10 +221,10 @@ class GrpcLink(Link):
             while out and (taken == 0 or taken < cap):
                 entry = out.popleft()
                 if type(entry) is tuple:
-                    taken += _size(entry[1], entry[2], entry[3], entry[4]) + _OVERHEAD
+                    taken += _size(entry[1], entry[2], entry[3], entry[4]) + OVERHEAD
                     self._add_message(batch, entry)
                 else:
-                    taken += _OVERHEAD * 2
+                    taken += OVERHEAD * 2
                     batch.frames.append(entry)
             await self._stream.write(batch)
             self._out_bytes = max(0, self._out_bytes - taken)
@@ -288,6 +270,9 @@ class GrpcLink(Link):
             await self._can_read.wait()
             message = await stream.read()
             if message is grpc.aio.EOF:
+                return None
+            if type(message) is Malformed:
+                self._violation(f"a ConnectRequest that does not parse: {message.error}")
                 return None
             self._last_rx = self._loop.time()
             self._inbox.extend(message.frames)
@@ -367,305 +352,3 @@ class GrpcLink(Link):
     def _set_closed(self) -> None:
         if not self._closed_fut.done():
             self._closed_fut.set_result(None)
-
-
-class ServerLink(GrpcLink):
-    """The broker's end of one ``Connect`` stream: a client like any other.
-
-    ``token`` is the one the call's metadata carried: it stands in for a HELLO that
-    carries none. Run it with :meth:`serve` from the RPC handler, which returns when the
-    link is done; the stream then ends with the status of a fatal ERR, if one was sent.
-    """
-
-    def __init__(
-        self,
-        context: Any,
-        options: TransportOptions,
-        peer: PeerInfo,
-        token: str | None,
-    ) -> None:
-        super().__init__(context, options, peer)
-        self._context = context
-        self._token = token
-        self._greeted = False
-        self._aborted = False
-        self._fatal: Err | None = None
-
-    def _batch(self) -> Any:
-        return pb.ConnectResponse()
-
-    def _add_message(self, batch: Any, entry: _Entry) -> None:
-        m = batch.frames.add().message
-        m.sid, m.subject, m.data = entry[0], entry[1], entry[2]
-        if entry[3] is not None:
-            m.reply_to = entry[3]
-        if entry[4]:
-            m.headers.update(entry[4])
-
-    def _encode(self, frame: Frame) -> Any:
-        if type(frame) is Err:
-            if frame.code < 100 and self._fatal is None:
-                self._fatal = frame
-            return pb.ServerFrame(
-                error=pb.Error(code=frame.code, message=frame.message, sid=frame.sid)
-            )
-        if type(frame) is Pong:
-            return pb.ServerFrame(pong=self._pong_frame())
-        if type(frame) is Ping:
-            return pb.ServerFrame(ping=self._ping_frame())
-        if type(frame) is Welcome:
-            f = frame.fields
-            return pb.ServerFrame(
-                welcome=pb.Welcome(
-                    version=f.get("version", PROTOCOL_VERSION),
-                    server=f.get("server", ""),
-                    server_id=f.get("server_id", ""),
-                    client_id=f.get("client_id", 0),
-                    max_frame=f.get("max_frame", 0),
-                    ping_interval=f.get("ping_interval", 0.0),
-                )
-            )
-        log.debug("not sending %r to a gRPC client", frame)
-        return None
-
-    def _dispatch(self, receiver: LinkReceiver, frame: Any) -> None:
-        kind = frame.WhichOneof("frame")
-        if not self._greeted:
-            self._greeted = True
-            hello = frame.hello if kind == "hello" else None
-            receiver.frame_received(self._hello(hello))
-            if hello is not None:
-                return
-        if kind == "publish":
-            m = frame.publish
-            receiver.frame_received(Pub(m.subject, m.data, m.reply_to or None, _headers(m.headers)))
-        elif kind == "subscribe":
-            s = frame.subscribe
-            try:
-                overflow = Overflow(s.overflow)
-            except ValueError:
-                self._violation(f"SUB with unknown overflow policy {s.overflow}")
-                return
-            receiver.frame_received(
-                Sub(s.sid, s.subject, s.queue or None, overflow, s.max_pending, s.max_bytes)
-            )
-        elif kind == "unsubscribe":
-            receiver.frame_received(Unsub(frame.unsubscribe.sid))
-        elif kind == "ping":
-            self._ping_ids.append(frame.ping.id)
-            receiver.frame_received(PING)
-        elif kind == "pong":
-            receiver.frame_received(PONG)
-        elif kind == "hello":
-            receiver.frame_received(self._hello(frame.hello))  # refused: not first
-        else:
-            self._violation("a ClientFrame with no frame set")
-
-    def _hello(self, hello: Any) -> Hello:
-        fields: dict[str, Any] = {"version": PROTOCOL_VERSION, "lang": "grpc"}
-        token = self._token
-        if hello is not None:
-            fields["version"] = hello.version or PROTOCOL_VERSION
-            fields["name"] = hello.name
-            if hello.lang:
-                fields["lang"] = hello.lang
-            if hello.max_frame:
-                fields["max_frame"] = min(hello.max_frame, 1 << 62)
-            token = hello.token or token
-        if token is not None:
-            fields["token"] = token
-        return Hello(fields)
-
-    def _violation(self, message: str) -> None:
-        """Tell the client what was wrong, end the stream with INVALID_ARGUMENT."""
-        log.warning("closing %s: %s", self.peer.describe(), message)
-        self._out.clear()
-        self._out_bytes = 0
-        self._queue(self._encode(Err(ErrorCode.PROTOCOL, message)), _OVERHEAD)
-        self.close()  # the writer sends the ERR, then the stream ends
-        self._exc = BrokenLinkError(f"{self.peer.describe()}: {message}")
-        self._tell()
-
-    def abort(self) -> None:
-        if not self._ended.is_set():
-            self._aborted = True
-            self._exc = self._exc or ClosedError("grpc link was aborted")
-            self._finish(None)
-
-    async def serve(self) -> None:
-        """Run the stream until the link is done (the RPC handler's body).
-
-        Cancelled when the client goes away (grpc.aio cancels the handler): the link is
-        then lost like a socket whose peer vanished.
-        """
-        reader = asyncio.ensure_future(self._read_loop())
-        reader.add_done_callback(self._task_done)
-        writer = asyncio.ensure_future(self._write_loop())
-        writer.add_done_callback(self._task_done)
-        try:
-            await self._ended.wait()
-        finally:
-            reader.cancel()
-            writer.cancel()
-            await asyncio.gather(reader, writer, return_exceptions=True)
-            self._finish(BrokenLinkError(f"{self.peer.describe()} went away"))
-            self._set_closed()
-        fatal = self._fatal
-        if fatal is not None:
-            self._context.set_code(grpc_status(fatal.code))
-            self._context.set_details(fatal.message)
-        elif self._aborted:
-            self._context.set_code(grpc.StatusCode.UNAVAILABLE)
-            self._context.set_details("the broker dropped the stream")
-
-    def _task_done(self, task: asyncio.Future[Any]) -> None:
-        """The reader ended (the client ended its side, or the stream broke), or the
-        writer did (flushed after close(), or broke)."""
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None:
-            self._finish(BrokenLinkError(f"{self.peer.describe()}: {exc}"))
-        else:
-            self._finish(None)
-
-
-class ClientLink(GrpcLink):
-    """A Bus's end of a ``Connect`` stream; owns the call and the channel it is on."""
-
-    def __init__(
-        self,
-        call: Any,
-        channel: grpc.aio.Channel,
-        options: TransportOptions,
-        peer: PeerInfo,
-    ) -> None:
-        super().__init__(call, options, peer)
-        self._call = call
-        self._channel = channel
-        self._got_error = False
-        self._aborted = False
-        self._main = asyncio.ensure_future(self._run())
-
-    def _batch(self) -> Any:
-        return pb.ConnectRequest()
-
-    def _add_message(self, batch: Any, entry: _Entry) -> None:
-        m = batch.frames.add().publish
-        m.subject, m.data = entry[1], entry[2]
-        if entry[3] is not None:
-            m.reply_to = entry[3]
-        if entry[4]:
-            m.headers.update(entry[4])
-
-    def _encode(self, frame: Frame) -> Any:
-        if type(frame) is Sub:
-            return pb.ClientFrame(
-                subscribe=pb.SubscribeRequest(
-                    sid=frame.sid,
-                    subject=frame.subject,
-                    queue=frame.queue or "",
-                    overflow=pb.Overflow.Value(f"OVERFLOW_{frame.overflow.name}"),
-                    max_pending=frame.max_msgs,
-                    max_bytes=frame.max_bytes,
-                )
-            )
-        if type(frame) is Unsub:
-            return pb.ClientFrame(unsubscribe=pb.Unsubscribe(sid=frame.sid))
-        if type(frame) is Ping:
-            return pb.ClientFrame(ping=self._ping_frame())
-        if type(frame) is Pong:
-            return pb.ClientFrame(pong=self._pong_frame())
-        if type(frame) is Hello:
-            f = frame.fields
-            token = f.get("token")
-            return pb.ClientFrame(
-                hello=pb.Hello(
-                    version=f.get("version", PROTOCOL_VERSION),
-                    name=f.get("name") or "",
-                    token=token if isinstance(token, str) else "",
-                    max_frame=f.get("max_frame") or 0,
-                    lang=f.get("lang") or "",
-                )
-            )
-        log.debug("not sending %r over gRPC", frame)
-        return None
-
-    def _dispatch(self, receiver: LinkReceiver, frame: Any) -> None:
-        kind = frame.WhichOneof("frame")
-        if kind == "message":
-            m = frame.message
-            receiver.msg_received(m.sid, m.subject, m.data, m.reply_to or None, _headers(m.headers))
-        elif kind == "ping":
-            self._ping_ids.append(frame.ping.id)
-            receiver.frame_received(PING)
-        elif kind == "pong":
-            receiver.frame_received(PONG)
-        elif kind == "error":
-            e = frame.error
-            self._got_error = True
-            receiver.frame_received(Err(e.code, e.message, e.sid))
-        elif kind == "welcome":
-            w = frame.welcome
-            receiver.frame_received(
-                Welcome(
-                    {
-                        "version": w.version,
-                        "server": w.server,
-                        "server_id": w.server_id,
-                        "client_id": w.client_id,
-                        "max_frame": w.max_frame,
-                        "ping_interval": w.ping_interval,
-                    }
-                )
-            )
-
-    async def _run(self) -> None:
-        """The link's life: read until the broker ends the stream, then release it all."""
-        writer = asyncio.ensure_future(self._writer())
-        exc: BaseException | None = None
-        try:
-            exc = await self._read_loop()
-        except grpc.aio.AioRpcError as rpc_error:
-            exc = self._status_error(rpc_error)
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if not self._aborted and task is not None and task.cancelling():
-                self._finish(ClosedError("grpc link was cancelled"))
-                raise
-            # abort(): grpc.aio raises CancelledError from the call we cancelled.
-        except Exception as other:  # pragma: no cover - defensive: tell the Bus why
-            exc = BrokenLinkError(f"{self.peer.describe()}: {other!r}")
-        finally:
-            self._finish(exc)
-            if not writer.done():
-                writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
-            await self._channel.close()
-            self._set_closed()
-
-    async def _writer(self) -> None:
-        try:
-            await self._write_loop()
-            if not self._ended.is_set():
-                await self._call.done_writing()
-        except (grpc.aio.AioRpcError, RuntimeError, asyncio.InvalidStateError):
-            pass  # the reader sees the same failure and reports it
-
-    def _status_error(self, error: grpc.aio.AioRpcError) -> BaseException:
-        """The broker ended the stream with a status: if it sent no ERR first (a refusal
-        by the gRPC layer itself), the Bus gets the ERR the status stands for."""
-        code = error.code()
-        details = error.details() or ""
-        if not self._got_error and self._receiver is not None and code in _STATUS_ERRORS:
-            self._got_error = True
-            self._receiver.frame_received(Err(_STATUS_ERRORS[code], details))
-        return BrokenLinkError(f"{self.peer.describe()}: {code.name}: {details}")
-
-    def abort(self) -> None:
-        if not self._aborted and not self._closed_fut.done():
-            self._aborted = True
-            self._exc = self._exc or ClosedError("grpc link was aborted")
-            self._call.cancel()
-            self._finish(None)
