@@ -323,6 +323,17 @@ async def test_a_client_dying_mid_frame(env: Env, caplog: pytest.LogCaptureFixtu
     assert entries(path) == []
 
 
+async def test_a_clients_last_frames_are_delivered(env: Env) -> None:
+    """It wrote a handshake and 100 PUBs and exited, likely before the broker's end of
+    ``down`` was even set up: those frames are still read and routed."""
+    _, bus, path = env
+    async with bus.subscribe("last.words") as sub:
+        code, _ = await run_child("raw", "lastwords", path)
+        assert code == 0
+        got = [(await sub.next_msg(timeout=10)).data for _ in range(100)]
+    assert got == [b"%d" % i for i in range(100)]
+
+
 async def test_garbage_on_the_rendezvous_is_ignored(
     env: Env, caplog: pytest.LogCaptureFixture
 ) -> None:

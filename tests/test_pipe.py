@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import asyncipc
-from asyncipc.protocol import Err, ErrorCode, FrameDecoder
+from asyncipc.protocol import PREAMBLE, Err, ErrorCode, FrameDecoder, Hello, Pub, encode
 from asyncipc.transports.pipe import ENV_VAR, attach
 
 CHILD = str(Path(__file__).with_name("pipe_child.py"))
@@ -189,6 +189,23 @@ async def test_what_a_child_wrote_before_exiting_is_still_delivered(env: Env) ->
         proc = await broker.spawn(child("raw", "lastwords"))
         assert await proc.wait() == 0
         got = [(await sub.next_msg(timeout=10)).data for _ in range(100)]
+    assert got == [b"%d" % i for i in range(100)]
+
+
+async def test_frames_from_a_peer_gone_before_the_link_started() -> None:
+    """The peer wrote a handshake and 100 PUBs and closed both ends before the broker
+    even set up its end: writing to it is impossible from the start, reading is not."""
+    async with asyncipc.Broker() as broker:
+        url = (await broker.listen(f"memory://gone{os.urandom(4).hex()}")).url
+        async with asyncipc.connect(url) as bus, bus.subscribe("last.words") as sub:
+            (c_r, b_w), (b_r, c_w) = os.pipe(), os.pipe()
+            pubs = b"".join(encode(Pub("last.words", b"%d" % i)) for i in range(100))
+            os.write(c_w, PREAMBLE + encode(Hello({"version": 1})) + pubs)
+            os.close(c_w)
+            os.close(c_r)
+            link = await attach(broker.attach, b_r, b_w)
+            got = [(await sub.next_msg(timeout=10)).data for _ in range(100)]
+            await link.wait_closed()
     assert got == [b"%d" % i for i in range(100)]
 
 
