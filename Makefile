@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-dev
 BSTAMP  := $(VENV)/.installed-bench
 
-.PHONY: demo test check lint types pytest bench redis-server clean proto
+.PHONY: demo test check lint types pytest bench redis-server clean proto node-example
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -35,8 +35,15 @@ types: $(STAMP)
 
 check: lint types
 
-pytest: $(STAMP)
+pytest: $(STAMP) node-example
 	$(BIN)/python -m pytest
+
+# The npm packages of examples/node (tests/test_grpc_node.py runs it), where node exists.
+node-example:
+	@if command -v node >/dev/null 2>&1; then \
+	  test -d examples/node/node_modules/@grpc/grpc-js || \
+	    (cd examples/node && npm ci --no-audit --no-fund); \
+	else echo "node not found: tests/test_grpc_node.py will skip the Node.js example"; fi
 
 test: check pytest
 

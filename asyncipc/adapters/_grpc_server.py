@@ -146,6 +146,19 @@ def _token(context: Any) -> str | None:
     return None
 
 
+class _InternalBus(Bus):
+    """A Bus the adapter holds for gRPC callers. When the broker shuts down and closes
+    it, that is the end of its life, not a lost connection worth a warning in the
+    broker's own log."""
+
+    def link_lost(self, exc: BaseException | None) -> None:
+        closing, self._closing = self._closing, True  # what Bus.link_lost logs by
+        try:
+            super().link_lost(exc)
+        finally:
+            self._closing = closing  # close() must still run in full
+
+
 class BusService:
     """The ``asyncipc.v1.Bus`` service of one listener (see the module docstring)."""
 
@@ -164,7 +177,7 @@ class BusService:
         server.peer = PeerInfo("grpc", who)
         self._accept(server)
         options = ConnectOptions(name=f"grpc {who}", token=token, max_frame=self._options.max_frame)
-        bus = Bus(client, options, self._url)
+        bus = _InternalBus(client, options, self._url)
         try:
             await bus._handshake()
         except BaseException:

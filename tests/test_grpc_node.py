@@ -1,0 +1,94 @@
+"""The Node.js example (examples/node/pubsub.js) against a real broker.
+
+A client in another language, written only from protos/asyncipc/v1/bus.proto with
+@grpc/grpc-js and @grpc/proto-loader from npm: it publishes, subscribes (on a Connect
+stream and with the Subscribe call), answers a request and makes two. A Python bus on a
+Unix socket checks that what Node publishes reaches it. Skips only where `node` is not
+installed; the npm packages are installed into examples/node/node_modules on first use
+(``make test`` does it beforehand).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import asyncipc
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "node"
+NODE = shutil.which("node")
+
+pytestmark = [
+    pytest.mark.skipif(NODE is None, reason="node is not installed: the Node.js example needs it"),
+    pytest.mark.timeout(300),  # a first run installs the npm packages
+]
+
+
+def _install() -> None:
+    """``npm ci`` from the committed lock file, once."""
+    if (EXAMPLE / "node_modules" / "@grpc" / "grpc-js").is_dir():
+        return
+    npm = shutil.which("npm")
+    assert npm is not None, "node is installed but npm is not: cannot install the example"
+    result = subprocess.run(
+        [npm, "ci", "--no-audit", "--no-fund"],
+        cwd=EXAMPLE,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert result.returncode == 0, f"npm ci failed:\n{result.stdout}\n{result.stderr}"
+
+
+@pytest.fixture(scope="module")
+def node_example() -> Path:
+    _install()
+    return EXAMPLE / "pubsub.js"
+
+
+@pytest.mark.parametrize("token", [None, "s3cret"])
+async def test_node_client_publishes_subscribes_and_asks(
+    node_example: Path, tmp_path: Path, token: str | None
+) -> None:
+    assert NODE is not None
+    async with asyncipc.Broker(token=token) as broker:
+        grpc_url = (await broker.listen("grpc://127.0.0.1:0")).url
+        unix_url = (await broker.listen(f"unix://{tmp_path}/b.sock")).url
+        async with (
+            asyncipc.connect(unix_url, token=token) as bus,
+            bus.subscribe("greetings.>") as greetings,
+            bus.subscribe("news.*") as news,
+        ):
+            await bus.flush()
+            env = {"PATH": str(Path(NODE).parent), "ASYNCIPC_TOKEN": token or ""}
+            proc = await asyncio.create_subprocess_exec(
+                NODE,
+                str(node_example),
+                grpc_url.removeprefix("grpc://"),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+            )
+            out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+            text = out.decode()
+            assert proc.returncode == 0, f"node exited {proc.returncode}:\n{text}\n{err.decode()}"
+            greeting = await greetings.next_msg(timeout=5)
+            headline = await news.next_msg(timeout=5)
+    lines = text.splitlines()
+    assert lines[-1] == "ok"
+    assert "stream got [greetings.node] hello from node lang=js" in lines
+    assert "subscribe got [news.today] node publishes on Connect" in lines
+    assert "request node.upper -> SHOUT" in lines
+    assert any(line.startswith("request nobody.home -> UNAVAILABLE") for line in lines)
+    # Node's messages are ordinary messages to a Python client on a Unix socket.
+    assert (greeting.subject, greeting.data, greeting.headers) == (
+        "greetings.node",
+        b"hello from node",
+        {"lang": "js"},
+    )
+    assert (headline.subject, headline.data) == ("news.today", b"node publishes on Connect")
