@@ -164,8 +164,7 @@ async def test_subscribe_stream_sees_what_a_tcp_client_publishes(stack: Stack) -
 
 async def test_subscribe_queue_groups_share(stack: Stack) -> None:
     calls = [
-        stack.stub.Subscribe(pb.SubscribeRequest(subject="jobs", queue="workers"))
-        for _ in range(2)
+        stack.stub.Subscribe(pb.SubscribeRequest(subject="jobs", queue="workers")) for _ in range(2)
     ]
     for call in calls:
         await subscribed(call)
@@ -349,6 +348,37 @@ async def test_tokens(guarded: Stack) -> None:
     sub.cancel()
     async with asyncipc.connect(guarded.urls["grpc"], token=TOKEN) as bus:
         await bus.flush()
+
+
+async def test_slow_subscribe_call_with_error_policy_is_cut_off(stack: Stack) -> None:
+    call = stack.stub.Subscribe(
+        pb.SubscribeRequest(subject="flood", overflow=pb.OVERFLOW_ERROR, max_pending=4)
+    )
+    await subscribed(call)
+    async with asyncipc.connect(stack.urls["unix"]) as bus:
+        for _ in range(400):  # faster than the call writes to gRPC: its queue holds 4
+            await bus.publish("flood", bytes(1024))
+        await bus.flush()
+    received = 0
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        while (await call.read()) is not grpc.aio.EOF:  # what was sent before the cut
+            received += 1
+    assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert received < 400
+    await _still_serving(stack)
+
+
+async def test_connect_protocol_version_and_handshake_time(tmp_path: Path) -> None:
+    async for stack in _stack(tmp_path, handshake_timeout=0.3):
+        call = stack.stub.Connect()
+        await call.write(pb.ConnectRequest(frames=[pb.ClientFrame(hello=pb.Hello(version=2))]))
+        (error,) = await next_frames(call, until="error")
+        assert error.error.code == ErrorCode.VERSION
+        assert await status_of(call.read()) is grpc.StatusCode.FAILED_PRECONDITION
+        silent = stack.stub.Connect()  # opens the stream and says nothing
+        (error,) = await next_frames(silent, until="error")
+        assert error.error.code == ErrorCode.HANDSHAKE_TIMEOUT
+        assert await status_of(silent.read()) is grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 # --- health and reflection ------------------------------------------------------------------
