@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -103,6 +104,8 @@ class Broker:
         # Requests a responder holds, so that close() can wait for their replies.
         self._inflight: InFlight[Session] = InFlight()
         self._awaited = self._inflight.replies
+        # Links of spawned children not yet adopted (a child adopts on its first write).
+        self._unadopted: weakref.WeakSet[Link] = weakref.WeakSet()
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -187,7 +190,9 @@ class Broker:
         opts = TransportOptions(
             high_water=self.options.high_water, max_frame=self.options.max_frame
         )
-        return await spawn_child(self.attach, argv, opts, env=env, **popen_kwargs)
+        child = await spawn_child(self.attach, argv, opts, env=env, **popen_kwargs)
+        self._unadopted.add(child.link)
+        return child
 
     def session_closed(self, session: Session) -> None:
         self._sessions.discard(session)
@@ -223,6 +228,10 @@ class Broker:
                     await self._inflight.wait_empty()
             except TimeoutError:
                 log.warning("gave up on %d unanswered requests", len(self._inflight))
+        adopted = {s.link for s in self._sessions}
+        for link in list(self._unadopted):
+            if link not in adopted and not link.closed:
+                link.close()  # a spawned child that never spoke: it sees end-of-file
         links = [s.link for s in self._sessions]
         for session in list(self._sessions):
             session.close()

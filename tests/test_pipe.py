@@ -286,3 +286,19 @@ def test_the_fan_out_example_runs() -> None:
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
     assert "24 answers from 3 workers" in done.stdout
     assert "every job answered once" in done.stdout
+
+
+async def test_broker_close_lets_a_silent_child_go() -> None:
+    """A spawned child that never spoke is not a client yet; closing the broker still
+    closes its pipes, so the child sees end-of-file instead of waiting for ever."""
+    waits_for_eof = (
+        "import os; r = int(os.environ['ASYNCIPC_PIPE_FDS'].split(',')[0]); "
+        "print('eof' if os.read(r, 1) == b'' else 'data', flush=True)"
+    )
+    broker = asyncipc.Broker()
+    kid = await broker.spawn([sys.executable, "-c", waits_for_eof], stdout=asyncio.subprocess.PIPE)
+    await broker.close()
+    assert kid.process.stdout is not None
+    out = await asyncio.wait_for(kid.process.stdout.read(), 20)
+    assert await asyncio.wait_for(kid.process.wait(), 20) == 0
+    assert out == b"eof\n"
