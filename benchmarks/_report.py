@@ -172,6 +172,8 @@ def render_summary(
         for case in cases
         for r in case.rows
     ]
+    if not rows:  # only sections without peer columns (inprocess, channels) were run
+        return ""
     header = ["figure", "better", *(f"{BASE} / {p}" for p in peers)]
     title = (
         f"## Summary: {BASE} / peer for each figure. Throughput: > 1 means asyncipc is "
