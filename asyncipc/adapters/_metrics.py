@@ -45,10 +45,15 @@ class _Writer:
             self.lines.append(f"{name}{_labels(labels)} {value}")
 
 
-def render(broker: Broker, adapter_dropped: int, responses: Counter[tuple[str, int]]) -> str:
-    """The exposition text. ``adapter_dropped``: messages the HTTP adapter's own
-    subscription queues dropped (counted under ``transport="http"``); ``responses``: the
-    HTTP responses by route and status."""
+def render(
+    broker: Broker,
+    adapter_dropped: int,
+    adapter_queued: int,
+    responses: Counter[tuple[str, int]],
+) -> str:
+    """The exposition text. ``adapter_dropped`` and ``adapter_queued``: what the HTTP
+    adapter's own subscription queues dropped and hold now (counted under
+    ``transport="http"``); ``responses``: its HTTP responses by route and status."""
     stats = broker.stats
     sessions = list(broker._sessions)
     names = sorted(set(stats.transports) | {s.link.transport for s in sessions})
@@ -60,6 +65,8 @@ def render(broker: Broker, adapter_dropped: int, responses: Counter[tuple[str, i
         live[t] += 1
         subs[t] += len(s.routes)
         buffered[t] += s.link.buffered
+    if adapter_queued:
+        buffered["http"] += adapter_queued
     per = {t: stats.transport(t) for t in names}
 
     def by(values: dict[str, int]) -> list[tuple[dict[str, str], int]]:
@@ -116,7 +123,7 @@ def render(broker: Broker, adapter_dropped: int, responses: Counter[tuple[str, i
     w.metric(
         "asyncipc_buffered_bytes",
         "gauge",
-        "Bytes the broker holds for clients that have not taken them yet.",
+        "Bytes held for clients that have not taken them yet (broker and adapter).",
         by(buffered),
     )
     w.metric(

@@ -43,7 +43,7 @@ _HEADERS_NOTE = (
     "message header name is `<name>` in lower case."
 )
 _UNAUTHORIZED = _error("The broker has a token and the request's is missing or wrong.")
-_SHUTTING_DOWN = "The broker is shutting down (`unavailable`)."
+_SHUTTING_DOWN = "the broker shut down while the request waited (`unavailable`)."
 
 
 def document(max_payload: int) -> dict[str, Any]:
@@ -55,7 +55,8 @@ def document(max_payload: int) -> dict[str, Any]:
             "title": "asyncipc REST adapter",
             "version": __version__,
             "description": "Publish, request and subscribe on an asyncipc broker over HTTP. "
-            "docs/rest.md has the JSON formats and the WebSocket protocol.",
+            "docs/rest.md has the JSON formats and the WebSocket protocol. While the broker "
+            "shuts down, any route may answer 503 with the error `unavailable`.",
         },
         "paths": {
             "/v1/publish/{subject}": {
@@ -80,7 +81,6 @@ def document(max_payload: int) -> dict[str, Any]:
                         "400": _error("Invalid subject or reply subject (`invalid_subject`)."),
                         "401": _UNAUTHORIZED,
                         "413": too_large,
-                        "503": _error(_SHUTTING_DOWN),
                     },
                 }
             },
@@ -126,7 +126,7 @@ def document(max_payload: int) -> dict[str, Any]:
                         "502": _error("The responder's handler failed (`service_error`)."),
                         "503": _error(
                             "Nobody is subscribed to the subject (`no_responders`), or "
-                            + _SHUTTING_DOWN.lower()
+                            + _SHUTTING_DOWN
                         ),
                         "504": _error("No reply within the time-out (`timeout`)."),
                     },
@@ -176,7 +176,6 @@ def document(max_payload: int) -> dict[str, Any]:
                         },
                         "400": _error("Invalid subject pattern, queue name or parameter."),
                         "401": _UNAUTHORIZED,
-                        "503": _error(_SHUTTING_DOWN),
                     },
                 }
             },
@@ -193,7 +192,6 @@ def document(max_payload: int) -> dict[str, Any]:
                         "101": {"description": "Switching to the WebSocket protocol."},
                         "400": _error("Not a WebSocket upgrade request."),
                         "401": _UNAUTHORIZED,
-                        "503": _error(_SHUTTING_DOWN),
                     },
                 }
             },
@@ -215,7 +213,6 @@ def document(max_payload: int) -> dict[str, Any]:
                     "operationId": "health",
                     "responses": {
                         "200": _health("Serving."),
-                        "503": _health("Shutting down."),
                     },
                 }
             },

@@ -137,8 +137,11 @@ class RestServer(Listener):
         app.router.add_get("/metrics", self._metrics, allow_head=False)
         # handler_cancellation: a client that hangs up cancels its request's handler, so
         # a waiting request or a stalled event stream does not outlive its reader.
+        # lingering_time: after refusing a body (413) aiohttp reads and discards what
+        # the client still sends, so that it reads our answer before the connection
+        # closes; briefly, since a client announcing gigabytes may never stop.
         self._runner = web.AppRunner(
-            app, handler_cancellation=True, access_log=None, shutdown_timeout=0
+            app, handler_cancellation=True, access_log=None, lingering_time=2.0
         )
         await self._runner.setup()
         host = url.host or "127.0.0.1"
@@ -154,6 +157,7 @@ class RestServer(Listener):
         port = self._runner.addresses[-1][1]
         shown = f"[{host}]" if ":" in host else host
         self.url = f"{self._scheme}://{shown}:{port}"
+        self._unary.url = self.url
         log.debug("%s: serving, max body %d bytes", self.url, broker.options.max_frame)
 
     async def aclose(self) -> None:
@@ -203,6 +207,12 @@ class RestServer(Listener):
     def track(self, sub: Subscription) -> None:
         """Count ``sub``'s drops in ``/metrics`` while it lives."""
         self._live.add(sub)
+
+    @property
+    def queued(self) -> int:
+        """Payload bytes the adapter's own subscription queues hold for HTTP readers that
+        have not taken them yet (``/metrics`` adds them to ``transport="http"``)."""
+        return sum(s.pending_bytes for s in self._live)
 
     def untrack(self, sub: Subscription) -> None:
         """``sub`` ended: keep its drops, forget it."""
@@ -418,7 +428,7 @@ class RestServer(Listener):
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
         self.authorize(request)
         adapter_drops = self.dropped + sum(s.dropped for s in self._live)
-        text = _metrics.render(self.broker, adapter_drops, self.responses)
+        text = _metrics.render(self.broker, adapter_drops, self.queued, self.responses)
         return web.Response(body=text.encode(), headers={"Content-Type": _metrics.CONTENT_TYPE})
 
     def _unary_max(self) -> int:
