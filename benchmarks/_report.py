@@ -172,7 +172,7 @@ def render_summary(
         for case in cases
         for r in case.rows
     ]
-    if not rows:  # only sections without peer columns (inprocess, channels) were run
+    if not rows:  # only sections without peer columns (inprocess, channels, adapters) ran
         return ""
     header = ["figure", "better", *(f"{BASE} / {p}" for p in peers)]
     title = (
@@ -206,6 +206,7 @@ def write_json(
     inprocess: dict[str, Any] | None,
     *,
     channels: dict[str, Any] | None = None,
+    adapters: dict[str, Any] | None = None,
 ) -> None:
     doc = {
         "meta": meta,
@@ -233,6 +234,7 @@ def write_json(
         },
         "inprocess": inprocess,
         "channels": channels,
+        "adapters": adapters,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2) + "\n")

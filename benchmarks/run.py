@@ -39,7 +39,10 @@ INPROCESS = "inprocess"
 #: The channels section (``benchmarks/channels.py``): unix://, fifo://, pipe: and the
 #: direct parent <-> child pipe link side by side, 64 B and 64 KiB.
 CHANNELS = "channels"
-ALL_CASES = [*CASES, INPROCESS, CHANNELS]
+#: The adapters section (``benchmarks/adapters.py``): gRPC (and HTTP) next to unix:// and
+#: next to the bare frameworks under them.
+ADAPTERS = "adapters"
+ALL_CASES = [*CASES, INPROCESS, CHANNELS, ADAPTERS]
 
 
 def _select(text: str | None, known: Sequence[str], what: str) -> list[str]:
@@ -178,6 +181,7 @@ def _render(
     cells: dict[tuple[str, str], Cell],
     inprocess: dict[str, Any] | None,
     channels: dict[str, Any] | None = None,
+    adapters: dict[str, Any] | None = None,
 ) -> str:
     parts = [render_tables(cases, systems, cells, {c.id: scale.count(c) for c in cases})]
     if inprocess is not None:
@@ -192,6 +196,13 @@ def _render(
             from .channels import table  # imports asyncipc: only when it ran
 
             parts.append("## " + table(channels))
+    if adapters is not None:
+        if "error" in adapters:
+            parts.append(f"## adapters\n\nerror: {adapters['error']}")
+        else:
+            from .adapters import table as adapters_table
+
+            parts.append("## " + adapters_table(adapters))
     parts.append(render_summary(cases, systems, cells))
     return "\n\n".join(p for p in parts if p)
 
@@ -209,6 +220,7 @@ async def amain(args: argparse.Namespace) -> int:
     cells: dict[tuple[str, str], Cell] = {}
     inprocess: dict[str, Any] | None = None
     channels: dict[str, Any] | None = None
+    adapters: dict[str, Any] | None = None
     started = time.monotonic()
     try:
         for case in cases:
@@ -249,13 +261,30 @@ async def amain(args: argparse.Namespace) -> int:
                 file=sys.stderr,
                 flush=True,
             )
+        if ADAPTERS in chosen:
+            t0 = time.monotonic()
+            try:
+                # A few rows of two cells each, each bounded like one cell.
+                adapters = await _inprocess(args.quick, 6 * scale.timeout, ADAPTERS)
+                done = ", ".join(adapters["rows"])
+            except BenchError as exc:
+                adapters = {"error": str(exc), "detail": exc.detail}
+                done = f"error: {exc}"
+            print(
+                f"{ADAPTERS:>9} {'asyncipc':<14} {time.monotonic() - t0:5.1f} s  {done}",
+                file=sys.stderr,
+                flush=True,
+            )
     except asyncio.CancelledError:
         # Ctrl-C or SIGTERM: the cell's processes are stopped by now (context managers).
         for case in cases:
             for name in systems:
                 cells.setdefault((case.id, name), Cell("skipped", reason="interrupted"))
         print("\ninterrupted; the cells that finished:\n", file=sys.stderr)
-        print(_render(args, scale, cases, systems, cells, inprocess, channels), flush=True)
+        print(
+            _render(args, scale, cases, systems, cells, inprocess, channels, adapters),
+            flush=True,
+        )
         raise
     meta["seconds"] = round(time.monotonic() - started, 1)
     meta["complete"] = (
@@ -267,9 +296,13 @@ async def amain(args: argparse.Namespace) -> int:
         and "error" not in inprocess
         and channels is not None
         and "error" not in channels
+        and adapters is not None
+        and "error" not in adapters
     )
-    print(_render(args, scale, cases, systems, cells, inprocess, channels))
-    write_json(args.json, meta, cases, systems, cells, inprocess, channels=channels)
+    print(_render(args, scale, cases, systems, cells, inprocess, channels, adapters))
+    write_json(
+        args.json, meta, cases, systems, cells, inprocess, channels=channels, adapters=adapters
+    )
     print(f"\nfull results: {args.json} ({meta['seconds']:.0f} s)", file=sys.stderr)
     return 0
 
