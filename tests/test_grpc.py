@@ -303,6 +303,19 @@ async def test_failing_responder_is_unknown(stack: Stack) -> None:
         assert "out of stock" in (await call.details())
 
 
+async def test_a_grpc_caller_is_remote_for_signal_requests(stack: Stack) -> None:
+    """The adapter's in-process clients carry the gRPC peer, not the broker's own pid."""
+    async with asyncipc.connect(
+        stack.urls["unix"], name="victim", options=asyncipc.ConnectOptions(allow_signals=("HUP",))
+    ) as victim:
+        await victim.flush()
+        call = stack.stub.Request(
+            pb.RequestRequest(subject="$sys.kill.victim", data=b"HUP"), timeout=5
+        )
+        assert await status_of(call) is grpc.StatusCode.PERMISSION_DENIED
+        assert "remote_signals" in (await call.details())
+
+
 async def test_oversized_is_resource_exhausted(small: Stack) -> None:
     stub = small.stub
     # Over max_frame but within what gRPC lets through: refused by the adapter.

@@ -245,6 +245,10 @@ class BusService:
             )
         except (AsyncIPCError, _Refused) as exc:
             await _abort(context, exc)
+        if reply.headers and reply.headers.get("asyncipc-status") == "403":
+            # The broker refused a request to a reserved subject (protocol.md §12).
+            why = reply.headers.get("asyncipc-error", "refused")
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
         return _message(reply)
 
     async def Subscribe(self, request: Any, context: Any) -> None:
