@@ -3,14 +3,15 @@
 Every RPC becomes an ordinary client of the broker. A ``Connect`` stream is a
 :class:`ServerLink` handed to ``Broker.attach``; ``Subscribe``, ``Publish`` and
 ``Request`` go through in-process :class:`~asyncipc.Bus` objects on memory links, so that
-the broker treats them (tokens, subject checks, flow control, no-responders) exactly as
-any other client. The mapping of what goes wrong to gRPC status codes lives here
+the broker treats them (subject checks, flow control, no-responders) exactly as any
+other client; the service checks their token against the broker's first. The mapping of what goes wrong to gRPC status codes lives here
 (:func:`status_of`, :func:`grpc_status`) and is documented in ``docs/grpc.md``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -160,23 +161,48 @@ class _InternalBus(Bus):
 
 
 class BusService:
-    """The ``asyncipc.v1.Bus`` service of one listener (see the module docstring)."""
+    """The ``asyncipc.v1.Bus`` service of one broker (see the module docstring).
 
-    def __init__(self, accept: Accept, options: TransportOptions, url: str) -> None:
+    Unary and ``Subscribe`` calls are checked against the broker's token here, then go
+    through in-process buses that present it; a ``Connect`` stream presents the caller's
+    token in its HELLO and the broker checks it as for any client.
+    """
+
+    def __init__(
+        self, accept: Accept, options: TransportOptions, url: str, token: str | None
+    ) -> None:
         self._accept = accept
         self._options = options
         self._url = url
+        self._token = token
         self._lock = asyncio.Lock()
-        self._needs_token: bool | None = None  # learnt from the first unary call
-        self._buses: dict[str | None, Bus] = {}  # for Publish and Request, by token
+        self._unary: Bus | None = None  # the one Publish and Request share
 
-    async def _bus(self, token: str | None, who: str) -> Bus:
-        """A new in-process Bus, attached to the broker like any client."""
+    def _authorize(self, context: Any) -> None:
+        """Refuse the call unless it carries the broker's token (when it has one)."""
+        expected = self._token
+        if expected is None:
+            return
+        token = _token(context)
+        if token is None:
+            raise _Refused(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "token required: send the metadata 'authorization: Bearer <token>'",
+            )
+        if not hmac.compare_digest(token.encode(), expected.encode()):
+            raise _Refused(grpc.StatusCode.UNAUTHENTICATED, "invalid token")
+
+    async def _bus(self, who: str) -> Bus:
+        """A new in-process Bus, attached to the broker like any client. Its link says
+        ``grpc`` with the caller's address: the broker counts it as gRPC and never takes
+        it for one of its own in-process clients (which may ask to signal local ones)."""
         client, server = memory_pair("grpc", self._options)
         server.transport = "grpc"
         server.peer = PeerInfo("grpc", who)
         self._accept(server)
-        options = ConnectOptions(name=f"grpc {who}", token=token, max_frame=self._options.max_frame)
+        options = ConnectOptions(
+            name=f"grpc {who}", token=self._token, max_frame=self._options.max_frame
+        )
         bus = _InternalBus(client, options, self._url)
         try:
             await bus._handshake()
@@ -186,35 +212,19 @@ class BusService:
         return bus
 
     async def _unary_bus(self, context: Any) -> Bus:
-        """The shared Bus for this call's token; the broker decides if the token is good.
-
-        Only tokens the broker accepted get a Bus (the first call finds out whether the
-        broker wants one at all), so that callers cannot grow the cache at will.
-        """
-        token = _token(context)
-        key = token if self._needs_token else None
-        bus = self._buses.get(key)
-        if self._needs_token is not None and bus is not None and not bus.is_closed:
-            return bus
-        async with self._lock:
-            if self._needs_token is None:
-                try:
-                    self._buses[None] = await self._bus(None, "unary calls")
-                    self._needs_token = False
-                except AuthenticationError:
-                    self._needs_token = True
-            key = token if self._needs_token else None
-            if self._needs_token and token is None:
-                raise _Refused(grpc.StatusCode.UNAUTHENTICATED, "token required")
-            bus = self._buses.get(key)
-            if bus is None or bus.is_closed:
-                bus = self._buses[key] = await self._bus(key, "unary calls")
-            return bus
+        self._authorize(context)
+        bus = self._unary
+        if bus is None or bus.is_closed:
+            async with self._lock:  # one handshake, however many calls arrive at once
+                if self._unary is None or self._unary.is_closed:
+                    self._unary = await self._bus("unary calls")
+                bus = self._unary
+        return bus
 
     async def close(self) -> None:
-        buses, self._buses = list(self._buses.values()), {}
-        for bus in buses:
-            await bus.close()
+        """Close the bus the unary calls share (the broker has closed its link by now)."""
+        if self._unary is not None:
+            await self._unary.close()
 
     # --- the RPCs ----------------------------------------------------------------------
 
@@ -254,7 +264,7 @@ class BusService:
     async def Subscribe(self, request: Any, context: Any) -> None:
         try:
             _check(request)
-            token = _token(context)
+            self._authorize(context)
             validate_pattern(request.subject)
             if request.queue:
                 validate_queue(request.queue)
@@ -262,7 +272,7 @@ class BusService:
                 overflow = _NAMES[Overflow(request.overflow)]
             except ValueError:
                 raise ConfigurationError(f"unknown overflow policy {request.overflow}") from None
-            bus = await self._bus(token, context.peer())
+            bus = await self._bus(context.peer())
         except (AsyncIPCError, _Refused) as exc:
             await _abort(context, exc)
         failure: BaseException | None = None

@@ -9,7 +9,7 @@ beside it. What comes in is an ordinary participant of the bus, both ways:
   a Unix socket, speaking the wire protocol's frames as protobuf messages;
 * each ``Subscribe`` call is an in-process :class:`~asyncipc.Bus` of its own (so that one
   slow gRPC subscriber slows nobody else's stream), and ``Publish``/``Request`` calls
-  share one in-process Bus per token: the broker authenticates them as it does any client.
+  share one in-process Bus; the adapter checks their token against the broker's.
 
 ``asyncipc.connect("grpc://host:port")`` is the client side: a link over a ``Connect``
 stream, under the same Bus every other transport has.
@@ -23,12 +23,13 @@ authentication, and what flow control means over gRPC. The pieces: ``_grpc_link.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from ..errors import ConfigurationError
 from ..link import Accept, Link, Listener
 from ..protocol import MSG_EXTRA
 from ..transports import URL, TransportOptions, register
@@ -42,6 +43,9 @@ from ._grpc_server import (
     grpc_status,
     status_of,
 )
+
+if TYPE_CHECKING:
+    from ..broker import Broker
 
 __all__ = [
     "DEFAULT_REQUEST_TIMEOUT",
@@ -90,46 +94,59 @@ class GrpcListener(Listener):
 
 
 class GrpcTransport:
-    """The ``grpc`` scheme: :meth:`listen` serves a broker, :meth:`connect` a Bus."""
+    """The ``grpc`` scheme: :meth:`serve_broker` serves a broker (``Broker.listen``),
+    :meth:`connect` a Bus."""
+
+    async def serve_broker(self, url: URL, broker: Broker, options: TransportOptions) -> Listener:
+        """Start a grpc.aio server at ``url`` whose calls become clients of ``broker``
+        (``Broker.listen`` calls this). gRPC's message size limits follow
+        ``options.max_frame``; unary and ``Subscribe`` calls must carry the broker's token."""
+        return await _serve(url, broker.attach, options, broker.options.token)
 
     async def listen(self, url: URL, accept: Accept, options: TransportOptions) -> Listener:
-        """Start a grpc.aio server at ``url`` whose calls become clients of ``accept``'s
-        broker. gRPC's message size limits follow ``options.max_frame``."""
-        address = _grpc_client.host_port(url)
-        limit = options.max_frame + MSG_EXTRA + SLACK
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
-                # Without this a second broker could bind the same port and share it.
-                ("grpc.so_reuseport", 0),
-            ]
-        )
-        service = BusService(accept, options, url.raw)
-        add_bus_service(server, service)
-        health_service = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_service, server)
-        reflection.enable_server_reflection(
-            [SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-        )
-        error: Exception | None = None
-        try:
-            port = server.add_insecure_port(address)
-        except RuntimeError as exc:
-            port, error = 0, exc
-        if not port:
-            await server.stop(None)
-            raise OSError(f"cannot listen on {url.raw}: {error or 'bind failed'}")
-        await server.start()
-        serving = health_pb2.HealthCheckResponse.SERVING
-        await health_service.set("", serving)
-        await health_service.set(SERVICE, serving)
-        bound = f"grpc://{address.rsplit(':', 1)[0]}:{port}"
-        return GrpcListener(bound, server, health_service, service)
+        """Not for bare links: the gRPC service needs the broker (``Broker.listen``)."""
+        raise ConfigurationError(f"{url.raw!r} is served by a Broker: use Broker.listen")
 
     async def connect(self, url: URL, options: TransportOptions) -> Link:
         """A link over a new ``Connect`` stream to the broker at ``url``."""
         return await _grpc_client.connect(url, options)
+
+
+async def _serve(
+    url: URL, accept: Accept, options: TransportOptions, token: str | None
+) -> GrpcListener:
+    """Start a grpc.aio server at ``url`` serving the broker behind ``accept``."""
+    address = _grpc_client.host_port(url)
+    limit = options.max_frame + MSG_EXTRA + SLACK
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            # Without this a second broker could bind the same port and share it.
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    service = BusService(accept, options, url.raw, token)
+    add_bus_service(server, service)
+    health_service = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_service, server)
+    reflection.enable_server_reflection(
+        [SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    error: Exception | None = None
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        port, error = 0, exc
+    if not port:
+        await server.stop(None)
+        raise OSError(f"cannot listen on {url.raw}: {error or 'bind failed'}")
+    await server.start()
+    serving = health_pb2.HealthCheckResponse.SERVING
+    await health_service.set("", serving)
+    await health_service.set(SERVICE, serving)
+    bound = f"grpc://{address.rsplit(':', 1)[0]}:{port}"
+    return GrpcListener(bound, server, health_service, service)
 
 
 register("grpc", GrpcTransport())
