@@ -187,7 +187,7 @@ class Listener(abc.ABC):
         Links already accepted are not touched: the broker closes those.
         """
 
-    async def wait_closed(self) -> None:
+    async def wait_closed(self) -> None:  # noqa: B027 - a no-op default, not abstract
         """Wait until the endpoint has let go of everything it serves.
 
         The broker calls this after it has closed the links this listener accepted (as

@@ -4,8 +4,9 @@ Every RPC becomes an ordinary client of the broker. A ``Connect`` stream is a
 :class:`ServerLink` handed to ``Broker.attach``; ``Subscribe``, ``Publish`` and
 ``Request`` go through in-process :class:`~asyncipc.Bus` objects on memory links, so that
 the broker treats them (subject checks, flow control, no-responders) exactly as any
-other client; the service checks their token against the broker's first. The mapping of what goes wrong to gRPC status codes lives here
-(:func:`status_of`, :func:`grpc_status`) and is documented in ``docs/grpc.md``.
+other client; the service checks their token against the broker's first. The mapping
+of what goes wrong to gRPC status codes lives here (:func:`status_of`,
+:func:`grpc_status`) and is documented in ``docs/grpc.md``.
 """
 
 from __future__ import annotations
