@@ -12,7 +12,7 @@ from typing import Any
 from .. import __version__
 from ._envelope import HEADER_PREFIX, REPLY_TO_HEADER
 
-__all__ = ["document"]
+__all__ = ["PATTERN_PATTERN", "QUEUE_PATTERN", "SUBJECT_PATTERN", "document"]
 
 _REF_ERROR = {"$ref": "#/components/schemas/Error"}
 _SECURED: list[dict[str, list[str]]] = [{"bearer": []}, {"access_token": []}]
@@ -22,16 +22,24 @@ def _error(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": _REF_ERROR}}}
 
 
+# The patterns describe the subjects every client can send in a URL: visible ASCII, no
+# '/'. The broker accepts more (any non-space Unicode, docs/guide.md), percent-encoded.
+_T = r"[!-)+-\-0-=?-~]+"
+SUBJECT_PATTERN = rf"^{_T}(\.{_T})*$"
+PATTERN_PATTERN = rf"^(({_T}|\*)(\.({_T}|\*))*(\.>)?|>)$"
+QUEUE_PATTERN = r"^[!-)+-=?-~]+$"
+
 _SUBJECT = {
     "name": "subject",
     "in": "path",
     "required": True,
     "description": "A literal subject: dot-separated tokens, no wildcards (docs/guide.md).",
-    "schema": {"type": "string", "minLength": 1, "maxLength": 1024},
+    "schema": {"type": "string", "pattern": SUBJECT_PATTERN, "maxLength": 1024},
 }
 _PATTERN = {
     **_SUBJECT,
     "description": "A subject pattern: `*` matches one token, `>` the trailing ones.",
+    "schema": {"type": "string", "pattern": PATTERN_PATTERN, "maxLength": 1024},
 }
 _BODY = {
     "description": "The payload, raw (any Content-Type is taken as bytes).",
@@ -46,9 +54,21 @@ _UNAUTHORIZED = _error("The broker has a token and the request's is missing or w
 _SHUTTING_DOWN = "the broker shut down while the request waited (`unavailable`)."
 
 
-def document(max_payload: int) -> dict[str, Any]:
-    """The document, with this server's payload limit written into it."""
+def document(max_payload: int, *, token: bool) -> dict[str, Any]:
+    """The document as this server behaves: its payload limit written in, and the
+    security requirements and 401 answers only if the broker has a token."""
     too_large = _error(f"The body is over the broker's limit of {max_payload} bytes.")
+    doc = _document(too_large)
+    if not token:
+        del doc["components"]["securitySchemes"]
+        for operations in doc["paths"].values():
+            for operation in operations.values():
+                operation.pop("security", None)
+                operation["responses"].pop("401", None)
+    return doc
+
+
+def _document(too_large: dict[str, Any]) -> dict[str, Any]:
     return {
         "openapi": "3.0.3",
         "info": {
@@ -72,7 +92,11 @@ def document(max_payload: int) -> dict[str, Any]:
                             "in": "header",
                             "required": False,
                             "description": "The reply subject to publish with.",
-                            "schema": {"type": "string"},
+                            "schema": {
+                                "type": "string",
+                                "pattern": SUBJECT_PATTERN,
+                                "maxLength": 1024,
+                            },
                         },
                     ],
                     "requestBody": _BODY,
@@ -143,7 +167,11 @@ def document(max_payload: int) -> dict[str, Any]:
                     "security": _SECURED,
                     "parameters": [
                         _PATTERN,
-                        _query("queue", {"type": "string"}, "Queue group name."),
+                        _query(
+                            "queue",
+                            {"type": "string", "pattern": QUEUE_PATTERN, "maxLength": 1024},
+                            "Queue group name.",
+                        ),
                         _query(
                             "overflow",
                             {

@@ -416,7 +416,8 @@ class RestServer(Listener):
         return ws
 
     async def _openapi(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response(_openapi.document(self._unary_max()))
+        token = self.broker.options.token is not None
+        return web.json_response(_openapi.document(self._unary_max(), token=token))
 
     async def _health(self, request: web.Request) -> web.StreamResponse:
         if self._closing or self._unary is None or self._unary.is_closed:

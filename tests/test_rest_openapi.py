@@ -1,0 +1,199 @@
+"""``GET /v1/openapi.json`` against the server it describes, both ways.
+
+* Every route, method and status in the document is exercised, and answers with a
+  documented content type and, for JSON, the documented required fields.
+* Every route the server serves is in the document.
+* schemathesis generates requests from the document and checks every answer against it
+  (status documented, content type, body schema, authentication enforced), for the routes
+  that answer and end; the event stream and the WebSocket upgrade are exercised above.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import CHECKS
+
+import asyncipc
+from asyncipc.adapters.rest import RestServer
+
+TOKEN = "s3cret"
+STREAMING = {"/v1/subscribe/{subject}", "/v1/ws"}  # they do not end by themselves
+
+
+async def start(tmp_path: Path, token: str | None) -> AsyncIterator[tuple[RestServer, str]]:
+    async with asyncipc.Broker(token=token, max_frame=64 * 1024) as broker:
+        rest = await broker.listen("http://127.0.0.1:0")
+        assert isinstance(rest, RestServer)
+        tcp = await broker.listen("tcp://127.0.0.1:0")
+        async with asyncipc.connect(tcp.url, token=token) as bus:
+
+            @bus.handler("echo")
+            async def echo(msg: asyncipc.Message) -> bytes:
+                return msg.data
+
+            @bus.handler("fail")
+            async def fail(msg: asyncipc.Message) -> bytes:
+                raise RuntimeError("broken")
+
+            silent = bus.subscribe("silent")
+            await bus.flush()
+            yield rest, tcp.url
+            while silent.pending:  # answer what the time-outs left, so close() need not wait
+                await (await silent.next_msg()).respond(b"")
+
+
+def documented(doc: dict[str, Any]) -> set[tuple[str, str, str]]:
+    return {
+        (path, method.upper(), status)
+        for path, ops in doc["paths"].items()
+        for method, op in ops.items()
+        for status in op["responses"]
+    }
+
+
+async def test_every_documented_status_is_exercised_and_every_route_documented(
+    tmp_path: Path,
+) -> None:
+    seen: set[tuple[str, str, str]] = set()
+    docs: list[dict[str, Any]] = []
+    for token in (None, TOKEN):
+        async for rest, tcp in start(tmp_path, token):
+            async with aiohttp.ClientSession() as http:
+                doc = await (await http.get(f"{rest.url}/v1/openapi.json")).json()
+                docs.append(doc)
+                seen |= await exercise(http, rest.url, doc, token, tcp)
+            served = {
+                (r.canonical, route.method)
+                for r in rest._runner.app.router.resources()  # type: ignore[union-attr]
+                for route in r
+            }
+            assert served == {(p, m.upper()) for p, ops in doc["paths"].items() for m in ops}
+    assert "401" not in str(documented(docs[0]))  # no token: no 401 documented
+    assert seen == documented(docs[0]) | documented(docs[1])
+
+
+async def exercise(
+    http: aiohttp.ClientSession, url: str, doc: dict[str, Any], token: str | None, tcp: str
+) -> set[tuple[str, str, str]]:
+    """Make a request for every (path, method, status) this server documents."""
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
+    big = b"x" * (64 * 1024)
+    calls: list[tuple[str, str, str, dict[str, Any], int]] = [
+        ("/v1/publish/{subject}", "POST", "/v1/publish/a.b", {"data": b"1"}, 202),
+        ("/v1/publish/{subject}", "POST", "/v1/publish/a..b", {}, 400),
+        ("/v1/publish/{subject}", "POST", "/v1/publish/a", {"data": big}, 413),
+        ("/v1/request/{subject}", "POST", "/v1/request/echo", {"data": b"hi"}, 200),
+        ("/v1/request/{subject}", "POST", "/v1/request/echo?timeout=-1", {}, 400),
+        ("/v1/request/{subject}", "POST", "/v1/request/echo", {"data": big}, 413),
+        ("/v1/request/{subject}", "POST", "/v1/request/fail", {}, 502),
+        ("/v1/request/{subject}", "POST", "/v1/request/nobody", {}, 503),
+        ("/v1/request/{subject}", "POST", "/v1/request/silent?timeout=0.05", {}, 504),
+        ("/v1/subscribe/{subject}", "GET", "/v1/subscribe/a.*?count=1", {}, 200),
+        ("/v1/subscribe/{subject}", "GET", "/v1/subscribe/a.>.b", {}, 400),
+        ("/v1/ws", "GET", "/v1/ws", {}, 400),
+        ("/v1/openapi.json", "GET", "/v1/openapi.json", {}, 200),
+        ("/healthz", "GET", "/healthz", {}, 200),
+        ("/metrics", "GET", "/metrics", {}, 200),
+    ]
+    if token:
+        calls += [
+            (path, method, concrete, {"headers": {"Authorization": "Bearer no"}}, 401)
+            for path, method, concrete, _, status in calls
+            if status == 200 and path not in ("/v1/openapi.json", "/healthz")
+        ]
+        calls.append(("/v1/publish/{subject}", "POST", "/v1/publish/a", {"headers": {}}, 401))
+    seen = set()
+    for path, method, concrete, kwargs, status in calls:
+        headers = kwargs.pop("headers", auth)  # given: instead of the good token
+        if path == "/v1/subscribe/{subject}" and status == 200:
+            resp = await http.get(url + concrete, headers=headers)
+            async with asyncipc.connect(tcp, token=token) as bus:
+                await resp.content.readuntil(b"\n\n")  # subscribed
+                await bus.publish("a.b", b"x")
+            body = await resp.read()
+            assert body.startswith(b"id: 1\ndata: "), body
+        else:
+            resp = await http.request(method, url + concrete, headers=headers, **kwargs)
+        assert resp.status == status, (concrete, status, await resp.text())
+        answer = doc["paths"][path][method.lower()]["responses"][str(status)]
+        content = answer.get("content", {})
+        if content:
+            assert resp.content_type in content, (concrete, resp.content_type)
+            if resp.content_type == "application/json":
+                schema = content["application/json"]["schema"]
+                required = resolve(doc, schema).get("required", [])
+                assert set(required) <= set(await resp.json()), concrete
+        if path == "/v1/ws" and status == 400:
+            # the 101 of the same route: a real upgrade
+            async with http.ws_connect(url + concrete, headers=auth) as ws:
+                assert (await ws.receive_json(timeout=5))["op"] == "welcome"
+            seen.add((path, method, "101"))
+            if token:
+                with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                    await http.ws_connect(url + concrete, headers={"Authorization": "Bearer no"})
+                assert refused.value.status == 401
+                seen.add((path, method, "401"))
+        seen.add((path, method, str(status)))
+    return seen
+
+
+def resolve(doc: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    ref = schema.get("$ref")
+    if ref is None:
+        return schema
+    node: Any = doc
+    for part in ref.removeprefix("#/").split("/"):
+        node = node[part]
+    assert isinstance(node, dict)
+    return node
+
+
+@pytest.mark.parametrize("token", [None, TOKEN])
+async def test_schemathesis_finds_nothing(tmp_path: Path, token: str | None) -> None:
+    async for rest, _ in start(tmp_path, token):
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        tested = await asyncio.to_thread(run_schemathesis, rest.url, headers)
+        # (schemathesis leaves out the document's own route: it loaded it already)
+        assert sorted(tested) == [
+            "GET /healthz",
+            "GET /metrics",
+            "POST /v1/publish/{subject}",
+            "POST /v1/request/{subject}",
+        ]
+
+
+def run_schemathesis(url: str, headers: dict[str, str] | None) -> list[str]:
+    """In a thread: schemathesis is synchronous. The operations it checked."""
+    schema = schemathesis.openapi.from_url(f"{url}/v1/openapi.json")
+    tested = []
+    for result in schema.get_all_operations():
+        op = result.ok()
+        if op.path not in STREAMING:
+            check_operation(op, url, headers)
+            tested.append(f"{op.method.upper()} {op.path}")
+    return tested
+
+
+def check_operation(op: Any, url: str, headers: dict[str, str] | None) -> None:
+    # 502, 503 and 504 are what a request answers when the service does: not server bugs.
+    excluded = (
+        CHECKS.get_by_names(["not_a_server_error"]) if op.path == "/v1/request/{subject}" else None
+    )
+
+    @settings(
+        max_examples=15, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
+    @given(op.as_strategy())
+    def check(case: Any) -> None:
+        response = case.call(base_url=url, headers=headers, timeout=10)
+        case.validate_response(response, headers=headers, excluded_checks=excluded)
+
+    check()
