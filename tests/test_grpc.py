@@ -242,6 +242,28 @@ async def test_connect_stream_with_raw_stubs(stack: Stack) -> None:
     assert await call.code() is grpc.StatusCode.OK
 
 
+async def test_connect_streams_account_for_every_byte(stack: Stack) -> None:
+    """What a stream's queue counts in goes out again: after 20,000 messages each way,
+    nothing is counted as buffered (a drift would one day read as a slow client)."""
+    async with (
+        asyncipc.connect(stack.urls["grpc"]) as publisher,
+        asyncipc.connect(stack.urls["grpc"]) as subscriber,
+        subscriber.subscribe("count.*", max_pending=30_000) as sub,
+    ):
+        await subscriber.flush()
+        for i in range(20_000):
+            await publisher.publish(f"count.{i % 7}", b"x" * (i % 50), reply_to="r.x")
+        await publisher.flush()
+        for _ in range(20_000):
+            await sub.next_msg(timeout=5)
+        links = [peer for peer in stack.broker._sessions if peer.link.transport == "grpc"]
+        assert len(links) == 2
+        assert [s.link.buffered for s in links] == [0, 0]
+        assert not any(s.link.write_blocked for s in links)
+        assert publisher._link.buffered == 0
+        await publisher.publish("r.x", b"")  # the broker waits for replies when it closes
+
+
 async def test_connect_client_answers_requests_from_unary_calls(stack: Stack) -> None:
     async with asyncipc.connect(stack.urls["grpc"]) as responder:
 

@@ -50,8 +50,8 @@ frame that the protocol accepts. Frames between the two are refused by the link.
 
 OVERHEAD = 16  # what a queued frame is counted for beyond its strings and payload
 
-# A queued message: (sid, subject, data, reply, headers); sid is 0 for a publish.
-Entry = tuple[int, str, bytes, "str | None", "Headers | None"]
+# A queued message: (sid, subject, data, reply, headers, size counted); sid 0: a publish.
+Entry = tuple[int, str, bytes, "str | None", "Headers | None", int]
 
 
 def _size(subject: str, data: bytes, reply: str | None, headers: Headers | None) -> int:
@@ -156,7 +156,7 @@ class GrpcLink(Link):
         else:
             encoded = self._encode(frame)
             if encoded is not None:
-                self._queue(encoded, OVERHEAD)
+                self._queue(encoded)
 
     def publish(
         self, subject: str, data: bytes, reply: str | None, headers: Headers | None
@@ -168,7 +168,7 @@ class GrpcLink(Link):
             raise FrameTooLarge(
                 f"PUB frame of {size} bytes exceeds the maximum frame size {self.max_frame}"
             )
-        self._queue((0, subject, data, reply, headers), size)
+        self._queue((0, subject, data, reply, headers, size + OVERHEAD))
 
     def deliver(
         self,
@@ -189,11 +189,12 @@ class GrpcLink(Link):
             raise FrameTooLarge(
                 f"message of {size} bytes exceeds the maximum frame {self.max_frame}"
             )
-        self._queue((sid, subject, data, reply, headers), size)
+        self._queue((sid, subject, data, reply, headers, size + OVERHEAD))
 
-    def _queue(self, entry: Any, size: int) -> None:
+    def _queue(self, entry: Any, counted: int = 2 * OVERHEAD) -> None:
+        """Queue a message entry (counted as its last field says) or a pb frame."""
         self._out.append(entry)
-        self._out_bytes += size + OVERHEAD
+        self._out_bytes += entry[5] if type(entry) is tuple else counted
         if self._out_bytes > self._high_water:
             self.write_blocked = self._blocked_reported = True
         self._wake_writer.set()
@@ -221,13 +222,14 @@ class GrpcLink(Link):
             while out and (taken == 0 or taken < cap):
                 entry = out.popleft()
                 if type(entry) is tuple:
-                    taken += _size(entry[1], entry[2], entry[3], entry[4]) + OVERHEAD
+                    taken += entry[5]
                     self._add_message(batch, entry)
                 else:
-                    taken += OVERHEAD * 2
+                    taken += 2 * OVERHEAD
                     batch.frames.append(entry)
             await self._stream.write(batch)
-            self._out_bytes = max(0, self._out_bytes - taken)
+            # Exactly what was counted in goes out again: the count cannot drift.
+            self._out_bytes = self._out_bytes - taken if out else 0
             if self.write_blocked and self._out_bytes <= self._low_water:
                 self._unblocked()
 

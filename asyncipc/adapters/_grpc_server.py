@@ -57,7 +57,7 @@ from ..protocol import (
 from ..subjects import validate_pattern, validate_queue
 from ..transports import TransportOptions
 from ..transports.memory import memory_pair
-from ._grpc_link import OVERHEAD, Entry, GrpcLink, Malformed, headers_of
+from ._grpc_link import Entry, GrpcLink, Malformed, headers_of
 from ._proto import bus_pb2 as pb
 
 __all__ = [
@@ -483,7 +483,7 @@ class ServerLink(GrpcLink):
         log.warning("closing %s: %s", self.peer.describe(), message)
         self._out.clear()
         self._out_bytes = 0
-        self._queue(self._encode(Err(ErrorCode.PROTOCOL, message)), OVERHEAD)
+        self._queue(self._encode(Err(ErrorCode.PROTOCOL, message)))
         self.close()  # the writer sends the ERR, then the stream ends
         self._exc = BrokenLinkError(f"{self.peer.describe()}: {message}")
         self._tell()
