@@ -206,6 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
         "as --listen grpc://HOST:PORT (repeatable; see docs/grpc.md)",
     )
     p.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        action="append",
+        default=[],
+        help="also serve the REST adapter (HTTP, Server-Sent Events, WebSocket) there: the "
+        "same as --listen http://HOST:PORT (repeatable; see docs/rest.md)",
+    )
+    p.add_argument(
         "--token",
         metavar="T",
         help=f"require this shared secret from every client (default: ${TOKEN_ENV}; "
@@ -389,6 +397,7 @@ async def _request(args: argparse.Namespace) -> int:
 
 async def _broker(args: argparse.Namespace) -> int:
     urls: list[str] = args.listen + [f"grpc://{a}" for a in args.grpc]
+    urls += [f"http://{a}" for a in args.http]
     urls = urls or [default_socket_url()]
     for url in urls:  # every URL checked before anything is bound
         try:

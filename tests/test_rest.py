@@ -10,6 +10,7 @@ import base64
 import json
 import os
 import re
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -597,3 +598,47 @@ async def test_a_request_waiting_when_the_broker_shuts_down_gets_503(
             assert (resp.status, (await resp.json())["error"]) == (503, "unavailable")
             with pytest.raises(ConnectionRefusedError):  # ... and the port is closed
                 await raw_http(s.http, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+
+
+# --- the command line and the example ------------------------------------------------------
+
+
+async def test_broker_command_serves_http_and_the_curl_example_runs(tmp_path: Path) -> None:
+    """``asyncipc broker --http`` in its own process; examples/http_client.sh (curl) against
+    it, its request answered by a Python service whose Bus runs over http:// too."""
+    script = Path(__file__).resolve().parent.parent / "examples" / "http_client.sh"
+    broker = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "asyncipc", "broker", "--http", "127.0.0.1:0",
+        "--listen", f"unix://{tmp_path}/b.sock",
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "ASYNCIPC_TOKEN": TOKEN},
+    )  # fmt: skip
+    try:
+        assert broker.stdout is not None
+        lines = [(await asyncio.wait_for(broker.stdout.readline(), 10)).decode() for _ in "ab"]
+        assert lines[0].startswith("listening on unix://"), lines
+        url = lines[1].removeprefix("listening on ").strip()
+        assert url.startswith("http://127.0.0.1:"), lines
+        async with asyncipc.connect(url, token=TOKEN) as service:
+
+            @service.handler("demo.echo")
+            async def echo(msg: asyncipc.Message) -> bytes:
+                return b"echo: " + msg.data
+
+            await service.flush()
+            done = await asyncio.create_subprocess_exec(
+                "bash", str(script), url,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                env={**os.environ, "ASYNCIPC_TOKEN": TOKEN},
+            )  # fmt: skip
+            out, err = await asyncio.wait_for(done.communicate(), 30)
+        text = out.decode()
+        assert done.returncode == 0, text + err.decode()
+        assert '"status": "ok"' in text
+        assert "received on greetings.en: hello from curl" in text
+        assert "received on greetings.fr: bonjour" in text
+        assert "request demo.echo: echo: ping (HTTP 200)" in text
+    finally:
+        if broker.returncode is None:
+            broker.terminate()
+        assert await asyncio.wait_for(broker.wait(), 10) == 0

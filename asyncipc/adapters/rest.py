@@ -98,6 +98,20 @@ _ERROR_NAMES = {
 }
 
 
+class _ParticipantBus(Bus):
+    """The adapter's side of one HTTP participant. Its link ends when the broker closes
+    it, which is how every HTTP session ends at shutdown: not worth the warning a client
+    of a vanished broker logs."""
+
+    def link_lost(self, exc: BaseException | None) -> None:
+        quiet = not self._closing
+        self._closing = True
+        try:
+            super().link_lost(exc)
+        finally:
+            self._closing = not quiet
+
+
 class RestServer(Listener):
     """The aiohttp server in front of one broker. See the module docstring."""
 
@@ -186,7 +200,7 @@ class RestServer(Listener):
         ours.transport = theirs.transport = "http"
         theirs.peer = peer
         broker.attach(theirs)
-        bus = Bus(
+        bus = _ParticipantBus(
             ours,
             ConnectOptions(
                 name=f"http {peer.extra.get('route', '')} {_where(peer)}".strip(),
