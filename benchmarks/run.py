@@ -27,12 +27,17 @@ from typing import Any
 from ._cases import CASES, Case, Scale, run_cell
 from ._procs import REPO_ROOT, BenchError, run_module
 from ._report import Cell, render_inprocess, render_summary, render_tables, write_json
+from ._rest_cases import REST_SYSTEMS
 from ._systems import SYSTEMS, Nats, System
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 
 #: ``--systems asyncipc`` means all of its columns.
 ALIASES = {"asyncipc": ["asyncipc-unix", "asyncipc-tcp", "asyncipc-udp"]}
+
+#: The REST adapter's columns (``_rest_cases.py``): the Bus over http:// and bare aiohttp.
+SYSTEMS = {**SYSTEMS, **REST_SYSTEMS}
+ALIASES["rest"] = ["asyncipc-unix", "asyncipc-http", "aiohttp-ws"]
 
 #: The in-process section (``benchmarks/inprocess.py``): asyncipc alone, one process.
 INPROCESS = "inprocess"
