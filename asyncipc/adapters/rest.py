@@ -25,14 +25,12 @@ whether it is serving.
 
 from __future__ import annotations
 
-import contextlib
 import hmac
-import json
 import logging
 import ssl as _ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -47,23 +45,34 @@ from ..errors import (
     NoResponders,
     RequestTimeout,
     ServiceError,
-    SlowConsumer,
 )
 from ..link import Accept, Link, Listener, PeerInfo
 from ..options import ConnectOptions
-from ..subjects import validate_pattern, validate_queue, validate_subject
+from ..subjects import validate_pattern, validate_queue
 from ..subscription import OVERFLOW_POLICIES, Subscription
 from ..transports import URL, TransportOptions, register
 from ..transports.memory import memory_pair
 from . import _metrics, _openapi
 from ._envelope import (
-    REPLY_TO_HEADER,
     HttpError,
     error_body,
     headers_from_http,
     headers_to_http,
     message_json,
 )
+from ._params import (
+    DEFAULT_REQUEST_TIMEOUT,
+    MAX_REQUEST_TIMEOUT,
+    peer_of,
+    positive_int,
+    reply_to_of,
+    subject_of,
+    timeout_of,
+    unauthorized,
+    wants_json,
+    where,
+)
+from ._sse import HEARTBEAT, stream_events
 from ._ws import SUBPROTOCOL, WebSocketLink, max_message
 from ._ws_json import JSON_SUBPROTOCOL, JsonSession
 
@@ -80,15 +89,6 @@ __all__ = [
 
 log = logging.getLogger("asyncipc.http")
 
-DEFAULT_REQUEST_TIMEOUT = 1.0
-"""Seconds ``POST /v1/request`` waits without ``?timeout=`` (as ``Bus.request``)."""
-MAX_REQUEST_TIMEOUT = 300.0
-"""The longest ``?timeout=`` accepted."""
-HEARTBEAT = 15.0
-"""Seconds of silence after which an event stream gets a comment line, so that proxies
-keep it open and a reader that went away is noticed."""
-
-_JSON = "application/json"
 _ERROR_NAMES = {
     400: "bad_request",
     401: "unauthorized",
@@ -203,7 +203,7 @@ class RestServer(Listener):
         bus = _ParticipantBus(
             ours,
             ConnectOptions(
-                name=f"http {peer.extra.get('route', '')} {_where(peer)}".strip(),
+                name=f"http {peer.extra.get('route', '')} {where(peer)}".strip(),
                 token=opts.token,
                 max_frame=opts.max_frame,
                 high_water=opts.high_water,
@@ -249,13 +249,13 @@ class RestServer(Listener):
             scheme, _, value = header.partition(" ")
             token = value.strip() if scheme.lower() == "bearer" else None
             if token is None:
-                raise _unauthorized("the Authorization header must be 'Bearer <token>'")
+                raise unauthorized("the Authorization header must be 'Bearer <token>'")
         elif token is None:
             if not required:
                 return
-            raise _unauthorized("token required: send 'Authorization: Bearer <token>'")
+            raise unauthorized("token required: send 'Authorization: Bearer <token>'")
         if not hmac.compare_digest(token.encode(), expected.encode()):
-            raise _unauthorized("invalid token")
+            raise unauthorized("invalid token")
 
     def _bus(self) -> Bus:
         bus = self._unary
@@ -309,7 +309,7 @@ class RestServer(Listener):
 
     async def _publish(self, request: web.Request) -> web.StreamResponse:
         self.authorize(request)
-        subject, reply_to = _subject(request), _reply_to(request)
+        subject, reply_to = subject_of(request), reply_to_of(request)
         headers = headers_from_http(request.headers.items())
         data = await self._body(request)
         try:
@@ -322,8 +322,8 @@ class RestServer(Listener):
 
     async def _request(self, request: web.Request) -> web.StreamResponse:
         self.authorize(request)
-        subject = _subject(request)
-        timeout = _timeout(request.query.get("timeout"))
+        subject = subject_of(request)
+        timeout = timeout_of(request.query.get("timeout"))
         headers = headers_from_http(request.headers.items())
         data = await self._body(request)
         try:
@@ -338,7 +338,7 @@ class RestServer(Listener):
             raise HttpError(413, "payload_too_large", str(exc)) from None
         except ConnectionClosed:
             raise HttpError(503, "unavailable", "the broker is shutting down") from None
-        if _wants_json(request):
+        if wants_json(request):
             return web.json_response(message_json(reply))
         return web.Response(
             body=reply.data,
@@ -361,12 +361,12 @@ class RestServer(Listener):
             raise HttpError(
                 400, "bad_request", f"overflow must be one of {sorted(OVERFLOW_POLICIES)}"
             )
-        max_pending = _positive_int(q, "max_pending", DEFAULT_MAX_PENDING)
-        max_bytes = _positive_int(q, "max_bytes", DEFAULT_MAX_BYTES)
-        count = _positive_int(q, "count", 0)
+        max_pending = positive_int(q, "max_pending", DEFAULT_MAX_PENDING)
+        max_bytes = positive_int(q, "max_bytes", DEFAULT_MAX_BYTES)
+        count = positive_int(q, "count", 0)
         if self._closing:
             raise HttpError(503, "unavailable", "the broker is shutting down")
-        bus = await self.attach_bus(_peer(request, "sse"))
+        bus = await self.attach_bus(peer_of(request, "sse"))
         try:
             sub = bus.subscribe(
                 subject, q.get("queue"), max_pending=max_pending, max_bytes=max_bytes,
@@ -384,7 +384,7 @@ class RestServer(Listener):
                 )
                 response.force_close()  # a stream ends its connection (no keep-alive)
                 await response.prepare(request)
-                await _stream_events(response, sub, count)
+                await stream_events(response, sub, count)
                 return response
             finally:
                 self.untrack(sub)
@@ -420,13 +420,13 @@ class RestServer(Listener):
                 ws,
                 TransportOptions(high_water=opts.high_water, max_frame=opts.max_frame),
                 server_side=True,
-                peer=_peer(request, "ws"),
+                peer=peer_of(request, "ws"),
                 abort_transport=abort,
             )
             self.broker.attach(link)
             await link.run()
         else:
-            await JsonSession(self, ws, _peer(request, "ws-json")).run()
+            await JsonSession(self, ws, peer_of(request, "ws-json")).run()
         return ws
 
     async def _openapi(self, request: web.Request) -> web.StreamResponse:
@@ -448,128 +448,6 @@ class RestServer(Listener):
 
     def _unary_max(self) -> int:
         return self._unary.max_payload if self._unary is not None else 0
-
-
-# --- Server-Sent Events ------------------------------------------------------------------
-
-
-def sse_event(data: dict[str, Any], event: str | None = None, ident: int | None = None) -> bytes:
-    """One Server-Sent Event: optional ``id:`` and ``event:`` lines, one ``data:`` line."""
-    head = ""
-    if ident is not None:
-        head += f"id: {ident}\n"
-    if event is not None:
-        head += f"event: {event}\n"
-    return f"{head}data: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
-
-
-async def _stream_events(response: web.StreamResponse, sub: Subscription, count: int) -> None:
-    """Write ``sub``'s messages as events until it ends, ``count`` are sent, or the
-    reader goes away. Several queued messages go out in one write."""
-    await response.write(
-        sse_event({"subject": sub.subject, "queue": sub.queue}, event="subscribed")
-    )
-    sent = 0
-    try:
-        while not count or sent < count:
-            try:
-                msg = await sub.next_msg(timeout=HEARTBEAT)
-            except TimeoutError:
-                await response.write(b": keep-alive\n\n")
-                continue
-            sent += 1
-            chunk = [sse_event(message_json(msg), ident=sent)]
-            while sub.pending and len(chunk) < 64 and (not count or sent < count):
-                sent += 1
-                chunk.append(sse_event(message_json(await sub.next_msg()), ident=sent))
-            # Waits while the socket is full: the subscription's queue fills meanwhile,
-            # and its overflow policy decides, as for any slow subscriber.
-            await response.write(b"".join(chunk))
-    except SlowConsumer as exc:
-        await response.write(sse_event(error_body("slow_consumer", str(exc)), event="error"))
-    except ConnectionClosed as exc:
-        if sub.active:
-            raise
-        await response.write(sse_event(error_body("unavailable", str(exc)), event="error"))
-    except ConnectionResetError:
-        return  # the reader went away
-    with contextlib.suppress(ConnectionResetError):
-        await response.write_eof()
-
-
-# --- request parsing ---------------------------------------------------------------------
-
-
-def _unauthorized(message: str) -> HttpError:
-    exc = HttpError(401, "unauthorized", message)
-    exc.headers = {"WWW-Authenticate": 'Bearer realm="asyncipc"'}
-    return exc
-
-
-def _subject(request: web.Request) -> str:
-    subject = request.match_info["subject"]
-    try:
-        return validate_subject(subject)
-    except InvalidSubject as exc:
-        raise HttpError(400, "invalid_subject", str(exc)) from None
-
-
-def _reply_to(request: web.Request) -> str | None:
-    reply = request.headers.get(REPLY_TO_HEADER)
-    if reply is None:
-        return None
-    try:
-        return validate_subject(reply)
-    except InvalidSubject as exc:
-        raise HttpError(400, "invalid_subject", f"{REPLY_TO_HEADER}: {exc}") from None
-
-
-def _timeout(text: str | None) -> float:
-    if text is None:
-        return DEFAULT_REQUEST_TIMEOUT
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= MAX_REQUEST_TIMEOUT:
-        raise HttpError(
-            400,
-            "bad_request",
-            f"timeout must be a number of seconds above 0 and at most "
-            f"{MAX_REQUEST_TIMEOUT:g}, not {text!r}",
-        )
-    return value
-
-
-def _positive_int(query: Any, name: str, default: int) -> int:
-    text = query.get(name)
-    if text is None:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise HttpError(400, "bad_request", f"{name} must be a positive integer, not {text!r}")
-    return value
-
-
-def _wants_json(request: web.Request) -> bool:
-    accept = request.headers.get("Accept", "")
-    return _JSON in accept and "application/octet-stream" not in accept
-
-
-def _peer(request: web.Request, route: str) -> PeerInfo:
-    peername = request.transport.get_extra_info("peername") if request.transport else None
-    address = tuple(peername[:2]) if isinstance(peername, tuple) else request.remote
-    return PeerInfo("http", address, extra={"route": route})
-
-
-def _where(peer: PeerInfo) -> str:
-    address = peer.address
-    if isinstance(address, tuple) and len(address) == 2:
-        return f"{address[0]}:{address[1]}"
-    return "" if address is None else str(address)
 
 
 # --- the transport -----------------------------------------------------------------------
