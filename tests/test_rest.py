@@ -10,6 +10,7 @@ import base64
 import json
 import os
 import re
+import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -371,7 +372,13 @@ async def test_a_slow_sse_reader_is_bounded_by_its_subscription_policy(tmp_path:
     high_water, size, n, max_pending = 64 * 1024, 8 * 1024, 4000, 16
     async for s in serve(tmp_path, high_water=high_water):
         host, port = s.http.removeprefix("http://").rsplit(":", 1)
-        reader, writer = await asyncio.open_connection(host, int(port))
+        # A small receive buffer, set before connecting so the window stays small: the
+        # kernel holds little for this reader, the adapter's bounds are what is tested.
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+        reader, writer = await asyncio.open_connection(sock=sock)
         writer.write(
             f"GET /v1/subscribe/slow?overflow=drop_new&max_pending={max_pending} HTTP/1.1\r\n"
             "Host: t\r\n\r\n".encode()
