@@ -518,6 +518,13 @@ async def test_bytes_that_are_not_the_message(stack: Stack) -> None:
     raw = stack.channel.unary_unary("/asyncipc.v1.Bus/Publish")  # no serializer: raw bytes
     code = await status_of(raw(b"\xff\xff\xff\xff not protobuf"))
     assert code is grpc.StatusCode.INVALID_ARGUMENT
+    stream = stack.channel.stream_stream("/asyncipc.v1.Bus/Connect")()
+    await stream.write(b"\xff\xff\xff\xff not protobuf")
+    replies, code = await read_to_the_end(stream)
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    (frame,) = [f for r in replies for f in pb.ConnectResponse.FromString(r).frames]
+    assert frame.error.code == ErrorCode.PROTOCOL
+    assert "does not parse" in frame.error.message
     unknown = stack.channel.unary_unary("/asyncipc.v1.Bus/Nope")
     assert await status_of(unknown(b"")) is grpc.StatusCode.UNIMPLEMENTED
     await _still_serving(stack)

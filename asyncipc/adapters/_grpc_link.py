@@ -275,6 +275,7 @@ class GrpcLink(Link):
                 return None
             if type(message) is Malformed:
                 self._violation(f"a ConnectRequest that does not parse: {message.error}")
+                await self._ended.wait()  # the writer sends the ERR first, then ends it
                 return None
             self._last_rx = self._loop.time()
             self._inbox.extend(message.frames)
