@@ -161,8 +161,17 @@ TRANSPORTS = ["memory", "unix", "tcp", "tls", "unix-process", "tcp-process", "tl
 # citing docs/transports.md (UDP).
 TRANSPORTS += ["udp", "udp-process"]
 TRANSPORTS += PIPE_TRANSPORTS
-# gRPC (docs/grpc.md): the Bus over a Connect stream, to a broker in this event loop.
-TRANSPORTS += ["grpc"]
+# gRPC (docs/grpc.md): the Bus over a Connect stream, to a broker in this event loop and
+# to one in its own process.
+TRANSPORTS += ["grpc", "grpc-process"]
+
+
+@pytest.fixture(scope="session")
+def grpc_broker_process() -> Iterator[str]:
+    """A broker process of its own on grpc://127.0.0.1 (it drains its streams on SIGTERM)."""
+    proc = BrokerProcess(["grpc://127.0.0.1:0"])
+    yield proc.urls[0]
+    assert proc.stop() == 0, "grpc broker process did not drain and exit 0 on SIGTERM"
 # REST (docs/rest.md): the Bus over GET /v1/ws, to a broker in this event loop.
 TRANSPORTS += ["http"]
 
@@ -208,6 +217,9 @@ async def url(request: pytest.FixtureRequest, tmp_path: Path, certs: Certs) -> A
         return
     if kind == "udp-process":
         yield request.getfixturevalue("udp_broker_process")
+        return
+    if kind == "grpc-process":
+        yield request.getfixturevalue("grpc_broker_process")
         return
     if kind in RING_TRANSPORTS:
         if kind.endswith("-process"):
