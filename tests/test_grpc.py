@@ -564,6 +564,17 @@ async def test_a_vanished_connect_client_leaves_nothing_behind(stack: Stack) -> 
     await _still_serving(stack)
 
 
+async def test_bind_and_connect_failures_say_so(stack: Stack) -> None:
+    async with asyncipc.Broker() as other:
+        with pytest.raises(OSError, match="cannot listen on grpc://"):
+            await other.listen(stack.urls["grpc"])  # taken: no silent SO_REUSEPORT sharing
+        with pytest.raises(asyncipc.ConfigurationError, match="host:port"):
+            await other.listen("grpc://127.0.0.1")
+    with pytest.raises(asyncipc.ConnectError, match="no gRPC server"):
+        await asyncipc.connect("grpc://127.0.0.1:1")  # refused at once, not after time-out
+    await _still_serving(stack)
+
+
 # --- shutdown and the command line ----------------------------------------------------------
 
 
