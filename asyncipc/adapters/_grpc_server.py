@@ -230,6 +230,7 @@ class BusService:
     # --- the RPCs ----------------------------------------------------------------------
 
     async def Publish(self, request: Any, context: Any) -> Any:
+        """Publish one message through the shared in-process bus."""
         try:
             _check(request)
             bus = await self._unary_bus(context)
@@ -244,6 +245,7 @@ class BusService:
         return pb.PublishResponse()
 
     async def Request(self, request: Any, context: Any) -> Any:
+        """Ask through the shared in-process bus; the call's deadline is the time-out."""
         timeout = context.time_remaining()
         try:
             _check(request)
@@ -263,6 +265,7 @@ class BusService:
         return _message(reply)
 
     async def Subscribe(self, request: Any, context: Any) -> None:
+        """Stream a subscription of an in-process bus of this call's own."""
         try:
             _check(request)
             self._authorize(context)
@@ -299,6 +302,7 @@ class BusService:
             await _abort(context, failure)
 
     async def Connect(self, request_iterator: Any, context: Any) -> None:
+        """Attach the stream to the broker as a client (a :class:`ServerLink`)."""
         try:
             token = _token(context)
         except _Refused as exc:
