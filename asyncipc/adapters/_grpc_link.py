@@ -2,7 +2,7 @@
 
 The stream carries the frames of the wire protocol (``docs/protocol.md``) as protobuf
 messages (``protos/asyncipc/v1/bus.proto``). The broker's end
-(:class:`~asyncipc.adapters._grpc_server.ServerLink`) is attached to the broker as an
+(:class:`~asyncipc.adapters._grpc_server_link.ServerLink`) is attached to the broker as an
 ordinary client; the client's end (:class:`~asyncipc.adapters._grpc_client.ClientLink`)
 sits under an ordinary :class:`~asyncipc.Bus`. Neither knows it is on gRPC.
 

@@ -17,7 +17,8 @@ stream, under the same Bus every other transport has.
 ``docs/grpc.md`` has the status codes (:func:`status_of`, :func:`grpc_status`),
 authentication, and what flow control means over gRPC. The pieces: ``_grpc_link.py``
 (what both ends of a stream share), ``_grpc_server.py`` (the service),
-``_grpc_client.py`` (the client's link).
+``_grpc_server_link.py`` and ``_grpc_client.py`` (the broker's and the client's end of a
+``Connect`` stream).
 """
 
 from __future__ import annotations
@@ -40,9 +41,9 @@ from ._grpc_server import (
     SERVICE,
     BusService,
     add_bus_service,
-    grpc_status,
     status_of,
 )
+from ._grpc_server_link import grpc_status
 
 if TYPE_CHECKING:
     from ..broker import Broker
