@@ -248,6 +248,23 @@ async def test_an_idle_side_sleeps_and_a_record_wakes_it() -> None:
         await b.aclose()
 
 
+async def test_a_pad_committed_alone_wakes_the_reader_and_its_space_the_writer() -> None:
+    """A record that does not fit the end commits a pad alone and waits; the sleeping
+    reader must be rung for the pad, and its writer for the space the pad frees."""
+    async with await listen_channel(f"shm://{name()}?size=64K&spin=0") as listener:
+        a = await connect_channel(listener.url)
+        b = await listener.accept()
+        first, second = b"a" * 40000, b"b" * 45000
+        await a.send(first)
+        assert await b.recv() == first
+        waiting = asyncio.create_task(b.recv())
+        await until(lambda: a._tx.reader_sleeping, "b to go to sleep")
+        await a.send(second)  # pad to the end, committed alone; then waits for room at 0
+        assert await waiting == second
+        await a.aclose()
+        await b.aclose()
+
+
 async def _send_many(ch: object, data: bytes, n: int) -> None:
     for _ in range(n):
         await ch.send(data)  # type: ignore[attr-defined]

@@ -19,15 +19,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
 from ..errors import BrokenLinkError, ClosedError, CorruptRing, FrameTooLarge, RemoteProtocolError
 from ..link import PeerInfo
-from ._ring import FLAG_FIN, Record
-from ._ringlink import CORRUPT_GRACE
-from ._ringport import DEFAULT_SPIN, RingPort
+from ._ring import FLAG_FIN, Record, RingReader, RingWriter
+from ._ringlink import CORRUPT_GRACE, Segment
+from ._ringport import DEFAULT_SPIN, Bell, RingPort
 from ._ringsetup import ControlListener, Endpoint
 
 __all__ = ["ChannelListener", "RingChannel"]
@@ -39,12 +40,34 @@ class RingChannel:
     """One end of a direct ring channel. Get one from ``listen_channel``/``connect_channel``
     (``asyncipc.transports.shm``)."""
 
-    def __init__(self, endpoint: Endpoint, *, spin: float = DEFAULT_SPIN) -> None:
-        self.peer: PeerInfo = endpoint.peer
-        self._ep = endpoint
-        self._rx = endpoint.rx
-        self._tx = endpoint.tx
-        self.max_record: int = endpoint.tx.max_payload
+    def __init__(
+        self,
+        *,
+        peer: PeerInfo,
+        rx: RingReader | None,
+        tx: RingWriter | None,
+        bell_in: Bell,
+        bell_out: Bell,
+        ctl: socket.socket | None,
+        segment: Segment,
+        spin: float = DEFAULT_SPIN,
+        fin: bool = True,
+        torn: str = "raise",
+    ) -> None:
+        """Usually made by ``connect_channel``, ``listen_channel``, ``open_reader`` or
+        ``open_writer``. ``rx``/``tx`` None: this end only writes/reads. ``fin``: close
+        with a FIN record (not for durable rings, whose writer may come back).
+        ``torn``: ``"raise"`` a record that fails validation, or ``"skip"`` it (logged,
+        counted in ``skipped_records``)."""
+        self.peer = peer
+        self._rx = rx
+        self._tx = tx
+        self._bells = (bell_in, bell_out)
+        self._ctl = ctl
+        self._segment = segment
+        self._fin = fin
+        self._skip_torn = torn == "skip"
+        self.max_record: int = tx.max_payload if tx is not None else 0
         """The largest record :meth:`send` takes: the ring's capacity less a header."""
         self._pending: deque[tuple[Any, int, int, asyncio.Future[None]]] = deque()
         self._recv_waiter: asyncio.Future[None] | None = None
@@ -56,20 +79,33 @@ class RingChannel:
         self._corrupt_since: float | None = None
         self._loop = asyncio.get_running_loop()
         self._closed_fut: asyncio.Future[None] = self._loop.create_future()
-        self._port = RingPort(
-            self,
-            endpoint.rx,
-            endpoint.tx,
-            endpoint.bell_in,
-            endpoint.bell_out,
+        self._port = RingPort(self, rx, tx, bell_in, bell_out, ctl=ctl, spin=spin)
+
+    @classmethod
+    def from_endpoint(cls, endpoint: Endpoint, *, spin: float = DEFAULT_SPIN) -> RingChannel:
+        """Both directions of a ring pair set up over a control socket."""
+        return cls(
+            peer=endpoint.peer,
+            rx=endpoint.rx,
+            tx=endpoint.tx,
+            bell_in=endpoint.bell_in,
+            bell_out=endpoint.bell_out,
             ctl=endpoint.ctl,
+            segment=endpoint.segment,
             spin=spin,
         )
+
+    @property
+    def skipped_records(self) -> int:
+        """Records that failed validation and were skipped (``torn="skip"`` only)."""
+        return self._rx.skipped_records if self._rx is not None else 0
 
     # --- sending -------------------------------------------------------------------------
 
     async def send(self, data: Any) -> None:
         """Append one record (bytes-like); waits only while the ring is full."""
+        if self._tx is None:
+            raise RuntimeError("this end of the ring only reads")
         if self._closing or self._lost or self._peer_gone:
             raise self._send_error()
         n = len(data)
@@ -78,9 +114,14 @@ class RingChannel:
                 f"record of {n} bytes exceeds this channel's ring ({self.max_record} bytes "
                 "at most); use a larger ?size="
             )
-        if not self._pending and self._tx.try_write(data):
-            self._port.wrote()
-            return
+        tx = self._tx
+        if not self._pending:
+            tail = tx._tail
+            written = tx.try_write(data)
+            if tx._tail != tail:
+                self._port.wrote()  # the record, or a pad committed alone (see _ringlink)
+            if written:
+                return
         fut = self._loop.create_future()
         self._pending.append((data, n, 0, fut))
         self._port.poke()
@@ -96,6 +137,8 @@ class RingChannel:
     async def recv(self) -> bytes:
         """The next record, copied out of the ring."""
         rx = self._rx
+        if rx is None:
+            raise RuntimeError("this end of the ring only writes")
         while True:
             got = self._next()
             if got is not None:
@@ -113,6 +156,8 @@ class RingChannel:
         that raises, and any use after it raises :class:`~asyncipc.RecordReleased`.
         """
         rx = self._rx
+        if rx is None:
+            raise RuntimeError("this end of the ring only writes")
         while True:
             got = self._next()
             if got is not None:
@@ -140,21 +185,31 @@ class RingChannel:
                 raise BrokenLinkError(f"{self.peer.describe()} closed the channel")
             raise ClosedError("the channel is closed") if self._error is None else self._error
         rx = self._rx
+        assert rx is not None
         held = rx._held
         if held is not None and not held.released:
             raise RuntimeError("release the record you hold before receiving the next one")
-        try:
-            got = rx._next()
-        except CorruptRing as exc:
-            now = self._loop.time()
-            if self._corrupt_since is None:
-                self._corrupt_since = now
-            if now - self._corrupt_since < CORRUPT_GRACE and not self._peer_gone:
-                return None
-            self._fail(exc)
-            raise
+        head = rx._head
+        while True:
+            try:
+                got = rx._next()
+                break
+            except CorruptRing as exc:
+                now = self._loop.time()
+                if self._corrupt_since is None:
+                    self._corrupt_since = now
+                if now - self._corrupt_since < CORRUPT_GRACE and not self._peer_gone:
+                    return None  # maybe not all visible yet (docs/shm.md): look again soon
+                self._corrupt_since = None
+                if not self._skip_torn:
+                    self._fail(exc)
+                    raise
+                skipped = rx.skip_corrupt()
+                log.warning("skipped %d bytes of %s: %s", skipped, self.peer.describe(), exc)
         self._corrupt_since = None
         if got is None:
+            if rx._head != head:
+                self._port.consumed()  # pads or a skipped record freed space
             if self._peer_gone:
                 self._fail(
                     BrokenLinkError(f"{self.peer.describe()} went away without closing the channel")
@@ -188,7 +243,7 @@ class RingChannel:
 
     def _port_read(self, limit: int) -> int:
         waiter = self._recv_waiter
-        if waiter is None or waiter.done():
+        if waiter is None or waiter.done() or self._rx is None:
             return 0
         try:
             ready = self._rx.has_data() or self._peer_gone
@@ -201,6 +256,8 @@ class RingChannel:
 
     def _port_write(self) -> bool:
         tx = self._tx
+        assert tx is not None
+        tail = tx._tail
         pending = self._pending
         wrote = fin = False
         while pending:
@@ -213,11 +270,11 @@ class RingChannel:
             pending.popleft()
             fut.set_result(None)
             wrote = True
-            fin = bool(flags & FLAG_FIN)
-        if wrote:
+            fin = bool(flags & FLAG_FIN) or (self._closing and not pending)
+        if tx._tail != tail:
             self._port.wrote()
-            if fin:
-                self._finish()
+        if wrote and fin:
+            self._finish()
         return wrote
 
     def _port_peer_gone(self, problem: str | None) -> None:
@@ -241,19 +298,26 @@ class RingChannel:
     # --- closing ---------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Finish sending what is queued, then a FIN, then hang up (see the module doc)."""
+        """Finish sending what is queued, then a FIN (unless this ring has none), then let
+        go of everything (see the module doc)."""
         if self._closing or self._lost:
             return
         self._closing = True
-        if self._peer_gone:
+        if self._peer_gone or self._tx is None:
             self._finish()
             return
-        fut = self._loop.create_future()
-        if not self._pending and self._tx.try_write(b"", FLAG_FIN):
+        if not self._fin:
+            if not self._pending:
+                self._finish()  # else _port_write finishes after the last record
+            return
+        tail = self._tx._tail
+        written = not self._pending and self._tx.try_write(b"", FLAG_FIN)
+        if self._tx._tail != tail:
             self._port.wrote()
+        if written:
             self._finish()
             return
-        self._pending.append((b"", 0, FLAG_FIN, fut))
+        self._pending.append((b"", 0, FLAG_FIN, self._loop.create_future()))
         self._port.poke()
 
     def abort(self) -> None:
@@ -294,18 +358,20 @@ class RingChannel:
         self._pending.clear()
         if self._recv_waiter is not None and not self._recv_waiter.done():
             self._recv_waiter.set_result(None)
-        ep = self._ep
-        ep.bell_in.close()
-        ep.bell_out.close()
-        with contextlib.suppress(OSError):
-            ep.ctl.close()
+        for bell in self._bells:
+            bell.close()
+        if self._ctl is not None:
+            with contextlib.suppress(OSError):
+                self._ctl.close()
+        if self._rx is not None:
+            try:
+                self._rx.close()
+            except BufferError as exc:
+                log.warning("a record of the channel is still exported: %s", exc)
+        if self._tx is not None:
+            self._tx.close()
         try:
-            self._rx.close()
-        except BufferError as exc:
-            log.warning("a record of the channel is still exported: %s", exc)
-        self._tx.close()
-        try:
-            ep.segment.close()
+            self._segment.close()
         except (BufferError, OSError) as exc:  # a view still exported: freed by GC later
             log.debug("channel segment not released now: %s", exc)
         if not self._closed_fut.done():

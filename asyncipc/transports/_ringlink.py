@@ -21,7 +21,7 @@ import logging
 import socket
 import struct
 from collections import deque
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import (
     BrokenLinkError,
@@ -39,6 +39,9 @@ from ..protocol.frames import encode_headers
 from . import TransportOptions
 from ._ring import FLAG_FIN, FLAG_MORE, RECORD_HEADER, RingReader, RingWriter
 from ._ringport import Bell, RingPort
+
+if TYPE_CHECKING:
+    from ._ringsetup import Endpoint
 
 __all__ = ["CORRUPT_GRACE", "RingLink"]
 
@@ -154,6 +157,30 @@ class RingLink(Link):
         self._bells = (bell_in, bell_out)
         self._port = RingPort(self, rx, tx, bell_in, bell_out, ctl=ctl, spin=spin)
 
+    @classmethod
+    def from_endpoint(
+        cls,
+        endpoint: Endpoint,
+        transport: str,
+        options: TransportOptions,
+        spin: float,
+        server: bool,
+    ) -> RingLink:
+        """A link over a ring pair that ``_ringsetup`` set up."""
+        return cls(
+            transport,
+            endpoint.peer,
+            options,
+            server_side=server,
+            rx=endpoint.rx,
+            tx=endpoint.tx,
+            bell_in=endpoint.bell_in,
+            bell_out=endpoint.bell_out,
+            ctl=endpoint.ctl,
+            segment=endpoint.segment,
+            spin=spin,
+        )
+
     # --- sending --------------------------------------------------------------------------
 
     def send(self, frame: Frame) -> None:
@@ -212,13 +239,17 @@ class RingLink(Link):
 
     def _put_record(self, parts: _Parts, n: int, flags: int) -> None:
         if not self._pending:
+            tail = self._tx._tail
             try:
                 written = self._tx.try_write_parts(parts, n, flags)
             except CorruptRing as exc:
                 self._protocol_violation(exc)
                 raise self._send_error() from None
-            if written:
+            if self._tx._tail != tail:
+                # (Even when the record did not fit: a pad committed alone must be read
+                # for the space behind it to come free, so the reader is rung for it too.)
                 self._port.wrote()
+            if written:
                 return
         self._pending.append((parts, n, flags))
         self._pending_bytes += n
@@ -275,6 +306,7 @@ class RingLink(Link):
 
     def _port_write(self) -> bool:
         tx = self._tx
+        tail = tx._tail
         pending = self._pending
         wrote = fin = False
         try:
@@ -289,8 +321,9 @@ class RingLink(Link):
         except CorruptRing as exc:
             self._protocol_violation(exc)
             return False
+        if tx._tail != tail:
+            self._port.wrote()  # records, or only a pad (see _put_record)
         if wrote:
-            self._port.wrote()
             if fin:
                 self._finish(None)
                 return True
@@ -304,6 +337,7 @@ class RingLink(Link):
             return 0
         rx = self._rx
         mv = rx._mv
+        head = rx._head
         n = 0
         try:
             while n < limit:
@@ -311,13 +345,16 @@ class RingLink(Link):
                 if got is None:
                     break
                 start, length, flags = got
+                if flags & FLAG_FIN:
+                    rx._consume()
+                    n += 1
+                    self._peer_closed()
+                    break
                 if flags or self._partial is not None:
                     whole = self._piece_in(mv, start, length, flags)
                     rx._consume()
                     n += 1
                     if whole is None:
-                        if self._lost:
-                            break
                         continue
                     item = self._decode(memoryview(whole), 0, len(whole))
                 else:
@@ -343,8 +380,9 @@ class RingLink(Link):
         if n:
             self._last_rx = self._loop.time()
             self._corrupt_since = None
-            if not self._lost:
-                self._port.consumed()
+        if rx._head != head and not self._lost:
+            # (Not "if n": a pad consumed alone frees space a writer may be waiting for.)
+            self._port.consumed()
         if self._peer_gone and not self._lost and not self._paused:
             try:
                 more = rx.has_data()
@@ -359,14 +397,15 @@ class RingLink(Link):
                 )
         return n
 
+    def _peer_closed(self) -> None:
+        """The peer's FIN: everything it sent is delivered; the link ends."""
+        if self._partial is not None:
+            raise RemoteProtocolError(
+                f"the peer closed in the middle of a frame ({len(self._partial)} bytes in)"
+            )
+        self._finish(BrokenLinkError(f"{self.peer.describe()} closed the link"))
+
     def _piece_in(self, mv: memoryview, start: int, length: int, flags: int) -> bytearray | None:
-        if flags & FLAG_FIN:
-            if self._partial is not None:
-                raise RemoteProtocolError(
-                    f"the peer closed in the middle of a frame ({len(self._partial)} bytes in)"
-                )
-            self._finish(BrokenLinkError(f"{self.peer.describe()} closed the link"))
-            return None
         partial = self._partial
         if partial is None:
             partial = self._partial = bytearray()

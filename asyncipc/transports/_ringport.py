@@ -168,6 +168,8 @@ class RingPort:
             owner._port_write()
             if self._closed:
                 return
+        if self._handle is not None:
+            return  # the owner poked us meanwhile: that poll is already scheduled
         now = self._loop.time()
         if n:
             self._active = now

@@ -110,24 +110,6 @@ def _check_platform() -> None:
         raise ConfigurationError("shm:// needs Linux (memfd_create and eventfd)")
 
 
-def link_from(
-    endpoint: Endpoint, transport: str, options: TransportOptions, spin: float, server: bool
-) -> RingLink:
-    return RingLink(
-        transport,
-        endpoint.peer,
-        options,
-        server_side=server,
-        rx=endpoint.rx,
-        tx=endpoint.tx,
-        bell_in=endpoint.bell_in,
-        bell_out=endpoint.bell_out,
-        ctl=endpoint.ctl,
-        segment=endpoint.segment,
-        spin=spin,
-    )
-
-
 class ShmTransport:
     """The ``shm`` scheme."""
 
@@ -146,7 +128,7 @@ class ShmTransport:
             timeout=options.connect_timeout,
             sealed=True,
         )
-        return link_from(endpoint, "shm", options, s.spin, server=False)
+        return RingLink.from_endpoint(endpoint, "shm", options, s.spin, server=False)
 
     async def listen(self, url: URL, accept: Accept, options: TransportOptions) -> Listener:
         _check_platform()
@@ -154,7 +136,7 @@ class ShmTransport:
         private_dir(s.dir, create=True)
 
         def on_endpoint(endpoint: Endpoint) -> None:
-            accept(link_from(endpoint, "shm", options, s.spin, server=True))
+            accept(RingLink.from_endpoint(endpoint, "shm", options, s.spin, server=True))
 
         return await listen_control(
             s.url(),
@@ -188,7 +170,7 @@ async def listen_channel(url: str) -> ChannelListener:
         capacity=s.size or parse_size(None),
         checksum=CHECKSUM_DEFAULT if s.checksum is None else s.checksum,
         make_segment=memfd_segment,
-        on_endpoint=lambda ep: listener.put(RingChannel(ep, spin=s.spin)),
+        on_endpoint=lambda ep: listener.put(RingChannel.from_endpoint(ep, spin=s.spin)),
     )
     return listener
 
@@ -209,7 +191,7 @@ async def connect_channel(url: str, *, timeout: float = 5.0) -> RingChannel:
         timeout=timeout,
         sealed=True,
     )
-    return RingChannel(endpoint, spin=s.spin)
+    return RingChannel.from_endpoint(endpoint, spin=s.spin)
 
 
 register("shm", ShmTransport())
