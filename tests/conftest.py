@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -186,22 +187,26 @@ def udp_broker_process() -> Iterator[str]:
 
 
 # Shared-memory rings (docs/shm.md): a broker in this event loop and one in its own process.
-RING_TRANSPORTS = ["shm", "shm-process"]
+RING_TRANSPORTS = ["shm", "shm-process", "mmap", "mmap-process"]
 TRANSPORTS += RING_TRANSPORTS
 
 
 @pytest.fixture(scope="session")
 def ring_broker_process() -> Iterator[dict[str, str]]:
     """A broker process of its own on the ring transports; URLs by transport."""
-    proc = BrokerProcess([f"shm://p{os.urandom(4).hex()}"])
-    yield {"shm": proc.urls[0]}
+    ring_dir = tempfile.mkdtemp(prefix="aipc-")
+    proc = BrokerProcess([f"shm://p{os.urandom(4).hex()}", f"mmap://{ring_dir}/m"])
+    yield dict(zip(["shm", "mmap"], proc.urls, strict=True))
     assert proc.stop() == 0, "ring broker process did not drain and exit 0 on SIGTERM"
+    assert os.listdir(f"{ring_dir}/m") == [], "ring files or control socket left behind"
+    shutil.rmtree(ring_dir)
 
 
 async def ring_url(kind: str, tmp_path: Path) -> AsyncIterator[str]:
     """The URL for one of RING_TRANSPORTS served in this event loop."""
+    where = f"shm://t{os.urandom(4).hex()}" if kind == "shm" else f"mmap://{tmp_path}/m"
     async with asyncipc.Broker() as broker:
-        yield (await broker.listen(f"shm://t{os.urandom(4).hex()}")).url
+        yield (await broker.listen(where)).url
 
 
 @pytest.fixture(params=TRANSPORTS)

@@ -7,7 +7,11 @@
   ``sent``, then kills itself with SIGKILL (no FIN: the parent must notice the death);
 * ``file-writer PATH START COUNT [KILL]``: appends records START.. to a durable ring file,
   printing ``wrote i`` after each, and with KILL sends itself SIGKILL after COUNT;
-* ``file-reader PATH COUNT``: reads COUNT records from a durable ring file, printing each.
+* ``file-reader PATH COUNT [hold]``: reads COUNT records from a durable ring file, printing
+  each; with ``hold`` it then takes one more in place and dies (SIGKILL) holding it;
+* ``file-torn PATH``: writes record 0, then a record out of order (header and tail first,
+  the way a machine crash can leave the file), half its payload, prints ``torn`` and
+  waits to be killed: the test hook for a torn record.
 """
 
 from __future__ import annotations
@@ -64,14 +68,42 @@ async def file_writer(path: str, start: int, count: int, kill: bool) -> None:
     await writer.aclose()
 
 
-async def file_reader(path: str, count: int) -> None:
+async def file_reader(path: str, count: int, hold: bool) -> None:
     from asyncipc.transports.mmap import open_reader
 
     reader = await open_reader(path)
     for _ in range(count):
         data = await reader.recv()
         print("read", int.from_bytes(data[:4], "big"), flush=True)
+    if hold:
+        rec = await reader.recv_record()
+        print("holding", int.from_bytes(rec.view[:4].tobytes(), "big"), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
     await reader.aclose()
+
+
+async def file_torn(path: str) -> None:
+    import struct
+    import zlib
+
+    from asyncipc.transports._ring import KIND_DATA, RECORD, TAIL, header_check, record_size
+    from asyncipc.transports.mmap import open_writer
+
+    writer = await open_writer(path, size="64K")
+    await writer.send((0).to_bytes(4, "big") * 8)
+    tx = writer._tx
+    assert tx is not None
+    payload = (1).to_bytes(4, "big") * 250
+    pos = tx._tail
+    at = tx._data + pos % tx.capacity
+    crc = zlib.crc32(payload)
+    tag = (pos >> 4) & 0xFFFFFFFF
+    check = header_check(len(payload), crc, tag, KIND_DATA, 0)
+    RECORD.pack_into(tx._mv, at, len(payload), crc, tag, KIND_DATA, 0, check)
+    struct.pack_into("<Q", tx._mv, tx._base + TAIL, pos + record_size(len(payload)))
+    tx._mv[at + 16 : at + 16 + 300] = payload[:300]
+    print("torn", flush=True)
+    await asyncio.sleep(60)
 
 
 def main(argv: list[str]) -> None:
@@ -85,7 +117,9 @@ def main(argv: list[str]) -> None:
     elif mode == "file-writer":
         asyncio.run(file_writer(args[0], int(args[1]), int(args[2]), len(args) > 3))
     elif mode == "file-reader":
-        asyncio.run(file_reader(args[0], int(args[1])))
+        asyncio.run(file_reader(args[0], int(args[1]), len(args) > 2))
+    elif mode == "file-torn":
+        asyncio.run(file_torn(args[0]))
     else:
         raise SystemExit(f"unknown mode {mode!r}")
 

@@ -112,6 +112,7 @@ _builtin = {
     "http": "asyncipc.adapters.rest",  # an adapter too: the REST API and its WebSocket
     "https": "asyncipc.adapters.rest",
     "shm": "asyncipc.transports.shm",
+    "mmap": "asyncipc.transports.mmap",
 }
 
 
