@@ -83,11 +83,17 @@ __all__ = [
     "DEFAULT_REQUEST_TIMEOUT",
     "HEARTBEAT",
     "MAX_REQUEST_TIMEOUT",
+    "SHUTDOWN_GRACE",
     "HttpTransport",
     "RestServer",
 ]
 
 log = logging.getLogger("asyncipc.http")
+
+SHUTDOWN_GRACE = 2.0
+"""Seconds the HTTP handlers still running get, once the broker has closed every link, to
+write their last bytes (an event stream's final error event, a 503); then they are
+cancelled."""
 
 _ERROR_NAMES = {
     400: "bad_request",
@@ -155,7 +161,11 @@ class RestServer(Listener):
         # the client still sends, so that it reads our answer before the connection
         # closes; briefly, since a client announcing gigabytes may never stop.
         self._runner = web.AppRunner(
-            app, handler_cancellation=True, access_log=None, lingering_time=2.0
+            app,
+            handler_cancellation=True,
+            access_log=None,
+            lingering_time=2.0,
+            shutdown_timeout=SHUTDOWN_GRACE,
         )
         await self._runner.setup()
         host = url.host or "127.0.0.1"
@@ -184,9 +194,16 @@ class RestServer(Listener):
         if self._site is not None:
             await self._site.stop()
         if self._runner is not None and self._runner.server is not None:
-            # Not runner.cleanup(): it would wait for those streams, which end only once
-            # the broker, after this returns, closes their links.
+            # Not runner.cleanup() yet: it would wait for those streams, which end only
+            # once the broker, after this returns, closes their links (wait_closed).
             self._runner.server.pre_shutdown()
+
+    async def wait_closed(self) -> None:
+        """The broker has closed the links: let their handlers finish (for at most
+        ``SHUTDOWN_GRACE`` seconds, then they are cancelled) and release the server."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
 
     async def attach_bus(self, peer: PeerInfo) -> Bus:
         """A new in-process Bus attached to the broker as a client whose link says
