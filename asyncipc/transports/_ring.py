@@ -26,6 +26,7 @@ visible to the reader only once it is complete; the short version:
 from __future__ import annotations
 
 import struct
+import sys
 import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -66,8 +67,14 @@ READER_SLEEP = 192  # line 3: u32 counter, odd while the reader sleeps (reader-w
 WRITER_WAIT = 256  # line 4: u32 counter, odd while the writer waits for space (writer-written)
 RING_CHECKSUM = 1  # ring flag: every record carries the CRC-32 of its payload
 
-_U64 = struct.Struct("<Q")
-_U32 = struct.Struct("<I")
+# The shared words are read and written through memoryviews cast to "Q" / "I", never with
+# struct.pack_into: pack_into zeroes its target before it writes the value (CPython's
+# s_pack_internal memsets first), so a peer reading at that moment sees 0. A cast view's
+# item assignment is one fixed-size memcpy: one aligned store (docs/shm.md).
+_TAIL_Q = TAIL // 8
+_HEAD_Q = HEAD // 8
+_SLEEP_I = READER_SLEEP // 4
+_WAIT_I = WRITER_WAIT // 4
 
 # --- records ---------------------------------------------------------------------------
 RECORD = struct.Struct("<IIIBBH")  # length, payload crc, tag, kind, flags, header check
@@ -145,15 +152,18 @@ def format_ring(buf: Any, capacity: int, *, offset: int = 0, checksum: bool = Fa
 class _RingEnd:
     """What both ends share: the validated header and the buffer view."""
 
-    __slots__ = ("_base", "_data", "_mv", "capacity", "checksum")
+    __slots__ = ("_base", "_data", "_i", "_mv", "_q", "capacity", "checksum")
 
     def __init__(self, buf: Any, offset: int = 0) -> None:
         mv = _writable_view(buf)
         try:
-            if offset < 0 or len(mv) < offset + HEADER_SIZE:
+            if offset < 0 or offset % 64 or len(mv) < offset + HEADER_SIZE:
                 raise CorruptRing(
                     f"no room for a ring header at offset {offset} of a {len(mv)}-byte buffer"
+                    " (on a 64-byte boundary)"
                 )
+            if sys.byteorder != "little":  # pragma: no cover - x86-64 and AArch64 only
+                raise CorruptRing("rings are little-endian; this machine is not")
             magic, version, flags, capacity = _META.unpack_from(mv, offset)
             if magic != MAGIC:
                 raise CorruptRing(
@@ -178,14 +188,18 @@ class _RingEnd:
             mv.release()
             raise
         self._mv = mv
+        header = mv[offset : offset + HEADER_SIZE]
+        self._q = header.cast("Q")  # the shared words, one aligned load/store each
+        self._i = header.cast("I")
+        header.release()
         self._base = offset
         self._data = offset + DATA_OFFSET
         self.capacity: int = capacity
         self.checksum: bool = bool(flags & RING_CHECKSUM)
 
     def _load_counters(self) -> tuple[int, int]:
-        head = _U64.unpack_from(self._mv, self._base + HEAD)[0]
-        tail = _U64.unpack_from(self._mv, self._base + TAIL)[0]
+        head: int = self._q[_HEAD_Q]
+        tail: int = self._q[_TAIL_Q]
         if head > tail or tail - head > self.capacity or head % ALIGN or tail % ALIGN:
             raise CorruptRing(
                 f"ring counters out of range: head {head}, tail {tail}, capacity {self.capacity}"
@@ -199,7 +213,9 @@ class _RingEnd:
         return tail - head
 
     def close(self) -> None:
-        """Drop this end's view of the buffer (the buffer itself is the caller's)."""
+        """Drop this end's views of the buffer (the buffer itself is the caller's)."""
+        self._q.release()
+        self._i.release()
         self._mv.release()
 
 
@@ -218,13 +234,13 @@ class RingWriter(_RingEnd):
         # A writer that restarts continues after the last committed record: ``tail``.
         self._tail = tail
         self._head_seen = head
-        self._wait_seq: int = _U32.unpack_from(self._mv, self._base + WRITER_WAIT)[0]
+        self._wait_seq: int = self._i[_WAIT_I]
         self.max_payload: int = self.capacity - RECORD_HEADER
 
     def _room(self, size: int) -> bool:
         if self._tail + size - self._head_seen <= self.capacity:
             return True
-        head: int = _U64.unpack_from(self._mv, self._base + HEAD)[0]
+        head: int = self._q[_HEAD_Q]
         if head > self._tail or head < self._tail - self.capacity or head % ALIGN:
             raise CorruptRing(
                 f"the reader's head {head} is out of range "
@@ -276,7 +292,7 @@ class RingWriter(_RingEnd):
             )
             tail += room
             self._tail = tail
-            _U64.pack_into(mv, self._base + TAIL, tail)
+            self._q[_TAIL_Q] = tail
             off = 0
         if not self._room(size):
             return False
@@ -304,14 +320,14 @@ class RingWriter(_RingEnd):
             header_check(length, crc, tag, KIND_DATA, flags),
         )
         self._tail = tail + size
-        _U64.pack_into(mv, self._base + TAIL, tail + size)
+        self._q[_TAIL_Q] = tail + size
         return True
 
     @property
     def reader_sleep(self) -> int:
         """The reader's sleep counter: odd once it said it is going to sleep, so a new
         record must ring its doorbell. Each sleep has its own value: one ring per sleep."""
-        seq: int = _U32.unpack_from(self._mv, self._base + READER_SLEEP)[0]
+        seq: int = self._i[_SLEEP_I]
         return seq
 
     @property
@@ -323,7 +339,7 @@ class RingWriter(_RingEnd):
         seq = self._wait_seq
         if bool(seq & 1) != waiting:
             self._wait_seq = seq = (seq + 1) & 0xFFFFFFFF
-            _U32.pack_into(self._mv, self._base + WRITER_WAIT, seq)
+            self._i[_WAIT_I] = seq
 
 
 class RingReader(_RingEnd):
@@ -351,13 +367,13 @@ class RingReader(_RingEnd):
         self._head = head
         self._tail_seen = head
         self._size = 0
-        self._sleep_seq: int = _U32.unpack_from(self._mv, self._base + READER_SLEEP)[0]
+        self._sleep_seq: int = self._i[_SLEEP_I]
         self.skipped_records = 0
         """Records :meth:`skip_corrupt` stepped over (``skipped_bytes``: their bytes)."""
         self.skipped_bytes = 0
 
     def _load_tail(self) -> int:
-        tail: int = _U64.unpack_from(self._mv, self._base + TAIL)[0]
+        tail: int = self._q[_TAIL_Q]
         head = self._head
         if tail < head or tail - head > self.capacity or tail % ALIGN:
             raise CorruptRing(
@@ -388,7 +404,7 @@ class RingReader(_RingEnd):
             size = record_size(length)
             if kind == KIND_PAD:
                 self._head = head + size
-                _U64.pack_into(mv, self._base + HEAD, head + size)
+                self._q[_HEAD_Q] = head + size
                 continue
             if (
                 self.checksum
@@ -433,7 +449,7 @@ class RingReader(_RingEnd):
         head = self._head + self._size
         self._head = head
         self._size = 0
-        _U64.pack_into(self._mv, self._base + HEAD, head)
+        self._q[_HEAD_Q] = head
 
     def read(self) -> Record | None:
         """The next record, in place: valid until its :meth:`Record.release`.
@@ -481,7 +497,7 @@ class RingReader(_RingEnd):
         new_head = tail if problem is not None else head + record_size(length)
         self._head = new_head
         self._size = 0
-        _U64.pack_into(self._mv, self._base + HEAD, new_head)
+        self._q[_HEAD_Q] = new_head
         self.skipped_records += 1
         self.skipped_bytes += new_head - head
         return new_head - head
@@ -491,13 +507,13 @@ class RingReader(_RingEnd):
         seq = self._sleep_seq
         if bool(seq & 1) != sleeping:
             self._sleep_seq = seq = (seq + 1) & 0xFFFFFFFF
-            _U32.pack_into(self._mv, self._base + READER_SLEEP, seq)
+            self._i[_SLEEP_I] = seq
 
     @property
     def writer_wait(self) -> int:
         """The writer's wait counter: odd while it waits for space, so freeing some must
         ring its doorbell (once per wait)."""
-        seq: int = _U32.unpack_from(self._mv, self._base + WRITER_WAIT)[0]
+        seq: int = self._i[_WAIT_I]
         return seq
 
     @property
