@@ -7,9 +7,11 @@ reply subject that matched a subscription, and its answer only as the first PUB 
 reply subject, so that is all this tracks: one dict entry per request, added and removed
 on the hot path, never scanned there.
 
-Entries whose answer never comes (the requester timed out, the responder ignored it)
-go when their requester disconnects, or when the table is full (oldest first). A
-shutdown therefore waits at most the broker's ``drain_timeout`` for them.
+A request that carries its requester's time-out (the ``asyncipc-timeout`` header that
+``Bus.request`` sends) is not waited for past it: nobody would read that answer. Other
+entries whose answer never comes (the responder ignored it) go when their requester
+disconnects, or when the table is full (oldest first). A shutdown therefore waits at
+most the broker's ``drain_timeout`` for them.
 """
 
 from __future__ import annotations
@@ -29,26 +31,30 @@ MAX_TRACKED = 65536
 class InFlight(Generic[S]):
     """Reply subjects awaited, each with the session that asked."""
 
-    __slots__ = ("_by_requester", "_max", "_waiter", "replies")
+    __slots__ = ("_by_requester", "_expires", "_max", "_waiter", "replies")
 
     def __init__(self, max_tracked: int = MAX_TRACKED) -> None:
         self.replies: dict[str, S] = {}
         """Reply subject -> requester. The broker reads it directly on the hot path."""
         self._by_requester: dict[S, set[str]] = {}
+        self._expires: dict[str, float] = {}  # reply -> loop time the requester gives up
         self._max = max_tracked
         self._waiter: asyncio.Future[None] | None = None
 
     def __len__(self) -> int:
         return len(self.replies)
 
-    def add(self, reply: str, requester: S) -> None:
-        """A request with reply subject ``reply`` reached at least one responder."""
+    def add(self, reply: str, requester: S, expires: float | None = None) -> None:
+        """A request with reply subject ``reply`` reached at least one responder;
+        ``expires``: the loop time after which its requester no longer waits."""
         replies = self.replies
         if reply in replies:
             return
         if len(replies) >= self._max:
             self.answered(next(iter(replies)))
         replies[reply] = requester
+        if expires is not None:
+            self._expires[reply] = expires
         mine = self._by_requester.get(requester)
         if mine is None:
             mine = self._by_requester[requester] = set()
@@ -59,6 +65,8 @@ class InFlight(Generic[S]):
         requester = self.replies.pop(reply, None)
         if requester is None:
             return
+        if self._expires:
+            self._expires.pop(reply, None)
         mine = self._by_requester.get(requester)
         if mine is not None:
             mine.discard(reply)
@@ -70,6 +78,7 @@ class InFlight(Generic[S]):
         """The requester left: nobody waits for those replies any more."""
         for reply in self._by_requester.pop(requester, ()):
             self.replies.pop(reply, None)
+            self._expires.pop(reply, None)
         self._wake()
 
     def _wake(self) -> None:
@@ -78,10 +87,20 @@ class InFlight(Generic[S]):
             waiter.set_result(None)
 
     async def wait_empty(self) -> None:
-        """Return once every tracked request is answered or forgotten."""
+        """Return once every tracked request is answered, forgotten or past its
+        requester's time-out."""
+        loop = asyncio.get_running_loop()
         while self.replies:
-            self._waiter = asyncio.get_running_loop().create_future()
+            now = loop.time()
+            for reply in [r for r, t in self._expires.items() if t <= now]:
+                self.answered(reply)
+            if not self.replies:
+                return
+            horizon = None  # wake at the next expiry, if every entry has one
+            if len(self._expires) == len(self.replies):
+                horizon = min(self._expires.values()) - now
+            waiter = self._waiter = loop.create_future()
             try:
-                await self._waiter
+                await asyncio.wait({waiter}, timeout=horizon)
             finally:
                 self._waiter = None

@@ -42,6 +42,25 @@ __all__ = ["Broker", "BrokerStats", "TransportStats"]
 log = logging.getLogger("asyncipc.broker")
 
 NO_RESPONDERS_HEADERS = {"asyncipc-status": "503"}
+TIMEOUT_HEADER = "asyncipc-timeout"
+
+
+def _deadline(headers: Headers | None) -> float | None:
+    """When the requester stops waiting, from a request's ``asyncipc-timeout`` header."""
+    if not headers:
+        return None
+    text = headers.get(TIMEOUT_HEADER)
+    if text is None:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        return None
+    if not 0 <= seconds < 1e9:  # also refuses nan
+        return None
+    return asyncio.get_running_loop().time() + seconds
+
+
 """Sent, with an empty body, to the reply subject of a request nobody is subscribed to."""
 
 
@@ -316,7 +335,7 @@ class Broker:
             counters.bytes_out += size
         stats.messages_out += sent
         if reply is not None and source is not None and sent:
-            self._inflight.add(reply, source)
+            self._inflight.add(reply, source, _deadline(headers))
 
     def _overflow(self, route: Route[Session], source: Session | None) -> bool:
         """The route's client is behind: apply its policy. True to deliver anyway."""

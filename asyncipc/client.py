@@ -56,6 +56,9 @@ Callback = Callable[[Message], Awaitable[None]]
 
 STATUS = "asyncipc-status"
 ERROR = "asyncipc-error"
+TIMEOUT = "asyncipc-timeout"
+"""Header of a request: seconds the requester waits. A broker shutting down waits for
+the reply no longer than that (docs/protocol.md, §12)."""
 
 DEFAULT_MAX_PENDING = 65536
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -469,7 +472,10 @@ class Bus:
         fut: asyncio.Future[Message] = self._loop.create_future()
         self._requests[token] = (fut, subject)
         try:
-            await self.publish(subject, data, headers, self._inbox_prefix + token)
+            sent_headers = (
+                {**headers, TIMEOUT: f"{timeout:g}"} if headers else {TIMEOUT: f"{timeout:g}"}
+            )
+            await self.publish(subject, data, sent_headers, self._inbox_prefix + token)
             async with asyncio.timeout(timeout):
                 return await fut
         except TimeoutError:

@@ -113,3 +113,23 @@ async def test_close_lets_go_of_a_broker_that_stopped_reading(tmp_path: Path) ->
     finally:
         release.set()
         server.close()
+
+
+async def test_shutdown_does_not_wait_for_replies_nobody_reads(tmp_path: Path) -> None:
+    """A closing broker waits for requests in flight, but not past the requester's own
+    time-out, which Bus.request sends along as the asyncipc-timeout header."""
+    broker = asyncipc.Broker(drain_timeout=60)
+    listener = await broker.listen(f"unix://{tmp_path}/b.sock")
+    seen: list[dict[str, str] | None] = []
+    async with (
+        asyncipc.connect(listener.url) as service,
+        asyncipc.connect(listener.url) as client,
+    ):
+        ignored = service.subscribe("ignored")  # receives, never answers
+        await service.flush()
+        with pytest.raises(asyncipc.RequestTimeout):
+            await client.request("ignored", b"?", timeout=0.2)
+        seen.append((await ignored.next_msg(timeout=5)).headers)
+        # Well under drain_timeout: the one request in flight has expired already.
+        await asyncio.wait_for(broker.close(), 30)
+    assert seen == [{"asyncipc-timeout": "0.2"}]
