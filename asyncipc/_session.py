@@ -71,6 +71,7 @@ class Session:
         loop = asyncio.get_running_loop()
         self._loop = loop
         opts = broker.options
+        self._pinged_at: float | None = None  # when the last unanswered ping went out
         self._timer: asyncio.TimerHandle | None = loop.call_later(
             opts.handshake_timeout, self._handshake_expired
         )
@@ -217,15 +218,22 @@ class Session:
         if self.closed:
             return
         opts = self.broker.options
-        idle = self._loop.time() - self.link.last_received
+        now = self._loop.time()
+        last = self.link.last_received
+        idle = now - last
         # A client we paused cannot be heard from; its silence is our doing.
         if self.blocked_by:
             idle = 0.0
-        if idle >= opts.ping_interval * opts.dead_peer_factor:
+        # Cut off only a peer that was pinged and stayed silent: a timer that fired late
+        # (a busy loop) must not skip the ping.
+        pinged = self._pinged_at is not None and self._pinged_at >= last
+        if idle >= opts.ping_interval * opts.dead_peer_factor and pinged:
             self.fail(ErrorCode.PEER_TIMEOUT, f"no traffic for {idle:.1f} s (ping unanswered)")
             return
         if idle >= opts.ping_interval:
             self._send(Ping())
+            if not pinged:
+                self._pinged_at = now
         self._timer = self._loop.call_later(opts.ping_interval, self._keepalive)
 
     # --- subscriptions --------------------------------------------------------------------
