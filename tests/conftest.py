@@ -173,6 +173,8 @@ def grpc_broker_process() -> Iterator[str]:
     proc = BrokerProcess(["grpc://127.0.0.1:0"])
     yield proc.urls[0]
     assert proc.stop() == 0, "grpc broker process did not drain and exit 0 on SIGTERM"
+
+
 # REST (docs/rest.md): the Bus over GET /v1/ws, to a broker in this event loop.
 TRANSPORTS += ["http"]
 
