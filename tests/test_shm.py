@@ -270,6 +270,64 @@ async def _send_many(ch: object, data: bytes, n: int) -> None:
         await ch.send(data)  # type: ignore[attr-defined]
 
 
+class PausingReceiver:
+    """A link receiver that pauses its link after every frame it gets."""
+
+    def __init__(self) -> None:
+        self.link: asyncipc.Link | None = None
+        self.got: list[object] = []
+        self.arrived = asyncio.Event()
+
+    def frame_received(self, frame: object) -> None:
+        self.got.append(frame)
+        assert self.link is not None
+        self.link.pause_reading()
+        self.arrived.set()
+
+    def pub_received(self, *args: object) -> None:
+        raise AssertionError("not over shm")
+
+    msg_received = pub_received
+
+    def link_lost(self, exc: BaseException | None) -> None:
+        pass
+
+    def writing_resumed(self) -> None:
+        pass
+
+
+async def test_pause_reading_holds_the_rest_of_a_record_and_the_records_after() -> None:
+    """Small frames share a record, large ones have their own: a pause after any frame
+    must stop delivery there, whichever of the two it falls in."""
+    from asyncipc.protocol import Pub
+    from asyncipc.transports import TransportOptions
+    from asyncipc.transports.shm import ShmTransport
+
+    transport, opts = ShmTransport(), TransportOptions()
+    accepted: list[asyncipc.Link] = []
+    url = parse_url(f"shm://{name()}")
+    listener = await transport.listen(url, accepted.append, opts)
+    client = await transport.connect(url, opts)
+    await until(lambda: bool(accepted), "the server end")
+    server = accepted[0]
+    receiver = PausingReceiver()
+    receiver.link = server
+    server.set_receiver(receiver)
+    sizes = [10] * 5 + [40_000] * 3 + [10] * 5
+    for i, size in enumerate(sizes):
+        client.send(Pub(f"s.{i}", bytes(size)))
+    for i in range(len(sizes)):
+        await asyncio.wait_for(receiver.arrived.wait(), 5)
+        receiver.arrived.clear()
+        await asyncio.sleep(0.01)  # time for a wrong second delivery to happen
+        assert len(receiver.got) == i + 1
+        server.resume_reading()
+    assert [p.subject for p in receiver.got] == [f"s.{i}" for i in range(len(sizes))]  # type: ignore[attr-defined]
+    client.close()
+    server.close()
+    await listener.aclose()
+
+
 # --- bad input ---------------------------------------------------------------------------------
 
 

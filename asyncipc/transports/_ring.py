@@ -262,65 +262,63 @@ class RingWriter(_RingEnd):
     def try_write_parts(self, parts: Sequence[Any], length: int, flags: int = 0) -> bool:
         """Append one record whose payload is ``parts`` (bytes-like, ``length`` bytes in
         all) without joining them first: each part is copied once, into the ring."""
-        size = record_size(length)
+        # The hot path of every ring link: record_size() and header_check() inlined.
+        size = (length + RECORD_HEADER + ALIGN - 1) & -ALIGN
         cap = self.capacity
-        if size > cap:
-            raise FrameTooLarge(
-                f"record of {length} bytes does not fit a ring of {cap} bytes "
-                f"(at most {self.max_payload})"
-            )
         tail = self._tail
         off = tail % cap
-        room = cap - off
-        mv = self._mv
-        if size > room:
-            # Fill the end with a pad and commit it alone: waiting for room for pad and
-            # record together could wait forever for a record bigger than what is left.
-            if not self._room(room):
+        if size > cap - off:
+            if size > cap:
+                raise FrameTooLarge(
+                    f"record of {length} bytes does not fit a ring of {cap} bytes "
+                    f"(at most {self.max_payload})"
+                )
+            if not self._pad(tail, off):
                 return False
-            length_pad = room - RECORD_HEADER
-            tag = _tag(tail)
-            RECORD.pack_into(
-                mv,
-                self._data + off,
-                length_pad,
-                0,
-                tag,
-                KIND_PAD,
-                0,
-                header_check(length_pad, 0, tag, KIND_PAD, 0),
-            )
-            tail += room
-            self._tail = tail
-            self._q[_TAIL_Q] = tail
+            tail = self._tail
             off = 0
-        if not self._room(size):
+        if tail + size - self._head_seen > cap and not self._room(size):
             return False
+        mv = self._mv
         at = self._data + off
         pos = at + RECORD_HEADER
         crc = 0
-        for part in parts:
-            n = len(part)
-            mv[pos : pos + n] = part
-            pos += n
-            if self.checksum:
+        if self.checksum:
+            for part in parts:
+                n = len(part)
+                mv[pos : pos + n] = part
+                pos += n
                 crc = zlib.crc32(part, crc)
+        else:
+            for part in parts:
+                n = len(part)
+                mv[pos : pos + n] = part
+                pos += n
         if pos - at - RECORD_HEADER != length:
             raise ValueError(f"parts hold {pos - at - RECORD_HEADER} bytes, not {length}")
-        tag = _tag(tail)
-        # Order matters (docs/shm.md): payload, then header, then the tail that commits.
-        RECORD.pack_into(
-            mv,
-            at,
-            length,
-            crc,
-            tag,
-            KIND_DATA,
-            flags,
-            header_check(length, crc, tag, KIND_DATA, flags),
+        tag = (tail >> 4) & 0xFFFFFFFF
+        h = (length * 0x9E3779B1 + crc * 0x85EBCA77 + tag * 0xC2B2AE3D + (256 | flags)) & (
+            0xFFFFFFFF
         )
-        self._tail = tail + size
-        self._q[_TAIL_Q] = tail + size
+        # Order matters (docs/shm.md): payload, then header, then the tail that commits.
+        RECORD.pack_into(mv, at, length, crc, tag, KIND_DATA, flags, (h ^ (h >> 16)) & 0xFFFF)
+        self._tail = tail = tail + size
+        self._q[_TAIL_Q] = tail
+        return True
+
+    def _pad(self, tail: int, off: int) -> bool:
+        """Fill the end of the ring with a pad and commit it alone: waiting for room for
+        pad and record together could wait forever for a record bigger than what is
+        left. False if even the pad does not fit yet."""
+        room = self.capacity - off
+        if not self._room(room):
+            return False
+        length = room - RECORD_HEADER
+        tag = _tag(tail)
+        check = header_check(length, 0, tag, KIND_PAD, 0)
+        RECORD.pack_into(self._mv, self._data + off, length, 0, tag, KIND_PAD, 0, check)
+        self._tail = tail + room
+        self._q[_TAIL_Q] = tail + room
         return True
 
     @property
@@ -398,11 +396,24 @@ class RingReader(_RingEnd):
             off = head % cap
             at = self._data + off
             length, crc, tag, kind, flags, check = RECORD.unpack_from(mv, at)
-            problem = self._header_problem(head, off, length, crc, tag, kind, flags, check)
-            if problem is not None:
-                raise CorruptRing(f"record at ring position {head}: {problem}", head)
-            size = record_size(length)
-            if kind == KIND_PAD:
+            size = (length + RECORD_HEADER + ALIGN - 1) & -ALIGN
+            # The common case checked inline (the hot path of every ring link); anything
+            # else, pads included, goes through _header_problem, which names the fault.
+            h = (
+                length * 0x9E3779B1 + crc * 0x85EBCA77 + tag * 0xC2B2AE3D + (kind << 8 | flags)
+            ) & (0xFFFFFFFF)
+            if (
+                kind != KIND_DATA
+                or tag != (head >> 4) & 0xFFFFFFFF
+                or check != (h ^ (h >> 16)) & 0xFFFF
+                or off + size > cap
+                or head + size > self._tail_seen
+            ):
+                problem = self._header_problem(head, off, length, crc, tag, kind, flags, check)
+                if problem is not None or kind != KIND_PAD:
+                    raise CorruptRing(f"record at ring position {head}: {problem}", head)
+                # A pad: consumed here, and published, since it may be all that frees
+                # the space a waiting writer needs.
                 self._head = head + size
                 self._q[_HEAD_Q] = head + size
                 continue

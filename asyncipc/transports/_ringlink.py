@@ -1,11 +1,14 @@
 """A :class:`~asyncipc.link.Link` over a pair of shared-memory rings (``shm://``, ``mmap://``).
 
-Frames are the wire protocol's own encoding (``docs/protocol.md``), one frame per ring
-record, so the broker and the bus are unchanged. The two hot paths skip the intermediate
-``bytes``: a client's PUB is written field by field straight into the ring, and the
-broker forwards a PUB's encoded body into each subscriber's ring behind a MSG head, one
-copy each. A frame larger than half the ring travels as several records flagged ``MORE``
-and is reassembled on the other side (bounded by the maximum frame size).
+Frames are the wire protocol's own encoding (``docs/protocol.md``), length prefix and
+all, so the broker and the bus are unchanged and the reader walks a record with the same
+checks as the stream decoder. A record holds whole frames: the small frames of one
+event-loop turn share one (as a stream link's one ``send`` per turn), because the work
+per record (header, checks, commit, doorbell) costs more than a small frame's copy. A
+large frame (16 KiB or more) is a record of its own, written part by part with no join:
+a client's payload, or on the broker the PUB body it forwards behind a MSG head, is
+copied once, into the ring. A frame larger than half the ring travels as several records
+flagged ``MORE`` and is reassembled on the other side (bounded by the maximum frame size).
 
 Closing is in-band: :meth:`RingLink.close` writes what is queued, then a ``FIN`` record,
 then hangs up the control socket. The peer reads everything up to the ``FIN`` even
@@ -136,8 +139,16 @@ class RingLink(Link):
         self._tx = tx
         # Frames above half the ring go in pieces, so one never waits for the whole ring.
         self._piece = min(tx.max_payload, tx.capacity // 2 - RECORD_HEADER)
+        # Small frames are joined into one record per loop turn, at most _batch_max bytes.
+        self._small = min(16 * 1024, self._piece // 2)
+        self._batch_max = min(64 * 1024, self._piece)
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._flush_handle: asyncio.Handle | None = None
+        self._mids: dict[str, bytes] = {}  # subject -> its encoded PUB fields, no reply/headers
         self._pending: deque[tuple[_Parts, int, int]] = deque()
         self._pending_bytes = 0
+        self._cur = self._cur_end = 0  # the record being read, when a pause split it
         self._partial: bytearray | None = None
         self._receiver: LinkReceiver | None = None
         self._paused = False
@@ -182,27 +193,45 @@ class RingLink(Link):
         )
 
     # --- sending --------------------------------------------------------------------------
+    #
+    # Small frames are gathered per event-loop turn (as the stream link gathers its writes)
+    # and go into the ring as one record: the per-record work (header, check, commit,
+    # doorbell) is then paid once per turn, not once per frame. A frame of more than
+    # ``_small`` bytes goes as a record of its own, written part by part with no join,
+    # and one of more than half the ring in pieces.
 
     def send(self, frame: Frame) -> None:
         if self._dead:
             raise self._send_error()
         data = encode(frame, self.max_frame)
-        self._put((data,), len(data))
+        if len(data) <= self._small:
+            self._queue(data)
+        else:
+            self._put_big((data,), len(data))
 
     def publish(
         self, subject: str, data: bytes, reply: str | None, headers: Headers | None
     ) -> None:
         if self._dead:
             raise self._send_error()
-        s = _short(subject, "subject")
-        r = _short(reply, "reply subject")
-        h = encode_headers(headers)
-        length = 1 + len(s) + len(r) + len(h) + len(data)
+        plain = reply is None and not headers
+        mid = self._mids.get(subject) if plain else None
+        if mid is None:
+            mid = _short(subject, "subject") + _short(reply, "reply subject")
+            mid += encode_headers(headers)
+            if plain:
+                if len(self._mids) >= 1024:
+                    self._mids.clear()
+                self._mids[subject] = mid
+        length = 1 + len(mid) + len(data)
         if length > self.max_frame:
             raise FrameTooLarge(
                 f"PUB frame of {length} bytes exceeds the maximum frame size {self.max_frame}"
             )
-        self._put((_HEAD.pack(length, Op.PUB), s, r, h, data), length + 4)
+        if length < self._small:
+            self._queue(_HEAD.pack(length, Op.PUB) + mid + data)
+        else:
+            self._put_big((_HEAD.pack(length, Op.PUB), mid, data), length + 4)
 
     def deliver(
         self,
@@ -216,8 +245,7 @@ class RingLink(Link):
         if self._dead:
             raise self._send_error()
         if pub is None:
-            frame = encode(Msg(sid, subject, data, reply, headers), self.max_frame)
-            self._put((frame,), len(frame))
+            self.send(Msg(sid, subject, data, reply, headers))
             return
         raw = pub.raw
         length = len(raw) + 5
@@ -225,9 +253,40 @@ class RingLink(Link):
             raise FrameTooLarge(
                 f"message of {length} bytes exceeds the maximum frame {self.max_frame}"
             )
-        self._put((_HEAD_SID.pack(length, Op.MSG, sid), raw), length + 4)
+        if length < self._small:
+            self._queue(_HEAD_SID.pack(length, Op.MSG, sid) + raw)
+        else:
+            self._put_big((_HEAD_SID.pack(length, Op.MSG, sid), raw), length + 4)
 
-    def _put(self, parts: _Parts, n: int) -> None:
+    def _queue(self, frame: bytes) -> None:
+        """A small frame: gathered with the rest of this loop turn's into one record."""
+        if self._out_bytes + len(frame) > self._batch_max:
+            self._flush()
+        self._out.append(frame)
+        self._out_bytes += len(frame)
+        if self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self._flush)
+        if self._out_bytes + self._pending_bytes > self._high_water:
+            self.write_blocked = self._blocked_reported = True
+
+    def _flush(self) -> None:
+        """The gathered frames into the ring, joined: one record, one copy."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        out = self._out
+        if not out or self._lost:
+            return
+        n = self._out_bytes
+        self._out = []
+        self._out_bytes = 0
+        self._put_record((out[0] if len(out) == 1 else b"".join(out),), n, 0)
+        if self.write_blocked and self._pending_bytes <= self._low_water:
+            self._unblock()
+
+    def _put_big(self, parts: _Parts, n: int) -> None:
+        """A large frame: a record of its own (after what was gathered), or pieces."""
+        self._flush()
         if n > self._piece:
             whole = memoryview(b"".join(parts))
             for off in range(0, n, self._piece):
@@ -253,7 +312,7 @@ class RingLink(Link):
                 return
         self._pending.append((parts, n, flags))
         self._pending_bytes += n
-        if self._pending_bytes > self._high_water:
+        if self._pending_bytes + self._out_bytes > self._high_water:
             self.write_blocked = self._blocked_reported = True
         self._port.poke()
 
@@ -268,7 +327,7 @@ class RingLink(Link):
             in_ring = self._tx.used if not self._lost else 0
         except CorruptRing:
             in_ring = 0
-        return self._pending_bytes + in_ring
+        return self._out_bytes + self._pending_bytes + in_ring
 
     async def drain(self) -> None:
         while self.write_blocked:
@@ -327,7 +386,7 @@ class RingLink(Link):
             if fin:
                 self._finish(None)
                 return True
-            if self.write_blocked and self._pending_bytes <= self._low_water:
+            if self.write_blocked and self._pending_bytes + self._out_bytes <= self._low_water:
                 self._unblock()
         return wrote
 
@@ -341,31 +400,50 @@ class RingLink(Link):
         n = 0
         try:
             while n < limit:
-                got = rx._next()
-                if got is None:
-                    break
-                start, length, flags = got
-                if flags & FLAG_FIN:
-                    rx._consume()
-                    n += 1
-                    self._peer_closed()
-                    break
-                if flags or self._partial is not None:
-                    whole = self._piece_in(mv, start, length, flags)
-                    rx._consume()
-                    n += 1
-                    if whole is None:
+                p, end = self._cur, self._cur_end
+                if p == end:  # no record in hand: take the next one
+                    got = rx._next()
+                    if got is None:
+                        break
+                    start, length, flags = got
+                    if flags & FLAG_FIN:
+                        rx._consume()
+                        n += 1
+                        self._peer_closed()
+                        break
+                    if flags or self._partial is not None:
+                        whole = self._piece_in(mv, start, length, flags)
+                        rx._consume()
+                        n += 1
+                        if whole is not None:
+                            w = memoryview(whole)
+                            if self._frame_end(w, 0, len(w)) != len(w):
+                                raise RemoteProtocolError(
+                                    f"a frame in pieces has {len(w)} bytes, not its length"
+                                )
+                            self._deliver(receiver, self._frame(w, 0, len(w)))
+                            if self._paused or self._lost or self._closing:
+                                break
                         continue
-                    item = self._decode(memoryview(whole), 0, len(whole))
-                else:
-                    item = self._decode(mv, start, start + length)
-                    rx._consume()
+                    p, end = start, start + length
+                # The frames of one record, each copied out before it is handed on; a
+                # pause between two of them keeps the rest in the ring for later.
+                while p < end:
+                    stop = self._frame_end(mv, p, end)
+                    item = self._frame(mv, p, stop)
+                    p = stop
                     n += 1
-                if type(item) is tuple:
-                    receiver.msg_received(*item)
-                else:
-                    receiver.frame_received(item)  # type: ignore[arg-type]
-                if self._paused or self._lost or self._closing:
+                    self._deliver(receiver, item)
+                    if self._paused or self._lost or self._closing:
+                        break
+                if self._lost:
+                    break
+                if p < end:
+                    self._cur, self._cur_end = p, end
+                    break
+                self._cur = self._cur_end = 0
+                rx._consume()
+                if self._paused or self._closing:
                     break
         except CorruptRing as exc:
             now = self._loop.time()
@@ -380,10 +458,12 @@ class RingLink(Link):
         if n:
             self._last_rx = self._loop.time()
             self._corrupt_since = None
-        if rx._head != head and not self._lost:
+        if self._lost:
+            return n
+        if rx._head != head:
             # (Not "if n": a pad consumed alone frees space a writer may be waiting for.)
             self._port.consumed()
-        if self._peer_gone and not self._lost and not self._paused:
+        if self._peer_gone and not self._paused and self._cur == self._cur_end:
             try:
                 more = rx.has_data()
             except CorruptRing:
@@ -396,6 +476,13 @@ class RingLink(Link):
                     )
                 )
         return n
+
+    @staticmethod
+    def _deliver(receiver: LinkReceiver, item: Frame | _MsgFields) -> None:
+        if type(item) is tuple:
+            receiver.msg_received(*item)
+        else:
+            receiver.frame_received(item)  # type: ignore[arg-type]
 
     def _peer_closed(self) -> None:
         """The peer's FIN: everything it sent is delivered; the link ends."""
@@ -420,23 +507,31 @@ class RingLink(Link):
         self._partial = None
         return partial
 
-    def _decode(self, mv: memoryview, start: int, end: int) -> Frame | _MsgFields:
-        length = end - start
-        if length < 5:
-            raise RemoteProtocolError(f"ring record of {length} bytes is too short for a frame")
-        flen = _U32.unpack_from(mv, start)[0]
+    def _frame_end(self, mv: memoryview, p: int, end: int) -> int:
+        """Where the frame at ``p`` of a record ending at ``end`` ends (its checks)."""
+        if end - p < 5:
+            raise RemoteProtocolError(f"{end - p} stray bytes at the end of a ring record")
+        flen: int = _U32.unpack_from(mv, p)[0]
         if flen > self._rx_max:
             raise FrameTooLarge(
                 f"frame length {flen} exceeds the maximum frame size {self._rx_max}"
             )
-        if flen != length - 4:
+        if flen == 0:
+            raise RemoteProtocolError("frame of length 0 (a frame holds at least its op)")
+        stop = p + 4 + flen
+        if stop > end:
             raise RemoteProtocolError(
-                f"ring record of {length} bytes holds a frame claiming {flen} + 4 bytes"
+                f"frame of {flen} bytes runs past its ring record ({end - p - 4} bytes left)"
             )
-        op = mv[start + 4]
+        return stop
+
+    def _frame(self, mv: memoryview, p: int, stop: int) -> Frame | _MsgFields:
+        """The frame in ``mv[p:stop]`` (length prefix included), decoded: a MSG as its
+        fields (only the payload is copied out of the ring), anything else by the codec."""
+        op = mv[p + 4]
         if op == Op.MSG:
-            return _decode_msg(mv, start, end)
-        return _parse(op, bytes(mv[start + 5 : end]))
+            return _decode_msg(mv, p, stop)
+        return _parse(op, bytes(mv[p + 5 : stop]))
 
     def _port_peer_gone(self, problem: str | None) -> None:
         if self._lost:
@@ -450,6 +545,8 @@ class RingLink(Link):
             return
         self._exc = BrokenLinkError(f"{self.peer.describe()} went away")
         # What it committed is still in our mapping: deliver it, then break the link.
+        self._out.clear()
+        self._out_bytes = 0
         self._pending.clear()
         self._pending_bytes = 0
         if self.write_blocked:
@@ -485,6 +582,7 @@ class RingLink(Link):
             if self._peer_gone and not self._lost:
                 self._finish(None)
             return
+        self._flush()
         self._closing = self._dead = True
         self._exc = ClosedError(f"{self.transport} link is closed")
         self._put_record((), 0, FLAG_FIN)  # after everything queued
@@ -512,6 +610,7 @@ class RingLink(Link):
                 ErrorCode.FRAME_TOO_LARGE if isinstance(exc, FrameTooLarge) else ErrorCode.PROTOCOL
             )
             try:
+                self._flush()  # answers to the good frames before the bad one go first
                 self._port_write()
                 if not self._pending:
                     err = encode(Err(code, str(exc)[:1000]))
@@ -530,6 +629,11 @@ class RingLink(Link):
         if exc is not None and (self._exc is None or isinstance(self._exc, BrokenLinkError)):
             self._exc = exc
         self._port.close()
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._out.clear()
+        self._out_bytes = 0
         self._pending.clear()
         self._pending_bytes = 0
         self._partial = None

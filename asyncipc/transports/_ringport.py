@@ -41,7 +41,10 @@ __all__ = ["DEFAULT_SPIN", "PortOwner", "RingPort"]
 DEFAULT_SPIN = 0.0002
 """Seconds a port keeps polling after the last record before it goes to sleep."""
 
-_BATCH = 512  # records handled per poll before the loop gets a turn
+_BATCH = 512  # frames handled per poll before the loop gets a turn
+DURABLE_BACKSTOP = 1.0
+"""Seconds between looks of a sleeping side that has no control socket to tell it its
+peer died (``mmap://`` ring files): once a second, so idle still costs nothing."""
 
 
 Bell = EventfdBell | FifoBell
@@ -96,6 +99,7 @@ class RingPort:
         self._spin = spin
         self._loop = asyncio.get_running_loop()
         self._handle: asyncio.Handle | None = None
+        self._backstop_handle: asyncio.TimerHandle | None = None
         self._asleep = False
         self._closed = False
         self._active = self._loop.time()
@@ -114,6 +118,9 @@ class RingPort:
         """Look at the rings soon (reading resumed, a receiver arrived, a write queued)."""
         if self._closed:
             return
+        if self._backstop_handle is not None:
+            self._backstop_handle.cancel()
+            self._backstop_handle = None
         if self._asleep:
             self._wake_flags()
         self._active = self._loop.time()
@@ -121,7 +128,8 @@ class RingPort:
             self._handle = self._loop.call_soon(self._poll)
 
     def wrote(self) -> None:
-        """Records went into the outbound ring: ring the peer if it sleeps."""
+        """Records went into the outbound ring: ring the peer if it sleeps. (Links write
+        one record per loop turn for all their small frames, so this is once per turn.)"""
         tx = self._tx
         assert tx is not None
         seq = tx.reader_sleep
@@ -146,9 +154,10 @@ class RingPort:
         if self._closed:
             return
         self._closed = True
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        for handle in (self._handle, self._backstop_handle):
+            if handle is not None:
+                handle.cancel()
+        self._handle = self._backstop_handle = None
         if self._bell_in is not None and self._bell_in.fileno() >= 0:
             self._loop.remove_reader(self._bell_in.fileno())
         if self._ctl is not None and self._ctl.fileno() >= 0:
@@ -203,10 +212,14 @@ class RingPort:
             self.poke()
             return
         if FENCE is None or self._bell_in is None:
-            self._handle = self._loop.call_later(BACKSTOP, self._backstop)
+            self._backstop_handle = self._loop.call_later(BACKSTOP, self._backstop)
+        elif self._ctl is None:
+            # No control socket (a durable ring file): a writer killed between its commit
+            # and its ring would leave us asleep on a record with nobody to say so.
+            self._backstop_handle = self._loop.call_later(DURABLE_BACKSTOP, self._backstop)
 
     def _backstop(self) -> None:
-        self._handle = None
+        self._backstop_handle = None
         self.poke()
 
     def _wake_flags(self) -> None:
