@@ -207,6 +207,7 @@ def write_json(
     *,
     channels: dict[str, Any] | None = None,
     adapters: dict[str, Any] | None = None,
+    shm: dict[str, Any] | None = None,
 ) -> None:
     doc = {
         "meta": meta,
@@ -235,6 +236,7 @@ def write_json(
         "inprocess": inprocess,
         "channels": channels,
         "adapters": adapters,
+        "shm": shm,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2) + "\n")

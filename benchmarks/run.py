@@ -47,7 +47,10 @@ CHANNELS = "channels"
 #: The adapters section (``benchmarks/adapters.py``): gRPC (and HTTP) next to unix:// and
 #: next to the bare frameworks under them.
 ADAPTERS = "adapters"
-ALL_CASES = [*CASES, INPROCESS, CHANNELS, ADAPTERS]
+#: The shared-memory section (``benchmarks/shm.py``): shm:// and direct shm channels next
+#: to unix://, and memcpy bandwidth.
+SHM = "shm"
+ALL_CASES = [*CASES, INPROCESS, CHANNELS, ADAPTERS, SHM]
 
 
 def _select(text: str | None, known: Sequence[str], what: str) -> list[str]:
@@ -187,6 +190,7 @@ def _render(
     inprocess: dict[str, Any] | None,
     channels: dict[str, Any] | None = None,
     adapters: dict[str, Any] | None = None,
+    shm: dict[str, Any] | None = None,
 ) -> str:
     parts = [render_tables(cases, systems, cells, {c.id: scale.count(c) for c in cases})]
     if inprocess is not None:
@@ -208,6 +212,13 @@ def _render(
             from .adapters import table as adapters_table
 
             parts.append("## " + adapters_table(adapters))
+    if shm is not None:
+        if "error" in shm:
+            parts.append(f"## shm\n\nerror: {shm['error']}")
+        else:
+            from .shm import table as shm_table
+
+            parts.append("## " + shm_table(shm))
     parts.append(render_summary(cases, systems, cells))
     return "\n\n".join(p for p in parts if p)
 
@@ -226,6 +237,7 @@ async def amain(args: argparse.Namespace) -> int:
     inprocess: dict[str, Any] | None = None
     channels: dict[str, Any] | None = None
     adapters: dict[str, Any] | None = None
+    shm: dict[str, Any] | None = None
     started = time.monotonic()
     try:
         for case in cases:
@@ -280,6 +292,20 @@ async def amain(args: argparse.Namespace) -> int:
                 file=sys.stderr,
                 flush=True,
             )
+        if SHM in chosen:
+            t0 = time.monotonic()
+            try:
+                # Eight cells, each bounded like one cell.
+                shm = await _inprocess(args.quick, 4 * scale.timeout, SHM)
+                done = "unix vs shm, direct channel, memcpy"
+            except BenchError as exc:
+                shm = {"error": str(exc), "detail": exc.detail}
+                done = f"error: {exc}"
+            print(
+                f"{SHM:>9} {'asyncipc':<14} {time.monotonic() - t0:5.1f} s  {done}",
+                file=sys.stderr,
+                flush=True,
+            )
     except asyncio.CancelledError:
         # Ctrl-C or SIGTERM: the cell's processes are stopped by now (context managers).
         for case in cases:
@@ -287,7 +313,7 @@ async def amain(args: argparse.Namespace) -> int:
                 cells.setdefault((case.id, name), Cell("skipped", reason="interrupted"))
         print("\ninterrupted; the cells that finished:\n", file=sys.stderr)
         print(
-            _render(args, scale, cases, systems, cells, inprocess, channels, adapters),
+            _render(args, scale, cases, systems, cells, inprocess, channels, adapters, shm),
             flush=True,
         )
         raise
@@ -303,10 +329,20 @@ async def amain(args: argparse.Namespace) -> int:
         and "error" not in channels
         and adapters is not None
         and "error" not in adapters
+        and shm is not None
+        and "error" not in shm
     )
-    print(_render(args, scale, cases, systems, cells, inprocess, channels, adapters))
+    print(_render(args, scale, cases, systems, cells, inprocess, channels, adapters, shm))
     write_json(
-        args.json, meta, cases, systems, cells, inprocess, channels=channels, adapters=adapters
+        args.json,
+        meta,
+        cases,
+        systems,
+        cells,
+        inprocess,
+        channels=channels,
+        adapters=adapters,
+        shm=shm,
     )
     print(f"\nfull results: {args.json} ({meta['seconds']:.0f} s)", file=sys.stderr)
     return 0

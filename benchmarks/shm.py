@@ -1,0 +1,291 @@
+"""Shared memory next to a Unix socket: ``shm://`` and direct shm channels against
+``unix://``, and the machine's memory-copy bandwidth, in one run.
+
+Rows (issue 4's targets in brackets):
+
+* **1 MiB one-way through the broker**, ``shm://`` and ``unix://`` [shm at least 2x unix];
+* **64 B one-way through the broker**, the same two [shm at least unix];
+* **64 B request/reply p50**: a direct shm channel (two processes, no broker) against
+  ``unix://`` through the broker (requester -> broker -> responder and back)
+  [shm at most 0.3x unix];
+* **1 MiB one-way over a direct shm channel**, read in place (zero-copy) and copied out,
+  against ``memcpy`` of 1 MiB into shared memory measured here [report the fraction].
+
+The brokered rows have the shape of ``benchmarks/channels.py``: the broker runs in this
+process (uvloop), publisher and subscriber are ``workers/asyncipc_w.py`` processes, and
+the figure is messages/s received from the publisher's first timed message to the last
+arrival. Direct rows use ``workers/shm_w.py``. Rings have their default size (4 MiB per
+direction) everywhere.
+
+Run alone: ``python -m benchmarks.shm [--quick] [--json PATH]``; ``benchmarks.run`` runs
+it as the ``shm`` section (``--cases shm``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import mmap
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+import asyncipc
+
+from ._cases import Case, _pubsub_metrics
+from ._procs import BenchError, worker
+
+__all__ = ["measure", "memcpy_bandwidth", "table"]
+
+MIB = 1024 * 1024
+#: (payload bytes, messages in a full run); ``--quick`` divides by 10.
+ONE_WAY = {MIB: 3_000, 64: 200_000}
+REQUESTS, WARMUP = 10_000, 500
+DIRECT = 5_000
+STARTUP = 20.0
+SUBJECT = "bench.x"
+
+
+def memcpy_bandwidth(size: int = MIB, seconds: float = 0.3) -> float:
+    """Bytes/s of copying ``size`` bytes into a shared mapping, as the ring writer does
+    (slice assignment into a ``memoryview`` of an ``mmap``), best of three."""
+    src = os.urandom(size)
+    best = 0.0
+    with mmap.mmap(-1, 4 * size) as mm:
+        mv = memoryview(mm)
+        try:
+            for _ in range(3):
+                n, t0 = 0, time.perf_counter()
+                while (elapsed := time.perf_counter() - t0) < seconds:
+                    for off in range(0, 4 * size, size):
+                        mv[off : off + size] = src
+                    n += 4
+                best = max(best, n * size / elapsed)
+        finally:
+            mv.release()
+    return best
+
+
+def _case(size: int, count: int) -> Case:
+    return Case(f"shm{size}", "", "", "pubsub", size, count, 1, ())
+
+
+def _argv(url: str, count: int, size: int, **extra: Any) -> list[str]:
+    args = ["--url", url, "--count", str(count), "--size", str(size)]
+    for key, value in extra.items():
+        args += [f"--{key}", str(value)]
+    return args
+
+
+async def _one_way(url: str, size: int, count: int, tmp: Path) -> dict[str, Any]:
+    async with contextlib.AsyncExitStack() as stack:
+        broker = await stack.enter_async_context(asyncipc.Broker())
+        url = (await broker.listen(url)).url
+        sub = await stack.enter_async_context(
+            worker("sub", "asyncipc_w", "sub", _argv(url, count, size, subject=SUBJECT), tmp)
+        )
+        await sub.expect("ready", STARTUP)
+        pub = await stack.enter_async_context(
+            worker("pub", "asyncipc_w", "pub", _argv(url, count, size, subject=SUBJECT), tmp)
+        )
+        await pub.expect("ready", STARTUP)
+        await sub.expect("warm", STARTUP)
+        await pub.send("go")
+        sent = await pub.expect("result", 300)
+        result = await sub.expect("result", 300)
+    return _pubsub_metrics(_case(size, count), count, sent, [result])
+
+
+async def _reqrep_unix(count: int, tmp: Path) -> dict[str, Any]:
+    async with contextlib.AsyncExitStack() as stack:
+        broker = await stack.enter_async_context(asyncipc.Broker())
+        url = (await broker.listen(f"unix://{tmp}/b.sock")).url
+        responder = await stack.enter_async_context(
+            worker("responder", "asyncipc_w", "responder", ["--url", url], tmp)
+        )
+        await responder.expect("ready", STARTUP)
+        args = _argv(url, count, 64, warmup=WARMUP, timeout=5)
+        requester = await stack.enter_async_context(
+            worker("requester", "asyncipc_w", "requester", args, tmp)
+        )
+        return await requester.expect("result", 300)
+
+
+async def _reqrep_direct(count: int, tmp: Path) -> dict[str, Any]:
+    url = f"shm://bench{os.urandom(4).hex()}"
+    async with contextlib.AsyncExitStack() as stack:
+        echo = await stack.enter_async_context(
+            worker("echo", "shm_w", "chan-echo", ["--url", url], tmp)
+        )
+        await echo.expect("ready", STARTUP)
+        args = _argv(url, count, 64, warmup=WARMUP)
+        requester = await stack.enter_async_context(
+            worker("requester", "shm_w", "chan-req", args, tmp)
+        )
+        return await requester.expect("result", 300)
+
+
+async def _direct(count: int, in_place: bool, tmp: Path) -> dict[str, Any]:
+    url = f"shm://bench{os.urandom(4).hex()}"
+    mode = "in-place" if in_place else "copy"
+    async with contextlib.AsyncExitStack() as stack:
+        sink = await stack.enter_async_context(
+            worker("sink", "shm_w", "chan-sink", _argv(url, count, MIB, subject=mode), tmp)
+        )
+        await sink.expect("ready", STARTUP)
+        source = await stack.enter_async_context(
+            worker("source", "shm_w", "chan-source", _argv(url, count, MIB), tmp)
+        )
+        await source.expect("ready", STARTUP)
+        await source.send("go")
+        sent = await source.expect("result", 300)
+        result = await sink.expect("result", 300)
+    return _pubsub_metrics(_case(MIB, count), count, sent, [result])
+
+
+async def _cell(results: dict[str, Any], key: str, run: Any) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="aipcs-", dir="/tmp"))
+    try:
+        results[key] = await run(tmp)
+    except (BenchError, TimeoutError) as exc:
+        results[key] = {"error": str(exc) or "timeout"}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"  {key:<22} done", file=sys.stderr, flush=True)
+
+
+async def run_all(quick: bool) -> dict[str, Any]:
+    div = 10 if quick else 1
+    r: dict[str, Any] = {}
+    for size, full in ONE_WAY.items():
+        n = max(1, full // div)
+        for scheme in ("unix", "shm"):
+
+            async def one_way(tmp: Path, scheme: str = scheme, size: int = size, n: int = n) -> Any:
+                where = f"unix://{tmp}/b.sock" if scheme == "unix" else f"shm://b{tmp.name}"
+                return await _one_way(where, size, n, tmp)
+
+            await _cell(r, f"{scheme}/{size}", one_way)
+    await _cell(r, "unix/reqrep", lambda tmp: _reqrep_unix(REQUESTS // div, tmp))
+    await _cell(r, "direct/reqrep", lambda tmp: _reqrep_direct(REQUESTS // div, tmp))
+    for in_place in (True, False):
+        key = "direct/1MiB/" + ("in-place" if in_place else "copy")
+        await _cell(r, key, lambda tmp, p=in_place: _direct(DIRECT // div, p, tmp))
+    r["memcpy_bytes_per_s"] = memcpy_bandwidth()
+    return {"quick": quick, "cells": r}
+
+
+def _get(cells: dict[str, Any], key: str, metric: str) -> float | None:
+    m = cells.get(key)
+    if not isinstance(m, dict) or "error" in m or metric not in m:
+        return None
+    return float(m[metric])
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a is not None and b else "-"
+
+
+def _rate(v: float | None, unit: str) -> str:
+    if v is None:
+        return "error"
+    if unit == "B/s":
+        return f"{v / 1e9:.2f} GB/s"
+    if unit == "us":
+        return f"{v:.1f} us"
+    return f"{v / 1e3:,.1f}k msgs/s" if v < 1e6 else f"{v / 1e6:.2f}M msgs/s"
+
+
+def table(result: dict[str, Any]) -> str:
+    """The shm section as ``benchmarks.run`` prints it."""
+    c: dict[str, Any] = result["cells"]
+    memcpy = float(c["memcpy_bytes_per_s"])
+    rows: list[tuple[str, str, str, str, str]] = []
+
+    def one_way(label: str, size: int, target: str) -> None:
+        u = _get(c, f"unix/{size}", "msgs_per_s")
+        s = _get(c, f"shm/{size}", "msgs_per_s")
+        rows.append((label, _rate(u, "msgs"), _rate(s, "msgs"), _ratio(s, u), target))
+
+    one_way("1 MiB one-way via broker", MIB, ">= 2x")
+    rows.append(
+        (
+            "  (as bytes)",
+            _rate(_mb(c, "unix", MIB), "B/s"),
+            _rate(_mb(c, "shm", MIB), "B/s"),
+            "",
+            "",
+        )
+    )
+    one_way("64 B one-way via broker", 64, ">= 1x")
+    u = _get(c, "unix/reqrep", "p50_us")
+    d = _get(c, "direct/reqrep", "p50_us")
+    rows.append(
+        (
+            "64 B req/reply p50 (shm: direct)",
+            _rate(u, "us"),
+            _rate(d, "us"),
+            _ratio(d, u),
+            "<= 0.3x",
+        )
+    )
+    for mode in ("in-place", "copy"):
+        rate = _get(c, f"direct/1MiB/{mode}", "mb_per_s")
+        bps = rate * 1e6 if rate is not None else None
+        rows.append(
+            (
+                f"1 MiB direct shm, {mode} / memcpy",
+                _rate(memcpy, "B/s"),
+                _rate(bps, "B/s"),
+                _ratio(bps, memcpy),
+                "close to 1x" if mode == "in-place" else "",
+            )
+        )
+    head = ("case", "unix:// (or memcpy)", "shm", "shm / unix", "target")
+    widths = [max(len(r[i]) for r in (head, *rows)) for i in range(5)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(x.ljust(w) for x, w in zip(cells, widths, strict=True)) + " |"
+
+    title = (
+        "shm: shm:// and a direct shm channel against unix:// (broker in the orchestrating "
+        "process) and memcpy into shared memory; default 4 MiB rings"
+    )
+    out = [title, "", line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [line(r) for r in rows]
+    out += [f"  {k}: {v['error']}" for k, v in c.items() if isinstance(v, dict) and "error" in v]
+    return "\n".join(out)
+
+
+def _mb(cells: dict[str, Any], scheme: str, size: int) -> float | None:
+    v = _get(cells, f"{scheme}/{size}", "mb_per_s")
+    return v * 1e6 if v is not None else None
+
+
+def measure(quick: bool = False) -> dict[str, Any]:
+    """Every row, in a fresh uvloop loop."""
+    return uvloop.run(run_all(quick))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    results = measure(args.quick)
+    print(table(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
