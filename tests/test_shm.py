@@ -583,3 +583,16 @@ async def test_settings_reach_both_sides() -> None:
             assert (await sub.next_msg(timeout=5)).data == b"y" * 300_000
     assert parse_url(f"shm://{n}").name == n
     assert _ringsetup.parse_size("16M") == 16 * 1024 * 1024
+
+
+def test_the_shm_pipeline_example_runs() -> None:
+    done = subprocess.run(
+        [sys.executable, str(HERE.parent / "examples" / "shm_pipeline.py"), "--frames", "12"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "CRCs checked: ok" in done.stdout
+    assert "CRCs checked: 12/12" in done.stdout
+    assert "every CRC matched" in done.stdout
