@@ -215,9 +215,21 @@ class ControlListener(Listener):
             conn.setblocking(False)
             task = self._loop.create_task(self._serve_one(conn))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: set-up of a client failed", self.url, exc_info=task.exception())
 
     async def _serve_one(self, conn: socket.socket) -> None:
+        try:
+            await self._handshake(conn)
+        except BaseException:
+            conn.close()  # cancelled (the listener closed) or an unexpected failure
+            raise
+
+    async def _handshake(self, conn: socket.socket) -> None:
         pid, uid, gid = peer_credentials(conn)
         who = f"{self._transport} client pid {pid}"
         try:
@@ -562,8 +574,14 @@ def _map_pair(
     mm = mmap.mmap(seg_fd, total)
     os.close(seg_fd)
     try:
-        tx, rx = RingWriter(mm, off_a), RingReader(mm, off_b)
+        tx = RingWriter(mm, off_a)
     except CorruptRing:
+        mm.close()
+        raise
+    try:
+        rx = RingReader(mm, off_b)
+    except CorruptRing:
+        tx.close()
         mm.close()
         raise
     return Endpoint(
