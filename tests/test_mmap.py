@@ -207,3 +207,22 @@ async def test_files_that_are_not_ring_files_are_refused(tmp_path: Path) -> None
     async with asyncipc.Broker() as broker:
         with pytest.raises(asyncipc.ConfigurationError, match="lets other users in"):
             await broker.listen(f"mmap://{tmp_path}")
+
+
+async def test_a_full_ring_file_holds_the_writer_until_the_reader_frees_space(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "full.ring")
+    writer = await open_writer(path, size="64K")
+    reader = await open_reader(path)
+    big = bytes(30_000)
+    await writer.send(big)
+    await writer.send(big)
+    third = asyncio.create_task(writer.send(big))  # does not fit: waits on path.space
+    await until(lambda: reader._rx is not None and reader._rx.writer_waiting, "the wait")
+    assert not third.done()
+    assert await reader.recv() == big  # frees space: rings the writer's FIFO
+    await asyncio.wait_for(third, 5)
+    assert [len(await reader.recv()) for _ in range(2)] == [30_000, 30_000]
+    await writer.aclose()
+    await reader.aclose()

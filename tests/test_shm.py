@@ -409,6 +409,22 @@ async def test_a_record_past_the_ring_end_cuts_off_that_client_alone(
         ep.ctl.close()
 
 
+async def test_a_scribbled_tail_cuts_off_that_client_alone(
+    broker: asyncipc.Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    n = name()
+    url = (await broker.listen(f"shm://{n}")).url
+    async with asyncipc.connect(url) as good, asyncipc.connect(url) as bad:
+        await until(lambda: broker.sessions == 2, "both sessions")
+        tx = bad._link._tx  # type: ignore[attr-defined]
+        tx._q[TAIL // 8] = 10 * tx.capacity  # its own ring's commit word, out of range
+        bad._link._port.wrote()  # type: ignore[attr-defined]
+        bad._link._bells[1].ring()  # type: ignore[attr-defined]
+        await until(lambda: broker.sessions == 1, "the scribbler to be cut off")
+        assert f"the writer's tail {10 * tx.capacity} is out of range" in caplog.text
+        await good.flush()
+
+
 class FakeListener:
     """A control socket that answers with whatever a test wants (a hostile broker)."""
 

@@ -265,7 +265,12 @@ class RingChannel:
             if fut.cancelled():
                 pending.popleft()
                 continue
-            if not tx.try_write(data, flags):
+            try:
+                written = tx.try_write(data, flags)
+            except CorruptRing as exc:  # the peer scribbled on its head
+                self._fail(exc)
+                return False
+            if not written:
                 break
             pending.popleft()
             fut.set_result(None)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..errors import (
     BrokenLinkError,
     ClosedError,
+    ConnectionClosed,
     CorruptRing,
     FrameTooLarge,
     LocalProtocolError,
@@ -280,7 +281,10 @@ class RingLink(Link):
         n = self._out_bytes
         self._out = []
         self._out_bytes = 0
-        self._put_record((out[0] if len(out) == 1 else b"".join(out),), n, 0)
+        try:
+            self._put_record((out[0] if len(out) == 1 else b"".join(out),), n, 0)
+        except ConnectionClosed:
+            return  # a corrupt ring: _put_record has cut the link off and said why
         if self.write_blocked and self._pending_bytes <= self._low_water:
             self._unblock()
 

@@ -33,6 +33,7 @@ import os
 import socket
 from typing import Protocol
 
+from ..errors import CorruptRing
 from ._doorbell import BACKSTOP, FENCE, EventfdBell, FifoBell
 from ._ring import RingReader, RingWriter
 
@@ -206,7 +207,7 @@ class RingPort:
             FENCE()
         # One more look after the flags are visible: a record (or space) that arrived
         # before the peer could see them would otherwise never be rung for.
-        if (reading and self._rx is not None and self._rx.has_data()) or (
+        if (reading and self._rx is not None and self._has_data()) or (
             waiting and owner._port_write()
         ):
             self.poke()
@@ -217,6 +218,13 @@ class RingPort:
             # No control socket (a durable ring file): a writer killed between its commit
             # and its ring would leave us asleep on a record with nobody to say so.
             self._backstop_handle = self._loop.call_later(DURABLE_BACKSTOP, self._backstop)
+
+    def _has_data(self) -> bool:
+        assert self._rx is not None
+        try:
+            return self._rx.has_data()
+        except CorruptRing:
+            return True  # the owner's read meets it and decides (grace, then its error)
 
     def _backstop(self) -> None:
         self._backstop_handle = None
