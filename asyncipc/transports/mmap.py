@@ -119,10 +119,16 @@ def file_segments(directory: str) -> Callable[[int, str], tuple[int, Callable[[]
     return make
 
 
+def _check_platform() -> None:
+    if not hasattr(os, "eventfd"):
+        raise ConfigurationError("mmap:// broker links need Linux (eventfd, SCM_RIGHTS)")
+
+
 class MmapTransport:
     """The ``mmap`` scheme (broker links over ring files)."""
 
     async def connect(self, url: URL, options: TransportOptions) -> Link:
+        _check_platform()
         directory = private_dir(_dir(url), create=False)
         size = parse_size(url.query["size"]) if "size" in url.query else None
         endpoint = await connect_control(
@@ -139,6 +145,7 @@ class MmapTransport:
         return RingLink.from_endpoint(endpoint, "mmap", options, _spin(url), server=False)
 
     async def listen(self, url: URL, accept: Accept, options: TransportOptions) -> Listener:
+        _check_platform()
         directory = private_dir(_dir(url), create=True)
         spin = _spin(url)
         remove_leftovers(directory)
