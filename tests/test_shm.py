@@ -265,6 +265,25 @@ async def test_a_pad_committed_alone_wakes_the_reader_and_its_space_the_writer()
         await b.aclose()
 
 
+async def test_without_membarrier_a_sleeper_still_wakes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where membarrier(2) is missing the port sleeps with a backstop timer too: records
+    still arrive, whether the doorbell or the timer wakes it."""
+    from asyncipc.transports import _ringport
+
+    monkeypatch.setattr(_ringport, "FENCE", None)
+    async with await listen_channel(f"shm://{name()}?spin=0") as listener:
+        a = await connect_channel(listener.url)
+        b = await listener.accept()
+        for i in range(5):
+            task = asyncio.create_task(b.recv())
+            await until(lambda: a._tx.reader_sleeping, "b to go to sleep")
+            assert b._port._backstop_handle is not None
+            await a.send(b"%d" % i)
+            assert await task == b"%d" % i
+        await a.aclose()
+        await b.aclose()
+
+
 async def _send_many(ch: object, data: bytes, n: int) -> None:
     for _ in range(n):
         await ch.send(data)  # type: ignore[attr-defined]
