@@ -201,8 +201,10 @@ class Bus:
             and not self._welcome.cancelled()
             and self._welcome.exception() is None
         )
-        if not self._closing and welcomed:
-            # (A refused handshake is raised to the caller of connect(): no log line.)
+        # Not logged here: a refused handshake (raised to the caller of connect()), and an
+        # orderly shutdown (ERR 7, logged at INFO when it arrived).
+        shutdown = isinstance(lost, BrokerError) and lost.code == ErrorCode.SHUTDOWN
+        if not self._closing and welcomed and not shutdown:
             log.warning("%s: connection lost: %s", self.url, lost)
         if not self._welcome.done():
             self._welcome.set_exception(

@@ -133,3 +133,20 @@ async def test_shutdown_does_not_wait_for_replies_nobody_reads(tmp_path: Path) -
         # Well under drain_timeout: the one request in flight has expired already.
         await asyncio.wait_for(broker.close(), 30)
     assert seen == [{"asyncipc-timeout": "0.2"}]
+
+
+async def test_an_orderly_broker_shutdown_is_not_logged_as_a_fault(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = asyncipc.Broker()
+    listener = await broker.listen(f"unix://{tmp_path}/b.sock")
+    bus = await asyncipc.connect(listener.url)
+    try:
+        with caplog.at_level(logging.INFO, logger="asyncipc.client"):
+            await broker.close()
+            await asyncio.wait_for(bus.wait_closed(), 10)
+        client = [r for r in caplog.records if r.name == "asyncipc.client"]
+        assert [r.levelno for r in client] == [logging.INFO]
+        assert "shutting down" in client[0].getMessage()
+    finally:
+        await bus.close()
