@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import CHECKS
 
 import asyncipc
+from asyncipc.adapters._openapi import document
 from asyncipc.adapters.rest import RestServer
 
 TOKEN = "s3cret"
@@ -154,6 +156,25 @@ def resolve(doc: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
         node = node[part]
     assert isinstance(node, dict)
     return node
+
+
+def test_path_parameter_patterns_admit_no_percent() -> None:
+    """A '%' in a path parameter is sent decoded by clients that quote it "idempotently"
+    (unquote, then quote): schemathesis sends a subject 'a%09b' as 'a%09b', a tab to the
+    server. The document must not call such subjects valid (it once did: ST202, 1 run in
+    10)."""
+    patterns = [
+        p["schema"]["pattern"]
+        for ops in document(1024, token=False)["paths"].values()
+        for op in ops.values()
+        for p in op.get("parameters", [])
+        if p["in"] == "path"
+    ]
+    assert len(patterns) == 3  # publish, request, subscribe
+    for pattern in patterns:
+        assert re.search(pattern, "a!$&'()+,-0=?@[]^_`{|}~.b")
+        assert not re.search(pattern, "a%09b")
+        assert not re.search(pattern, "%")
 
 
 @pytest.mark.parametrize("token", [None, TOKEN])
