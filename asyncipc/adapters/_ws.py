@@ -26,8 +26,8 @@ import aiohttp
 
 from ..errors import BrokenLinkError, ClosedError, FrameTooLarge, ProtocolError
 from ..link import Link, LinkReceiver, PeerInfo
-from ..protocol import MSG_EXTRA, Err, ErrorCode, Frame, FrameDecoder, Headers, Msg, Pub, encode
-from ..protocol.frames import encode_msg_from_pub
+from ..protocol import MSG_EXTRA, Err, ErrorCode, Frame, FrameDecoder, Headers, Pub, encode
+from ..protocol.frames import encode_delivery
 from ..transports import TransportOptions
 
 __all__ = ["BATCH", "SUBPROTOCOL", "WebSocketLink", "max_message"]
@@ -194,10 +194,7 @@ class WebSocketLink(Link):
     ) -> None:
         if self._closing:
             raise self._send_error()
-        if pub is None:
-            self._queue(encode(Msg(sid, subject, data, reply, headers), self.max_frame))
-        else:
-            self._queue(encode_msg_from_pub(sid, pub, self.max_frame))
+        self._queue(encode_delivery(sid, subject, data, reply, headers, pub, self.max_frame))
 
     def _queue(self, data: bytes) -> None:
         self._out.append(data)

@@ -35,6 +35,7 @@ __all__ = [
     "Unsub",
     "Welcome",
     "encode",
+    "encode_delivery",
     "encode_headers",
     "encode_msg_from_pub",
 ]
@@ -325,6 +326,22 @@ def encode_msg_from_pub(sid: int, pub: Pub, max_frame: int) -> bytes:
     if length > max_frame + MSG_EXTRA:
         raise FrameTooLarge(f"message of {length} bytes exceeds the maximum frame {max_frame}")
     return _HEAD_SID.pack(length, Op.MSG, sid) + raw
+
+
+def encode_delivery(
+    sid: int,
+    subject: str,
+    data: bytes,
+    reply: str | None,
+    headers: Headers | None,
+    pub: Pub | None,
+    max_frame: int,
+) -> bytes:
+    """The MSG frame a stream-like link writes for :meth:`Link.deliver`: the PUB's body
+    reused when the message arrived as one, else encoded from the fields."""
+    if pub is None:
+        return encode(Msg(sid, subject, data, reply, headers), max_frame)
+    return encode_msg_from_pub(sid, pub, max_frame)
 
 
 def encode(frame: Frame, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:

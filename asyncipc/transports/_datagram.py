@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import BrokenLinkError, ClosedError, FrameTooLarge, ProtocolError
 from ..link import Link, LinkReceiver, PeerInfo
-from ..protocol import Frame, Headers, Hello, Msg, Op, Pub, Welcome, encode
+from ..protocol import Frame, Headers, Hello, Op, Pub, Welcome, encode
 from ..protocol.datagram import (
     ACK_REQ,
     DATAGRAM_OVERHEAD,
@@ -33,7 +33,7 @@ from ..protocol.datagram import (
     pack_header,
     seq_after,
 )
-from ..protocol.frames import encode_msg_from_pub
+from ..protocol.frames import encode_delivery
 from . import TransportOptions
 from ._datagram_socket import DatagramSocket, DatagramStats
 
@@ -178,10 +178,7 @@ class DatagramLink(Link):
     ) -> None:
         if self._closing:
             raise self._send_error()
-        if pub is None:
-            self._queue(encode(Msg(sid, subject, data, reply, headers), self._max_frame))
-        else:
-            self._queue(encode_msg_from_pub(sid, pub, self._max_frame))
+        self._queue(encode_delivery(sid, subject, data, reply, headers, pub, self._max_frame))
 
     def _announce(self, frame: Hello | Welcome) -> Hello | Welcome:
         """A HELLO or WELCOME announces the largest frame this side accepts: cap it at

@@ -23,11 +23,10 @@ from ..protocol import (
     Frame,
     FrameDecoder,
     Headers,
-    Msg,
     Pub,
     encode,
 )
-from ..protocol.frames import encode_msg_from_pub
+from ..protocol.frames import encode_delivery
 from . import TransportOptions
 
 __all__ = ["StreamLink", "StreamListener"]
@@ -179,10 +178,7 @@ class StreamLink(asyncio.Protocol, Link):
     ) -> None:
         if self._closing:
             raise self._send_error()
-        if pub is None:
-            self._queue(encode(Msg(sid, subject, data, reply, headers), self.max_frame))
-        else:
-            self._queue(encode_msg_from_pub(sid, pub, self.max_frame))
+        self._queue(encode_delivery(sid, subject, data, reply, headers, pub, self.max_frame))
 
     def _queue(self, data: bytes) -> None:
         self._out.append(data)
