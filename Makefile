@@ -50,7 +50,7 @@ test: check pytest
 bench: $(BSTAMP) redis-server
 	$(BIN)/python -m benchmarks.run
 
-# The gRPC stubs under asyncipc/adapters/_proto/ are committed; regenerate them after
+# The gRPC stubs under asyncipc/adapters/grpc/proto/ are committed; regenerate them after
 # editing protos/asyncipc/v1/bus.proto (tests/test_grpc_proto.py fails until you do).
 proto: $(STAMP)
 	$(BIN)/python protos/generate.py

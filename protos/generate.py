@@ -1,6 +1,6 @@
 """Generate the Python code for ``protos/asyncipc/v1/bus.proto`` (``make proto``).
 
-Usage: ``python protos/generate.py [OUTDIR]`` (default: ``asyncipc/adapters/_proto``).
+Usage: ``python protos/generate.py [OUTDIR]`` (default: ``asyncipc/adapters/grpc/proto``).
 
 protoc (from grpcio-tools, whose version pyproject.toml pins so that the output is the
 same on every machine) writes ``bus_pb2.py``, ``bus_pb2.pyi`` and ``bus_pb2_grpc.py``.
@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
 SOURCE = "asyncipc/v1/bus.proto"
-DEFAULT_OUT = ROOT / "asyncipc" / "adapters" / "_proto"
+DEFAULT_OUT = ROOT / "asyncipc" / "adapters" / "grpc" / "proto"
 GENERATED = ("bus_pb2.py", "bus_pb2.pyi", "bus_pb2_grpc.py")
 
 _ABSOLUTE = re.compile(r"^from asyncipc\.v1 import (bus_pb2 as \w+)$", re.MULTILINE)

@@ -86,7 +86,7 @@ async def file_torn(path: str) -> None:
     import struct
     import zlib
 
-    from asyncipc.transports._ring import KIND_DATA, RECORD, TAIL, header_check, record_size
+    from asyncipc.transports._ring.ring import KIND_DATA, RECORD, TAIL, header_check, record_size
     from asyncipc.transports.mmap import open_writer
 
     writer = await open_writer(path, size="64K")

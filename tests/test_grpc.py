@@ -24,8 +24,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import asyncipc
-from asyncipc.adapters._proto import bus_pb2 as pb
-from asyncipc.adapters._proto import bus_pb2_grpc as pb_grpc
+from asyncipc.adapters.grpc.proto import bus_pb2 as pb
+from asyncipc.adapters.grpc.proto import bus_pb2_grpc as pb_grpc
 from asyncipc.protocol import ErrorCode
 
 pytestmark = pytest.mark.timeout(30)

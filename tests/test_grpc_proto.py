@@ -14,7 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERATOR = ROOT / "protos" / "generate.py"
-COMMITTED = ROOT / "asyncipc" / "adapters" / "_proto"
+COMMITTED = ROOT / "asyncipc" / "adapters" / "grpc" / "proto"
 GENERATED = ("bus_pb2.py", "bus_pb2.pyi", "bus_pb2_grpc.py")
 
 
@@ -54,7 +54,7 @@ def test_committed_stubs_match_the_proto(tmp_path: Path) -> None:
 
 
 def test_the_stubs_import_and_name_the_service() -> None:
-    from asyncipc.adapters._proto import bus_pb2, bus_pb2_grpc
+    from asyncipc.adapters.grpc.proto import bus_pb2, bus_pb2_grpc
 
     service = bus_pb2.DESCRIPTOR.services_by_name["Bus"]
     assert service.full_name == "asyncipc.v1.Bus"

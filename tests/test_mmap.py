@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import asyncipc
-from asyncipc.transports._ring import DATA_OFFSET, RECORD_HEADER, record_size
+from asyncipc.transports._ring.ring import DATA_OFFSET, RECORD_HEADER, record_size
 from asyncipc.transports.mmap import open_reader, open_writer
 
 from .test_shm import child, line, reap, until

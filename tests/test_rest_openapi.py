@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import CHECKS
 
 import asyncipc
-from asyncipc.adapters._openapi import document
 from asyncipc.adapters.rest import RestServer
+from asyncipc.adapters.rest._openapi import document
 
 TOKEN = "s3cret"
 STREAMING = {"/v1/subscribe/{subject}", "/v1/ws"}  # they do not end by themselves

@@ -1,4 +1,4 @@
-"""The pure ring (asyncipc/transports/_ring.py) on plain buffers: no processes, no loop."""
+"""The pure ring (asyncipc/transports/_ring/ring.py) on plain buffers: no processes, no loop."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from asyncipc.errors import CorruptRing, FrameTooLarge, RecordReleased
-from asyncipc.transports._ring import (
+from asyncipc.transports._ring.ring import (
     DATA_OFFSET,
     FLAG_MORE,
     HEAD,

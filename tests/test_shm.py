@@ -23,9 +23,11 @@ from pathlib import Path
 import pytest
 
 import asyncipc
-from asyncipc.transports import _ringsetup, parse_url
-from asyncipc.transports._ring import KIND_DATA, RECORD, TAIL, format_ring, header_check
-from asyncipc.transports._ringsetup import connect_control, layout
+from asyncipc.transports import parse_url
+from asyncipc.transports._ring import port as _ringport
+from asyncipc.transports._ring import setup as _ringsetup
+from asyncipc.transports._ring.ring import KIND_DATA, RECORD, TAIL, format_ring, header_check
+from asyncipc.transports._ring.setup import connect_control, layout
 from asyncipc.transports.shm import connect_channel, listen_channel, memfd_segment
 
 HERE = Path(__file__).parent
@@ -268,7 +270,6 @@ async def test_a_pad_committed_alone_wakes_the_reader_and_its_space_the_writer()
 async def test_without_membarrier_a_sleeper_still_wakes(monkeypatch: pytest.MonkeyPatch) -> None:
     """Where membarrier(2) is missing the port sleeps with a backstop timer too: records
     still arrive, whether the doorbell or the timer wakes it."""
-    from asyncipc.transports import _ringport
 
     monkeypatch.setattr(_ringport, "FENCE", None)
     async with await listen_channel(f"shm://{name()}?spin=0") as listener:

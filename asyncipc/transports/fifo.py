@@ -43,8 +43,8 @@ import time
 from ..errors import ConfigurationError, ConnectError
 from ..link import Accept, Link, Listener, PeerInfo
 from . import URL, TransportOptions, register
-from ._pipes import open_pipe_link
-from ._stream import StreamLink
+from ._stream.link import StreamLink
+from ._stream.pipes import open_pipe_link
 
 __all__ = ["REQUEST", "STALE_AFTER", "FifoTransport"]
 

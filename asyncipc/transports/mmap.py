@@ -34,12 +34,12 @@ from collections.abc import Callable
 from ..errors import ConfigurationError
 from ..link import Accept, Link, Listener, PeerInfo
 from . import URL, TransportOptions, register
-from ._doorbell import FifoBell
-from ._ring import RingReader, RingWriter, format_ring, ring_size
-from ._ringchannel import RingChannel
-from ._ringlink import RingLink
-from ._ringport import DEFAULT_SPIN
-from ._ringsetup import (
+from ._ring.channel import RingChannel
+from ._ring.doorbell import FifoBell
+from ._ring.link import RingLink
+from ._ring.port import DEFAULT_SPIN
+from ._ring.ring import RingReader, RingWriter, format_ring, ring_size
+from ._ring.setup import (
     Endpoint,
     Segment,
     connect_control,

@@ -37,8 +37,8 @@ from typing import Any
 from ..errors import ConfigurationError, ConnectError
 from ..link import Accept, Link, Listener, PeerInfo
 from . import URL, TransportOptions, register
-from ._pipes import check_pipe_fd, open_pipe_link
-from ._stream import StreamLink
+from ._stream.link import StreamLink
+from ._stream.pipes import check_pipe_fd, open_pipe_link
 
 __all__ = ["ENV_VAR", "PipeChild", "PipeTransport", "attach", "parse_fds", "spawn_child"]
 

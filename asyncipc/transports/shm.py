@@ -17,7 +17,7 @@ process mapping it lets go, crashed or not. The only file is the control socket,
 a new listener replaces when the old one is dead.
 
 Without a broker, :func:`listen_channel` / :func:`connect_channel` give two processes a
-direct :class:`~asyncipc.transports._ringchannel.RingChannel` of byte records.
+direct :class:`~asyncipc.transports._ring.channel.RingChannel` of byte records.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ import platform
 from ..errors import ConfigurationError
 from ..link import Accept, Link, Listener
 from . import URL, TransportOptions, parse_url, register
-from ._ringchannel import ChannelListener, RingChannel
-from ._ringlink import RingLink
-from ._ringport import DEFAULT_SPIN
-from ._ringsetup import (
+from ._ring.channel import ChannelListener, RingChannel
+from ._ring.link import RingLink
+from ._ring.port import DEFAULT_SPIN
+from ._ring.setup import (
     Endpoint,
     check_name,
     connect_control,

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from ..errors import ConfigurationError, ConnectError
 from ..link import Accept, Link, Listener, PeerInfo
 from . import URL, TransportOptions, register
-from ._stream import StreamLink, StreamListener
+from ._stream.link import StreamLink, StreamListener
 
 __all__ = ["TcpTransport", "client_ssl_context", "server_ssl_context"]
 

@@ -31,8 +31,8 @@ from ..link import Accept, Link, Listener, PeerInfo
 from ..protocol import Op
 from ..protocol.datagram import FIN, MAX_DATAGRAM, MIN_DATAGRAM, RESET, pack_header, parse_datagram
 from . import URL, TransportOptions, register
-from ._datagram import DatagramLink
-from ._datagram_socket import DatagramSettings, DatagramSocket, DatagramStats
+from ._datagram.link import DatagramLink
+from ._datagram.sockets import DatagramSettings, DatagramSocket, DatagramStats
 
 __all__ = [
     "DatagramStats",

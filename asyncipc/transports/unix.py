@@ -21,7 +21,7 @@ from collections.abc import Callable
 from ..errors import ConfigurationError, ConnectError
 from ..link import Accept, Link, Listener, PeerInfo
 from . import URL, TransportOptions, register
-from ._stream import StreamLink, StreamListener
+from ._stream.link import StreamLink, StreamListener
 
 __all__ = ["UnixTransport"]
 

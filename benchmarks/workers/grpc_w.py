@@ -16,7 +16,7 @@ import time
 
 import grpc
 
-from asyncipc.adapters._proto import bus_pb2 as pb
+from asyncipc.adapters.grpc.proto import bus_pb2 as pb
 
 from ._common import (
     WARM,

@@ -34,10 +34,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigurationError, ConnectError, CorruptRing, RemoteProtocolError
-from ..link import Listener, PeerInfo
-from ._doorbell import EventfdBell
-from ._ring import RingReader, RingWriter, format_ring, ring_size
+from ...errors import ConfigurationError, ConnectError, CorruptRing, RemoteProtocolError
+from ...link import Listener, PeerInfo
+from .doorbell import EventfdBell
+from .ring import RingReader, RingWriter, format_ring, ring_size
 
 __all__ = [
     "DEFAULT_SIZE",

@@ -13,9 +13,9 @@ import logging
 from collections.abc import Callable
 from typing import cast
 
-from ..errors import BrokenLinkError, ClosedError, FrameTooLarge, ProtocolError
-from ..link import Link, LinkReceiver, Listener, PeerInfo
-from ..protocol import (
+from ...errors import BrokenLinkError, ClosedError, FrameTooLarge, ProtocolError
+from ...link import Link, LinkReceiver, Listener, PeerInfo
+from ...protocol import (
     MSG_EXTRA,
     PREAMBLE,
     Err,
@@ -26,8 +26,8 @@ from ..protocol import (
     Pub,
     encode,
 )
-from ..protocol.frames import encode_delivery
-from . import TransportOptions
+from ...protocol.frames import encode_delivery
+from .. import TransportOptions
 
 __all__ = ["StreamLink", "StreamListener"]
 

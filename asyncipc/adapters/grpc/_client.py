@@ -15,9 +15,9 @@ from typing import Any
 
 import grpc
 
-from ..errors import BrokenLinkError, ClosedError, ConfigurationError, ConnectError
-from ..link import Link, LinkReceiver, PeerInfo
-from ..protocol import (
+from ...errors import BrokenLinkError, ClosedError, ConfigurationError, ConnectError
+from ...link import Link, LinkReceiver, PeerInfo
+from ...protocol import (
     MSG_EXTRA,
     PING,
     PONG,
@@ -32,10 +32,10 @@ from ..protocol import (
     Unsub,
     Welcome,
 )
-from ..transports import URL, TransportOptions
-from ._grpc_link import SLACK, Entry, GrpcLink, headers_of
-from ._proto import bus_pb2 as pb
-from ._proto import bus_pb2_grpc
+from ...transports import URL, TransportOptions
+from ._link import SLACK, Entry, GrpcLink, headers_of
+from .proto import bus_pb2 as pb
+from .proto import bus_pb2_grpc
 
 __all__ = ["ClientLink", "connect", "host_port"]
 

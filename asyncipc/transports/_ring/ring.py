@@ -31,8 +31,8 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import CorruptRing, FrameTooLarge
-from ._ringrecord import Record, RecordView
+from ...errors import CorruptRing, FrameTooLarge
+from .record import Record, RecordView
 
 __all__ = [
     "ALIGN",

@@ -24,11 +24,11 @@ from typing import Protocol
 
 import aiohttp
 
-from ..errors import BrokenLinkError, ClosedError, FrameTooLarge, ProtocolError
-from ..link import Link, LinkReceiver, PeerInfo
-from ..protocol import MSG_EXTRA, Err, ErrorCode, Frame, FrameDecoder, Headers, Pub, encode
-from ..protocol.frames import encode_delivery
-from ..transports import TransportOptions
+from ...errors import BrokenLinkError, ClosedError, FrameTooLarge, ProtocolError
+from ...link import Link, LinkReceiver, PeerInfo
+from ...protocol import MSG_EXTRA, Err, ErrorCode, Frame, FrameDecoder, Headers, Pub, encode
+from ...protocol.frames import encode_delivery
+from ...transports import TransportOptions
 
 __all__ = ["BATCH", "SUBPROTOCOL", "WebSocketLink", "max_message"]
 

@@ -2,8 +2,8 @@
 
 The stream carries the frames of the wire protocol (``docs/protocol.md``) as protobuf
 messages (``protos/asyncipc/v1/bus.proto``). The broker's end
-(:class:`~asyncipc.adapters._grpc_server_link.ServerLink`) is attached to the broker as an
-ordinary client; the client's end (:class:`~asyncipc.adapters._grpc_client.ClientLink`)
+(:class:`~asyncipc.adapters.grpc._server_link.ServerLink`) is attached to the broker as an
+ordinary client; the client's end (:class:`~asyncipc.adapters.grpc._client.ClientLink`)
 sits under an ordinary :class:`~asyncipc.Bus`. Neither knows it is on gRPC.
 
 Both ends queue what they send and let one writer coroutine hand it to gRPC, several
@@ -24,17 +24,17 @@ from typing import Any, Protocol
 
 import grpc
 
-from ..errors import BrokenLinkError, ClosedError, FrameTooLarge
-from ..link import Link, LinkReceiver, PeerInfo
-from ..protocol import (
+from ...errors import BrokenLinkError, ClosedError, FrameTooLarge
+from ...link import Link, LinkReceiver, PeerInfo
+from ...protocol import (
     MSG_EXTRA,
     Frame,
     Headers,
     Msg,
     Pub,
 )
-from ..transports import TransportOptions
-from ._proto import bus_pb2 as pb
+from ...transports import TransportOptions
+from .proto import bus_pb2 as pb
 
 __all__ = ["BATCH_BYTES", "OVERHEAD", "SLACK", "Entry", "GrpcLink", "Malformed"]
 

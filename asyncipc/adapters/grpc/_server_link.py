@@ -15,9 +15,9 @@ from typing import Any
 
 import grpc
 
-from ..errors import BrokenLinkError, ClosedError
-from ..link import LinkReceiver, PeerInfo
-from ..protocol import (
+from ...errors import BrokenLinkError, ClosedError
+from ...link import LinkReceiver, PeerInfo
+from ...protocol import (
     PING,
     PONG,
     PROTOCOL_VERSION,
@@ -33,9 +33,9 @@ from ..protocol import (
     Unsub,
     Welcome,
 )
-from ..transports import TransportOptions
-from ._grpc_link import Entry, GrpcLink, headers_of
-from ._proto import bus_pb2 as pb
+from ...transports import TransportOptions
+from ._link import Entry, GrpcLink, headers_of
+from .proto import bus_pb2 as pb
 
 __all__ = ["ServerLink", "grpc_status"]
 

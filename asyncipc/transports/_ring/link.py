@@ -26,7 +26,7 @@ import struct
 from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..errors import (
+from ...errors import (
     BrokenLinkError,
     ClosedError,
     ConnectionClosed,
@@ -36,16 +36,16 @@ from ..errors import (
     ProtocolError,
     RemoteProtocolError,
 )
-from ..link import Link, LinkReceiver, PeerInfo
-from ..protocol import MSG_EXTRA, Err, ErrorCode, Frame, Headers, Msg, Op, Pub, encode
-from ..protocol.decoder import _headers, _parse
-from ..protocol.frames import encode_headers
-from . import TransportOptions
-from ._ring import FLAG_FIN, FLAG_MORE, RECORD_HEADER, RingReader, RingWriter
-from ._ringport import Bell, RingPort
+from ...link import Link, LinkReceiver, PeerInfo
+from ...protocol import MSG_EXTRA, Err, ErrorCode, Frame, Headers, Msg, Op, Pub, encode
+from ...protocol.decoder import _headers, _parse
+from ...protocol.frames import encode_headers
+from .. import TransportOptions
+from .port import Bell, RingPort
+from .ring import FLAG_FIN, FLAG_MORE, RECORD_HEADER, RingReader, RingWriter
 
 if TYPE_CHECKING:
-    from ._ringsetup import Endpoint
+    from .setup import Endpoint
 
 __all__ = ["CORRUPT_GRACE", "RingLink"]
 
@@ -178,7 +178,7 @@ class RingLink(Link):
         spin: float,
         server: bool,
     ) -> RingLink:
-        """A link over a ring pair that ``_ringsetup`` set up."""
+        """A link over a ring pair that ``setup`` set up."""
         return cls(
             transport,
             endpoint.peer,

@@ -1,7 +1,7 @@
 """The Link over a datagram socket: one frame per datagram, best effort (``udp://``).
 
 The envelope (header, sequence numbers, acknowledgements) is the sans-I/O
-:mod:`asyncipc.protocol.datagram`; the socket is :mod:`._datagram_socket`. A
+:mod:`asyncipc.protocol.datagram`; the socket is :mod:`.sockets`. A
 :class:`DatagramLink` is one peer: a client's own socket, or one address among many on a
 broker's listening socket.
 
@@ -18,10 +18,10 @@ import contextlib
 from collections import deque
 from typing import Any
 
-from ..errors import BrokenLinkError, ClosedError, FrameTooLarge, ProtocolError
-from ..link import Link, LinkReceiver, PeerInfo
-from ..protocol import Frame, Headers, Hello, Op, Pub, Welcome, encode
-from ..protocol.datagram import (
+from ...errors import BrokenLinkError, ClosedError, FrameTooLarge, ProtocolError
+from ...link import Link, LinkReceiver, PeerInfo
+from ...protocol import Frame, Headers, Hello, Op, Pub, Welcome, encode
+from ...protocol.datagram import (
     ACK_REQ,
     DATAGRAM_OVERHEAD,
     FIN,
@@ -33,9 +33,9 @@ from ..protocol.datagram import (
     pack_header,
     seq_after,
 )
-from ..protocol.frames import encode_delivery
-from . import TransportOptions
-from ._datagram_socket import DatagramSocket, DatagramStats
+from ...protocol.frames import encode_delivery
+from .. import TransportOptions
+from .sockets import DatagramSocket, DatagramStats
 
 __all__ = ["DatagramLink"]
 

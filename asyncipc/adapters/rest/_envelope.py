@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..message import Message
+from ...message import Message
 
 __all__ = [
     "HEADER_PREFIX",

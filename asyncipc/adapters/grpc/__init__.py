@@ -15,9 +15,9 @@ beside it. What comes in is an ordinary participant of the bus, both ways:
 stream, under the same Bus every other transport has.
 
 ``docs/grpc.md`` has the status codes (:func:`status_of`, :func:`grpc_status`),
-authentication, and what flow control means over gRPC. The pieces: ``_grpc_link.py``
-(what both ends of a stream share), ``_grpc_server.py`` (the service),
-``_grpc_server_link.py`` and ``_grpc_client.py`` (the broker's and the client's end of a
+authentication, and what flow control means over gRPC. The pieces: ``_link.py``
+(what both ends of a stream share), ``_server.py`` (the service),
+``_server_link.py`` and ``_client.py`` (the broker's and the client's end of a
 ``Connect`` stream).
 """
 
@@ -30,23 +30,23 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ..errors import ConfigurationError
-from ..link import Accept, Link, Listener
-from ..protocol import MSG_EXTRA
-from ..transports import URL, TransportOptions, register
-from . import _grpc_client
-from ._grpc_link import SLACK
-from ._grpc_server import (
+from ...errors import ConfigurationError
+from ...link import Accept, Link, Listener
+from ...protocol import MSG_EXTRA
+from ...transports import URL, TransportOptions, register
+from . import _client
+from ._link import SLACK
+from ._server import (
     DEFAULT_REQUEST_TIMEOUT,
     SERVICE,
     BusService,
     add_bus_service,
     status_of,
 )
-from ._grpc_server_link import grpc_status
+from ._server_link import grpc_status
 
 if TYPE_CHECKING:
-    from ..broker import Broker
+    from ...broker import Broker
 
 __all__ = [
     "DEFAULT_REQUEST_TIMEOUT",
@@ -110,14 +110,14 @@ class GrpcTransport:
 
     async def connect(self, url: URL, options: TransportOptions) -> Link:
         """A link over a new ``Connect`` stream to the broker at ``url``."""
-        return await _grpc_client.connect(url, options)
+        return await _client.connect(url, options)
 
 
 async def _serve(
     url: URL, accept: Accept, options: TransportOptions, token: str | None
 ) -> GrpcListener:
     """Start a grpc.aio server at ``url`` serving the broker behind ``accept``."""
-    address = _grpc_client.host_port(url)
+    address = _client.host_port(url)
     limit = options.max_frame + MSG_EXTRA + SLACK
     server = grpc.aio.server(
         options=[

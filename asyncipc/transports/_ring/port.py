@@ -33,9 +33,9 @@ import os
 import socket
 from typing import Protocol
 
-from ..errors import CorruptRing
-from ._doorbell import BACKSTOP, FENCE, EventfdBell, FifoBell
-from ._ring import RingReader, RingWriter
+from ...errors import CorruptRing
+from .doorbell import BACKSTOP, FENCE, EventfdBell, FifoBell
+from .ring import RingReader, RingWriter
 
 __all__ = ["DEFAULT_SPIN", "PortOwner", "RingPort"]
 

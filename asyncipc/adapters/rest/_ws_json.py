@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import web
 
-from ..client import DEFAULT_MAX_BYTES, DEFAULT_MAX_PENDING, Bus
-from ..errors import (
+from ...client import DEFAULT_MAX_BYTES, DEFAULT_MAX_PENDING, Bus
+from ...errors import (
     ConnectionClosed,
     FrameTooLarge,
     InvalidSubject,
@@ -34,13 +34,13 @@ from ..errors import (
     ServiceError,
     SlowConsumer,
 )
-from ..link import PeerInfo
-from ..protocol import PROTOCOL_VERSION
-from ..subscription import OVERFLOW_POLICIES, Subscription
+from ...link import PeerInfo
+from ...protocol import PROTOCOL_VERSION
+from ...subscription import OVERFLOW_POLICIES, Subscription
 from ._envelope import HttpError, data_field, headers_field, message_json
 
 if TYPE_CHECKING:
-    from .rest import RestServer
+    from . import RestServer
 
 __all__ = ["JSON_SUBPROTOCOL", "JsonSession"]
 

@@ -20,7 +20,7 @@ import struct
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ..errors import RecordReleased
+from ...errors import RecordReleased
 
 __all__ = ["Record", "RecordView"]
 

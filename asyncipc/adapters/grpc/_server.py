@@ -1,12 +1,12 @@
 """The broker's side of the gRPC adapter: the ``asyncipc.v1.Bus`` service.
 
 Every RPC becomes an ordinary client of the broker. A ``Connect`` stream is a
-:class:`~asyncipc.adapters._grpc_server_link.ServerLink` handed to ``Broker.attach``;
+:class:`~asyncipc.adapters.grpc._server_link.ServerLink` handed to ``Broker.attach``;
 ``Subscribe``, ``Publish`` and ``Request`` go through in-process :class:`~asyncipc.Bus`
 objects on memory links, so that the broker treats them (subject checks, flow control,
 no-responders) exactly as any other client; the service checks their token against the
 broker's first. What goes wrong maps to gRPC status codes by :func:`status_of` (for a
-``Connect`` stream: ``_grpc_server_link.grpc_status``), as ``docs/grpc.md`` documents.
+``Connect`` stream: ``_server_link.grpc_status``), as ``docs/grpc.md`` documents.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from ..client import DEFAULT_MAX_BYTES, DEFAULT_MAX_PENDING, Bus
-from ..errors import (
+from ...client import DEFAULT_MAX_BYTES, DEFAULT_MAX_PENDING, Bus
+from ...errors import (
     AsyncIPCError,
     AuthenticationError,
     ConfigurationError,
@@ -33,18 +33,18 @@ from ..errors import (
     ServiceError,
     SlowConsumer,
 )
-from ..link import Accept, PeerInfo
-from ..message import Message
-from ..options import ConnectOptions
-from ..protocol import (
+from ...link import Accept, PeerInfo
+from ...message import Message
+from ...options import ConnectOptions
+from ...protocol import (
     Overflow,
 )
-from ..subjects import validate_pattern, validate_queue
-from ..transports import TransportOptions
-from ..transports.memory import memory_pair
-from ._grpc_link import Malformed
-from ._grpc_server_link import ServerLink
-from ._proto import bus_pb2 as pb
+from ...subjects import validate_pattern, validate_queue
+from ...transports import TransportOptions
+from ...transports.memory import memory_pair
+from ._link import Malformed
+from ._server_link import ServerLink
+from .proto import bus_pb2 as pb
 
 __all__ = [
     "DEFAULT_REQUEST_TIMEOUT",

@@ -24,12 +24,12 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ..errors import BrokenLinkError, ClosedError, CorruptRing, FrameTooLarge, RemoteProtocolError
-from ..link import PeerInfo
-from ._ring import FLAG_FIN, Record, RingReader, RingWriter
-from ._ringlink import CORRUPT_GRACE, Segment
-from ._ringport import DEFAULT_SPIN, Bell, RingPort
-from ._ringsetup import ControlListener, Endpoint
+from ...errors import BrokenLinkError, ClosedError, CorruptRing, FrameTooLarge, RemoteProtocolError
+from ...link import PeerInfo
+from .link import CORRUPT_GRACE, Segment
+from .port import DEFAULT_SPIN, Bell, RingPort
+from .ring import FLAG_FIN, Record, RingReader, RingWriter
+from .setup import ControlListener, Endpoint
 
 __all__ = ["ChannelListener", "RingChannel"]
 
@@ -119,7 +119,7 @@ class RingChannel:
             tail = tx._tail
             written = tx.try_write(data)
             if tx._tail != tail:
-                self._port.wrote()  # the record, or a pad committed alone (see _ringlink)
+                self._port.wrote()  # the record, or a pad committed alone (see link.py)
             if written:
                 return
         fut = self._loop.create_future()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import __version__
+from ... import __version__
 from ._envelope import HEADER_PREFIX, REPLY_TO_HEADER
 
 __all__ = ["PATTERN_PATTERN", "QUEUE_PATTERN", "SUBJECT_PATTERN", "document"]

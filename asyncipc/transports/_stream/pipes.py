@@ -27,7 +27,7 @@ import stat
 from collections.abc import Callable
 from typing import Any, BinaryIO, cast
 
-from ._stream import StreamLink
+from .link import StreamLink
 
 __all__ = ["PIPE_SIZE", "PipePairTransport", "check_pipe_fd", "grow_pipe", "open_pipe_link"]
 

@@ -5,7 +5,7 @@ serves the HTTP API of ``docs/rest.md``. Whoever comes in through it is an ordin
 participant of the bus, both ways:
 
 * ``GET /v1/ws`` with the subprotocol ``asyncipc.v1`` is a
-  :class:`~asyncipc.adapters._ws.WebSocketLink` attached with ``Broker.attach``: the wire
+  :class:`~asyncipc.adapters.rest._ws.WebSocketLink` attached with ``Broker.attach``: the wire
   protocol itself, a client like one on a Unix socket. ``asyncipc.connect("http://...")``
   is its other end, so the ordinary :class:`~asyncipc.Bus` runs over HTTP.
 * ``GET /v1/ws`` without it speaks JSON (``_ws_json.py``), and each
@@ -35,8 +35,9 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
-from ..client import DEFAULT_MAX_BYTES, DEFAULT_MAX_PENDING, Bus
-from ..errors import (
+from ... import _metrics
+from ...client import DEFAULT_MAX_BYTES, DEFAULT_MAX_PENDING, Bus
+from ...errors import (
     ConfigurationError,
     ConnectError,
     ConnectionClosed,
@@ -46,13 +47,13 @@ from ..errors import (
     RequestTimeout,
     ServiceError,
 )
-from ..link import Accept, Link, Listener, PeerInfo
-from ..options import ConnectOptions
-from ..subjects import validate_pattern, validate_queue
-from ..subscription import OVERFLOW_POLICIES, Subscription
-from ..transports import URL, TransportOptions, register
-from ..transports.memory import memory_pair
-from . import _metrics, _openapi
+from ...link import Accept, Link, Listener, PeerInfo
+from ...options import ConnectOptions
+from ...subjects import validate_pattern, validate_queue
+from ...subscription import OVERFLOW_POLICIES, Subscription
+from ...transports import URL, TransportOptions, register
+from ...transports.memory import memory_pair
+from . import _openapi
 from ._envelope import (
     HttpError,
     error_body,
@@ -77,7 +78,7 @@ from ._ws import SUBPROTOCOL, WebSocketLink, max_message
 from ._ws_json import JSON_SUBPROTOCOL, JsonSession
 
 if TYPE_CHECKING:
-    from ..broker import Broker
+    from ...broker import Broker
 
 __all__ = [
     "DEFAULT_REQUEST_TIMEOUT",
@@ -478,7 +479,7 @@ class HttpTransport:
         """Serve ``broker``'s HTTP API at ``url`` (``Broker.listen`` calls this)."""
         ssl = options.ssl
         if url.scheme == "https" and ssl is None:
-            from ..transports.tcp import server_ssl_context
+            from ...transports.tcp import server_ssl_context
 
             ssl = server_ssl_context(url)
         if url.path not in ("", "/"):
@@ -492,10 +493,10 @@ class HttpTransport:
         raise ConfigurationError(f"{url.raw!r} is served by a Broker: use Broker.listen")
 
     async def connect(self, url: URL, options: TransportOptions) -> Link:
-        """A :class:`~asyncipc.adapters._ws.WebSocketLink` to ``url``'s ``/v1/ws``."""
+        """A :class:`~asyncipc.adapters.rest._ws.WebSocketLink` to ``url``'s ``/v1/ws``."""
         ssl: _ssl.SSLContext | bool = False
         if url.scheme == "https":
-            from ..transports.tcp import client_ssl_context
+            from ...transports.tcp import client_ssl_context
 
             ssl = options.ssl or client_ssl_context(url)
         host = f"[{url.host}]" if ":" in url.host else url.host

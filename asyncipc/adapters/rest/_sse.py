@@ -13,8 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import ConnectionClosed, SlowConsumer
-from ..subscription import Subscription
+from ...errors import ConnectionClosed, SlowConsumer
+from ...subscription import Subscription
 from ._envelope import error_body, message_json
 
 __all__ = ["HEARTBEAT", "sse_event", "stream_events"]

@@ -4,7 +4,7 @@
 rather than through asyncio's datagram transport, which reads one datagram per loop turn
 and hides the ancillary data that carries the kernel's drop count (``SO_RXQ_OVFL``). It
 never queues a datagram: a link keeps what the socket would not take
-(``asyncipc/transports/_datagram.py``).
+(``asyncipc/transports/_datagram/link.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._datagram import DatagramLink
+    from .link import DatagramLink
 
 __all__ = ["DatagramSettings", "DatagramSocket", "DatagramStats", "RateLimitedLog"]
 

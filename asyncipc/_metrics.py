@@ -11,10 +11,10 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from .. import __version__
+from . import __version__
 
 if TYPE_CHECKING:
-    from ..broker import Broker
+    from .broker import Broker
 
 __all__ = ["CONTENT_TYPE", "render"]
 

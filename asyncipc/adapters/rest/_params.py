@@ -1,6 +1,6 @@
 """Reading an HTTP request for the REST adapter: subjects, parameters, the peer.
 
-Each helper raises :class:`~asyncipc.adapters._envelope.HttpError` with the status and
+Each helper raises :class:`~asyncipc.adapters.rest._envelope.HttpError` with the status and
 JSON error of docs/rest.md when the request is not acceptable.
 """
 
@@ -10,9 +10,9 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import InvalidSubject
-from ..link import PeerInfo
-from ..subjects import validate_subject
+from ...errors import InvalidSubject
+from ...link import PeerInfo
+from ...subjects import validate_subject
 from ._envelope import REPLY_TO_HEADER, HttpError
 
 __all__ = [
