@@ -77,12 +77,7 @@ async def _connect(url: str | None, options: ConnectOptions) -> Bus:
     )
     try:
         link = await transport.connect(parsed, topts)
-        bus = Bus(link, options, url)
-        try:
-            await bus._handshake()
-        except BaseException:
-            link.abort()
-            raise
+        bus = await Bus.open(link, options, url)
     except BaseException:
         if release is not None:
             await release()

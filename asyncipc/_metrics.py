@@ -55,7 +55,7 @@ def render(
     adapter's own subscription queues dropped and hold now (counted under
     ``transport="http"``); ``responses``: its HTTP responses by route and status."""
     stats = broker.stats
-    sessions = list(broker._sessions)
+    sessions = broker.clients()
     names = sorted(set(stats.transports) | {s.link.transport for s in sessions})
     live: Counter[str] = Counter()
     subs: Counter[str] = Counter()

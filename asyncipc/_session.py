@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from . import _system
+from ._stats import BrokerStats
 from .errors import ConnectionClosed, InvalidSubject
 from .link import Link
+from .options import BrokerOptions
 from .protocol import (
     PONG,
     PROTOCOL_VERSION,
@@ -31,14 +32,11 @@ from .protocol import (
     Unsub,
     Welcome,
 )
-from .router import Route
-from .signals import RESERVED_PREFIX
+from .protocol.system import RESERVED_PREFIX, allowed_signals
+from .router import Route, Router
 from .subjects import validate_pattern, validate_queue, validate_subject
 
-if TYPE_CHECKING:
-    from .broker import Broker
-
-__all__ = ["Session"]
+__all__ = ["Session", "SessionHost"]
 
 log = logging.getLogger("asyncipc.broker")
 
@@ -49,10 +47,60 @@ def _reserved(subject: str, reply: str | None) -> bool:
     )
 
 
+class SessionHost(Protocol):
+    """What a :class:`Session` needs of the broker it belongs to (package-internal).
+
+    :class:`~asyncipc.Broker` is the one implementation. Sessions depend on this interface
+    rather than on the broker module, so that imports point one way: the broker imports
+    its sessions, never the reverse.
+    """
+
+    options: BrokerOptions
+    stats: BrokerStats
+    router: Router[Session]
+    server_id: str
+
+    def publish(
+        self,
+        subject: str,
+        data: bytes | None,
+        reply: str | None,
+        headers: Headers | None,
+        pub: Pub | None,
+        source: Session | None,
+    ) -> None:
+        """Route a message (see :meth:`Broker.publish`)."""
+        ...
+
+    def system_publish(
+        self,
+        session: Session,
+        subject: str,
+        data: bytes | None,
+        reply: str | None,
+        headers: Headers | None,
+        pub: Pub | None,
+    ) -> None:
+        """A PUB on a reserved ``$sys.`` subject, or with a ``$sys.`` reply subject."""
+        ...
+
+    def apply_overflow(self, route: Route[Session], source: Session | None) -> bool:
+        """The route's client is behind: apply its policy. True to deliver anyway."""
+        ...
+
+    def clients(self) -> list[Session]:
+        """The sessions connected now."""
+        ...
+
+    def session_closed(self, session: Session) -> None:
+        """``session`` has ended."""
+        ...
+
+
 class Session:
     """One client link as the broker sees it."""
 
-    def __init__(self, broker: Broker, link: Link, client_id: int) -> None:
+    def __init__(self, broker: SessionHost, link: Link, client_id: int) -> None:
         self.broker = broker
         self.link = link
         self.client_id = client_id
@@ -98,7 +146,7 @@ class Session:
             if (subject[0] == "$" or (reply is not None and reply[0] == "$")) and _reserved(
                 subject, reply
             ):
-                _system.handle(self, subject, data, reply, headers, None)
+                self.broker.system_publish(self, subject, data, reply, headers, None)
                 return
             self.broker.publish(subject, data, reply, headers, None, self)
         else:
@@ -122,7 +170,7 @@ class Session:
             if (subject[0] == "$" or (reply is not None and reply[0] == "$")) and _reserved(
                 subject, reply
             ):
-                _system.handle(self, subject, None, reply, frame.headers, frame)
+                self.broker.system_publish(self, subject, None, reply, frame.headers, frame)
                 return
             self.broker.publish(frame.subject, None, frame.reply, frame.headers, frame, self)
         elif not self.open:
@@ -197,7 +245,7 @@ class Session:
             "ping_interval": opts.ping_interval,
         }
         if "signals" in fields:
-            self.allowed_signals, ignored = _system.allowed_signals(fields["signals"])
+            self.allowed_signals, ignored = allowed_signals(fields["signals"])
             if ignored:
                 log.info("%s: ignored HELLO signals %s", self.describe(), ", ".join(ignored))
             welcome["signals"] = sorted(self.allowed_signals)  # what is in effect
@@ -257,8 +305,6 @@ class Session:
             frame.subject,
             frame.queue,
             frame.overflow,
-            frame.max_msgs,
-            frame.max_bytes,
         )
         self.routes[frame.sid] = route
         self.broker.router.add(route)

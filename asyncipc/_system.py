@@ -26,21 +26,27 @@ import logging
 import os
 import signal
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from ._session import Session
 from .errors import ConnectionClosed, FrameTooLarge
 from .link import PeerInfo
 from .protocol import ErrorCode, Headers, Pub
-from .signals import KILL_PREFIX, RESERVED_PREFIX, SENDABLE, SIGNAL_PREFIX
+from .protocol.system import (
+    ERROR_HEADER,
+    KILL_PREFIX,
+    REASON_HEADER,
+    REFUSED_STATUS,
+    RESERVED_PREFIX,
+    SENDABLE,
+    SIGNAL_PREFIX,
+    STATUS_HEADER,
+)
 
-if TYPE_CHECKING:
-    from ._session import Session
-
-__all__ = ["Process", "allowed_signals", "handle", "process_of", "refusal"]
+__all__ = ["Process", "handle", "process_of", "refusal"]
 
 log = logging.getLogger("asyncipc.broker")
 
-REFUSED = {"asyncipc-status": "403"}
+REFUSED = {STATUS_HEADER: REFUSED_STATUS}
 
 
 @dataclass(frozen=True)
@@ -66,21 +72,6 @@ def process_of(peer: PeerInfo) -> Process:
     if uid is None and peer.pid is not None and peer.transport == "pipe":
         uid = os.geteuid()  # a child this broker process started (or itself)
     return Process(peer.pid, uid)
-
-
-def allowed_signals(value: object) -> tuple[frozenset[str], list[str]]:
-    """HELLO's ``signals`` field: the names accepted, and the entries ignored."""
-    if not isinstance(value, list):
-        return frozenset(), [repr(value)]
-    accepted: set[str] = set()
-    ignored: list[str] = []
-    for item in value:
-        name = item.upper().removeprefix("SIG") if isinstance(item, str) else None
-        if name in SENDABLE:
-            accepted.add(name)
-        else:
-            ignored.append(repr(item))
-    return frozenset(accepted), ignored
 
 
 def refusal(
@@ -187,7 +178,7 @@ def _loopback(
             if route.queue in groups:
                 continue
             groups.add(route.queue)
-        if link.write_blocked and not broker._overflow(route, session):
+        if link.write_blocked and not broker.apply_overflow(route, session):
             continue
         if data is None and link.in_process:
             assert pub is not None
@@ -209,9 +200,7 @@ def _kill(session: Session, target: str, data: bytes, reply: str | None) -> None
         return
     name = data.decode("utf-8", "replace").strip().upper().removeprefix("SIG")
     broker = session.broker
-    # The broker's sessions, read here rather than through a new Broker method: the set
-    # is small and this is the only place that looks clients up by id or name.
-    sessions = [s for s in broker._sessions if s.open]
+    sessions = [s for s in broker.clients() if s.open]
     if target.isdigit():
         found = [s for s in sessions if s.client_id == int(target)]
     else:
@@ -246,5 +235,5 @@ def _kill(session: Session, target: str, data: bytes, reply: str | None) -> None
 
 def _answer(session: Session, reply: str, why: tuple[str, str]) -> None:
     reason, text = why
-    headers = {**REFUSED, "asyncipc-reason": reason, "asyncipc-error": text[:1000]}
+    headers = {**REFUSED, REASON_HEADER: reason, ERROR_HEADER: text[:1000]}
     session.broker.publish(reply, b"", None, headers, None, None)

@@ -22,27 +22,30 @@ import logging
 import os
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from . import _system
 from ._inflight import InFlight
 from ._session import Session
+from ._stats import BrokerStats, TransportStats
 from .errors import ConnectionClosed, FrameTooLarge
 from .link import Link, Listener, PeerInfo
 from .options import BrokerOptions
 from .protocol import ErrorCode, Headers, Overflow, Pub
+from .protocol.system import NO_RESPONDERS_STATUS, STATUS_HEADER, TIMEOUT_HEADER
 from .router import Route, Router
-from .transports import TransportOptions, lookup, parse_url
+from .transports import URL, TransportOptions, lookup, parse_url
 
 if TYPE_CHECKING:
     from .transports.pipe import PipeChild
 
-__all__ = ["Broker", "BrokerStats", "TransportStats"]
+__all__ = ["Broker", "BrokerAdapter", "BrokerStats", "TransportStats"]
 
 log = logging.getLogger("asyncipc.broker")
 
-NO_RESPONDERS_HEADERS = {"asyncipc-status": "503"}
-TIMEOUT_HEADER = "asyncipc-timeout"
+NO_RESPONDERS_HEADERS = {STATUS_HEADER: NO_RESPONDERS_STATUS}
+"""Sent, with an empty body, to the reply subject of a request nobody is subscribed to."""
 
 
 def _deadline(headers: Headers | None) -> float | None:
@@ -61,46 +64,20 @@ def _deadline(headers: Headers | None) -> float | None:
     return asyncio.get_running_loop().time() + seconds
 
 
-"""Sent, with an empty body, to the reply subject of a request nobody is subscribed to."""
+@runtime_checkable
+class BrokerAdapter(Protocol):
+    """A transport that serves a whole API in front of a broker rather than bare links.
 
+    The HTTP and gRPC adapters (``asyncipc/adapters/``) register their schemes like any
+    transport and implement this hook too: they need the broker itself (its token, its
+    statistics, a way to attach the in-process buses that act for their callers), which
+    :meth:`Transport.listen`'s ``accept`` callback does not give. :meth:`Broker.listen`
+    calls :meth:`serve_broker` instead of ``listen`` for a transport that has it.
+    """
 
-@dataclass(slots=True)
-class TransportStats:
-    """Counters for the clients of one transport (``link.transport``) since the broker
-    started. Bytes are payload bytes; ``messages_out`` counts deliveries (one message to
-    three subscribers is three)."""
-
-    connections: int = 0
-    messages_in: int = 0
-    bytes_in: int = 0
-    messages_out: int = 0
-    bytes_out: int = 0
-    dropped: int = 0
-
-
-@dataclass
-class BrokerStats:
-    """Counters since the broker started."""
-
-    connections: int = 0
-    """Links accepted in total."""
-    messages_in: int = 0
-    messages_out: int = 0
-    dropped: int = 0
-    """Messages a slow subscriber lost to ``drop_new``/``drop_oldest`` at the broker."""
-    slow_consumers: int = 0
-    """Subscriptions cut off by ``overflow="error"``."""
-    no_responders: int = 0
-    transports: dict[str, TransportStats] = field(default_factory=dict)
-    """The same counters by transport (``"unix"``, ``"tcp"``, ``"http"``...), with bytes:
-    what ``/metrics`` of the HTTP adapter reports."""
-
-    def transport(self, name: str) -> TransportStats:
-        """The counters of transport ``name``, created on first use."""
-        counters = self.transports.get(name)
-        if counters is None:
-            counters = self.transports[name] = TransportStats()
-        return counters
+    async def serve_broker(self, url: URL, broker: Broker, options: TransportOptions) -> Listener:
+        """Serve ``broker``'s API at ``url``; the listener is closed by the broker."""
+        ...
 
 
 class Broker:
@@ -140,12 +117,9 @@ class Broker:
             high_water=self.options.high_water,
             max_frame=self.options.max_frame,
         )
-        # An adapter (asyncipc/adapters/: HTTP, ...) serves a whole API in front of the
-        # broker rather than bare links: it needs the broker itself (token, statistics).
-        serve_broker = getattr(transport, "serve_broker", None)
         listener: Listener
-        if serve_broker is not None:
-            listener = await serve_broker(parsed, self, opts)
+        if isinstance(transport, BrokerAdapter):
+            listener = await transport.serve_broker(parsed, self, opts)
         else:
             listener = await transport.listen(parsed, self.attach, opts)
         if self._closing:  # close() ran while we were binding: do not outlive it
@@ -214,8 +188,28 @@ class Broker:
         return child
 
     def session_closed(self, session: Session) -> None:
+        """Package-internal: ``session`` has ended; forget it and the requests it made."""
         self._sessions.discard(session)
         self._inflight.forget(session)
+
+    def clients(self) -> list[Session]:
+        """Package-internal: the sessions connected now, a snapshot. For the modules that
+        look clients up (``$sys.kill.``) or report on them (``/metrics``)."""
+        return list(self._sessions)
+
+    def system_publish(
+        self,
+        session: Session,
+        subject: str,
+        data: bytes | None,
+        reply: str | None,
+        headers: Headers | None,
+        pub: Pub | None,
+    ) -> None:
+        """Package-internal: a PUB on a reserved ``$sys.`` subject (or with a ``$sys.``
+        reply subject) from ``session``; see :mod:`asyncipc._system`. A session hands it
+        here rather than importing ``_system`` itself, so that imports point one way."""
+        _system.handle(session, subject, data, reply, headers, pub)
 
     async def serve_forever(self) -> None:
         """Wait until :meth:`close` is called (from a signal handler, another task...)."""
@@ -315,7 +309,7 @@ class Broker:
         for route in routes:
             owner = route.owner
             link = owner.link
-            if link.write_blocked and not self._overflow(route, source):
+            if link.write_blocked and not self.apply_overflow(route, source):
                 continue
             if data is None and link.in_process:
                 assert pub is not None
@@ -337,8 +331,11 @@ class Broker:
         if reply is not None and source is not None and sent:
             self._inflight.add(reply, source, _deadline(headers))
 
-    def _overflow(self, route: Route[Session], source: Session | None) -> bool:
-        """The route's client is behind: apply its policy. True to deliver anyway."""
+    def apply_overflow(self, route: Route[Session], source: Session | None) -> bool:
+        """The route's client is behind: apply its policy. True to deliver anyway.
+
+        Package-internal (``_system`` delivers ``$sys.signal.`` loopbacks through it too),
+        public so that no module reaches into the broker for it."""
         target = route.owner
         overflow = route.overflow
         if overflow is Overflow.BLOCK:

@@ -8,7 +8,7 @@ import logging
 import os
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Self
 
 from .errors import (
     AuthenticationError,
@@ -43,7 +43,13 @@ from .protocol import (
     Unsub,
     Welcome,
 )
-from .signals import sendable_names
+from .protocol.system import (
+    ERROR_HEADER,
+    SERVICE_ERROR_STATUS,
+    STATUS_HEADER,
+    TIMEOUT_HEADER,
+    sendable_names,
+)
 from .subjects import known_valid, validate_pattern, validate_queue, validate_subject
 from .subscription import OVERFLOW_POLICIES, Subscription
 
@@ -53,12 +59,6 @@ log = logging.getLogger("asyncipc.client")
 
 Handler = Callable[[Message], Awaitable[bytes | None]]
 Callback = Callable[[Message], Awaitable[None]]
-
-STATUS = "asyncipc-status"
-ERROR = "asyncipc-error"
-TIMEOUT = "asyncipc-timeout"
-"""Header of a request: seconds the requester waits. A broker shutting down waits for
-the reply no longer than that (docs/protocol.md, §12)."""
 
 DEFAULT_MAX_PENDING = 65536
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -92,6 +92,23 @@ class Bus:
         self.server_info: dict[str, Any] = {}
 
     # --- connection -----------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, link: Link, options: ConnectOptions, url: str) -> Self:
+        """A Bus over ``link``, a link that has just connected: say HELLO, wait for WELCOME.
+
+        For transports and adapters that make their own links (:func:`asyncipc.connect`
+        is the way for applications). If the handshake fails or is cancelled, ``link`` is
+        aborted and the error raised: :class:`~asyncipc.HandshakeError` when no WELCOME
+        comes within ``options.connect_timeout``, the broker's refusal otherwise.
+        """
+        bus = cls(link, options, url)
+        try:
+            await bus._handshake()
+        except BaseException:
+            link.abort()
+            raise
+        return bus
 
     async def _handshake(self) -> None:
         self._link.set_receiver(self)
@@ -402,7 +419,10 @@ class Bus:
             except Exception as exc:
                 log.exception("handler for %r raised", subject)
                 if msg.reply_to is not None:
-                    headers = {STATUS: "500", ERROR: f"{type(exc).__name__}: {exc}"[:1000]}
+                    headers = {
+                        STATUS_HEADER: SERVICE_ERROR_STATUS,
+                        ERROR_HEADER: f"{type(exc).__name__}: {exc}"[:1000],
+                    }
                     await self.publish(msg.reply_to, b"", headers=headers)
                 return
             if msg.reply_to is not None:
@@ -475,7 +495,9 @@ class Bus:
         self._requests[token] = (fut, subject)
         try:
             sent_headers = (
-                {**headers, TIMEOUT: f"{timeout:g}"} if headers else {TIMEOUT: f"{timeout:g}"}
+                {**headers, TIMEOUT_HEADER: f"{timeout:g}"}
+                if headers
+                else {TIMEOUT_HEADER: f"{timeout:g}"}
             )
             await self.publish(subject, data, sent_headers, self._inbox_prefix + token)
             async with asyncio.timeout(timeout):
@@ -496,13 +518,13 @@ class Bus:
         fut, asked = entry
         if fut.done():
             return
-        status = headers.get(STATUS) if headers else None
+        status = headers.get(STATUS_HEADER) if headers else None
         if status == "503":
             fut.set_exception(NoResponders(f"no responders for request on {asked!r}"))
         elif status == "500":
             assert headers is not None
             fut.set_exception(
-                ServiceError(f"handler for {asked!r} failed: {headers.get(ERROR, '')}")
+                ServiceError(f"handler for {asked!r} failed: {headers.get(ERROR_HEADER, '')}")
             )
         else:
             fut.set_result(Message(subject, data, headers, None, self))

@@ -12,7 +12,7 @@ waits until it is, and :meth:`Link.pause_reading` is how a receiver pushes back.
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -196,6 +196,3 @@ class Listener(abc.ABC):
         those connections are gone; it must return within a bounded time. Default:
         nothing to wait for.
         """
-
-
-Opener = Callable[..., Awaitable[Link]]

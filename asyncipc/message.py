@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .errors import AsyncIPCError
 
-if TYPE_CHECKING:
-    from .client import Bus
+__all__ = ["Message", "Publisher"]
 
-__all__ = ["Message"]
+
+class Publisher(Protocol):
+    """What a :class:`Message` needs of the bus it came from: a way to publish its answer.
+
+    :class:`~asyncipc.Bus` is one; a message depends on this small interface rather than
+    on the client, so that the client can import messages and not the other way round.
+    """
+
+    async def publish(
+        self,
+        subject: str,
+        data: bytes = b"",
+        headers: dict[str, str] | None = None,
+        reply_to: str | None = None,
+    ) -> None:
+        """Send ``data`` to ``subject``."""
+        ...
 
 
 class Message:
@@ -30,7 +45,7 @@ class Message:
         data: bytes,
         headers: dict[str, str] | None = None,
         reply_to: str | None = None,
-        bus: Bus | None = None,
+        bus: Publisher | None = None,
     ) -> None:
         self.subject = subject
         self.data = data

@@ -20,12 +20,14 @@ _CACHE_MAX = 8192
 
 
 class Route(Generic[O]):
-    """One subscription as the broker knows it. Hashed by identity."""
+    """One subscription as the broker knows it. Hashed by identity.
+
+    SUB's ``max_msgs``/``max_bytes`` are not kept: the broker decides that a client is
+    behind from its connection's output buffer (``docs/protocol.md`` §13), not from the
+    bounds of the client's own queues."""
 
     __slots__ = (
         "dropped",
-        "max_bytes",
-        "max_msgs",
         "overflow",
         "owner",
         "queue",
@@ -40,16 +42,12 @@ class Route(Generic[O]):
         subject: str,
         queue: str | None = None,
         overflow: Overflow = Overflow.BLOCK,
-        max_msgs: int = 0,
-        max_bytes: int = 0,
     ) -> None:
         self.owner = owner
         self.sid = sid
         self.subject = subject
         self.queue = queue
         self.overflow = overflow
-        self.max_msgs = max_msgs
-        self.max_bytes = max_bytes
         self.dropped = 0
 
     def __repr__(self) -> str:

@@ -41,13 +41,24 @@ import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from .broker import Broker
+from .client import Bus
 from .errors import ConfigurationError, SignalInUse, SignalRefused
-
-if TYPE_CHECKING:
-    from .broker import Broker
-    from .client import Bus
+from .protocol.system import (
+    ERROR_HEADER,
+    KILL_PREFIX,
+    REASON_HEADER,
+    REFUSED_STATUS,
+    RESERVED_PREFIX,
+    SENDABLE,
+    SIGNAL_PREFIX,
+    STATUS_HEADER,
+    sendable_names,
+    signal_name,
+    to_signal,
+)
 
 __all__ = [
     "DRAIN_SIGNALS",
@@ -68,22 +79,8 @@ __all__ = [
 
 log = logging.getLogger("asyncipc.signals")
 
-RESERVED_PREFIX = "$sys."
-"""Subjects under this prefix belong to the broker (``docs/protocol.md`` §11)."""
-SIGNAL_PREFIX = "$sys.signal."
-"""``$sys.signal.HUP`` etc.: this connection's own signals, published by :func:`watch`."""
-KILL_PREFIX = "$sys.kill."
-"""``$sys.kill.<client id or name>``: a request the broker answers by signalling that client."""
-
 DRAIN_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
 """What :func:`run_until_signalled` and :func:`drain_on_signals` stop on by default."""
-
-SENDABLE = frozenset(
-    {"HUP", "INT", "QUIT", "TERM", "USR1", "USR2", "WINCH", "ALRM", "CONT", "TSTP"}
-)
-"""Signals a client may allow others to send it through the broker. Not KILL or STOP
-(nothing can handle them: an "allowed" KILL is a remote kill switch), nor the fault
-signals (SEGV, BUS, FPE, ILL, ABRT, TRAP, SYS), which would lie about what happened."""
 
 # (getattr: importing asyncipc must not fail where the platform lacks them.)
 _UNCATCHABLE = frozenset(
@@ -94,45 +91,9 @@ _UNCATCHABLE = frozenset(
 # --- names ------------------------------------------------------------------------------
 
 
-def _to_signal(sig: int | str) -> signal.Signals:
-    if isinstance(sig, str):
-        name = sig.strip().upper()
-        name = name if name.startswith("SIG") else "SIG" + name
-        try:
-            return signal.Signals[name]
-        except KeyError:
-            raise ConfigurationError(f"unknown signal {sig!r}") from None
-    if isinstance(sig, bool) or not isinstance(sig, int):
-        raise ConfigurationError(f"a signal is a name or a number, not {type(sig).__name__}")
-    try:
-        return signal.Signals(sig)
-    except ValueError:
-        raise ConfigurationError(f"unknown signal number {sig}") from None
-
-
-def signal_name(sig: int | str) -> str:
-    """The name asyncipc uses for a signal: ``"HUP"`` for ``signal.SIGHUP``, ``1``,
-    ``"SIGHUP"`` or ``"hup"``. Raises :class:`~asyncipc.ConfigurationError` if unknown."""
-    return _to_signal(sig).name.removeprefix("SIG")
-
-
 def subject(sig: int | str) -> str:
     """The subject :func:`watch` publishes a signal on: ``$sys.signal.HUP``."""
     return SIGNAL_PREFIX + signal_name(sig)
-
-
-def sendable_names(signals: Iterable[int | str]) -> list[str]:
-    """Names for HELLO's ``signals`` field, each checked against :data:`SENDABLE`."""
-    names: list[str] = []
-    for sig in signals:
-        name = signal_name(sig)
-        if name not in SENDABLE:
-            raise ConfigurationError(
-                f"SIG{name} cannot be allowed: the broker sends only {', '.join(sorted(SENDABLE))}"
-            )
-        if name not in names:
-            names.append(name)
-    return names
 
 
 # --- the handler registry ---------------------------------------------------------------
@@ -250,7 +211,7 @@ def on_signal(callback: SignalCallback, *signals: int | str) -> Iterator[None]:
     set with ``signal.signal()`` before is chained: it runs after ``callback``.
     """
     loop = asyncio.get_running_loop()
-    sigs = list(dict.fromkeys(_to_signal(s) for s in signals))
+    sigs = list(dict.fromkeys(to_signal(s) for s in signals))
     if not sigs:
         raise ConfigurationError("on_signal() needs at least one signal")
     done: list[signal.Signals] = []
@@ -279,7 +240,7 @@ async def watch(bus: Bus, *signals: int | str) -> AsyncIterator[None]:
     are removed, signals already caught are still published, and the previous handlers
     are restored. Raises as :func:`on_signal` does.
     """
-    sigs = list(dict.fromkeys(_to_signal(s) for s in signals))
+    sigs = list(dict.fromkeys(to_signal(s) for s in signals))
     if not sigs:
         raise ConfigurationError("watch() needs at least one signal")
     loop = asyncio.get_running_loop()
@@ -335,7 +296,7 @@ class Drain:
     def __init__(self, targets: tuple[Bus | Broker, ...], signals: tuple[int | str, ...]) -> None:
         _split(targets)  # refuse anything else now, not when the signal comes
         self.targets = targets
-        self.signals = tuple(dict.fromkeys(_to_signal(s) for s in signals))
+        self.signals = tuple(dict.fromkeys(to_signal(s) for s in signals))
         self.received: signal.Signals | None = None
         self._event = asyncio.Event()
         self._stack = contextlib.ExitStack()
@@ -392,9 +353,6 @@ class Drain:
 
 
 def _split(targets: Iterable[Bus | Broker]) -> tuple[list[Bus], list[Broker]]:
-    from .broker import Broker
-    from .client import Bus
-
     buses: list[Bus] = []
     brokers: list[Broker] = []
     for target in targets:
@@ -442,11 +400,6 @@ async def run_until_signalled(
 
 # --- 3. signals out, through the broker -------------------------------------------------
 
-STATUS = "asyncipc-status"
-ERROR = "asyncipc-error"
-REASON = "asyncipc-reason"
-REFUSED_STATUS = "403"
-
 
 async def send(bus: Bus, target: int | str, sig: int | str, *, timeout: float = 5.0) -> None:
     """Ask the broker to send ``sig`` to the process of client ``target``.
@@ -465,5 +418,7 @@ async def send(bus: Bus, target: int | str, sig: int | str, *, timeout: float = 
         raise ConfigurationError(f"invalid signal target {target!r}: a client id or name")
     reply = await bus.request(KILL_PREFIX + who, name.encode(), timeout=timeout)
     headers = reply.headers or {}
-    if headers.get(STATUS) == REFUSED_STATUS:
-        raise SignalRefused(headers.get(REASON, "refused"), headers.get(ERROR, "refused"))
+    if headers.get(STATUS_HEADER) == REFUSED_STATUS:
+        raise SignalRefused(
+            headers.get(REASON_HEADER, "refused"), headers.get(ERROR_HEADER, "refused")
+        )

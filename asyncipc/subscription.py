@@ -22,16 +22,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .errors import ClosedError, ConnectionClosed
 from .message import Message
 from .protocol import Overflow
 
-if TYPE_CHECKING:
-    from .client import Bus
-
-__all__ = ["OVERFLOW_POLICIES", "Subscription"]
+__all__ = ["OVERFLOW_POLICIES", "Subscription", "SubscriptionOwner"]
 
 OVERFLOW_POLICIES = {
     "block": Overflow.BLOCK,
@@ -39,6 +36,40 @@ OVERFLOW_POLICIES = {
     "drop_new": Overflow.DROP_NEW,
     "error": Overflow.ERROR,
 }
+
+
+class SubscriptionOwner(Protocol):
+    """What a :class:`Subscription` asks of the bus that made it (package-internal).
+
+    :class:`~asyncipc.Bus` implements it. The subscription depends on this interface, not
+    on the client, so that imports point one way (client → subscription). The methods are
+    underscored because they are not for applications: a subscription calls them when its
+    queue fills or empties and when it ends.
+    """
+
+    def _sub_blocked(self, sub: Subscription) -> None:
+        """``sub`` is full under ``overflow="block"``: stop reading the link."""
+        ...
+
+    def _sub_unblocked(self, sub: Subscription) -> None:
+        """``sub`` has room again: read the link unless another subscription is full."""
+        ...
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        """Forget ``sub`` and tell the broker (UNSUB)."""
+        ...
+
+    def _forget(self, sub: Subscription) -> None:
+        """``sub`` cut itself off (``overflow="error"``): UNSUB if the link still stands."""
+        ...
+
+    async def _drain_sub(self, sub: Subscription) -> None:
+        """UNSUB, take in what the broker had already sent to ``sub``, then end it."""
+        ...
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Wait until the broker has processed everything published so far."""
+        ...
 
 
 class Subscription:
@@ -65,7 +96,7 @@ class Subscription:
 
     def __init__(
         self,
-        bus: Bus,
+        bus: SubscriptionOwner,
         sid: int,
         subject: str,
         queue: str | None,

@@ -38,16 +38,11 @@ def group_pick(router: Router[str], subject: str, queue: str) -> Route[str]:
 
 
 def test_route_carries_the_subscription_fields() -> None:
-    r = Route("session", 4, "a.*", "q", Overflow.DROP_OLDEST, 10, 1000)
+    r = Route("session", 4, "a.*", "q", Overflow.DROP_OLDEST)
     assert (r.owner, r.sid, r.subject, r.queue) == ("session", 4, "a.*", "q")
-    assert (r.overflow, r.max_msgs, r.max_bytes, r.dropped) == (Overflow.DROP_OLDEST, 10, 1000, 0)
+    assert (r.overflow, r.dropped) == (Overflow.DROP_OLDEST, 0)
     plain = Route("s", 1, "a")
-    assert (plain.queue, plain.overflow, plain.max_msgs, plain.max_bytes) == (
-        None,
-        Overflow.BLOCK,
-        0,
-        0,
-    )
+    assert (plain.queue, plain.overflow) == (None, Overflow.BLOCK)
     assert "a.*" in repr(r)
 
 

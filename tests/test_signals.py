@@ -23,6 +23,7 @@ import pytest
 import asyncipc
 from asyncipc import _system, signals
 from asyncipc.link import PeerInfo
+from asyncipc.protocol.system import allowed_signals
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -461,11 +462,11 @@ def test_names() -> None:
     assert signals.subject(int(signal.SIGWINCH)) == "$sys.signal.WINCH"
     with pytest.raises(asyncipc.ConfigurationError, match="unknown signal 'SIGNOPE'"):
         signals.signal_name("SIGNOPE")
-    assert _system.allowed_signals(["hup", "SIGUSR1", "KILL", 9, "TERM"]) == (
+    assert allowed_signals(["hup", "SIGUSR1", "KILL", 9, "TERM"]) == (
         frozenset({"HUP", "USR1", "TERM"}),
         ["'KILL'", "9"],
     )
-    assert _system.allowed_signals("HUP") == (frozenset(), ["'HUP'"])
+    assert allowed_signals("HUP") == (frozenset(), ["'HUP'"])
 
 
 def test_who_the_broker_knows() -> None:

@@ -39,6 +39,7 @@ from ...options import ConnectOptions
 from ...protocol import (
     Overflow,
 )
+from ...protocol.system import ERROR_HEADER, REFUSED_STATUS, STATUS_HEADER
 from ...subjects import validate_pattern, validate_queue
 from ...transports import TransportOptions
 from ...transports.memory import memory_pair
@@ -172,13 +173,7 @@ class BusService:
         options = ConnectOptions(
             name=f"grpc {who}", token=self._token, max_frame=self._options.max_frame
         )
-        bus = _InternalBus(client, options, self._url)
-        try:
-            await bus._handshake()
-        except BaseException:
-            client.abort()
-            raise
-        return bus
+        return await _InternalBus.open(client, options, self._url)
 
     async def _unary_bus(self, context: Any) -> Bus:
         self._authorize(context)
@@ -226,9 +221,9 @@ class BusService:
             )
         except (AsyncIPCError, _Refused) as exc:
             await _abort(context, exc)
-        if reply.headers and reply.headers.get("asyncipc-status") == "403":
+        if reply.headers and reply.headers.get(STATUS_HEADER) == REFUSED_STATUS:
             # The broker refused a request to a reserved subject (protocol.md §12).
-            why = reply.headers.get("asyncipc-error", "refused")
+            why = reply.headers.get(ERROR_HEADER, "refused")
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
         return _message(reply)
 

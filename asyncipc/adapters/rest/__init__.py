@@ -218,7 +218,7 @@ class RestServer(Listener):
         ours.transport = theirs.transport = "http"
         theirs.peer = peer
         broker.attach(theirs)
-        bus = _ParticipantBus(
+        return await _ParticipantBus.open(
             ours,
             ConnectOptions(
                 name=f"http {peer.extra.get('route', '')} {where(peer)}".strip(),
@@ -229,12 +229,6 @@ class RestServer(Listener):
             ),
             self.url,
         )
-        try:
-            await bus._handshake()
-        except BaseException:
-            ours.abort()
-            raise
-        return bus
 
     def track(self, sub: Subscription) -> None:
         """Count ``sub``'s drops in ``/metrics`` while it lives."""
