@@ -24,6 +24,7 @@ SUBMODULES = [
     "asyncipc.protocol",
     "asyncipc.protocol.frames",
     "asyncipc.protocol.decoder",
+    "asyncipc.protocol.system",
 ]
 
 

@@ -276,7 +276,7 @@ class RestServer(Listener):
         return bus
 
     async def _body(self, request: web.Request) -> bytes:
-        limit = request.app._client_max_size
+        limit = self._unary_max()  # what the app was given as client_max_size
         if request.content_length is not None and request.content_length > limit:
             # Refused before reading a byte of it; the connection closes after the answer.
             raise HttpError(
