@@ -7,14 +7,15 @@ BSTAMP  := $(VENV)/.installed-bench
 
 .PHONY: demo test check lint types pytest bench redis-server clean proto node-example
 
+# Every extra: the tests and the examples use the gRPC and REST adapters.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,all]'
 	touch $@
 
 $(BSTAMP): $(STAMP)
-	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	$(BIN)/python -m pip install -q -e '.[dev,all,bench]'
 	touch $@
 
 # redis-server is a Debian package: installed when missing and we may (root), for the benchmarks.
