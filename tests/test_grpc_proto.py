@@ -1,8 +1,8 @@
 """The committed gRPC stubs are what ``make proto`` makes from ``protos/asyncipc/v1/bus.proto``.
 
 Regenerates into a temporary directory with the pinned grpcio-tools and compares byte
-for byte: an edit to the ``.proto`` without ``make proto`` (or a hand edit of the stubs)
-fails here, naming the files that differ.
+for byte: an edit to the ``.proto`` without ``make proto`` (or a hand edit of the stubs,
+or of the copy of the ``.proto`` the package ships) fails here, naming the files that differ.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 GENERATOR = ROOT / "protos" / "generate.py"
 COMMITTED = ROOT / "asyncipc" / "adapters" / "grpc" / "proto"
-GENERATED = ("bus_pb2.py", "bus_pb2.pyi", "bus_pb2_grpc.py")
+# The stubs, and the copy of the .proto shipped in the package for other languages.
+GENERATED = ("bus_pb2.py", "bus_pb2.pyi", "bus_pb2_grpc.py", "asyncipc/v1/bus.proto")
 
 
 def _pinned_tools_version() -> str:
