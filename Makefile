@@ -51,8 +51,9 @@ test: check pytest
 bench: $(BSTAMP) redis-server
 	$(BIN)/python -m benchmarks.run
 
-# The gRPC stubs under asyncipc/adapters/grpc/proto/ are committed; regenerate them after
-# editing protos/asyncipc/v1/bus.proto (tests/test_grpc_proto.py fails until you do).
+# The gRPC stubs under asyncipc/adapters/grpc/proto/, and the copy of bus.proto the package
+# ships there, are committed; regenerate them after editing protos/asyncipc/v1/bus.proto
+# (tests/test_grpc_proto.py fails until you do).
 proto: $(STAMP)
 	$(BIN)/python protos/generate.py
 

@@ -77,7 +77,14 @@ def _copy_source(dest: Path) -> None:
         ROOT,
         dest,
         ignore=shutil.ignore_patterns(
-            ".git", ".venv", "node_modules", "build", "*.egg-info", "__pycache__", ".*_cache"
+            ".git",
+            ".venv",
+            "node_modules",
+            "build",
+            "*.egg-info",
+            "__pycache__",
+            ".*_cache",
+            ".hypothesis",
         ),
     )
 
