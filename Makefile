@@ -7,14 +7,15 @@ BSTAMP  := $(VENV)/.installed-bench
 
 .PHONY: demo test check lint types pytest bench redis-server clean proto node-example
 
+# Every extra: the tests and the examples use the gRPC and REST adapters.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,all]'
 	touch $@
 
 $(BSTAMP): $(STAMP)
-	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	$(BIN)/python -m pip install -q -e '.[dev,all,bench]'
 	touch $@
 
 # redis-server is a Debian package: installed when missing and we may (root), for the benchmarks.
@@ -50,8 +51,9 @@ test: check pytest
 bench: $(BSTAMP) redis-server
 	$(BIN)/python -m benchmarks.run
 
-# The gRPC stubs under asyncipc/adapters/grpc/proto/ are committed; regenerate them after
-# editing protos/asyncipc/v1/bus.proto (tests/test_grpc_proto.py fails until you do).
+# The gRPC stubs under asyncipc/adapters/grpc/proto/, and the copy of bus.proto the package
+# ships there, are committed; regenerate them after editing protos/asyncipc/v1/bus.proto
+# (tests/test_grpc_proto.py fails until you do).
 proto: $(STAMP)
 	$(BIN)/python protos/generate.py
 

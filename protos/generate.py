@@ -4,6 +4,9 @@ Usage: ``python protos/generate.py [OUTDIR]`` (default: ``asyncipc/adapters/grpc
 
 protoc (from grpcio-tools, whose version pyproject.toml pins so that the output is the
 same on every machine) writes ``bus_pb2.py``, ``bus_pb2.pyi`` and ``bus_pb2_grpc.py``.
+The ``.proto`` itself is copied beside them as ``asyncipc/v1/bus.proto``: the package
+ships it (pyproject.toml's package data), so that a client in another language can be
+generated from an installed asyncipc; ``protos/`` stays the one source.
 The file keeps its canonical name, ``asyncipc/v1/bus.proto``, which is what reflection
 shows; but protoc would then make the gRPC module import ``asyncipc.v1.bus_pb2``, a
 module our own ``asyncipc`` package does not have, so that one import is made relative.
@@ -22,6 +25,7 @@ PROTOS = ROOT / "protos"
 SOURCE = "asyncipc/v1/bus.proto"
 DEFAULT_OUT = ROOT / "asyncipc" / "adapters" / "grpc" / "proto"
 GENERATED = ("bus_pb2.py", "bus_pb2.pyi", "bus_pb2_grpc.py")
+SHIPPED = SOURCE  # the copy of the .proto in OUTDIR, under its canonical name
 
 _ABSOLUTE = re.compile(r"^from asyncipc\.v1 import (bus_pb2 as \w+)$", re.MULTILINE)
 
@@ -55,6 +59,12 @@ def generate(out: Path) -> list[Path]:
             path = out / name
             path.write_text(text)
             paths.append(path)
+    # Under its canonical name, so that `protoc -I OUTDIR asyncipc/v1/bus.proto` names the
+    # file as reflection does; copied byte for byte (tests/test_grpc_proto.py compares).
+    shipped = out / SHIPPED
+    shipped.parent.mkdir(parents=True, exist_ok=True)
+    shipped.write_bytes((PROTOS / SOURCE).read_bytes())
+    paths.append(shipped)
     return paths
 
 

@@ -11,6 +11,7 @@ installed; the npm packages are installed into examples/node/node_modules on fir
 from __future__ import annotations
 
 import asyncio
+import importlib.resources
 import shutil
 import subprocess
 from pathlib import Path
@@ -92,3 +93,61 @@ async def test_node_client_publishes_subscribes_and_asks(
         {"lang": "js"},
     )
     assert (headline.subject, headline.data) == ("news.today", b"node publishes on Connect")
+
+
+# --- outside the repository -------------------------------------------------------------
+
+# The .proto an installed asyncipc ships, found as docs/grpc.md tells a user to find it.
+SHIPPED_PROTO = importlib.resources.files("asyncipc") / "adapters/grpc/proto/asyncipc/v1/bus.proto"
+
+
+@pytest.fixture
+def example_elsewhere(node_example: Path, tmp_path: Path) -> Path:
+    """pubsub.js copied out of the repository (no ``../../protos`` beside it), with the
+    npm packages it needs linked next to it."""
+    app = tmp_path / "app"
+    app.mkdir()
+    shutil.copy(node_example, app / "pubsub.js")
+    (app / "node_modules").symlink_to(EXAMPLE / "node_modules", target_is_directory=True)
+    return app / "pubsub.js"
+
+
+async def _run_node(script: Path, args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    assert NODE is not None
+    proc = await asyncio.create_subprocess_exec(
+        NODE,
+        str(script),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={"PATH": str(Path(NODE).parent), **env},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+@pytest.mark.parametrize("given_by", ["env", "argument"])
+async def test_node_client_outside_the_repository_uses_the_shipped_proto(
+    example_elsewhere: Path, given_by: str
+) -> None:
+    proto = str(SHIPPED_PROTO)
+    assert Path(proto).is_file(), "the package does not ship asyncipc/v1/bus.proto"
+    async with asyncipc.Broker() as broker:
+        target = (await broker.listen("grpc://127.0.0.1:0")).url.removeprefix("grpc://")
+        if given_by == "env":
+            code, out, err = await _run_node(example_elsewhere, [target], {"ASYNCIPC_PROTO": proto})
+        else:
+            code, out, err = await _run_node(example_elsewhere, [target, proto], {})
+    assert code == 0, f"node exited {code}:\n{out}\n{err}"
+    assert out.splitlines()[-1] == "ok"
+
+
+async def test_node_client_without_a_proto_says_where_to_find_one(
+    example_elsewhere: Path,
+) -> None:
+    code, out, err = await _run_node(example_elsewhere, ["127.0.0.1:1"], {})
+    assert code == 1
+    assert "no service definition at" in err
+    assert "ASYNCIPC_PROTO" in err
+    assert out == ""

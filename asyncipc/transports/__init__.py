@@ -122,7 +122,11 @@ def register(scheme: str, transport: Transport) -> None:
 
 
 def lookup(scheme: str) -> Transport:
-    """The transport for ``scheme``; raises ConfigurationError naming the known ones."""
+    """The transport for ``scheme``; raises ConfigurationError naming the known ones.
+
+    The adapters' schemes (``grpc``, ``http``, ``https``) need an extra of the install;
+    without it their module's import raises the ConfigurationError that names it.
+    """
     transport = _registry.get(scheme)
     if transport is None and scheme in _builtin:
         importlib.import_module(_builtin[scheme])

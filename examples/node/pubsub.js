@@ -2,23 +2,42 @@
 // An asyncipc client in Node.js, over the broker's gRPC adapter (docs/grpc.md).
 //
 //   asyncipc broker --grpc 127.0.0.1:50051          # in one shell
-//   cd examples/node && npm ci && node pubsub.js 127.0.0.1:50051
+//   cd examples/node && npm ci && node pubsub.js 127.0.0.1:50051 [PROTO]
 //
 // It uses nothing but @grpc/grpc-js and @grpc/proto-loader with the service definition
-// in protos/asyncipc/v1/bus.proto: a long-lived Connect stream that subscribes,
+// asyncipc/v1/bus.proto: a long-lived Connect stream that subscribes,
 // publishes and answers requests, and the unary Publish and Request calls and the
 // server-streaming Subscribe call next to it. $ASYNCIPC_TOKEN is sent as
 // `authorization: Bearer <token>` when the broker wants one. Exits 0 when every step
 // worked, 1 otherwise.
+//
+// The .proto is PROTO (the second argument), else $ASYNCIPC_PROTO, else the repository's
+// protos/asyncipc/v1/bus.proto when this runs from a checkout. An installed asyncipc
+// ships it too; outside the repository (docs/grpc.md, "Clients in other languages"):
+//   export ASYNCIPC_PROTO="$(python -c "import importlib.resources as r; \
+//     print(r.files('asyncipc') / 'adapters/grpc/proto/asyncipc/v1/bus.proto')")"
 "use strict";
 
+const fs = require("node:fs");
 const path = require("node:path");
 const grpc = require("@grpc/grpc-js");
 const protoLoader = require("@grpc/proto-loader");
 
-const PROTO = path.join(__dirname, "..", "..", "protos", "asyncipc", "v1", "bus.proto");
+const REPO_PROTO = path.join(__dirname, "..", "..", "protos", "asyncipc", "v1", "bus.proto");
+const PROTO = process.argv[3] || process.env.ASYNCIPC_PROTO || REPO_PROTO;
 const target = process.argv[2] || process.env.ASYNCIPC_GRPC || "127.0.0.1:50051";
 const token = process.env.ASYNCIPC_TOKEN || "";
+
+if (!fs.existsSync(PROTO)) {
+  // Copied out of the repository, the example has no protos/ beside it: say where the
+  // file comes from rather than fail inside proto-loader.
+  console.error(
+    `no service definition at ${PROTO}: pass the path of asyncipc/v1/bus.proto as the ` +
+      "second argument or in $ASYNCIPC_PROTO (an installed asyncipc ships it, " +
+      "see docs/grpc.md)",
+  );
+  process.exit(1);
+}
 
 const definition = protoLoader.loadSync(PROTO, {
   keepCase: true, // field names as in the .proto: reply_to, max_frame

@@ -26,9 +26,17 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from .. import missing_extra
+
+try:
+    # The packages of the `grpc` extra (health_pb2 imports protobuf): a plain
+    # `pip install asyncipc` has none of them, and a grpc:// URL must then say which
+    # extra to add, not fail deep in an import.
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection
+except ModuleNotFoundError as exc:
+    raise missing_extra("grpc://", "gRPC adapter", "grpc", exc) from exc
 
 from ...errors import ConfigurationError
 from ...link import Accept, Link, Listener

@@ -32,8 +32,15 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-import aiohttp
-from aiohttp import web
+from .. import missing_extra
+
+try:
+    # The package of the `http` extra: a plain `pip install asyncipc` has no aiohttp, and
+    # an http:// URL must then say which extra to add, not fail deep in an import.
+    import aiohttp
+    from aiohttp import web
+except ModuleNotFoundError as exc:
+    raise missing_extra("http:// (or https://)", "REST adapter", "http", exc) from exc
 
 from ... import _metrics
 from ...client import DEFAULT_MAX_BYTES, DEFAULT_MAX_PENDING, Bus
