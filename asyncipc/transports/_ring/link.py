@@ -37,8 +37,19 @@ from ...errors import (
     RemoteProtocolError,
 )
 from ...link import Link, LinkReceiver, PeerInfo
-from ...protocol import MSG_EXTRA, Err, ErrorCode, Frame, Headers, Msg, Op, Pub, encode
-from ...protocol.decoder import _headers, _parse
+from ...protocol import (
+    MSG_EXTRA,
+    Err,
+    ErrorCode,
+    Frame,
+    Headers,
+    Msg,
+    Op,
+    Pub,
+    decode_headers,
+    encode,
+    parse_frame,
+)
 from ...protocol.frames import encode_headers
 from .. import TransportOptions
 from .port import Bell, RingPort
@@ -106,7 +117,7 @@ def _decode_msg(mv: memoryview, start: int, end: int) -> _MsgFields:
         p += 4
         if p + hlen > end:
             raise RemoteProtocolError(f"header block of {hlen} bytes runs past the frame end")
-        headers = _headers(bytes(mv[p : p + hlen]), 0, hlen) if hlen else None
+        headers = decode_headers(bytes(mv[p : p + hlen])) if hlen else None
     except struct.error:
         raise RemoteProtocolError(f"MSG frame truncated: {end - start} bytes") from None
     return sid, subject, bytes(mv[p + hlen : end]), reply, headers
@@ -535,7 +546,7 @@ class RingLink(Link):
         op = mv[p + 4]
         if op == Op.MSG:
             return _decode_msg(mv, p, stop)
-        return _parse(op, bytes(mv[p + 5 : stop]))
+        return parse_frame(op, bytes(mv[p + 5 : stop]))
 
     def _port_peer_gone(self, problem: str | None) -> None:
         if self._lost:
