@@ -94,14 +94,14 @@ async def file_torn(path: str) -> None:
     tx = writer._tx
     assert tx is not None
     payload = (1).to_bytes(4, "big") * 250
-    pos = tx._tail
+    pos = tx.tail
     at = tx._data + pos % tx.capacity
     crc = zlib.crc32(payload)
     tag = (pos >> 4) & 0xFFFFFFFF
     check = header_check(len(payload), crc, tag, KIND_DATA, 0)
-    RECORD.pack_into(tx._mv, at, len(payload), crc, tag, KIND_DATA, 0, check)
-    struct.pack_into("<Q", tx._mv, tx._base + TAIL, pos + record_size(len(payload)))
-    tx._mv[at + 16 : at + 16 + 300] = payload[:300]
+    RECORD.pack_into(tx.buffer, at, len(payload), crc, tag, KIND_DATA, 0, check)
+    struct.pack_into("<Q", tx.buffer, tx._base + TAIL, pos + record_size(len(payload)))
+    tx.buffer[at + 16 : at + 16 + 300] = payload[:300]
     print("torn", flush=True)
     await asyncio.sleep(60)
 

@@ -89,6 +89,29 @@ async def test_a_restarted_reader_resumes_and_gets_the_record_it_held_again(
     await writer.aclose()
 
 
+async def test_a_reader_closed_while_it_holds_a_record_leaves_it_for_the_next(
+    tmp_path: Path,
+) -> None:
+    """The channel's own held record: closing invalidates it, and does not consume it."""
+    path = str(tmp_path / "h.ring")
+    writer = await open_writer(path, size="64K")
+    for i in range(3):
+        await writer.send(rec(i))
+    reader = await open_reader(path)
+    assert num(await reader.recv()) == 0
+    held = await reader.recv_record()
+    view = held.view
+    with pytest.raises(RuntimeError, match="release the record you hold"):
+        await reader.recv()
+    await reader.aclose()
+    with pytest.raises(asyncipc.RecordReleased):
+        view.tobytes()
+    reader = await open_reader(path)
+    assert [num(await reader.recv()) for _ in range(2)] == [1, 2]
+    await reader.aclose()
+    await writer.aclose()
+
+
 async def test_a_killed_writer_restarts_after_its_last_record_while_a_reader_waits(
     tmp_path: Path,
 ) -> None:

@@ -39,9 +39,11 @@ from asyncipc.protocol import (
     Sub,
     Unsub,
     Welcome,
+    decode_headers,
     encode,
     encode_headers,
     encode_msg_from_pub,
+    parse_frame,
 )
 from asyncipc.subjects import validate_pattern, validate_subject
 
@@ -217,6 +219,39 @@ def test_decoded_pub_forwards_its_bytes_unchanged(pub: Pub) -> None:
     assert msg_wire[9:] == wire[5:]
     (m,) = decode_all(msg_wire)
     assert canon(m) == ("MSG", 7, pub.subject, pub.reply, pub.headers, pub.data)
+
+
+@given(any_frame)
+@SETTINGS
+def test_parse_frame_alone_reads_what_encode_wrote(frame: Frame) -> None:
+    """The ring link and the datagram codec parse whole frames with ``parse_frame``,
+    without a ``FrameDecoder``: it must agree with the encoder on every frame type."""
+    wire = encode(frame)
+    back = parse_frame(wire[4], wire[5:])
+    assert type(back) is type(frame)
+    assert canon(back) == canon(frame)
+
+
+@given(header_maps, st.binary(max_size=8), st.binary(max_size=8))
+@SETTINGS
+def test_decode_headers_inverts_encode_headers_within_a_larger_buffer(
+    headers: dict[str, str], before: bytes, after: bytes
+) -> None:
+    block = encode_headers(headers)[4:]  # the block without its u32 length
+    assert decode_headers(block) == headers
+    framed = before + block + after
+    assert decode_headers(framed, len(before), len(before) + len(block)) == headers
+
+
+def test_decode_headers_names_a_block_that_does_not_end_where_it_should() -> None:
+    block = encode_headers({"k": "v"})[4:]
+    with pytest.raises(RemoteProtocolError, match="1 trailing bytes"):
+        decode_headers(block + b"x")
+    for cut in range(2, len(block)):  # inside a length field or inside the text
+        with pytest.raises(RemoteProtocolError, match="runs past the header block"):
+            decode_headers(block[:cut])
+    with pytest.raises(RemoteProtocolError, match="unknown frame op 99"):
+        parse_frame(99, b"")
 
 
 def test_pub_with_and_without_headers_and_reply() -> None:

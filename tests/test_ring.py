@@ -166,6 +166,40 @@ def test_restarted_ends_resume_where_the_counters_say() -> None:
     assert r2.read_bytes() == b"after"
 
 
+def test_the_links_read_in_place_with_next_record_and_consume() -> None:
+    """The package-internal hooks the links read with (no Record per record), and why
+    ``head`` and ``tail`` are visible: a pad moves them with no record to show for it."""
+    _, w, r = make()
+    assert w.try_write(b"x" * 4000, FLAG_MORE)
+    assert w.tail == record_size(4000)
+    assert not w.try_write(b"y" * 100)  # no room at offset 0 yet...
+    assert w.tail == CAP  # ...but the pad before the ring's end was committed alone
+    got = r.next_record()
+    assert got is not None
+    start, length, flags = got
+    assert (bytes(r.buffer[start : start + length]), flags) == (b"x" * 4000, FLAG_MORE)
+    assert r.next_record() == got, "not consumed yet: the same record again"
+    assert r.head == 0
+    r.consume()
+    assert r.head == record_size(4000)
+    assert r.next_record() is None
+    assert r.head == CAP, "the pad was consumed on the way, freeing its bytes"
+    assert w.try_write(b"y" * 100)
+
+
+def test_closing_the_reader_invalidates_the_record_it_holds_without_consuming_it() -> None:
+    buf, w, r = make()
+    assert w.try_write(b"kept")
+    rec = r.read()
+    assert rec is not None
+    view = rec.view
+    r.close()
+    assert rec.released
+    with pytest.raises(RecordReleased):
+        view.tobytes()
+    assert RingReader(buf).read_bytes() == b"kept"
+
+
 def test_it_runs_on_shared_memory_too() -> None:
     mm = mmap.mmap(-1, ring_size(CAP))
     format_ring(mm, CAP)
@@ -299,7 +333,7 @@ def test_a_tail_out_of_range_is_named() -> None:
         r.read()
     _, w2, r2 = make()
     w2.try_write(b"y" * 4000)
-    struct.pack_into("<Q", r2._mv, HEAD, 8 * CAP)  # the reader's word, scribbled on
+    struct.pack_into("<Q", r2.buffer, HEAD, 8 * CAP)  # the reader's word, scribbled on
     with pytest.raises(CorruptRing, match="the reader's head 32768 is out of range"):
         w2.try_write(b"z" * 100)
 
@@ -334,7 +368,7 @@ def test_random_records_match_a_reference_queue(
                 model.append(payload)
             else:
                 # Refused only when it really does not fit (a pad may have gone in).
-                assert w.free < record_size(arg) + (CAP - w._tail % CAP)
+                assert w.free < record_size(arg) + (CAP - w.tail % CAP)
         elif op == "read":
             assert isinstance(arg, int)
             for _ in range(arg):

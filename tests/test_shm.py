@@ -413,8 +413,8 @@ async def test_a_record_past_the_ring_end_cuts_off_that_client_alone(
         tx = ep.tx
         length = tx.capacity + 100
         check = header_check(length, 0, 0, KIND_DATA, 0)
-        RECORD.pack_into(tx._mv, tx._data, length, 0, 0, KIND_DATA, 0, check)
-        struct.pack_into("<Q", tx._mv, tx._base + TAIL, 64)  # and commit it
+        RECORD.pack_into(tx.buffer, tx._data, length, 0, 0, KIND_DATA, 0, check)
+        struct.pack_into("<Q", tx.buffer, tx._base + TAIL, 64)  # and commit it
         ep.bell_out.ring()
         await until(lambda: "runs past the ring end" in caplog.text, "the broker to notice")
         # It was told, in an ERR frame in its inbound ring, before the hang-up.

@@ -19,6 +19,7 @@ from typing import TypeVar
 import pytest
 
 import asyncipc
+from asyncipc.link import PeerInfo
 from asyncipc.protocol import (
     Err,
     ErrorCode,
@@ -29,6 +30,7 @@ from asyncipc.protocol import (
     Ping,
     Pub,
     Sub,
+    Unsub,
     Welcome,
     encode,
 )
@@ -41,6 +43,9 @@ from asyncipc.protocol.datagram import (
     pack_header,
     parse_datagram,
 )
+from asyncipc.transports import TransportOptions
+from asyncipc.transports._datagram.link import DatagramLink
+from asyncipc.transports._datagram.sockets import DatagramSettings, DatagramSocket
 from asyncipc.transports.udp import UdpListener
 
 CONN = 0x5EED
@@ -474,6 +479,39 @@ async def test_kernel_drops_on_a_full_receive_buffer_are_counted(raw_peers: list
         raw.send(b"x")  # stamped with the drop count so far
         await wait_until(lambda: listener.stats.kernel_drops > 0, "drops are counted")
         assert listener.stats.datagrams + listener.stats.kernel_drops == 201
+
+
+async def test_frames_the_socket_refused_wait_in_the_link_until_it_drains() -> None:
+    """A full send buffer refuses datagrams; the socket calls the link back
+    (``socket_writable``) once it drains, and every frame then goes, in order.
+
+    A Unix datagram pair, because its sender really meets EAGAIN when the receiver does
+    not read (a UDP socket on loopback hardly ever does)."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    b.setblocking(False)
+    endpoint = DatagramSocket(a, DatagramSettings(window=1 << 20, window_bytes=1 << 30))
+    link = DatagramLink(
+        endpoint, None, CONN, TransportOptions(), server_side=True, peer=PeerInfo("udp", "pair")
+    )
+    n = 3000
+    try:
+        for sid in range(n):
+            link.send(Unsub(sid))
+        assert link.stats.sent < n, "the socket refused some: they wait in the link"
+        loop = asyncio.get_running_loop()
+        got: list[int] = []
+        async with asyncio.timeout(10):
+            while len(got) < n:
+                env = parse_datagram(await loop.sock_recv(b, 65536))
+                frame = decode_frame(env.frame, 1024)
+                assert isinstance(frame, Unsub)
+                got.append(frame.sid)
+        assert got == list(range(n))
+        assert link.stats.sent == n
+    finally:
+        link.abort()
+        endpoint.close()
+        b.close()
 
 
 # --- request/reply and the handshake over a lossy path ------------------------------------

@@ -4,7 +4,7 @@ Nothing here touches a socket or an event loop; every stream transport wraps it 
 shell. The byte layout is specified in ``docs/protocol.md``.
 """
 
-from .decoder import FrameDecoder
+from .decoder import FrameDecoder, decode_headers, parse_frame
 from .frames import (
     DEFAULT_MAX_FRAME,
     MSG_EXTRA,
@@ -53,7 +53,9 @@ __all__ = [
     "Sub",
     "Unsub",
     "Welcome",
+    "decode_headers",
     "encode",
     "encode_headers",
     "encode_msg_from_pub",
+    "parse_frame",
 ]

@@ -28,7 +28,7 @@ from enum import IntEnum, IntFlag
 from typing import Final, NamedTuple
 
 from ..errors import FrameTooLarge, RemoteProtocolError
-from .decoder import _parse
+from .decoder import parse_frame
 from .frames import MSG_EXTRA, Frame, Op
 
 __all__ = [
@@ -142,7 +142,7 @@ def decode_frame(frame: bytes, max_frame: int) -> Frame:
     op = frame[4]
     if length > max_frame + (MSG_EXTRA if op == Op.MSG else 0):
         raise FrameTooLarge(f"frame length {length} exceeds the maximum frame size {max_frame}")
-    return _parse(op, frame[5:])
+    return parse_frame(op, frame[5:])
 
 
 def seq_after(a: int, b: int) -> bool:

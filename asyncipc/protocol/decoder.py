@@ -33,7 +33,7 @@ from .frames import (
     Welcome,
 )
 
-__all__ = ["FrameDecoder"]
+__all__ = ["FrameDecoder", "decode_headers", "parse_frame"]
 
 _LEN = struct.Struct(">I")
 _U16 = struct.Struct(">H")
@@ -159,7 +159,7 @@ class FrameDecoder:
                 stop = pos + 4 + length
                 if stop > end:
                     break
-                out.append(_parse(buf[pos + 4], bytes(view[pos + 5 : stop])))
+                out.append(parse_frame(buf[pos + 4], bytes(view[pos + 5 : stop])))
                 pos = stop
         except (RemoteProtocolError, FrameTooLarge) as exc:
             if not out:
@@ -175,7 +175,15 @@ class FrameDecoder:
         return out
 
 
-def _parse(op: int, body: bytes) -> Frame:
+def parse_frame(op: int, body: bytes) -> Frame:
+    """The frame of op byte ``op`` whose body (what follows the op) is ``body``.
+
+    The one frame parser: :class:`FrameDecoder` calls it for each complete frame of a
+    stream, and the transports that receive whole frames (a datagram, a ring record) call
+    it directly, once they have checked the length prefix against their maximum frame
+    size. Raises :class:`~asyncipc.RemoteProtocolError` for a body that breaks
+    ``docs/protocol.md`` (an unknown op, a truncated body, text that is not UTF-8, ...).
+    """
     try:
         if op == Op.PUB:
             subject, reply, headers, off = _pub_fields(body, 0)
@@ -224,7 +232,7 @@ def _pub_fields(body: bytes, off: int) -> tuple[str, str | None, Headers | None,
     off += 4
     if off + hlen > len(body):
         raise RemoteProtocolError(f"header block of {hlen} bytes runs past the frame end")
-    headers = _headers(body, off, off + hlen) if hlen else None
+    headers = decode_headers(body, off, off + hlen) if hlen else None
     return subject, reply, headers, off + hlen
 
 
@@ -241,27 +249,41 @@ def _text(body: bytes, off: int, what: str) -> tuple[str | None, int]:
         raise RemoteProtocolError(f"{what} is not valid UTF-8") from None
 
 
-def _headers(body: bytes, off: int, end: int) -> Headers:
+def decode_headers(body: bytes, off: int = 0, end: int | None = None) -> Headers:
+    """The header map in the header block ``body[off:end]`` (``end`` None: the end of
+    ``body``): the block after its u32 length, so that
+    ``decode_headers(encode_headers(h)[4:]) == h`` for any non-empty ``h``.
+
+    Raises :class:`~asyncipc.RemoteProtocolError` for a block that is truncated, has
+    trailing bytes or holds text that is not UTF-8.
+    """
+    if end is None:
+        end = len(body)
     if end - off < 2:
         raise RemoteProtocolError(f"header block of {end - off} byte(s) has no room for its count")
     count = _U16.unpack_from(body, off)[0]
     off += 2
     out: Headers = {}
-    for _ in range(count):
-        klen = _U16.unpack_from(body, off)[0]
-        off += 2
-        key = body[off : off + klen]
-        off += klen
-        vlen = _LEN.unpack_from(body, off)[0]
-        off += 4
-        value = body[off : off + vlen]
-        off += vlen
-        if off > end:
-            raise RemoteProtocolError("header entry runs past the header block")
-        try:
-            out[key.decode()] = value.decode()
-        except UnicodeDecodeError:
-            raise RemoteProtocolError("header name or value is not valid UTF-8") from None
+    try:
+        for _ in range(count):
+            klen = _U16.unpack_from(body, off)[0]
+            off += 2
+            key = body[off : off + klen]
+            off += klen
+            vlen = _LEN.unpack_from(body, off)[0]
+            off += 4
+            value = body[off : off + vlen]
+            off += vlen
+            if off > end:
+                raise RemoteProtocolError("header entry runs past the header block")
+            try:
+                out[key.decode()] = value.decode()
+            except UnicodeDecodeError:
+                raise RemoteProtocolError("header name or value is not valid UTF-8") from None
+    except struct.error:
+        # A length field cut off by the end of ``body``: within a frame that is also the
+        # end of the block, and a caller with only the block gets our error, not struct's.
+        raise RemoteProtocolError("header entry runs past the header block") from None
     if off != end:
         raise RemoteProtocolError(f"header block has {end - off} trailing bytes")
     return out

@@ -180,7 +180,7 @@ class UdpListener(DatagramSocket, Listener):
         if link is not None:
             # The same address with a new connection id: the old client is gone (a
             # restart that got the same port back). Its session ends here.
-            link._lost(BrokenLinkError(f"{link.peer.describe()}: replaced by a new connection"))
+            link.fail(BrokenLinkError(f"{link.peer.describe()}: replaced by a new connection"))
         link = DatagramLink(
             self, addr, env.conn, self._options, server_side=True, peer=PeerInfo("udp", addr)
         )
@@ -229,7 +229,7 @@ class UdpListener(DatagramSocket, Listener):
             if idle >= timeout:
                 self.stats.peers_timed_out += 1
                 why = f"{link.peer.describe()}: no datagram for {idle:.1f} s"
-                link._lost(BrokenLinkError(why), fin=True)
+                link.fail(BrokenLinkError(why), fin=True)
 
     async def aclose(self) -> None:
         """Stop accepting peers. The socket stays open for the links already accepted
@@ -268,7 +268,7 @@ class _ClientSocket(DatagramSocket):
 
     def read_error(self, exc: OSError) -> None:
         if isinstance(exc, ConnectionRefusedError):
-            self.link._lost(BrokenLinkError(f"{self.link.peer.describe()}: connection refused"))
+            self.link.fail(BrokenLinkError(f"{self.link.peer.describe()}: connection refused"))
         else:
             super().read_error(exc)
 

@@ -199,6 +199,14 @@ class DatagramLink(Link):
         if self._outbox_bytes > self._high_water:
             self.write_blocked = True
 
+    def socket_writable(self) -> None:
+        """The socket's buffer has room again: send what the window allows.
+
+        Package-internal: :class:`DatagramSocket` calls it for each link whose datagram
+        it refused while full (not on the hot path: once per drained buffer).
+        """
+        self._flush()
+
     def _flush(self) -> None:
         """Send from the outbox while the window allows. (The hot path of sending: one
         datagram per frame, so it avoids every call it can.)"""
@@ -259,7 +267,7 @@ class DatagramLink(Link):
         """A send error. True when it broke the link; else the datagram counts as sent
         and lost (the receiver will see the gap)."""
         if isinstance(exc, ConnectionRefusedError):
-            self._lost(BrokenLinkError(f"{self.peer.describe()}: connection refused"))
+            self.fail(BrokenLinkError(f"{self.peer.describe()}: connection refused"))
             return True
         self.stats.send_errors += 1
         self.endpoint.log.warning(
@@ -343,7 +351,7 @@ class DatagramLink(Link):
                 # The broker has not seen our HELLO yet (lost, or overtaken by what we
                 # sent after it): the HELLO we repeat will start the session.
                 return
-            self._lost(
+            self.fail(
                 BrokenLinkError(
                     f"{self.peer.describe()} does not know this connection "
                     "(the broker restarted, or timed this client out)"
@@ -430,7 +438,7 @@ class DatagramLink(Link):
         if not self._paused and not self._inbox:
             self._acked = self.tracker.highest
             if self._fin_pending:
-                self._lost(BrokenLinkError(f"{self.peer.describe()} closed the connection"))
+                self.fail(BrokenLinkError(f"{self.peer.describe()} closed the connection"))
                 return
         if self._acked != self._ack_sent and self._ack_timer is None and not self._ack_asked:
             self._ack_timer = self._loop.call_later(ACK_DELAY, self._send_ack)
@@ -510,8 +518,14 @@ class DatagramLink(Link):
         self._exc = self._exc or ClosedError(f"{self.transport} link was aborted")
         self._finish(fin=True)
 
-    def _lost(self, exc: BaseException, *, fin: bool = False) -> None:
-        """The peer left, or the channel broke."""
+    def fail(self, exc: BaseException, *, fin: bool = False) -> None:
+        """End the link with ``exc``: the peer left, was replaced or went silent, or the
+        channel broke. ``fin`` tells the peer too.
+
+        Package-internal: called by the link itself and by the socket that carries it
+        (``udp.py``), which is who learns of a refused port, a replaced connection or an
+        idle peer.
+        """
         if self._finished:
             return
         if self._exc is None or (isinstance(self._exc, ClosedError) and not self._closing):

@@ -157,7 +157,7 @@ class DatagramSocket:
 
     def send(self, parts: list[bytes], addr: Any, link: DatagramLink | None = None) -> bool:
         """Hand one datagram to the socket. False when its buffer is full: ``link`` (if
-        given) is called back through ``_flush`` once it drains; without one (control
+        given) is called back through ``socket_writable`` once it drains; without one (control
         datagrams) the datagram is simply not sent. Other OS errors are raised."""
         if self._writers and link is not None:
             self._writers.add(link)  # others wait already: keep their turn
@@ -179,7 +179,7 @@ class DatagramSocket:
         self._loop.remove_writer(self.sock.fileno())
         writers, self._writers = self._writers, set()
         for link in writers:
-            link._flush()
+            link.socket_writable()
 
     def close(self) -> None:
         if self._closed:

@@ -61,6 +61,10 @@ class RingChannel:
         counted in ``skipped_records``)."""
         self.peer = peer
         self._rx = rx
+        # The inbound ring's bytes, taken once: recv() copies a record out of it.
+        self._rx_buf = rx.buffer if rx is not None else None
+        # The record recv_record() handed out; the next receive waits for its release.
+        self._held: Record | None = None
         self._tx = tx
         self._bells = (bell_in, bell_out)
         self._ctl = ctl
@@ -116,9 +120,9 @@ class RingChannel:
             )
         tx = self._tx
         if not self._pending:
-            tail = tx._tail
+            tail = tx.tail
             written = tx.try_write(data)
-            if tx._tail != tail:
+            if tx.tail != tail:
                 self._port.wrote()  # the record, or a pad committed alone (see link.py)
             if written:
                 return
@@ -136,15 +140,15 @@ class RingChannel:
 
     async def recv(self) -> bytes:
         """The next record, copied out of the ring."""
-        rx = self._rx
-        if rx is None:
+        rx, buf = self._rx, self._rx_buf
+        if rx is None or buf is None:
             raise RuntimeError("this end of the ring only writes")
         while True:
             got = self._next()
             if got is not None:
                 start, length, _ = got
-                data = bytes(rx._mv[start : start + length])
-                rx._consume()
+                data = bytes(buf[start : start + length])
+                rx.consume()
                 self._port.consumed()
                 return data
             await self._readable()
@@ -155,15 +159,15 @@ class RingChannel:
         Its bytes stay in shared memory until it is released; the next ``recv`` before
         that raises, and any use after it raises :class:`~asyncipc.RecordReleased`.
         """
-        rx = self._rx
-        if rx is None:
+        rx, buf = self._rx, self._rx_buf
+        if rx is None or buf is None:
             raise RuntimeError("this end of the ring only writes")
         while True:
             got = self._next()
             if got is not None:
                 start, length, flags = got
-                rec = Record(rx, start, length, flags, self._port.consumed)
-                rx._held = rec
+                rec = Record(buf, start, length, flags, rx.consume, self._port.consumed)
+                self._held = rec
                 return rec
             await self._readable()
 
@@ -186,13 +190,13 @@ class RingChannel:
             raise ClosedError("the channel is closed") if self._error is None else self._error
         rx = self._rx
         assert rx is not None
-        held = rx._held
+        held = self._held
         if held is not None and not held.released:
             raise RuntimeError("release the record you hold before receiving the next one")
-        head = rx._head
+        head = rx.head
         while True:
             try:
-                got = rx._next()
+                got = rx.next_record()
                 break
             except CorruptRing as exc:
                 now = self._loop.time()
@@ -208,7 +212,7 @@ class RingChannel:
                 log.warning("skipped %d bytes of %s: %s", skipped, self.peer.describe(), exc)
         self._corrupt_since = None
         if got is None:
-            if rx._head != head:
+            if rx.head != head:
                 self._port.consumed()  # pads or a skipped record freed space
             if self._peer_gone:
                 self._fail(
@@ -217,7 +221,7 @@ class RingChannel:
                 raise self._error  # type: ignore[misc]
             return None
         if got[2] & FLAG_FIN:
-            rx._consume()
+            rx.consume()
             self._peer_fin = True
             self._finish()
             raise BrokenLinkError(f"{self.peer.describe()} closed the channel")
@@ -234,14 +238,17 @@ class RingChannel:
     # --- the port's questions -----------------------------------------------------------------
 
     @property
-    def _port_reading(self) -> bool:
+    def port_reading(self) -> bool:
+        """PortOwner (package-internal): True while inbound records are wanted."""
         return self._recv_waiter is not None and not self._lost
 
     @property
-    def _port_writes_waiting(self) -> bool:
+    def port_writes_waiting(self) -> bool:
+        """PortOwner (package-internal): True while writes wait for ring space."""
         return bool(self._pending) and not self._lost
 
-    def _port_read(self, limit: int) -> int:
+    def port_read(self, limit: int) -> int:
+        """PortOwner (package-internal): handle up to ``limit`` records; how many."""
         waiter = self._recv_waiter
         if waiter is None or waiter.done() or self._rx is None:
             return 0
@@ -254,10 +261,11 @@ class RingChannel:
             return 1
         return 0
 
-    def _port_write(self) -> bool:
+    def port_write(self) -> bool:
+        """PortOwner (package-internal): queued writes into the ring; True if any went."""
         tx = self._tx
         assert tx is not None
-        tail = tx._tail
+        tail = tx.tail
         pending = self._pending
         wrote = fin = False
         while pending:
@@ -276,13 +284,14 @@ class RingChannel:
             fut.set_result(None)
             wrote = True
             fin = bool(flags & FLAG_FIN) or (self._closing and not pending)
-        if tx._tail != tail:
+        if tx.tail != tail:
             self._port.wrote()
         if wrote and fin:
             self._finish()
         return wrote
 
-    def _port_peer_gone(self, problem: str | None) -> None:
+    def port_peer_gone(self, problem: str | None) -> None:
+        """PortOwner (package-internal): the control socket ended or carried garbage."""
         if self._lost:
             return
         if problem is not None:
@@ -313,11 +322,11 @@ class RingChannel:
             return
         if not self._fin:
             if not self._pending:
-                self._finish()  # else _port_write finishes after the last record
+                self._finish()  # else port_write finishes after the last record
             return
-        tail = self._tx._tail
+        tail = self._tx.tail
         written = not self._pending and self._tx.try_write(b"", FLAG_FIN)
-        if self._tx._tail != tail:
+        if self._tx.tail != tail:
             self._port.wrote()
         if written:
             self._finish()
@@ -370,6 +379,8 @@ class RingChannel:
                 self._ctl.close()
         if self._rx is not None:
             try:
+                if self._held is not None:
+                    self._held.invalidate()  # not consumed: a durable ring keeps it
                 self._rx.close()
             except BufferError as exc:
                 log.warning("a record of the channel is still exported: %s", exc)

@@ -37,8 +37,19 @@ from ...errors import (
     RemoteProtocolError,
 )
 from ...link import Link, LinkReceiver, PeerInfo
-from ...protocol import MSG_EXTRA, Err, ErrorCode, Frame, Headers, Msg, Op, Pub, encode
-from ...protocol.decoder import _headers, _parse
+from ...protocol import (
+    MSG_EXTRA,
+    Err,
+    ErrorCode,
+    Frame,
+    Headers,
+    Msg,
+    Op,
+    Pub,
+    decode_headers,
+    encode,
+    parse_frame,
+)
 from ...protocol.frames import encode_headers
 from .. import TransportOptions
 from .port import Bell, RingPort
@@ -106,7 +117,7 @@ def _decode_msg(mv: memoryview, start: int, end: int) -> _MsgFields:
         p += 4
         if p + hlen > end:
             raise RemoteProtocolError(f"header block of {hlen} bytes runs past the frame end")
-        headers = _headers(bytes(mv[p : p + hlen]), 0, hlen) if hlen else None
+        headers = decode_headers(bytes(mv[p : p + hlen])) if hlen else None
     except struct.error:
         raise RemoteProtocolError(f"MSG frame truncated: {end - start} bytes") from None
     return sid, subject, bytes(mv[p + hlen : end]), reply, headers
@@ -137,6 +148,7 @@ class RingLink(Link):
         self._low_water = options.high_water // 4
         self._rx_max = options.max_frame + (0 if server_side else MSG_EXTRA)
         self._rx = rx
+        self._rx_buf = rx.buffer  # taken once: records are read in place through it
         self._tx = tx
         # Frames above half the ring go in pieces, so one never waits for the whole ring.
         self._piece = min(tx.max_payload, tx.capacity // 2 - RECORD_HEADER)
@@ -302,13 +314,13 @@ class RingLink(Link):
 
     def _put_record(self, parts: _Parts, n: int, flags: int) -> None:
         if not self._pending:
-            tail = self._tx._tail
+            tail = self._tx.tail
             try:
                 written = self._tx.try_write_parts(parts, n, flags)
             except CorruptRing as exc:
                 self._protocol_violation(exc)
                 raise self._send_error() from None
-            if self._tx._tail != tail:
+            if self._tx.tail != tail:
                 # (Even when the record did not fit: a pad committed alone must be read
                 # for the space behind it to come free, so the reader is rung for it too.)
                 self._port.wrote()
@@ -358,18 +370,21 @@ class RingLink(Link):
     # --- the port's questions ---------------------------------------------------------------
 
     @property
-    def _port_reading(self) -> bool:
+    def port_reading(self) -> bool:
+        """PortOwner (package-internal): True while inbound records are wanted."""
         return (
             self._receiver is not None and not self._paused and not self._lost and not self._closing
         )
 
     @property
-    def _port_writes_waiting(self) -> bool:
+    def port_writes_waiting(self) -> bool:
+        """PortOwner (package-internal): True while writes wait for ring space."""
         return bool(self._pending) and not self._lost
 
-    def _port_write(self) -> bool:
+    def port_write(self) -> bool:
+        """PortOwner (package-internal): queued writes into the ring; True if any went."""
         tx = self._tx
-        tail = tx._tail
+        tail = tx.tail
         pending = self._pending
         wrote = fin = False
         try:
@@ -384,7 +399,7 @@ class RingLink(Link):
         except CorruptRing as exc:
             self._protocol_violation(exc)
             return False
-        if tx._tail != tail:
+        if tx.tail != tail:
             self._port.wrote()  # records, or only a pad (see _put_record)
         if wrote:
             if fin:
@@ -394,30 +409,31 @@ class RingLink(Link):
                 self._unblock()
         return wrote
 
-    def _port_read(self, limit: int) -> int:
+    def port_read(self, limit: int) -> int:
+        """PortOwner (package-internal): handle up to ``limit`` records; how many."""
         receiver = self._receiver
         if receiver is None or self._paused or self._lost or self._closing:
             return 0
         rx = self._rx
-        mv = rx._mv
-        head = rx._head
+        mv = self._rx_buf
+        head = rx.head
         n = 0
         try:
             while n < limit:
                 p, end = self._cur, self._cur_end
                 if p == end:  # no record in hand: take the next one
-                    got = rx._next()
+                    got = rx.next_record()
                     if got is None:
                         break
                     start, length, flags = got
                     if flags & FLAG_FIN:
-                        rx._consume()
+                        rx.consume()
                         n += 1
                         self._peer_closed()
                         break
                     if flags or self._partial is not None:
                         whole = self._piece_in(mv, start, length, flags)
-                        rx._consume()
+                        rx.consume()
                         n += 1
                         if whole is not None:
                             w = memoryview(whole)
@@ -446,7 +462,7 @@ class RingLink(Link):
                     self._cur, self._cur_end = p, end
                     break
                 self._cur = self._cur_end = 0
-                rx._consume()
+                rx.consume()
                 if self._paused or self._closing:
                     break
         except CorruptRing as exc:
@@ -464,7 +480,7 @@ class RingLink(Link):
             self._corrupt_since = None
         if self._lost:
             return n
-        if rx._head != head:
+        if rx.head != head:
             # (Not "if n": a pad consumed alone frees space a writer may be waiting for.)
             self._port.consumed()
         if self._peer_gone and not self._paused and self._cur == self._cur_end:
@@ -535,9 +551,10 @@ class RingLink(Link):
         op = mv[p + 4]
         if op == Op.MSG:
             return _decode_msg(mv, p, stop)
-        return _parse(op, bytes(mv[p + 5 : stop]))
+        return parse_frame(op, bytes(mv[p + 5 : stop]))
 
-    def _port_peer_gone(self, problem: str | None) -> None:
+    def port_peer_gone(self, problem: str | None) -> None:
+        """PortOwner (package-internal): the control socket ended or carried garbage."""
         if self._lost:
             return
         if problem is not None:
@@ -591,7 +608,7 @@ class RingLink(Link):
         self._exc = ClosedError(f"{self.transport} link is closed")
         self._put_record((), 0, FLAG_FIN)  # after everything queued
         if not self._pending and not self._lost:
-            self._finish(None)  # written at once; otherwise _port_write finishes
+            self._finish(None)  # written at once; otherwise port_write finishes
 
     def abort(self) -> None:
         if self._lost:
@@ -615,7 +632,7 @@ class RingLink(Link):
             )
             try:
                 self._flush()  # answers to the good frames before the bad one go first
-                self._port_write()
+                self.port_write()
                 if not self._pending:
                     err = encode(Err(code, str(exc)[:1000]))
                     if self._tx.try_write_parts((err,), len(err), 0):

@@ -52,27 +52,32 @@ Bell = EventfdBell | FifoBell
 
 
 class PortOwner(Protocol):
-    """What a port asks of the link or channel that owns it."""
+    """What a port asks of the link or channel that owns it.
 
-    def _port_read(self, limit: int) -> int:
+    Callbacks, as an asyncio protocol's ``data_received`` is: public names because the
+    port calls them from this module, but package-internal: :class:`RingPort` is their
+    only caller, never a user of a ``RingChannel`` or the broker of a ``RingLink``.
+    """
+
+    def port_read(self, limit: int) -> int:
         """Handle up to ``limit`` inbound records; return how many (0 if not reading)."""
         ...
 
-    def _port_write(self) -> bool:
+    def port_write(self) -> bool:
         """Move queued writes into the outbound ring; True if any went in."""
         ...
 
     @property
-    def _port_reading(self) -> bool:
+    def port_reading(self) -> bool:
         """True while inbound records are wanted (a receiver is set, not paused)."""
         ...
 
     @property
-    def _port_writes_waiting(self) -> bool:
+    def port_writes_waiting(self) -> bool:
         """True while writes wait for ring space."""
         ...
 
-    def _port_peer_gone(self, problem: str | None) -> None:
+    def port_peer_gone(self, problem: str | None) -> None:
         """The control socket ended (``None``) or carried garbage (what was wrong)."""
         ...
 
@@ -171,11 +176,11 @@ class RingPort:
         if self._closed:
             return
         owner = self._owner
-        n = owner._port_read(_BATCH)
+        n = owner.port_read(_BATCH)
         if self._closed:
             return
-        if owner._port_writes_waiting:
-            owner._port_write()
+        if owner.port_writes_waiting:
+            owner.port_write()
             if self._closed:
                 return
         if self._handle is not None:
@@ -184,9 +189,7 @@ class RingPort:
         if n:
             self._active = now
             self._handle = self._loop.call_soon(self._poll)
-        elif now - self._active < self._spin and (
-            owner._port_reading or owner._port_writes_waiting
-        ):
+        elif now - self._active < self._spin and (owner.port_reading or owner.port_writes_waiting):
             os.sched_yield()  # spinning: let the peer's process have this core
             self._handle = self._loop.call_soon(self._poll)
         else:
@@ -194,8 +197,8 @@ class RingPort:
 
     def _sleep(self) -> None:
         owner = self._owner
-        reading = owner._port_reading and self._rx is not None
-        waiting = owner._port_writes_waiting and self._tx is not None
+        reading = owner.port_reading and self._rx is not None
+        waiting = owner.port_writes_waiting and self._tx is not None
         if reading:
             assert self._rx is not None
             self._rx.set_sleeping(True)
@@ -208,7 +211,7 @@ class RingPort:
         # One more look after the flags are visible: a record (or space) that arrived
         # before the peer could see them would otherwise never be rung for.
         if (reading and self._rx is not None and self._has_data()) or (
-            waiting and owner._port_write()
+            waiting and owner.port_write()
         ):
             self.poke()
             return
@@ -253,12 +256,12 @@ class RingPort:
             return
         except OSError:  # ECONNRESET and the like: gone all the same
             self._loop.remove_reader(ctl.fileno())
-            self._owner._port_peer_gone(None)
+            self._owner.port_peer_gone(None)
             return
         self._loop.remove_reader(ctl.fileno())
         if data:
-            self._owner._port_peer_gone(
+            self._owner.port_peer_gone(
                 f"unexpected {len(data)} bytes on the control socket after set-up"
             )
         else:
-            self._owner._port_peer_gone(None)
+            self._owner.port_peer_gone(None)

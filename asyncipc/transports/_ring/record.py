@@ -18,19 +18,11 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from ...errors import RecordReleased
 
 __all__ = ["Record", "RecordView"]
-
-
-class _Reader(Protocol):
-    """What a record needs of the ring reader it came from."""
-
-    _mv: memoryview
-
-    def _consume(self) -> None: ...
 
 
 class Record:
@@ -41,17 +33,31 @@ class Record:
     :class:`~asyncipc.errors.RecordReleased` instead of reading what the writer put there.
     """
 
-    __slots__ = ("_handed", "_on_release", "_reader", "_released", "_start", "_stop", "flags")
+    __slots__ = (
+        "_consume",
+        "_handed",
+        "_mv",
+        "_on_release",
+        "_released",
+        "_start",
+        "_stop",
+        "flags",
+    )
 
     def __init__(
         self,
-        reader: _Reader,
+        buffer: memoryview,
         start: int,
         length: int,
         flags: int,
+        consume: Callable[[], None],
         on_release: Callable[[], None] | None = None,
     ) -> None:
-        self._reader = reader
+        """Made by the reader that found it (``RingReader.read``, ``RingChannel.recv_record``):
+        the payload is ``buffer[start : start + length]``; :meth:`release` calls ``consume``
+        (the reader's, which frees the bytes), then ``on_release`` if given."""
+        self._mv = buffer
+        self._consume = consume
         self._start = start
         self._stop = start + length
         self._released = False
@@ -91,12 +97,20 @@ class Record:
         """
         if self._released:
             return
-        self._drop()
-        self._reader._consume()
+        self.invalidate()
+        self._consume()
         if self._on_release is not None:
             self._on_release()
 
-    def _drop(self) -> None:
+    def invalidate(self) -> None:
+        """End the record *without* consuming it: the memoryviews handed out are released
+        and every later access raises :class:`~asyncipc.RecordReleased`, but its bytes
+        stay in the ring, so a reader that opens the ring again reads it again.
+
+        Package-internal: what the reader or channel does to a held record when it closes
+        under it. Raises BufferError, as :meth:`release` does, while an exported buffer
+        is alive.
+        """
         for mv in self._handed:
             try:
                 mv.release()
@@ -137,7 +151,7 @@ class RecordView:
     def _buf(self) -> memoryview:
         if self._rec._released:
             raise RecordReleased("the record was released; its bytes belong to the writer now")
-        return self._rec._reader._mv[self._start : self._stop]
+        return self._rec._mv[self._start : self._stop]
 
     def __len__(self) -> int:
         if self._rec._released:
@@ -155,7 +169,7 @@ class RecordView:
             key += n
         if not 0 <= key < n:
             raise IndexError("RecordView index out of range")
-        return self._rec._reader._mv[self._start + key]
+        return self._rec._mv[self._start + key]
 
     def tobytes(self) -> bytes:
         """A copy of these bytes."""

@@ -208,6 +208,17 @@ class _RingEnd:
         return head, tail
 
     @property
+    def buffer(self) -> memoryview:
+        """The whole buffer the ring lives in, as flat bytes: the offsets
+        :meth:`RingReader.next_record` returns index it.
+
+        Package-internal: a link or channel takes it once, at set-up, to read records in
+        place without a call per record. It is released by :meth:`close`, after which any
+        use of it raises ``ValueError``.
+        """
+        return self._mv
+
+    @property
     def used(self) -> int:
         """Bytes between the reader's and the writer's position, as the header says now."""
         head, tail = self._load_counters()
@@ -221,9 +232,16 @@ class _RingEnd:
 
 
 class RingWriter(_RingEnd):
-    """The one writer of a ring. Appends records; never blocks (``try_*`` says no)."""
+    """The one writer of a ring. Appends records; never blocks (``try_*`` says no).
 
-    __slots__ = ("_head_seen", "_tail", "_wait_seq", "max_payload")
+    ``tail`` is the writer's position: the bytes it ever committed (records and pads), the
+    value it publishes in the ring header. Read-only outside this class; the links compare
+    it before and after a write to know whether anything was committed (a pad committed
+    alone too), so that they ring the reader's doorbell exactly then. It is an attribute,
+    not a property, because that comparison is on every record's path.
+    """
+
+    __slots__ = ("_head_seen", "_wait_seq", "max_payload", "tail")
 
     def __init__(self, buf: Any, offset: int = 0) -> None:
         super().__init__(buf, offset)
@@ -233,28 +251,28 @@ class RingWriter(_RingEnd):
             self.close()
             raise
         # A writer that restarts continues after the last committed record: ``tail``.
-        self._tail = tail
+        self.tail = tail
         self._head_seen = head
         self._wait_seq: int = self._i[_WAIT_I]
         self.max_payload: int = self.capacity - RECORD_HEADER
 
     def _room(self, size: int) -> bool:
-        if self._tail + size - self._head_seen <= self.capacity:
+        if self.tail + size - self._head_seen <= self.capacity:
             return True
         head: int = self._q[_HEAD_Q]
-        if head > self._tail or head < self._tail - self.capacity or head % ALIGN:
+        if head > self.tail or head < self.tail - self.capacity or head % ALIGN:
             raise CorruptRing(
                 f"the reader's head {head} is out of range "
-                f"(tail {self._tail}, capacity {self.capacity})"
+                f"(tail {self.tail}, capacity {self.capacity})"
             )
         self._head_seen = head
-        return self._tail + size - head <= self.capacity
+        return self.tail + size - head <= self.capacity
 
     @property
     def free(self) -> int:
         """Bytes free now (a record needs :func:`record_size` of them, plus any pad)."""
         self._room(self.capacity + 1)  # refreshes the reader's position
-        return self.capacity - (self._tail - self._head_seen)
+        return self.capacity - (self.tail - self._head_seen)
 
     def try_write(self, payload: Any, flags: int = 0) -> bool:
         """Append one record; False if the ring has no room for it now."""
@@ -266,7 +284,7 @@ class RingWriter(_RingEnd):
         # The hot path of every ring link: record_size() and header_check() inlined.
         size = (length + RECORD_HEADER + ALIGN - 1) & -ALIGN
         cap = self.capacity
-        tail = self._tail
+        tail = self.tail
         off = tail % cap
         if size > cap - off:
             if size > cap:
@@ -276,7 +294,7 @@ class RingWriter(_RingEnd):
                 )
             if not self._pad(tail, off):
                 return False
-            tail = self._tail
+            tail = self.tail
             off = 0
         if tail + size - self._head_seen > cap and not self._room(size):
             return False
@@ -303,7 +321,7 @@ class RingWriter(_RingEnd):
         )
         # Order matters (docs/shm.md): payload, then header, then the tail that commits.
         RECORD.pack_into(mv, at, length, crc, tag, KIND_DATA, flags, (h ^ (h >> 16)) & 0xFFFF)
-        self._tail = tail = tail + size
+        self.tail = tail = tail + size
         self._q[_TAIL_Q] = tail
         return True
 
@@ -318,7 +336,7 @@ class RingWriter(_RingEnd):
         tag = _tag(tail)
         check = header_check(length, 0, tag, KIND_PAD, 0)
         RECORD.pack_into(self._mv, self._data + off, length, 0, tag, KIND_PAD, 0, check)
-        self._tail = tail + room
+        self.tail = tail + room
         self._q[_TAIL_Q] = tail + room
         return True
 
@@ -342,14 +360,23 @@ class RingWriter(_RingEnd):
 
 
 class RingReader(_RingEnd):
-    """The one reader of a ring: records in order, in place or copied."""
+    """The one reader of a ring: records in order, in place or copied.
+
+    :meth:`read`, :meth:`read_bytes` and :meth:`skip_corrupt` are the safe API. The links
+    read with :meth:`next_record` and :meth:`consume` instead (package-internal): the
+    record's bytes in :attr:`buffer`, with no :class:`Record` made per record. ``head`` is
+    the reader's position, the bytes it ever consumed (the value it publishes in the ring
+    header); read-only outside this class, an attribute for the same reason as
+    ``RingWriter.tail``: a link compares it around a read to know whether space was freed
+    (a pad consumed alone too) and the writer may need its doorbell rung.
+    """
 
     __slots__ = (
-        "_head",
         "_held",
         "_size",
         "_sleep_seq",
         "_tail_seen",
+        "head",
         "skipped_bytes",
         "skipped_records",
     )
@@ -363,7 +390,7 @@ class RingReader(_RingEnd):
             self.close()
             raise
         # A reader that restarts resumes at the first record it did not consume: ``head``.
-        self._head = head
+        self.head = head
         self._tail_seen = head
         self._size = 0
         self._sleep_seq: int = self._i[_SLEEP_I]
@@ -373,7 +400,7 @@ class RingReader(_RingEnd):
 
     def _load_tail(self) -> int:
         tail: int = self._q[_TAIL_Q]
-        head = self._head
+        head = self.head
         if tail < head or tail - head > self.capacity or tail % ALIGN:
             raise CorruptRing(
                 f"the writer's tail {tail} is out of range (head {head}, capacity {self.capacity})"
@@ -383,15 +410,21 @@ class RingReader(_RingEnd):
 
     def has_data(self) -> bool:
         """True if a record (or a pad) waits; reads the writer's tail afresh."""
-        return self._head != self._tail_seen or self._load_tail() != self._head
+        return self.head != self._tail_seen or self._load_tail() != self.head
 
-    def _next(self) -> tuple[int, int, int] | None:
-        """The next data record as (buffer offset, length, flags), not yet consumed.
-        Pads are consumed on the way. Raises CorruptRing for a record that fails."""
+    def next_record(self) -> tuple[int, int, int] | None:
+        """The next data record as ``(offset, length, flags)``, its payload being
+        ``buffer[offset : offset + length]``, or None if the ring is empty. It stays in
+        the ring until :meth:`consume`. Pads are consumed on the way. Raises CorruptRing
+        for a record that fails its checks.
+
+        Package-internal: the links' zero-copy read, which hands out nothing that could
+        outlive the record (:meth:`read` is the safe one).
+        """
         mv = self._mv
         cap = self.capacity
         while True:
-            head = self._head
+            head = self.head
             if head == self._tail_seen and self._load_tail() == head:
                 return None
             off = head % cap
@@ -415,7 +448,7 @@ class RingReader(_RingEnd):
                     raise CorruptRing(f"record at ring position {head}: {problem}", head)
                 # A pad: consumed here, and published, since it may be all that frees
                 # the space a waiting writer needs.
-                self._head = head + size
+                self.head = head + size
                 self._q[_HEAD_Q] = head + size
                 continue
             if (
@@ -456,10 +489,11 @@ class RingReader(_RingEnd):
             return f"pad of {length} bytes does not reach the ring end ({left} bytes left)"
         return None
 
-    def _consume(self) -> None:
-        """Move past the record :meth:`_next` returned, freeing its bytes for the writer."""
-        head = self._head + self._size
-        self._head = head
+    def consume(self) -> None:
+        """Move past the record :meth:`next_record` returned, freeing its bytes for the
+        writer. Package-internal: the links, and a :class:`Record` when it is released."""
+        head = self.head + self._size
+        self.head = head
         self._size = 0
         self._q[_HEAD_Q] = head
 
@@ -471,23 +505,23 @@ class RingReader(_RingEnd):
         """
         if self._held is not None and not self._held.released:
             raise RuntimeError("release the record you hold before reading the next one")
-        got = self._next()
+        got = self.next_record()
         if got is None:
             return None
         start, length, flags = got
-        self._held = rec = Record(self, start, length, flags)
+        self._held = rec = Record(self._mv, start, length, flags, self.consume)
         return rec
 
     def read_bytes(self) -> bytes | None:
         """The next record's payload as a copy (consumed at once), or None if empty."""
         if self._held is not None and not self._held.released:
             raise RuntimeError("release the record you hold before reading the next one")
-        got = self._next()
+        got = self.next_record()
         if got is None:
             return None
         start, length, _ = got
         data = bytes(self._mv[start : start + length])
-        self._consume()
+        self.consume()
         return data
 
     def skip_corrupt(self) -> int:
@@ -499,7 +533,7 @@ class RingReader(_RingEnd):
         """
         if self._held is not None and not self._held.released:
             raise RuntimeError("release the record you hold before skipping")
-        head = self._head
+        head = self.head
         tail = self._load_tail()
         if head == tail:
             return 0
@@ -507,7 +541,7 @@ class RingReader(_RingEnd):
         length, crc, tag, kind, flags, check = RECORD.unpack_from(self._mv, self._data + off)
         problem = self._header_problem(head, off, length, crc, tag, kind, flags, check)
         new_head = tail if problem is not None else head + record_size(length)
-        self._head = new_head
+        self.head = new_head
         self._size = 0
         self._q[_HEAD_Q] = new_head
         self.skipped_records += 1
@@ -534,5 +568,5 @@ class RingReader(_RingEnd):
 
     def close(self) -> None:
         if self._held is not None:
-            self._held._drop()
+            self._held.invalidate()  # its bytes stay unconsumed: a new reader gets it again
         super().close()
