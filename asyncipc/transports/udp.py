@@ -107,7 +107,7 @@ class UdpListenerStats:
     """Sessions dropped after ``idle_timeout`` of silence."""
 
 
-class UdpListener(DatagramSocket, Listener):
+class UdpListener(DatagramSocket[DatagramLink], Listener):
     """A broker's UDP socket: one :class:`DatagramLink` per peer address."""
 
     def __init__(
@@ -242,7 +242,7 @@ class UdpListener(DatagramSocket, Listener):
             self.close()
 
 
-class _ClientSocket(DatagramSocket):
+class _ClientSocket(DatagramSocket[DatagramLink]):
     """A client's own socket, connected to the broker's address: the kernel drops
     datagrams from anyone else, and reports ICMP "port unreachable" as a refused
     connection."""

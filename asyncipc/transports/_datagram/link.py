@@ -63,7 +63,7 @@ class DatagramLink(Link):
 
     def __init__(
         self,
-        endpoint: DatagramSocket,
+        endpoint: DatagramSocket[DatagramLink],
         addr: Any,
         conn: int,
         options: TransportOptions,

@@ -16,12 +16,9 @@ import socket
 import struct
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Generic, Protocol, TypeVar
 
-if TYPE_CHECKING:
-    from .link import DatagramLink
-
-__all__ = ["DatagramSettings", "DatagramSocket", "DatagramStats", "RateLimitedLog"]
+__all__ = ["DatagramSettings", "DatagramSocket", "DatagramStats", "RateLimitedLog", "Sender"]
 
 log = logging.getLogger("asyncipc.transport")
 
@@ -29,6 +26,18 @@ SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40 if sys.platform == "linux" else 
 _U32 = struct.Struct("=I")  # SO_RXQ_OVFL's count is a native-endian u32
 _RECV_BUFFER = 65536  # every UDP payload fits (IPv4 65,507; IPv6 65,527)
 _READ_BATCH = 64  # datagrams per read callback, so one busy socket cannot starve the loop
+
+
+class Sender(Protocol):
+    """What the socket asks of a link that is waiting to send (a ``DatagramLink``): a
+    Protocol, so that this module does not import the link module that imports it."""
+
+    def socket_writable(self) -> None:
+        """The socket's buffer has room again: send what was held back."""
+        ...
+
+
+S = TypeVar("S", bound=Sender)
 
 
 @dataclass(frozen=True)
@@ -102,7 +111,7 @@ class RateLimitedLog:
         log.warning(msg, *args)
 
 
-class DatagramSocket:
+class DatagramSocket(Generic[S]):
     """One non-blocking datagram socket on the event loop. Subclasses say what a datagram
     is for; sending never queues here: a link keeps what the socket would not take."""
 
@@ -115,7 +124,7 @@ class DatagramSocket:
         self._buf = bytearray(_RECV_BUFFER)
         self._view = memoryview(self._buf)
         self._anc = socket.CMSG_SPACE(4) if SO_RXQ_OVFL is not None else 0
-        self._writers: set[DatagramLink] = set()
+        self._writers: set[S] = set()
         self._closed = False
         sock.setblocking(False)
         with contextlib.suppress(OSError):
@@ -155,7 +164,7 @@ class DatagramSocket:
             if not self._closed:
                 self.batch_done()
 
-    def send(self, parts: list[bytes], addr: Any, link: DatagramLink | None = None) -> bool:
+    def send(self, parts: list[bytes], addr: Any, link: S | None = None) -> bool:
         """Hand one datagram to the socket. False when its buffer is full: ``link`` (if
         given) is called back through ``socket_writable`` once it drains; without one (control
         datagrams) the datagram is simply not sent. Other OS errors are raised."""
@@ -205,5 +214,5 @@ class DatagramSocket:
     def read_error(self, exc: OSError) -> None:
         self.log.warning("read", "udp socket error: %s", exc)
 
-    def forget(self, link: DatagramLink) -> None:
+    def forget(self, link: S) -> None:
         """``link`` closed."""
