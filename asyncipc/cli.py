@@ -611,7 +611,7 @@ async def _broker(args: argparse.Namespace) -> int:
     # SIGINT/SIGTERM are caught from here on, so that one arriving during start-up still
     # lets the listeners already bound be closed in order, their socket files removed.
     # Leaving the block drains: replies to requests in flight, then buffered messages.
-    with _StartupLog(logging.getLogger("asyncipc.broker")) as startup:
+    with _StartupLog(logging.getLogger().handlers) as startup:
         async with drain_on_signals(broker) as drain:
             bound: list[str] = []
             for url in urls:
@@ -648,41 +648,45 @@ def _warn_about_exposure(broker: Broker, args: argparse.Namespace, token: str | 
         )
 
 
-class _StartupLog(logging.Filter):
-    """Holds back a logger's records below WARNING while the broker starts.
+class _StartupLog:
+    """Holds back the records below WARNING that reach ``handlers`` while the broker starts.
 
     Released once every listener is bound, they are logged as they would have been. If
     the start-up fails they are dropped: the user asked for listeners and gets one line
     saying which could not be served, not "listening on" and "broker closed" about the
-    ones that were bound and closed again on the way out.
+    ones that were bound and closed again on the way out. A filter on the handlers, not
+    on a logger, because the adapters' own clients log under other names as they close.
     """
 
-    def __init__(self, logger: logging.Logger) -> None:
-        super().__init__()
-        self._logger = logger
-        self._held: list[logging.LogRecord] = []
+    def __init__(self, handlers: Sequence[logging.Handler]) -> None:
+        self._filters = [(handler, self._holder(handler)) for handler in handlers]
+        self._held: list[tuple[logging.Handler, logging.LogRecord]] = []
         self._holding = True
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        """Keep back (``False``) what is held; let warnings and errors through at once."""
-        if self._holding and record.levelno < logging.WARNING:
-            self._held.append(record)
-            return False
-        return True
+    def _holder(self, handler: logging.Handler) -> Callable[[logging.LogRecord], bool]:
+        def hold(record: logging.LogRecord) -> bool:
+            if self._holding and record.levelno < logging.WARNING:
+                self._held.append((handler, record))
+                return False
+            return True
+
+        return hold
 
     def release(self) -> None:
         """Log what was held, and hold nothing more."""
         self._holding = False
         held, self._held = self._held, []
-        for record in held:
-            self._logger.handle(record)
+        for handler, record in held:
+            handler.handle(record)
 
     def __enter__(self) -> _StartupLog:
-        self._logger.addFilter(self)
+        for handler, hold in self._filters:
+            handler.addFilter(hold)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._logger.removeFilter(self)
+        for handler, hold in self._filters:
+            handler.removeFilter(hold)
 
 
 def _write_ready_file(path: str, urls: list[str]) -> None:
