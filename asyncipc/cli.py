@@ -559,7 +559,7 @@ async def _wait(args: argparse.Namespace) -> int:
         except TimeoutError:
             break
         except (ConnectError, ConnectionClosed) as exc:
-            last = exc  # nobody there yet, or a broker still starting (or stopping)
+            last = exc  # nobody there yet: a broker may be about to bind
         except OSError as exc:
             if isinstance(exc, AsyncIPCError):
                 raise
