@@ -8,19 +8,24 @@ broker process per module (on a Unix socket, requiring a token that the clients 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
 import pytest
 
 import asyncipc
-from asyncipc.cli import main
+from asyncipc._logjson import JsonFormatter
+from asyncipc.cli import build_parser, main
+from asyncipc.options import BrokerOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "asyncipc"]
@@ -96,11 +101,17 @@ def start_sub(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen
 class BrokerProc:
     """``asyncipc broker`` in a subprocess; ``urls`` from its ``listening on`` lines."""
 
-    def __init__(self, *listen: str, log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *listen: str,
+        log: Path,
+        env: dict[str, str] | None = None,
+        args: Sequence[str] = (),
+    ) -> None:
         self.log = log
         with open(log, "w") as err:  # a file, not a pipe that nobody reads could fill
             self.proc = subprocess.Popen(
-                [*CLI, "broker", *(a for url in listen for a in ("--listen", url))],
+                [*CLI, "broker", *(a for url in listen for a in ("--listen", url)), *args],
                 stdout=subprocess.PIPE,
                 stderr=err,
                 text=True,
@@ -147,7 +158,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProc]:
 # --- help ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [[], ["broker"], ["pub"], ["sub"], ["request"]])
+@pytest.mark.parametrize("command", [[], ["broker"], ["pub"], ["sub"], ["request"], ["wait"]])
 def test_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])
@@ -157,6 +168,29 @@ def test_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     if command and command != ["broker"]:
         assert "--url" in out
         assert "ASYNCIPC_URL" in out
+
+
+def test_help_carries_the_essentials_of_the_docs(capsys: pytest.CaptureFixture[str]) -> None:
+    # An installed wheel has no docs/: what a user needs first is in --help itself.
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "docs/cli.md" not in out
+    for needed in ("$ASYNCIPC_URL", "$ASYNCIPC_TOKEN", "asyncipc wait", "Exit codes", "130"):
+        assert needed in out
+
+
+def test_sizes_with_suffixes() -> None:
+    args = build_parser().parse_args(["broker", "--high-water", "64K", "--max-frame", "16M"])
+    assert (args.high_water, args.max_frame) == (64 << 10, 16 << 20)
+    assert build_parser().parse_args(["broker"]).high_water == BrokerOptions().high_water
+
+
+@pytest.mark.parametrize("size", ["12", "lots", "2048G"])
+def test_bad_high_water_exits_2(size: str) -> None:
+    done = run("broker", "--high-water", size)
+    assert done.returncode == 2
+    assert "--high-water" in done.stderr
 
 
 def test_python_dash_m_runs_the_cli() -> None:
@@ -196,6 +230,55 @@ def test_sub_raw_writes_only_the_data(broker: BrokerProc) -> None:
     assert run("pub", "cli.raw", "just this", "--url", broker.url).returncode == 0
     code, out, _ = finish(sub)
     assert (code, out) == (0, "just this\n")
+
+
+def test_sub_headers_shows_them_as_json(broker: BrokerProc) -> None:
+    sub = start_sub("cli.hdr", "--url", broker.url, "--count", "2", "--headers")
+    done = run("pub", "cli.hdr", "one", "-H", "trace=abc", "-H", 'q=a"b', "--url", broker.url)
+    assert done.returncode == 0, done.stderr
+    assert run("pub", "cli.hdr", "two", "--url", broker.url).returncode == 0
+    code, out, err = finish(sub)
+    assert code == 0, err
+    assert out.splitlines() == ['[cli.hdr] {"trace": "abc", "q": "a\\"b"} one', "[cli.hdr] {} two"]
+
+
+def test_sub_json_and_pub_from_stdin(broker: BrokerProc) -> None:
+    sub = start_sub("cli.json.*", "--url", broker.url, "--count", "2", "--json")
+    binary = b"\x00\xff\xfe not UTF-8\n"
+    piped = subprocess.run(
+        [*CLI, "pub", "cli.json.bin", "-", "--url", broker.url, "-H", "k=v"],
+        input=binary,
+        capture_output=True,
+        env=cli_env(ASYNCIPC_TOKEN=TOKEN),
+        cwd=ROOT,
+        timeout=GUARD,
+    )
+    assert piped.returncode == 0, piped.stderr
+    text = run("pub", "cli.json.text", "caf\u00e9\nline", "--reply-to", "r.1", "--url", broker.url)
+    assert text.returncode == 0, text.stderr
+    code, out, err = finish(sub)
+    assert code == 0, err
+    first, second = (json.loads(line) for line in out.splitlines())
+    assert first == {
+        "subject": "cli.json.bin",
+        "data": base64.b64encode(binary).decode(),
+        "base64": True,
+        "headers": {"k": "v"},
+        "reply_to": None,
+    }
+    assert second == {
+        "subject": "cli.json.text",
+        "data": "caf\u00e9\nline",
+        "base64": False,
+        "headers": {},
+        "reply_to": "r.1",
+    }
+
+
+def test_sub_output_formats_exclude_each_other() -> None:
+    done = run("sub", "x", "--json", "--raw")
+    assert done.returncode == 2
+    assert "not allowed with" in done.stderr
 
 
 async def test_request_answered_by_handler(broker: BrokerProc) -> None:
@@ -313,18 +396,34 @@ def busy_port() -> Iterator[int]:
         ("carrier-pigeon://coop", "no transport for scheme 'carrier-pigeon'"),
         ("memory://", "in-process only"),
         ("tcp://127.0.0.1:{busy_port}", "in use"),
+        # after an adapter was bound: its own client logs as it closes, and must not
+        ("http://127.0.0.1:0 --listen tcp://127.0.0.1:{busy_port}", "in use"),
         ("unix://{tmp_path}/missing-dir/b.sock", "No such file or directory"),
     ],
 )
 def test_broker_bad_listen_url_exits_2(url: str, says: str, busy_port: int, tmp_path: Path) -> None:
-    url = url.format(busy_port=busy_port, tmp_path=tmp_path)
-    done = run("broker", "--listen", f"unix://{tmp_path}/ok.sock", "--listen", url)
+    *first, url = url.format(busy_port=busy_port, tmp_path=tmp_path).split(" --listen ")
+    args = [a for u in [f"unix://{tmp_path}/ok.sock", *first, url] for a in ("--listen", u)]
+    done = run("broker", *args)
     assert done.returncode == 2, done.stderr
-    last = done.stderr.splitlines()[-1]  # after the broker's log lines, if any
-    assert last.startswith(f"asyncipc broker: cannot listen on {url}: ")
-    assert says in last
-    assert "Traceback" not in done.stderr
+    # Only the error: no "listening on" or "broker closed" about the listener that was
+    # bound and closed again on the way out.
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"asyncipc broker: cannot listen on {url}: ")
+    assert says in line
+    assert done.stdout == ""
     assert not (tmp_path / "ok.sock").exists(), "a listener bound before the error was left"
+
+
+def test_broker_log_json_error_is_one_json_line() -> None:
+    done = run("broker", "--log-json", "--listen", "carrier-pigeon://coop")
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()
+    entry = json.loads(line)
+    assert entry["level"] == "ERROR"
+    assert entry["message"].startswith("cannot listen on carrier-pigeon://coop: ")
+    # extra= fields of the record come out under their own names
+    assert (entry["command"], entry["exit_code"]) == ("broker", 2)
 
 
 def test_broker_refuses_a_live_socket(broker: BrokerProc) -> None:
@@ -335,6 +434,110 @@ def test_broker_refuses_a_live_socket(broker: BrokerProc) -> None:
 
 
 # --- the broker's life -----------------------------------------------------------------
+
+
+def test_wait_then_pub_sub(tmp_path: Path) -> None:
+    # The broker is started and not waited for: `asyncipc wait` is what waits.
+    url = f"unix://{tmp_path}/w.sock"
+    with open(tmp_path / "b.log", "w") as log:
+        proc = subprocess.Popen(
+            [*CLI, "broker", "--listen", url],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            env=cli_env(),
+            cwd=ROOT,
+        )
+    try:
+        done = run("wait", "--url", url, "--timeout", str(GUARD), env=cli_env())
+        assert done.returncode == 0, done.stderr
+        assert f"broker ready at {url}" in done.stderr
+        env = cli_env(ASYNCIPC_URL=url)
+        sub = start_sub("cli.waited", "--count", "1", env=env)
+        assert run("pub", "cli.waited", "hello", env=env).returncode == 0
+        assert finish(sub)[:2] == (0, "[cli.waited] hello\n")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(GUARD) == 0
+
+
+def test_wait_gives_up_with_exit_2(tmp_path: Path) -> None:
+    url = f"unix://{tmp_path}/nobody.sock"
+    done = run("wait", "--url", url, "--timeout", "0.2")
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"asyncipc wait: no broker answered at {url} within 0.2 s")
+    assert "no socket at" in line
+
+
+def test_wait_fails_at_once_on_a_refused_token(broker: BrokerProc) -> None:
+    # Retrying cannot help: a wait that retried would end on its (long) time-out instead.
+    done = run("wait", "--url", broker.url, "--token", "wrong", "--timeout", str(GUARD * 10))
+    assert done.returncode == 2
+    assert "authentication failed" in done.stderr
+    assert "no broker answered" not in done.stderr
+
+
+def test_ready_file_lists_the_listeners_and_goes_away(tmp_path: Path) -> None:
+    ready = tmp_path / "broker.ready"
+    ready.write_text("stale\n")  # left by an earlier run: must not count
+    proc = BrokerProc(
+        f"unix://{tmp_path}/r.sock",
+        "tcp://127.0.0.1:0",
+        log=tmp_path / "b.log",
+        args=["--ready-file", str(ready)],
+    )
+    # Written before the "listening on" lines, so it is there once they are.
+    assert ready.read_text().splitlines() == proc.urls
+    assert proc.stop() == 0
+    assert not ready.exists()
+
+
+def test_ready_file_that_cannot_be_written_exits_2(tmp_path: Path) -> None:
+    sock = tmp_path / "r.sock"
+    ready = tmp_path / "no-such-dir" / "ready"
+    done = run("broker", "--listen", f"unix://{sock}", "--ready-file", str(ready))
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"asyncipc broker: cannot write --ready-file {ready}: ")
+    assert not sock.exists()
+
+
+def test_broker_log_json(tmp_path: Path) -> None:
+    log = tmp_path / "b.log"
+    proc = BrokerProc("tcp://127.0.0.1:0", log=log, args=["--log-json", "--high-water", "64K"])
+    # Some lines of each kind: the broker's, the command's warning (no --token), and the
+    # transport's about a peer that sent garbage.
+    host, port = proc.url.removeprefix("tcp://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=GUARD) as sock:
+        sock.sendall(b"\xff" * 64)
+        sock.recv(4096)
+    assert proc.stop() == 0
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    for entry in entries:
+        assert list(entry)[:4] == ["time", "level", "logger", "message"]
+    messages = [e["message"] for e in entries]
+    assert f"listening on {proc.url}" in messages
+    assert "broker closed" in messages
+    assert any(e["level"] == "WARNING" and "--token" in e["message"] for e in entries)
+    assert any("bad preamble" in m for m in messages)  # the garbage, from the transport
+
+
+def test_json_formatter_fields_and_exception() -> None:
+    record = logging.LogRecord("asyncipc.test", logging.WARNING, __file__, 1, "x=%d", (7,), None)
+    record.__dict__.update(client="c1", level="mine", sizes=b"\x00")
+    try:
+        raise ValueError("boom\nline two")
+    except ValueError:
+        record.exc_info = sys.exc_info()
+    line = JsonFormatter().format(record)
+    assert "\n" not in line
+    entry = json.loads(line)
+    assert entry["level"] == "WARNING"
+    assert entry["logger"] == "asyncipc.test"
+    assert entry["message"] == "x=7"
+    assert entry["time"].endswith("+00:00")
+    assert (entry["client"], entry["_level"], entry["sizes"]) == ("c1", "mine", "b'\\x00'")
+    assert "ValueError: boom\nline two" in entry["exception"]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
