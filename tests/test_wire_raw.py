@@ -32,6 +32,7 @@ PREAMBLE = b"AIPC/1\r\n"  # §4
 HELLO, WELCOME, PUB, MSG, SUB, UNSUB, PING, PONG, ERR = range(1, 10)  # §7
 BLOCK, DROP_OLDEST, DROP_NEW, ERROR = range(4)  # §7.5
 DEFAULT_MAX_FRAME = 8 * 1024 * 1024  # §5
+DEFAULT_HIGH_WATER = 4 * 1024 * 1024  # §13
 
 
 def frame(op: int, body: bytes = b"") -> bytes:
@@ -251,6 +252,8 @@ EXAMPLE_WELCOME = {
     "server_id": EXAMPLE_SERVER_ID,
     "client_id": 1,
     "max_frame": DEFAULT_MAX_FRAME,
+    "client_max_frame": 1048576,  # what EXAMPLE_HELLO asked for
+    "high_water": DEFAULT_HIGH_WATER,
     "ping_interval": 20.0,
 }
 EXAMPLE_PUB = ("orders.created", b'{"id":7}', "reply.7", {"trace": "abc"})
@@ -330,9 +333,17 @@ async def test_welcome_fields(url: str) -> None:
         assert isinstance(welcome["client_id"], int)
         assert welcome["client_id"] >= 1
         assert welcome["max_frame"] == DEFAULT_MAX_FRAME
+        assert welcome["client_max_frame"] == 65536
+        assert welcome["high_water"] == DEFAULT_HIGH_WATER
         assert welcome["ping_interval"] == 20
     async with raw(url) as c:
         assert (await c.handshake())["client_id"] == welcome["client_id"] + 1
+
+
+async def test_welcome_announces_the_high_water_mark(tmp_path: Path) -> None:
+    """§7.2, §13: a client learns how far it may fall behind before its policies apply."""
+    async with serve(tmp_path, high_water=12345) as url, raw(url) as c:
+        assert (await c.handshake())["high_water"] == 12345
 
 
 async def test_frames_may_follow_hello_before_welcome(url: str) -> None:
@@ -607,6 +618,69 @@ async def test_pub_of_exactly_max_frame_is_delivered(tmp_path: Path) -> None:
         data = await s.raw_frame()
         assert struct.unpack(">I", data[:4])[0] == 4096 + 4
         assert parse_msg(data[5:]).data == b"x" * (4096 - 13)
+
+
+def pub_of_length(subject: str, length: int) -> bytes:
+    """A PUB whose `length` field is exactly ``length`` (no reply, no headers)."""
+    overhead = 1 + 2 + len(subject.encode()) + 2 + 4
+    data = pub(subject, b"x" * (length - overhead))
+    assert struct.unpack(">I", data[:4])[0] == length
+    return data
+
+
+async def test_a_client_without_max_frame_is_held_to_the_default(tmp_path: Path) -> None:
+    """§5: a client that does not announce max_frame gets the documented 8 MiB, not the
+    broker's larger maximum. MSG keeps its 4 bytes of allowance; a message that needs
+    more is ERR 104 for that client alone."""
+    big = 16 * 1024 * 1024
+    async with (
+        serve(tmp_path, max_frame=big) as url,
+        raw(url) as silent,
+        raw(url) as bogus,
+        raw(url) as roomy,
+        client(url) as publisher,
+    ):
+        welcome = await silent.handshake()
+        assert (welcome["max_frame"], welcome["client_max_frame"]) == (big, DEFAULT_MAX_FRAME)
+        welcome = await bogus.handshake(max_frame=1023)  # below 1024: ignored, as absent
+        assert welcome["client_max_frame"] == DEFAULT_MAX_FRAME
+        assert (await roomy.handshake(max_frame=big))["client_max_frame"] == big
+        for c in (silent, bogus, roomy):
+            c.send(sub(1, "big"))
+            await c.flush()
+        publisher.send(
+            pub_of_length("big", DEFAULT_MAX_FRAME),  # MSG: exactly the default + 4
+            pub_of_length("big", DEFAULT_MAX_FRAME + 1),  # MSG: one byte too many
+            pub_of_length("big", DEFAULT_MAX_FRAME + 2 * 1024 * 1024),  # the 10 MiB case
+            pub("big", b"small"),
+        )
+
+        async def held_to_the_default(c: Raw) -> None:
+            data = await c.raw_frame()
+            assert (struct.unpack(">I", data[:4])[0], data[4]) == (DEFAULT_MAX_FRAME + 4, MSG)
+            for _ in range(2):
+                code, sid, message = await c.expect_err()
+                assert (code, sid) == (104, 1)
+                assert "not delivered" in message
+            assert parse_msg(await c.expect(MSG)).data == b"small"
+
+        async def given_what_it_asked_for(c: Raw) -> None:
+            lengths = [struct.unpack(">I", (await c.raw_frame())[:4])[0] for _ in range(3)]
+            assert lengths == [
+                DEFAULT_MAX_FRAME + 4,
+                DEFAULT_MAX_FRAME + 5,
+                DEFAULT_MAX_FRAME + 2 * 1024 * 1024 + 4,
+            ]
+            assert parse_msg(await c.expect(MSG)).data == b"small"
+
+        # All at once: the subscriptions are `block`, so one that is not read holds the
+        # publisher back for the others too (§13).
+        await asyncio.gather(
+            held_to_the_default(silent),
+            held_to_the_default(bogus),
+            given_what_it_asked_for(roomy),
+            publisher.flush(),
+        )
 
 
 async def test_duplicate_sid_is_refused_with_103_and_the_connection_stays(url: str) -> None:
