@@ -726,6 +726,91 @@ async def test_broker_pings_and_cuts_off_a_silent_client(tmp_path: Path) -> None
         await c.expect_eof()
 
 
+# --- the client's side: a Python Bus against a broker played from raw bytes (§5, §7) -------------
+
+
+@contextlib.asynccontextmanager
+async def bus_and_fake_broker(tmp_path: Path, **options: Any) -> AsyncIterator[tuple[Any, Raw]]:
+    """A Python Bus connected to a socket where the test plays the broker (§9): the Bus,
+    and the broker's end of its connection, after the handshake."""
+    accepted: asyncio.Queue[Raw] = asyncio.Queue()
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.put_nowait(Raw(reader, writer))
+
+    path = str(tmp_path / "fake.sock")
+    server = await asyncio.start_unix_server(on_connect, path)
+    try:
+        connecting = asyncio.ensure_future(
+            asyncipc.connect(f"unix://{path}", options=asyncipc.ConnectOptions(**options))
+        )
+        broker = await asyncio.wait_for(accepted.get(), TIMEOUT)
+        assert await asyncio.wait_for(broker.reader.readexactly(len(PREAMBLE)), TIMEOUT) == PREAMBLE
+        await broker.expect(HELLO)
+        welcome = {"version": 1, "server": "fake", "server_id": "0" * 16, "client_id": 1}
+        broker.send(jsonframe(WELCOME, {**welcome, "max_frame": 65536, "ping_interval": 0}))
+        bus = await asyncio.wait_for(connecting, TIMEOUT)
+        try:
+            yield bus, broker
+        finally:
+            await broker.close()  # first: the Bus then closes without waiting for a PONG
+            await bus.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_client_ignores_known_ops_out_of_place(tmp_path: Path) -> None:
+    """§7: PUB, HELLO, SUB, UNSUB or a second WELCOME from the broker are ignored."""
+    async with bus_and_fake_broker(tmp_path) as (bus, broker):
+        broker.send(pub("x", b"1"), hello(), jsonframe(WELCOME, {"version": 1}))
+        broker.send(sub(1, "x"), unsub(1))
+        flushing = asyncio.ensure_future(bus.flush())
+        await broker.expect(PING)  # not an ERR: nothing above was a violation
+        broker.send(frame(PONG))
+        await asyncio.wait_for(flushing, TIMEOUT)
+
+
+async def test_an_unknown_op_from_the_broker_is_fatal_for_a_client(tmp_path: Path) -> None:
+    """§7, §18: an op the client does not know ends the connection (the Python client
+    says why with ERR 1 first); it is not skipped, although its length is known."""
+    async with bus_and_fake_broker(tmp_path) as (bus, broker):
+        broker.send(frame(42, b"from a later protocol"), frame(PING))
+        code, sid, message = await broker.expect_err()
+        assert (code, sid) == (1, 0)
+        assert "unknown frame op 42" in message
+        await broker.expect_eof()  # and no PONG: the PING after it was never read
+        with pytest.raises(asyncipc.BrokenLinkError, match="unknown frame op 42"):
+            await bus.flush()
+
+
+@pytest.mark.parametrize(
+    ("head", "text"),
+    [
+        (struct.pack(">I", 1024 + 5), "frame length 1029 exceeds the maximum frame size 1024"),
+        (struct.pack(">IB", 1024 + 1, ERR), "only a MSG may exceed it"),
+        (struct.pack(">IB", 1024 + 4, PONG), "only a MSG may exceed it"),
+    ],
+    ids=["any-op-over-max+4", "err-over-max", "pong-over-max"],
+)
+async def test_a_client_checks_a_frames_length_twice(
+    tmp_path: Path, head: bytes, text: str
+) -> None:
+    """§5: the length against max_frame + 4 as soon as it is in, then against max_frame
+    once the op byte shows it is not a MSG; neither waits for the body (none is sent)."""
+    async with bus_and_fake_broker(tmp_path, max_frame=1024) as (bus, broker):
+        subscription = bus.subscribe("big")
+        (sid,) = struct.unpack_from(">I", await broker.expect(SUB))
+        data = b"m" * (1024 + 4 - 1 - 4 - 2 - 3 - 2 - 4)
+        broker.send(msg(sid, "big", data))  # a MSG of exactly max_frame + 4: accepted
+        assert (await subscription.next_msg(timeout=TIMEOUT)).data == data
+        broker.send(head)
+        code, _, message = await broker.expect_err()
+        assert code == 2
+        assert text in message
+        await broker.expect_eof()
+
+
 # --- request / reply (§12) ----------------------------------------------------------------------
 
 
