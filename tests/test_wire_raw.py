@@ -548,6 +548,65 @@ async def test_bad_subjects_are_refused_and_the_connection_stays(url: str) -> No
         assert parse_msg(await c.expect(MSG)) == Msg(8, "ok.x", None, {}, b"fine")
 
 
+def spec_subject_grammar() -> dict[str, re.Pattern[str]]:
+    """§11's regular expressions, read from the spec: ``T``, ``subject``, ``pattern``,
+    ``queue``, with ``T`` put in place (Python's ``re`` reads ``\\uXXXX`` as the spec means)."""
+    text = DOC.read_text(encoding="utf-8")
+    found = re.search(r"```text\n(T {7}= .*?)```", text, re.S)
+    assert found, "no subject grammar block in §11"
+    rules = dict(line.split(" = ", 1) for line in found.group(1).splitlines())
+    rules = {name.strip(): rule.strip() for name, rule in rules.items()}
+    assert list(rules) == ["T", "subject", "pattern", "queue"]
+    token = f"(?:{rules['T']})"
+    return {name: re.compile(rule.replace("T", token)) for name, rule in rules.items()}
+
+
+CODE_POINTS = [chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]  # UTF-8 only
+
+
+def test_the_spec_subject_grammar_is_what_the_broker_checks() -> None:
+    """§11 writes the whitespace class out; the broker's check (``asyncipc.subjects``,
+    which uses Python's ``\\s``) must reject exactly it, code point by code point."""
+    from asyncipc.errors import InvalidSubject
+    from asyncipc.subjects import validate_pattern, validate_queue, validate_subject
+
+    grammar = spec_subject_grammar()
+
+    def accepts(check: Any, text: str) -> bool:
+        try:
+            check(text)
+        except InvalidSubject:
+            return False
+        return True
+
+    whitespace = [ch for ch in CODE_POINTS if not grammar["T"].fullmatch(ch) and ch not in ".*>"]
+    assert len(whitespace) == 29  # as §11 counts them
+    for ch in CODE_POINTS:
+        subject = f"a{ch}b"
+        assert accepts(validate_subject, subject) == bool(grammar["subject"].fullmatch(subject))
+        assert accepts(validate_queue, subject) == bool(grammar["queue"].fullmatch(subject))
+    for pattern in (">", "a.>", "*.b.*", "a*", "a.>.b", "a>", "a.\u3000", "a.\ufeff.>", ""):
+        assert accepts(validate_pattern, pattern) == bool(grammar["pattern"].fullmatch(pattern))
+
+
+async def test_subject_whitespace_on_the_wire(url: str) -> None:
+    """§11: every whitespace code point of the spec is refused in a PUB; characters other
+    languages count as space (U+FEFF, U+180E, U+200B) are ordinary ones."""
+    grammar = spec_subject_grammar()
+    whitespace = [ch for ch in CODE_POINTS[:0x3001] if not grammar["T"].fullmatch(ch)]
+    whitespace = [ch for ch in whitespace if ch not in ".*>"]
+    ordinary = ["\ufeff", "\u180e", "\u200b"]
+    async with client(url) as c:
+        c.send(sub(1, "ws.*"))
+        c.send(*(pub(f"ws.a{ch}b") for ch in whitespace))
+        c.send(*(pub(f"ws.a{ch}b") for ch in ordinary))
+        for _ in whitespace:
+            assert (await c.expect_err())[:2] == (100, 0)
+        for ch in ordinary:
+            assert parse_msg(await c.expect(MSG)).subject == f"ws.a{ch}b"
+        await c.flush()
+
+
 async def test_frame_over_max_frame_gets_err_2_and_close(url: str) -> None:
     async with raw(url) as c:
         max_frame = (await c.handshake())["max_frame"]
