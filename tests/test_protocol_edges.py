@@ -1,15 +1,19 @@
 """Edges of the spec a client in another language meets (issue 8), on the codec alone.
 
-The decoder's two-step length check (docs/protocol.md §5) and an unknown op (§7). The same
-rules are checked from raw sockets against a real broker and a real Python client in
-``tests/test_wire_raw.py``.
+The decoder's two-step length check (docs/protocol.md §5), an unknown op (§7), and the
+``asyncipc-timeout`` value (§12). The same rules are checked from raw sockets against a
+real broker and a real Python client in ``tests/test_wire_raw.py``.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import struct
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from asyncipc.errors import FrameTooLarge, RemoteProtocolError
 from asyncipc.protocol import (
@@ -18,6 +22,8 @@ from asyncipc.protocol import (
     Msg,
     Op,
     encode,
+    format_timeout,
+    parse_timeout,
 )
 
 MAX = 100
@@ -92,3 +98,65 @@ def test_an_unknown_op_is_a_protocol_error_not_skipped() -> None:
         dec.feed(unknown + pong)
     with pytest.raises(RemoteProtocolError):  # and the stream stays broken
         dec.feed(pong)
+
+
+# --- §12: the time-out header ------------------------------------------------------------------
+
+PLAIN = re.compile(r"[0-9]+(\.[0-9]+)?")
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0.5, "0.5"),
+        (1, "1"),
+        (30.0, "30"),
+        (0.1, "0.1"),
+        (1e-05, "0.00001"),
+        (1234567.125, "1234567.125"),  # ":g" would round it to 1.23457e+06
+        (1e16, "10000000000000000"),
+        (0.0, "0"),
+        (-0.0, "0"),
+    ],
+)
+def test_format_timeout_writes_a_plain_decimal(seconds: float, text: str) -> None:
+    assert format_timeout(seconds) == text
+
+
+@pytest.mark.parametrize("seconds", [-1.0, -1e-9, math.inf, -math.inf, math.nan])
+def test_format_timeout_has_no_value_for_a_wait_without_limit(seconds: float) -> None:
+    assert format_timeout(seconds) is None  # the header is left out
+
+
+@given(st.floats(min_value=0, allow_infinity=False, allow_nan=False))
+def test_format_timeout_round_trips_without_an_exponent(seconds: float) -> None:
+    text = format_timeout(seconds)
+    assert text is not None
+    assert PLAIN.fullmatch(text), text
+    assert parse_timeout(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("0.5", 0.5),
+        ("30", 30.0),
+        ("0.00001", 1e-05),
+        (".5", 0.5),
+        ("5.", 5.0),
+        ("1e-05", 1e-05),  # what asyncipc 0.1.0 wrote: accepted, leniently
+        ("1E+06", 1e6),
+        ("2.5e3", 2500.0),
+    ],
+)
+def test_parse_timeout_reads_decimals_and_leniently_exponents(text: str, seconds: float) -> None:
+    assert parse_timeout(text) == seconds
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", ".", "-1", "+1", " 1", "1 ", "1_0", "inf", "nan", "0x10", "1e", "e5", "\u0661", "1e999"],
+)
+def test_parse_timeout_refuses_what_the_spec_does_not_write(text: str) -> None:
+    """float() takes most of these; a reader in another language would not."""
+    assert parse_timeout(text) is None

@@ -927,6 +927,47 @@ async def test_bus_requester_and_raw_responder(url: str) -> None:
             await bus.request("svc.nobody", b"", timeout=TIMEOUT)
 
 
+PLAIN_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")  # §12, as a writer must send it
+
+
+@pytest.mark.parametrize(
+    ("timeout", "sent"),
+    [(0.00001, "0.00001"), (2.5, "2.5"), (30, "30"), (1e16, "10000000000000000")],
+)
+async def test_the_timeout_header_is_a_plain_decimal(url: str, timeout: float, sent: str) -> None:
+    """§12: never exponent form (Python's ``:g`` would write 1e-05 and 1e+16)."""
+    async with asyncipc.connect(url) as bus, client(url) as responder:
+        responder.send(sub(1, "svc.slow"))
+        await responder.flush()
+        request = asyncio.ensure_future(bus.request("svc.slow", b"?", timeout=timeout))
+        m = parse_msg(await responder.expect(MSG))
+        assert m.headers == {"asyncipc-timeout": sent}
+        assert PLAIN_DECIMAL.fullmatch(sent)
+        assert m.reply is not None
+        if timeout < 1:  # 10 µs: nobody could answer in time, so nobody tries
+            with pytest.raises(asyncipc.RequestTimeout):
+                await request
+        else:
+            responder.send(pub(m.reply, b"!"))
+            assert (await asyncio.wait_for(request, TIMEOUT)).data == b"!"
+
+
+@pytest.mark.parametrize("value", ["0.00001", "1e-05", ".00001", "1E-5"])
+async def test_the_broker_reads_the_timeout_header_leniently(tmp_path: Path, value: str) -> None:
+    """§12, §15: a shutdown waits for a request in flight only until its requester's
+    time-out, written plainly or, leniently, with an exponent."""
+    inbox = f"_INBOX.{os.urandom(11).hex()}"
+    broker = asyncipc.Broker(drain_timeout=60)
+    listener = await broker.listen(f"unix://{tmp_path}/b.sock")
+    async with client(listener.url) as responder, client(listener.url) as requester:
+        responder.send(sub(1, "svc.silent"))
+        await responder.flush()
+        requester.send(pub("svc.silent", b"?", inbox + ".1", {"asyncipc-timeout": value}))
+        await responder.expect(MSG)  # routed, never answered: the request is in flight
+        # Well under drain_timeout: the request expired 10 µs after it was routed.
+        await asyncio.wait_for(broker.close(), 30)
+
+
 # --- interoperability with a Python Bus ---------------------------------------------------------
 
 
