@@ -18,6 +18,7 @@ from .errors import ConnectionClosed, InvalidSubject
 from .link import Link
 from .options import BrokerOptions
 from .protocol import (
+    DEFAULT_MAX_FRAME,
     PONG,
     PROTOCOL_VERSION,
     Err,
@@ -233,8 +234,12 @@ class Session:
         self.name = name[:100] if isinstance(name, str) else ""
         client_max = fields.get("max_frame")
         opts = self.broker.options
-        if isinstance(client_max, int) and client_max >= 1024:
-            self.link.max_frame = min(opts.max_frame, client_max)
+        # A client that does not say is held to the documented default, not to our own
+        # maximum: one sized to the spec (8 MiB) must never meet a larger MSG because
+        # this broker was started with a larger --max-frame (docs/protocol.md, §5).
+        if type(client_max) is not int or client_max < 1024:  # not True, not 1e6
+            client_max = DEFAULT_MAX_FRAME
+        self.link.max_frame = min(opts.max_frame, client_max)
         self.open = True
         welcome = {
             "version": PROTOCOL_VERSION,
@@ -242,6 +247,9 @@ class Session:
             "server_id": self.broker.server_id,
             "client_id": self.client_id,
             "max_frame": opts.max_frame,
+            # Read back from the link: a datagram link caps it at what a datagram holds.
+            "client_max_frame": self.link.max_frame,
+            "high_water": opts.high_water,
             "ping_interval": opts.ping_interval,
         }
         if "signals" in fields:

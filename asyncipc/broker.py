@@ -32,7 +32,7 @@ from ._stats import BrokerStats, TransportStats
 from .errors import ConnectionClosed, FrameTooLarge
 from .link import Link, Listener, PeerInfo
 from .options import BrokerOptions
-from .protocol import ErrorCode, Headers, Overflow, Pub
+from .protocol import ErrorCode, Headers, Overflow, Pub, parse_timeout
 from .protocol.system import NO_RESPONDERS_STATUS, STATUS_HEADER, TIMEOUT_HEADER
 from .router import Route, Router
 from .transports import URL, TransportOptions, lookup, parse_url
@@ -55,11 +55,8 @@ def _deadline(headers: Headers | None) -> float | None:
     text = headers.get(TIMEOUT_HEADER)
     if text is None:
         return None
-    try:
-        seconds = float(text)
-    except ValueError:
-        return None
-    if not 0 <= seconds < 1e9:  # also refuses nan
+    seconds = parse_timeout(text)  # the spec's form only: float() would take "inf", "1_0"
+    if seconds is None or seconds >= 1e9:  # a requester that waits for ever: no deadline
         return None
     return asyncio.get_running_loop().time() + seconds
 

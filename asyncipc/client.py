@@ -42,6 +42,7 @@ from .protocol import (
     Sub,
     Unsub,
     Welcome,
+    format_timeout,
 )
 from .protocol.system import (
     ERROR_HEADER,
@@ -494,11 +495,10 @@ class Bus:
         fut: asyncio.Future[Message] = self._loop.create_future()
         self._requests[token] = (fut, subject)
         try:
-            sent_headers = (
-                {**headers, TIMEOUT_HEADER: f"{timeout:g}"}
-                if headers
-                else {TIMEOUT_HEADER: f"{timeout:g}"}
-            )
+            # Plain decimal, never 1e-05 (docs/protocol.md §12); none for a request
+            # without a finite time-out.
+            waits = format_timeout(timeout)
+            sent_headers = headers if waits is None else {**(headers or {}), TIMEOUT_HEADER: waits}
             await self.publish(subject, data, sent_headers, self._inbox_prefix + token)
             async with asyncio.timeout(timeout):
                 return await fut

@@ -489,8 +489,8 @@ def test_msg_may_exceed_max_frame_by_msg_extra() -> None:
     wire = encode_msg_from_pub(1, pub, 100)
     assert struct.unpack_from(">I", wire)[0] == 100 + MSG_EXTRA
     assert encode(Msg(1, "a", pub.data), 100) == wire
-    # the client side reads with max_frame + MSG_EXTRA (transports/_stream/link.py)
-    (m,) = decode_all(wire, max_frame=100 + MSG_EXTRA)
+    # the client side reads with msg_extra=MSG_EXTRA (transports/_stream/link.py)
+    (m,) = decode_all(wire, max_frame=100, msg_extra=MSG_EXTRA)
     assert canon(m) == ("MSG", 1, "a", None, None, pub.data)
     bigger = _pub_of_length(101)
     with pytest.raises(FrameTooLarge, match="105 bytes"):

@@ -32,6 +32,7 @@ PREAMBLE = b"AIPC/1\r\n"  # §4
 HELLO, WELCOME, PUB, MSG, SUB, UNSUB, PING, PONG, ERR = range(1, 10)  # §7
 BLOCK, DROP_OLDEST, DROP_NEW, ERROR = range(4)  # §7.5
 DEFAULT_MAX_FRAME = 8 * 1024 * 1024  # §5
+DEFAULT_HIGH_WATER = 4 * 1024 * 1024  # §13
 
 
 def frame(op: int, body: bytes = b"") -> bytes:
@@ -251,6 +252,8 @@ EXAMPLE_WELCOME = {
     "server_id": EXAMPLE_SERVER_ID,
     "client_id": 1,
     "max_frame": DEFAULT_MAX_FRAME,
+    "client_max_frame": 1048576,  # what EXAMPLE_HELLO asked for
+    "high_water": DEFAULT_HIGH_WATER,
     "ping_interval": 20.0,
 }
 EXAMPLE_PUB = ("orders.created", b'{"id":7}', "reply.7", {"trace": "abc"})
@@ -330,9 +333,17 @@ async def test_welcome_fields(url: str) -> None:
         assert isinstance(welcome["client_id"], int)
         assert welcome["client_id"] >= 1
         assert welcome["max_frame"] == DEFAULT_MAX_FRAME
+        assert welcome["client_max_frame"] == 65536
+        assert welcome["high_water"] == DEFAULT_HIGH_WATER
         assert welcome["ping_interval"] == 20
     async with raw(url) as c:
         assert (await c.handshake())["client_id"] == welcome["client_id"] + 1
+
+
+async def test_welcome_announces_the_high_water_mark(tmp_path: Path) -> None:
+    """§7.2, §13: a client learns how far it may fall behind before its policies apply."""
+    async with serve(tmp_path, high_water=12345) as url, raw(url) as c:
+        assert (await c.handshake())["high_water"] == 12345
 
 
 async def test_frames_may_follow_hello_before_welcome(url: str) -> None:
@@ -537,6 +548,65 @@ async def test_bad_subjects_are_refused_and_the_connection_stays(url: str) -> No
         assert parse_msg(await c.expect(MSG)) == Msg(8, "ok.x", None, {}, b"fine")
 
 
+def spec_subject_grammar() -> dict[str, re.Pattern[str]]:
+    """§11's regular expressions, read from the spec: ``T``, ``subject``, ``pattern``,
+    ``queue``, with ``T`` put in place (Python's ``re`` reads ``\\uXXXX`` as the spec means)."""
+    text = DOC.read_text(encoding="utf-8")
+    found = re.search(r"```text\n(T {7}= .*?)```", text, re.S)
+    assert found, "no subject grammar block in §11"
+    rules = dict(line.split(" = ", 1) for line in found.group(1).splitlines())
+    rules = {name.strip(): rule.strip() for name, rule in rules.items()}
+    assert list(rules) == ["T", "subject", "pattern", "queue"]
+    token = f"(?:{rules['T']})"
+    return {name: re.compile(rule.replace("T", token)) for name, rule in rules.items()}
+
+
+CODE_POINTS = [chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]  # UTF-8 only
+
+
+def test_the_spec_subject_grammar_is_what_the_broker_checks() -> None:
+    """§11 writes the whitespace class out; the broker's check (``asyncipc.subjects``,
+    which uses Python's ``\\s``) must reject exactly it, code point by code point."""
+    from asyncipc.errors import InvalidSubject
+    from asyncipc.subjects import validate_pattern, validate_queue, validate_subject
+
+    grammar = spec_subject_grammar()
+
+    def accepts(check: Any, text: str) -> bool:
+        try:
+            check(text)
+        except InvalidSubject:
+            return False
+        return True
+
+    whitespace = [ch for ch in CODE_POINTS if not grammar["T"].fullmatch(ch) and ch not in ".*>"]
+    assert len(whitespace) == 29  # as §11 counts them
+    for ch in CODE_POINTS:
+        subject = f"a{ch}b"
+        assert accepts(validate_subject, subject) == bool(grammar["subject"].fullmatch(subject))
+        assert accepts(validate_queue, subject) == bool(grammar["queue"].fullmatch(subject))
+    for pattern in (">", "a.>", "*.b.*", "a*", "a.>.b", "a>", "a.\u3000", "a.\ufeff.>", ""):
+        assert accepts(validate_pattern, pattern) == bool(grammar["pattern"].fullmatch(pattern))
+
+
+async def test_subject_whitespace_on_the_wire(url: str) -> None:
+    """§11: every whitespace code point of the spec is refused in a PUB; characters other
+    languages count as space (U+FEFF, U+180E, U+200B) are ordinary ones."""
+    grammar = spec_subject_grammar()
+    whitespace = [ch for ch in CODE_POINTS[:0x3001] if not grammar["T"].fullmatch(ch)]
+    whitespace = [ch for ch in whitespace if ch not in ".*>"]
+    ordinary = ["\ufeff", "\u180e", "\u200b"]
+    async with client(url) as c:
+        c.send(sub(1, "ws.*"))
+        c.send(*(pub(f"ws.a{ch}b") for ch in whitespace))
+        c.send(*(pub(f"ws.a{ch}b") for ch in ordinary))
+        for _ in whitespace:
+            assert (await c.expect_err())[:2] == (100, 0)
+        for ch in ordinary:
+            assert parse_msg(await c.expect(MSG)).subject == f"ws.a{ch}b"
+        await c.flush()
+
+
 async def test_frame_over_max_frame_gets_err_2_and_close(url: str) -> None:
     async with raw(url) as c:
         max_frame = (await c.handshake())["max_frame"]
@@ -609,6 +679,69 @@ async def test_pub_of_exactly_max_frame_is_delivered(tmp_path: Path) -> None:
         assert parse_msg(data[5:]).data == b"x" * (4096 - 13)
 
 
+def pub_of_length(subject: str, length: int) -> bytes:
+    """A PUB whose `length` field is exactly ``length`` (no reply, no headers)."""
+    overhead = 1 + 2 + len(subject.encode()) + 2 + 4
+    data = pub(subject, b"x" * (length - overhead))
+    assert struct.unpack(">I", data[:4])[0] == length
+    return data
+
+
+async def test_a_client_without_max_frame_is_held_to_the_default(tmp_path: Path) -> None:
+    """§5: a client that does not announce max_frame gets the documented 8 MiB, not the
+    broker's larger maximum. MSG keeps its 4 bytes of allowance; a message that needs
+    more is ERR 104 for that client alone."""
+    big = 16 * 1024 * 1024
+    async with (
+        serve(tmp_path, max_frame=big) as url,
+        raw(url) as silent,
+        raw(url) as bogus,
+        raw(url) as roomy,
+        client(url) as publisher,
+    ):
+        welcome = await silent.handshake()
+        assert (welcome["max_frame"], welcome["client_max_frame"]) == (big, DEFAULT_MAX_FRAME)
+        welcome = await bogus.handshake(max_frame=1023)  # below 1024: ignored, as absent
+        assert welcome["client_max_frame"] == DEFAULT_MAX_FRAME
+        assert (await roomy.handshake(max_frame=big))["client_max_frame"] == big
+        for c in (silent, bogus, roomy):
+            c.send(sub(1, "big"))
+            await c.flush()
+        publisher.send(
+            pub_of_length("big", DEFAULT_MAX_FRAME),  # MSG: exactly the default + 4
+            pub_of_length("big", DEFAULT_MAX_FRAME + 1),  # MSG: one byte too many
+            pub_of_length("big", DEFAULT_MAX_FRAME + 2 * 1024 * 1024),  # the 10 MiB case
+            pub("big", b"small"),
+        )
+
+        async def held_to_the_default(c: Raw) -> None:
+            data = await c.raw_frame()
+            assert (struct.unpack(">I", data[:4])[0], data[4]) == (DEFAULT_MAX_FRAME + 4, MSG)
+            for _ in range(2):
+                code, sid, message = await c.expect_err()
+                assert (code, sid) == (104, 1)
+                assert "not delivered" in message
+            assert parse_msg(await c.expect(MSG)).data == b"small"
+
+        async def given_what_it_asked_for(c: Raw) -> None:
+            lengths = [struct.unpack(">I", (await c.raw_frame())[:4])[0] for _ in range(3)]
+            assert lengths == [
+                DEFAULT_MAX_FRAME + 4,
+                DEFAULT_MAX_FRAME + 5,
+                DEFAULT_MAX_FRAME + 2 * 1024 * 1024 + 4,
+            ]
+            assert parse_msg(await c.expect(MSG)).data == b"small"
+
+        # All at once: the subscriptions are `block`, so one that is not read holds the
+        # publisher back for the others too (§13).
+        await asyncio.gather(
+            held_to_the_default(silent),
+            held_to_the_default(bogus),
+            given_what_it_asked_for(roomy),
+            publisher.flush(),
+        )
+
+
 async def test_duplicate_sid_is_refused_with_103_and_the_connection_stays(url: str) -> None:
     async with client(url) as c:
         c.send(sub(5, "first"), sub(5, "second"))
@@ -650,6 +783,91 @@ async def test_broker_pings_and_cuts_off_a_silent_client(tmp_path: Path) -> None
         assert (code, sid) == (6, 0)
         assert "no traffic" in message
         await c.expect_eof()
+
+
+# --- the client's side: a Python Bus against a broker played from raw bytes (§5, §7) -------------
+
+
+@contextlib.asynccontextmanager
+async def bus_and_fake_broker(tmp_path: Path, **options: Any) -> AsyncIterator[tuple[Any, Raw]]:
+    """A Python Bus connected to a socket where the test plays the broker (§9): the Bus,
+    and the broker's end of its connection, after the handshake."""
+    accepted: asyncio.Queue[Raw] = asyncio.Queue()
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.put_nowait(Raw(reader, writer))
+
+    path = str(tmp_path / "fake.sock")
+    server = await asyncio.start_unix_server(on_connect, path)
+    try:
+        connecting = asyncio.ensure_future(
+            asyncipc.connect(f"unix://{path}", options=asyncipc.ConnectOptions(**options))
+        )
+        broker = await asyncio.wait_for(accepted.get(), TIMEOUT)
+        assert await asyncio.wait_for(broker.reader.readexactly(len(PREAMBLE)), TIMEOUT) == PREAMBLE
+        await broker.expect(HELLO)
+        welcome = {"version": 1, "server": "fake", "server_id": "0" * 16, "client_id": 1}
+        broker.send(jsonframe(WELCOME, {**welcome, "max_frame": 65536, "ping_interval": 0}))
+        bus = await asyncio.wait_for(connecting, TIMEOUT)
+        try:
+            yield bus, broker
+        finally:
+            await broker.close()  # first: the Bus then closes without waiting for a PONG
+            await bus.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_client_ignores_known_ops_out_of_place(tmp_path: Path) -> None:
+    """§7: PUB, HELLO, SUB, UNSUB or a second WELCOME from the broker are ignored."""
+    async with bus_and_fake_broker(tmp_path) as (bus, broker):
+        broker.send(pub("x", b"1"), hello(), jsonframe(WELCOME, {"version": 1}))
+        broker.send(sub(1, "x"), unsub(1))
+        flushing = asyncio.ensure_future(bus.flush())
+        await broker.expect(PING)  # not an ERR: nothing above was a violation
+        broker.send(frame(PONG))
+        await asyncio.wait_for(flushing, TIMEOUT)
+
+
+async def test_an_unknown_op_from_the_broker_is_fatal_for_a_client(tmp_path: Path) -> None:
+    """§7, §18: an op the client does not know ends the connection (the Python client
+    says why with ERR 1 first); it is not skipped, although its length is known."""
+    async with bus_and_fake_broker(tmp_path) as (bus, broker):
+        broker.send(frame(42, b"from a later protocol"), frame(PING))
+        code, sid, message = await broker.expect_err()
+        assert (code, sid) == (1, 0)
+        assert "unknown frame op 42" in message
+        await broker.expect_eof()  # and no PONG: the PING after it was never read
+        with pytest.raises(asyncipc.BrokenLinkError, match="unknown frame op 42"):
+            await bus.flush()
+
+
+@pytest.mark.parametrize(
+    ("head", "text"),
+    [
+        (struct.pack(">I", 1024 + 5), "frame length 1029 exceeds the maximum frame size 1024"),
+        (struct.pack(">IB", 1024 + 1, ERR), "only a MSG may exceed it"),
+        (struct.pack(">IB", 1024 + 4, PONG), "only a MSG may exceed it"),
+    ],
+    ids=["any-op-over-max+4", "err-over-max", "pong-over-max"],
+)
+async def test_a_client_checks_a_frames_length_twice(
+    tmp_path: Path, head: bytes, text: str
+) -> None:
+    """§5: the length against max_frame + 4 as soon as it is in, then against max_frame
+    once the op byte shows it is not a MSG; neither waits for the body (none is sent)."""
+    async with bus_and_fake_broker(tmp_path, max_frame=1024) as (bus, broker):
+        subscription = bus.subscribe("big")
+        (sid,) = struct.unpack_from(">I", await broker.expect(SUB))
+        data = b"m" * (1024 + 4 - 1 - 4 - 2 - 3 - 2 - 4)
+        broker.send(msg(sid, "big", data))  # a MSG of exactly max_frame + 4: accepted
+        assert (await subscription.next_msg(timeout=TIMEOUT)).data == data
+        broker.send(head)
+        code, _, message = await broker.expect_err()
+        assert code == 2
+        assert text in message
+        await broker.expect_eof()
 
 
 # --- request / reply (§12) ----------------------------------------------------------------------
@@ -707,6 +925,47 @@ async def test_bus_requester_and_raw_responder(url: str) -> None:
         # A Bus request nobody serves is answered by the broker's 503 at once.
         with pytest.raises(asyncipc.NoResponders):
             await bus.request("svc.nobody", b"", timeout=TIMEOUT)
+
+
+PLAIN_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")  # §12, as a writer must send it
+
+
+@pytest.mark.parametrize(
+    ("timeout", "sent"),
+    [(0.00001, "0.00001"), (2.5, "2.5"), (30, "30"), (1e16, "10000000000000000")],
+)
+async def test_the_timeout_header_is_a_plain_decimal(url: str, timeout: float, sent: str) -> None:
+    """§12: never exponent form (Python's ``:g`` would write 1e-05 and 1e+16)."""
+    async with asyncipc.connect(url) as bus, client(url) as responder:
+        responder.send(sub(1, "svc.slow"))
+        await responder.flush()
+        request = asyncio.ensure_future(bus.request("svc.slow", b"?", timeout=timeout))
+        m = parse_msg(await responder.expect(MSG))
+        assert m.headers == {"asyncipc-timeout": sent}
+        assert PLAIN_DECIMAL.fullmatch(sent)
+        assert m.reply is not None
+        if timeout < 1:  # 10 µs: nobody could answer in time, so nobody tries
+            with pytest.raises(asyncipc.RequestTimeout):
+                await request
+        else:
+            responder.send(pub(m.reply, b"!"))
+            assert (await asyncio.wait_for(request, TIMEOUT)).data == b"!"
+
+
+@pytest.mark.parametrize("value", ["0.00001", "1e-05", ".00001", "1E-5"])
+async def test_the_broker_reads_the_timeout_header_leniently(tmp_path: Path, value: str) -> None:
+    """§12, §15: a shutdown waits for a request in flight only until its requester's
+    time-out, written plainly or, leniently, with an exponent."""
+    inbox = f"_INBOX.{os.urandom(11).hex()}"
+    broker = asyncipc.Broker(drain_timeout=60)
+    listener = await broker.listen(f"unix://{tmp_path}/b.sock")
+    async with client(listener.url) as responder, client(listener.url) as requester:
+        responder.send(sub(1, "svc.silent"))
+        await responder.flush()
+        requester.send(pub("svc.silent", b"?", inbox + ".1", {"asyncipc-timeout": value}))
+        await responder.expect(MSG)  # routed, never answered: the request is in flight
+        # Well under drain_timeout: the request expired 10 µs after it was routed.
+        await asyncio.wait_for(broker.close(), 30)
 
 
 # --- interoperability with a Python Bus ---------------------------------------------------------

@@ -30,6 +30,7 @@ from .frames import (
     encode_headers,
     encode_msg_from_pub,
 )
+from .timeout import format_timeout, parse_timeout
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
@@ -57,5 +58,7 @@ __all__ = [
     "encode",
     "encode_headers",
     "encode_msg_from_pub",
+    "format_timeout",
     "parse_frame",
+    "parse_timeout",
 ]

@@ -47,13 +47,27 @@ class FrameDecoder:
 
     ``expect_preamble``: the server side of a stream first checks the client's
     :data:`~asyncipc.protocol.frames.PREAMBLE`. ``max_frame`` bounds the length prefix, so
-    a hostile peer can make us buffer at most that many bytes.
+    a hostile peer can make us buffer at most that many bytes. ``msg_extra`` is what a
+    MSG may exceed it by: :data:`~asyncipc.protocol.frames.MSG_EXTRA` on a client, 0 on
+    the broker (which never accepts a MSG).
+
+    The allowance depends on the op byte, which arrives after the length, so the length
+    is checked twice (docs/protocol.md, §5): against ``max_frame + msg_extra`` as soon as
+    its 4 bytes are in, then against ``max_frame`` as soon as the op byte is in, unless
+    that op is MSG. Neither check waits for the body.
     """
 
-    __slots__ = ("_buf", "_error", "_need_preamble", "_raised", "max_frame")
+    __slots__ = ("_buf", "_error", "_need_preamble", "_raised", "max_frame", "msg_extra")
 
-    def __init__(self, *, max_frame: int = DEFAULT_MAX_FRAME, expect_preamble: bool = False):
+    def __init__(
+        self,
+        *,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        msg_extra: int = 0,
+        expect_preamble: bool = False,
+    ):
         self.max_frame = max_frame
+        self.msg_extra = msg_extra
         self._buf = bytearray()
         self._need_preamble = expect_preamble
         self._error: Exception | None = None
@@ -145,15 +159,26 @@ class FrameDecoder:
         pos = 0
         end = len(buf)
         max_frame = self.max_frame
+        limit = max_frame + self.msg_extra
         view = memoryview(buf)
         failure: RemoteProtocolError | FrameTooLarge | None = None
         try:
             while end - pos >= 4:
                 length = _LEN.unpack_from(buf, pos)[0]
                 if length > max_frame:
-                    raise FrameTooLarge(
-                        f"frame length {length} exceeds the maximum frame size {max_frame}"
-                    )
+                    # Only a MSG may be longer, and only by msg_extra; its op byte comes
+                    # after the length, so the second check waits for that one byte.
+                    if length > limit:
+                        raise FrameTooLarge(
+                            f"frame length {length} exceeds the maximum frame size {max_frame}"
+                        )
+                    if end - pos < 5:
+                        break
+                    if buf[pos + 4] != Op.MSG:
+                        raise FrameTooLarge(
+                            f"frame length {length} exceeds the maximum frame size {max_frame}"
+                            f" (only a MSG may exceed it, by {self.msg_extra})"
+                        )
                 if length == 0:
                     raise RemoteProtocolError("frame of length 0 (a frame holds at least its op)")
                 stop = pos + 4 + length

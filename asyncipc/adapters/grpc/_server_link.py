@@ -152,7 +152,14 @@ class ServerLink(GrpcLink):
             self._violation("a ClientFrame with no frame set")
 
     def _hello(self, hello: Any) -> Hello:
-        fields: dict[str, Any] = {"version": PROTOCOL_VERSION, "lang": "grpc"}
+        # docs/grpc.md: without hello.max_frame, the broker's maximum bounds what a gRPC
+        # client receives (gRPC's own message limits are set from it), so say so: the
+        # wire protocol's session would hold a silent client to the 8 MiB default.
+        fields: dict[str, Any] = {
+            "version": PROTOCOL_VERSION,
+            "lang": "grpc",
+            "max_frame": self.max_frame,
+        }
         token = self._token
         if hello is not None:
             fields["version"] = hello.version or PROTOCOL_VERSION

@@ -78,7 +78,7 @@ class WebSocketLink(Link):
         self._low_water = options.high_water // 4
         # A client receives MSGs, which may carry MSG_EXTRA bytes more than the maximum.
         self._decoder = FrameDecoder(
-            max_frame=options.max_frame + (0 if server_side else MSG_EXTRA)
+            max_frame=options.max_frame, msg_extra=0 if server_side else MSG_EXTRA
         )
         self._receiver: LinkReceiver | None = None
         self._early: list[Frame] = []

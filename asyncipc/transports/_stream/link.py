@@ -57,7 +57,8 @@ class StreamLink(asyncio.Protocol, Link):
         self._low_water = options.high_water // 4
         # A client receives MSGs, which may carry MSG_EXTRA bytes more than the maximum.
         self._decoder = FrameDecoder(
-            max_frame=options.max_frame + (0 if server_side else MSG_EXTRA),
+            max_frame=options.max_frame,
+            msg_extra=0 if server_side else MSG_EXTRA,
             expect_preamble=server_side,
         )
         self._server_side = server_side
