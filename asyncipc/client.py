@@ -15,6 +15,7 @@ from .errors import (
     BrokenLinkError,
     BrokerError,
     ClosedError,
+    ConnectError,
     ConnectionClosed,
     FrameTooLarge,
     HandshakeError,
@@ -106,7 +107,9 @@ class Bus:
             hello["token"] = opts.token
         if opts.allow_signals:
             hello["signals"] = sendable_names(opts.allow_signals)  # docs/signals.md
-        self._link.send(Hello(hello))
+        with contextlib.suppress(ConnectionClosed):
+            # A link that died already has told link_lost why: _welcome raises it below.
+            self._link.send(Hello(hello))
         try:
             async with asyncio.timeout(opts.connect_timeout):
                 info = await self._welcome
@@ -207,11 +210,17 @@ class Bus:
         if not self._closing and welcomed and not shutdown:
             log.warning("%s: connection lost: %s", self.url, lost)
         if not self._welcome.done():
-            self._welcome.set_exception(
-                lost
-                if isinstance(lost, HandshakeError)
-                else HandshakeError(f"connection to {self.url} closed during handshake: {lost}")
-            )
+            failure: Exception
+            if isinstance(lost, HandshakeError):
+                failure = lost
+            elif isinstance(lost, ConnectError):
+                # The link found no broker at the URL (an HTTP server answered instead).
+                failure = ConnectError(f"cannot connect to {self.url}: {lost}")
+            else:
+                failure = HandshakeError(
+                    f"connection to {self.url} closed during handshake: {lost}"
+                )
+            self._welcome.set_exception(failure)
             self._welcome.exception()  # mark retrieved: the handshake may already be gone
         error = lost if not isinstance(lost, ClosedError) else None
         for sub in list(self._subs.values()):
