@@ -15,6 +15,7 @@ from .errors import (
     BrokenLinkError,
     BrokerError,
     ClosedError,
+    ConfigurationError,
     ConnectError,
     ConnectionClosed,
     FrameTooLarge,
@@ -348,11 +349,13 @@ class Bus:
             validate_queue(queue)
         policy = OVERFLOW_POLICIES.get(overflow)
         if policy is None:
-            raise ValueError(
+            raise ConfigurationError(
                 f"overflow must be one of {sorted(OVERFLOW_POLICIES)}, not {overflow!r}"
             )
         if max_pending < 1 or max_bytes < 1:
-            raise ValueError("max_pending and max_bytes must be positive")
+            raise ConfigurationError(
+                f"max_pending and max_bytes must be positive, not {max_pending} and {max_bytes}"
+            )
         if self._closing or self._lost is not None:
             raise self._dead()
         self._next_sid += 1

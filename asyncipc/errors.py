@@ -80,7 +80,7 @@ class ConnectionClosed(AsyncIPCError):
 
 
 class ClosedError(ConnectionClosed):
-    """The link or subscription was closed by this side (``close()`` was called)."""
+    """The link, subscription or broker was closed by this side (``close()`` was called)."""
 
 
 class BrokenLinkError(ConnectionClosed, OSError):

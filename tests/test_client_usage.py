@@ -3,6 +3,9 @@ default URL, handlers that fail or return the wrong type."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
 import asyncipc
@@ -27,3 +30,32 @@ async def test_tcp_url_at_an_http_listener_says_use_http() -> None:
             await bus.flush()
             await bus.publish("first.hour", b"ok")
             assert (await sub.next_msg(timeout=10)).data == b"ok"
+
+
+# --- bad arguments are errors of the one tree ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"overflow": "sometimes"}, "overflow must be one of"),
+        ({"max_pending": 0}, "must be positive, not 0 and"),
+        ({"max_bytes": -1}, "must be positive, not 65536 and -1"),
+    ],
+)
+async def test_bad_subscribe_options_are_configuration_errors(
+    options: dict[str, object], match: str
+) -> None:
+    async with asyncipc.connect() as bus:
+        with pytest.raises(asyncipc.ConfigurationError, match=match) as raised:
+            bus.subscribe("a.b", **options)  # type: ignore[arg-type]
+        assert isinstance(raised.value, ValueError), "`except ValueError` still catches it"
+
+
+async def test_a_closed_broker_refuses_to_listen(tmp_path: Path) -> None:
+    broker = asyncipc.Broker()
+    await broker.close()
+    with pytest.raises(asyncipc.ClosedError, match="broker is closed"):
+        await broker.listen(f"unix://{tmp_path}/late.sock")
+    with pytest.raises(asyncipc.ClosedError, match="broker is closed"):
+        await broker.spawn([sys.executable, "-c", "pass"])
