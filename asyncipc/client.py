@@ -385,24 +385,46 @@ class Bus:
             log.warning("%s", exc)
 
     def handler(
-        self, subject: str, queue: str | None = None, **subscribe_options: Any
+        self,
+        subject: str,
+        queue: str | None = None,
+        *,
+        expose_errors: bool = False,
+        **subscribe_options: Any,
     ) -> Callable[[Handler], Handler]:
         """Decorate ``async def f(msg) -> bytes`` to serve requests on ``subject``.
 
-        The return value (``None`` for an empty body) is the reply. If ``f`` raises, the
-        requester gets :class:`~asyncipc.ServiceError` with the exception's text. The
-        function is returned unchanged; use :meth:`serve` to get the subscription (to
+        The return value is the reply: ``bytes`` (or ``bytearray``, ``memoryview``), or
+        ``None`` for an empty body. The requester gets :class:`~asyncipc.ServiceError`
+        at once, never a time-out, when ``f``:
+
+        - raises :class:`~asyncipc.ServiceError` itself: its text is the message, sent on
+          purpose (``raise asyncipc.ServiceError(f"unknown sku {sku!r}")``);
+        - raises anything else: the requester reads only ``internal error`` and an error
+          id, and the exception is logged here with that id. ``expose_errors=True``
+          sends ``"ExceptionType: text"`` instead, for services whose callers are
+          trusted (tests, one team's own processes): exception text can carry paths,
+          queries and secrets, and even the type names the libraries behind the service;
+        - returns something else (a ``str``, a ``dict``...): the message names its type.
+
+        The function is returned unchanged; use :meth:`serve` to get the subscription (to
         stop one service with :meth:`Subscription.drain` without closing the bus).
         """
 
         def decorate(fn: Handler) -> Handler:
-            self.serve(subject, fn, queue, **subscribe_options)
+            self.serve(subject, fn, queue, expose_errors=expose_errors, **subscribe_options)
             return fn
 
         return decorate
 
     def serve(
-        self, subject: str, fn: Handler, queue: str | None = None, **subscribe_options: Any
+        self,
+        subject: str,
+        fn: Handler,
+        queue: str | None = None,
+        *,
+        expose_errors: bool = False,
+        **subscribe_options: Any,
     ) -> Subscription:
         """Serve requests on ``subject`` with ``fn``, as :meth:`handler` does; returns the
         subscription, so that ``await sub.drain()`` stops this service alone, answering
@@ -410,17 +432,52 @@ class Bus:
 
         async def serve(msg: Message) -> None:
             try:
-                result = await fn(msg)
-            except Exception as exc:
-                log.exception("handler for %r raised", subject)
-                if msg.reply_to is not None:
-                    headers = {STATUS: "500", ERROR: f"{type(exc).__name__}: {exc}"[:1000]}
-                    await self.publish(msg.reply_to, b"", headers=headers)
+                result: object = await fn(msg)
+            except ServiceError as exc:
+                # Raised on purpose: its text was written for the requester.
+                log.info("handler for %r answered with an error: %s", subject, exc)
+                await self._reply_error(msg, str(exc))
                 return
-            if msg.reply_to is not None:
-                await self.publish(msg.reply_to, b"" if result is None else result)
+            except Exception as exc:
+                error_id = os.urandom(4).hex()
+                # The traceback stays here; the id lets whoever saw the error find it.
+                log.exception("handler for %r raised (error %s)", subject, error_id)
+                text = (
+                    f"{type(exc).__name__}: {exc}"
+                    if expose_errors
+                    else f"internal error (the service logged it as error {error_id})"
+                )
+                await self._reply_error(msg, text)
+                return
+            if result is None:
+                result = b""
+            elif not isinstance(result, (bytes, bytearray, memoryview)):
+                # Sending it would raise TypeError in publish(), far from the handler,
+                # and leave the requester waiting out its whole time-out.
+                kind = type(result).__name__
+                log.error(
+                    "handler for %r returned %s, not bytes (encode it, for example with "
+                    ".encode() or json.dumps(...).encode()); the requester gets a ServiceError",
+                    subject,
+                    kind,
+                )
+                await self._reply_error(msg, f"the handler returned {kind}, not bytes")
+                return
+            if msg.reply_to is None:
+                return
+            try:
+                await self.publish(msg.reply_to, _as_bytes(result))
+            except FrameTooLarge as exc:
+                log.error("handler for %r: its reply cannot be sent: %s", subject, exc)
+                await self._reply_error(msg, f"the reply is too large to send: {exc}")
 
         return self.subscribe(subject, queue, callback=serve, **subscribe_options)
+
+    async def _reply_error(self, msg: Message, text: str) -> None:
+        """Answer ``msg`` with a failure status; the requester raises ServiceError."""
+        if msg.reply_to is not None:
+            headers = {STATUS: "500", ERROR: text[:1000]}
+            await self.publish(msg.reply_to, b"", headers=headers)
 
     def _unsubscribe(self, sub: Subscription) -> None:
         if self._subs.pop(sub.sid, None) is not None and self._lost is None:
@@ -577,6 +634,8 @@ class Bus:
 
 
 def _as_bytes(data: Any) -> bytes:
+    if type(data) is bytes:
+        return data
     if isinstance(data, (bytearray, memoryview)):
         return bytes(data)
     if isinstance(data, str):

@@ -3,12 +3,25 @@ default URL, handlers that fail or return the wrong type."""
 
 from __future__ import annotations
 
+import logging
+import re
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import asyncipc
+
+
+@pytest.fixture
+async def unix_url(tmp_path: Path) -> AsyncIterator[str]:
+    """A broker in this process on a Unix socket: requests cross a real socket."""
+    async with asyncipc.Broker(max_frame=64 * 1024) as broker:
+        listener = await broker.listen(f"unix://{tmp_path}/b.sock")
+        yield listener.url
+
 
 # --- the wrong port -----------------------------------------------------------------------
 
@@ -59,3 +72,127 @@ async def test_a_closed_broker_refuses_to_listen(tmp_path: Path) -> None:
         await broker.listen(f"unix://{tmp_path}/late.sock")
     with pytest.raises(asyncipc.ClosedError, match="broker is closed"):
         await broker.spawn([sys.executable, "-c", "pass"])
+
+
+# --- handlers: what the requester gets --------------------------------------------------
+
+
+class Price:
+    """Not bytes: a model a handler forgot to encode."""
+
+
+@pytest.mark.parametrize(
+    ("returned", "kind"),
+    [("price: 7", "str"), ({"price": 7}, "dict"), (7, "int"), (Price(), "Price")],
+)
+async def test_a_reply_that_is_not_bytes_is_a_service_error_not_a_time_out(
+    unix_url: str, returned: Any, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with asyncipc.connect(unix_url) as service, asyncipc.connect(unix_url) as client:
+
+        @service.handler("pricing.quote")
+        async def quote(msg: asyncipc.Message) -> Any:
+            return returned
+
+        await service.flush()
+        # A time-out long enough that a reply which never comes fails the test on its own
+        # (RequestTimeout is not a ServiceError).
+        with pytest.raises(asyncipc.ServiceError) as raised:
+            await client.request("pricing.quote", b"sku-1", timeout=30)
+    assert str(raised.value) == (
+        f"handler for 'pricing.quote' failed: the handler returned {kind}, not bytes"
+    )
+    assert any(
+        r.levelno == logging.ERROR and f"returned {kind}, not bytes" in r.getMessage()
+        for r in caplog.records
+    ), "the service's own log says what went wrong"
+
+
+@pytest.mark.parametrize(
+    ("returned", "body"),
+    [(b"x", b"x"), (bytearray(b"ab"), b"ab"), (memoryview(b"cd"), b"cd"), (None, b"")],
+)
+async def test_bytes_like_replies_and_none_for_an_empty_one(
+    unix_url: str, returned: Any, body: bytes
+) -> None:
+    async with asyncipc.connect(unix_url) as service, asyncipc.connect(unix_url) as client:
+        service.serve("echo", lambda msg: _value(returned))
+        await service.flush()
+        reply = await client.request("echo", b"", timeout=30)
+    assert reply.data == body
+
+
+async def _value(value: Any) -> Any:
+    return value
+
+
+async def test_handler_exceptions_stay_in_the_service_by_default(
+    unix_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with asyncipc.connect(unix_url) as service, asyncipc.connect(unix_url) as client:
+
+        @service.handler("orders.get")
+        async def get(msg: asyncipc.Message) -> bytes:
+            raise PermissionError("open('/srv/secrets/db.key') failed for uid 1000")
+
+        await service.flush()
+        with pytest.raises(asyncipc.ServiceError) as raised:
+            await client.request("orders.get", b"7", timeout=30)
+    text = str(raised.value)
+    match = re.fullmatch(
+        r"handler for 'orders.get' failed: "
+        r"internal error \(the service logged it as error ([0-9a-f]{8})\)",
+        text,
+    )
+    assert match, text
+    assert "secrets" not in text
+    assert "PermissionError" not in text
+    [logged] = [r for r in caplog.records if r.exc_info and match[1] in r.getMessage()]
+    assert logged.exc_info is not None
+    assert logged.exc_info[0] is PermissionError
+
+
+async def test_expose_errors_sends_the_type_and_text(unix_url: str) -> None:
+    async with asyncipc.connect(unix_url) as service, asyncipc.connect(unix_url) as client:
+
+        @service.handler("stock.take", expose_errors=True)
+        async def take(msg: asyncipc.Message) -> bytes:
+            raise RuntimeError("out of stock")
+
+        async def check(msg: asyncipc.Message) -> bytes:
+            raise KeyError("sku-9")
+
+        service.serve("stock.check", check, expose_errors=True)
+        await service.flush()
+        with pytest.raises(asyncipc.ServiceError, match=r"failed: RuntimeError: out of stock$"):
+            await client.request("stock.take", timeout=30)
+        with pytest.raises(asyncipc.ServiceError, match=r"failed: KeyError: 'sku-9'$"):
+            await client.request("stock.check", timeout=30)
+
+
+async def test_a_service_error_raised_on_purpose_is_sent_as_written(unix_url: str) -> None:
+    async with asyncipc.connect(unix_url) as service, asyncipc.connect(unix_url) as client:
+
+        @service.handler("pricing.quote")
+        async def quote(msg: asyncipc.Message) -> bytes:
+            raise asyncipc.ServiceError(f"unknown sku {msg.data.decode()!r}")
+
+        await service.flush()
+        with pytest.raises(asyncipc.ServiceError) as raised:
+            await client.request("pricing.quote", b"sku-404", timeout=30)
+    assert str(raised.value) == "handler for 'pricing.quote' failed: unknown sku 'sku-404'"
+
+
+async def test_a_reply_too_large_to_send_is_a_service_error(unix_url: str) -> None:
+    async with asyncipc.connect(unix_url) as service, asyncipc.connect(unix_url) as client:
+
+        @service.handler("report")
+        async def report(msg: asyncipc.Message) -> bytes:
+            return b"x" * (128 * 1024)  # twice the broker's maximum frame
+
+        await service.flush()
+        with pytest.raises(asyncipc.ServiceError, match="the reply is too large to send"):
+            await client.request("report", timeout=30)
+        # The service carries on.
+        await service.flush()
+        assert not service.is_closed
