@@ -3,7 +3,9 @@ default URL, handlers that fail or return the wrong type."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import re
 import sys
 from collections.abc import AsyncIterator
@@ -43,6 +45,77 @@ async def test_tcp_url_at_an_http_listener_says_use_http() -> None:
             await bus.flush()
             await bus.publish("first.hour", b"ok")
             assert (await sub.next_msg(timeout=10)).data == b"ok"
+
+
+# --- connect() with no URL -----------------------------------------------------------------
+
+SERVICE = """
+import asyncio, asyncipc
+
+async def main():
+    async with asyncipc.connect() as bus:  # no URL: $ASYNCIPC_URL
+        await bus.publish("first.hour", bus.url.encode())
+
+asyncio.run(main())
+"""
+
+
+async def test_a_process_without_a_url_joins_the_broker_of_asyncipc_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with asyncipc.Broker() as broker:
+        url = (await broker.listen(f"unix://{tmp_path}/b.sock")).url
+        monkeypatch.setenv("ASYNCIPC_URL", url)
+        async with asyncipc.connect() as bus, bus.subscribe("first.hour") as sub:
+            assert bus.url == url
+            assert broker.sessions == 1, "this bus is the broker's client"
+            # Another process, same environment, same broker: it reaches our subscription.
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+            proc = await asyncio.create_subprocess_exec(sys.executable, "-c", SERVICE, env=env)
+            assert await proc.wait() == 0
+            assert (await sub.next_msg(timeout=30)).data == url.encode()
+
+
+async def test_memory_still_means_the_embedded_broker(
+    unix_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ASYNCIPC_URL", unix_url)
+    async with asyncipc.connect("memory://") as embedded, asyncipc.connect() as remote:
+        assert embedded.url == "memory://"
+        assert embedded.peer.transport == "memory"
+        assert remote.peer.transport == "unix"
+    monkeypatch.delenv("ASYNCIPC_URL")
+    async with asyncipc.connect() as bus:
+        assert bus.url == "memory://"
+    monkeypatch.setenv("ASYNCIPC_URL", "")  # set but empty: as if unset, like the CLI
+    async with asyncipc.connect() as bus:
+        assert bus.url == "memory://"
+
+
+async def test_asyncipc_token_goes_only_with_asyncipc_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with asyncipc.Broker(token="s3cret") as broker:
+        url = (await broker.listen(f"unix://{tmp_path}/b.sock")).url
+        monkeypatch.setenv("ASYNCIPC_URL", url)
+        monkeypatch.setenv("ASYNCIPC_TOKEN", "s3cret")
+        async with asyncipc.connect() as bus:
+            await bus.flush()
+        with pytest.raises(asyncipc.AuthenticationError):
+            await asyncipc.connect(url)  # an explicit URL takes no secret from elsewhere
+        with pytest.raises(asyncipc.AuthenticationError):
+            await asyncipc.connect(token="wrong")  # an explicit token wins
+
+
+async def test_a_bad_asyncipc_url_says_where_the_url_came_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ASYNCIPC_URL", f"unix://{tmp_path}/nobody.sock")
+    with pytest.raises(asyncipc.ConnectError, match=r"no socket at .*\$ASYNCIPC_URL"):
+        await asyncipc.connect()
+    monkeypatch.setenv("ASYNCIPC_URL", "carrier-pigeon://loft")
+    with pytest.raises(asyncipc.ConfigurationError, match=r"^\$ASYNCIPC_URL: "):
+        await asyncipc.connect()
 
 
 # --- bad arguments are errors of the one tree ----------------------------------------------
