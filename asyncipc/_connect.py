@@ -1,13 +1,18 @@
 """``asyncipc.connect``: URL in, handshaken :class:`~asyncipc.Bus` out.
 
-With no URL (or ``memory://``) the bus talks to an *embedded* broker in the running event
-loop, created on first use and closed when its last bus closes, so an application needs
-no separate process to start and moves to a broker process by changing only the URL.
+With no URL the bus follows ``$ASYNCIPC_URL`` when it is set, as the ``asyncipc`` command
+does: services started in separate processes with the same environment meet on one
+broker, instead of each silently talking to an embedded broker of its own. Without it (or
+with ``memory://``) the bus talks to an *embedded* broker in the running event loop,
+created on first use and closed when its last bus closes, so an application needs no
+separate process to start and moves to a broker process by changing only the URL (or the
+environment).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import ssl as _ssl
 import weakref
@@ -17,14 +22,19 @@ from typing import Any
 
 from .broker import Broker
 from .client import Bus
-from .errors import ConfigurationError
+from .errors import ConfigurationError, ConnectError
 from .options import ConnectOptions
 from .transports import TransportOptions, lookup, parse_url
 from .transports.memory import has_listener
 
-__all__ = ["DEFAULT_URL_ENV", "Connector", "connect", "default_socket_url"]
+__all__ = ["DEFAULT_URL_ENV", "TOKEN_ENV", "Connector", "connect", "default_socket_url"]
+
+log = logging.getLogger("asyncipc.client")
 
 DEFAULT_URL_ENV = "ASYNCIPC_URL"
+"""The broker a client uses when it is given no URL (``connect()``, the CLI)."""
+TOKEN_ENV = "ASYNCIPC_TOKEN"
+"""The shared secret that goes with ``$ASYNCIPC_URL`` (and the CLI's default token)."""
 
 # Per loop: memory name -> [broker, number of buses using it]
 _embedded: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, list[Any]]] = (
@@ -61,11 +71,25 @@ async def _acquire_embedded(name: str) -> Any:
 
 
 async def _connect(url: str | None, options: ConnectOptions) -> Bus:
-    url = url or "memory://"
-    parsed = parse_url(url)
+    # Read when connecting, not at import: a test or a launcher may set it late.
+    env_url = None if url else os.environ.get(DEFAULT_URL_ENV) or None
+    url = url or env_url or "memory://"
+    try:
+        parsed = parse_url(url)
+        transport = lookup(parsed.scheme)
+    except ConfigurationError as exc:
+        if env_url is None:
+            raise
+        raise ConfigurationError(f"${DEFAULT_URL_ENV}: {exc}") from None
     if "token" in parsed.query and options.token is None:
         options = replace(options, token=parsed.query["token"])
-    transport = lookup(parsed.scheme)
+    if env_url is not None:
+        log.debug("connecting to %s, from $%s", url, DEFAULT_URL_ENV)
+        env_token = os.environ.get(TOKEN_ENV)
+        if env_token and options.token is None:
+            # The environment names a broker and its secret together. Sent only to the
+            # broker it names: an explicit URL never picks up a secret from elsewhere.
+            options = replace(options, token=env_token)
     release = None
     if parsed.scheme == "memory" and not has_listener(parsed.name):
         release = await _acquire_embedded(parsed.name)
@@ -78,6 +102,13 @@ async def _connect(url: str | None, options: ConnectOptions) -> Bus:
     try:
         link = await transport.connect(parsed, topts)
         bus = await Bus.open(link, options, url)
+    except ConnectError as exc:
+        if release is not None:
+            await release()
+        if env_url is None:
+            raise
+        # The caller wrote no URL: say where this one came from.
+        raise ConnectError(f"{exc} (the URL came from ${DEFAULT_URL_ENV})") from None
     except BaseException:
         if release is not None:
             await release()
@@ -118,7 +149,9 @@ def connect(
 ) -> Connector:
     """Connect to a broker at ``url``; see :class:`~asyncipc.ConnectOptions` for the rest.
 
-    ``url`` defaults to ``memory://`` (the embedded broker of this event loop). Schemes:
+    Without ``url``: ``$ASYNCIPC_URL`` when it is set (and then ``$ASYNCIPC_TOKEN`` as the
+    token, unless one is given), else ``memory://``, the embedded broker of this event
+    loop; an explicit ``memory://`` is always the embedded broker. Schemes:
     ``memory://[name]``, ``unix:///path.sock``, ``tcp://host:port``, ``tls://host:port``,
     ``fifo:///path``, ``pipe:`` (in a child started by :meth:`Broker.spawn`), and any a
     transport module registered. ``?token=`` in the URL sets the token.

@@ -29,7 +29,7 @@ from . import _system
 from ._inflight import InFlight
 from ._session import Session
 from ._stats import BrokerStats, TransportStats
-from .errors import ConnectionClosed, FrameTooLarge
+from .errors import ClosedError, ConnectionClosed, FrameTooLarge
 from .link import Link, Listener, PeerInfo
 from .options import BrokerOptions
 from .protocol import ErrorCode, Headers, Overflow, Pub, parse_timeout
@@ -104,9 +104,10 @@ class Broker:
 
     async def listen(self, url: str, *, ssl: Any = None) -> Listener:
         """Serve clients on ``url`` (any registered scheme). Returns the bound listener;
-        its ``url`` has the real port when ``:0`` was asked for."""
+        its ``url`` has the real port when ``:0`` was asked for. Raises
+        :class:`~asyncipc.ClosedError` once :meth:`close` has started, even mid-bind."""
         if self._closing:
-            raise RuntimeError("broker is closed")
+            raise ClosedError("broker is closed")
         parsed = parse_url(url)
         transport = lookup(parsed.scheme)
         opts = TransportOptions(
@@ -122,7 +123,7 @@ class Broker:
         if self._closing:  # close() ran while we were binding: do not outlive it
             await listener.aclose()
             await listener.wait_closed()
-            raise RuntimeError("broker is closed")
+            raise ClosedError("broker is closed")
         self._listeners.append(listener)
         log.info("listening on %s", listener.url)
         return listener
@@ -171,10 +172,11 @@ class Broker:
         session and subscriptions go. ``env`` (default: ours) and the other keyword
         arguments (``stdin``, ``cwd``, ...) go to :func:`asyncio.create_subprocess_exec`.
         Returns a :class:`~asyncipc.transports.pipe.PipeChild` (``process``, ``pid``,
-        ``wait()``, ``link``). See ``docs/transports.md``.
+        ``wait()``, ``link``). Raises :class:`~asyncipc.ClosedError` once :meth:`close`
+        has started. See ``docs/transports.md``.
         """
         if self._closing:
-            raise RuntimeError("broker is closed")
+            raise ClosedError("broker is closed")
         from .transports.pipe import spawn_child  # loaded on first use, like every channel
 
         opts = TransportOptions(

@@ -29,7 +29,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 
 from . import __version__
-from ._connect import DEFAULT_URL_ENV, Connector, connect, default_socket_url
+from ._connect import DEFAULT_URL_ENV, TOKEN_ENV, Connector, connect, default_socket_url
 from ._logjson import JsonFormatter
 from .broker import Broker
 from .errors import (
@@ -54,7 +54,6 @@ __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "TOKEN_ENV", "build_parser", 
 
 log = logging.getLogger("asyncipc.cli")
 
-TOKEN_ENV = "ASYNCIPC_TOKEN"
 
 EXIT_OK = 0
 """Success; also what ``sub`` and ``broker`` return when stopped by SIGINT or SIGTERM."""

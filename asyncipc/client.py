@@ -15,6 +15,8 @@ from .errors import (
     BrokenLinkError,
     BrokerError,
     ClosedError,
+    ConfigurationError,
+    ConnectError,
     ConnectionClosed,
     FrameTooLarge,
     HandshakeError,
@@ -124,7 +126,9 @@ class Bus:
             hello["token"] = opts.token
         if opts.allow_signals:
             hello["signals"] = sendable_names(opts.allow_signals)  # docs/signals.md
-        self._link.send(Hello(hello))
+        with contextlib.suppress(ConnectionClosed):
+            # A link that died already has told link_lost why: _welcome raises it below.
+            self._link.send(Hello(hello))
         try:
             async with asyncio.timeout(opts.connect_timeout):
                 info = await self._welcome
@@ -225,11 +229,17 @@ class Bus:
         if not self._closing and welcomed and not shutdown:
             log.warning("%s: connection lost: %s", self.url, lost)
         if not self._welcome.done():
-            self._welcome.set_exception(
-                lost
-                if isinstance(lost, HandshakeError)
-                else HandshakeError(f"connection to {self.url} closed during handshake: {lost}")
-            )
+            failure: Exception
+            if isinstance(lost, HandshakeError):
+                failure = lost
+            elif isinstance(lost, ConnectError):
+                # The link found no broker at the URL (an HTTP server answered instead).
+                failure = ConnectError(f"cannot connect to {self.url}: {lost}")
+            else:
+                failure = HandshakeError(
+                    f"connection to {self.url} closed during handshake: {lost}"
+                )
+            self._welcome.set_exception(failure)
             self._welcome.exception()  # mark retrieved: the handshake may already be gone
         error = lost if not isinstance(lost, ClosedError) else None
         for sub in list(self._subs.values()):
@@ -357,11 +367,13 @@ class Bus:
             validate_queue(queue)
         policy = OVERFLOW_POLICIES.get(overflow)
         if policy is None:
-            raise ValueError(
+            raise ConfigurationError(
                 f"overflow must be one of {sorted(OVERFLOW_POLICIES)}, not {overflow!r}"
             )
         if max_pending < 1 or max_bytes < 1:
-            raise ValueError("max_pending and max_bytes must be positive")
+            raise ConfigurationError(
+                f"max_pending and max_bytes must be positive, not {max_pending} and {max_bytes}"
+            )
         if self._closing or self._lost is not None:
             raise self._dead()
         self._next_sid += 1
@@ -391,24 +403,46 @@ class Bus:
             log.warning("%s", exc)
 
     def handler(
-        self, subject: str, queue: str | None = None, **subscribe_options: Any
+        self,
+        subject: str,
+        queue: str | None = None,
+        *,
+        expose_errors: bool = False,
+        **subscribe_options: Any,
     ) -> Callable[[Handler], Handler]:
         """Decorate ``async def f(msg) -> bytes`` to serve requests on ``subject``.
 
-        The return value (``None`` for an empty body) is the reply. If ``f`` raises, the
-        requester gets :class:`~asyncipc.ServiceError` with the exception's text. The
-        function is returned unchanged; use :meth:`serve` to get the subscription (to
+        The return value is the reply: ``bytes`` (or ``bytearray``, ``memoryview``), or
+        ``None`` for an empty body. The requester gets :class:`~asyncipc.ServiceError`
+        at once, never a time-out, when ``f``:
+
+        - raises :class:`~asyncipc.ServiceError` itself: its text is the message, sent on
+          purpose (``raise asyncipc.ServiceError(f"unknown sku {sku!r}")``);
+        - raises anything else: the requester reads only ``internal error`` and an error
+          id, and the exception is logged here with that id. ``expose_errors=True``
+          sends ``"ExceptionType: text"`` instead, for services whose callers are
+          trusted (tests, one team's own processes): exception text can carry paths,
+          queries and secrets, and even the type names the libraries behind the service;
+        - returns something else (a ``str``, a ``dict``...): the message names its type.
+
+        The function is returned unchanged; use :meth:`serve` to get the subscription (to
         stop one service with :meth:`Subscription.drain` without closing the bus).
         """
 
         def decorate(fn: Handler) -> Handler:
-            self.serve(subject, fn, queue, **subscribe_options)
+            self.serve(subject, fn, queue, expose_errors=expose_errors, **subscribe_options)
             return fn
 
         return decorate
 
     def serve(
-        self, subject: str, fn: Handler, queue: str | None = None, **subscribe_options: Any
+        self,
+        subject: str,
+        fn: Handler,
+        queue: str | None = None,
+        *,
+        expose_errors: bool = False,
+        **subscribe_options: Any,
     ) -> Subscription:
         """Serve requests on ``subject`` with ``fn``, as :meth:`handler` does; returns the
         subscription, so that ``await sub.drain()`` stops this service alone, answering
@@ -416,20 +450,52 @@ class Bus:
 
         async def serve(msg: Message) -> None:
             try:
-                result = await fn(msg)
-            except Exception as exc:
-                log.exception("handler for %r raised", subject)
-                if msg.reply_to is not None:
-                    headers = {
-                        STATUS_HEADER: SERVICE_ERROR_STATUS,
-                        ERROR_HEADER: f"{type(exc).__name__}: {exc}"[:1000],
-                    }
-                    await self.publish(msg.reply_to, b"", headers=headers)
+                result: object = await fn(msg)
+            except ServiceError as exc:
+                # Raised on purpose: its text was written for the requester.
+                log.info("handler for %r answered with an error: %s", subject, exc)
+                await self._reply_error(msg, str(exc))
                 return
-            if msg.reply_to is not None:
-                await self.publish(msg.reply_to, b"" if result is None else result)
+            except Exception as exc:
+                error_id = os.urandom(4).hex()
+                # The traceback stays here; the id lets whoever saw the error find it.
+                log.exception("handler for %r raised (error %s)", subject, error_id)
+                text = (
+                    f"{type(exc).__name__}: {exc}"
+                    if expose_errors
+                    else f"internal error (the service logged it as error {error_id})"
+                )
+                await self._reply_error(msg, text)
+                return
+            if result is None:
+                result = b""
+            elif not isinstance(result, (bytes, bytearray, memoryview)):
+                # Sending it would raise TypeError in publish(), far from the handler,
+                # and leave the requester waiting out its whole time-out.
+                kind = type(result).__name__
+                log.error(
+                    "handler for %r returned %s, not bytes (encode it, for example with "
+                    ".encode() or json.dumps(...).encode()); the requester gets a ServiceError",
+                    subject,
+                    kind,
+                )
+                await self._reply_error(msg, f"the handler returned {kind}, not bytes")
+                return
+            if msg.reply_to is None:
+                return
+            try:
+                await self.publish(msg.reply_to, _as_bytes(result))
+            except FrameTooLarge as exc:
+                log.error("handler for %r: its reply cannot be sent: %s", subject, exc)
+                await self._reply_error(msg, f"the reply is too large to send: {exc}")
 
         return self.subscribe(subject, queue, callback=serve, **subscribe_options)
+
+    async def _reply_error(self, msg: Message, text: str) -> None:
+        """Answer ``msg`` with a failure status; the requester raises ServiceError."""
+        if msg.reply_to is not None:
+            headers = {STATUS_HEADER: SERVICE_ERROR_STATUS, ERROR_HEADER: text[:1000]}
+            await self.publish(msg.reply_to, b"", headers=headers)
 
     def _unsubscribe(self, sub: Subscription) -> None:
         if self._subs.pop(sub.sid, None) is not None and self._lost is None:
@@ -587,6 +653,8 @@ class Bus:
 
 
 def _as_bytes(data: Any) -> bytes:
+    if type(data) is bytes:
+        return data
     if isinstance(data, (bytearray, memoryview)):
         return bytes(data)
     if isinstance(data, str):

@@ -19,7 +19,7 @@
     ├── BrokerError                         the broker sent an error frame (``code``)
     ├── NoResponders                        a request found nobody subscribed
     ├── RequestTimeout (TimeoutError)       a request got no answer in time
-    ├── ServiceError                        the responder's handler raised
+    ├── ServiceError                        the responder's handler failed
     ├── SlowConsumer                        a subscription overflowed (overflow="error")
     ├── SignalRefused                       the broker would not signal that client (``reason``)
     ├── SignalInUse (RuntimeError)          another event-loop handler owns that signal
@@ -80,7 +80,7 @@ class ConnectionClosed(AsyncIPCError):
 
 
 class ClosedError(ConnectionClosed):
-    """The link or subscription was closed by this side (``close()`` was called)."""
+    """The link, subscription or broker was closed by this side (``close()`` was called)."""
 
 
 class BrokenLinkError(ConnectionClosed, OSError):
@@ -145,7 +145,9 @@ class RequestTimeout(AsyncIPCError, TimeoutError):
 
 
 class ServiceError(AsyncIPCError):
-    """The handler that served a request raised; ``str()`` carries its message."""
+    """The handler that served a request failed; ``str()`` names the subject and carries
+    what the service chose to send (by default only ``internal error`` and an id from its
+    log). A handler raises it itself to send the requester a message written for it."""
 
 
 class SlowConsumer(AsyncIPCError):

@@ -3,7 +3,9 @@
 Request:  ``{"id": 7, "items": [{"sku": "sku-1", "qty": 2}]}``
 Reply:    ``{"order": 7, "total_cents": 1998, "currency": "EUR"}``
 
-An unknown SKU makes the handler raise; the requester gets ``asyncipc.ServiceError``.
+An unknown SKU is the requester's mistake: the handler raises ``asyncipc.ServiceError``
+saying so, and the requester gets that text. Any other failure reaches it only as an
+internal error; the traceback stays in this service's log.
 
 Run it against a broker (stop with Ctrl-C or SIGTERM: requests already received are
 answered first)::
@@ -47,7 +49,10 @@ async def serve(bus: asyncipc.Bus, *, limit: int | None = None) -> Tally:
     # is the reply. Closing the bus lets the handler finish what it already holds.
     @bus.handler("pricing.quote", queue="pricing")
     async def quote(msg: asyncipc.Message) -> bytes:
-        reply = encode(price(decode(msg.data)))
+        try:
+            reply = encode(price(decode(msg.data)))
+        except ValueError as exc:  # bad JSON, an unknown SKU: tell the requester
+            raise asyncipc.ServiceError(str(exc)) from exc
         tally.add()
         return reply
 

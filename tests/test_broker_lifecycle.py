@@ -43,7 +43,7 @@ async def test_close_during_listen_leaves_no_listener(tmp_path: Path) -> None:
     await gated.entered.wait()
     await broker.close()
     gated.gate.set()
-    with pytest.raises(RuntimeError, match="broker is closed"):
+    with pytest.raises(asyncipc.ClosedError, match="broker is closed"):
         await binding
     assert broker.urls == []
     assert not path.exists(), "a socket file outlived the broker"

@@ -290,7 +290,7 @@ async def test_request_answered_by_handler(broker: BrokerProc) -> None:
 
         @bus.handler("cli.broken")
         async def broken(msg: asyncipc.Message) -> bytes:
-            raise ValueError("out of stock")
+            raise asyncipc.ServiceError("out of stock")  # text meant for the requester
 
         await bus.flush()
         (ok, ok_out, ok_err), (failed, _, failed_err) = await asyncio.gather(

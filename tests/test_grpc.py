@@ -322,7 +322,9 @@ async def test_failing_responder_is_unknown(stack: Stack) -> None:
         await bus.flush()
         call = stack.stub.Request(pb.RequestRequest(subject="fails"), timeout=5)
         assert await status_of(call) is grpc.StatusCode.UNKNOWN
-        assert "out of stock" in (await call.details())
+        details = await call.details()
+        assert "internal error" in details
+        assert "out of stock" not in details, "the handler's text stays in the service"
 
 
 async def test_a_grpc_caller_is_remote_for_signal_requests(stack: Stack) -> None:

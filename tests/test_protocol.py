@@ -420,6 +420,48 @@ def test_http_request_split_across_reads_is_still_named() -> None:
         dec.feed(b" / HTTP/1.1\r\n")
 
 
+def test_http_request_is_flagged_as_http_not_only_named() -> None:
+    dec = FrameDecoder(expect_preamble=True)
+    with pytest.raises(RemoteProtocolError):
+        dec.feed(b"GET / HTTP/1.1\r\n")
+    assert dec.foreign_protocol == "http"
+
+
+def test_other_bad_preambles_are_not_flagged_as_http() -> None:
+    dec = FrameDecoder(expect_preamble=True)
+    with pytest.raises(RemoteProtocolError, match="bad preamble"):
+        dec.feed(b"SSH-2.0-OpenSSH_9.6\r\n")
+    assert dec.foreign_protocol is None
+
+
+HTTP_REPLY = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"
+
+
+@pytest.mark.parametrize("chunk", [len(HTTP_REPLY), 1, 5])
+def test_http_response_at_the_client_side_is_named(chunk: int) -> None:
+    """Whole, one byte at a time, and split inside "HTTP/1.": never "a 1.2 GB frame"."""
+    dec = FrameDecoder()
+
+    def feed_in_chunks() -> None:
+        for i in range(0, len(HTTP_REPLY), chunk):
+            assert dec.feed(HTTP_REPLY[i : i + chunk]) == []
+
+    with pytest.raises(RemoteProtocolError, match=r"HTTP response.*'HTTP/1\.") as raised:
+        feed_in_chunks()
+    assert dec.foreign_protocol == "http"
+    if chunk == len(HTTP_REPLY):
+        assert "'HTTP/1.1 400 Bad Request'" in str(raised.value)  # the status line, no more
+
+
+def test_frames_at_the_client_side_are_not_taken_for_http() -> None:
+    dec = FrameDecoder()
+    assert [type(f) for f in dec.feed(encode(PING) + encode(PING))] == [Ping, Ping]
+    # Only the start of the stream is checked: later bytes are frames or errors as ever.
+    with pytest.raises(FrameTooLarge):
+        dec.feed(b"HTTP/1.1 200 OK\r\n")
+    assert dec.foreign_protocol is None
+
+
 def test_client_side_decoder_does_not_expect_a_preamble() -> None:
     assert [type(f) for f in decode_all(encode(PING))] == [Ping]
 

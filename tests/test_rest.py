@@ -187,7 +187,9 @@ async def test_request_errors_have_their_status_and_a_json_body(
         assert silent.pending == 1
         await (await silent.next_msg()).respond(b"late")  # the broker waits for no reply
         failed = await http.post(f"{srv.http}/v1/request/svc.fail")
-        assert "out of stock" in (await failed.json())["message"]
+        message = (await failed.json())["message"]
+        assert "internal error" in message
+        assert "out of stock" not in message, "the handler's text stays in the service"
 
 
 async def test_invalid_subjects_unknown_routes_and_methods(

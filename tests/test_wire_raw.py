@@ -895,7 +895,7 @@ async def test_raw_requester_and_bus_responder(url: str) -> None:
         async def upper(m: asyncipc.Message) -> bytes:
             return m.data.upper()
 
-        @bus.handler("svc.fail")
+        @bus.handler("svc.fail", expose_errors=True)  # the default sends no exception text
         async def fail(m: asyncipc.Message) -> bytes:
             raise ValueError("boom")
 

@@ -6,6 +6,10 @@ holds good frames followed by a malformed one, the good frames are returned and 
 is kept in :attr:`FrameDecoder.error`: the next call raises it. Once it has raised, the
 stream is unrecoverable: every later :meth:`FrameDecoder.feed` raises the same error
 (:meth:`FrameDecoder.eof` raises it only if nobody has seen it yet).
+
+A peer that speaks HTTP instead (a browser or curl at the broker's port, a client pointed
+at an HTTP listener) is named, not reported as a huge frame length: see
+:attr:`FrameDecoder.foreign_protocol`.
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ _U16 = struct.Struct(">H")
 _SUB = struct.Struct(">IIQB")
 _ERR = struct.Struct(">HI")
 _HTTP_METHODS = (b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"OPTI", b"PATC", b"CONN", b"PRI ")
+# What an HTTP server sends first. As a length prefix "HTTP" is 1.2 GB and "/" is no op,
+# so no valid first frame can start with it.
+_HTTP_RESPONSE = b"HTTP/1."
 
 
 class FrameDecoder:
@@ -57,7 +64,16 @@ class FrameDecoder:
     that op is MSG. Neither check waits for the body.
     """
 
-    __slots__ = ("_buf", "_error", "_need_preamble", "_raised", "max_frame", "msg_extra")
+    __slots__ = (
+        "_buf",
+        "_error",
+        "_need_preamble",
+        "_raised",
+        "_response_start",
+        "foreign_protocol",
+        "max_frame",
+        "msg_extra",
+    )
 
     def __init__(
         self,
@@ -70,8 +86,16 @@ class FrameDecoder:
         self.msg_extra = msg_extra
         self._buf = bytearray()
         self._need_preamble = expect_preamble
+        # The client side looks once, at the start of the stream, for an HTTP response.
+        self._response_start = not expect_preamble
         self._error: Exception | None = None
         self._raised = False
+        self.foreign_protocol: str | None = None
+        """``"http"`` when the peer turned out to speak HTTP: a request where the server
+        side expects the preamble, or a response where the client side expects its first
+        frame. Set with the :class:`~asyncipc.RemoteProtocolError` that says so, so that
+        the I/O layer can answer in HTTP (or tell its user to use ``http://``) without
+        reading the error's text."""
 
     @property
     def error(self) -> Exception | None:
@@ -97,6 +121,8 @@ class FrameDecoder:
         buf += data
         try:
             if self._need_preamble and not self._check_preamble():
+                return []
+            if self._response_start and not self._check_response_start():
                 return []
             return self._frames()
         except (RemoteProtocolError, FrameTooLarge) as exc:
@@ -134,6 +160,7 @@ class FrameDecoder:
             if len(head) < 4 and any(m.startswith(head) for m in _HTTP_METHODS):
                 return False  # "GE" may become "GET ": wait, to name the problem right
             if head in _HTTP_METHODS:
+                self.foreign_protocol = "http"
                 raise RemoteProtocolError(
                     "an HTTP request arrived on an asyncipc socket "
                     f"(starts with {bytes(buf[:16])!r}); this port speaks the asyncipc protocol"
@@ -152,6 +179,21 @@ class FrameDecoder:
         del buf[: len(PREAMBLE)]
         self._need_preamble = False
         return True
+
+    def _check_response_start(self) -> bool:
+        """False while the stream may still become an HTTP response; raises once it is one."""
+        buf = self._buf
+        n = min(len(buf), len(_HTTP_RESPONSE))
+        if buf[:n] != _HTTP_RESPONSE[:n]:
+            self._response_start = False
+            return True
+        if n < len(_HTTP_RESPONSE):
+            return False  # "HTTP" alone would read as a 1.2 GB frame: wait to name it right
+        self.foreign_protocol = "http"
+        status = bytes(buf[:64]).split(b"\r\n", 1)[0].decode("latin-1")
+        raise RemoteProtocolError(
+            f"an HTTP response arrived instead of an asyncipc frame ({status!r})"
+        )
 
     def _frames(self) -> list[Frame]:
         buf = self._buf

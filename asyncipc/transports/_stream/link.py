@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import cast
 
-from ...errors import BrokenLinkError, ClosedError, FrameTooLarge, ProtocolError
+from ...errors import BrokenLinkError, ClosedError, ConnectError, FrameTooLarge, ProtocolError
 from ...link import Link, LinkReceiver, Listener, PeerInfo
 from ...protocol import (
     MSG_EXTRA,
@@ -162,6 +162,11 @@ class StreamLink(asyncio.Protocol, Link):
         early, self._early = self._early, []
         for frame in early:
             receiver.frame_received(frame)
+        if self._closed_fut.done():
+            # The peer answered and hung up before anyone listened (an HTTP server
+            # replies to our preamble at once): the receiver must still hear why.
+            err = self._exc
+            receiver.link_lost(None if isinstance(err, ClosedError) else err)
 
     def send(self, frame: Frame) -> None:
         if self._closing:
@@ -280,19 +285,38 @@ class StreamLink(asyncio.Protocol, Link):
 
     def _protocol_violation(self, exc: Exception, data: bytes) -> None:
         """Tell the offender what was wrong, in a form it can read, then hang up."""
-        self._exc = BrokenLinkError(f"{self.peer.describe()}: {exc}")
-        log.warning("closing %s: %s", self.peer.describe(), exc)
+        http = self._decoder.foreign_protocol == "http"
+        if http and not self._server_side:
+            # We dialled an HTTP server: that is the user's URL, not a misbehaving peer,
+            # and the caller of connect() hears it (the Bus raises it from the handshake).
+            self._exc = ConnectError(
+                f"this is an HTTP server, not an asyncipc broker; {_http_hint(self.peer)} ({exc})"
+            )
+            log.debug("closing %s: %s", self.peer.describe(), exc)
+        else:
+            self._exc = BrokenLinkError(f"{self.peer.describe()}: {exc}")
+            log.warning("closing %s: %s", self.peer.describe(), exc)
         if self._tr is None:
             return
         code = ErrorCode.FRAME_TOO_LARGE if isinstance(exc, FrameTooLarge) else ErrorCode.PROTOCOL
         self._flush()  # answers to the good frames before the bad one go out first
-        if self._server_side and "HTTP request" in str(exc):
-            self._tr.write(_HTTP_400)
-        else:
+        if http and self._server_side:
+            self._tr.write(_HTTP_400)  # a browser or curl: answer in the language it reads
+        elif not http:
             self._tr.write(encode(Err(code, str(exc)[:1000])))
         self._closing = True
         self._out.clear()
         self._tr.close()
+
+
+def _http_hint(peer: PeerInfo) -> str:
+    """Where the same server is reached over HTTP, as advice for an error message."""
+    address = peer.address
+    if peer.transport in ("tcp", "tls") and isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        host = f"[{host}]" if ":" in str(host) else host
+        return f"use {'https' if peer.transport == 'tls' else 'http'}://{host}:{port}"
+    return "use an http:// URL"
 
 
 class StreamListener(Listener):
