@@ -4,13 +4,15 @@
 
     import asyncipc
 
-    async with asyncipc.connect() as bus:               # embedded broker, no process needed
+    async with asyncipc.connect() as bus:               # $ASYNCIPC_URL, else embedded
         async with bus.subscribe("orders.*") as sub:
             await bus.publish("orders.created", b'{"id": 7}')
             msg = await sub.next_msg(timeout=1)
 
-Change the URL (``unix:///tmp/asyncipc.sock``, ``tcp://host:4222``, ``tls://...``) to
-reach a broker in another process; nothing else changes. See ``docs/`` for the guide.
+With no URL, ``connect()`` follows ``$ASYNCIPC_URL`` when it is set and otherwise uses a
+broker embedded in this event loop (no process needed). Give a URL
+(``unix:///tmp/asyncipc.sock``, ``tcp://host:4222``, ``tls://...``) to reach a broker in
+another process; nothing else changes. See ``docs/`` for the guide.
 """
 
 from . import signals as signals

@@ -737,7 +737,9 @@ def _describe(exc: BaseException, args: argparse.Namespace) -> tuple[int, str]:
     if isinstance(exc, HandshakeError):
         return EXIT_USAGE, f"handshake with {url} failed: {exc}"
     if isinstance(exc, ConnectError):
-        return EXIT_USAGE, f"{exc} (is `asyncipc broker` running there?)"
+        # The transport says "is `asyncipc broker` running there?" where that is the
+        # likely cause (no socket, refused), and not after, say, "this is an HTTP server".
+        return EXIT_USAGE, str(exc)
     if isinstance(exc, ConnectionClosed):
         return EXIT_USAGE, f"connection to {url} lost: {exc}"
     if isinstance(exc, (ConfigurationError, FrameTooLarge)):

@@ -366,7 +366,22 @@ def test_no_broker_at_env_url_exits_2(tmp_path: Path) -> None:
     done = run("pub", "x", "y", env=cli_env(ASYNCIPC_URL=url))
     assert done.returncode == 2
     assert f"cannot connect to {url}" in done.stderr
+    assert "is `asyncipc broker` running there?" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+async def test_tcp_url_at_an_http_listener_exits_2_naming_http() -> None:
+    """The hint about a missing broker is the transport's, for nobody-there errors only:
+    after "this is an HTTP server" it would mislead."""
+    pytest.importorskip("aiohttp")
+    async with asyncipc.Broker() as broker:
+        rest = await broker.listen("http://127.0.0.1:0")
+        tcp_url = rest.url.replace("http://", "tcp://", 1)
+        done = await asyncio.to_thread(run, "pub", "--url", tcp_url, "x", "y")
+    assert done.returncode == 2
+    assert "this is an HTTP server" in done.stderr
+    assert f"use {rest.url}" in done.stderr
+    assert "running there" not in done.stderr
 
 
 def test_url_option_wins_over_env(broker: BrokerProc, tmp_path: Path) -> None:

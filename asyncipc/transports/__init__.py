@@ -99,6 +99,9 @@ class Transport(Protocol):
         ...
 
 
+NOBODY = " (is `asyncipc broker` running there?)"
+"""Added to a connect error that means nobody listens at the URL (no socket, refused)."""
+
 _registry: dict[str, Transport] = {}
 _builtin = {
     "memory": "asyncipc.transports.memory",

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from ..errors import ConfigurationError, ConnectError
 from ..link import Accept, Link, Listener, PeerInfo
-from . import URL, TransportOptions, register
+from . import NOBODY, URL, TransportOptions, register
 from ._stream.link import StreamLink, StreamListener
 
 __all__ = ["TcpTransport", "client_ssl_context", "server_ssl_context"]
@@ -105,6 +105,10 @@ class TcpTransport:
             ) from None
         except TimeoutError:
             raise ConnectError(f"cannot connect to {url.raw}: timed out") from None
+        except ConnectionRefusedError as exc:
+            raise ConnectError(
+                f"cannot connect to {url.raw}: {exc.strerror or exc}{NOBODY}"
+            ) from None
         except OSError as exc:
             raise ConnectError(f"cannot connect to {url.raw}: {exc.strerror or exc}") from None
         return link

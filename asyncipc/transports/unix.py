@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from ..errors import ConfigurationError, ConnectError
 from ..link import Accept, Link, Listener, PeerInfo
-from . import URL, TransportOptions, register
+from . import NOBODY, URL, TransportOptions, register
 from ._stream.link import StreamLink, StreamListener
 
 __all__ = ["UnixTransport"]
@@ -79,9 +79,11 @@ class UnixTransport:
                 options.connect_timeout,
             )
         except FileNotFoundError:
-            raise ConnectError(f"cannot connect to {url.raw}: no socket at {path}") from None
+            raise ConnectError(
+                f"cannot connect to {url.raw}: no socket at {path}{NOBODY}"
+            ) from None
         except ConnectionRefusedError:
-            raise ConnectError(f"cannot connect to {url.raw}: connection refused") from None
+            raise ConnectError(f"cannot connect to {url.raw}: connection refused{NOBODY}") from None
         except TimeoutError:
             raise ConnectError(f"cannot connect to {url.raw}: timed out") from None
         except OSError as exc:
