@@ -1,0 +1,161 @@
+"""The ``broker`` command: listeners, start-up log, ready file, drain on signals."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Sequence
+
+from .._connect import TOKEN_ENV, default_socket_url
+from ..broker import Broker
+from ..errors import (
+    AsyncIPCError,
+    ConfigurationError,
+)
+from ..signals import drain_on_signals
+from ..transports import lookup, parse_url
+from ._common import EXIT_OK, CommandError, _env, _oserror_text
+
+log = logging.getLogger("asyncipc.cli")
+
+
+# --- the broker ------------------------------------------------------------------------
+
+
+async def _broker(args: argparse.Namespace) -> int:
+    urls: list[str] = args.listen + [f"grpc://{a}" for a in args.grpc]
+    urls += [f"http://{a}" for a in args.http]
+    urls = urls or [default_socket_url()]
+    for url in urls:  # every URL checked before anything is bound
+        try:
+            scheme = parse_url(url).scheme
+            lookup(scheme)
+        except ConfigurationError as exc:
+            raise CommandError(f"cannot listen on {url}: {exc}") from None
+        if scheme == "memory":
+            raise CommandError(
+                f"cannot listen on {url}: memory:// is in-process only; a broker process "
+                "serves other processes on unix://, tcp:// or tls://"
+            )
+    token = args.token or _env(TOKEN_ENV)
+    broker = Broker(
+        token=token,
+        max_frame=args.max_frame,
+        high_water=args.high_water,
+        remote_signals=args.allow_remote_signals,
+    )
+    if args.ready_file:
+        _remove_ready_file(args.ready_file)  # a stale one must not say "ready" meanwhile
+    # SIGINT/SIGTERM are caught from here on, so that one arriving during start-up still
+    # lets the listeners already bound be closed in order, their socket files removed.
+    # Leaving the block drains: replies to requests in flight, then buffered messages.
+    with _StartupLog(logging.getLogger().handlers) as startup:
+        async with drain_on_signals(broker) as drain:
+            bound: list[str] = []
+            for url in urls:
+                if drain.received is not None:
+                    break
+                try:
+                    listener = await broker.listen(url)
+                except (AsyncIPCError, OSError) as exc:
+                    raise CommandError(_listen_error(url, exc)) from None
+                bound.append(listener.url)
+            try:
+                if args.ready_file and len(bound) == len(urls):
+                    _write_ready_file(args.ready_file, bound)
+                startup.release()
+                for url in bound:
+                    print(f"listening on {url}", flush=True)
+                _warn_about_exposure(broker, args, token)
+                await drain.wait()
+            finally:
+                # Before the drain: from here on the broker no longer accepts clients.
+                if args.ready_file:
+                    _remove_ready_file(args.ready_file, quiet=True)
+    return EXIT_OK
+
+
+def _warn_about_exposure(broker: Broker, args: argparse.Namespace, token: str | None) -> None:
+    network = any(not u.startswith(("unix:", "fifo:")) for u in broker.urls)
+    if token is None and network:
+        log.warning("no --token: any client that can reach the network listeners is served")
+    if args.allow_remote_signals and network:
+        log.warning(
+            "--allow-remote-signals: clients on network listeners may have local "
+            "clients signalled (those that allowed it, as the same user)"
+        )
+
+
+class _StartupLog:
+    """Holds back the records below WARNING that reach ``handlers`` while the broker starts.
+
+    Released once every listener is bound, they are logged as they would have been. If
+    the start-up fails they are dropped: the user asked for listeners and gets one line
+    saying which could not be served, not "listening on" and "broker closed" about the
+    ones that were bound and closed again on the way out. A filter on the handlers, not
+    on a logger, because the adapters' own clients log under other names as they close.
+    """
+
+    def __init__(self, handlers: Sequence[logging.Handler]) -> None:
+        self._filters = [(handler, self._holder(handler)) for handler in handlers]
+        self._held: list[tuple[logging.Handler, logging.LogRecord]] = []
+        self._holding = True
+
+    def _holder(self, handler: logging.Handler) -> Callable[[logging.LogRecord], bool]:
+        def hold(record: logging.LogRecord) -> bool:
+            if self._holding and record.levelno < logging.WARNING:
+                self._held.append((handler, record))
+                return False
+            return True
+
+        return hold
+
+    def release(self) -> None:
+        """Log what was held, and hold nothing more."""
+        self._holding = False
+        held, self._held = self._held, []
+        for handler, record in held:
+            handler.handle(record)
+
+    def __enter__(self) -> _StartupLog:
+        for handler, hold in self._filters:
+            handler.addFilter(hold)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for handler, hold in self._filters:
+            handler.removeFilter(hold)
+
+
+def _write_ready_file(path: str, urls: list[str]) -> None:
+    # Written aside and renamed, so that whoever polls for the file never reads half of it.
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("".join(f"{url}\n" for url in urls))
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise CommandError(f"cannot write --ready-file {path}: {exc.strerror or exc}") from None
+
+
+def _remove_ready_file(path: str, *, quiet: bool = False) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        if not quiet:
+            raise CommandError(
+                f"cannot remove the old --ready-file {path}: {exc.strerror or exc}"
+            ) from None
+        log.warning("cannot remove --ready-file %s: %s", path, exc.strerror or exc)
+
+
+def _listen_error(url: str, exc: BaseException) -> str:
+    text = _oserror_text(exc)
+    prefix = f"cannot listen on {url}"
+    return text if text.startswith(prefix) else f"{prefix}: {text}"
