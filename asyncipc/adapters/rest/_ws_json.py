@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -40,9 +40,9 @@ from ...subscription import OVERFLOW_POLICIES, Subscription
 from ._envelope import HttpError, data_field, headers_field, message_json
 
 if TYPE_CHECKING:
-    from . import RestServer
+    from ...broker import Broker
 
-__all__ = ["JSON_SUBPROTOCOL", "JsonSession"]
+__all__ = ["JSON_SUBPROTOCOL", "JsonSession", "SessionServer"]
 
 log = logging.getLogger("asyncipc.http")
 
@@ -52,10 +52,30 @@ JSON_SUBPROTOCOL = "asyncipc.v1.json"
 _UNSUPPORTED_DATA = 1003  # RFC 6455 close code: a binary message on the JSON protocol
 
 
+class SessionServer(Protocol):
+    """What a :class:`JsonSession` needs of the REST server that accepted it (the
+    ``RestServer`` of this package): a Protocol, so that this module does not import the
+    one that imports it."""
+
+    broker: Broker
+
+    async def attach_bus(self, peer: PeerInfo) -> Bus:
+        """A new in-process Bus attached to the broker for this client."""
+        ...
+
+    def track(self, sub: Subscription) -> None:
+        """Count ``sub``'s drops in ``/metrics`` while it lives."""
+        ...
+
+    def untrack(self, sub: Subscription) -> None:
+        """``sub`` ended: keep its drops, forget it."""
+        ...
+
+
 class JsonSession:
     """One JSON WebSocket client. :meth:`run` serves it until the socket closes."""
 
-    def __init__(self, server: RestServer, ws: web.WebSocketResponse, peer: PeerInfo) -> None:
+    def __init__(self, server: SessionServer, ws: web.WebSocketResponse, peer: PeerInfo) -> None:
         self._server = server
         self._ws = ws
         self._peer = peer
