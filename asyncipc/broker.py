@@ -234,7 +234,7 @@ class Broker:
         take its messages is aborted.
 
         Cancelling ``close()`` does not cut this short: what it promises still happens
-        (within those bounds), then the cancellation is raised (``asyncipc._shield``)."""
+        (within those bounds), then the cancellation is raised (docs/decisions.md)."""
         if self._closing:
             # A second caller waits for the first one's drain, as Bus.close() does.
             if self._closed is None:
