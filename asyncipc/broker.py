@@ -25,9 +25,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import anyio
+
 from . import _system
 from ._inflight import InFlight
 from ._session import Session
+from ._shield import shielded
 from ._stats import BrokerStats, TransportStats
 from .errors import ClosedError, ConnectionClosed, FrameTooLarge
 from .link import Link, Listener, PeerInfo
@@ -221,7 +224,10 @@ class Broker:
         are answered, let every client receive what is already buffered for it, then
         disconnect them. Each of the two waits is bounded by ``drain_timeout``: a
         request whose reply has not come by then is given up, a client that cannot
-        take its messages is aborted."""
+        take its messages is aborted.
+
+        Cancelling ``close()`` does not cut this short: what it promises still happens
+        (within those bounds), then the cancellation is raised (docs/decisions.md)."""
         if self._closing:
             # A second caller waits for the first one's drain, as Bus.close() does.
             if self._closed is None:
@@ -229,16 +235,18 @@ class Broker:
             await self._closed.wait()
             return
         self._closing = True
+        await shielded(self._shut_down())
+
+    async def _shut_down(self) -> None:
         for listener in self._listeners:
             await listener.aclose()
         if self._inflight:
             # Clients stay connected meanwhile: a service finishing a request publishes
             # its reply through us, and the requester must still be there to get it.
             log.info("waiting for the replies to %d requests in flight", len(self._inflight))
-            try:
-                async with asyncio.timeout(self.options.drain_timeout):
-                    await self._inflight.wait_empty()
-            except TimeoutError:
+            with anyio.move_on_after(self.options.drain_timeout) as answered:
+                await self._inflight.wait_empty()
+            if answered.cancelled_caught:
                 log.warning("gave up on %d unanswered requests", len(self._inflight))
         adopted = {s.link for s in self._sessions}
         for link in list(self._unadopted):
@@ -247,16 +255,14 @@ class Broker:
         links = [s.link for s in self._sessions]
         for session in list(self._sessions):
             session.close()
-        if links:
-            _, pending = await asyncio.wait(
-                [asyncio.ensure_future(link.wait_closed()) for link in links],
-                timeout=self.options.drain_timeout,
-            )
-            for fut in pending:
-                fut.cancel()
+        # The links close side by side; waiting for each in turn under one deadline
+        # takes as long as the slowest, and needs no task per link.
+        with anyio.move_on_after(self.options.drain_timeout) as drained:
             for link in links:
-                if not link.closed or pending:
-                    link.abort()
+                await link.wait_closed()
+        for link in links:
+            if not link.closed or drained.cancelled_caught:
+                link.abort()
         for listener in self._listeners:
             # Adapters (gRPC, HTTP) stop their servers once the links they served are gone.
             await listener.wait_closed()

@@ -10,6 +10,9 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Self
 
+import anyio
+
+from ._shield import shielded
 from .errors import (
     AuthenticationError,
     BrokenLinkError,
@@ -599,34 +602,45 @@ class Bus:
 
     async def close(self) -> None:
         """Drain, then close: what was published is delivered, callbacks finish the
-        messages they already have, then the link closes. Bounded by ``drain_timeout``."""
+        messages they already have, then the link closes. Bounded by ``drain_timeout``.
+
+        Cancelling ``close()`` does not cut this short: the drain and the clean-up still
+        happen (within that bound), then the cancellation is raised. A callback of this
+        bus may call it too: the drain then does not wait for that callback."""
         if self._closing:
             await self._closed.wait()
             return
         self._closing = True
+        await shielded(self._shut_down(asyncio.current_task()))
+
+    async def _shut_down(self, caller: asyncio.Task[Any] | None) -> None:
+        # Runs in a task of its own (see _shield): ``caller`` is the task that asked,
+        # which may be one of our callbacks; waiting for it would wait for ourselves.
         try:
-            async with asyncio.timeout(self.options.drain_timeout):
-                await self._drain()
-        except (TimeoutError, ConnectionClosed, BrokerError) as exc:
+            with anyio.move_on_after(self.options.drain_timeout) as drained:
+                await self._drain(caller)
+            if drained.cancelled_caught:
+                log.debug("%s: drain ended early: time-out", self.url)
+        except (ConnectionClosed, BrokerError) as exc:
             log.debug("%s: drain ended early: %r", self.url, exc)
         finally:
-            for task in self._tasks:
+            tasks = [task for task in self._tasks if task is not caller]
+            for task in tasks:
                 task.cancel()
-            if self._tasks:
-                await asyncio.wait(self._tasks)
+            if tasks:
+                await asyncio.wait(tasks)
             self._link.close()
             self.link_lost(ClosedError("bus is closed"))
-            try:
-                async with asyncio.timeout(self.options.drain_timeout):
-                    await self._link.wait_closed()
-            except TimeoutError:
+            with anyio.move_on_after(self.options.drain_timeout) as waited:
+                await self._link.wait_closed()
+            if waited.cancelled_caught:
                 # The peer never acknowledged the close (a stalled socket): let go of it.
                 self._link.abort()
             for cb in self._on_close:
                 await cb()
             self._closed.set()
 
-    async def _drain(self) -> None:
+    async def _drain(self, caller: asyncio.Task[Any] | None) -> None:
         if self._lost is not None:
             return
         subs = list(self._subs.values())
@@ -641,8 +655,9 @@ class Bus:
         for sub in subs:
             self._subs.pop(sub.sid, None)
             sub._end()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks))
+        callbacks = {task for task in self._tasks if task is not caller}
+        if callbacks:
+            await asyncio.wait(callbacks)
         await self.flush()  # replies the callbacks published have reached the broker
 
     async def __aenter__(self) -> Bus:

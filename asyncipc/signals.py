@@ -39,10 +39,13 @@ import os
 import signal
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
+import anyio
+
+from ._shield import shielded
 from .broker import Broker
 from .client import Bus
 from .errors import ConfigurationError, SignalInUse, SignalRefused
@@ -313,26 +316,39 @@ class Drain:
         """Wait for one of the signals, or until a target ends on its own (a broker
         closed by other means, a bus whose broker went away): then ``None``."""
         buses, brokers = _split(self.targets)
-        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._event.wait())]
-        waits += [asyncio.ensure_future(broker.serve_forever()) for broker in brokers]
-        waits += [asyncio.ensure_future(bus.wait_closed()) for bus in buses]
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for fut in waits:
-                fut.cancel()
+        waits: list[Callable[[], Awaitable[Any]]] = [self._event.wait]
+        waits += [broker.serve_forever for broker in brokers]
+        waits += [bus.wait_closed for bus in buses]
+        # A race: the first wait to end cancels the group's scope, which ends the others
+        # and returns once they are gone (asyncio.TaskGroup cannot cancel as a whole).
+        async with anyio.create_task_group() as group:
+
+            async def first(wait: Callable[[], Awaitable[Any]]) -> None:
+                await wait()
+                group.cancel_scope.cancel()
+
+            for wait in waits:
+                group.start_soon(first, wait)
         return self.received
 
     async def close(self) -> None:
         """Drain and close the targets: every bus first (its handlers answer what they
         hold, its messages are delivered), then every broker (it waits for the requests
-        in flight through it, then delivers what is buffered and removes its sockets)."""
-        buses, brokers = _split(self.targets)
-        for group in (buses, brokers):
-            results = await asyncio.gather(*(t.close() for t in group), return_exceptions=True)
-            for target, result in zip(group, results, strict=True):
-                if isinstance(result, Exception):
-                    log.warning("closing %r failed: %s", target, result)
+        in flight through it, then delivers what is buffered and removes its sockets).
+        A cancellation does not cut this short; it is raised once all is closed."""
+        await shielded(self._close_all())
+
+    async def _close_all(self) -> None:
+        async def close(target: Bus | Broker) -> None:
+            try:
+                await target.close()
+            except Exception as exc:
+                log.warning("closing %r failed: %s", target, exc)
+
+        for group in _split(self.targets):
+            async with asyncio.TaskGroup() as tasks:  # side by side, each drain bounded
+                for target in group:
+                    tasks.create_task(close(target))
 
     async def __aenter__(self) -> Drain:
         self._stack.enter_context(on_signal(self._on_signal, *self.signals))

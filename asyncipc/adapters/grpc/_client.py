@@ -9,7 +9,6 @@ above the link knows it is on gRPC.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -73,6 +72,7 @@ class ClientLink(GrpcLink):
         self._channel = channel
         self._got_error = False
         self._aborted = False
+        # The link's own task, which wait_closed() waits for.
         self._main = asyncio.ensure_future(self._run())
 
     def _batch(self) -> Any:
@@ -151,27 +151,31 @@ class ClientLink(GrpcLink):
             )
 
     async def _run(self) -> None:
-        """The link's life: read until the broker ends the stream, then release it all."""
-        writer = asyncio.ensure_future(self._writer())
+        """The link's life: read until the broker ends the stream, then release it all.
+
+        The writer is a task of this call's task group: it is cancelled once reading
+        ends, and awaited before the channel is closed."""
         exc: BaseException | None = None
         try:
-            exc = await self._read_loop()
-        except grpc.aio.AioRpcError as rpc_error:
-            exc = self._status_error(rpc_error)
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if not self._aborted and task is not None and task.cancelling():
-                self._finish(ClosedError("grpc link was cancelled"))
-                raise
-            # abort(): grpc.aio raises CancelledError from the call we cancelled.
-        except Exception as other:  # pragma: no cover - defensive: tell the Bus why
-            exc = BrokenLinkError(f"{self.peer.describe()}: {other!r}")
+            async with asyncio.TaskGroup() as group:
+                writer = group.create_task(self._writer(), name="asyncipc grpc writer")
+                try:
+                    exc = await self._read_loop()
+                except grpc.aio.AioRpcError as rpc_error:
+                    exc = self._status_error(rpc_error)
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        # Our task was cancelled: that is raised, whatever else happened.
+                        self._finish(ClosedError("grpc link was cancelled"))
+                        raise
+                    # abort(): grpc.aio raises CancelledError from the call we cancelled.
+                except Exception as other:  # pragma: no cover - defensive: tell the Bus why
+                    exc = BrokenLinkError(f"{self.peer.describe()}: {other!r}")
+                finally:
+                    self._finish(exc)
+                    writer.cancel()
         finally:
-            self._finish(exc)
-            if not writer.done():
-                writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
             await self._channel.close()
             self._set_closed()
 
@@ -192,6 +196,11 @@ class ClientLink(GrpcLink):
             self._got_error = True
             self._receiver.frame_received(Err(_STATUS_ERRORS[code], details))
         return BrokenLinkError(f"{self.peer.describe()}: {code.name}: {details}")
+
+    async def wait_closed(self) -> None:
+        # The end of _run(): the channel is closed. How it ended, link_lost has told
+        # the Bus; a cancellation of the caller is raised (asyncio.wait lets it through).
+        await asyncio.wait([self._main])
 
     def abort(self) -> None:
         if not self._aborted and not self._closed_fut.done():

@@ -9,10 +9,11 @@ gRPC status :func:`grpc_status` maps it to (``docs/grpc.md``).
 
 from __future__ import annotations
 
-import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
 import grpc
 
 from ...errors import BrokenLinkError, ClosedError
@@ -194,17 +195,19 @@ class ServerLink(GrpcLink):
 
         Cancelled when the client goes away (grpc.aio cancels the handler): the link is
         then lost like a socket whose peer vanished.
+
+        The reader and the writer are tasks of a task group of this call: once the
+        link is done, cancelling the group's scope stops both, and the group returns
+        only when they have ended (an anyio task group: asyncio.TaskGroup has no scope
+        to cancel as a whole). A cancellation of this call cancels them and is raised.
         """
-        reader = asyncio.ensure_future(self._read_loop())
-        reader.add_done_callback(self._task_done)
-        writer = asyncio.ensure_future(self._write_loop())
-        writer.add_done_callback(self._task_done)
         try:
-            await self._ended.wait()
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._half, self._read_loop, name="asyncipc grpc reader")
+                group.start_soon(self._half, self._write_loop, name="asyncipc grpc writer")
+                await self._ended.wait()
+                group.cancel_scope.cancel()
         finally:
-            reader.cancel()
-            writer.cancel()
-            await asyncio.gather(reader, writer, return_exceptions=True)
             self._finish(BrokenLinkError(f"{self.peer.describe()} went away"))
             self._set_closed()
         fatal = self._fatal
@@ -215,13 +218,12 @@ class ServerLink(GrpcLink):
             self._context.set_code(grpc.StatusCode.UNAVAILABLE)
             self._context.set_details("the broker dropped the stream")
 
-    def _task_done(self, task: asyncio.Future[Any]) -> None:
-        """The reader ended (the client ended its side, or the stream broke), or the
-        writer did (flushed after close(), or broke)."""
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None:
+    async def _half(self, loop: Callable[[], Awaitable[object]]) -> None:
+        """Run the reader or the writer; when it ends (the client ended its side, the
+        writer flushed after close(), or the stream broke), the link is done."""
+        try:
+            await loop()
+        except Exception as exc:
             self._finish(BrokenLinkError(f"{self.peer.describe()}: {exc}"))
         else:
             self._finish(None)

@@ -12,12 +12,14 @@ Writes are queued and sent by one writer task, several frames per WebSocket mess
 to :data:`BATCH` bytes, or one larger frame), so a burst of small publishes costs one
 message, as a stream link batches per event-loop turn. ``write_blocked`` counts what waits
 in the queue plus the batch being written; aiohttp itself holds at most its write limit.
+
+The writer runs in a task group of :meth:`WebSocketLink.run`, the reader: it cannot
+outlive the link, and cancelling ``run()`` cancels it and is raised once it has ended.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -96,8 +98,10 @@ class WebSocketLink(Link):
         self._exc: BaseException | None = None
         self._last_rx = self._loop.time()
         self._closed_fut: asyncio.Future[None] = self._loop.create_future()
-        # Owned by the link: run() awaits it before returning, abort() cancels it.
-        self._writer = self._loop.create_task(self._write_loop(), name="asyncipc ws writer")
+        # In the task group of run(), which awaits it before returning; abort() cancels it.
+        self._writer: asyncio.Task[None] | None = None
+        # The client side's task running run() (run_in_task): the link owns it, and
+        # wait_closed() waits for it.
         self._reader: asyncio.Task[None] | None = None
 
     def run_in_task(self, then: Callable[[], Awaitable[None]]) -> None:
@@ -108,7 +112,10 @@ class WebSocketLink(Link):
             try:
                 await self.run()
             finally:
-                await then()
+                try:
+                    await then()
+                except Exception:  # the link is gone either way; say why it was untidy
+                    log.exception("%s: releasing the connection failed", self.peer.describe())
 
         self._reader = self._loop.create_task(read(), name="asyncipc ws reader")
 
@@ -116,10 +123,33 @@ class WebSocketLink(Link):
 
     async def run(self) -> None:
         """Read frames until the WebSocket closes; then stop the writer and report the
-        loss to the receiver. The server's handler awaits this; the client a task."""
+        loss to the receiver. The server's handler awaits this; the client a task.
+
+        The writer is a task of this call's own group: our close (or the ERR of a
+        protocol violation) is written out before this returns, and if this is
+        cancelled meanwhile, the writer is cancelled and the cancellation raised."""
         exc: BaseException | None = None
         try:
-            while exc is None:
+            async with asyncio.TaskGroup() as group:
+                writer = self._writer = group.create_task(
+                    self._write_loop(), name="asyncipc ws writer"
+                )
+                if self._aborted:  # abort() came before run(): nothing may be written
+                    writer.cancel()
+                try:
+                    exc = await self._read()
+                except asyncio.CancelledError:
+                    exc = BrokenLinkError(f"{self.peer.describe()}: connection dropped")
+                    raise
+                finally:
+                    self._reading_ended(exc)
+        finally:
+            self._finish()
+
+    async def _read(self) -> BaseException | None:
+        """Take messages until the WebSocket closes; None, or why it broke."""
+        try:
+            while True:
                 if self._resume is not None:
                     await self._resume
                 msg = await self._ws.receive()
@@ -128,19 +158,14 @@ class WebSocketLink(Link):
                 elif msg.type is aiohttp.WSMsgType.TEXT:
                     self._violation(ProtocolError("text message on the asyncipc.v1 subprotocol"))
                 elif msg.type is aiohttp.WSMsgType.ERROR:
-                    exc = msg.data if isinstance(msg.data, BaseException) else None
-                    exc = BrokenLinkError(f"{self.peer.describe()}: {exc or 'websocket error'}")
+                    why = msg.data if isinstance(msg.data, BaseException) else None
+                    return BrokenLinkError(f"{self.peer.describe()}: {why or 'websocket error'}")
                 else:  # CLOSE, CLOSING, CLOSED
-                    break
+                    return None
                 if self._exc is not None and not isinstance(self._exc, ClosedError):
-                    break  # a protocol violation: the ERR is on its way, read no more
-        except asyncio.CancelledError:
-            exc = BrokenLinkError(f"{self.peer.describe()}: connection dropped")
-            raise
+                    return None  # a protocol violation: the ERR is on its way, read no more
         except Exception as e:  # aiohttp's own errors on a broken connection
-            exc = BrokenLinkError(f"{self.peer.describe()}: {e}")
-        finally:
-            await self._finish(exc)
+            return BrokenLinkError(f"{self.peer.describe()}: {e}")
 
     def _data_received(self, data: bytes) -> None:
         self._last_rx = self._loop.time()
@@ -330,7 +355,8 @@ class WebSocketLink(Link):
         self._exc = self._exc or ClosedError("websocket link was aborted")
         self._out.clear()
         self._out_bytes = 0
-        self._writer.cancel()
+        if self._writer is not None:
+            self._writer.cancel()
         self.resume_reading()
         if self._abort_transport is not None:
             self._abort_transport()
@@ -340,23 +366,28 @@ class WebSocketLink(Link):
     async def wait_closed(self) -> None:
         await asyncio.shield(self._closed_fut)
         if self._reader is not None:
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(self._reader)
+            # Until the reader has also released the connection (then()). How it ended
+            # is not ours to raise (link_lost told the receiver); a cancellation of the
+            # caller is, so asyncio.wait and not a catch-all around the await.
+            await asyncio.wait([self._reader])
 
-    async def _finish(self, exc: BaseException | None) -> None:
+    def _reading_ended(self, exc: BaseException | None) -> None:
+        """The reader is done: record why, and let the writer end (run()'s task group
+        then waits for it)."""
         if exc is not None and self._exc is None:
             self._exc = exc
         if self._exc is None:
             self._exc = BrokenLinkError(f"{self.peer.describe()} closed the connection")
-        if not self._we_close:
+        if not self._we_close and self._writer is not None:
             # The peer went away: nothing more can be written.
             self._writer.cancel()
         self._closing = True
         self.resume_reading()
-        self._wake_writer()
         # Our own close (or an ERR for a protocol violation) is written out first.
-        with contextlib.suppress(BaseException):
-            await asyncio.shield(self._writer)
+        self._wake_writer()
+
+    def _finish(self) -> None:
+        """The writer has ended too: release every waiter and tell the receiver."""
         self._out.clear()
         self._out_bytes = self._writing = 0
         self.write_blocked = False

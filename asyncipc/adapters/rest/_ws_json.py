@@ -11,12 +11,15 @@ Behind it is an in-process :class:`~asyncipc.Bus` attached to the broker, so eac
 subscription has its bounds and overflow policy like any other subscriber's, and the
 socket is read one operation at a time: a publish that has to wait (backpressure) holds
 back the reading of the next one.
+
+What a session starts (a task per subscription forwarding its messages, a task per
+request waiting for its reply) runs in a task group of :meth:`JsonSession.run`: nothing
+outlives the session, and an error none of them expected ends it instead of being lost.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from typing import TYPE_CHECKING, Any, Protocol
@@ -82,10 +85,30 @@ class JsonSession:
         self._subs: dict[int, tuple[Subscription, asyncio.Task[None]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # requests in flight
         self._bus: Bus | None = None
+        self._group: asyncio.TaskGroup | None = None  # run()'s: it owns those tasks
 
     async def run(self) -> None:
         """Serve until the client closes (or breaks) the WebSocket."""
         bus = self._bus = await self._server.attach_bus(self._peer)
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._group = group
+                try:
+                    await self._serve(bus)
+                finally:
+                    # The client is gone (or we are cancelled): what it started stops,
+                    # and the group waits until it has.
+                    for _, task in self._subs.values():
+                        task.cancel()
+                    for task in self._tasks:
+                        task.cancel()
+        finally:
+            for sub, _ in self._subs.values():
+                self._server.untrack(sub)
+            self._subs.clear()
+            await bus.close()
+
+    async def _serve(self, bus: Bus) -> None:
         try:
             await self._send(
                 {
@@ -105,17 +128,6 @@ class JsonSession:
                     break
         except (ConnectionResetError, ConnectionClosed):
             pass  # the client went away, or the broker closed us: nothing to tell
-        finally:
-            # Structured: nothing this client started outlives it.
-            tasks = [task for _, task in self._subs.values()] + list(self._tasks)
-            for task in tasks:
-                task.cancel()
-            if tasks:
-                await asyncio.wait(tasks)
-            for sub, _ in self._subs.values():
-                self._server.untrack(sub)
-            self._subs.clear()
-            await bus.close()
 
     async def _received(self, text: str) -> None:
         ident: Any = None
@@ -172,22 +184,23 @@ class JsonSession:
         self._server.track(sub)
         await bus.flush()  # in effect before the client hears so
         await self._send({"op": "subscribed", "id": ident})
-        task = asyncio.get_running_loop().create_task(self._pump(ident, sub))
+        assert self._group is not None
+        task = self._group.create_task(self._pump(ident, sub))
         self._subs[ident] = (sub, task)
 
     async def _pump(self, ident: int, sub: Subscription) -> None:
         """Forward ``sub``'s messages; a slow reader makes ``send`` wait, the queue fill,
         and the subscription's overflow policy act."""
         try:
-            async for msg in sub:
-                await self._send({"op": "message", "id": ident, **message_json(msg)})
-        except SlowConsumer as exc:
-            await self._error(ident, "slow_consumer", str(exc))
-        except ConnectionClosed as exc:
-            with contextlib.suppress(ConnectionError):
+            try:
+                async for msg in sub:
+                    await self._send({"op": "message", "id": ident, **message_json(msg)})
+            except SlowConsumer as exc:
+                await self._error(ident, "slow_consumer", str(exc))
+            except ConnectionClosed as exc:
                 await self._error(ident, "unavailable", str(exc))
-        except ConnectionResetError:
-            pass
+        except ConnectionError:
+            pass  # the client went away: the session ends, nobody to tell
         finally:
             if self._subs.get(ident, (None,))[0] is sub:
                 del self._subs[ident]
@@ -211,9 +224,8 @@ class JsonSession:
         timeout = obj.get("timeout", 1.0)
         if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
             raise HttpError(400, "bad_request", "timeout must be a positive number of seconds")
-        task = asyncio.get_running_loop().create_task(
-            self._ask(ident, subject, data, headers, float(timeout))
-        )
+        assert self._group is not None
+        task = self._group.create_task(self._ask(ident, subject, data, headers, float(timeout)))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -222,23 +234,24 @@ class JsonSession:
     ) -> None:
         assert self._bus is not None
         try:
-            reply = await self._bus.request(subject, data, headers=headers, timeout=timeout)
-        except NoResponders as exc:
-            await self._error(ident, "no_responders", str(exc))
-        except RequestTimeout as exc:
-            await self._error(ident, "timeout", str(exc))
-        except ServiceError as exc:
-            await self._error(ident, "service_error", str(exc))
-        except InvalidSubject as exc:
-            await self._error(ident, "invalid_subject", str(exc))
-        except FrameTooLarge as exc:
-            await self._error(ident, "payload_too_large", str(exc))
-        except ConnectionClosed as exc:
-            with contextlib.suppress(ConnectionError):
+            try:
+                reply = await self._bus.request(subject, data, headers=headers, timeout=timeout)
+            except NoResponders as exc:
+                await self._error(ident, "no_responders", str(exc))
+            except RequestTimeout as exc:
+                await self._error(ident, "timeout", str(exc))
+            except ServiceError as exc:
+                await self._error(ident, "service_error", str(exc))
+            except InvalidSubject as exc:
+                await self._error(ident, "invalid_subject", str(exc))
+            except FrameTooLarge as exc:
+                await self._error(ident, "payload_too_large", str(exc))
+            except ConnectionClosed as exc:
                 await self._error(ident, "unavailable", str(exc))
-        else:
-            with contextlib.suppress(ConnectionError):
+            else:
                 await self._send({"op": "reply", "id": ident, **message_json(reply)})
+        except ConnectionError:
+            pass  # the client went away before its answer: the session ends
 
     async def _ping(self, obj: dict[str, Any]) -> None:
         assert self._bus is not None
