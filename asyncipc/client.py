@@ -12,6 +12,7 @@ from typing import Any, Self
 
 import anyio
 
+from ._responder import Callback, Handler, reply_error, responder
 from ._shield import shielded
 from .errors import (
     AuthenticationError,
@@ -24,9 +25,7 @@ from .errors import (
     FrameTooLarge,
     HandshakeError,
     InvalidSubject,
-    NoResponders,
     RequestTimeout,
-    ServiceError,
     SlowConsumer,
 )
 from .link import Link
@@ -50,9 +49,6 @@ from .protocol import (
     format_timeout,
 )
 from .protocol.system import (
-    ERROR_HEADER,
-    SERVICE_ERROR_STATUS,
-    STATUS_HEADER,
     TIMEOUT_HEADER,
     sendable_names,
 )
@@ -63,8 +59,6 @@ __all__ = ["Bus", "Handler"]
 
 log = logging.getLogger("asyncipc.client")
 
-Handler = Callable[[Message], Awaitable[bytes | None]]
-Callback = Callable[[Message], Awaitable[None]]
 
 DEFAULT_MAX_PENDING = 65536
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -451,54 +445,8 @@ class Bus:
         subscription, so that ``await sub.drain()`` stops this service alone, answering
         the requests it already has."""
 
-        async def serve(msg: Message) -> None:
-            try:
-                result: object = await fn(msg)
-            except ServiceError as exc:
-                # Raised on purpose: its text was written for the requester.
-                log.info("handler for %r answered with an error: %s", subject, exc)
-                await self._reply_error(msg, str(exc))
-                return
-            except Exception as exc:
-                error_id = os.urandom(4).hex()
-                # The traceback stays here; the id lets whoever saw the error find it.
-                log.exception("handler for %r raised (error %s)", subject, error_id)
-                text = (
-                    f"{type(exc).__name__}: {exc}"
-                    if expose_errors
-                    else f"internal error (the service logged it as error {error_id})"
-                )
-                await self._reply_error(msg, text)
-                return
-            if result is None:
-                result = b""
-            elif not isinstance(result, (bytes, bytearray, memoryview)):
-                # Sending it would raise TypeError in publish(), far from the handler,
-                # and leave the requester waiting out its whole time-out.
-                kind = type(result).__name__
-                log.error(
-                    "handler for %r returned %s, not bytes (encode it, for example with "
-                    ".encode() or json.dumps(...).encode()); the requester gets a ServiceError",
-                    subject,
-                    kind,
-                )
-                await self._reply_error(msg, f"the handler returned {kind}, not bytes")
-                return
-            if msg.reply_to is None:
-                return
-            try:
-                await self.publish(msg.reply_to, _as_bytes(result))
-            except FrameTooLarge as exc:
-                log.error("handler for %r: its reply cannot be sent: %s", subject, exc)
-                await self._reply_error(msg, f"the reply is too large to send: {exc}")
-
+        serve = responder(subject, fn, expose_errors=expose_errors)
         return self.subscribe(subject, queue, callback=serve, **subscribe_options)
-
-    async def _reply_error(self, msg: Message, text: str) -> None:
-        """Answer ``msg`` with a failure status; the requester raises ServiceError."""
-        if msg.reply_to is not None:
-            headers = {STATUS_HEADER: SERVICE_ERROR_STATUS, ERROR_HEADER: text[:1000]}
-            await self.publish(msg.reply_to, b"", headers=headers)
 
     def _unsubscribe(self, sub: Subscription) -> None:
         if self._subs.pop(sub.sid, None) is not None and self._lost is None:
@@ -587,14 +535,9 @@ class Bus:
         fut, asked = entry
         if fut.done():
             return
-        status = headers.get(STATUS_HEADER) if headers else None
-        if status == "503":
-            fut.set_exception(NoResponders(f"no responders for request on {asked!r}"))
-        elif status == "500":
-            assert headers is not None
-            fut.set_exception(
-                ServiceError(f"handler for {asked!r} failed: {headers.get(ERROR_HEADER, '')}")
-            )
+        failure = reply_error(asked, headers) if headers else None
+        if failure is not None:
+            fut.set_exception(failure)
         else:
             fut.set_result(Message(subject, data, headers, None, self))
 
