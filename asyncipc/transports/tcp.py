@@ -89,16 +89,16 @@ class TcpTransport:
         info = _peer_info(url.scheme)
         loop = asyncio.get_running_loop()
         try:
-            _, link = await asyncio.wait_for(
-                loop.create_connection(
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            # that lands as the connect fails, which left a cancelled redial running.
+            async with asyncio.timeout(options.connect_timeout):
+                _, link = await loop.create_connection(
                     lambda: StreamLink(url.scheme, options, server_side=False, peer_info=info),
                     url.host,
                     url.port,
                     ssl=ctx,
                     server_hostname=server_hostname,
-                ),
-                options.connect_timeout,
-            )
+                )
         except ssl.SSLError as exc:
             raise ConnectError(
                 f"TLS handshake with {url.raw} failed: {exc.reason or exc}"

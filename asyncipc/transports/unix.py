@@ -53,7 +53,8 @@ async def _is_live(path: str) -> bool:
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.setblocking(False)
     try:
-        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(probe, path), 1.0)
+        async with asyncio.timeout(1.0):
+            await asyncio.get_running_loop().sock_connect(probe, path)
     except (ConnectionRefusedError, FileNotFoundError):
         return False
     except (OSError, TimeoutError):
@@ -71,13 +72,13 @@ class UnixTransport:
         loop = asyncio.get_running_loop()
         info = _peer_info(path)
         try:
-            _, link = await asyncio.wait_for(
-                loop.create_unix_connection(
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            # that lands as the connect fails, which left a cancelled redial running.
+            async with asyncio.timeout(options.connect_timeout):
+                _, link = await loop.create_unix_connection(
                     lambda: StreamLink("unix", options, server_side=False, peer_info=info),
                     path,
-                ),
-                options.connect_timeout,
-            )
+                )
         except FileNotFoundError:
             raise ConnectError(
                 f"cannot connect to {url.raw}: no socket at {path}{NOBODY}"
