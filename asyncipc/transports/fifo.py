@@ -352,7 +352,7 @@ class FifoTransport:
             try:
                 async with asyncio.timeout(options.connect_timeout):
                     await _send_request(path, cid, fail)
-                    await _read_answer(rfd, fail)
+                    await _read_answer(rfd, fail, up, dpath)
             except TimeoutError:
                 raise ConnectError(
                     f"{fail}: no answer from the broker within {options.connect_timeout:g} s"
@@ -434,10 +434,44 @@ async def _send_request(path: str, cid: str, fail: str) -> None:
         os.close(fd)
 
 
-async def _read_answer(fd: int, fail: str) -> None:
+_WATCH = 0.05
+"""Seconds between two looks, while waiting for the broker's answer, at whether a broker
+still holds the directory's lock and our FIFO is still there."""
+
+
+def _broker_gone(up: str, dpath: str) -> bool:
+    """True when no broker can answer any more: our FIFO was swept by a new broker, or no
+    broker holds the directory's lock. A client that wrote its request just as the broker
+    died would otherwise wait out the whole ``connect_timeout`` (a reconnect too)."""
+    if not os.path.exists(up):
+        return True
+    try:
+        dfd = os.open(dpath, os.O_RDONLY | os.O_DIRECTORY | _O_CLOEXEC)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(dfd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False  # a broker holds it exclusively: it is alive
+    finally:
+        os.close(dfd)  # also drops the shared lock if we got it
+    return True
+
+
+async def _read_answer(fd: int, fail: str, up: str, dpath: str) -> None:
     loop = asyncio.get_running_loop()
     done: asyncio.Future[bytes] = loop.create_future()
     buf = b""
+    watch: asyncio.TimerHandle | None = None
+
+    def look() -> None:
+        nonlocal watch
+        if done.done():
+            return
+        if _broker_gone(up, dpath):
+            done.set_exception(ConnectError(f"{fail}: the broker went away during the handshake"))
+        else:
+            watch = loop.call_later(_WATCH, look)
 
     def readable() -> None:
         nonlocal buf
@@ -450,10 +484,13 @@ async def _read_answer(fd: int, fail: str) -> None:
             done.set_result(buf)
 
     loop.add_reader(fd, readable)
+    watch = loop.call_later(_WATCH, look)
     try:
         answer = await done
     finally:
         loop.remove_reader(fd)
+        if watch is not None:
+            watch.cancel()
     if answer != _OK:
         if not answer:
             raise ConnectError(f"{fail}: the broker hung up during the FIFO handshake")
