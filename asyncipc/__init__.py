@@ -17,6 +17,7 @@ another process; nothing else changes. See ``docs/`` for the guide.
 
 from . import signals as signals
 from ._connect import Connector, connect, default_socket_url
+from ._events import ConnectionEvent, EventStream
 from ._peer import PipePeer, spawn_peer
 from .broker import Broker, BrokerStats
 from .client import Bus
@@ -30,6 +31,7 @@ from .errors import (
     ConnectError,
     ConnectionClosed,
     CorruptRing,
+    Disconnected,
     FrameTooLarge,
     HandshakeError,
     InvalidSubject,
@@ -65,8 +67,11 @@ __all__ = [
     "ConnectError",
     "ConnectOptions",
     "ConnectionClosed",
+    "ConnectionEvent",
     "Connector",
     "CorruptRing",
+    "Disconnected",
+    "EventStream",
     "FrameTooLarge",
     "HandshakeError",
     "InvalidSubject",

@@ -16,13 +16,14 @@ import logging
 import os
 import ssl as _ssl
 import weakref
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import replace
 from typing import Any
 
+from ._dialer import NOT_REDIALLED, Dialer
 from .broker import Broker
 from .client import Bus
-from .errors import ConfigurationError, ConnectError
+from .errors import AuthenticationError, ConfigurationError, ConnectError, HandshakeError
 from .options import ConnectOptions
 from .transports import TransportOptions, lookup, parse_url
 from .transports.memory import has_listener
@@ -70,38 +71,45 @@ async def _acquire_embedded(name: str) -> Any:
     return release
 
 
-async def _connect(url: str | None, options: ConnectOptions) -> Bus:
+async def _connect(url: str | Sequence[str] | None, options: ConnectOptions) -> Bus:
     # Read when connecting, not at import: a test or a launcher may set it late.
     env_url = None if url else os.environ.get(DEFAULT_URL_ENV) or None
-    url = url or env_url or "memory://"
+    urls = [url] if isinstance(url, str) else list(url or []) or [env_url or "memory://"]
     try:
-        parsed = parse_url(url)
-        transport = lookup(parsed.scheme)
+        parsed = [parse_url(u) for u in urls]
+        for p in parsed:
+            lookup(p.scheme)  # an unknown scheme fails here, before anything is dialled
     except ConfigurationError as exc:
         if env_url is None:
             raise
         raise ConfigurationError(f"${DEFAULT_URL_ENV}: {exc}") from None
-    if "token" in parsed.query and options.token is None:
-        options = replace(options, token=parsed.query["token"])
+    if len(parsed) > 1 and any(p.scheme in NOT_REDIALLED for p in parsed):
+        raise ConfigurationError(
+            f"{', '.join(sorted(NOT_REDIALLED))} URLs cannot be part of a list of brokers: {urls!r}"
+        )
+    tokens = [p.query["token"] for p in parsed if "token" in p.query]
+    if tokens and options.token is None:
+        options = replace(options, token=tokens[0])
     if env_url is not None:
-        log.debug("connecting to %s, from $%s", url, DEFAULT_URL_ENV)
+        log.debug("connecting to %s, from $%s", env_url, DEFAULT_URL_ENV)
         env_token = os.environ.get(TOKEN_ENV)
         if env_token and options.token is None:
             # The environment names a broker and its secret together. Sent only to the
             # broker it names: an explicit URL never picks up a secret from elsewhere.
             options = replace(options, token=env_token)
     release = None
-    if parsed.scheme == "memory" and not has_listener(parsed.name):
-        release = await _acquire_embedded(parsed.name)
+    first = parsed[0]
+    if first.scheme == "memory" and not has_listener(first.name):
+        release = await _acquire_embedded(first.name)
     topts = TransportOptions(
         ssl=options.ssl,
         high_water=options.high_water,
         max_frame=options.max_frame,
         connect_timeout=options.connect_timeout,
     )
+    dialer = Dialer(urls, topts)
     try:
-        link = await transport.connect(parsed, topts)
-        bus = await Bus.open(link, options, url)
+        bus = await _first_link(dialer, options)
     except ConnectError as exc:
         if release is not None:
             await release()
@@ -118,11 +126,36 @@ async def _connect(url: str | None, options: ConnectOptions) -> Bus:
     return bus
 
 
+async def _first_link(dialer: Dialer, options: ConnectOptions) -> Bus:
+    """The URLs in order, once each: the first broker that welcomes us. Reconnecting
+    (``ConnectOptions.reconnect``) is for a link that was up; a broker that is not there
+    at start is the caller's to handle, as with nats-py."""
+    redial = dialer if dialer.redials else None
+    failures: list[str] = []
+    for _ in dialer.urls:
+        try:
+            link, url = await dialer.dial()
+        except ConnectError as exc:
+            failures.append(str(exc))
+            continue
+        try:
+            return await Bus.open(link, options, url, redial)
+        except AuthenticationError:
+            raise  # the same secret goes to every URL of the list: no point going on
+        except (ConnectError, HandshakeError) as exc:
+            if len(dialer.urls) == 1:
+                raise
+            failures.append(f"{url}: {exc}")
+    if len(failures) == 1:
+        raise ConnectError(failures[0])
+    raise ConnectError("no broker answered: " + "; ".join(failures))
+
+
 class Connector:
     """What :func:`connect` returns: ``await`` it for a Bus, or ``async with`` it to have
     the Bus closed (drained) on exit."""
 
-    def __init__(self, url: str | None, options: ConnectOptions) -> None:
+    def __init__(self, url: str | Sequence[str] | None, options: ConnectOptions) -> None:
         self._url = url
         self._options = options
         self._bus: Bus | None = None
@@ -140,7 +173,7 @@ class Connector:
 
 
 def connect(
-    url: str | None = None,
+    url: str | Sequence[str] | None = None,
     *,
     token: str | None = None,
     name: str | None = None,
@@ -155,8 +188,17 @@ def connect(
     ``memory://[name]``, ``unix:///path.sock``, ``tcp://host:port``, ``tls://host:port``,
     ``fifo:///path``, ``pipe:`` (in a child started by :meth:`Broker.spawn`), and any a
     transport module registered. ``?token=`` in the URL sets the token.
+
+    A list of URLs (``["unix:///run/a.sock", "tcp://10.0.0.2:4222"]``) names brokers
+    that can stand in for each other: they are tried in order to connect, and in turn
+    when the link drops. Every URL that reaches a broker process reconnects by default
+    (``ConnectOptions(reconnect=False)`` turns it off); ``docs/guide.md``, "When the
+    broker goes away", says what happens meanwhile.
     """
-    if url is not None and not isinstance(url, str):
+    if isinstance(url, list | tuple):
+        if not url or not all(isinstance(u, str) for u in url):
+            raise ConfigurationError(f"url must be a str or a non-empty list of str, not {url!r}")
+    elif url is not None and not isinstance(url, str):
         raise ConfigurationError(f"url must be a str, not {type(url).__name__}")
     options = options or ConnectOptions()
     changes: dict[str, Any] = {}

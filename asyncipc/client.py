@@ -12,6 +12,8 @@ from typing import Any, Self
 
 import anyio
 
+from ._dialer import Dialer, backoff
+from ._events import ConnectionEvent, EventHub, EventStream
 from ._responder import Callback, Handler, reply_error, responder
 from ._shield import shielded
 from .errors import (
@@ -22,6 +24,7 @@ from .errors import (
     ConfigurationError,
     ConnectError,
     ConnectionClosed,
+    Disconnected,
     FrameTooLarge,
     HandshakeError,
     InvalidSubject,
@@ -67,10 +70,25 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 class Bus:
     """A connection to a broker. Get one with :func:`asyncipc.connect`."""
 
-    def __init__(self, link: Link, options: ConnectOptions, url: str) -> None:
+    def __init__(
+        self, link: Link, options: ConnectOptions, url: str, dialer: Dialer | None = None
+    ) -> None:
         self.url = url
         self.options = options
         self._link = link
+        self._link_url = url
+        # Reconnecting: who to dial, the task that does, and what publish() held meanwhile.
+        self._dialer = dialer if dialer is not None and options.reconnect else None
+        self._up = False  # a welcomed link carries our frames: publish()'s one check
+        self._ever_up = False
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._held: deque[tuple[str, bytes, str | None, Headers | None]] = deque()
+        self._held_bytes = 0
+        self._room = asyncio.Event()  # set whenever publishers waiting for room may retry
+        self._connected = asyncio.Event()  # set while _up, and for good once closed
+        self._cause: BaseException | None = None  # why we are dropping the link ourselves
+        self._refused: HandshakeError | None = None  # a broker's ERR to our HELLO
+        self._events = EventHub()
         self._loop = asyncio.get_running_loop()
         self._subs: dict[int, Subscription] = {}
         self._next_sid = 0
@@ -94,21 +112,30 @@ class Bus:
     # --- connection -----------------------------------------------------------------
 
     @classmethod
-    async def open(cls, link: Link, options: ConnectOptions, url: str) -> Self:
+    async def open(
+        cls, link: Link, options: ConnectOptions, url: str, dialer: Dialer | None = None
+    ) -> Self:
         """A Bus over ``link``, a link that has just connected: say HELLO, wait for WELCOME.
 
         For transports and adapters that make their own links (:func:`asyncipc.connect`
         is the way for applications). If the handshake fails or is cancelled, ``link`` is
         aborted and the error raised: :class:`~asyncipc.HandshakeError` when no WELCOME
-        comes within ``options.connect_timeout``, the broker's refusal otherwise.
+        comes within ``options.connect_timeout``, the broker's refusal otherwise. With a
+        ``dialer`` (package-internal: ``connect()`` makes one), a dropped link is replaced.
         """
-        bus = cls(link, options, url)
+        bus = cls(link, options, url, dialer)
         try:
             await bus._handshake()
         except BaseException:
             link.abort()
             raise
+        bus._went_up()
         return bus
+
+    def _went_up(self) -> None:
+        self._up = self._ever_up = True
+        self._connected.set()
+        self._room.set()
 
     async def _handshake(self) -> None:
         self._link.set_receiver(self)
@@ -147,7 +174,7 @@ class Bus:
 
     def _keepalive(self) -> None:
         self._timer = None
-        if self._lost is not None or self._link.closed:
+        if not self._up or self._link.closed:
             return
         opts = self.options
         idle = self._loop.time() - self._link.last_received
@@ -155,7 +182,9 @@ class Bus:
             idle = 0.0  # we stopped reading ourselves
         if idle >= opts.ping_interval * opts.dead_peer_factor:
             log.warning("%s: broker silent for %.1f s, dropping the connection", self.url, idle)
-            self._lost = BrokenLinkError(f"broker at {self.url} stopped responding ({idle:.1f} s)")
+            self._cause = BrokenLinkError(
+                f"broker at {self._link_url} stopped responding ({idle:.1f} s)"
+            )
             self._link.abort()
             return
         if idle >= opts.ping_interval:
@@ -165,12 +194,32 @@ class Bus:
 
     @property
     def is_closed(self) -> bool:
-        """True once :meth:`close` started or the link broke."""
+        """True once :meth:`close` started, or the link broke for good (reconnecting off,
+        or given up). A bus that is reconnecting is not closed."""
         return self._closing or self._lost is not None
 
+    @property
+    def is_connected(self) -> bool:
+        """True while a link to the broker is up (false while reconnecting, and after
+        :meth:`close`)."""
+        return self._up and not self._closing
+
+    @property
+    def connected_url(self) -> str | None:
+        """The URL of the broker the bus is connected to now, or ``None``."""
+        return self._link_url if self.is_connected else None
+
+    def events(self) -> EventStream:
+        """The connection's events from now on, as :class:`~asyncipc.ConnectionEvent`:
+        ``async for event in bus.events(): ...``. Any number of readers may iterate; one
+        that stops reading loses the oldest events, never holds the bus back. Iteration
+        ends after the ``"closed"`` event."""
+        return self._events.stream()
+
     async def wait_closed(self) -> None:
-        """Wait until the connection is gone: :meth:`close` ran, or the broker went
-        away (a service that should exit with its broker awaits this)."""
+        """Wait until the connection is gone for good: :meth:`close` ran, or the broker
+        went away and reconnecting is off or gave up (a service that should exit with
+        its broker awaits this, with ``reconnect=False``)."""
         await self._gone.wait()
 
     @property
@@ -211,20 +260,37 @@ class Bus:
             self._welcome.set_result(frame.fields)
 
     def link_lost(self, exc: BaseException | None) -> None:
+        cause = self._cause or exc or ClosedError("bus is closed")
+        self._cause = None
+        if not self._closing and self._lost is None and self._dialer is not None:
+            if self._reconnecting is not None:
+                # An attempt's link died during its handshake: that attempt fails.
+                if not self._welcome.done():
+                    self._welcome.set_exception(HandshakeError(f"connection lost: {cause}"))
+                    self._welcome.exception()
+                return
+            if self._up:
+                self._begin_reconnect(cause)
+                return
+        self._end(cause)
+
+    def _end(self, cause: BaseException) -> None:
+        """The bus is done with links for good: closed by us, or the broker is gone and
+        we may not (or gave up trying to) reconnect."""
+        was_up = self._up
+        self._up = False
         self._gone.set()
+        self._connected.set()  # whoever waits for a link must look again, and raise
+        self._room.set()
         if self._lost is None:
-            self._lost = exc if exc is not None else ClosedError("bus is closed")
+            self._lost = cause
         lost = self._lost
-        welcomed = (
-            self._welcome.done()
-            and not self._welcome.cancelled()
-            and self._welcome.exception() is None
-        )
+        welcomed = self._ever_up
         # Not logged here: a refused handshake (raised to the caller of connect()), and an
         # orderly shutdown (ERR 7, logged at INFO when it arrived).
         shutdown = isinstance(lost, BrokerError) and lost.code == ErrorCode.SHUTDOWN
-        if not self._closing and welcomed and not shutdown:
-            log.warning("%s: connection lost: %s", self.url, lost)
+        if not self._closing and welcomed and was_up and not shutdown:
+            log.warning("%s: connection lost: %s", self._link_url, lost)
         if not self._welcome.done():
             failure: Exception
             if isinstance(lost, HandshakeError):
@@ -239,19 +305,134 @@ class Bus:
             self._welcome.set_exception(failure)
             self._welcome.exception()  # mark retrieved: the handshake may already be gone
         error = lost if not isinstance(lost, ClosedError) else None
+        # Reconnecting gave up: what waited for it hears Disconnected (a BrokenLinkError).
+        broken = Disconnected if isinstance(lost, Disconnected) else BrokenLinkError
         for sub in list(self._subs.values()):
-            sub._end(BrokenLinkError(str(error)) if error is not None else None)
+            sub._end(broken(str(error)) if error is not None else None)
         self._subs.clear()
         for fut, _ in self._requests.values():
             if not fut.done():
-                fut.set_exception(BrokenLinkError(f"connection lost before the reply: {lost}"))
+                fut.set_exception(broken(f"connection lost before the reply: {lost}"))
         for pong in self._pongs:
             if not pong.done():
-                pong.set_exception(BrokenLinkError(f"connection lost: {lost}"))
+                pong.set_exception(broken(f"connection lost: {lost}"))
         self._pongs.clear()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._held:
+            log.warning(
+                "%s: %d publishes held for the reconnect are lost", self.url, len(self._held)
+            )
+            self._held.clear()
+            self._held_bytes = 0
+        if welcomed:
+            gave_up = None if isinstance(lost, ClosedError) else lost
+            self._events.emit(ConnectionEvent("closed", self._link_url, gave_up))
+
+    # --- reconnecting -----------------------------------------------------------------
+
+    def _begin_reconnect(self, cause: BaseException) -> None:
+        """The link dropped under a live bus: fail what waited on it, keep the rest, dial."""
+        self._up = False
+        self._connected.clear()
+        self._room.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        shutdown = isinstance(cause, BrokerError) and cause.code == ErrorCode.SHUTDOWN
+        (log.info if shutdown else log.warning)(
+            "%s: connection lost (%s); reconnecting", self._link_url, cause
+        )
+        # A request in flight may have been lost with the broker: say so now, not at its
+        # time-out. Its caller decides whether asking again is safe.
+        for fut, asked in self._requests.values():
+            if not fut.done():
+                fut.set_exception(
+                    Disconnected(f"connection lost before the reply to {asked!r}: {cause}")
+                )
+        self._events.emit(ConnectionEvent("disconnected", self._link_url, cause))
+        assert self._dialer is not None
+        self._dialer.again_from(self._link_url)
+        self._reconnecting = self._loop.create_task(
+            self._reconnect(cause), name=f"asyncipc reconnect {self.url}"
+        )
+
+    async def _reconnect(self, cause: BaseException) -> None:
+        """Dial until a broker welcomes us, restore, release what publish() held. Owned by
+        the bus: :meth:`close` cancels and awaits it."""
+        dialer = self._dialer
+        assert dialer is not None
+        opts = self.options
+        started = self._loop.time()
+        attempts = 0
+        last: BaseException = cause
+        me = asyncio.current_task()
+        try:
+            for delay in backoff(opts.reconnect_delay, opts.reconnect_max_delay):
+                if me is not None and me.cancelling():
+                    # close() cancelled us and a transport's connect swallowed it (an
+                    # exception racing the cancel): never go on dialling for a closed bus.
+                    raise asyncio.CancelledError
+                if opts.max_reconnect_attempts is not None and (
+                    attempts >= opts.max_reconnect_attempts
+                ):
+                    break
+                limit = opts.reconnect_time_limit
+                if limit is not None and self._loop.time() - started + delay > limit:
+                    break
+                await asyncio.sleep(delay)
+                attempts += 1
+                try:
+                    link, url = await dialer.dial()
+                except (ConnectionClosed, ConnectError, ConfigurationError, OSError) as exc:
+                    last = exc
+                    continue
+                self._link, self._link_url = link, url
+                self._welcome = self._loop.create_future()
+                self._refused = None
+                try:
+                    await self._handshake()
+                except (HandshakeError, ConnectError, ConnectionClosed) as exc:
+                    link.abort()
+                    last = exc
+                    if exc is self._refused:
+                        # A broker is there and said no (a token, a limit): worth an
+                        # alert. A reset or a silence is a broker dying or not up yet.
+                        self._events.emit(ConnectionEvent("error", url, exc))
+                    continue
+                self._restore()
+                log.info("%s: reconnected (attempt %d)", url, attempts)
+                self._events.emit(ConnectionEvent("reconnected", url))
+                return
+        finally:
+            self._reconnecting = None
+        gave_up = Disconnected(
+            f"gave up reconnecting to {self.url} after {attempts} attempts "
+            f"in {self._loop.time() - started:.1f} s: {last}"
+        )
+        log.warning("%s", gave_up)
+        self._end(gave_up)
+
+    def _restore(self) -> None:
+        """On a new link: every subscription as it was, then what publish() held, then a
+        PING for each flush() still waiting (the old broker will never answer them)."""
+        link = self._link
+        if self._inbox_sid:
+            link.send(Sub(self._inbox_sid, self._inbox_prefix + "*"))
+        for sub in self._subs.values():
+            link.send(
+                Sub(sub.sid, sub.subject, sub.queue, sub.overflow, sub.max_pending, sub.max_bytes)
+            )
+        if self._blocked:
+            link.pause_reading()
+        held, self._held = self._held, deque()
+        self._held_bytes = 0
+        for subject, data, reply, headers in held:
+            link.publish(subject, data, reply, headers)
+        for _ in self._pongs:
+            link.send(PING)
+        self._went_up()
 
     def writing_resumed(self) -> None:
         pass  # publishers wait in Link.drain()
@@ -262,7 +443,7 @@ class Bus:
             exc: HandshakeError = (
                 AuthenticationError(message) if code == ErrorCode.AUTH else HandshakeError(message)
             )
-            self._lost = exc
+            self._cause = self._refused = exc
             self._welcome.set_exception(exc)
             return
         sub = self._subs.get(frame.sid) if frame.sid else None
@@ -287,7 +468,7 @@ class Bus:
         else:
             log.warning("%s: broker error %s: %s", self.url, code, message)
         if code < 100:
-            self._lost = BrokerError(code, message)
+            self._cause = BrokerError(code, message)  # the broker hangs up next
 
     # --- publishing -------------------------------------------------------------------
 
@@ -315,30 +496,84 @@ class Bus:
             raise FrameTooLarge(
                 f"payload of {len(data)} bytes exceeds the maximum of {self.max_payload} bytes"
             )
+        if not self._up:
+            await self._hold(subject, data, reply_to, headers)
+            return
         link = self._link
-        if self._lost is not None:
-            raise self._dead()
-        link.publish(subject, data, reply_to, headers)
+        try:
+            link.publish(subject, data, reply_to, headers)
+        except ConnectionClosed:
+            if self._dialer is None or self._closing:
+                raise
+            # The link is gone and link_lost() is on its way: the reconnect sends it.
+            await self._hold(subject, data, reply_to, headers)
+            return
         if link.write_blocked:
             await link.drain()
+
+    async def _hold(
+        self, subject: str, data: bytes, reply_to: str | None, headers: Headers | None
+    ) -> None:
+        """publish() without a link: keep the message for the reconnect, within
+        ``reconnect_buffer`` bytes; past it, wait for room (the ``block`` principle)."""
+        size = len(data) + len(subject) + 64
+        while True:
+            if self._lost is not None:
+                raise self._dead()
+            if self._up:
+                await self.publish(subject, data, headers, reply_to)
+                return
+            if not self._held or self._held_bytes + size <= self.options.reconnect_buffer:
+                break
+            self._room.clear()
+            await self._room.wait()
+        self._held.append((subject, data, reply_to, headers))
+        self._held_bytes += size
 
     def _dead(self) -> Exception:
         lost = self._lost
         if isinstance(lost, ClosedError) or lost is None:
             return ClosedError("bus is closed")
+        if isinstance(lost, Disconnected):
+            return Disconnected(str(lost))  # reconnecting gave up
         return BrokenLinkError(f"bus connection is broken: {lost}")
 
     async def flush(self, timeout: float | None = None) -> None:
-        """Wait until the broker has processed everything published so far."""
+        """Wait until the broker has processed everything published so far; while the
+        bus reconnects, that includes waiting for the new link (within ``timeout``)."""
         if self._lost is not None:
             raise self._dead()
+        if not self._up:
+            async with asyncio.timeout(timeout):
+                await self._wait_up()
         fut: asyncio.Future[None] = self._loop.create_future()
         self._pongs.append(fut)
-        self._link.send(PING)
-        async with asyncio.timeout(timeout):
-            if self._link.write_blocked:
-                await self._link.drain()
-            await fut
+        try:
+            try:
+                self._link.send(PING)
+            except ConnectionClosed:
+                if self._dialer is None:
+                    raise
+                # The link is going; the reconnect sends a PING for every waiting flush.
+            async with asyncio.timeout(timeout):
+                if self._up and self._link.write_blocked:
+                    await self._link.drain()
+                await fut
+        finally:
+            # Left early (time-out, cancel, a failed drain): nobody will read the answer.
+            if not fut.done():
+                fut.cancel()
+            elif not fut.cancelled():
+                fut.exception()
+
+    async def _wait_up(self) -> None:
+        """Until a link is up; raises what ended the bus if it ends instead."""
+        while not self._up:
+            if self._lost is not None:
+                raise self._dead()
+            await self._connected.wait()
+        if self._lost is not None:
+            raise self._dead()
 
     # --- subscribing ------------------------------------------------------------------
 
@@ -376,7 +611,8 @@ class Bus:
         self._next_sid += 1
         sid = self._next_sid
         sub = Subscription(self, sid, subject, queue, max_pending, max_bytes, policy)
-        self._link.send(Sub(sid, subject, queue, policy, max_pending, max_bytes))
+        if self._up:  # else the reconnect sends it, with every other subscription
+            self._link.send(Sub(sid, subject, queue, policy, max_pending, max_bytes))
         self._subs[sid] = sub
         if callback is not None:
             task = self._loop.create_task(
@@ -449,12 +685,13 @@ class Bus:
         return self.subscribe(subject, queue, callback=serve, **subscribe_options)
 
     def _unsubscribe(self, sub: Subscription) -> None:
-        if self._subs.pop(sub.sid, None) is not None and self._lost is None:
+        if self._subs.pop(sub.sid, None) is not None and self._up:
             self._link.send(Unsub(sub.sid))
 
     async def _drain_sub(self, sub: Subscription) -> None:
         """UNSUB, keep taking what the broker had already sent, then end ``sub``."""
-        if self._lost is not None or sub.sid not in self._subs:
+        if not self._up or sub.sid not in self._subs:
+            self._subs.pop(sub.sid, None)  # a reconnect must not bring it back
             sub._end()
             return
         self._link.send(Unsub(sub.sid))
@@ -506,7 +743,8 @@ class Bus:
                 raise self._dead()
             self._next_sid += 1
             self._inbox_sid = self._next_sid
-            self._link.send(Sub(self._inbox_sid, self._inbox_prefix + "*"))
+            if self._up:  # else the reconnect subscribes it
+                self._link.send(Sub(self._inbox_sid, self._inbox_prefix + "*"))
         self._next_request += 1
         token = f"{self._next_request:x}"
         fut: asyncio.Future[Message] = self._loop.create_future()
@@ -559,6 +797,10 @@ class Bus:
     async def _shut_down(self, caller: asyncio.Task[Any] | None) -> None:
         # Runs in a task of its own (see _shield): ``caller`` is the task that asked,
         # which may be one of our callbacks; waiting for it would wait for ourselves.
+        reconnecting = self._reconnecting
+        if reconnecting is not None:
+            reconnecting.cancel()
+            await asyncio.wait([reconnecting])
         try:
             with anyio.move_on_after(self.options.drain_timeout) as drained:
                 await self._drain(caller)
@@ -584,8 +826,8 @@ class Bus:
             self._closed.set()
 
     async def _drain(self, caller: asyncio.Task[Any] | None) -> None:
-        if self._lost is not None:
-            return
+        if not self._up:
+            return  # no link to drain through: what was held is lost (logged by _end)
         subs = list(self._subs.values())
         for sub in subs:
             self._link.send(Unsub(sub.sid))

@@ -9,6 +9,7 @@
     ├── ConnectionClosed                    the link is gone
     │   ├── ClosedError                     ... because *we* closed it
     │   └── BrokenLinkError (OSError)       ... because the peer or the world did
+    │       └── Disconnected                ... while this waited; the bus reconnects
     ├── ProtocolError                       the wire was misused
     │   ├── LocalProtocolError              ... by us (a frame we refuse to send)
     │   ├── RemoteProtocolError             ... by the peer (garbage, truncated)
@@ -43,6 +44,7 @@ __all__ = [
     "ConnectError",
     "ConnectionClosed",
     "CorruptRing",
+    "Disconnected",
     "FrameTooLarge",
     "HandshakeError",
     "InvalidSubject",
@@ -85,6 +87,12 @@ class ClosedError(ConnectionClosed):
 
 class BrokenLinkError(ConnectionClosed, OSError):
     """The peer vanished or the channel failed under us."""
+
+
+class Disconnected(BrokenLinkError):
+    """The link to the broker dropped while this waited: a request in flight when it
+    dropped (raised at once, not at its time-out), or a ``publish`` or ``flush`` that
+    waited for a reconnect that gave up. The bus itself reconnects unless told not to."""
 
 
 class ProtocolError(AsyncIPCError):

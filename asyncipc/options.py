@@ -33,6 +33,23 @@ class ConnectOptions:
         allow_signals: signals other local clients may ask the broker to send this
             process (names such as ``"HUP"``, or ``signal.SIGHUP``); sent in HELLO as
             ``signals``. Empty (the default): none. See ``docs/signals.md``.
+        reconnect: when the link to a broker process drops, connect again (to the same
+            URL first, then the others of the list in turn) and restore every
+            subscription. Off: the bus ends with the link (``BrokenLinkError``).
+            ``memory://`` and ``pipe:`` never reconnect: there is nothing to redial.
+        reconnect_delay: seconds before the second attempt (the first is at once); each
+            further wait doubles, up to ``reconnect_max_delay``, each one jittered down
+            to half so that many clients do not redial in step.
+        reconnect_max_delay: the longest wait between two attempts. Short by default,
+            because a local broker restarts in milliseconds and clients should resume
+            within half a second of it.
+        max_reconnect_attempts: give up after this many attempts in a row (``None``:
+            never).
+        reconnect_time_limit: give up after this many seconds without a link (``None``:
+            never).
+        reconnect_buffer: bytes of publishes held while disconnected; past it,
+            ``publish`` waits for the reconnect (and raises ``Disconnected`` if it gives
+            up). What is held is lost if the bus closes before reconnecting.
     """
 
     name: str = ""
@@ -45,6 +62,12 @@ class ConnectOptions:
     drain_timeout: float = 10.0
     high_water: int = DEFAULT_HIGH_WATER
     allow_signals: tuple[str | int, ...] = ()
+    reconnect: bool = True
+    reconnect_delay: float = 0.01
+    reconnect_max_delay: float = 0.25
+    max_reconnect_attempts: int | None = None
+    reconnect_time_limit: float | None = None
+    reconnect_buffer: int = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)

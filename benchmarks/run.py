@@ -50,7 +50,10 @@ ADAPTERS = "adapters"
 #: The shared-memory section (``benchmarks/shm.py``): shm:// and direct shm channels next
 #: to unix://, and memcpy bandwidth.
 SHM = "shm"
-ALL_CASES = [*CASES, INPROCESS, CHANNELS, ADAPTERS, SHM]
+#: The reconnect section (``benchmarks/reconnect.py``): time from a restarted broker
+#: accepting to the first delivery to a subscriber connected before it was killed.
+RECONNECT = "reconnect"
+ALL_CASES = [*CASES, INPROCESS, CHANNELS, ADAPTERS, SHM, RECONNECT]
 
 
 def _select(text: str | None, known: Sequence[str], what: str) -> list[str]:
@@ -191,6 +194,7 @@ def _render(
     channels: dict[str, Any] | None = None,
     adapters: dict[str, Any] | None = None,
     shm: dict[str, Any] | None = None,
+    reconnect: dict[str, Any] | None = None,
 ) -> str:
     parts = [render_tables(cases, systems, cells, {c.id: scale.count(c) for c in cases})]
     if inprocess is not None:
@@ -219,6 +223,13 @@ def _render(
             from .shm import table as shm_table
 
             parts.append("## " + shm_table(shm))
+    if reconnect is not None:
+        if "error" in reconnect:
+            parts.append(f"## reconnect\n\nerror: {reconnect['error']}")
+        else:
+            from .reconnect import table as reconnect_table
+
+            parts.append("## " + reconnect_table(reconnect))
     parts.append(render_summary(cases, systems, cells))
     return "\n\n".join(p for p in parts if p)
 
@@ -238,6 +249,7 @@ async def amain(args: argparse.Namespace) -> int:
     channels: dict[str, Any] | None = None
     adapters: dict[str, Any] | None = None
     shm: dict[str, Any] | None = None
+    reconnect: dict[str, Any] | None = None
     started = time.monotonic()
     try:
         for case in cases:
@@ -306,6 +318,20 @@ async def amain(args: argparse.Namespace) -> int:
                 file=sys.stderr,
                 flush=True,
             )
+        if RECONNECT in chosen:
+            t0 = time.monotonic()
+            try:
+                # About a minute of kill-and-restart rounds: bounded like one cell.
+                reconnect = await _inprocess(args.quick, scale.timeout, RECONNECT)
+                done = "unix, tcp: default options and reconnect_max_delay=2.0"
+            except BenchError as exc:
+                reconnect = {"error": str(exc), "detail": exc.detail}
+                done = f"error: {exc}"
+            print(
+                f"{RECONNECT:>9} {'asyncipc':<14} {time.monotonic() - t0:5.1f} s  {done}",
+                file=sys.stderr,
+                flush=True,
+            )
     except asyncio.CancelledError:
         # Ctrl-C or SIGTERM: the cell's processes are stopped by now (context managers).
         for case in cases:
@@ -313,7 +339,9 @@ async def amain(args: argparse.Namespace) -> int:
                 cells.setdefault((case.id, name), Cell("skipped", reason="interrupted"))
         print("\ninterrupted; the cells that finished:\n", file=sys.stderr)
         print(
-            _render(args, scale, cases, systems, cells, inprocess, channels, adapters, shm),
+            _render(
+                args, scale, cases, systems, cells, inprocess, channels, adapters, shm, reconnect
+            ),
             flush=True,
         )
         raise
@@ -331,8 +359,12 @@ async def amain(args: argparse.Namespace) -> int:
         and "error" not in adapters
         and shm is not None
         and "error" not in shm
+        and reconnect is not None
+        and "error" not in reconnect
     )
-    print(_render(args, scale, cases, systems, cells, inprocess, channels, adapters, shm))
+    print(
+        _render(args, scale, cases, systems, cells, inprocess, channels, adapters, shm, reconnect)
+    )
     write_json(
         args.json,
         meta,
@@ -344,8 +376,18 @@ async def amain(args: argparse.Namespace) -> int:
         adapters=adapters,
         shm=shm,
     )
+    if reconnect is not None:
+        _add_section(args.json, RECONNECT, reconnect)
     print(f"\nfull results: {args.json} ({meta['seconds']:.0f} s)", file=sys.stderr)
     return 0
+
+
+def _add_section(path: Path, name: str, result: dict[str, Any]) -> None:
+    """Put a section's results in the JSON file ``write_json`` wrote (it has parameters
+    for the sections that came before this one)."""
+    doc = json.loads(path.read_text())
+    doc[name] = result
+    path.write_text(json.dumps(doc, indent=2) + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,10 +33,12 @@ from asyncipc.transports.shm import connect_channel, listen_channel
 
 async def worker(url: str, name: str) -> None:
     """Stage 1: answer each frame of the queue group with its CRC-32, until the broker goes."""
-    # The broker shutting down is how this pipeline ends: not worth a warning.
+    # The broker shutting down is how this pipeline ends: not worth a warning, and not a
+    # broker to wait for (reconnect=False: the worker ends with it).
     logging.getLogger("asyncipc").setLevel(logging.ERROR)
+    options = asyncipc.ConnectOptions(name=name, reconnect=False)
     async with (
-        asyncipc.connect(url, name=name) as bus,
+        asyncipc.connect(url, options=options) as bus,
         bus.subscribe("frames.raw", queue="crc") as frames,
     ):
         print("ready", flush=True)

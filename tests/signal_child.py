@@ -37,7 +37,10 @@ async def wait_until_gone(path: str) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
-    options = asyncipc.ConnectOptions(name=args.name, allow_signals=tuple(names(args.allow)))
+    # reconnect=False: this service ends with its broker ("broker gone"), on purpose.
+    options = asyncipc.ConnectOptions(
+        name=args.name, allow_signals=tuple(names(args.allow)), reconnect=False
+    )
     got_term = asyncio.Event()
     async with asyncipc.connect(args.url, options=options) as bus:
         if args.serve:

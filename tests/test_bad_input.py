@@ -201,7 +201,8 @@ async def test_bad_subject_in_pub_is_refused_but_connection_stays(
 
 async def test_client_sees_broker_vanish(broker: tuple[asyncipc.Broker, str]) -> None:
     b, url = broker
-    bus = await asyncipc.connect(url)
+    # Without reconnecting, the bus ends with its link (tests/test_reconnect.py: with).
+    bus = await asyncipc.connect(url, options=asyncipc.ConnectOptions(reconnect=False))
     sub = bus.subscribe("x")
     await bus.flush()
     await b.close()

@@ -140,7 +140,7 @@ async def test_an_orderly_broker_shutdown_is_not_logged_as_a_fault(
 ) -> None:
     broker = asyncipc.Broker()
     listener = await broker.listen(f"unix://{tmp_path}/b.sock")
-    bus = await asyncipc.connect(listener.url)
+    bus = await asyncipc.connect(listener.url, options=asyncipc.ConnectOptions(reconnect=False))
     try:
         with caplog.at_level(logging.INFO, logger="asyncipc.client"):
             await broker.close()

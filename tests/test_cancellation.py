@@ -146,8 +146,10 @@ async def test_a_cancelled_broker_close_still_drains(tmp_path: Path) -> None:
     path = tmp_path / "b.sock"
     broker = asyncipc.Broker(drain_timeout=30)
     listener = await broker.listen(f"unix://{path}")
-    service, client = SlowService(), await asyncipc.connect(listener.url)
-    bus = await asyncipc.connect(listener.url)
+    # reconnect=False: "every client is disconnected" is seen as the buses ending.
+    once = asyncipc.ConnectOptions(reconnect=False)
+    service, client = SlowService(), await asyncipc.connect(listener.url, options=once)
+    bus = await asyncipc.connect(listener.url, options=once)
     try:
         bus.serve("slow", service.handle)
         await bus.flush()

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
@@ -572,3 +573,31 @@ def test_broker_signal_drains_and_removes_socket(tmp_path: Path, sig: int) -> No
     assert "lost" in err
     assert "Traceback" not in err
     assert "Traceback" not in proc.log.read_text()
+
+
+def test_sub_reconnect_outlives_a_broker_restart(tmp_path: Path) -> None:
+    """``sub --reconnect`` waits for its broker to come back and subscribes again; without
+    it (test_broker_signal_drains_and_removes_socket) a broker leaving ends it, exit 2."""
+    path = tmp_path / "b.sock"
+    first = BrokerProc(f"unix://{path}", log=tmp_path / "b1.log", env=cli_env())
+    sub = start_sub("cli.back", "--count", "1", "--reconnect", "--url", first.url, env=cli_env())
+    try:
+        assert first.stop(signal.SIGKILL) != 0
+        assert sub.poll() is None, "sub --reconnect exited with its broker"
+        second = BrokerProc(f"unix://{path}", log=tmp_path / "b2.log", env=cli_env())
+        try:
+            # Published until the resubscribed sub takes one: it cannot know when it is back.
+            deadline = time.monotonic() + GUARD
+            while sub.poll() is None and time.monotonic() < deadline:
+                done = run("pub", "--url", second.url, "cli.back", "again", env=cli_env())
+                assert done.returncode == 0, done.stderr
+                time.sleep(0.05)
+            code, out, err = finish(sub)
+        finally:
+            second.stop()
+    finally:
+        if sub.poll() is None:
+            sub.kill()
+            finish(sub)
+    assert code == 0, err
+    assert out == "[cli.back] again\n"

@@ -657,7 +657,7 @@ async def test_broker_close_ends_streams_and_refuses_new_calls() -> None:
         stub = pb_grpc.BusStub(channel)
         sub = stub.Subscribe(pb.SubscribeRequest(subject="x"))
         await subscribed(sub)
-        bus = await asyncipc.connect(url)
+        bus = await asyncipc.connect(url, options=asyncipc.ConnectOptions(reconnect=False))
         await broker.close()
         assert await status_of(sub.read()) is grpc.StatusCode.UNAVAILABLE
         assert await status_of(stub.Publish(pb.Message(subject="x"))) is (

@@ -27,7 +27,7 @@ async def test_client_drops_a_broker_that_stops_answering(tmp_path: Path) -> Non
 
     server = await asyncio.start_unix_server(mute_broker, path)
     try:
-        options = asyncipc.ConnectOptions(ping_interval=0.1, dead_peer_factor=3)
+        options = asyncipc.ConnectOptions(ping_interval=0.1, dead_peer_factor=3, reconnect=False)
         bus = await asyncipc.connect(f"unix://{path}", options=options)
         sub = bus.subscribe("anything")
         with pytest.raises(asyncipc.BrokenLinkError, match="stopped responding"):

@@ -131,7 +131,9 @@ async def test_a_killed_broker_is_noticed_and_a_new_one_replaces_its_socket() ->
     )
     try:
         assert (await line(proc)).startswith("ready")
-        bus = await asyncipc.connect(url)
+        # Not redialled: this test is about noticing the death (test_conformance.py has
+        # the reconnect over shm://).
+        bus = await asyncipc.connect(url, options=asyncipc.ConnectOptions(reconnect=False))
         sub = bus.subscribe("x")
         await bus.flush()
         proc.send_signal(signal.SIGKILL)
@@ -389,7 +391,8 @@ async def test_bytes_on_the_control_socket_after_set_up_cut_that_client_off(
 ) -> None:
     url = (await broker.listen(f"shm://{name()}")).url
     async with asyncipc.connect(url) as good:
-        bad = await asyncipc.connect(url)
+        # Cut off for good: a redial would bring the session count back to 2.
+        bad = await asyncipc.connect(url, options=asyncipc.ConnectOptions(reconnect=False))
         await until(lambda: broker.sessions == 2, "both sessions")
         bad._link._ctl.send(b"surprise")  # type: ignore[attr-defined]
         await until(lambda: broker.sessions == 1, "the bad session to go")

@@ -398,7 +398,7 @@ async def test_a_hello_again_from_the_same_address_replaces_the_session(
 async def test_broker_shutdown_reaches_the_client() -> None:
     b = asyncipc.Broker()
     listener = await b.listen("udp://127.0.0.1:0")
-    bus = await asyncipc.connect(listener.url)
+    bus = await asyncipc.connect(listener.url, options=asyncipc.ConnectOptions(reconnect=False))
     sub = bus.subscribe("x")
     await bus.flush()
     await b.close()

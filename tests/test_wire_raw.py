@@ -801,7 +801,11 @@ async def bus_and_fake_broker(tmp_path: Path, **options: Any) -> AsyncIterator[t
     server = await asyncio.start_unix_server(on_connect, path)
     try:
         connecting = asyncio.ensure_future(
-            asyncipc.connect(f"unix://{path}", options=asyncipc.ConnectOptions(**options))
+            asyncipc.connect(
+                f"unix://{path}",
+                # The test plays a broker that dies with the test: never redial it.
+                options=asyncipc.ConnectOptions(**{"reconnect": False, **options}),
+            )
         )
         broker = await asyncio.wait_for(accepted.get(), TIMEOUT)
         assert await asyncio.wait_for(broker.reader.readexactly(len(PREAMBLE)), TIMEOUT) == PREAMBLE

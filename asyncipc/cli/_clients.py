@@ -34,7 +34,10 @@ def _client_url(args: argparse.Namespace) -> str:
 
 def _connect(args: argparse.Namespace) -> Connector:
     token = args.token or _env(TOKEN_ENV)
-    return connect(args.url, token=token, name=f"asyncipc {args.command}")
+    # A shell command reports a lost broker (exit 2) rather than waiting for it, unless
+    # asked: a script must learn that its broker went away.
+    options = ConnectOptions(reconnect=getattr(args, "reconnect", False))
+    return connect(args.url, token=token, name=f"asyncipc {args.command}", options=options)
 
 
 def _payload(text: str) -> bytes:

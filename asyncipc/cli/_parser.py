@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
         "With --headers, the headers as a JSON object come between the two: '[subject] "
         '{"trace": "abc"} data\'. Once subscribed, a line saying so goes to stderr. Runs '
         "until --count messages have arrived or SIGINT/SIGTERM, then exits 0; exits 2 if the "
-        "connection is lost.",
+        "connection is lost (unless --reconnect).",
         epilog="Examples:\n"
         "  asyncipc sub 'orders.>'\n"
         "  asyncipc sub orders.created --queue billing --count 1 --raw > order.json\n"
@@ -195,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         type=_positive_int,
         help="exit after N messages (default: run until interrupted)",
+    )
+    p.add_argument(
+        "--reconnect",
+        action="store_true",
+        help="when the broker goes away, wait for it to come back and subscribe again "
+        "(default: exit 2, so that a script learns it)",
     )
     output = p.add_mutually_exclusive_group()
     output.add_argument(
