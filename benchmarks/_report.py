@@ -8,8 +8,9 @@ better) above 1 means asyncipc is faster, for a latency (lower is better) below 
 
 from __future__ import annotations
 
+import argparse
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -240,3 +241,22 @@ def write_json(
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def section_main(
+    doc: str | None,
+    measure: Callable[[bool], dict[str, Any]],
+    table: Callable[[dict[str, Any]], str],
+    quick_help: str | None = None,
+) -> None:
+    """``python -m benchmarks.<section> [--quick] [--json FILE]``: measure, print the
+    table, and write the results as JSON if asked; the same for every section."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    results = measure(args.quick)
+    print(table(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)

@@ -19,10 +19,8 @@ runs it as the ``channels`` section.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import sys
@@ -37,6 +35,7 @@ import asyncipc
 
 from ._cases import Case, _pubsub_metrics
 from ._procs import REPO_ROOT, BenchError, Worker, _child_setup, worker
+from ._report import section_main
 from .workers._common import Tally
 
 __all__ = ["CHANNELS", "SIZES", "measure", "table"]
@@ -209,15 +208,7 @@ def measure(quick: bool = False) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json", help="also write the results here")
-    args = parser.parse_args()
-    results = measure(args.quick)
-    print(table(results))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    section_main(__doc__, measure, table)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,8 @@ Run alone: ``python -m benchmarks.inprocess [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
-import json
 import time
 from typing import Any
 
@@ -21,7 +19,7 @@ import uvloop
 
 import asyncipc
 
-from ._report import render_inprocess
+from ._report import render_inprocess, section_main
 
 PAYLOAD = b"x" * 64
 
@@ -115,15 +113,7 @@ def measure(quick: bool = False) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json", help="also write the results here")
-    args = parser.parse_args()
-    results = measure(args.quick)
-    print(table(results))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    section_main(__doc__, measure, table)
 
 
 if __name__ == "__main__":

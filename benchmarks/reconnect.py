@@ -29,10 +29,8 @@ Run alone: ``python -m benchmarks.reconnect [--quick] [--json PATH]``;
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import shutil
 import signal
@@ -49,6 +47,7 @@ import uvloop
 import asyncipc
 
 from ._procs import REPO_ROOT, STOP_GRACE, BenchError, _child_setup, free_port, log_tail
+from ._report import section_main
 from .workers._common import latency_summary
 
 __all__ = ["ROWS", "Row", "measure", "table"]
@@ -305,17 +304,9 @@ def measure(quick: bool = False) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a quarter of the rounds")
-    parser.add_argument("--json", help="also write the results here")
-    args = parser.parse_args()
     # Every round kills the broker: the buses' "connection lost" warnings are the point.
     logging.getLogger("asyncipc").setLevel(logging.ERROR)
-    results = measure(args.quick)
-    print(table(results))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    section_main(__doc__, measure, table, quick_help="a quarter of the rounds")
 
 
 if __name__ == "__main__":

@@ -23,9 +23,7 @@ it as the ``shm`` section (``--cases shm``).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import mmap
 import os
 import shutil
@@ -42,6 +40,7 @@ import asyncipc
 
 from ._cases import Case, _pubsub_metrics
 from ._procs import BenchError, worker
+from ._report import section_main
 
 __all__ = ["measure", "memcpy_bandwidth", "table"]
 
@@ -276,15 +275,7 @@ def measure(quick: bool = False) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json", help="also write the results here")
-    args = parser.parse_args()
-    results = measure(args.quick)
-    print(table(results))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    section_main(__doc__, measure, table)
 
 
 if __name__ == "__main__":
