@@ -437,7 +437,9 @@ async def test_a_scribbled_tail_cuts_off_that_client_alone(
 ) -> None:
     n = name()
     url = (await broker.listen(f"shm://{n}")).url
-    async with asyncipc.connect(url) as good, asyncipc.connect(url) as bad:
+    # Cut off for good: a redial would bring the session count back to 2.
+    once = asyncipc.ConnectOptions(reconnect=False)
+    async with asyncipc.connect(url) as good, asyncipc.connect(url, options=once) as bad:
         await until(lambda: broker.sessions == 2, "both sessions")
         tx = bad._link._tx  # type: ignore[attr-defined]
         tx._q[TAIL // 8] = 10 * tx.capacity  # its own ring's commit word, out of range
