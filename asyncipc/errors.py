@@ -24,7 +24,12 @@
     ├── SlowConsumer                        a subscription overflowed (overflow="error")
     ├── SignalRefused                       the broker would not signal that client (``reason``)
     ├── SignalInUse (RuntimeError)          another event-loop handler owns that signal
-    └── RecordReleased (ValueError)         a ring record was read after it was released
+    ├── RecordReleased (ValueError)         a ring record was read after it was released
+    ├── StreamError                         a stream operation was refused (``reason``)
+    │   ├── StreamNotFound (LookupError)    no stream by that name
+    │   └── ConsumerNotFound (LookupError)  no consumer by that name on the stream
+    └── StoreError (OSError)                the store could not write or read (disk full,
+        └── CorruptStore                    a file that breaks the store format)
 
 ClosedError/BrokenLinkError follow anyio's ClosedResourceError/BrokenResourceError split.
 ``except TimeoutError`` catches request time-outs and ``except OSError`` catches broken
@@ -43,7 +48,9 @@ __all__ = [
     "ConfigurationError",
     "ConnectError",
     "ConnectionClosed",
+    "ConsumerNotFound",
     "CorruptRing",
+    "CorruptStore",
     "Disconnected",
     "FrameTooLarge",
     "HandshakeError",
@@ -58,6 +65,9 @@ __all__ = [
     "SignalInUse",
     "SignalRefused",
     "SlowConsumer",
+    "StoreError",
+    "StreamError",
+    "StreamNotFound",
 ]
 
 
@@ -187,3 +197,45 @@ class RecordReleased(AsyncIPCError, ValueError):
     Its bytes live in shared memory that the writer reuses once the record is released:
     reading them then would return someone else's data, so it raises instead.
     """
+
+
+class StreamError(AsyncIPCError):
+    """The broker refused a stream or consumer operation.
+
+    ``reason`` is a short machine-readable code (``bad-config``, ``limit``,
+    ``not-found``, ``exists``, ``store``, ...); ``str()`` says the same for humans.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class StreamNotFound(StreamError, LookupError):
+    """No stream by that name (create it with ``bus.stream(name, subjects=[...])``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("stream-not-found", message)
+
+
+class ConsumerNotFound(StreamError, LookupError):
+    """No consumer by that name on the stream."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("consumer-not-found", message)
+
+
+class StoreError(AsyncIPCError, OSError):
+    """The store could not write or read: the disk is full, a file vanished, the log was
+    closed. What was acknowledged before stays acknowledged; what raised was not stored."""
+
+
+class CorruptStore(StoreError):
+    """A store file breaks the record format (``docs/streams.md``): a bad magic number, a
+    checksum that does not match, a length past the end. ``path`` names the file and
+    ``offset`` where the damage starts, when known."""
+
+    def __init__(self, message: str, path: str | None = None, offset: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.offset = offset
