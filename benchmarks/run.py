@@ -53,12 +53,20 @@ SHM = "shm"
 #: The reconnect section (``benchmarks/reconnect.py``): time from a restarted broker
 #: accepting to the first delivery to a subscriber connected before it was killed.
 RECONNECT = "reconnect"
-ALL_CASES = [*CASES, INPROCESS, CHANNELS, ADAPTERS, SHM, RECONNECT]
+#: The streams section (``benchmarks/streams.py``): durable streams against NATS JetStream
+#: (pipelined and one-at-a-time acknowledged publishes, fetch and ack) and file://.
+STREAMS = "streams"
+ALL_CASES = [*CASES, INPROCESS, CHANNELS, ADAPTERS, SHM, RECONNECT, STREAMS]
+#: Sections run only when ``--cases`` names them (none: every section is in the default).
+OPT_IN: list[str] = []
+DEFAULT_CASES = [c for c in ALL_CASES if c not in OPT_IN]
 
 
-def _select(text: str | None, known: Sequence[str], what: str) -> list[str]:
+def _select(
+    text: str | None, known: Sequence[str], what: str, default: Sequence[str] | None = None
+) -> list[str]:
     if not text:
-        return list(known)
+        return list(known if default is None else default)
     chosen: list[str] = []
     for name in (n.strip() for n in text.split(",") if n.strip()):
         names = ALIASES.get(name, [name])
@@ -195,6 +203,7 @@ def _render(
     adapters: dict[str, Any] | None = None,
     shm: dict[str, Any] | None = None,
     reconnect: dict[str, Any] | None = None,
+    streams: dict[str, Any] | None = None,
 ) -> str:
     parts = [render_tables(cases, systems, cells, {c.id: scale.count(c) for c in cases})]
     if inprocess is not None:
@@ -230,12 +239,19 @@ def _render(
             from .reconnect import table as reconnect_table
 
             parts.append("## " + reconnect_table(reconnect))
+    if streams is not None:
+        if "error" in streams:
+            parts.append(f"## streams\n\nerror: {streams['error']}")
+        else:
+            from .streams import table as streams_table
+
+            parts.append("## " + streams_table(streams))
     parts.append(render_summary(cases, systems, cells))
     return "\n\n".join(p for p in parts if p)
 
 
 async def amain(args: argparse.Namespace) -> int:
-    chosen = _select(args.cases, ALL_CASES, "case")
+    chosen = _select(args.cases, ALL_CASES, "case", DEFAULT_CASES)
     cases = [CASES[c] for c in chosen if c in CASES]
     systems = _select(args.systems, list(SYSTEMS), "system")
     scale = Scale(
@@ -250,6 +266,7 @@ async def amain(args: argparse.Namespace) -> int:
     adapters: dict[str, Any] | None = None
     shm: dict[str, Any] | None = None
     reconnect: dict[str, Any] | None = None
+    streams: dict[str, Any] | None = None
     started = time.monotonic()
     try:
         for case in cases:
@@ -332,6 +349,20 @@ async def amain(args: argparse.Namespace) -> int:
                 file=sys.stderr,
                 flush=True,
             )
+        if STREAMS in chosen:
+            t0 = time.monotonic()
+            try:
+                # 19 cells, each bounded by its own time-out inside; this is the backstop.
+                streams = await _inprocess(args.quick, 8 * scale.timeout, STREAMS)
+                done = "asyncipc and JetStream: pipelined, one at a time, fetch+ack; file://"
+            except BenchError as exc:
+                streams = {"error": str(exc), "detail": exc.detail}
+                done = f"error: {exc}"
+            print(
+                f"{STREAMS:>9} {'both':<14} {time.monotonic() - t0:5.1f} s  {done}",
+                file=sys.stderr,
+                flush=True,
+            )
     except asyncio.CancelledError:
         # Ctrl-C or SIGTERM: the cell's processes are stopped by now (context managers).
         for case in cases:
@@ -340,7 +371,17 @@ async def amain(args: argparse.Namespace) -> int:
         print("\ninterrupted; the cells that finished:\n", file=sys.stderr)
         print(
             _render(
-                args, scale, cases, systems, cells, inprocess, channels, adapters, shm, reconnect
+                args,
+                scale,
+                cases,
+                systems,
+                cells,
+                inprocess,
+                channels,
+                adapters,
+                shm,
+                reconnect,
+                streams,
             ),
             flush=True,
         )
@@ -348,7 +389,7 @@ async def amain(args: argparse.Namespace) -> int:
     meta["seconds"] = round(time.monotonic() - started, 1)
     meta["complete"] = (
         not args.quick
-        and chosen == ALL_CASES
+        and chosen == DEFAULT_CASES
         and systems == list(SYSTEMS)
         and all(c.status == "ok" for c in cells.values())
         and inprocess is not None
@@ -361,9 +402,22 @@ async def amain(args: argparse.Namespace) -> int:
         and "error" not in shm
         and reconnect is not None
         and "error" not in reconnect
+        and (STREAMS not in DEFAULT_CASES or (streams is not None and "error" not in streams))
     )
     print(
-        _render(args, scale, cases, systems, cells, inprocess, channels, adapters, shm, reconnect)
+        _render(
+            args,
+            scale,
+            cases,
+            systems,
+            cells,
+            inprocess,
+            channels,
+            adapters,
+            shm,
+            reconnect,
+            streams,
+        )
     )
     write_json(
         args.json,
@@ -378,6 +432,8 @@ async def amain(args: argparse.Namespace) -> int:
     )
     if reconnect is not None:
         _add_section(args.json, RECONNECT, reconnect)
+    if streams is not None:
+        _add_section(args.json, STREAMS, streams)
     print(f"\nfull results: {args.json} ({meta['seconds']:.0f} s)", file=sys.stderr)
     return 0
 
