@@ -443,13 +443,17 @@ class Stream:
         self,
         name: str | None = None,
         *,
-        deliver: str = "all",
+        deliver: str | None = None,
         start_seq: int | None = None,
         start_time: datetime | float | None = None,
         batch: int = 100,
         **config: Any,
     ) -> Consumer:
-        """A consumer of this stream, created if it does not exist.
+        """A consumer of this stream, created if it does not exist (with the options
+        given and the defaults of :class:`~asyncipc.streams.ConsumerConfig` for the rest).
+        If it exists, the options given must match its own
+        (:class:`~asyncipc.StreamError` ``reason="exists"`` otherwise); the others are not
+        compared, so ``stream.consumer("billing")`` simply finds it.
 
         ``name`` ``None``: an ephemeral consumer, gone when this connection closes.
         ``deliver``: ``"all"``, ``"new"``, ``"last"``, ``"last_per_subject"``; or give
@@ -458,17 +462,21 @@ class Stream:
         ``dead_letter``, ``filter_subject``, ``max_ack_pending``, ``durable``).
         ``batch`` is how many messages ``async for`` asks for at a time.
         """
+        given: dict[str, Any] = dict(config)
+        if deliver is not None:
+            given["deliver"] = deliver
         if start_seq is not None:
-            deliver = "by_start_seq"
-            config["start_seq"] = start_seq
+            given["deliver"] = "by_start_seq"
+            given["start_seq"] = start_seq
         if start_time is not None:
-            deliver = "by_start_time"
-            config["start_time"] = (
+            given["deliver"] = "by_start_time"
+            given["start_time"] = (
                 start_time.timestamp() if isinstance(start_time, datetime) else float(start_time)
             )
-        cfg = ConsumerConfig(name=name, deliver=deliver, **config)  # type: ignore[arg-type]
+        ConsumerConfig(name=name, **given)  # refuse bad options before anything is sent
+        given["name"] = name
         info = ConsumerInfo.from_json(
-            await _call(self._bus, f"{STREAM_PREFIX}consumer.create.{self.name}", cfg.to_json())
+            await _call(self._bus, f"{STREAM_PREFIX}consumer.create.{self.name}", given)
         )
         return Consumer(self._bus, info, batch)
 

@@ -22,6 +22,7 @@ import os
 import shutil
 import time
 from collections import deque
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -744,14 +745,25 @@ class StreamManager:
         engine = self._stream(stream)
         if not isinstance(body, dict):
             raise _Refusal("400", "bad-request", "a consumer configuration is a JSON object")
+        name = body.get("name")
+        existing = engine.consumers.get(name) if isinstance(name, str) else None
+        if existing is not None:
+            mine = existing.config.to_json()
+            ConsumerConfig.from_json(body)  # the options given must be valid ones
+            differs = sorted(k for k, v in body.items() if k in mine and mine[k] != v)
+            if differs:
+                raise StreamError(
+                    "exists",
+                    f"consumer {stream}/{name} exists with a different {', '.join(differs)}",
+                )
+            return existing.info()
         config = ConsumerConfig.from_json(body)
         owner: object = None
         if config.name is None:
             self._next_ephemeral += 1
-            name = f"eph-{os.urandom(4).hex()}-{self._next_ephemeral}"
-            from dataclasses import replace
-
-            config = replace(config, name=name, durable=False)
+            config = replace(
+                config, name=f"eph-{os.urandom(4).hex()}-{self._next_ephemeral}", durable=False
+            )
             owner = session
         elif not config.durable:
             owner = session
@@ -770,16 +782,6 @@ class StreamManager:
                 f"dead_letter {config.dead_letter!r} is captured by stream {stream} itself: "
                 "dead messages would come back",
             )
-        existing = engine.consumers.get(config.name)
-        if existing is not None:
-            if existing.config != config:
-                mine = existing.config.to_json()
-                differs = [k for k, v in config.to_json().items() if mine.get(k) != v]
-                raise StreamError(
-                    "exists",
-                    f"consumer {stream}/{config.name} exists with a different {', '.join(differs)}",
-                )
-            return existing.info()
         consumer = ConsumerEngine(engine, config, self, owner=owner)
         engine.consumers[config.name] = consumer
         self.changed(consumer)
