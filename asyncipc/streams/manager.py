@@ -791,7 +791,7 @@ class StreamManager:
     async def _delete_consumer(self, stream: str, name: str) -> None:
         consumer = self._consumer(stream, name)
         consumer.close()
-        del consumer.stream.consumers[name]
+        del self._stream(stream).consumers[name]
         self._dirty.discard(consumer)
         if self.root is not None and consumer.stream.storage == "file":
             path = self._consumer_path(consumer)
