@@ -423,6 +423,11 @@ class StreamManager:
                 self._forwarding = False
         if reply is None:
             return
+        if not engine.log.durable:  # nothing to wait for: answer in this turn of the loop
+            self.host.publish(
+                reply, _ack_body(name, ack.seq, ack.duplicate), None, None, None, None
+            )
+            return
         queue = self._acks.get(name)
         if queue is None:
             queue = self._acks[name] = deque()
@@ -452,12 +457,7 @@ class StreamManager:
                     if failure is not None:
                         self._refuse(reply, _refusal(failure))
                     else:
-                        body = b'{"stream":"%s","seq":%d%s}' % (
-                            name.encode(),
-                            seq,
-                            b',"duplicate":true' if dup else b"",
-                        )
-                        publish(reply, body, None, None, None, None)
+                        publish(reply, _ack_body(name, seq, dup), None, None, None, None)
         finally:
             self._ack_tasks.pop(name, None)
 
@@ -796,6 +796,12 @@ class StreamManager:
         if self.root is not None and consumer.stream.storage == "file":
             path = self._consumer_path(consumer)
             await asyncio.to_thread(lambda: path.unlink(missing_ok=True))
+
+
+def _ack_body(stream: str, seq: int, duplicate: bool) -> bytes:
+    """A PubAck as JSON, written by hand: it is sent once per stored message."""
+    dup = b',"duplicate":true' if duplicate else b""
+    return b'{"stream":"%s","seq":%d%s}' % (stream.encode(), seq, dup)
 
 
 def _write_all(writes: list[tuple[Path, bytes]]) -> None:
