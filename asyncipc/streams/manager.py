@@ -254,7 +254,10 @@ class StreamManager:
             )
         else:
             log_ = MemoryLog()
-        return StreamEngine(config, log_, storage, created)
+        engine = StreamEngine(config, log_, storage, created)
+        if log_.durable:
+            await engine.rebuild_dedup()
+        return engine
 
     def _add(self, engine: StreamEngine) -> None:
         self.streams[engine.config.name] = engine
@@ -298,8 +301,9 @@ class StreamManager:
         if engine is None:
             return
         assert isinstance(engine, StreamEngine)
+        msg_id = headers.get(STREAM_MSG_ID_HEADER) if headers else None
         try:
-            seq = engine.store(subject, headers, data)
+            seq = engine.store(subject, headers, data, msg_id)
         except StreamError as exc:
             log.debug("stream %s refused a message on %s: %s", engine.config.name, subject, exc)
             return
@@ -404,7 +408,9 @@ class StreamManager:
             )
         user = dict(headers)
         subject = user.pop(STREAM_SUBJECT_HEADER)
-        msg_id = user.pop(STREAM_MSG_ID_HEADER, None)
+        # The id stays in the stored headers (as Nats-Msg-Id does in JetStream): it is
+        # how the deduplication window is rebuilt after a restart.
+        msg_id = user.get(STREAM_MSG_ID_HEADER)
         validate_subject(subject)
         if not engine.captures(subject):
             raise _Refusal(
