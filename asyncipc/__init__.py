@@ -30,7 +30,9 @@ from .errors import (
     ConfigurationError,
     ConnectError,
     ConnectionClosed,
+    ConsumerNotFound,
     CorruptRing,
+    CorruptStore,
     Disconnected,
     FrameTooLarge,
     HandshakeError,
@@ -45,10 +47,14 @@ from .errors import (
     SignalInUse,
     SignalRefused,
     SlowConsumer,
+    StoreError,
+    StreamError,
+    StreamNotFound,
 )
 from .link import Link, Listener, PeerInfo
 from .message import Message
 from .options import BrokerOptions, ConnectOptions
+from .streams import Consumer, PubAck, Stream, StreamInfo, StreamMessage
 from .subscription import Subscription
 
 __version__ = "0.1.0"
@@ -69,7 +75,10 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionEvent",
     "Connector",
+    "Consumer",
+    "ConsumerNotFound",
     "CorruptRing",
+    "CorruptStore",
     "Disconnected",
     "EventStream",
     "FrameTooLarge",
@@ -83,6 +92,7 @@ __all__ = [
     "PeerInfo",
     "PipePeer",
     "ProtocolError",
+    "PubAck",
     "RecordReleased",
     "RemoteProtocolError",
     "RequestTimeout",
@@ -90,6 +100,12 @@ __all__ = [
     "SignalInUse",
     "SignalRefused",
     "SlowConsumer",
+    "StoreError",
+    "Stream",
+    "StreamError",
+    "StreamInfo",
+    "StreamMessage",
+    "StreamNotFound",
     "Subscription",
     "__version__",
     "connect",

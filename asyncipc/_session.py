@@ -89,6 +89,17 @@ class SessionHost(Protocol):
         """The route's client is behind: apply its policy. True to deliver anyway."""
         ...
 
+    def stream_request(
+        self,
+        session: Session,
+        subject: str,
+        data: bytes,
+        reply: str | None,
+        headers: Headers | None,
+    ) -> None:
+        """A PUB on ``$sys.stream.``: the streams API."""
+        ...
+
     def clients(self) -> list[Session]:
         """The sessions connected now."""
         ...

@@ -7,6 +7,8 @@ nothing under that prefix is routed like an ordinary message:
     Delivered only to the publishing connection's own subscriptions, so that a process
     watching its signals (:func:`asyncipc.signals.watch`) sees its own and no one else
     can forge them.
+``$sys.stream.<op>...``
+    The streams API (``docs/streams.md``), answered by the broker's stream manager.
 ``$sys.kill.<client id or name>``
     A request the broker answers itself, by sending the signal named in the payload to
     the target client's process if every rule of :func:`refusal` passes. The reply is
@@ -40,6 +42,7 @@ from .protocol.system import (
     SENDABLE,
     SIGNAL_PREFIX,
     STATUS_HEADER,
+    STREAM_PREFIX,
 )
 
 __all__ = ["Process", "handle", "process_of", "refusal"]
@@ -136,6 +139,11 @@ def handle(
         )
     elif subject.startswith(SIGNAL_PREFIX):
         _loopback(session, subject, data, reply, headers, pub)
+    elif subject.startswith(STREAM_PREFIX):
+        if data is None:
+            assert pub is not None
+            data = pub.data
+        session.broker.stream_request(session, subject, data, reply, headers)
     elif subject.startswith(KILL_PREFIX):
         if data is None:
             assert pub is not None

@@ -38,12 +38,13 @@ from .options import BrokerOptions
 from .protocol import ErrorCode, Headers, Overflow, Pub, parse_timeout
 from .protocol.system import NO_RESPONDERS_STATUS, STATUS_HEADER, TIMEOUT_HEADER
 from .router import Route, Router
+from .streams.manager import StreamManager
 from .transports import URL, TransportOptions, lookup, parse_url
 
 if TYPE_CHECKING:
     from .transports.pipe import PipeChild
 
-__all__ = ["Broker", "BrokerAdapter", "BrokerStats", "TransportStats"]
+__all__ = ["Broker", "BrokerAdapter", "BrokerStats", "Relay", "TransportStats"]
 
 log = logging.getLogger("asyncipc.broker")
 
@@ -62,6 +63,20 @@ def _deadline(headers: Headers | None) -> float | None:
     if seconds is None or seconds >= 1e9:  # a requester that waits for ever: no deadline
         return None
     return asyncio.get_running_loop().time() + seconds
+
+
+class Relay(Protocol):
+    """Something beyond this broker that its messages also go to (``add_relay``)."""
+
+    def wants(self, subject: str) -> bool:
+        """Whether a message on ``subject`` goes out through this relay."""
+        ...
+
+    def outbound(
+        self, subject: str, data: bytes, reply: str | None, headers: Headers | None
+    ) -> None:
+        """A message published here: send it on. Must not block."""
+        ...
 
 
 @runtime_checkable
@@ -102,6 +117,24 @@ class Broker:
         self._awaited = self._inflight.replies
         # Links of spawned children not yet adopted (a child adopts on its first write).
         self._unadopted: weakref.WeakSet[Link] = weakref.WeakSet()
+        store = options.store
+        if store is not None:
+            store = os.fspath(store)
+        self.streams = StreamManager(self, store)
+        self._started = False
+        self._relays: list[Relay] = []
+        self._relaying = False
+
+    async def start(self) -> None:
+        """Open the store: recover every stream and consumer under ``store``. Called by
+        :meth:`listen` and ``async with``; call it yourself to use streams from an
+        in-process bus before listening. Raises :class:`~asyncipc.StoreError` when the
+        store directory cannot be read at all (a damaged stream is skipped and logged,
+        see ``docs/streams.md``)."""
+        if self._started:
+            return
+        self._started = True
+        await self.streams.open()
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -111,6 +144,7 @@ class Broker:
         :class:`~asyncipc.ClosedError` once :meth:`close` has started, even mid-bind."""
         if self._closing:
             raise ClosedError("broker is closed")
+        await self.start()
         parsed = parse_url(url)
         transport = lookup(parsed.scheme)
         opts = TransportOptions(
@@ -193,6 +227,8 @@ class Broker:
         """Package-internal: ``session`` has ended; forget it and the requests it made."""
         self._sessions.discard(session)
         self._inflight.forget(session)
+        if self.streams.streams:
+            self.streams.session_closed(session)
 
     def clients(self) -> list[Session]:
         """Package-internal: the sessions connected now, a snapshot. For the modules that
@@ -212,6 +248,67 @@ class Broker:
         reply subject) from ``session``; see :mod:`asyncipc._system`. A session hands it
         here rather than importing ``_system`` itself, so that imports point one way."""
         _system.handle(session, subject, data, reply, headers, pub)
+
+    def stream_request(
+        self,
+        session: Session,
+        subject: str,
+        data: bytes,
+        reply: str | None,
+        headers: Headers | None,
+    ) -> None:
+        """Package-internal: a PUB on ``$sys.stream.`` from ``session`` (the streams API)."""
+        self.streams.handle(session, subject, data, reply, headers)
+
+    def add_relay(self, relay: Relay) -> None:
+        """Package-internal: hand ``relay`` every message published here on a subject it
+        :meth:`~Relay.wants` (the ``file://`` log, a bridge to another broker). A request
+        on such a subject gets no ``503`` when nobody here listens: the answer may come
+        from the other side."""
+        self._relays.append(relay)
+
+    def remove_relay(self, relay: Relay) -> None:
+        """Package-internal: stop relaying to ``relay``."""
+        if relay in self._relays:
+            self._relays.remove(relay)
+
+    def relay_publish(
+        self, subject: str, data: bytes, reply: str | None, headers: Headers | None
+    ) -> None:
+        """Package-internal: a message that came in through a relay, delivered to the
+        subscribers here and to no relay (so that nothing echoes back out)."""
+        self._relaying = True
+        try:
+            self.publish(subject, data, reply, headers, None, None)
+        finally:
+            self._relaying = False
+
+    def interest(self, subject: str) -> bool:
+        """Package-internal: whether some subscription receives ``subject``."""
+        return bool(self.router.route(subject))
+
+    def deliver_to(
+        self, inbox: str, subject: str, data: bytes, reply: str | None, headers: Headers | None
+    ) -> bool:
+        """Package-internal: deliver a message to the subscribers of ``inbox`` as if it
+        were published on ``subject`` (a stream consumer's delivery to a pull request's
+        reply subject, as NATS does). False if nobody took it (no subscriber, or the
+        subscriber's overflow policy dropped it)."""
+        sent = False
+        for route in self.router.route(inbox):
+            owner = route.owner
+            link = owner.link
+            if link.write_blocked and not self.apply_overflow(route, None):
+                continue
+            try:
+                link.deliver(route.sid, subject, data, reply, headers, None)
+            except (ConnectionClosed, FrameTooLarge):
+                continue
+            sent = True
+            owner.counters.messages_out += 1
+            owner.counters.bytes_out += len(data)
+            self.stats.messages_out += 1
+        return sent
 
     async def serve_forever(self) -> None:
         """Wait until :meth:`close` is called (from a signal handler, another task...)."""
@@ -248,6 +345,8 @@ class Broker:
                 await self._inflight.wait_empty()
             if answered.cancelled_caught:
                 log.warning("gave up on %d unanswered requests", len(self._inflight))
+        # Acknowledgements already due go out, consumer state is saved, logs are synced.
+        await self.streams.close()
         adopted = {s.link for s in self._sessions}
         for link in list(self._unadopted):
             if link not in adopted and not link.closed:
@@ -272,6 +371,7 @@ class Broker:
         log.info("broker closed")
 
     async def __aenter__(self) -> Broker:
+        await self.start()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -302,11 +402,28 @@ class Broker:
             counters = source.counters
             counters.messages_in += 1
             counters.bytes_in += size
+        if self.streams.capturing:
+            self.streams.capture(
+                subject,
+                data if data is not None else pub.data,  # type: ignore[union-attr]
+                headers,
+            )
+        relayed = False
+        if self._relays and not self._relaying:
+            for relay in self._relays:
+                if relay.wants(subject):
+                    relay.outbound(
+                        subject,
+                        data if data is not None else pub.data,  # type: ignore[union-attr]
+                        reply,
+                        headers,
+                    )
+                    relayed = True
         if self._awaited and subject in self._awaited:
             self._inflight.answered(subject)  # the reply to a request we saw
         routes = self.router.route(subject)
         if not routes:
-            if reply is not None:
+            if reply is not None and not relayed:  # else a responder may be out there
                 stats.no_responders += 1
                 self.publish(reply, b"", None, NO_RESPONDERS_HEADERS, None, None)
             return

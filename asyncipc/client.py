@@ -55,6 +55,8 @@ from .protocol.system import (
     TIMEOUT_HEADER,
     sendable_names,
 )
+from .streams.client import Stream, list_streams, open_stream
+from .streams.config import StreamInfo
 from .subjects import known_valid, validate_pattern, validate_queue, validate_subject
 from .subscription import OVERFLOW_POLICIES, Subscription
 
@@ -722,6 +724,20 @@ class Bus:
             self._link.resume_reading()
 
     # --- requests ---------------------------------------------------------------------
+
+    async def stream(
+        self, name: str, subjects: list[str] | str | None = None, **config: Any
+    ) -> Stream:
+        """The stream ``name`` on the broker, created if it does not exist (with
+        ``subjects`` and the options of :class:`~asyncipc.streams.StreamConfig`:
+        ``max_msgs``, ``max_bytes``, ``max_age``, ``max_msgs_per_subject``, ``discard``,
+        ``duplicate_window``, ``storage``, ``fsync``). With only a name it looks the
+        stream up (:class:`~asyncipc.StreamNotFound`). See ``docs/streams.md``."""
+        return await open_stream(self, name, subjects, config)
+
+    async def streams(self) -> list[StreamInfo]:
+        """Every stream on the broker, with its counts."""
+        return await list_streams(self)
 
     async def request(
         self,

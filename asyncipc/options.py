@@ -88,6 +88,8 @@ class BrokerOptions:
         remote_signals: let clients the broker cannot identify as local processes
             (TCP, TLS: no peer credentials) ask it to signal other clients. Off by
             default: a network listener must not become a way to kill local processes.
+        store: a directory where streams keep their records (``docs/streams.md``);
+            created if missing. ``None``: streams live in memory and say so.
             See ``docs/signals.md``.
     """
 
@@ -100,3 +102,4 @@ class BrokerOptions:
     drain_timeout: float = 5.0
     ssl: ssl.SSLContext | None = None
     remote_signals: bool = False
+    store: str | None = None

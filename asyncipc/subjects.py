@@ -21,8 +21,11 @@ from .errors import InvalidSubject
 __all__ = [
     "MAX_SUBJECT_BYTES",
     "SubjectIndex",
+    "covers",
     "is_literal",
     "known_valid",
+    "matches",
+    "overlap",
     "validate_pattern",
     "validate_queue",
     "validate_subject",
@@ -92,6 +95,52 @@ def validate_queue(queue: str) -> str:
 def is_literal(pattern: str) -> bool:
     """True if ``pattern`` contains no wildcard token."""
     return "*" not in pattern and ">" not in pattern
+
+
+def matches(pattern: str, subject: str) -> bool:
+    """Whether the literal ``subject`` matches ``pattern`` (``*`` one token, ``>`` the rest)."""
+    want = pattern.split(".")
+    have = subject.split(".")
+    for i, token in enumerate(want):
+        if token == ">":
+            return len(have) > i
+        if i >= len(have) or (token != "*" and token != have[i]):
+            return False
+    return len(want) == len(have)
+
+
+def overlap(a: str, b: str) -> bool:
+    """Whether some subject matches both patterns (two streams may not capture it)."""
+    ta = a.split(".")
+    tb = b.split(".")
+    for i in range(max(len(ta), len(tb))):
+        x = ta[i] if i < len(ta) else None
+        y = tb[i] if i < len(tb) else None
+        if x == ">" or y == ">":
+            # The other still has a token here (or its own ">"): both go on to match.
+            return x is not None and y is not None
+        if x is None or y is None:
+            return False
+        if x != "*" and y != "*" and x != y:
+            return False
+    return True
+
+
+def covers(outer: str, inner: str) -> bool:
+    """Whether every subject ``inner`` matches is matched by ``outer`` too."""
+    to = outer.split(".")
+    ti = inner.split(".")
+    for i, x in enumerate(to):
+        if x == ">":
+            return len(ti) > i
+        if i >= len(ti):
+            return False
+        y = ti[i]
+        if y == ">":
+            return False
+        if x != "*" and (y == "*" or x != y):
+            return False
+    return len(to) == len(ti)
 
 
 def _explain(text: str, *, wildcards: bool) -> str:

@@ -24,6 +24,9 @@ __all__ = [
     "SERVICE_ERROR_STATUS",
     "SIGNAL_PREFIX",
     "STATUS_HEADER",
+    "STREAM_MSG_ID_HEADER",
+    "STREAM_PREFIX",
+    "STREAM_SUBJECT_HEADER",
     "TIMEOUT_HEADER",
     "allowed_signals",
     "sendable_names",
@@ -40,6 +43,9 @@ SIGNAL_PREFIX: Final = "$sys.signal."
 KILL_PREFIX: Final = "$sys.kill."
 """``$sys.kill.<client id or name>``: a request the broker answers by signalling that client."""
 
+STREAM_PREFIX: Final = "$sys.stream."
+"""``$sys.stream.<op>...``: the streams API the broker answers itself (``docs/streams.md``)."""
+
 # --- reserved headers (``docs/protocol.md`` §12) ------------------------------------------
 
 STATUS_HEADER: Final = "asyncipc-status"
@@ -50,6 +56,11 @@ REASON_HEADER: Final = "asyncipc-reason"
 """A short machine-readable code that goes with a refusal (``403``)."""
 TIMEOUT_HEADER: Final = "asyncipc-timeout"
 """On a request: the seconds the requester will wait for the reply."""
+
+STREAM_SUBJECT_HEADER: Final = "asyncipc-stream-subject"
+"""On ``$sys.stream.pub.<stream>``: the subject the message is published on."""
+STREAM_MSG_ID_HEADER: Final = "asyncipc-msg-id"
+"""On ``$sys.stream.pub.<stream>``: the id the stream deduplicates on."""
 
 NO_RESPONDERS_STATUS: Final = "503"
 """The broker's answer to a request nobody subscribes to."""

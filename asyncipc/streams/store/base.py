@@ -13,6 +13,7 @@ may need a read (:meth:`Log.read`), which never blocks the event loop.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -111,7 +112,7 @@ class Log(Protocol):
         ...
 
     def append(
-        self, subject: str, headers: dict[str, str] | None, data: bytes, time: int
+        self, subject: str, headers: dict[str, str] | None, data: builtins.bytes, time: int
     ) -> int:
         """Queue a record; its sequence is returned at once (in order of the calls).
 
