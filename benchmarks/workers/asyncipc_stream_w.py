@@ -8,7 +8,7 @@ one at a time with ``await stream.publish``, consumption with a durable consumer
 ``await consumer.fetch(batch)`` and ``await msg.ack()`` per message.
 
 ``file-tail`` and ``file-append``: two processes open the same ``file:///dir``; the tail
-subscribes and counts, the appender publishes ``--count`` messages and flushes. Both stamp
+subscribes and counts, the appender publishes ``--count`` messages and closes. Both stamp
 ``time.monotonic_ns()`` (system-wide), so the tail's rate runs from the appender's first
 message to the tail's last arrival.
 """
@@ -152,7 +152,10 @@ async def file_tail(args: StreamArgs) -> None:
 
 
 async def file_append(args: StreamArgs) -> None:
-    """Publish ``--count`` messages to ``--url`` (a ``file://`` directory)."""
+    """Publish ``--count`` messages to ``--url`` (a ``file://`` directory). A publish only
+    queues the message for the log's writer, so the rate is taken to the bus closed, by
+    which time every message is in the log (``published`` is the rate to the last
+    ``publish`` and ``flush``)."""
     async with asyncipc.connect(args.url) as bus:
         payload = data(args.size)
         await bus.publish(SUBJECT + ".warm", payload)  # the log files are open
@@ -162,8 +165,14 @@ async def file_append(args: StreamArgs) -> None:
         for _ in range(args.count):
             await bus.publish(SUBJECT, payload)
         await bus.flush(timeout=60)
-        seconds = clock() - t0
-        emit("result", **rate(args.count, seconds), start_ns=start_ns)
+        published = clock() - t0
+    seconds = clock() - t0
+    emit(
+        "result",
+        **rate(args.count, seconds),
+        published_msgs_per_s=args.count / published,
+        start_ns=start_ns,
+    )
 
 
 ROLES: dict[str, Role] = {
