@@ -32,11 +32,12 @@ def _start_broker(sock: Path, store: Path) -> subprocess.Popen[bytes]:
         [sys.executable, "-m", "asyncipc", "broker", "--listen", f"unix://{sock}",
          "--store", str(store)],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
-    assert line.startswith(b"listening on"), (line, proc.stderr.read() if proc.poll() else b"")
+    proc.stdout.close()  # the one line we need; the broker's later lines go nowhere
+    assert line.startswith(b"listening on"), line
     return proc
 
 
