@@ -231,6 +231,16 @@ class StreamManager:
                 engine.consumers[cname] = ConsumerEngine(engine, cconfig, self, state)
             self._add(engine)
 
+    async def open_store(self, store: str | os.PathLike[str]) -> None:
+        """Take ``store`` as this manager's store from now on and load what it holds: a
+        ``file://`` process that has just become the stream host of its directory
+        (``docs/file.md``). Only for a manager with no store and no stream yet."""
+        if self.root is not None or self.streams:
+            raise StoreError(f"the streams already have a store ({self.root or 'memory'})")
+        self.root = Path(store) / "streams"
+        self._opened = False
+        await self.open()
+
     def _problem(self, text: str) -> None:
         log.error("store: %s", text)
         self.problems.append(text)
@@ -319,13 +329,15 @@ class StreamManager:
 
     def handle(
         self,
-        session: Session,
+        session: Session | None,
         subject: str,
         data: bytes,
         reply: str | None,
         headers: Headers | None,
     ) -> None:
-        """A PUB on ``$sys.stream.…`` from ``session``."""
+        """A PUB on ``$sys.stream.…`` from ``session`` (None: a request that came through
+        a relay, from a ``file://`` process that does not host the streams; an ephemeral
+        consumer it makes has no session to end with it)."""
         tokens = subject[len(STREAM_PREFIX) :].split(".")
         op = tokens[0]
         try:
@@ -389,7 +401,7 @@ class StreamManager:
 
     def _publish(
         self,
-        session: Session,
+        session: Session | None,
         name: str,
         data: bytes,
         reply: str | None,
@@ -464,7 +476,7 @@ class StreamManager:
     # --- consumers: pull and ack ----------------------------------------------------------------
 
     def _pull(
-        self, session: Session, stream: str, name: str, data: bytes, reply: str | None
+        self, session: Session | None, stream: str, name: str, data: bytes, reply: str | None
     ) -> None:
         if reply is None:
             raise _Refusal("400", "bad-request", "a pull request needs a reply subject")
@@ -612,7 +624,7 @@ class StreamManager:
     # --- admin requests ---------------------------------------------------------------------------
 
     async def _admin_request(
-        self, session: Session, op: str, args: list[str], data: bytes, reply: str
+        self, session: Session | None, op: str, args: list[str], data: bytes, reply: str
     ) -> None:
         try:
             async with self._admin:
@@ -625,7 +637,9 @@ class StreamManager:
             return
         self._answer(reply, body)
 
-    async def _admin_op(self, session: Session, op: str, args: list[str], data: bytes) -> Any:
+    async def _admin_op(
+        self, session: Session | None, op: str, args: list[str], data: bytes
+    ) -> Any:
         if op == "list" and not args:
             return {
                 "streams": [e.info().to_json() for e in self.streams.values()],
@@ -741,7 +755,7 @@ class StreamManager:
             "data": msg.data.decode("latin-1"),
         }
 
-    async def _create_consumer(self, session: Session, stream: str, body: Any) -> Any:
+    async def _create_consumer(self, session: Session | None, stream: str, body: Any) -> Any:
         engine = self._stream(stream)
         if not isinstance(body, dict):
             raise _Refusal("400", "bad-request", "a consumer configuration is a JSON object")
