@@ -264,7 +264,10 @@ class StreamManager:
             )
         else:
             log_ = MemoryLog()
-        return StreamEngine(config, log_, storage, created)
+        engine = StreamEngine(config, log_, storage, created)
+        if log_.durable:
+            await engine.rebuild_dedup()
+        return engine
 
     def _add(self, engine: StreamEngine) -> None:
         self.streams[engine.config.name] = engine
@@ -308,8 +311,9 @@ class StreamManager:
         if engine is None:
             return
         assert isinstance(engine, StreamEngine)
+        msg_id = headers.get(STREAM_MSG_ID_HEADER) if headers else None
         try:
-            seq = engine.store(subject, headers, data)
+            seq = engine.store(subject, headers, data, msg_id)
         except StreamError as exc:
             log.debug("stream %s refused a message on %s: %s", engine.config.name, subject, exc)
             return
@@ -416,7 +420,9 @@ class StreamManager:
             )
         user = dict(headers)
         subject = user.pop(STREAM_SUBJECT_HEADER)
-        msg_id = user.pop(STREAM_MSG_ID_HEADER, None)
+        # The id stays in the stored headers (as Nats-Msg-Id does in JetStream): it is
+        # how the deduplication window is rebuilt after a restart.
+        msg_id = user.get(STREAM_MSG_ID_HEADER)
         validate_subject(subject)
         if not engine.captures(subject):
             raise _Refusal(
@@ -434,6 +440,11 @@ class StreamManager:
             finally:
                 self._forwarding = False
         if reply is None:
+            return
+        if not engine.log.durable:  # nothing to wait for: answer in this turn of the loop
+            self.host.publish(
+                reply, _ack_body(name, ack.seq, ack.duplicate), None, None, None, None
+            )
             return
         queue = self._acks.get(name)
         if queue is None:
@@ -464,12 +475,7 @@ class StreamManager:
                     if failure is not None:
                         self._refuse(reply, _refusal(failure))
                     else:
-                        body = b'{"stream":"%s","seq":%d%s}' % (
-                            name.encode(),
-                            seq,
-                            b',"duplicate":true' if dup else b"",
-                        )
-                        publish(reply, body, None, None, None, None)
+                        publish(reply, _ack_body(name, seq, dup), None, None, None, None)
         finally:
             self._ack_tasks.pop(name, None)
 
@@ -810,6 +816,12 @@ class StreamManager:
         if self.root is not None and consumer.stream.storage == "file":
             path = self._consumer_path(consumer)
             await asyncio.to_thread(lambda: path.unlink(missing_ok=True))
+
+
+def _ack_body(stream: str, seq: int, duplicate: bool) -> bytes:
+    """A PubAck as JSON, written by hand: it is sent once per stored message."""
+    dup = b',"duplicate":true' if duplicate else b""
+    return b'{"stream":"%s","seq":%d%s}' % (stream.encode(), seq, dup)
 
 
 def _write_all(writes: list[tuple[Path, bytes]]) -> None:
