@@ -4,7 +4,8 @@ Every mode opens ``file://DIR`` and prints what it saw, one line per fact, so th
 can compare:
 
 * ``sub DIR SUBJECT N``: subscribes, prints ``ready``, then prints each of N payloads;
-* ``pub DIR SUBJECT N TAG``: publishes ``TAG i`` for i in 0..N-1, prints ``done``;
+* ``pub DIR SUBJECT N TAG [SIZE]``: publishes ``TAG i`` for i in 0..N-1 (padded with
+  dots to SIZE bytes), prints ``done``;
 * ``serve DIR SUBJECT``: answers requests with ``re: <payload>``, prints ``ready``, runs
   until its stdin closes;
 * ``request DIR SUBJECT DATA TIMEOUT``: prints the reply, or the exception's class and text;
@@ -12,8 +13,8 @@ can compare:
   with acknowledgement (``m i`` on ``STREAM.i``), prints each ack's seq, then ``done``;
 * ``consume DIR STREAM CONSUMER N``: takes N messages from a durable consumer, acks each,
   prints ``<seq> <payload>``, then ``done``;
-* ``host DIR``: prints ``hosting`` or ``not hosting``, then ``ready``, runs until its stdin
-  closes.
+* ``host DIR``: prints ``hosting`` or ``not hosting`` now and for every line it reads on
+  stdin, until its stdin closes.
 """
 
 from __future__ import annotations
@@ -44,10 +45,10 @@ async def sub(url: str, subject: str, n: int) -> None:
             say(msg.data.decode())
 
 
-async def pub(url: str, subject: str, n: int, tag: str) -> None:
+async def pub(url: str, subject: str, n: int, tag: str, size: int) -> None:
     async with asyncipc.connect(url) as bus:
         for i in range(n):
-            await bus.publish(subject, f"{tag} {i}".encode())
+            await bus.publish(subject, f"{tag} {i}".encode().ljust(size, b"."))
     say("done")
 
 
@@ -97,15 +98,15 @@ async def consume(url: str, stream: str, name: str, n: int) -> None:
 
 
 async def host(url: str) -> None:
-    async with asyncipc.connect(url) as bus:
-        from asyncipc.transports.file import file_bus
+    from asyncipc.transports.file import file_bus
 
+    async with asyncipc.connect(url):
         joined = await file_bus(url)
         assert joined is not None
-        say("hosting" if joined.hosting else "not hosting")
-        say("ready")
-        await stdin_closed()
-        del bus
+        while True:
+            say("hosting" if joined.hosting else "not hosting")
+            if not await asyncio.to_thread(sys.stdin.readline):
+                break
 
 
 def main() -> None:
@@ -114,7 +115,7 @@ def main() -> None:
     if mode == "sub":
         asyncio.run(sub(url, args[0], int(args[1])))
     elif mode == "pub":
-        asyncio.run(pub(url, args[0], int(args[1]), args[2]))
+        asyncio.run(pub(url, args[0], int(args[1]), args[2], int(args[3]) if args[3:] else 0))
     elif mode == "serve":
         asyncio.run(serve(url, args[0]))
     elif mode == "request":

@@ -34,6 +34,7 @@ from ..errors import ConfigurationError, ConnectError, StoreError
 from ..link import Accept, Link, Listener
 from ..protocol import Frame, Sub
 from ..streams.store.base import FsyncPolicy, RecoveryReport
+from ..streams.store.record import MAX_DATA
 from . import URL, TransportOptions, parse_url, register
 from ._file.host import HostLock
 from ._file.relay import FileRelay
@@ -47,8 +48,14 @@ __all__ = ["FileBus", "FileOptions", "FileTransport", "file_bus"]
 
 log = logging.getLogger("asyncipc.file")
 
-MAX_DATA = 64 << 20
-"""The largest payload a log record holds (the store's limit): the bus's ``max_payload``."""
+SEGMENT_BYTES = (256 << 10, 16 << 20)
+"""Bounds of a bus log segment: an eighth of ``max_bytes`` within these, so that trimming
+by whole segments keeps the log near its bound."""
+POSITION_EVERY = 1.0
+"""Seconds between two saves of the streams' host's capture position (``streams.pos``)."""
+CACHE_BYTES = 1 << 20
+"""Recent records a process keeps in memory: little, since the tailer reads what *other*
+processes wrote, which no cache of ours holds."""
 
 _SIZE = re.compile(r"(\d+)\s*([kmg]?)(?:i?b)?", re.IGNORECASE)
 _AGE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)", re.IGNORECASE)
@@ -134,6 +141,7 @@ class FileBus(Listener):
         self._writer: asyncio.Task[None] | None = None
         self._tailer: asyncio.Task[None] | None = None
         self._election: asyncio.Task[None] | None = None
+        self._saver: asyncio.Task[None] | None = None
         self.on_closed: Callable[[], None] | None = None
         self._stopped = False
         self._closed = False
@@ -162,7 +170,14 @@ class FileBus(Listener):
                 f"{url.raw}: cannot use {bus_dir} as the bus log: {exc.strerror or exc}"
             ) from None
         try:
-            bus_log = await FileLog.open(bus_dir, fsync=options.fsync, shared=True)
+            low, high = SEGMENT_BYTES
+            bus_log = await FileLog.open(
+                bus_dir,
+                fsync=options.fsync,
+                shared=True,
+                segment_bytes=min(max(options.max_bytes // 8, low), high),
+                cache_bytes=CACHE_BYTES,
+            )
         except (StoreError, OSError) as exc:
             raise ConnectError(f"{url.raw}: cannot open the bus log in {bus_dir}: {exc}") from exc
         report = bus_log.recovery
@@ -226,16 +241,56 @@ class FileBus(Listener):
         await self._host()
 
     async def _host(self) -> None:
-        try:
-            await self.broker.streams.open_store(self.options.directory)
-        except (StoreError, OSError) as exc:
-            log.error("%s: cannot host the streams: %s", self.url, exc)
-            if self._lock is not None:
-                await self._lock.release()  # let another process try
-            self.broker.forward_streams(self.relay)
-            return
-        self.broker.forward_streams(None)
-        self.relay.hosting = True
+        relay = self.relay
+        streams = self.broker.streams
+        async with relay.turn:  # the tailer stands still: capture stays in log order
+            try:
+                await streams.open_store(self.options.directory)
+            except (StoreError, OSError) as exc:
+                log.error("%s: cannot host the streams: %s", self.url, exc)
+                if self._lock is not None:
+                    await self._lock.release()  # let another process try
+                self.broker.forward_streams(relay)
+                return
+            self.broker.forward_streams(None)
+            relay.hosting = True
+            try:
+                since = await asyncio.to_thread(_read_position, self._position)
+                if since is not None and streams.capturing:
+                    n = await relay.catch_up(since, streams.capture)
+                    if n:
+                        log.info("%s: captured %d messages no host had captured", self.url, n)
+                await self._save_position(relay.tailed)
+            except OSError as exc:
+                log.error("%s: cannot catch up with the log: %s", self.url, exc)
+        self._saver = asyncio.get_running_loop().create_task(
+            self._keep_position(), name=f"{self.url} capture position"
+        )
+
+    # Where the host has captured the log up to, so that the next host captures the rest
+    # (what was published while no process hosted the streams) and nothing twice.
+
+    @property
+    def _position(self) -> str:
+        return os.path.join(self.options.directory, "streams.pos")
+
+    async def _save_position(self, seq: int) -> None:
+        await asyncio.to_thread(_write_position, self._position, seq)
+
+    async def _keep_position(self) -> None:
+        # A tick behind the tailer: what it handed over a second ago is in the streams'
+        # logs by now. A host killed meanwhile leaves its successor a second to capture
+        # twice (at least once), never a gap.
+        saved = behind = self.relay.tailed
+        while True:
+            await asyncio.sleep(POSITION_EVERY)
+            if behind != saved:
+                try:
+                    await self._save_position(behind)
+                    saved = behind
+                except OSError as exc:
+                    log.error("%s: cannot save the capture position: %s", self.url, exc)
+            behind = self.relay.tailed
 
     # --- closing ---------------------------------------------------------------------------
 
@@ -246,7 +301,7 @@ class FileBus(Listener):
         if self._stopped:
             return
         self._stopped = True
-        for task in (self._election, self._tailer):
+        for task in (self._election, self._saver, self._tailer):
             if task is not None:
                 task.cancel()
                 await asyncio.wait([task])
@@ -270,6 +325,13 @@ class FileBus(Listener):
             await self._log.close()
         except (StoreError, OSError) as exc:
             log.error("%s: the bus log did not close cleanly: %s", self.url, exc)
+        if relay.hosting:
+            # The streams are closed (the broker closed them first): exact, the next host
+            # captures from the first record this one's tailer did not hand over.
+            try:
+                await self._save_position(relay.tailed)
+            except OSError as exc:
+                log.error("%s: cannot save the capture position: %s", self.url, exc)
         if self._lock is not None:
             await self._lock.release()
         if self.on_closed is not None:
@@ -403,6 +465,26 @@ async def file_bus(url: str) -> FileBus | None:
     key = await asyncio.to_thread(os.path.realpath, parsed.directory)
     entry = _embedded.get(asyncio.get_running_loop(), {}).get(key)
     return entry.bus if entry is not None else None
+
+
+def _read_position(path: str) -> int | None:
+    try:
+        with open(path, "rb") as f:
+            text = f.read(64)
+    except FileNotFoundError:
+        return None
+    try:
+        return int(text.strip())
+    except ValueError:
+        log.error("%s: not a capture position (%r): capturing from now on", path, text[:20])
+        return None
+
+
+def _write_position(path: str, seq: int) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(b"%d\n" % seq)
+    os.replace(tmp, path)
 
 
 register("file", FileTransport())

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from ...errors import AsyncIPCError
@@ -34,7 +34,11 @@ log = logging.getLogger("asyncipc.file")
 
 META_HEADER = "asyncipc-file"
 """On every record of a bus log: ``"<origin> <reply> <deliver subject>"``, each part empty
-when there is none. Subjects hold no spaces, so the split is exact."""
+when there is none. Subjects hold no spaces, so the split is exact. The origin ends in
+:data:`HOST_MARK` when its process hosted the streams as it wrote the record: such a record
+was captured by the streams when it was published, and a new host catching up with the
+log (:meth:`FileRelay.catch_up`) must not capture it again."""
+HOST_MARK = "!"
 
 BATCH_MSGS = 4096
 """Records appended in one trip to the log at most (one lock, one write)."""
@@ -47,6 +51,7 @@ MAX_QUEUED = 64 << 20
 RETENTION_EVERY = 1.0
 """Seconds between two checks of the bus log's ``max_bytes``/``max_age``."""
 
+_SKIP = ("$", "_INBOX.")  # subjects no stream captures
 _Item = tuple[str, dict[str, str] | None, bytes, int]
 
 
@@ -72,7 +77,7 @@ class SharedLog(Protocol):
 
     async def refresh(self) -> list[IndexEntry]: ...
 
-    async def wait_changed(self, timeout: float | None = None) -> Any: ...
+    async def wait_changed(self, timeout: float) -> None: ...
 
     async def read(self, seqs: Sequence[int]) -> list[StoredMessage | None]: ...
 
@@ -116,10 +121,15 @@ class FileRelay:
         self.broker = broker
         self.log = bus_log
         self.origin = origin
+        self._marked = origin + HOST_MARK
         self.max_bytes = max_bytes
         self.max_age = max_age
         self.hosting = False
-        """True while this process answers the ``$sys.stream.`` requests in the log."""
+        """True while this process hosts the streams: it answers the ``$sys.stream.``
+        requests in the log, and its broker captures every message it sees."""
+        self.turn = asyncio.Lock()
+        """Held by the tailer while it hands records over: whoever takes it (the process
+        becoming the streams' host) has the log stand still."""
         self.appended = 0
         """Records this relay wrote."""
         self.received = 0
@@ -165,7 +175,8 @@ class FileRelay:
         if self._closed or self._queued + len(data) > MAX_QUEUED:
             self._drop(subject)
             return
-        fields[META_HEADER] = f"{self.origin} {reply or ''} {deliver}"
+        mark = HOST_MARK if self.hosting else ""
+        fields[META_HEADER] = f"{self.origin}{mark} {reply or ''} {deliver}"
         self._queue.append((subject, fields, data, time.time_ns()))
         self._queued += len(data)
         self._flushed.clear()
@@ -260,19 +271,30 @@ class FileRelay:
 
     # --- the tailer ------------------------------------------------------------------
 
+    @property
+    def tailed(self) -> int:
+        """The last sequence of the log the tailer has passed: every record up to it that
+        another process wrote was handed to the broker (and, in the streams' host,
+        captured)."""
+        return self._tailed
+
     async def run_tailer(self) -> None:
         """Hand the broker what other processes append, until cancelled."""
-        bus_log = self.log
         while True:
-            try:
-                new = await bus_log.refresh()
-            except (AsyncIPCError, OSError) as exc:
-                log.error("file bus: cannot read the log: %s", exc)
-                await asyncio.sleep(1.0)
-                continue
-            if not new:
-                await bus_log.wait_changed(1.0)
-                continue
+            async with self.turn:
+                moved = await self._tail_once()
+            if not moved:
+                await self.log.wait_changed(1.0)
+
+    async def _tail_once(self) -> bool:
+        bus_log = self.log
+        try:
+            new = await bus_log.refresh()
+        except (AsyncIPCError, OSError) as exc:
+            log.error("file bus: cannot read the log: %s", exc)
+            await asyncio.sleep(1.0)
+            return True
+        if new:
             own = self._own
             wanted: list[int] = []
             for entry in new:
@@ -281,24 +303,50 @@ class FileRelay:
                 elif entry.seq > self._tailed:
                     wanted.append(entry.seq)
             self._tailed = max(self._tailed, new[-1].seq)
-            for i in range(0, len(wanted), READ_BATCH):
-                chunk = wanted[i : i + READ_BATCH]
-                try:
-                    found = await bus_log.read(chunk)
-                except (AsyncIPCError, OSError) as exc:
-                    log.error(
-                        "file bus: records %d..%d unreadable, skipped: %s", chunk[0], chunk[-1], exc
-                    )
-                    continue
-                for msg in found:
-                    if msg is not None:
-                        self._inbound(msg)
+            if len(own) > 1 << 16:  # sequences trimmed before the tailer saw them
+                self._own = {s for s in own if s > self._tailed}
+            async for msg in self._records(wanted):
+                self._inbound(msg)
+        return bool(new)
+
+    async def _records(self, seqs: list[int]) -> AsyncIterator[StoredMessage]:
+        for i in range(0, len(seqs), READ_BATCH):
+            chunk = seqs[i : i + READ_BATCH]
+            try:
+                found = await self.log.read(chunk)
+            except (AsyncIPCError, OSError) as exc:
+                log.error(
+                    "file bus: records %d..%d unreadable, skipped: %s", chunk[0], chunk[-1], exc
+                )
+                continue
+            for msg in found:
+                if msg is not None:
+                    yield msg
+
+    async def catch_up(
+        self, since: int, capture: Callable[[str, bytes, Headers | None], None]
+    ) -> int:
+        """Hand ``capture`` every plain message of the log after ``since`` and up to
+        :attr:`tailed` that no streams' host captured when it was published: what a new
+        host owes the streams (published while no process hosted them, or after the old
+        host's tailer stopped). Call it holding :attr:`turn`. Returns how many."""
+        wanted = [e.seq for e in self.log.entries(since + 1) if e.seq <= self._tailed]
+        n = 0
+        async for msg in self._records(wanted):
+            headers = dict(msg.headers) if msg.headers else {}
+            origin, _, rest = headers.pop(META_HEADER, "").partition(" ")
+            subject = msg.subject
+            if origin.endswith(HOST_MARK) or rest.partition(" ")[2] or subject.startswith(_SKIP):
+                continue  # captured already, a consumer's delivery, or not for streams
+            capture(subject, msg.data, headers or None)
+            n += 1
+        return n
 
     def _inbound(self, msg: StoredMessage) -> None:
         headers = dict(msg.headers) if msg.headers else {}
         meta = headers.pop(META_HEADER, "")
         origin, _, rest = meta.partition(" ")
-        if origin == self.origin:
+        if origin == self.origin or origin == self._marked:
             return
         reply, _, deliver = rest.partition(" ")
         subject = msg.subject
