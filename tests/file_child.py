@@ -3,7 +3,8 @@
 Every mode opens ``file://DIR`` and prints what it saw, one line per fact, so the parent
 can compare:
 
-* ``sub DIR SUBJECT N``: subscribes, prints ``ready``, then prints each of N payloads;
+* ``sub DIR SUBJECT N``: subscribes, prints ``ready``, then prints each of N payloads
+  (one over 100 bytes as its first 20 and its length);
 * ``pub DIR SUBJECT N TAG [SIZE]``: publishes ``TAG i`` for i in 0..N-1 (padded with
   dots to SIZE bytes), prints ``done``;
 * ``serve DIR SUBJECT``: answers requests with ``re: <payload>``, prints ``ready``, runs
@@ -42,7 +43,8 @@ async def sub(url: str, subject: str, n: int) -> None:
         say("ready")
         for _ in range(n):
             msg = await s.next_msg(timeout=30)
-            say(msg.data.decode())
+            text = msg.data.decode()
+            say(text if len(text) <= 100 else f"{text[:20]}... ({len(text)} bytes)")
 
 
 async def pub(url: str, subject: str, n: int, tag: str, size: int) -> None:

@@ -141,12 +141,42 @@ def test_several_writer_processes_at_once_lose_and_repeat_nothing(tmp_path: Path
         assert [g for g in got if g.startswith(tag + " ")] == [f"{tag} {i}" for i in range(1000)]
 
 
+def test_large_messages_cross_processes_whole(tmp_path: Path) -> None:
+    tailer = Child("sub", tmp_path, "big.>", 3)
+    tailer.expect("ready")
+    lines, _ = run("pub", tmp_path, "big.x", 3, "L", 6 << 20)  # 6 MiB each
+    assert lines == ["done"]
+    assert tailer.finish() == [f"{f'L {i}'.ljust(20, '.')}... ({6 << 20} bytes)" for i in range(3)]
+
+
 def test_a_new_process_hears_only_what_comes_after_it_opened(tmp_path: Path) -> None:
     assert run("pub", tmp_path, "old.x", 5, "old")[0] == ["done"]
     tailer = Child("sub", tmp_path, "old.>", 1)
     tailer.expect("ready")
     assert run("pub", tmp_path, "old.x", 1, "new")[0] == ["done"]
     assert tailer.finish() == ["new 0"]
+
+
+async def test_a_slow_subscriber_leaves_the_backlog_in_the_log(tmp_path: Path) -> None:
+    """overflow="block" across processes: the publisher is not slowed (it is elsewhere),
+    and this process does not buffer the backlog either: its tailer stops reading while
+    the subscriber is behind, and the log holds the rest on disk."""
+    from asyncipc.transports.file import file_bus
+
+    url = f"file://{tmp_path}"
+    async with asyncipc.connect(url) as bus, bus.subscribe("slow.x", max_pending=10) as sub:
+        await bus.flush()
+        joined = await file_bus(url)
+        assert joined is not None
+        lines, _ = await asyncio.to_thread(run, "pub", tmp_path, "slow.x", 20_000, "s", 1000)
+        assert lines == ["done"]  # 20 MB written while nobody here reads
+        await asyncio.sleep(0.5)
+        held = joined.broker.buffered
+        assert held <= joined.broker.options.high_water + (1 << 20), held
+        assert joined.relay.tailed < 20_000  # the rest waits in the log
+        for i in range(20_000):
+            msg = await sub.next_msg(timeout=10)
+            assert msg.data.startswith(f"s {i}.".encode())
 
 
 def test_request_reply_between_processes_and_a_request_nobody_answers(tmp_path: Path) -> None:

@@ -53,9 +53,9 @@ SEGMENT_BYTES = (256 << 10, 16 << 20)
 by whole segments keeps the log near its bound."""
 POSITION_EVERY = 1.0
 """Seconds between two saves of the streams' host's capture position (``streams.pos``)."""
-CACHE_BYTES = 1 << 20
-"""Recent records a process keeps in memory: little, since the tailer reads what *other*
-processes wrote, which no cache of ours holds."""
+CACHE_BYTES = 0
+"""Recent records a process keeps in memory: none, since the tailer reads only what *other*
+processes wrote, which no cache of ours would hold."""
 
 _SIZE = re.compile(r"(\d+)\s*([kmg]?)(?:i?b)?", re.IGNORECASE)
 _AGE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)", re.IGNORECASE)
@@ -193,7 +193,12 @@ class FileBus(Listener):
             )
         origin = f"{os.getpid()}.{os.urandom(4).hex()}"
         relay = FileRelay(
-            broker, bus_log, origin, max_bytes=options.max_bytes, max_age=options.max_age
+            broker,
+            bus_log,
+            origin,
+            max_bytes=options.max_bytes,
+            max_age=options.max_age,
+            backlog=broker.options.high_water,
         )
         self = cls(url.raw, broker, options, relay, bus_log)
         broker.add_relay(relay)

@@ -48,6 +48,8 @@ READ_BATCH = 512
 MAX_QUEUED = 64 << 20
 """Payload bytes waiting for the writer at most. Past it a message is dropped and counted:
 ``outbound`` must not block the broker, and a plain publish is at most once anyway."""
+BACKLOG_POLL = 0.005
+"""Seconds between two looks at a backlog that stopped the tailer."""
 RETENTION_EVERY = 1.0
 """Seconds between two checks of the bus log's ``max_bytes``/``max_age``."""
 
@@ -88,6 +90,9 @@ class BusBroker(Protocol):
     @property
     def router(self) -> Router[Any]: ...
 
+    @property
+    def buffered(self) -> int: ...
+
     def relay_publish(
         self, subject: str, data: bytes, reply: str | None, headers: Headers | None
     ) -> None: ...
@@ -106,7 +111,10 @@ class FileRelay:
 
     ``origin`` names this relay in the records it writes (unique per process and
     directory). ``max_bytes``/``max_age`` (0: none) bound the log; every process checks
-    after its own appends and removes whole segments (``log.purge``).
+    after its own appends and removes whole segments (``log.purge``). While the broker
+    holds more than ``backlog`` bytes for subscribers that do not keep up (``block``
+    subscriptions), the tailer stops reading: the backlog waits in the log, on disk,
+    and nothing in this process grows.
     """
 
     def __init__(
@@ -117,6 +125,7 @@ class FileRelay:
         *,
         max_bytes: int = 0,
         max_age: float = 0.0,
+        backlog: int = 1 << 20,
     ) -> None:
         self.broker = broker
         self.log = bus_log
@@ -124,6 +133,7 @@ class FileRelay:
         self._marked = origin + HOST_MARK
         self.max_bytes = max_bytes
         self.max_age = max_age
+        self.backlog = backlog
         self.hosting = False
         """True while this process hosts the streams: it answers the ``$sys.stream.``
         requests in the log, and its broker captures every message it sees."""
@@ -136,6 +146,9 @@ class FileRelay:
         """Records of other processes handed to the broker."""
         self.dropped = 0
         """Messages not written: the queue was full, the relay closed, or a write failed."""
+        self.missed = 0
+        """Records trimmed from the log (``max_bytes``/``max_age``) before this process
+        read them: its tailer had fallen that far behind."""
         self._queue: list[_Item] = []
         self._queued = 0
         self._writing = 0  # records in the batch being appended
@@ -280,7 +293,11 @@ class FileRelay:
 
     async def run_tailer(self) -> None:
         """Hand the broker what other processes append, until cancelled."""
+        broker = self.broker
         while True:
+            if broker.buffered > self.backlog:
+                await asyncio.sleep(BACKLOG_POLL)  # a slow subscriber: let the log hold it
+                continue
             async with self.turn:
                 moved = await self._tail_once()
             if not moved:
@@ -295,6 +312,14 @@ class FileRelay:
             await asyncio.sleep(1.0)
             return True
         if new:
+            gap = new[0].seq - self._tailed - 1
+            if gap > 0 and self._tailed:
+                self.missed += gap
+                log.warning(
+                    "file bus: %d records were trimmed from the log before this process "
+                    "read them (it fell behind by more than max_bytes/max_age)",
+                    gap,
+                )
             own = self._own
             wanted: list[int] = []
             for entry in new:
