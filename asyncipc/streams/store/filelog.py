@@ -336,10 +336,10 @@ def _scan_directory(directory: str, io: FileIO, lockfd: int) -> _Opened:
     tail_fd: int | None = None
     tail_size = 0
     tail_bad = False
+    kept: list[int] = []
     for i, first in enumerate(segs):
         last = i == len(segs) - 1
         path = os.path.join(directory, segment_name(first))
-        hw = max(hw, first - 1)
         try:
             fd = io.open(path, write=last)
         except OSError as e:
@@ -347,6 +347,26 @@ def _scan_directory(directory: str, io: FileIO, lockfd: int) -> _Opened:
         keep = False
         try:
             size = io.size(fd)
+            if first < col.next_seq:
+                # Named inside the previous segment's sequences: not a file we wrote there.
+                if size == 0:
+                    io.unlink(path)
+                    log.warning("store %s: removed an empty stray segment %s", directory, path)
+                else:
+                    report.lost_segments.append(
+                        LostSegment(
+                            segment_name(first),
+                            f"{path}: its name overlaps the sequences of the segment before "
+                            "it; not read (records lost in it: unknown)",
+                            0,
+                        )
+                    )
+                    log.warning("store %s: %s", directory, report.lost_segments[-1].reason)
+                    if last:
+                        tail_bad = True
+                continue
+            kept.append(first)
+            hw = max(hw, first - 1)
             buf = io.pread(fd, size, 0) if size else b""
             size = len(buf)
             before = len(col.seqs)
@@ -395,11 +415,12 @@ def _scan_directory(directory: str, io: FileIO, lockfd: int) -> _Opened:
     # segment's name, less those deleted anyway; at the end, what resync counted.
     for n, lost_seg in enumerate(report.lost_segments):
         first = _parse_name(lost_seg.name)
-        assert first is not None
-        i = segs.index(first)
+        if first is None or first not in damage_at:
+            continue
+        i = kept.index(first)
         lo = max(damage_at[first] + 1, purge_below)
-        if i + 1 < len(segs):
-            hi = segs[i + 1]
+        if i + 1 < len(kept):
+            hi = kept[i + 1]
             lost = max(0, hi - lo) - sum(1 for s in dels if lo <= s < hi)
             reason = f"{lost_seg.reason}; {lost} records after it lost"
         else:
@@ -415,7 +436,7 @@ def _scan_directory(directory: str, io: FileIO, lockfd: int) -> _Opened:
         directory=directory,
         lockfd=lockfd,
         col=col,
-        segs=segs,
+        segs=kept,
         damaged=damaged,
         report=report,
         last_seq=hw,
@@ -1566,7 +1587,8 @@ class FileLog:
                 rep.gone.append(name)
         self._w_segs = [n for n in self._w_segs if n in present]
         current = self._w_seg
-        newer = [n for n in names if current is None or n > current]
+        known = max(current or 0, self._w_segs[-1] if self._w_segs else 0)
+        newer = [n for n in names if n > known]
         if rep.col is None:
             rep.col = _Collector(self._w_high + 1, self._w_time)
         col = rep.col
