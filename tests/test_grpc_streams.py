@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -450,3 +451,13 @@ async def test_the_service_is_described_served_and_healthy(stack: Stack) -> None
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
     unknown = stack.channel.unary_unary("/asyncipc.v1.Streams/Nope")
     assert (await refused(unknown(b"")))[0] is Code.UNIMPLEMENTED
+
+
+async def test_a_broker_with_a_store_keeps_streams_on_file(tmp_path: Path) -> None:
+    async for stack in _stack(store=tmp_path):
+        info = await make_orders(stack, storage=pb.STORAGE_FILE)
+        assert (info.storage, info.config.storage) == (pb.STORAGE_FILE, pb.STORAGE_FILE)
+        assert (await publish(stack, "orders.a", b"kept")).seq == 1
+    async for stack in _stack(store=tmp_path):
+        info = await stack.streams.StreamGet(pb.StreamRequest(stream="ORDERS"))
+        assert (info.storage, info.messages) == (pb.STORAGE_FILE, 1)

@@ -9,6 +9,7 @@ import asyncio
 import base64
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -487,3 +488,25 @@ async def test_the_token_is_required_on_the_stream_routes() -> None:
             )
         await srv.call("GET", "/v1/streams", 200, headers=good)
         await srv.call("GET", f"/v1/streams?access_token={TOKEN}", 200)
+
+
+async def test_a_broker_with_a_store_keeps_streams_on_file(tmp_path: Path) -> None:
+    async for srv in serve(store=tmp_path):
+        _, doc = await srv.call("GET", "/v1/openapi.json", 200)
+        storage = doc["components"]["schemas"]["StreamConfig"]["properties"]["storage"]
+        assert storage["enum"] == ["file", "memory"]
+        info = await make_orders(srv, storage="file")
+        assert (info["storage"], info["config"]["storage"]) == ("file", "file")
+        assert (await publish(srv, "orders.a", b"kept"))["seq"] == 1
+        await srv.call("POST", "/v1/streams/ORDERS/consumers", 200, json={"name": "c"})
+        [msg] = await fetch(srv, "c")
+        await ack(srv, "c", msg["ack_token"])
+    async for srv in serve(store=tmp_path):  # the next broker on the same store
+        _, info = await srv.call("GET", "/v1/streams/ORDERS", 200)
+        assert (info["storage"], info["messages"]) == ("file", 1)
+        _, consumer = await srv.call("GET", "/v1/streams/ORDERS/consumers/c", 200)
+        assert (consumer["ack_floor"], consumer["num_pending"]) == (1, 0)
+    async for srv in serve():
+        _, doc = await srv.call("GET", "/v1/openapi.json", 200)
+        storage = doc["components"]["schemas"]["StreamConfig"]["properties"]["storage"]
+        assert storage["enum"] == ["memory"]
