@@ -164,6 +164,11 @@ class StreamMessage(Message):
         self._acked = False
 
     @property
+    def time_ns(self) -> int:
+        """When it was stored, in nanoseconds since the epoch."""
+        return self._time_ns
+
+    @property
     def time(self) -> datetime:
 
         return datetime.fromtimestamp(self._time_ns / 1e9, tz=UTC)

@@ -35,6 +35,7 @@ from ..protocol.system import (
     STREAM_MSG_ID_HEADER,
     STREAM_PREFIX,
     STREAM_SUBJECT_HEADER,
+    TIMEOUT_HEADER,
 )
 from ..subjects import covers, overlap, validate_subject
 from .config import ConsumerConfig, StreamConfig, check_name
@@ -411,6 +412,7 @@ class StreamManager:
                 f"a publish to stream {name} names its subject in {STREAM_SUBJECT_HEADER}",
             )
         user = dict(headers)
+        user.pop(TIMEOUT_HEADER, None)  # the request's own, not the message's
         subject = user.pop(STREAM_SUBJECT_HEADER)
         # The id stays in the stored headers (as Nats-Msg-Id does in JetStream): it is
         # how the deduplication window is rebuilt after a restart.
