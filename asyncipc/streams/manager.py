@@ -34,6 +34,7 @@ from ..protocol.system import (
     STREAM_MSG_ID_HEADER,
     STREAM_PREFIX,
     STREAM_SUBJECT_HEADER,
+    TIMEOUT_HEADER,
 )
 from ..subjects import covers, overlap, validate_subject
 from .config import ConsumerConfig, StreamConfig, check_name
@@ -404,6 +405,7 @@ class StreamManager:
         user = dict(headers)
         subject = user.pop(STREAM_SUBJECT_HEADER)
         msg_id = user.pop(STREAM_MSG_ID_HEADER, None)
+        user.pop(TIMEOUT_HEADER, None)  # how long stream.publish waits: not the message's
         validate_subject(subject)
         if not engine.captures(subject):
             raise _Refusal(
