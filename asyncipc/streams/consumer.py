@@ -377,15 +377,34 @@ class ConsumerEngine:
             return
         now = self._loop.time()
         heap = self._heap
+        expiring = False
         while heap and heap[0][0] <= now:
             due, seq = heapq.heappop(heap)
-            if seq == 0 or self._due.get(seq) != due:
-                continue  # a pull request's expiry, or superseded by an ack/WPI/NAK
+            if seq == 0:
+                expiring = True  # a pull request's expiry
+                continue
+            if self._due.get(seq) != due:
+                continue  # superseded by an ack/WPI/NAK
             del self._due[seq]
             self._expired(seq)
         if heap:
             self._arm(heap[0][0])
-        self.dispatch()  # also ends expired pull requests
+        if expiring:
+            self._end_expired(now)
+        self.dispatch()
+
+    def _end_expired(self, now: float) -> None:
+        """End every expired pull request, not only the first in line (dispatch looks at
+        the first only: one behind a longer request would wait for it)."""
+        if not any(r.expires is not None and r.expires <= now for r in self.waiting):
+            return
+        keep: deque[PullRequest] = deque()
+        over: list[PullRequest] = []
+        for req in self.waiting:
+            (over if req.expires is not None and req.expires <= now else keep).append(req)
+        self.waiting = keep
+        for req in over:
+            self._end(req, "408", "request expired")
 
     def _expired(self, seq: int) -> None:
         count = self.pending.get(seq)
