@@ -50,8 +50,11 @@ class ConsumerHost(Protocol):
         """Tell a pull request's owner it is over (status ``204``, ``408``, ``409``)."""
         ...
 
-    def dead_letter(self, consumer: ConsumerEngine, msg: StoredMessage, reason: str) -> None:
-        """Publish ``msg`` to the consumer's ``dead_letter`` subject, saying why."""
+    def dead_letter(
+        self, consumer: ConsumerEngine, msg: StoredMessage, reason: str, deliveries: int
+    ) -> None:
+        """Publish ``msg`` to the consumer's ``dead_letter`` subject, saying why and after
+        how many deliveries."""
         ...
 
     def changed(self, consumer: ConsumerEngine) -> None:
@@ -196,7 +199,7 @@ class ConsumerEngine:
         elif kind == "+TERM":
             del self.pending[seq]
             self._due.pop(seq, None)
-            self._bury(seq, "terminated")
+            self._bury(seq, "terminated", count)
             self.host.changed(self)
             if self.waiting:
                 self.dispatch()
@@ -281,7 +284,7 @@ class ConsumerEngine:
                 break
             if count > 1 and self.config.max_deliver and count > self.config.max_deliver:
                 del self.pending[seq]
-                self._bury_msg(msg, "max-deliver")
+                self._bury_msg(msg, "max-deliver", count - 1)
                 continue
             self.pending[seq] = count
             self._schedule(seq, now + self.config.ack_wait)
@@ -412,27 +415,29 @@ class ConsumerEngine:
             return
         if self.config.max_deliver and count >= self.config.max_deliver:
             del self.pending[seq]
-            self._bury(seq, "max-deliver")
+            self._bury(seq, "max-deliver", count)
             self.host.changed(self)
         else:
             self._redeliver.append(seq)
 
-    def _bury(self, seq: int, reason: str) -> None:
+    def _bury(self, seq: int, reason: str, deliveries: int) -> None:
         msg = self.stream.log.cached(seq) or self._readahead.pop(seq, None)
         if msg is not None:
-            self._bury_msg(msg, reason)
+            self._bury_msg(msg, reason, deliveries)
         elif self.config.dead_letter is not None:
-            self._spawn(self._bury_later(seq, reason))
+            self._spawn(self._bury_later(seq, reason, deliveries))
+        else:
+            self.dead_lettered += 1  # counted as _bury_msg would, with nothing to read
 
-    async def _bury_later(self, seq: int, reason: str) -> None:
+    async def _bury_later(self, seq: int, reason: str, deliveries: int) -> None:
         [msg] = await self.stream.log.read([seq])
         if msg is not None:
-            self._bury_msg(msg, reason)
+            self._bury_msg(msg, reason, deliveries)
 
-    def _bury_msg(self, msg: StoredMessage, reason: str) -> None:
+    def _bury_msg(self, msg: StoredMessage, reason: str, deliveries: int) -> None:
         self.dead_lettered += 1
         if self.config.dead_letter is not None:
-            self.host.dead_letter(self, msg, reason)
+            self.host.dead_letter(self, msg, reason, deliveries)
 
     # --- state ---------------------------------------------------------------------------------
 

@@ -541,7 +541,9 @@ class StreamManager:
         headers = {STATUS_HEADER: status, ERROR_HEADER: text, "asyncipc-delivered": str(delivered)}
         self.host.deliver_to(reply, reply, b"", None, headers)
 
-    def dead_letter(self, consumer: ConsumerEngine, msg: StoredMessage, reason: str) -> None:
+    def dead_letter(
+        self, consumer: ConsumerEngine, msg: StoredMessage, reason: str, deliveries: int
+    ) -> None:
         subject = consumer.config.dead_letter
         if subject is None:
             return
@@ -555,7 +557,7 @@ class StreamManager:
                     consumer.name,
                     str(msg.seq),
                     msg.subject,
-                    str(consumer.pending.get(msg.seq, consumer.config.max_deliver)),
+                    str(deliveries),
                 ),
                 strict=True,
             )
