@@ -669,6 +669,8 @@ class StreamManager:
             raise _Refusal("400", "bad-request", "a stream configuration is a JSON object")
         given = dict(body)
         given.pop("name", None)
+        # Unknown or bad options are refused even when the stream exists.
+        config = StreamConfig.from_json({**given, "name": name})
         existing = self.streams.get(name)
         if existing is not None:
             current = existing.config.to_json()
@@ -689,7 +691,6 @@ class StreamManager:
             from ..errors import StreamNotFound
 
             raise StreamNotFound(f"no stream {name!r} (give its subjects to create it)")
-        config = StreamConfig.from_json({**given, "name": name})
         for other in self.streams.values():
             for mine in config.subjects:
                 for theirs in other.config.subjects:
