@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -476,7 +477,10 @@ class StreamManager:
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise _Refusal("400", "bad-request", f"batch must be an integer >= 1, not {batch!r}")
         if expires is not None and (
-            isinstance(expires, bool) or not isinstance(expires, (int, float)) or expires <= 0
+            isinstance(expires, bool)
+            or not isinstance(expires, (int, float))
+            or not math.isfinite(expires)  # JSON from Python takes NaN and Infinity
+            or expires <= 0
         ):
             raise _Refusal("400", "bad-request", f"expires must be seconds > 0, not {expires!r}")
         loop = asyncio.get_running_loop()
@@ -505,6 +509,8 @@ class StreamManager:
         if text == "-NAK" and rest:
             try:
                 delay = float(json.loads(rest).get("delay", 0.0))
+                if not math.isfinite(delay):
+                    raise ValueError(delay)
             except (ValueError, AttributeError, TypeError):
                 raise _Refusal(
                     "400", "bad-request", 'a NAK\'s body is -NAK {"delay": seconds}'
