@@ -239,6 +239,33 @@ async def test_capture_plain_and_stream_publish_subscriber_gets_each_once(url: s
         assert seqs == list(range(6, 56))
 
 
+async def test_records_are_not_shared_with_publishers_or_consumers(url: str) -> None:
+    """Over memory:// the broker gets the publisher's own objects: the stream keeps
+    copies, so what a publisher or a consumer changes afterwards is not what is stored."""
+    async with asyncipc.connect(url) as bus:
+        st = await bus.stream("SH", subjects=["sh.*"])
+        live = bus.subscribe("sh.*")
+        await bus.flush()
+        plain = {"k": "plain"}
+        acked = {"k": "acked"}
+        await bus.publish("sh.plain", b"p", headers=plain)
+        await st.publish("sh.acked", b"a", headers=acked)
+        plain["k"] = acked["k"] = "changed by the publisher"
+        for _ in range(2):
+            (await live.next_msg(timeout=GUARD)).headers["k"] = "changed by a subscriber"  # type: ignore[index]
+        first = await fetch_n(await st.consumer("one"), 2)
+        for msg in first:
+            assert msg.headers is not None
+            msg.headers["k"] = "changed by a consumer"
+        again = await fetch_n(await st.consumer("two"), 2)
+        assert [m.headers for m in again] == [{"k": "plain"}, {"k": "acked"}]
+        assert (await st.get(2)).headers == {
+            "k": "acked",
+            "asyncipc-seq": "2",
+            "asyncipc-time": str(again[1]._time_ns),
+        }
+
+
 async def test_dedup_within_and_after_the_window(url: str) -> None:
     async with asyncipc.connect(url) as bus:
         st = await bus.stream("DD", subjects=["dd"], duplicate_window=0.2)

@@ -91,7 +91,8 @@ class StreamEngine:
             if why is not None:
                 self.refused += 1
                 raise StreamError("limit", f"stream {config.name} is full: {why}")
-        seq = log.append(subject, headers, data, now)
+        # A copy: over memory:// the publisher and the live subscribers hold this dict.
+        seq = log.append(subject, dict(headers) if headers else None, data, now)
         held = self._by_subject.get(subject)
         if held is None:
             held = self._by_subject[subject] = deque()

@@ -541,7 +541,9 @@ class StreamManager:
         return self.host.interest(subject)
 
     def deliver(self, reply: str, msg: StoredMessage, ack: str) -> None:
-        self.host.deliver_to(reply, msg.subject, msg.data, ack, msg.headers)
+        # A copy: an in-process consumer must not edit the stored record's headers.
+        headers = dict(msg.headers) if msg.headers else None
+        self.host.deliver_to(reply, msg.subject, msg.data, ack, headers)
 
     def end_pull(self, reply: str, status: str, text: str, delivered: int) -> None:
         headers = {STATUS_HEADER: status, ERROR_HEADER: text, "asyncipc-delivered": str(delivered)}
