@@ -44,7 +44,7 @@ from .transports import URL, TransportOptions, lookup, parse_url
 if TYPE_CHECKING:
     from .transports.pipe import PipeChild
 
-__all__ = ["Broker", "BrokerAdapter", "BrokerStats", "TransportStats"]
+__all__ = ["Broker", "BrokerAdapter", "BrokerStats", "Relay", "TransportStats"]
 
 log = logging.getLogger("asyncipc.broker")
 
@@ -63,6 +63,20 @@ def _deadline(headers: Headers | None) -> float | None:
     if seconds is None or seconds >= 1e9:  # a requester that waits for ever: no deadline
         return None
     return asyncio.get_running_loop().time() + seconds
+
+
+class Relay(Protocol):
+    """Something beyond this broker that its messages also go to (``add_relay``)."""
+
+    def wants(self, subject: str) -> bool:
+        """Whether a message on ``subject`` goes out through this relay."""
+        ...
+
+    def outbound(
+        self, subject: str, data: bytes, reply: str | None, headers: Headers | None
+    ) -> None:
+        """A message published here: send it on. Must not block."""
+        ...
 
 
 @runtime_checkable
@@ -108,6 +122,8 @@ class Broker:
             store = os.fspath(store)
         self.streams = StreamManager(self, store)
         self._started = False
+        self._relays: list[Relay] = []
+        self._relaying = False
 
     async def start(self) -> None:
         """Open the store: recover every stream and consumer under ``store``. Called by
@@ -244,6 +260,29 @@ class Broker:
         """Package-internal: a PUB on ``$sys.stream.`` from ``session`` (the streams API)."""
         self.streams.handle(session, subject, data, reply, headers)
 
+    def add_relay(self, relay: Relay) -> None:
+        """Package-internal: hand ``relay`` every message published here on a subject it
+        :meth:`~Relay.wants` (the ``file://`` log, a bridge to another broker). A request
+        on such a subject gets no ``503`` when nobody here listens: the answer may come
+        from the other side."""
+        self._relays.append(relay)
+
+    def remove_relay(self, relay: Relay) -> None:
+        """Package-internal: stop relaying to ``relay``."""
+        if relay in self._relays:
+            self._relays.remove(relay)
+
+    def relay_publish(
+        self, subject: str, data: bytes, reply: str | None, headers: Headers | None
+    ) -> None:
+        """Package-internal: a message that came in through a relay, delivered to the
+        subscribers here and to no relay (so that nothing echoes back out)."""
+        self._relaying = True
+        try:
+            self.publish(subject, data, reply, headers, None, None)
+        finally:
+            self._relaying = False
+
     def interest(self, subject: str) -> bool:
         """Package-internal: whether some subscription receives ``subject``."""
         return bool(self.router.route(subject))
@@ -369,11 +408,22 @@ class Broker:
                 data if data is not None else pub.data,  # type: ignore[union-attr]
                 headers,
             )
+        relayed = False
+        if self._relays and not self._relaying:
+            for relay in self._relays:
+                if relay.wants(subject):
+                    relay.outbound(
+                        subject,
+                        data if data is not None else pub.data,  # type: ignore[union-attr]
+                        reply,
+                        headers,
+                    )
+                    relayed = True
         if self._awaited and subject in self._awaited:
             self._inflight.answered(subject)  # the reply to a request we saw
         routes = self.router.route(subject)
         if not routes:
-            if reply is not None:
+            if reply is not None and not relayed:  # else a responder may be out there
                 stats.no_responders += 1
                 self.publish(reply, b"", None, NO_RESPONDERS_HEADERS, None, None)
             return

@@ -45,6 +45,7 @@ async def _broker(args: argparse.Namespace) -> int:
         max_frame=args.max_frame,
         high_water=args.high_water,
         remote_signals=args.allow_remote_signals,
+        store=args.store,
     )
     if args.ready_file:
         _remove_ready_file(args.ready_file)  # a stale one must not say "ready" meanwhile

@@ -21,6 +21,7 @@ from ._common import (
     _positive_int,
     _size_text,
 )
+from ._streams import add_stream_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="let clients on tcp:// and tls:// listeners ask the broker to signal local "
         "clients that allowed it (default: only local clients may; see docs/signals.md)",
     )
+    p.add_argument(
+        "--store",
+        metavar="DIR",
+        help="keep durable streams under DIR (created if missing): their messages and "
+        "consumers survive restarts (docs/streams.md). Without it streams live in memory",
+    )
     p.set_defaults(func=_broker, interrupted=EXIT_OK, log_level=logging.INFO)
 
     p = commands.add_parser(
@@ -269,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"seconds to wait for the broker (default: {WAIT_TIMEOUT:g})",
     )
     p.set_defaults(func=_wait, interrupted=None, log_level=logging.ERROR)
+    add_stream_commands(commands, client, payload)
     return parser
 
 

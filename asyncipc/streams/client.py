@@ -18,8 +18,10 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..errors import (
     AsyncIPCError,
+    ClosedError,
     ConfigurationError,
     ConsumerNotFound,
+    Disconnected,
     RequestTimeout,
     StreamError,
     StreamNotFound,
@@ -241,6 +243,7 @@ class Stream:
         self._inbox = f"_INBOX.{os.urandom(10).hex()}."
         self._acks_sub: Subscription | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._waiting: OrderedDict[str, tuple[asyncio.Future[PubAck], float]] = OrderedDict()
         self._outbox: list[tuple[str, bytes, dict[str, str], str]] = []
         self._writer: asyncio.Task[None] | None = None
@@ -321,6 +324,7 @@ class Stream:
                 self._inbox + "*", max_pending=1 << 20, max_bytes=1 << 30
             )
             self._reader = loop.create_task(self._read_acks(self._acks_sub))
+            self._watcher = loop.create_task(self._watch())
         self._next += 1
         token = f"{self._next:x}"
         fut: asyncio.Future[PubAck] = loop.create_future()
@@ -355,14 +359,40 @@ class Stream:
     async def _read_acks(self, sub: Subscription) -> None:
         waiting = self._waiting
         cut = len(self._inbox)
-        async for reply in sub:
-            entry = waiting.pop(reply.subject[cut:], None)
-            if entry is None or entry[0].done():
-                continue
-            try:
-                entry[0].set_result(self._ack_of(reply))
-            except Exception as exc:
-                entry[0].set_exception(exc)
+        try:
+            async for reply in sub:
+                entry = waiting.pop(reply.subject[cut:], None)
+                if entry is None or entry[0].done():
+                    continue
+                try:
+                    entry[0].set_result(self._ack_of(reply))
+                except Exception as exc:
+                    entry[0].set_exception(exc)
+        except Exception as exc:  # the bus is gone: nobody will answer the rest
+            self._fail_all(exc)
+        else:
+            self._fail_all(ClosedError(f"the bus of stream handle {self.name} closed"))
+
+    async def _watch(self) -> None:
+        """Fail what is outstanding when the link drops: the broker that held those
+        acknowledgements is gone (DESIGN §7), so waiting for them would only hide it."""
+        events = getattr(self._bus, "events", None)
+        if events is None:
+            return
+        async for event in events():
+            if event.kind in ("disconnected", "closed"):
+                self._fail_all(
+                    Disconnected(
+                        f"the link to the broker dropped before stream {self.name} "
+                        "acknowledged: publish again with the same msg_id"
+                    )
+                )
+
+    def _fail_all(self, exc: BaseException) -> None:
+        waiting, self._waiting = self._waiting, OrderedDict()
+        for fut, _ in waiting.values():
+            if not fut.done():
+                fut.set_exception(exc)
 
     def _reap(self) -> None:
         self._reaper = None
@@ -395,8 +425,9 @@ class Stream:
 
     async def close(self) -> None:
         """Stop listening for acknowledgements (outstanding ones fail with ClosedError)."""
-        from ..errors import ClosedError
-
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
         if self._reader is not None:
             self._reader.cancel()
             self._reader = None
@@ -443,13 +474,17 @@ class Stream:
         self,
         name: str | None = None,
         *,
-        deliver: str = "all",
+        deliver: str | None = None,
         start_seq: int | None = None,
         start_time: datetime | float | None = None,
         batch: int = 100,
         **config: Any,
     ) -> Consumer:
-        """A consumer of this stream, created if it does not exist.
+        """A consumer of this stream, created if it does not exist (with the options
+        given and the defaults of :class:`~asyncipc.streams.ConsumerConfig` for the rest).
+        If it exists, the options given must match its own
+        (:class:`~asyncipc.StreamError` ``reason="exists"`` otherwise); the others are not
+        compared, so ``stream.consumer("billing")`` simply finds it.
 
         ``name`` ``None``: an ephemeral consumer, gone when this connection closes.
         ``deliver``: ``"all"``, ``"new"``, ``"last"``, ``"last_per_subject"``; or give
@@ -458,17 +493,21 @@ class Stream:
         ``dead_letter``, ``filter_subject``, ``max_ack_pending``, ``durable``).
         ``batch`` is how many messages ``async for`` asks for at a time.
         """
+        given: dict[str, Any] = dict(config)
+        if deliver is not None:
+            given["deliver"] = deliver
         if start_seq is not None:
-            deliver = "by_start_seq"
-            config["start_seq"] = start_seq
+            given["deliver"] = "by_start_seq"
+            given["start_seq"] = start_seq
         if start_time is not None:
-            deliver = "by_start_time"
-            config["start_time"] = (
+            given["deliver"] = "by_start_time"
+            given["start_time"] = (
                 start_time.timestamp() if isinstance(start_time, datetime) else float(start_time)
             )
-        cfg = ConsumerConfig(name=name, deliver=deliver, **config)  # type: ignore[arg-type]
+        ConsumerConfig(name=name, **given)  # refuse bad options before anything is sent
+        given["name"] = name
         info = ConsumerInfo.from_json(
-            await _call(self._bus, f"{STREAM_PREFIX}consumer.create.{self.name}", cfg.to_json())
+            await _call(self._bus, f"{STREAM_PREFIX}consumer.create.{self.name}", given)
         )
         return Consumer(self._bus, info, batch)
 

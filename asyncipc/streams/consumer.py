@@ -18,21 +18,30 @@ import logging
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from ..subjects import matches
-from .config import ConsumerConfig, ConsumerInfo
-from .store.base import StoredMessage
+from .config import ConsumerConfig, ConsumerInfo, StreamConfig
+from .store.base import Log, StoredMessage
 
-if TYPE_CHECKING:
-    from .engine import StreamEngine
-
-__all__ = ["ConsumerEngine", "ConsumerHost", "PullRequest"]
+__all__ = ["ConsumerEngine", "ConsumerHost", "PullRequest", "StreamView"]
 
 log = logging.getLogger("asyncipc.streams")
 
 READ_BATCH = 256
 """Records read from disk in one trip when a consumer runs past the log's cache."""
+
+
+class StreamView(Protocol):
+    """What a consumer needs of its stream (:class:`~.engine.StreamEngine` is one)."""
+
+    config: StreamConfig
+    log: Log
+    storage: str
+
+    def last_seq_for(self, pattern: str | None) -> list[int]:
+        """The last live sequence of every subject matching ``pattern``."""
+        ...
 
 
 class ConsumerHost(Protocol):
@@ -79,7 +88,7 @@ class ConsumerEngine:
 
     def __init__(
         self,
-        stream: StreamEngine,
+        stream: StreamView,
         config: ConsumerConfig,
         host: ConsumerHost,
         state: dict[str, Any] | None = None,

@@ -14,6 +14,7 @@ from collections import OrderedDict, deque
 from typing import TYPE_CHECKING
 
 from ..errors import StreamError
+from ..protocol.system import STREAM_MSG_ID_HEADER as MSG_ID_HEADER
 from ..subjects import matches
 from .config import PubAck, StreamConfig, StreamInfo
 from .store.base import Log
@@ -43,6 +44,21 @@ class StreamEngine:
         self._age_timer: asyncio.TimerHandle | None = None
         for entry in log.entries():
             self._by_subject.setdefault(entry.subject, deque()).append(entry.seq)
+
+    async def rebuild_dedup(self, limit: int = 100_000) -> None:
+        """After a restart: the ids of the records still within the deduplication window
+        (the newest ``limit`` at most), read back from their ``asyncipc-msg-id`` header."""
+        window = self.config.duplicate_window
+        if not window or not self.log.messages:
+            return
+        since = self.log.seq_at_time(_time.time_ns() - int(window * 1e9))
+        seqs = [e.seq for e in self.log.entries(since)][-limit:]
+        for i in range(0, len(seqs), 1024):
+            for msg in await self.log.read(seqs[i : i + 1024]):
+                if msg is not None and msg.headers:
+                    msg_id = msg.headers.get(MSG_ID_HEADER)
+                    if msg_id is not None:
+                        self._dedup[msg_id] = (msg.seq, msg.time)
 
     # --- what it captures ------------------------------------------------------------
 

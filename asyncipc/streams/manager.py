@@ -23,6 +23,7 @@ import os
 import shutil
 import time
 from collections import deque
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -255,7 +256,10 @@ class StreamManager:
             )
         else:
             log_ = MemoryLog()
-        return StreamEngine(config, log_, storage, created)
+        engine = StreamEngine(config, log_, storage, created)
+        if log_.durable:
+            await engine.rebuild_dedup()
+        return engine
 
     def _add(self, engine: StreamEngine) -> None:
         self.streams[engine.config.name] = engine
@@ -299,8 +303,9 @@ class StreamManager:
         if engine is None:
             return
         assert isinstance(engine, StreamEngine)
+        msg_id = headers.get(STREAM_MSG_ID_HEADER) if headers else None
         try:
-            seq = engine.store(subject, headers, data)
+            seq = engine.store(subject, headers, data, msg_id)
         except StreamError as exc:
             log.debug("stream %s refused a message on %s: %s", engine.config.name, subject, exc)
             return
@@ -405,7 +410,9 @@ class StreamManager:
             )
         user = dict(headers)
         subject = user.pop(STREAM_SUBJECT_HEADER)
-        msg_id = user.pop(STREAM_MSG_ID_HEADER, None)
+        # The id stays in the stored headers (as Nats-Msg-Id does in JetStream): it is
+        # how the deduplication window is rebuilt after a restart.
+        msg_id = user.get(STREAM_MSG_ID_HEADER)
         user.pop(TIMEOUT_HEADER, None)  # how long stream.publish waits: not the message's
         validate_subject(subject)
         if not engine.captures(subject):
@@ -424,6 +431,11 @@ class StreamManager:
             finally:
                 self._forwarding = False
         if reply is None:
+            return
+        if not engine.log.durable:  # nothing to wait for: answer in this turn of the loop
+            self.host.publish(
+                reply, _ack_body(name, ack.seq, ack.duplicate), None, None, None, None
+            )
             return
         queue = self._acks.get(name)
         if queue is None:
@@ -454,12 +466,7 @@ class StreamManager:
                     if failure is not None:
                         self._refuse(reply, _refusal(failure))
                     else:
-                        body = b'{"stream":"%s","seq":%d%s}' % (
-                            name.encode(),
-                            seq,
-                            b',"duplicate":true' if dup else b"",
-                        )
-                        publish(reply, body, None, None, None, None)
+                        publish(reply, _ack_body(name, seq, dup), None, None, None, None)
         finally:
             self._ack_tasks.pop(name, None)
 
@@ -757,14 +764,25 @@ class StreamManager:
         engine = self._stream(stream)
         if not isinstance(body, dict):
             raise _Refusal("400", "bad-request", "a consumer configuration is a JSON object")
+        name = body.get("name")
+        existing = engine.consumers.get(name) if isinstance(name, str) else None
+        if existing is not None:
+            mine = existing.config.to_json()
+            ConsumerConfig.from_json(body)  # the options given must be valid ones
+            differs = sorted(k for k, v in body.items() if k in mine and mine[k] != v)
+            if differs:
+                raise StreamError(
+                    "exists",
+                    f"consumer {stream}/{name} exists with a different {', '.join(differs)}",
+                )
+            return existing.info()
         config = ConsumerConfig.from_json(body)
         owner: object = None
         if config.name is None:
             self._next_ephemeral += 1
-            name = f"eph-{os.urandom(4).hex()}-{self._next_ephemeral}"
-            from dataclasses import replace
-
-            config = replace(config, name=name, durable=False)
+            config = replace(
+                config, name=f"eph-{os.urandom(4).hex()}-{self._next_ephemeral}", durable=False
+            )
             owner = session
         elif not config.durable:
             owner = session
@@ -783,16 +801,6 @@ class StreamManager:
                 f"dead_letter {config.dead_letter!r} is captured by stream {stream} itself: "
                 "dead messages would come back",
             )
-        existing = engine.consumers.get(config.name)
-        if existing is not None:
-            if existing.config != config:
-                mine = existing.config.to_json()
-                differs = [k for k, v in config.to_json().items() if mine.get(k) != v]
-                raise StreamError(
-                    "exists",
-                    f"consumer {stream}/{config.name} exists with a different {', '.join(differs)}",
-                )
-            return existing.info()
         consumer = ConsumerEngine(engine, config, self, owner=owner)
         engine.consumers[config.name] = consumer
         self.changed(consumer)
@@ -802,11 +810,17 @@ class StreamManager:
     async def _delete_consumer(self, stream: str, name: str) -> None:
         consumer = self._consumer(stream, name)
         consumer.close()
-        del consumer.stream.consumers[name]
+        del self._stream(stream).consumers[name]
         self._dirty.discard(consumer)
         if self.root is not None and consumer.stream.storage == "file":
             path = self._consumer_path(consumer)
             await asyncio.to_thread(lambda: path.unlink(missing_ok=True))
+
+
+def _ack_body(stream: str, seq: int, duplicate: bool) -> bytes:
+    """A PubAck as JSON, written by hand: it is sent once per stored message."""
+    dup = b',"duplicate":true' if duplicate else b""
+    return b'{"stream":"%s","seq":%d%s}' % (stream.encode(), seq, dup)
 
 
 def _write_all(writes: list[tuple[Path, bytes]]) -> None:
