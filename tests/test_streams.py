@@ -269,17 +269,63 @@ async def test_records_are_not_shared_with_publishers_or_consumers(url: str) -> 
 async def test_dedup_within_and_after_the_window(url: str) -> None:
     async with asyncipc.connect(url) as bus:
         st = await bus.stream("DD", subjects=["dd"], duplicate_window=0.2)
+        live = bus.subscribe("dd")
+        await bus.flush()
         first = await st.publish("dd", b"a", msg_id="m1")
         dup = await st.publish("dd", b"a", msg_id="m1")
         other = await st.publish("dd", b"b", msg_id="m2")
+        # A plain publish carrying the id header is deduplicated too.
+        await bus.publish("dd", b"b", headers={"asyncipc-msg-id": "m2"})
         assert (first.seq, first.duplicate) == (1, False)
         assert (dup.seq, dup.duplicate) == (1, True)
         assert (other.seq, other.duplicate) == (2, False)
         assert (await st.info()).messages == 2
+        # Live subscribers get the duplicate acked publish once; the plain one is theirs.
+        await bus.publish("dd", b"end")
+        got = [(await live.next_msg(timeout=GUARD)).data for _ in range(4)]
+        assert got == [b"a", b"b", b"b", b"end"]
         await asyncio.sleep(0.3)  # past the duplicate window: m1 is a new message again
         again = await st.publish("dd", b"a", msg_id="m1")
-        assert (again.seq, again.duplicate) == (3, False)
-        assert (await st.info()).messages == 3
+        assert (again.seq, again.duplicate) == (4, False)
+        info = await st.info()
+        assert (info.messages, info.last_seq) == (4, 4)
+        c = await st.consumer("all")
+        assert [(m.seq, m.data) for m in await fetch_n(c, 4)] == [
+            (1, b"a"),
+            (2, b"b"),
+            (3, b"end"),
+            (4, b"a"),
+        ]
+
+
+async def test_purge_and_get(url: str) -> None:
+    async with asyncipc.connect(url) as bus:
+        st = await bus.stream("PG", subjects=["pg.*"])
+        await fill(st, ["pg.a", "pg.b", "pg.a", "pg.b"])
+        got = await st.get(2)
+        assert (got.subject, got.data, got.headers) == (
+            "pg.b",
+            b"1",
+            {"asyncipc-seq": "2", "asyncipc-time": got.headers["asyncipc-time"]},  # type: ignore[index]
+        )
+        assert (await st.get(last_by_subject="pg.a")).data == b"2"
+        c = await st.consumer("w")
+        held = await fetch_n(c, 2)
+        assert await st.purge("pg.a") == 2
+        info = await st.info()
+        assert (info.messages, info.first_seq, info.subjects) == (2, 2, 1)
+        with pytest.raises(StreamError) as exc:
+            await st.get(1)
+        assert exc.value.reason == "not-found"
+        assert [m.seq for m in await fetch_n(c, 1)] == [4]  # 3 was purged before delivery
+        assert await st.purge() == 2
+        info = await st.info()
+        assert (info.messages, info.first_seq, info.last_seq) == (0, 5, 4)
+        for m in held:
+            await m.ack()
+        assert (await st.publish("pg.c", b"after")).seq == 5
+        [msg] = await c.fetch(5, timeout=GUARD)
+        assert (msg.seq, msg.data) == (5, b"after")
 
 
 # --- limits ---------------------------------------------------------------------------------
