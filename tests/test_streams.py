@@ -913,6 +913,15 @@ async def _before_restart(bus: asyncipc.Bus) -> set[int]:
     return {3, 5}
 
 
+DEAD_LETTERING: dict[str, Any] = {
+    "name": "dl",
+    "filter_subject": "r.0",
+    "ack_wait": 0.3,
+    "max_deliver": 2,
+    "dead_letter": "r-dead",
+}
+
+
 async def test_consumer_state_survives_broker_restart(tmp_path: Path) -> None:
     pytest.importorskip("asyncipc.streams.store.filelog")
     store = tmp_path / "store"
@@ -921,10 +930,27 @@ async def test_consumer_state_survives_broker_restart(tmp_path: Path) -> None:
         where = (await broker.listen(sock)).url
         async with asyncipc.connect(where) as bus:
             unacked = await _before_restart(bus)
+            # Another consumer, one delivery short of its max_deliver when the broker stops.
+            dl = await (await bus.stream("R")).consumer(**DEAD_LETTERING)
+            [msg] = await dl.fetch(1, timeout=GUARD)
+            assert (msg.seq, msg.num_delivered) == (1, 1)
     async with asyncipc.Broker(store=str(store)) as broker:
         where = (await broker.listen(sock)).url
         async with asyncipc.connect(where) as bus:
             await _restart_check(bus, unacked, 10)
+            # Its message comes back once more (read from disk), then goes to dead letters.
+            dead = bus.subscribe("r-dead")
+            await bus.flush()
+            dl = await (await bus.stream("R")).consumer(**DEAD_LETTERING)
+            [msg] = await dl.fetch(1, timeout=GUARD)
+            assert (msg.seq, msg.num_delivered, msg.data) == (1, 2, b"0")
+            got = await dead.next_msg(timeout=GUARD)
+            assert got.data == b"0"
+            assert got.headers is not None
+            assert got.headers["asyncipc-dead-reason"] == "max-deliver"
+            assert got.headers["asyncipc-dead-seq"] == "1"
+            assert got.headers["asyncipc-dead-deliveries"] == "2"
+            assert (await dl.info()).dead_lettered == 1
     # And once more: what was acknowledged after the first restart stays acknowledged.
     async with asyncipc.Broker(store=str(store)) as broker:
         where = (await broker.listen(sock)).url
