@@ -101,6 +101,7 @@ class ConsumerEngine:
         self.host = host
         self.owner = owner  # the session of an ephemeral consumer
         self.closed = False
+        self._closed_why = ("409", "consumer deleted")  # what a pull is told once closed
         self.waiting: deque[PullRequest] = deque()
         self.pending: dict[int, int] = {}  # seq -> deliveries so far, not yet acked
         self.dead_lettered = 0
@@ -175,7 +176,7 @@ class ConsumerEngine:
     def pull(self, request: PullRequest) -> None:
         """A worker asks for messages."""
         if self.closed:
-            self.host.end_pull(request.reply, "409", "consumer deleted", 0)
+            self.host.end_pull(request.reply, *self._closed_why, 0)
             return
         self.waiting.append(request)
         self.dispatch()
@@ -492,11 +493,15 @@ class ConsumerEngine:
             dead_lettered=self.dead_lettered,
         )
 
-    def close(self) -> None:
+    def close(self, status: str = "409", text: str = "consumer closed") -> None:
+        """Stop, ending the waiting pull requests with ``status``: ``409`` when the
+        consumer is gone, ``503`` when the broker stops (it comes back with the broker)."""
+        if not self.closed:
+            self._closed_why = (status, text)
         self.closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         for req in self.waiting:
-            self._end(req, "409", "consumer closed")
+            self._end(req, status, text)
         self.waiting.clear()

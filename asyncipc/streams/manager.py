@@ -278,6 +278,9 @@ class StreamManager:
         for task in list(self._tasks):
             task.cancel()
         for engine in list(self.streams.values()):
+            for consumer in engine.consumers.values():
+                # Stopping is not deleting: workers fetch again once their bus is back.
+                consumer.close("503", "the broker is stopping")
             try:
                 await engine.close()
             except StoreError as exc:
