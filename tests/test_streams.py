@@ -961,6 +961,44 @@ async def test_consumer_state_survives_broker_restart(tmp_path: Path) -> None:
             assert (info.num_ack_pending, info.ack_floor) == (0, 10)
 
 
+async def test_async_for_worker_carries_on_across_a_broker_restart(tmp_path: Path) -> None:
+    """A broker that stops is not a consumer deleted: the worker's ``async for`` waits
+    for the bus to come back and goes on with the same durable consumer."""
+    pytest.importorskip("asyncipc.streams.store.filelog")
+    store = str(tmp_path / "store")
+    sock = f"unix://{tmp_path}/w.sock"
+    quick = asyncipc.ConnectOptions(reconnect_delay=0.01, reconnect_max_delay=0.05)
+    broker = asyncipc.Broker(store=store)
+    try:
+        await broker.listen(sock)
+        async with asyncipc.connect(sock, options=quick) as bus:
+            st = await bus.stream("W", subjects=["w"])
+            c = await st.consumer("work")
+            got: list[bytes] = []
+
+            async def work() -> None:
+                async for msg in c:
+                    await msg.ack_sync()
+                    got.append(msg.data)
+
+            worker = asyncio.create_task(work())
+            await st.publish("w", b"before")
+            await until(lambda: _is(got, [b"before"]), "the first message")
+            await broker.close()
+            broker = asyncipc.Broker(store=store)
+            await broker.listen(sock)
+            await bus.publish("w", b"after")  # held until the bus is back
+            await until(lambda: _is(got, [b"before", b"after"]), "the message after the restart")
+            assert not worker.done()
+            worker.cancel()
+    finally:
+        await broker.close()
+
+
+async def _is(got: list[bytes], want: list[bytes]) -> bool:
+    return got == want
+
+
 class _CliBroker:
     """``python -m asyncipc broker --listen URL --store DIR`` in a process of its own."""
 
