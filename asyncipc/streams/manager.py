@@ -179,6 +179,9 @@ class StreamManager:
         self._opened = False
         self._closed = False
         self._next_ephemeral = 0
+        self.log_io: Any = None
+        """The file-I/O layer the streams' logs use (``None``: the real one). A seam for
+        the power-cut tests (:class:`~asyncipc.streams.store.fileio.PowerCutIO`)."""
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -253,6 +256,7 @@ class StreamManager:
                 self.root / config.name / "log",
                 fsync=config.fsync,
                 sync_interval=config.sync_interval,
+                io=self.log_io,
             )
         else:
             log_ = MemoryLog()
