@@ -923,7 +923,6 @@ DEAD_LETTERING: dict[str, Any] = {
 
 
 async def test_consumer_state_survives_broker_restart(tmp_path: Path) -> None:
-    pytest.importorskip("asyncipc.streams.store.filelog")
     store = tmp_path / "store"
     sock = f"unix://{tmp_path}/r.sock"
     async with asyncipc.Broker(store=str(store)) as broker:
@@ -964,7 +963,6 @@ async def test_consumer_state_survives_broker_restart(tmp_path: Path) -> None:
 async def test_async_for_worker_carries_on_across_a_broker_restart(tmp_path: Path) -> None:
     """A broker that stops is not a consumer deleted: the worker's ``async for`` waits
     for the bus to come back and goes on with the same durable consumer."""
-    pytest.importorskip("asyncipc.streams.store.filelog")
     store = str(tmp_path / "store")
     sock = f"unix://{tmp_path}/w.sock"
     quick = asyncipc.ConnectOptions(reconnect_delay=0.01, reconnect_max_delay=0.05)
@@ -1041,7 +1039,6 @@ class _CliBroker:
 
 
 async def test_consumer_state_survives_sigkill(tmp_path: Path) -> None:
-    pytest.importorskip("asyncipc.streams.store.filelog")
     store = tmp_path / "store"
     brokers: list[_CliBroker] = []
     try:
