@@ -44,6 +44,8 @@ class StreamEngine:
         self._age_timer: asyncio.TimerHandle | None = None
         for entry in log.entries():
             self._by_subject.setdefault(entry.subject, deque()).append(entry.seq)
+        if config.max_age and log.messages:
+            self._arm_age()  # records recovered from a store age from their own time
 
     async def rebuild_dedup(self, limit: int = 100_000) -> None:
         """After a restart: the ids of the records still within the deduplication window
