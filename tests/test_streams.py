@@ -960,6 +960,29 @@ async def test_consumer_state_survives_broker_restart(tmp_path: Path) -> None:
             assert (info.num_ack_pending, info.ack_floor) == (0, 10)
 
 
+async def test_max_age_applies_to_records_recovered_at_restart(tmp_path: Path) -> None:
+    store = str(tmp_path / "store")
+    sock = f"unix://{tmp_path}/a.sock"
+    async with asyncipc.Broker(store=store) as broker:
+        where = (await broker.listen(sock)).url
+        async with asyncipc.connect(where) as bus:
+            st = await bus.stream("AGE", subjects=["age"], max_age=0.3)
+            await fill(st, ["age"] * 3)
+    async with asyncipc.Broker(store=store) as broker:
+        where = (await broker.listen(sock)).url
+        async with asyncipc.connect(where) as bus:
+            st = await bus.stream("AGE")
+            # Nothing is published after the restart: the recovered records expire anyway.
+
+            async def expired() -> bool:
+                return (await st.info()).messages == 0
+
+            await until(expired, "the recovered records to expire")
+            info = await st.info()
+            assert (info.first_seq, info.last_seq) == (4, 3)
+            assert await (await st.consumer("c")).fetch(10, timeout=0) == []
+
+
 async def test_async_for_worker_carries_on_across_a_broker_restart(tmp_path: Path) -> None:
     """A broker that stops is not a consumer deleted: the worker's ``async for`` waits
     for the bus to come back and goes on with the same durable consumer."""
