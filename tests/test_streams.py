@@ -882,6 +882,9 @@ async def _restart_check(bus: asyncipc.Bus, unacked: set[int], total: int) -> No
     info = await st.info()
     assert info.storage == "file"
     assert (info.messages, info.last_seq) == (total, total)
+    # The deduplication window came back with the records.
+    dup = await st.publish("r.9", b"9", msg_id="id9")
+    assert (dup.seq, dup.duplicate) == (10, True)
     c = await st.consumer("dur", ack_wait=0.3)
     cinfo = await c.info()
     assert cinfo.num_ack_pending == len(unacked)
@@ -903,7 +906,8 @@ async def _before_restart(bus: asyncipc.Bus) -> set[int]:
     """Stream ``R`` of 10 records; consumer ``dur`` has 1-6 delivered, of which 1, 2, 4
     and 6 acknowledged (and saved): 3 and 5 are out."""
     st = await bus.stream("R", subjects=["r.>"])
-    await fill(st, [f"r.{i}" for i in range(10)])
+    for i in range(10):
+        assert (await st.publish(f"r.{i}", str(i).encode(), msg_id=f"id{i}")).seq == i + 1
     c = await st.consumer("dur", ack_wait=0.3)
     got = await fetch_n(c, 6)
     assert [m.seq for m in got] == [1, 2, 3, 4, 5, 6]
@@ -933,10 +937,15 @@ async def test_consumer_state_survives_broker_restart(tmp_path: Path) -> None:
             dl = await (await bus.stream("R")).consumer(**DEAD_LETTERING)
             [msg] = await dl.fetch(1, timeout=GUARD)
             assert (msg.seq, msg.num_delivered) == (1, 1)
+            # A stream that asked for memory storage says so, and does not come back.
+            mem = await bus.stream("MEM", subjects=["mem"], storage="memory")
+            assert (await mem.info()).storage == "memory"
+            await mem.publish("mem", b"gone")
     async with asyncipc.Broker(store=str(store)) as broker:
         where = (await broker.listen(sock)).url
         async with asyncipc.connect(where) as bus:
             await _restart_check(bus, unacked, 10)
+            assert [s.name for s in await bus.streams()] == ["R"]
             # Its message comes back once more (read from disk), then goes to dead letters.
             dead = bus.subscribe("r-dead")
             await bus.flush()
