@@ -780,9 +780,14 @@ async def test_unknown_stream_and_consumer(url: str) -> None:
         c = await st.consumer("w")
         same = Consumer(bus, await c.info())
         await c.delete()
-        for call in (same.fetch(1, timeout=1.0), same.info(), same.delete()):
+        calls: list[Callable[[], Awaitable[object]]] = [
+            lambda: same.fetch(1, timeout=1.0),
+            same.info,
+            same.delete,
+        ]
+        for call in calls:
             with pytest.raises(ConsumerNotFound):
-                await call
+                await call()
         # A fetch waiting when its consumer is deleted is told so.
         c = await st.consumer("w2")
         waiting = asyncio.create_task(c.fetch(1, timeout=GUARD))
@@ -792,9 +797,10 @@ async def test_unknown_stream_and_consumer(url: str) -> None:
             await waiting
         c = await st.consumer("w3")
         await st.delete()
-        for call in (st.info(), st.delete(), st.consumer("x"), c.fetch(1), c.info()):
+        calls = [st.info, st.delete, lambda: st.consumer("x"), c.fetch, c.info]
+        for call in calls:
             with pytest.raises(StreamNotFound):
-                await call
+                await call()
         with pytest.raises(StreamNotFound):
             await bus.stream("U")
         # Its subjects are free again, and no longer captured meanwhile.
