@@ -346,6 +346,12 @@ async def test_limits_discard_old(url: str) -> None:
             await by_bytes.publish("b.x", b"0123456789")
         info = await by_bytes.info()
         assert (info.messages, info.bytes, info.first_seq, info.last_seq) == (3, 39, 3, 5)
+        # One that can never fit is refused, not acknowledged and dropped with the rest.
+        with pytest.raises(StreamError) as exc:
+            await by_bytes.publish("b.x", b"x" * 38)
+        assert exc.value.reason == "too-large"
+        info = await by_bytes.info()
+        assert (info.messages, info.first_seq, info.last_seq, info.refused) == (3, 3, 5, 1)
 
         per_subject = await bus.stream("P", subjects=["p.*"], max_msgs_per_subject=2)
         await fill(per_subject, ["p.a", "p.a", "p.b", "p.a", "p.b", "p.b", "p.c"])

@@ -95,6 +95,15 @@ class StreamEngine:
                 f"message of {len(data)} bytes is over stream {config.name}'s "
                 f"max_msg_size of {config.max_msg_size}",
             )
+        if config.max_bytes and size > config.max_bytes:
+            # It can never fit: under discard="old" it would be acknowledged, then removed
+            # at once with every other record.
+            self.refused += 1
+            raise StreamError(
+                "too-large",
+                f"a record of {size} bytes is over stream {config.name}'s "
+                f"max_bytes of {config.max_bytes}",
+            )
         log = self.log
         if config.discard == "new":
             why = None
