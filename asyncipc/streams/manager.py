@@ -416,7 +416,6 @@ class StreamManager:
                 f"a publish to stream {name} names its subject in {STREAM_SUBJECT_HEADER}",
             )
         user = dict(headers)
-        user.pop(TIMEOUT_HEADER, None)  # the request's own, not the message's
         subject = user.pop(STREAM_SUBJECT_HEADER)
         # The id stays in the stored headers (as Nats-Msg-Id does in JetStream): it is
         # how the deduplication window is rebuilt after a restart.
