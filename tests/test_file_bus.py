@@ -208,6 +208,23 @@ async def test_queue_groups_are_refused_with_a_pointer_to_stream_consumers(tmp_p
             assert (await sub.next_msg(timeout=5)).data == b"1"
 
 
+async def test_a_message_the_log_cannot_hold_is_dropped_alone_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from asyncipc.transports.file import file_bus
+
+    url = f"file://{tmp_path}"
+    async with asyncipc.connect(url) as bus:
+        joined = await file_bus(url)
+        assert joined is not None
+        await bus.publish("h.big", b"x", headers={"h": "v" * (2 << 20)})  # 2 MiB of headers
+        await bus.publish("h.ok", b"fine")
+        await bus.flush()
+        await joined.relay.flush()
+        assert (joined.relay.dropped, joined.relay.appended) == (1, 1)
+    assert "a message on h.big cannot be written" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("url", "says"),
     [

@@ -142,6 +142,7 @@ class FileBus(Listener):
         self._tailer: asyncio.Task[None] | None = None
         self._election: asyncio.Task[None] | None = None
         self._saver: asyncio.Task[None] | None = None
+        self._writing_position: asyncio.Future[None] | None = None
         self.on_closed: Callable[[], None] | None = None
         self._stopped = False
         self._closed = False
@@ -206,7 +207,10 @@ class FileBus(Listener):
             await self._elect()
         except BaseException:
             broker.remove_relay(relay)
+            broker.forward_streams(None)
             await bus_log.close()
+            if self._lock is not None:
+                await self._lock.release()
             raise
         loop = asyncio.get_running_loop()
         self._writer = loop.create_task(relay.run_writer(), name=f"{url.raw} writer")
@@ -280,7 +284,15 @@ class FileBus(Listener):
         return os.path.join(self.options.directory, "streams.pos")
 
     async def _save_position(self, seq: int) -> None:
-        await asyncio.to_thread(_write_position, self._position, seq)
+        # One write at a time, in order, even across a cancelled saver: a write that was
+        # still running in its thread must not land after (and over) the final one.
+        before = self._writing_position
+        if before is not None:
+            await asyncio.wait([before])
+        write = self._writing_position = asyncio.ensure_future(
+            asyncio.to_thread(_write_position, self._position, seq)
+        )
+        await asyncio.shield(write)
 
     async def _keep_position(self) -> None:
         # A tick behind the tailer: what it handed over a second ago is in the streams'
@@ -319,7 +331,17 @@ class FileBus(Listener):
         self._closed = True
         await self.aclose()
         relay = self.relay
-        await relay.flush()
+        writer = self._writer
+        if writer is not None and not writer.done():
+            try:
+                async with asyncio.timeout(self.broker.options.drain_timeout):
+                    await relay.flush()
+            except TimeoutError:
+                log.error(
+                    "%s: the log writer did not finish in %g s: messages not written",
+                    self.url,
+                    self.broker.options.drain_timeout,
+                )
         relay.close()
         self.broker.remove_relay(relay)
         self.broker.forward_streams(None)

@@ -221,7 +221,7 @@ class FileRelay:
             batch = self._take()
             self._writing = len(batch)
             try:
-                seqs = await self.log.append_batch(batch)
+                seqs = await self._append(batch)
             except (AsyncIPCError, OSError) as exc:
                 self.dropped += len(batch)
                 log.error("file bus: %d messages not written to the log: %s", len(batch), exc)
@@ -233,6 +233,20 @@ class FileRelay:
             tailed = self._tailed
             self._own.update(s for s in seqs if s > tailed)
             self._retain()
+
+    async def _append(self, batch: list[_Item]) -> list[int]:
+        try:
+            return await self.log.append_batch(batch)
+        except ValueError:
+            pass  # one message the log cannot hold (a subject or headers too large)
+        seqs: list[int] = []
+        for item in batch:
+            try:
+                seqs += await self.log.append_batch([item])
+            except ValueError as exc:
+                self.dropped += 1
+                log.error("file bus: a message on %s cannot be written: %s", item[0], exc)
+        return seqs
 
     def _take(self) -> list[_Item]:
         queue = self._queue
