@@ -91,6 +91,15 @@ class Child:
         self.proc.stdin.write(text + "\n")
         self.proc.stdin.flush()
 
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to close anything."""
+        self.proc.kill()
+        self.proc.wait(GUARD)
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        for reader in self._readers:
+            reader.join(GUARD)
+
     def finish(self) -> list[str]:
         """Close its stdin, wait for its exit (status 0), return the lines not read yet."""
         assert self.proc.stdin is not None
@@ -287,15 +296,34 @@ def test_streams_through_a_host_process_and_its_take_over(tmp_path: Path) -> Non
     assert run("stream-pub", tmp_path, "JOBS", 6)[0] == [*map(str, range(1, 7)), "done"]
     assert run("consume", tmp_path, "JOBS", "w", 3)[0] == ["1 m 0", "2 m 1", "3 m 2", "done"]
     host.finish()  # the host leaves: the stand-by takes the lock and loads the streams
-    deadline = time.monotonic() + GUARD
-    while True:
-        standby.say("status")
-        if standby.line() == "hosting":
-            break
-        assert time.monotonic() < deadline, "the stand-by never took over"
-        time.sleep(0.1)
+    _wait_hosting(standby)
     assert run("consume", tmp_path, "JOBS", "w", 3)[0] == ["4 m 3", "5 m 4", "6 m 5", "done"]
     standby.finish()
+
+
+def test_a_host_killed_outright_is_replaced_and_nothing_acknowledged_is_lost(
+    tmp_path: Path,
+) -> None:
+    host = Child("host", tmp_path)
+    host.expect("hosting")
+    standby = Child("host", tmp_path)
+    standby.expect("not hosting")
+    assert run("stream-pub", tmp_path, "KILL", 4)[0] == ["1", "2", "3", "4", "done"]
+    host.kill()  # the kernel drops its lock; nothing was closed, nothing saved on exit
+    _wait_hosting(standby)
+    lines, _ = run("consume", tmp_path, "KILL", "w", 4)
+    assert lines == [f"{i + 1} m {i}" for i in range(4)] + ["done"]
+    standby.finish()
+
+
+def _wait_hosting(child: Child) -> None:
+    deadline = time.monotonic() + GUARD
+    while True:
+        child.say("status")
+        if child.line() == "hosting":
+            return
+        assert time.monotonic() < deadline, "the stand-by never took over"
+        time.sleep(0.1)
 
 
 async def test_what_no_host_captured_is_captured_by_the_next_one(tmp_path: Path) -> None:
