@@ -392,6 +392,26 @@ class CountingIO(OsFileIO):
         super().fdatasync(fd)
 
 
+async def test_interval_fsyncs_on_a_timer_and_never_only_at_close(tmp_path: Path) -> None:
+    io = CountingIO()
+    log = await FileLog.open(tmp_path / "i", fsync="interval", sync_interval=0.01, io=io)
+    await append_synced(log, 3)
+    for _ in range(1000):  # the timer fires with no further appends
+        if io.fsyncs:
+            break
+        await asyncio.sleep(0.01)
+    assert io.fsyncs >= 1
+    await log.close()
+    io = CountingIO()
+    log = await FileLog.open(tmp_path / "n", fsync="never", io=io)
+    for _ in range(5):
+        await append_synced(log, 3)
+        await asyncio.sleep(0.01)
+    assert io.fsyncs == 0
+    await log.close()
+    assert io.fsyncs == 1  # close syncs whatever the policy
+
+
 async def test_group_commit_shares_fsyncs(tmp_path: Path) -> None:
     io = CountingIO()
     log = await FileLog.open(tmp_path, fsync="always", io=io)

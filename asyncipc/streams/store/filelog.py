@@ -50,6 +50,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import anyio.to_thread
 
 from ...errors import CorruptStore, StoreError
@@ -72,6 +74,7 @@ _MAX_SEQ = (1 << 63) - 1
 _POLICIES = ("always", "interval", "never")
 _SHARED_LOCK_WAIT = 10.0  # seconds a shared open waits for the directory lock
 _POLL = 0.05  # wait_changed without inotify
+_WRITE_CHUNK = 8 << 20  # a batch is written in pieces of about this size
 _CACHE_OVERHEAD = 160  # bytes a cached message costs beyond its payload, roughly
 
 # Queue items (tuples, first field the kind):
@@ -114,7 +117,8 @@ class _Collector:
     shape of the index: parallel arrays, subjects interned as bytes."""
 
     __slots__ = (
-        "dels",
+        "del_segs",
+        "del_seqs",
         "hw",
         "ids",
         "last_time",
@@ -138,7 +142,8 @@ class _Collector:
         self.lens = array("I")
         self.ids: dict[bytes, int] = {}
         self.subjects: list[bytes] = []
-        self.dels: list[tuple[int, int]] = []  # (segment, seq)
+        self.del_segs = array("q")  # DEL records: the segment they are in ...
+        self.del_seqs = array("q")  # ... and the sequence they remove
         self.purges: list[tuple[int, int, int]] = []  # (segment, below, high-water)
         self.next_seq = next_seq  # the lowest sequence the next message may have
         self.last_time = last_time
@@ -190,7 +195,8 @@ class _Collector:
                     next_seq = a + 1
                     good = a
                 elif kind == rec.KIND_DEL:
-                    self.dels.append((segment, a))
+                    self.del_segs.append(segment)
+                    self.del_seqs.append(a)
                 else:
                     self.purges.append((segment, a, b))
                     if b > self.hw and b <= _MAX_SEQ:
@@ -252,7 +258,6 @@ class _Opened:
     damaged: set[int]
     report: RecoveryReport
     last_seq: int
-    dels: set[int]
     purge_below: int
     tail: int | None  # the segment to go on writing, its fd and size
     tail_fd: int | None
@@ -288,7 +293,7 @@ def _lock_dir(lockfd: int, directory: str, shared: bool) -> None:
         ) from None
 
 
-def _recover(directory: str, io: FileIO, shared: bool, policy: FsyncPolicy) -> _Opened:
+def _recover(directory: str, io: FileIO, shared: bool) -> _Opened:
     """Open (create) the directory, lock it, scan every segment. Runs in a thread."""
     directory = os.path.abspath(directory)
     try:
@@ -408,7 +413,7 @@ def _scan_directory(directory: str, io: FileIO, lockfd: int) -> _Opened:
         finally:
             if not keep:
                 io.close(fd)
-    dels = {seq for _seg, seq in col.dels}
+    dels = sorted(col.del_seqs)
     purge_below = max((below for _s, below, _h in col.purges), default=0)
     hw = max(hw, col.hw, col.next_seq - 1)
     # What the damage cost: the sequences between the last good one and the next
@@ -421,7 +426,8 @@ def _scan_directory(directory: str, io: FileIO, lockfd: int) -> _Opened:
         lo = max(damage_at[first] + 1, purge_below)
         if i + 1 < len(kept):
             hi = kept[i + 1]
-            lost = max(0, hi - lo) - sum(1 for s in dels if lo <= s < hi)
+            gone = len(set(dels[bisect.bisect_left(dels, lo) : bisect.bisect_left(dels, hi)]))
+            lost = max(0, hi - lo - gone)
             reason = f"{lost_seg.reason}; {lost} records after it lost"
         else:
             lost = resynced.get(first, 0)
@@ -440,7 +446,6 @@ def _scan_directory(directory: str, io: FileIO, lockfd: int) -> _Opened:
         damaged=damaged,
         report=report,
         last_seq=hw,
-        dels=dels,
         purge_below=purge_below,
         tail=tail,
         tail_fd=tail_fd,
@@ -538,17 +543,26 @@ class FileLog:
             raise StoreError(errno.ENOTSUP, "shared logs need flock (POSIX)")
         io = io if io is not None else OsFileIO()
         loop = asyncio.get_running_loop()
-        opened = await anyio.to_thread.run_sync(_recover, os.fspath(directory), io, shared, fsync)
-        return cls(
-            opened,
-            loop=loop,
-            io=io,
-            fsync=fsync,
-            sync_interval=sync_interval,
-            segment_bytes=segment_bytes,
-            cache_bytes=cache_bytes,
-            shared=shared,
-        )
+        # Shielded: a cancelled open must not leave the directory locked by a lost fd.
+        with anyio.CancelScope(shield=True):
+            opened = await anyio.to_thread.run_sync(_recover, os.fspath(directory), io, shared)
+            self = cls(
+                opened,
+                loop=loop,
+                io=io,
+                fsync=fsync,
+                sync_interval=sync_interval,
+                segment_bytes=segment_bytes,
+                cache_bytes=cache_bytes,
+                shared=shared,
+            )
+        try:
+            await anyio.lowlevel.checkpoint()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.close()
+            raise
+        return self
 
     def __init__(
         self,
@@ -592,7 +606,7 @@ class FileLog:
         self._bytes = 0
         self._last_seq = opened.last_seq
         self._last_time = col.last_time
-        for seq in opened.dels:
+        for seq in col.del_seqs:
             p = self._pos(seq)
             if p >= 0:
                 self._alive[p] = 0
@@ -617,9 +631,9 @@ class FileLog:
         self._ends: dict[int, int] = {
             a: b for a, b in zip(opened.segs, opened.segs[1:], strict=False)
         }
-        self._seg_dels: dict[int, list[int]] = collections.defaultdict(list)
+        self._seg_dels: dict[int, array[int]] = collections.defaultdict(lambda: array("q"))
         self._seg_purge: dict[int, int] = {}
-        for seg, seq in col.dels:
+        for seg, seq in zip(col.del_segs, col.del_seqs, strict=True):
             self._seg_dels[seg].append(seq)
         for seg, below, _hw in col.purges:
             self._seg_purge[seg] = max(self._seg_purge.get(seg, 0), below)
@@ -1300,19 +1314,22 @@ class FileLog:
         try:
             await asyncio.shield(self._close_fut)
         finally:
-            await anyio.to_thread.run_sync(self._thread.join)
-            closed = StoreError(errno.EBADF, "the log was closed", self._dir)
+            notify, self._notify = self._notify, None
+            if notify is not None and self._changed is not None and not self._changed.done():
+                self._loop.remove_reader(notify.fd)
+                self._changed.set_result(None)
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._finish, notify)
             for waiters in (self._seq_waiters, self._op_waiters):
                 for _target, _tie, fut in waiters:
                     if not fut.done():
-                        fut.set_exception(closed)
+                        fut.set_exception(StoreError(errno.EBADF, "the log was closed", self._dir))
                 waiters.clear()
-            if self._notify is not None:
-                if self._changed is not None and not self._changed.done():
-                    self._loop.remove_reader(self._notify.fd)
-                    self._changed.set_result(None)
-                self._notify.close()
-                self._notify = None
+
+    def _finish(self, notify: _Inotify | None) -> None:
+        self._thread.join()
+        if notify is not None:
+            notify.close()
 
     # ================================================================== writer thread
 
@@ -1435,6 +1452,8 @@ class FileLog:
                 rep.w_lens.append(n)
                 self._w_pend += n
                 self._w_high = seq
+                if self._w_pend >= _WRITE_CHUNK:
+                    self._w_write(parts)  # one fsync still covers the batch
             elif kind == _BATCH:
                 self._w_shared_batch(item, parts, rep)
             elif kind in (_DEL, _PURGE):
@@ -1488,6 +1507,8 @@ class FileLog:
             col.offs.append(off)
             col.lens.append(n)
             msgs.append(StoredMessage(seq, time, subject, headers, data))
+            if self._w_pend >= _WRITE_CHUNK:
+                self._w_write(parts)
         rep.batches.append((fut, msgs))
 
     def _w_write(self, parts: list[builtins.bytes]) -> None:
@@ -1614,11 +1635,12 @@ class FileLog:
         self._w_high = max(self._w_high, col.next_seq - 1, col.hw)
         self._w_time = max(self._w_time, col.last_time)
         rep.hw = max(rep.hw, self._w_high)
-        for seg, seq in col.dels:
+        for seg, seq in zip(col.del_segs, col.del_seqs, strict=True):
             rep.tombs.append((seg, _DEL, seq, 0))
         for seg, below, hw in col.purges:
             rep.tombs.append((seg, _PURGE, below, hw))
-        col.dels.clear()
+        del col.del_segs[:]
+        del col.del_seqs[:]
         col.purges.clear()
 
     def _w_follow(
