@@ -288,6 +288,24 @@ async def test_deleted_records_stay_deleted_when_their_tombstones_segment_goes(
     await log.close()
 
 
+async def test_a_segment_of_tombstones_only_is_not_rolled_under_its_own_name(
+    tmp_path: Path,
+) -> None:
+    log = await FileLog.open(tmp_path, segment_bytes=256)
+    await append_synced(log, 30, size=20)
+    for seq in range(1, 31):  # 30 DEL records: several segments' worth
+        log.delete(seq)
+        await log.flush()
+    seqs = await append_synced(log, 30, size=20)
+    assert seqs == list(range(31, 61))
+    await log.close()
+    log = await FileLog.open(tmp_path, segment_bytes=256)
+    assert log.recovery.lost_segments == []
+    assert [e.seq for e in log.entries()] == seqs
+    assert [m.seq for m in await log.read(seqs) if m] == seqs
+    await log.close()
+
+
 async def test_entries_and_seq_at_time(tmp_path: Path) -> None:
     log = await FileLog.open(tmp_path)
     times = [100, 200, 200, 150, 300]  # 150 goes back: it is stored as 200

@@ -169,7 +169,7 @@ class _Collector:
         end = 0
         damage: CorruptStore | None = None
         try:
-            for kind, off, length, a, b, subject, size in rec.scan(buf, path=path):
+            for kind, off, length, a, b, subject, size in rec.scan(buf, path=path, base=base):
                 if kind == rec.KIND_MSG:
                     if a < next_seq:
                         damage = CorruptStore(
@@ -204,8 +204,6 @@ class _Collector:
                 end = off + length
         except CorruptStore as e:
             damage = e
-            if e.offset is not None:
-                e.offset += base
         self.next_seq = next_seq
         self.last_time = last_time
         if damage is not None and damage.offset is not None:
@@ -782,7 +780,7 @@ class FileLog:
         refs[sid] -= n
         if refs[sid] <= 0:
             name = self._subjects[sid]
-            if name is not None:
+            if name is not None and self._subject_ids.get(name) == sid:
                 del self._subject_ids[name]
             self._subjects[sid] = None
             self._free_ids.append(sid)
@@ -1134,6 +1132,7 @@ class FileLog:
                     self._cache_put(msg)
             if not fut.done():
                 fut.set_result([m.seq for m in msgs])
+        newly_failed = rep.error is not None and self._failed is None
         if rep.error is not None and self._failed is None:
             self._fail(rep.error)
         for fut in rep.refused:
@@ -1157,11 +1156,9 @@ class FileLog:
         if rep.done is not None and not rep.done.done():
             rep.done.set_result(None)
         if rep.closed and self._close_fut is not None and not self._close_fut.done():
-            if rep.error is not None and self._failed is rep.error:
-                self._close_fut.set_result(None)  # reported to the waiters already
-            elif rep.error is not None:
-                self._close_fut.set_exception(rep.error)
-            else:
+            if newly_failed and rep.error is not None:  # the last write failed
+                self._close_fut.set_exception(_copy_error(rep.error))
+            else:  # (a failure reported before was raised to its waiters then)
                 self._close_fut.set_result(None)
 
     def _compact_due_now(self) -> None:
@@ -1345,7 +1342,7 @@ class FileLog:
         closing = False
         while not closing:
             timeout = None
-            if self._w_dirty and self._policy == "interval":
+            if self._w_dirty and self._policy == "interval" and self._w_failed is None:
                 timeout = max(0.0, self._w_last_sync + self._interval - _time.monotonic())
             wake.wait(timeout)
             wake.clear()
@@ -1443,7 +1440,7 @@ class FileLog:
         for item in items:
             kind = item[0]
             if kind == _MSG:
-                if self._w_fd is None or self._w_bad or self._w_size + self._w_pend >= limit:
+                if self._w_must_roll(limit):
                     self._w_roll(parts, rep)
                 _, seq, time, sb, hb, data = item
                 n = rec.append_message(parts, seq, time, sb, hb, data)
@@ -1457,7 +1454,7 @@ class FileLog:
             elif kind == _BATCH:
                 self._w_shared_batch(item, parts, rep)
             elif kind in (_DEL, _PURGE):
-                if self._w_fd is None or self._w_bad or self._w_size + self._w_pend >= limit:
+                if self._w_must_roll(limit):
                     self._w_roll(parts, rep)
                 if kind == _DEL:
                     data = rec.encode_delete(item[1])
@@ -1472,6 +1469,16 @@ class FileLog:
                 self._w_compact(item, parts, rep)
         self._w_write(parts)
 
+    def _w_must_roll(self, limit: int) -> bool:
+        """Whether the next record goes to a new segment: there is none to write to, it
+        is damaged, or it is full. A full segment holding no message yet (only DEL/PURGE
+        records) is not rolled: the next one would need its name (the next sequence)."""
+        if self._w_fd is None or self._w_bad:
+            return True
+        return self._w_size + self._w_pend >= limit and (
+            self._w_seg is None or self._w_high >= self._w_seg
+        )
+
     def _w_shared_batch(
         self, item: tuple[Any, ...], parts: list[builtins.bytes], rep: _Report
     ) -> None:
@@ -1481,11 +1488,7 @@ class FileLog:
             col = rep.col = _Collector(self._w_high + 1, self._w_time)
         msgs: list[StoredMessage] = []
         for subject, headers, data, time, sb, hb in batch:
-            if (
-                self._w_fd is None
-                or self._w_bad
-                or self._w_size + self._w_pend >= (self._segment_bytes)
-            ):
+            if self._w_must_roll(self._segment_bytes):
                 self._w_roll(parts, rep)
             seq = self._w_high + 1
             self._w_high = seq
@@ -1534,10 +1537,7 @@ class FileLog:
                 raise _store_error(e, "fsync", self._w_path()) from None
             self._io.close(self._w_fd)
             self._w_fd = None
-        name = self._w_high + 1
-        if self._w_segs and name <= self._w_segs[-1]:
-            name = self._w_segs[-1] + 1  # never reuse a name (a damaged last segment)
-            self._w_high = name - 1
+        name = self._w_high + 1  # > every sequence so far, <= every one to come
         path = self._w_path(name)
         try:
             self._w_fd = self._io.open(path, write=True, create=True)
