@@ -227,6 +227,23 @@ async def test_one_directory_one_unshared_log(tmp_path: Path) -> None:
     await log.close()
 
 
+async def test_a_cancelled_open_leaves_the_directory_usable(tmp_path: Path) -> None:
+    log = await FileLog.open(tmp_path)
+    await append_synced(log, 1000)
+    await log.close()
+    for delay in (0, 0.0005, 0.002):
+        task = asyncio.ensure_future(FileLog.open(tmp_path))
+        await asyncio.sleep(delay)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if not task.cancelled():
+            await task.result().close()
+        log = await FileLog.open(tmp_path)  # not "in use"
+        assert log.messages == 1000
+        await log.close()
+
+
 async def test_rollover_and_whole_segment_deletion(tmp_path: Path) -> None:
     log = await FileLog.open(tmp_path, segment_bytes=2048)
     await append_synced(log, 300, size=50)
