@@ -36,6 +36,7 @@ import asyncio
 import bisect
 import builtins
 import collections
+import contextlib
 import ctypes
 import errno
 import heapq
@@ -51,7 +52,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 import anyio.to_thread
 
 from ...errors import CorruptStore, StoreError
@@ -452,6 +452,23 @@ def _scan_directory(directory: str, io: FileIO, lockfd: int) -> _Opened:
     )
 
 
+async def _wait_through(fut: asyncio.Future[Any]) -> None:
+    """Wait until ``fut`` is done, whatever cancellations come meanwhile (clean-up that
+    must finish: it is a thread that cannot be stopped anyway)."""
+    while not fut.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait([fut])
+
+
+def _release(io: FileIO, opened: _Opened) -> None:
+    """Close what a recovery opened, for an open() that was cancelled (in a thread)."""
+    if opened.tail_fd is not None:
+        io.close(opened.tail_fd)
+    os.close(opened.lockfd)
+    if opened.notify is not None:
+        opened.notify.close()
+
+
 class _Inotify:
     """A directory watch through inotify (Linux, ctypes); None where that fails."""
 
@@ -541,26 +558,29 @@ class FileLog:
             raise StoreError(errno.ENOTSUP, "shared logs need flock (POSIX)")
         io = io if io is not None else OsFileIO()
         loop = asyncio.get_running_loop()
-        # Shielded: a cancelled open must not leave the directory locked by a lost fd.
-        with anyio.CancelScope(shield=True):
-            opened = await anyio.to_thread.run_sync(_recover, os.fspath(directory), io, shared)
-            self = cls(
-                opened,
-                loop=loop,
-                io=io,
-                fsync=fsync,
-                sync_interval=sync_interval,
-                segment_bytes=segment_bytes,
-                cache_bytes=cache_bytes,
-                shared=shared,
-            )
+        recovery = asyncio.ensure_future(
+            anyio.to_thread.run_sync(_recover, os.fspath(directory), io, shared)
+        )
         try:
-            await anyio.lowlevel.checkpoint()
+            opened = await asyncio.shield(recovery)
         except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self.close()
+            # Cancelled: the recovery goes on in its thread. Wait for it and release what
+            # it opened (the directory lock above all) before the cancellation goes on, so
+            # that the directory is free again when this returns.
+            await _wait_through(recovery)
+            if not recovery.cancelled() and recovery.exception() is None:
+                await _wait_through(loop.run_in_executor(None, _release, io, recovery.result()))
             raise
-        return self
+        return cls(
+            opened,
+            loop=loop,
+            io=io,
+            fsync=fsync,
+            sync_interval=sync_interval,
+            segment_bytes=segment_bytes,
+            cache_bytes=cache_bytes,
+            shared=shared,
+        )
 
     def __init__(
         self,
@@ -1315,8 +1335,9 @@ class FileLog:
             if notify is not None and self._changed is not None and not self._changed.done():
                 self._loop.remove_reader(notify.fd)
                 self._changed.set_result(None)
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._finish, notify)
+            await _wait_through(
+                asyncio.ensure_future(anyio.to_thread.run_sync(self._finish, notify))
+            )
             for waiters in (self._seq_waiters, self._op_waiters):
                 for _target, _tie, fut in waiters:
                     if not fut.done():
