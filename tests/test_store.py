@@ -829,3 +829,23 @@ async def test_shared_logs_in_one_process_and_wait_changed(tmp_path: Path) -> No
     await b.wait_changed(0.01)  # times out quietly
     await a.close()
     await b.close()
+
+
+async def test_shared_torn_tail_waits_for_the_next_writer(tmp_path: Path) -> None:
+    """A writer that died in the middle of a write (it held the lock) leaves a torn
+    record: readers stop before it without complaint, the next writer cuts it off."""
+    a = await FileLog.open(tmp_path, shared=True)
+    b = await FileLog.open(tmp_path, shared=True)
+    await a.append_batch([("s", None, b"1", now()), ("s", None, b"2", now())])
+    half = rec.encode_message(3, now(), "s", None, b"x" * 50)[:30]
+    append_bytes(segments(tmp_path)[-1], half)
+    assert [e.seq for e in await b.refresh()] == [1, 2]
+    assert await b.refresh() == []
+    assert b.recovery.torn_bytes == 0
+    assert b.recovery.lost_segments == []
+    assert await b.append_batch([("s", None, b"3", now())]) == [3]
+    assert b.recovery.torn_bytes == len(half)
+    assert [e.seq for e in await a.refresh()] == [1, 2, 3]  # its own appends too
+    assert [m.data for m in await a.read([1, 2, 3]) if m] == [b"1", b"2", b"3"]
+    await a.close()
+    await b.close()
