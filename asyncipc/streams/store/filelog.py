@@ -674,6 +674,7 @@ class FileLog:
         self._tie = itertools.count()
         self._failed: StoreError | None = None
         self._closing = False
+        self._refuse = shared  # append() must not go on: shared, closing or failed
         self._close_fut: asyncio.Future[None] | None = None
         self._feed_seq = self._last_seq  # refresh() returns what comes after
 
@@ -934,15 +935,24 @@ class FileLog:
         Raises :class:`~asyncipc.StoreError` when the log has failed or is closed, or is
         shared (use :meth:`append_batch`), and ValueError for a record that cannot be
         stored (subject over 65535 bytes, payload over 64 MiB, headers over 1 MiB)."""
-        self._check_writable()
-        if self._shared:
+        if self._refuse:
+            self._check_writable()
             raise StoreError(
                 errno.EINVAL,
                 "a shared log assigns sequences under its lock: use append_batch()",
                 self._dir,
             )
-        sb, hb, data, size = self._encode(subject, headers, data)
-        if headers is not None:
+        # The hot path of every acknowledged publish: inlined on purpose.
+        sb = subject.encode()
+        if type(data) is not builtins.bytes:
+            data = builtins.bytes(data)
+        if headers is None:
+            hb = None
+            if len(sb) > rec.MAX_SUBJECT or len(data) > rec.MAX_DATA:
+                rec.check_message(sb, hb, data)
+            size = len(subject) + len(data)
+        else:
+            sb, hb, data, size = self._encode(subject, headers, data)
             headers = dict(headers)
         if time < self._last_time:
             time = self._last_time
@@ -952,15 +962,25 @@ class FileLog:
         self._last_seq = seq
         self._seqs.append(seq)
         self._times.append(time)
-        self._subj.append(self._intern(subject))
+        sid = self._subject_ids.get(subject)
+        if sid is None:
+            sid = self._intern(subject)
+        else:
+            self._subject_refs[sid] += 1
+        self._subj.append(sid)
         self._sizes.append(size)
         self._offs.append(-1)
         self._lens.append(0)
         self._alive.append(1)
         self._live += 1
         self._bytes += size
-        self._cache_put(StoredMessage(seq, time, subject, headers, data))
-        self._queue_item((_MSG, seq, time, sb, hb, data))
+        self._cache[seq] = StoredMessage(seq, time, subject, headers, data)
+        self._cache_order.append(seq)
+        self._cache_size += len(data) + _CACHE_OVERHEAD
+        self._queue.append((_MSG, seq, time, sb, hb, data))
+        self._ops += 1
+        if not self._wake.is_set():
+            self._wake.set()
         return seq
 
     async def append_batch(
@@ -1236,6 +1256,7 @@ class FileLog:
 
     def _fail(self, error: StoreError) -> None:
         self._failed = error
+        self._refuse = True
         for waiters in (self._seq_waiters, self._op_waiters):
             for _target, _tie, fut in waiters:
                 if not fut.done():
@@ -1326,6 +1347,7 @@ class FileLog:
             await asyncio.wait([self._close_fut])
             return
         self._closing = True
+        self._refuse = True
         self._close_fut = self._loop.create_future()
         self._queue_item((_CLOSE,))
         try:
