@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -35,6 +36,7 @@ from ..protocol.system import (
     STREAM_MSG_ID_HEADER,
     STREAM_PREFIX,
     STREAM_SUBJECT_HEADER,
+    TIMEOUT_HEADER,
 )
 from ..subjects import covers, overlap, validate_subject
 from .config import ConsumerConfig, StreamConfig, check_name
@@ -177,6 +179,9 @@ class StreamManager:
         self._opened = False
         self._closed = False
         self._next_ephemeral = 0
+        self.log_io: Any = None
+        """The file-I/O layer the streams' logs use (``None``: the real one). A seam for
+        the power-cut tests (:class:`~asyncipc.streams.store.fileio.PowerCutIO`)."""
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -251,6 +256,7 @@ class StreamManager:
                 self.root / config.name / "log",
                 fsync=config.fsync,
                 sync_interval=config.sync_interval,
+                io=self.log_io,
             )
         else:
             log_ = MemoryLog()
@@ -276,6 +282,9 @@ class StreamManager:
         for task in list(self._tasks):
             task.cancel()
         for engine in list(self.streams.values()):
+            for consumer in engine.consumers.values():
+                # Stopping is not deleting: workers fetch again once their bus is back.
+                consumer.close("503", "the broker is stopping")
             try:
                 await engine.close()
             except StoreError as exc:
@@ -411,6 +420,7 @@ class StreamManager:
         # The id stays in the stored headers (as Nats-Msg-Id does in JetStream): it is
         # how the deduplication window is rebuilt after a restart.
         msg_id = user.get(STREAM_MSG_ID_HEADER)
+        user.pop(TIMEOUT_HEADER, None)  # how long stream.publish waits: not the message's
         validate_subject(subject)
         if not engine.captures(subject):
             raise _Refusal(
@@ -481,7 +491,10 @@ class StreamManager:
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise _Refusal("400", "bad-request", f"batch must be an integer >= 1, not {batch!r}")
         if expires is not None and (
-            isinstance(expires, bool) or not isinstance(expires, (int, float)) or expires <= 0
+            isinstance(expires, bool)
+            or not isinstance(expires, (int, float))
+            or not math.isfinite(expires)  # JSON from Python takes NaN and Infinity
+            or expires <= 0
         ):
             raise _Refusal("400", "bad-request", f"expires must be seconds > 0, not {expires!r}")
         loop = asyncio.get_running_loop()
@@ -510,6 +523,8 @@ class StreamManager:
         if text == "-NAK" and rest:
             try:
                 delay = float(json.loads(rest).get("delay", 0.0))
+                if not math.isfinite(delay):
+                    raise ValueError(delay)
             except (ValueError, AttributeError, TypeError):
                 raise _Refusal(
                     "400", "bad-request", 'a NAK\'s body is -NAK {"delay": seconds}'
@@ -540,13 +555,17 @@ class StreamManager:
         return self.host.interest(subject)
 
     def deliver(self, reply: str, msg: StoredMessage, ack: str) -> None:
-        self.host.deliver_to(reply, msg.subject, msg.data, ack, msg.headers)
+        # A copy: an in-process consumer must not edit the stored record's headers.
+        headers = dict(msg.headers) if msg.headers else None
+        self.host.deliver_to(reply, msg.subject, msg.data, ack, headers)
 
     def end_pull(self, reply: str, status: str, text: str, delivered: int) -> None:
         headers = {STATUS_HEADER: status, ERROR_HEADER: text, "asyncipc-delivered": str(delivered)}
         self.host.deliver_to(reply, reply, b"", None, headers)
 
-    def dead_letter(self, consumer: ConsumerEngine, msg: StoredMessage, reason: str) -> None:
+    def dead_letter(
+        self, consumer: ConsumerEngine, msg: StoredMessage, reason: str, deliveries: int
+    ) -> None:
         subject = consumer.config.dead_letter
         if subject is None:
             return
@@ -560,7 +579,7 @@ class StreamManager:
                     consumer.name,
                     str(msg.seq),
                     msg.subject,
-                    str(consumer.pending.get(msg.seq, consumer.config.max_deliver)),
+                    str(deliveries),
                 ),
                 strict=True,
             )
@@ -672,6 +691,8 @@ class StreamManager:
             raise _Refusal("400", "bad-request", "a stream configuration is a JSON object")
         given = dict(body)
         given.pop("name", None)
+        # Unknown or bad options are refused even when the stream exists.
+        config = StreamConfig.from_json({**given, "name": name})
         existing = self.streams.get(name)
         if existing is not None:
             current = existing.config.to_json()
@@ -692,7 +713,6 @@ class StreamManager:
             from ..errors import StreamNotFound
 
             raise StreamNotFound(f"no stream {name!r} (give its subjects to create it)")
-        config = StreamConfig.from_json({**given, "name": name})
         for other in self.streams.values():
             for mine in config.subjects:
                 for theirs in other.config.subjects:
