@@ -372,6 +372,10 @@ class StreamManager:
                 log.exception("stream request %s failed", subject)
             if reply is not None:
                 self._refuse(reply, why)
+            elif op == "ack" and isinstance(exc, LookupError):
+                # A late ack for a consumer (or stream) deleted meanwhile: nothing to do,
+                # and an error frame would only alarm a worker that did nothing wrong.
+                log.debug("ignored an ack on %s: %s", subject, exc)
             elif session is not None:
                 from ..protocol import ErrorCode
 

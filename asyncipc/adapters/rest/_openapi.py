@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ... import __version__
+from ...streams.config import MAX_COUNT
 from ._envelope import HEADER_PREFIX, REPLY_TO_HEADER
 from ._streams import (
     ACK_KINDS,
@@ -636,7 +637,7 @@ def _stream_paths(too_large: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-_INT = {"type": "integer", "minimum": 0}
+_INT = {"type": "integer", "minimum": 0, "maximum": MAX_COUNT}
 _SECONDS = {"type": "number", "minimum": 0, "maximum": MAX_SECONDS}
 _NAME = {"type": "string", "pattern": NAME_PATTERN}
 
@@ -763,7 +764,7 @@ _STREAM_SCHEMAS: dict[str, Any] = {
                 "maxLength": 1024,
                 "nullable": True,
             },
-            "max_ack_pending": {"type": "integer", "minimum": 1},
+            "max_ack_pending": {"type": "integer", "minimum": 1, "maximum": MAX_COUNT},
         },
         required=["name"],
     ),
