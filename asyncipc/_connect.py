@@ -25,7 +25,7 @@ from .broker import Broker
 from .client import Bus
 from .errors import AuthenticationError, ConfigurationError, ConnectError, HandshakeError
 from .options import ConnectOptions
-from .transports import TransportOptions, lookup, parse_url
+from .transports import EmbeddedTransport, TransportOptions, lookup, parse_url
 from .transports.memory import has_listener
 
 __all__ = ["DEFAULT_URL_ENV", "TOKEN_ENV", "Connector", "connect", "default_socket_url"]
@@ -99,14 +99,18 @@ async def _connect(url: str | Sequence[str] | None, options: ConnectOptions) -> 
             options = replace(options, token=env_token)
     release = None
     first = parsed[0]
-    if first.scheme == "memory" and not has_listener(first.name):
-        release = await _acquire_embedded(first.name)
     topts = TransportOptions(
         ssl=options.ssl,
         high_water=options.high_water,
         max_frame=options.max_frame,
         connect_timeout=options.connect_timeout,
     )
+    if first.scheme == "memory" and not has_listener(first.name):
+        release = await _acquire_embedded(first.name)
+    else:
+        transport = lookup(first.scheme)
+        if isinstance(transport, EmbeddedTransport):  # file:///dir: a broker of our own
+            release = await transport.acquire(first, topts)
     dialer = Dialer(urls, topts)
     try:
         bus = await _first_link(dialer, options)

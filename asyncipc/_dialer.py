@@ -17,9 +17,9 @@ from .transports import URL, TransportOptions, lookup, parse_url
 
 __all__ = ["NOT_REDIALLED", "Dialer", "backoff"]
 
-NOT_REDIALLED = frozenset({"memory", "pipe"})
-"""Schemes a bus never redials: an embedded broker lives and dies with the event loop,
-and a child's inherited pipes cannot be opened again."""
+NOT_REDIALLED = frozenset({"memory", "pipe", "file"})
+"""Schemes a bus never redials: an embedded broker (``memory://``, ``file://``) lives and
+dies with the event loop, and a child's inherited pipes cannot be opened again."""
 
 
 def backoff(first: float, cap: float, rng: random.Random | None = None) -> Iterator[float]:

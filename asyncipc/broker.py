@@ -36,7 +36,12 @@ from .errors import ClosedError, ConnectionClosed, FrameTooLarge
 from .link import Link, Listener, PeerInfo
 from .options import BrokerOptions
 from .protocol import ErrorCode, Headers, Overflow, Pub, parse_timeout
-from .protocol.system import NO_RESPONDERS_STATUS, STATUS_HEADER, TIMEOUT_HEADER
+from .protocol.system import (
+    DELIVER_SUBJECT_HEADER,
+    NO_RESPONDERS_STATUS,
+    STATUS_HEADER,
+    TIMEOUT_HEADER,
+)
 from .router import Route, Router
 from .streams.manager import StreamManager
 from .transports import URL, TransportOptions, lookup, parse_url
@@ -124,6 +129,7 @@ class Broker:
         self._started = False
         self._relays: list[Relay] = []
         self._relaying = False
+        self._stream_relay: Relay | None = None
 
     async def start(self) -> None:
         """Open the store: recover every stream and consumer under ``store``. Called by
@@ -257,8 +263,27 @@ class Broker:
         reply: str | None,
         headers: Headers | None,
     ) -> None:
-        """Package-internal: a PUB on ``$sys.stream.`` from ``session`` (the streams API)."""
+        """Package-internal: a PUB on ``$sys.stream.`` from ``session`` (the streams API).
+        Answered by :attr:`streams`, or sent on through the relay :meth:`forward_streams`
+        named."""
+        forward = self._stream_relay
+        if forward is not None:
+            forward.outbound(subject, data, reply, headers)
+            return
         self.streams.handle(session, subject, data, reply, headers)
+
+    def forward_streams(self, relay: Relay | None) -> None:
+        """Package-internal: send every ``$sys.stream.`` request of this broker's clients
+        to ``relay`` instead of answering it here (None: answer here again). For a
+        ``file://`` process while another process hosts its directory's streams."""
+        self._stream_relay = relay
+
+    def relay_stream_request(
+        self, subject: str, data: bytes, reply: str | None, headers: Headers | None
+    ) -> None:
+        """Package-internal: a ``$sys.stream.`` request that came in through a relay (a
+        ``file://`` process forwarded it): answered here, with no session behind it."""
+        self.streams.handle(None, subject, data, reply, headers)
 
     def add_relay(self, relay: Relay) -> None:
         """Package-internal: hand ``relay`` every message published here on a subject it
@@ -284,8 +309,11 @@ class Broker:
             self._relaying = False
 
     def interest(self, subject: str) -> bool:
-        """Package-internal: whether some subscription receives ``subject``."""
-        return bool(self.router.route(subject))
+        """Package-internal: whether some subscription receives ``subject``, here or,
+        for all we know, beyond a relay that wants it."""
+        if self.router.route(subject):
+            return True
+        return any(relay.wants(subject) for relay in self._relays)
 
     def deliver_to(
         self, inbox: str, subject: str, data: bytes, reply: str | None, headers: Headers | None
@@ -293,9 +321,22 @@ class Broker:
         """Package-internal: deliver a message to the subscribers of ``inbox`` as if it
         were published on ``subject`` (a stream consumer's delivery to a pull request's
         reply subject, as NATS does). False if nobody took it (no subscriber, or the
-        subscriber's overflow policy dropped it)."""
+        subscriber's overflow policy dropped it).
+
+        With no subscriber here, a relay that wants ``inbox`` takes it, with ``subject``
+        in the :data:`~asyncipc.protocol.system.DELIVER_SUBJECT_HEADER` header: its other
+        end calls ``deliver_to`` with it (a consumer's worker in another ``file://``
+        process)."""
         sent = False
-        for route in self.router.route(inbox):
+        routes = self.router.route(inbox)
+        if not routes and self._relays:
+            relayed = {**(headers or {}), DELIVER_SUBJECT_HEADER: subject}
+            for relay in self._relays:
+                if relay.wants(inbox):
+                    relay.outbound(inbox, data, reply, relayed)
+                    sent = True
+            return sent
+        for route in routes:
             owner = route.owner
             link = owner.link
             if link.write_blocked and not self.apply_overflow(route, None):
@@ -423,7 +464,9 @@ class Broker:
             self._inflight.answered(subject)  # the reply to a request we saw
         routes = self.router.route(subject)
         if not routes:
-            if reply is not None and not relayed:  # else a responder may be out there
+            # Not for a request that came in through a relay: its requester's own broker
+            # decides about no-responders, and ours may not be the only one listening.
+            if reply is not None and not relayed and not self._relaying:
                 stats.no_responders += 1
                 self.publish(reply, b"", None, NO_RESPONDERS_HEADERS, None, None)
             return

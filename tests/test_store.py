@@ -227,6 +227,31 @@ async def test_one_directory_one_unshared_log(tmp_path: Path) -> None:
     await log.close()
 
 
+async def test_a_cancelled_open_leaves_the_directory_usable(tmp_path: Path) -> None:
+    log = await FileLog.open(tmp_path)
+    await append_synced(log, 1000)
+    await log.close()
+    for n, delay in enumerate((0, 0.0005, 0.002)):
+        task = asyncio.ensure_future(FileLog.open(tmp_path))
+        await asyncio.sleep(delay)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if not task.cancelled():
+            await task.result().close()
+        log = await FileLog.open(tmp_path)  # not "in use"
+        assert log.messages == 1000 + n
+        log.append("c", None, b"", now())
+        closing = asyncio.ensure_future(log.close())
+        await asyncio.sleep(0)
+        closing.cancel()  # the close still finishes (and releases the directory)
+        with contextlib.suppress(asyncio.CancelledError):
+            await closing
+    log = await FileLog.open(tmp_path)
+    assert log.messages == 1003
+    await log.close()
+
+
 async def test_rollover_and_whole_segment_deletion(tmp_path: Path) -> None:
     log = await FileLog.open(tmp_path, segment_bytes=2048)
     await append_synced(log, 300, size=50)
@@ -285,6 +310,24 @@ async def test_deleted_records_stay_deleted_when_their_tombstones_segment_goes(
     await log.close()
     log = await FileLog.open(tmp_path, segment_bytes=1024)
     assert [e.seq for e in log.entries() if e.seq < 60] == [1, 3]
+    await log.close()
+
+
+async def test_a_segment_of_tombstones_only_is_not_rolled_under_its_own_name(
+    tmp_path: Path,
+) -> None:
+    log = await FileLog.open(tmp_path, segment_bytes=256)
+    await append_synced(log, 30, size=20)
+    for seq in range(1, 31):  # 30 DEL records: several segments' worth
+        log.delete(seq)
+        await log.flush()
+    seqs = await append_synced(log, 30, size=20)
+    assert seqs == list(range(31, 61))
+    await log.close()
+    log = await FileLog.open(tmp_path, segment_bytes=256)
+    assert log.recovery.lost_segments == []
+    assert [e.seq for e in log.entries()] == seqs
+    assert [m.seq for m in await log.read(seqs) if m] == seqs
     await log.close()
 
 
@@ -390,6 +433,26 @@ class CountingIO(OsFileIO):
     def fdatasync(self, fd: int) -> None:
         self.fsyncs += 1
         super().fdatasync(fd)
+
+
+async def test_interval_fsyncs_on_a_timer_and_never_only_at_close(tmp_path: Path) -> None:
+    io = CountingIO()
+    log = await FileLog.open(tmp_path / "i", fsync="interval", sync_interval=0.01, io=io)
+    await append_synced(log, 3)
+    for _ in range(1000):  # the timer fires with no further appends
+        if io.fsyncs:
+            break
+        await asyncio.sleep(0.01)
+    assert io.fsyncs >= 1
+    await log.close()
+    io = CountingIO()
+    log = await FileLog.open(tmp_path / "n", fsync="never", io=io)
+    for _ in range(5):
+        await append_synced(log, 3)
+        await asyncio.sleep(0.01)
+    assert io.fsyncs == 0
+    await log.close()
+    assert io.fsyncs == 1  # close syncs whatever the policy
 
 
 async def test_group_commit_shares_fsyncs(tmp_path: Path) -> None:
@@ -764,5 +827,25 @@ async def test_shared_logs_in_one_process_and_wait_changed(tmp_path: Path) -> No
     assert [e.seq for e in got] == [1, 2]
     assert [m.data for m in await b.read([1, 2]) if m] == [b"1", b"2"]
     await b.wait_changed(0.01)  # times out quietly
+    await a.close()
+    await b.close()
+
+
+async def test_shared_torn_tail_waits_for_the_next_writer(tmp_path: Path) -> None:
+    """A writer that died in the middle of a write (it held the lock) leaves a torn
+    record: readers stop before it without complaint, the next writer cuts it off."""
+    a = await FileLog.open(tmp_path, shared=True)
+    b = await FileLog.open(tmp_path, shared=True)
+    await a.append_batch([("s", None, b"1", now()), ("s", None, b"2", now())])
+    half = rec.encode_message(3, now(), "s", None, b"x" * 50)[:30]
+    append_bytes(segments(tmp_path)[-1], half)
+    assert [e.seq for e in await b.refresh()] == [1, 2]
+    assert await b.refresh() == []
+    assert b.recovery.torn_bytes == 0
+    assert b.recovery.lost_segments == []
+    assert await b.append_batch([("s", None, b"3", now())]) == [3]
+    assert b.recovery.torn_bytes == len(half)
+    assert [e.seq for e in await a.refresh()] == [1, 2, 3]  # its own appends too
+    assert [m.data for m in await a.read([1, 2, 3]) if m] == [b"1", b"2", b"3"]
     await a.close()
     await b.close()

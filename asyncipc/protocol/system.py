@@ -14,6 +14,7 @@ from typing import Final
 from ..errors import ConfigurationError
 
 __all__ = [
+    "DELIVER_SUBJECT_HEADER",
     "ERROR_HEADER",
     "KILL_PREFIX",
     "NO_RESPONDERS_STATUS",
@@ -61,6 +62,9 @@ STREAM_SUBJECT_HEADER: Final = "asyncipc-stream-subject"
 """On ``$sys.stream.pub.<stream>``: the subject the message is published on."""
 STREAM_MSG_ID_HEADER: Final = "asyncipc-msg-id"
 """On ``$sys.stream.pub.<stream>``: the id the stream deduplicates on."""
+DELIVER_SUBJECT_HEADER: Final = "asyncipc-deliver-subject"
+"""On a delivery a broker hands a relay (``Broker.deliver_to`` with no subscriber of the
+inbox here): the subject the message is delivered with at the relay's other end."""
 
 NO_RESPONDERS_STATUS: Final = "503"
 """The broker's answer to a request nobody subscribes to."""

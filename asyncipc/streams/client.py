@@ -164,6 +164,11 @@ class StreamMessage(Message):
         self._acked = False
 
     @property
+    def time_ns(self) -> int:
+        """When it was stored, in nanoseconds since the epoch."""
+        return self._time_ns
+
+    @property
     def time(self) -> datetime:
 
         return datetime.fromtimestamp(self._time_ns / 1e9, tz=UTC)
@@ -597,11 +602,31 @@ class Consumer:
                 if msg.subject == reply:
                     if headers[STATUS_HEADER] == "409":
                         raise ConsumerNotFound(f"consumer {self.stream}/{self.name} was deleted")
+                    if headers[STATUS_HEADER] == "503":
+                        # The broker is stopping: the next request is for the one that
+                        # comes back (a reconnecting bus holds it until then).
+                        await self._link_dropped(deadline)
                     break  # our request is over
                 continue  # the end of an earlier request
             out.append(StreamMessage(msg, self._bus))
             got += 1
         return out
+
+    async def _link_dropped(self, deadline: float) -> None:
+        """Wait (until ``deadline``, loop time) for the bus to lose its link."""
+        events = getattr(self._bus, "events", None)
+        if events is None:
+            return
+        async with events() as stream:
+            if not getattr(self._bus, "is_connected", False):
+                return
+            try:
+                async with asyncio.timeout_at(deadline):
+                    async for event in stream:
+                        if event.kind in ("disconnected", "closed"):
+                            return
+            except TimeoutError:
+                pass
 
     async def next(self, timeout: float = 1.0) -> StreamMessage:
         """One message; :class:`~asyncipc.RequestTimeout` if none comes in ``timeout``."""

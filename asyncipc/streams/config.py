@@ -31,6 +31,11 @@ __all__ = [
 Discard = Literal["old", "new"]
 DeliverPolicy = Literal["all", "new", "last", "last_per_subject", "by_start_seq", "by_start_time"]
 
+MAX_SECONDS = 9_223_372_036
+"""The most seconds a time option takes: what fits in int64 nanoseconds."""
+MAX_COUNT = (1 << 63) - 1
+"""The largest count or size an option takes."""
+
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _FSYNC = ("always", "interval", "never")
 
@@ -49,6 +54,9 @@ def _positive(name: str, value: Any, *, allow_zero: bool = False, number: bool =
     if isinstance(value, bool) or not isinstance(value, kinds):
         raise ConfigurationError(f"{name} must be a number, not {value!r}")
     assert isinstance(value, (int, float))
+    limit = MAX_SECONDS if number else MAX_COUNT
+    if value != value or value in (float("inf"), float("-inf")) or value > limit:
+        raise ConfigurationError(f"{name} must be a finite number up to {limit}, not {value}")
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigurationError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, not {value}")
 

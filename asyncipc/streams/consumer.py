@@ -59,8 +59,11 @@ class ConsumerHost(Protocol):
         """Tell a pull request's owner it is over (status ``204``, ``408``, ``409``)."""
         ...
 
-    def dead_letter(self, consumer: ConsumerEngine, msg: StoredMessage, reason: str) -> None:
-        """Publish ``msg`` to the consumer's ``dead_letter`` subject, saying why."""
+    def dead_letter(
+        self, consumer: ConsumerEngine, msg: StoredMessage, reason: str, deliveries: int
+    ) -> None:
+        """Publish ``msg`` to the consumer's ``dead_letter`` subject, saying why and after
+        how many deliveries."""
         ...
 
     def changed(self, consumer: ConsumerEngine) -> None:
@@ -98,6 +101,7 @@ class ConsumerEngine:
         self.host = host
         self.owner = owner  # the session of an ephemeral consumer
         self.closed = False
+        self._closed_why = ("409", "consumer deleted")  # what a pull is told once closed
         self.waiting: deque[PullRequest] = deque()
         self.pending: dict[int, int] = {}  # seq -> deliveries so far, not yet acked
         self.dead_lettered = 0
@@ -172,7 +176,7 @@ class ConsumerEngine:
     def pull(self, request: PullRequest) -> None:
         """A worker asks for messages."""
         if self.closed:
-            self.host.end_pull(request.reply, "409", "consumer deleted", 0)
+            self.host.end_pull(request.reply, *self._closed_why, 0)
             return
         self.waiting.append(request)
         self.dispatch()
@@ -205,7 +209,7 @@ class ConsumerEngine:
         elif kind == "+TERM":
             del self.pending[seq]
             self._due.pop(seq, None)
-            self._bury(seq, "terminated")
+            self._bury(seq, "terminated", count)
             self.host.changed(self)
             if self.waiting:
                 self.dispatch()
@@ -290,7 +294,7 @@ class ConsumerEngine:
                 break
             if count > 1 and self.config.max_deliver and count > self.config.max_deliver:
                 del self.pending[seq]
-                self._bury_msg(msg, "max-deliver")
+                self._bury_msg(msg, "max-deliver", count - 1)
                 continue
             self.pending[seq] = count
             self._schedule(seq, now + self.config.ack_wait)
@@ -386,15 +390,34 @@ class ConsumerEngine:
             return
         now = self._loop.time()
         heap = self._heap
+        expiring = False
         while heap and heap[0][0] <= now:
             due, seq = heapq.heappop(heap)
-            if seq == 0 or self._due.get(seq) != due:
-                continue  # a pull request's expiry, or superseded by an ack/WPI/NAK
+            if seq == 0:
+                expiring = True  # a pull request's expiry
+                continue
+            if self._due.get(seq) != due:
+                continue  # superseded by an ack/WPI/NAK
             del self._due[seq]
             self._expired(seq)
         if heap:
             self._arm(heap[0][0])
-        self.dispatch()  # also ends expired pull requests
+        if expiring:
+            self._end_expired(now)
+        self.dispatch()
+
+    def _end_expired(self, now: float) -> None:
+        """End every expired pull request, not only the first in line (dispatch looks at
+        the first only: one behind a longer request would wait for it)."""
+        if not any(r.expires is not None and r.expires <= now for r in self.waiting):
+            return
+        keep: deque[PullRequest] = deque()
+        over: list[PullRequest] = []
+        for req in self.waiting:
+            (over if req.expires is not None and req.expires <= now else keep).append(req)
+        self.waiting = keep
+        for req in over:
+            self._end(req, "408", "request expired")
 
     def _expired(self, seq: int) -> None:
         count = self.pending.get(seq)
@@ -402,27 +425,29 @@ class ConsumerEngine:
             return
         if self.config.max_deliver and count >= self.config.max_deliver:
             del self.pending[seq]
-            self._bury(seq, "max-deliver")
+            self._bury(seq, "max-deliver", count)
             self.host.changed(self)
         else:
             self._redeliver.append(seq)
 
-    def _bury(self, seq: int, reason: str) -> None:
+    def _bury(self, seq: int, reason: str, deliveries: int) -> None:
         msg = self.stream.log.cached(seq) or self._readahead.pop(seq, None)
         if msg is not None:
-            self._bury_msg(msg, reason)
+            self._bury_msg(msg, reason, deliveries)
         elif self.config.dead_letter is not None:
-            self._spawn(self._bury_later(seq, reason))
+            self._spawn(self._bury_later(seq, reason, deliveries))
+        else:
+            self.dead_lettered += 1  # counted as _bury_msg would, with nothing to read
 
-    async def _bury_later(self, seq: int, reason: str) -> None:
+    async def _bury_later(self, seq: int, reason: str, deliveries: int) -> None:
         [msg] = await self.stream.log.read([seq])
         if msg is not None:
-            self._bury_msg(msg, reason)
+            self._bury_msg(msg, reason, deliveries)
 
-    def _bury_msg(self, msg: StoredMessage, reason: str) -> None:
+    def _bury_msg(self, msg: StoredMessage, reason: str, deliveries: int) -> None:
         self.dead_lettered += 1
         if self.config.dead_letter is not None:
-            self.host.dead_letter(self, msg, reason)
+            self.host.dead_letter(self, msg, reason, deliveries)
 
     # --- state ---------------------------------------------------------------------------------
 
@@ -468,11 +493,15 @@ class ConsumerEngine:
             dead_lettered=self.dead_lettered,
         )
 
-    def close(self) -> None:
+    def close(self, status: str = "409", text: str = "consumer closed") -> None:
+        """Stop, ending the waiting pull requests with ``status``: ``409`` when the
+        consumer is gone, ``503`` when the broker stops (it comes back with the broker)."""
+        if not self.closed:
+            self._closed_why = (status, text)
         self.closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         for req in self.waiting:
-            self._end(req, "409", "consumer closed")
+            self._end(req, status, text)
         self.waiting.clear()

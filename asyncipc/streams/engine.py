@@ -44,6 +44,8 @@ class StreamEngine:
         self._age_timer: asyncio.TimerHandle | None = None
         for entry in log.entries():
             self._by_subject.setdefault(entry.subject, deque()).append(entry.seq)
+        if config.max_age and log.messages:
+            self._arm_age()  # records recovered from a store age from their own time
 
     async def rebuild_dedup(self, limit: int = 100_000) -> None:
         """After a restart: the ids of the records still within the deduplication window
@@ -93,6 +95,15 @@ class StreamEngine:
                 f"message of {len(data)} bytes is over stream {config.name}'s "
                 f"max_msg_size of {config.max_msg_size}",
             )
+        if config.max_bytes and size > config.max_bytes:
+            # It can never fit: under discard="old" it would be acknowledged, then removed
+            # at once with every other record.
+            self.refused += 1
+            raise StreamError(
+                "too-large",
+                f"a record of {size} bytes is over stream {config.name}'s "
+                f"max_bytes of {config.max_bytes}",
+            )
         log = self.log
         if config.discard == "new":
             why = None
@@ -107,7 +118,8 @@ class StreamEngine:
             if why is not None:
                 self.refused += 1
                 raise StreamError("limit", f"stream {config.name} is full: {why}")
-        seq = log.append(subject, headers, data, now)
+        # A copy: over memory:// the publisher and the live subscribers hold this dict.
+        seq = log.append(subject, dict(headers) if headers else None, data, now)
         held = self._by_subject.get(subject)
         if held is None:
             held = self._by_subject[subject] = deque()

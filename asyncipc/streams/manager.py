@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -35,6 +36,7 @@ from ..protocol.system import (
     STREAM_MSG_ID_HEADER,
     STREAM_PREFIX,
     STREAM_SUBJECT_HEADER,
+    TIMEOUT_HEADER,
 )
 from ..subjects import covers, overlap, validate_subject
 from .config import ConsumerConfig, StreamConfig, check_name
@@ -234,6 +236,16 @@ class StreamManager:
                 engine.consumers[cname] = ConsumerEngine(engine, cconfig, self, state)
             self._add(engine)
 
+    async def open_store(self, store: str | os.PathLike[str]) -> None:
+        """Take ``store`` as this manager's store from now on and load what it holds: a
+        ``file://`` process that has just become the stream host of its directory
+        (``docs/file.md``). Only for a manager with no store and no stream yet."""
+        if self.root is not None or self.streams:
+            raise StoreError(f"the streams already have a store ({self.root or 'memory'})")
+        self.root = Path(store) / "streams"
+        self._opened = False
+        await self.open()
+
     def _problem(self, text: str) -> None:
         log.error("store: %s", text)
         self.problems.append(text)
@@ -280,6 +292,9 @@ class StreamManager:
         for task in list(self._tasks):
             task.cancel()
         for engine in list(self.streams.values()):
+            for consumer in engine.consumers.values():
+                # Stopping is not deleting: workers fetch again once their bus is back.
+                consumer.close("503", "the broker is stopping")
             try:
                 await engine.close()
             except StoreError as exc:
@@ -327,13 +342,15 @@ class StreamManager:
 
     def handle(
         self,
-        session: Session,
+        session: Session | None,
         subject: str,
         data: bytes,
         reply: str | None,
         headers: Headers | None,
     ) -> None:
-        """A PUB on ``$sys.stream.…`` from ``session``."""
+        """A PUB on ``$sys.stream.…`` from ``session`` (None: a request that came through
+        a relay, from a ``file://`` process that does not host the streams; an ephemeral
+        consumer it makes has no session to end with it)."""
         tokens = subject[len(STREAM_PREFIX) :].split(".")
         op = tokens[0]
         try:
@@ -355,6 +372,10 @@ class StreamManager:
                 log.exception("stream request %s failed", subject)
             if reply is not None:
                 self._refuse(reply, why)
+            elif op == "ack" and isinstance(exc, LookupError):
+                # A late ack for a consumer (or stream) deleted meanwhile: nothing to do,
+                # and an error frame would only alarm a worker that did nothing wrong.
+                log.debug("ignored an ack on %s: %s", subject, exc)
             elif session is not None:
                 from ..protocol import ErrorCode
 
@@ -397,7 +418,7 @@ class StreamManager:
 
     def _publish(
         self,
-        session: Session,
+        session: Session | None,
         name: str,
         data: bytes,
         reply: str | None,
@@ -415,6 +436,7 @@ class StreamManager:
         # The id stays in the stored headers (as Nats-Msg-Id does in JetStream): it is
         # how the deduplication window is rebuilt after a restart.
         msg_id = user.get(STREAM_MSG_ID_HEADER)
+        user.pop(TIMEOUT_HEADER, None)  # how long stream.publish waits: not the message's
         validate_subject(subject)
         if not engine.captures(subject):
             raise _Refusal(
@@ -474,7 +496,7 @@ class StreamManager:
     # --- consumers: pull and ack ----------------------------------------------------------------
 
     def _pull(
-        self, session: Session, stream: str, name: str, data: bytes, reply: str | None
+        self, session: Session | None, stream: str, name: str, data: bytes, reply: str | None
     ) -> None:
         if reply is None:
             raise _Refusal("400", "bad-request", "a pull request needs a reply subject")
@@ -485,7 +507,10 @@ class StreamManager:
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise _Refusal("400", "bad-request", f"batch must be an integer >= 1, not {batch!r}")
         if expires is not None and (
-            isinstance(expires, bool) or not isinstance(expires, (int, float)) or expires <= 0
+            isinstance(expires, bool)
+            or not isinstance(expires, (int, float))
+            or not math.isfinite(expires)  # JSON from Python takes NaN and Infinity
+            or expires <= 0
         ):
             raise _Refusal("400", "bad-request", f"expires must be seconds > 0, not {expires!r}")
         loop = asyncio.get_running_loop()
@@ -514,6 +539,8 @@ class StreamManager:
         if text == "-NAK" and rest:
             try:
                 delay = float(json.loads(rest).get("delay", 0.0))
+                if not math.isfinite(delay):
+                    raise ValueError(delay)
             except (ValueError, AttributeError, TypeError):
                 raise _Refusal(
                     "400", "bad-request", 'a NAK\'s body is -NAK {"delay": seconds}'
@@ -544,13 +571,17 @@ class StreamManager:
         return self.host.interest(subject)
 
     def deliver(self, reply: str, msg: StoredMessage, ack: str) -> None:
-        self.host.deliver_to(reply, msg.subject, msg.data, ack, msg.headers)
+        # A copy: an in-process consumer must not edit the stored record's headers.
+        headers = dict(msg.headers) if msg.headers else None
+        self.host.deliver_to(reply, msg.subject, msg.data, ack, headers)
 
     def end_pull(self, reply: str, status: str, text: str, delivered: int) -> None:
         headers = {STATUS_HEADER: status, ERROR_HEADER: text, "asyncipc-delivered": str(delivered)}
         self.host.deliver_to(reply, reply, b"", None, headers)
 
-    def dead_letter(self, consumer: ConsumerEngine, msg: StoredMessage, reason: str) -> None:
+    def dead_letter(
+        self, consumer: ConsumerEngine, msg: StoredMessage, reason: str, deliveries: int
+    ) -> None:
         subject = consumer.config.dead_letter
         if subject is None:
             return
@@ -564,7 +595,7 @@ class StreamManager:
                     consumer.name,
                     str(msg.seq),
                     msg.subject,
-                    str(consumer.pending.get(msg.seq, consumer.config.max_deliver)),
+                    str(deliveries),
                 ),
                 strict=True,
             )
@@ -622,7 +653,7 @@ class StreamManager:
     # --- admin requests ---------------------------------------------------------------------------
 
     async def _admin_request(
-        self, session: Session, op: str, args: list[str], data: bytes, reply: str
+        self, session: Session | None, op: str, args: list[str], data: bytes, reply: str
     ) -> None:
         try:
             async with self._admin:
@@ -635,7 +666,9 @@ class StreamManager:
             return
         self._answer(reply, body)
 
-    async def _admin_op(self, session: Session, op: str, args: list[str], data: bytes) -> Any:
+    async def _admin_op(
+        self, session: Session | None, op: str, args: list[str], data: bytes
+    ) -> Any:
         if op == "list" and not args:
             return {
                 "streams": [e.info().to_json() for e in self.streams.values()],
@@ -676,6 +709,8 @@ class StreamManager:
             raise _Refusal("400", "bad-request", "a stream configuration is a JSON object")
         given = dict(body)
         given.pop("name", None)
+        # Unknown or bad options are refused even when the stream exists.
+        config = StreamConfig.from_json({**given, "name": name})
         existing = self.streams.get(name)
         if existing is not None:
             current = existing.config.to_json()
@@ -696,7 +731,6 @@ class StreamManager:
             from ..errors import StreamNotFound
 
             raise StreamNotFound(f"no stream {name!r} (give its subjects to create it)")
-        config = StreamConfig.from_json({**given, "name": name})
         for other in self.streams.values():
             for mine in config.subjects:
                 for theirs in other.config.subjects:
@@ -751,7 +785,7 @@ class StreamManager:
             "data": msg.data.decode("latin-1"),
         }
 
-    async def _create_consumer(self, session: Session, stream: str, body: Any) -> Any:
+    async def _create_consumer(self, session: Session | None, stream: str, body: Any) -> Any:
         engine = self._stream(stream)
         if not isinstance(body, dict):
             raise _Refusal("400", "bad-request", "a consumer configuration is a JSON object")

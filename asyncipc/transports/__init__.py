@@ -10,8 +10,9 @@ from __future__ import annotations
 import importlib
 import re
 import ssl as _ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..errors import ConfigurationError
@@ -20,6 +21,7 @@ from ..protocol import DEFAULT_MAX_FRAME
 
 __all__ = [
     "URL",
+    "EmbeddedTransport",
     "Transport",
     "TransportOptions",
     "lookup",
@@ -99,6 +101,19 @@ class Transport(Protocol):
         ...
 
 
+@runtime_checkable
+class EmbeddedTransport(Protocol):
+    """A transport whose URLs name no broker process: :func:`asyncipc.connect` runs a
+    broker for them in the calling process (``file:///dir``), as it does for ``memory://``.
+
+    ``connect`` calls :meth:`acquire` before dialling and awaits what it returns when the
+    bus closes; the transport's ``connect`` then attaches to that broker."""
+
+    async def acquire(self, url: URL, options: TransportOptions) -> Callable[[], Awaitable[None]]:
+        """Make sure this event loop has the broker ``url`` needs; return its release."""
+        ...
+
+
 NOBODY = " (is `asyncipc broker` running there?)"
 """Added to a connect error that means nobody listens at the URL (no socket, refused)."""
 
@@ -116,6 +131,7 @@ _builtin = {
     "https": "asyncipc.adapters.rest",
     "shm": "asyncipc.transports.shm",
     "mmap": "asyncipc.transports.mmap",
+    "file": "asyncipc.transports.file",
 }
 
 

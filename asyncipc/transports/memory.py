@@ -232,11 +232,15 @@ class MemoryLink(Link):
 
 
 def memory_pair(
-    name: str = "", options: TransportOptions | None = None
+    name: str = "",
+    options: TransportOptions | None = None,
+    client: type[MemoryLink] = MemoryLink,
 ) -> tuple[MemoryLink, MemoryLink]:
-    """Two connected in-process link ends. Must be called with an event loop running."""
+    """Two connected in-process link ends, the first of class ``client`` (a transport
+    built on this one may refuse some frames there: ``file://``). Must be called with an
+    event loop running."""
     options = options or TransportOptions()
-    a, b = MemoryLink(name, options), MemoryLink(name, options)
+    a, b = client(name, options), MemoryLink(name, options)
     a._other, b._other = b, a
     return a, b
 

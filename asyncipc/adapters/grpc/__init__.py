@@ -10,6 +10,9 @@ beside it. What comes in is an ordinary participant of the bus, both ways:
 * each ``Subscribe`` call is an in-process :class:`~asyncipc.Bus` of its own (so that one
   slow gRPC subscriber slows nobody else's stream), and ``Publish``/``Request`` calls
   share one in-process Bus; the adapter checks their token against the broker's.
+* the ``asyncipc.v1.Streams`` service (``_streams.py``: durable streams, consumers,
+  fetch and ack) calls the streams client API on that same shared Bus; ``Publish`` and
+  ``Request`` refuse ``$sys.stream.`` subjects, which are reached through it only.
 
 ``asyncipc.connect("grpc://host:port")`` is the client side: a link over a ``Connect``
 stream, under the same Bus every other transport has.
@@ -52,6 +55,7 @@ from ._server import (
     status_of,
 )
 from ._server_link import grpc_status
+from ._streams import STREAMS_SERVICE, StreamsService, add_streams_service
 
 if TYPE_CHECKING:
     from ...broker import Broker
@@ -59,6 +63,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_REQUEST_TIMEOUT",
     "SERVICE",
+    "STREAMS_SERVICE",
     "GrpcListener",
     "GrpcTransport",
     "grpc_status",
@@ -137,10 +142,11 @@ async def _serve(
     )
     service = BusService(accept, options, url.raw, token)
     add_bus_service(server, service)
+    add_streams_service(server, StreamsService(service))
     health_service = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_service, server)
     reflection.enable_server_reflection(
-        [SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        [SERVICE, STREAMS_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
     error: Exception | None = None
     try:
@@ -154,6 +160,7 @@ async def _serve(
     serving = health_pb2.HealthCheckResponse.SERVING
     await health_service.set("", serving)
     await health_service.set(SERVICE, serving)
+    await health_service.set(STREAMS_SERVICE, serving)
     bound = f"grpc://{address.rsplit(':', 1)[0]}:{port}"
     return GrpcListener(bound, server, health_service, service)
 

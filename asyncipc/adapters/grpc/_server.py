@@ -32,6 +32,7 @@ from ...errors import (
     RequestTimeout,
     ServiceError,
     SlowConsumer,
+    StreamError,
 )
 from ...link import Accept, PeerInfo
 from ...message import Message
@@ -39,7 +40,7 @@ from ...options import ConnectOptions
 from ...protocol import (
     Overflow,
 )
-from ...protocol.system import ERROR_HEADER, REFUSED_STATUS, STATUS_HEADER
+from ...protocol.system import ERROR_HEADER, REFUSED_STATUS, STATUS_HEADER, STREAM_PREFIX
 from ...subjects import validate_pattern, validate_queue
 from ...transports import TransportOptions
 from ...transports.memory import memory_pair
@@ -73,6 +74,22 @@ _NAMES = {
     }.items()
 }
 
+# A stream refusal's StreamError.reason; the other reasons are about the request
+# (bad-config, bad-request, wrong-subject): INVALID_ARGUMENT.
+_STREAM_REASONS = {
+    "stream-not-found": grpc.StatusCode.NOT_FOUND,
+    "consumer-not-found": grpc.StatusCode.NOT_FOUND,
+    "not-found": grpc.StatusCode.NOT_FOUND,
+    "exists": grpc.StatusCode.ALREADY_EXISTS,
+    "overlap": grpc.StatusCode.FAILED_PRECONDITION,
+    "not-pending": grpc.StatusCode.FAILED_PRECONDITION,
+    "limit": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "too-large": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "closed": grpc.StatusCode.UNAVAILABLE,
+    "store": grpc.StatusCode.INTERNAL,
+    "internal": grpc.StatusCode.INTERNAL,
+}
+
 _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (FrameTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ConfigurationError, grpc.StatusCode.INVALID_ARGUMENT),  # InvalidSubject is one
@@ -89,6 +106,8 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
 
 def status_of(exc: BaseException) -> grpc.StatusCode:
     """The status a unary or ``Subscribe`` call ends with when ``exc`` stops it."""
+    if isinstance(exc, StreamError):
+        return _STREAM_REASONS.get(exc.reason, grpc.StatusCode.INVALID_ARGUMENT)
     for kind, code in _CODES:
         if isinstance(exc, kind):
             return code
@@ -196,6 +215,7 @@ class BusService:
         """Publish one message through the shared in-process bus."""
         try:
             _check(request)
+            _generic(request.subject)
             bus = await self._unary_bus(context)
             await bus.publish(
                 request.subject,
@@ -212,6 +232,7 @@ class BusService:
         timeout = context.time_remaining()
         try:
             _check(request)
+            _generic(request.subject)
             bus = await self._unary_bus(context)
             reply = await bus.request(
                 request.subject,
@@ -279,6 +300,18 @@ def _check(request: Any) -> None:
     if type(request) is Malformed:
         raise _Refused(
             grpc.StatusCode.INVALID_ARGUMENT, f"the request does not parse: {request.error}"
+        )
+
+
+def _generic(subject: str) -> None:
+    """Refuse the streams API's subjects on ``Publish`` and ``Request``: the ``Streams``
+    service is the way to it. Through the bus those calls share, ``$sys.stream.``
+    requests would create consumers that bus owns (never removed: it never
+    disconnects) and pull batches past ``Fetch``'s bounds."""
+    if subject.startswith(STREAM_PREFIX):
+        raise _Refused(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"{subject!r} is the broker's streams API: use the asyncipc.v1.Streams service",
         )
 
 

@@ -14,7 +14,9 @@ participant of the bus, both ways:
   subscription has the bounds and overflow policy the caller asked for, so a slow
   reader meets them exactly as a slow Unix-socket subscriber would.
 * ``POST /v1/publish/{subject}`` and ``POST /v1/request/{subject}`` share one
-  in-process Bus.
+  in-process Bus, and so do the ``/v1/streams`` routes (``_streams.py``), which call the
+  streams client API on it. The generic routes refuse ``$sys.stream.`` subjects: the
+  streams API is reached through ``/v1/streams`` only.
 
 The adapter's links say ``transport="http"``: the broker counts them under that name, and
 never mistakes them for in-process clients of its own (``$sys.`` subjects, signals).
@@ -56,6 +58,7 @@ from ...errors import (
 )
 from ...link import Accept, Link, Listener, PeerInfo
 from ...options import ConnectOptions
+from ...protocol.system import STREAM_PREFIX
 from ...subjects import validate_pattern, validate_queue
 from ...subscription import OVERFLOW_POLICIES, Subscription
 from ...transports import URL, TransportOptions, register
@@ -81,6 +84,7 @@ from ._params import (
     where,
 )
 from ._sse import HEARTBEAT, stream_events
+from ._streams import StreamRoutes
 from ._ws import SUBPROTOCOL, WebSocketLink, max_message
 from ._ws_json import JSON_SUBPROTOCOL, JsonSession
 
@@ -160,6 +164,7 @@ class RestServer(Listener):
         app.router.add_post("/v1/request/{subject}", self._request)
         app.router.add_get("/v1/subscribe/{subject}", self._subscribe, allow_head=False)
         app.router.add_get("/v1/ws", self._websocket, allow_head=False)
+        StreamRoutes(self).add_to(app.router)
         app.router.add_get("/v1/openapi.json", self._openapi, allow_head=False)
         app.router.add_get("/healthz", self._health, allow_head=False)
         app.router.add_get("/metrics", self._metrics, allow_head=False)
@@ -282,6 +287,14 @@ class RestServer(Listener):
             raise HttpError(503, "unavailable", "the broker is shutting down")
         return bus
 
+    def unary_bus(self) -> Bus:
+        """The in-process Bus the unary routes share (HttpError 503 while closing)."""
+        return self._bus()
+
+    async def read_body(self, request: web.Request) -> bytes:
+        """The request's body, refused with 413 over the broker's payload limit."""
+        return await self._body(request)
+
     async def _body(self, request: web.Request) -> bytes:
         limit = self._unary_max()  # what the app was given as client_max_size
         if request.content_length is not None and request.content_length > limit:
@@ -328,7 +341,7 @@ class RestServer(Listener):
 
     async def _publish(self, request: web.Request) -> web.StreamResponse:
         self.authorize(request)
-        subject, reply_to = subject_of(request), reply_to_of(request)
+        subject, reply_to = _generic(subject_of(request)), reply_to_of(request)
         headers = headers_from_http(request.headers.items())
         data = await self._body(request)
         try:
@@ -341,7 +354,7 @@ class RestServer(Listener):
 
     async def _request(self, request: web.Request) -> web.StreamResponse:
         self.authorize(request)
-        subject = subject_of(request)
+        subject = _generic(subject_of(request))
         timeout = timeout_of(request.query.get("timeout"))
         headers = headers_from_http(request.headers.items())
         data = await self._body(request)
@@ -450,7 +463,8 @@ class RestServer(Listener):
 
     async def _openapi(self, request: web.Request) -> web.StreamResponse:
         token = self.broker.options.token is not None
-        return web.json_response(_openapi.document(self._unary_max(), token=token))
+        store = self.broker.options.store is not None
+        return web.json_response(_openapi.document(self._unary_max(), token=token, store=store))
 
     async def _health(self, request: web.Request) -> web.StreamResponse:
         if self._closing or self._unary is None or self._unary.is_closed:
@@ -535,6 +549,22 @@ class HttpTransport:
         )
         link.run_in_task(session.close)
         return link
+
+
+def _generic(subject: str) -> str:
+    """``subject``, unless it is the streams API's: ``/v1/streams`` is the way to it.
+
+    The generic routes share one in-process bus; ``$sys.stream.`` requests made through
+    it would create consumers that bus owns (never removed: it never disconnects) and
+    pull batches past the bounds of ``/v1/streams/.../fetch``.
+    """
+    if subject.startswith(STREAM_PREFIX):
+        raise HttpError(
+            403,
+            "reserved",
+            f"{subject!r} is the broker's streams API: use the /v1/streams routes",
+        )
+    return subject
 
 
 def _client_error(exc: BaseException) -> str:

@@ -262,7 +262,8 @@ class PowerCutIO(OsFileIO):
         """Cut the power: every file goes back to what its last fsync made durable (plus
         up to ``torn`` bytes of what followed, a write the disk had half done), every file
         created since its directory's last fsync disappears. Every later call fails with
-        EIO. Returns, per file, the bytes lost (``-1``: the file itself)."""
+        EIO. Returns, per file, the bytes no fsync covered (``-1``: the file itself was
+        never made durable), the ``torn`` bytes kept included."""
         with self._lock:
             self._dead = True
             return _cut(self._durable, self._unsynced, torn)
@@ -307,7 +308,7 @@ def _cut(durable: dict[str, int], unsynced: set[str], torn: int) -> dict[str, in
             keep = min(actual, size + torn)
             if actual > keep:
                 os.truncate(path, keep)
-            lost[path] = actual - keep
+            lost[path] = max(0, actual - size)
         except FileNotFoundError:
             continue
     return lost

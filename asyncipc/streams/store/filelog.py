@@ -36,6 +36,7 @@ import asyncio
 import bisect
 import builtins
 import collections
+import contextlib
 import ctypes
 import errno
 import heapq
@@ -50,6 +51,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import anyio.to_thread
 
 from ...errors import CorruptStore, StoreError
@@ -72,6 +74,7 @@ _MAX_SEQ = (1 << 63) - 1
 _POLICIES = ("always", "interval", "never")
 _SHARED_LOCK_WAIT = 10.0  # seconds a shared open waits for the directory lock
 _POLL = 0.05  # wait_changed without inotify
+_WRITE_CHUNK = 8 << 20  # a batch is written in pieces of about this size
 _CACHE_OVERHEAD = 160  # bytes a cached message costs beyond its payload, roughly
 
 # Queue items (tuples, first field the kind):
@@ -114,7 +117,8 @@ class _Collector:
     shape of the index: parallel arrays, subjects interned as bytes."""
 
     __slots__ = (
-        "dels",
+        "del_segs",
+        "del_seqs",
         "hw",
         "ids",
         "last_time",
@@ -138,7 +142,8 @@ class _Collector:
         self.lens = array("I")
         self.ids: dict[bytes, int] = {}
         self.subjects: list[bytes] = []
-        self.dels: list[tuple[int, int]] = []  # (segment, seq)
+        self.del_segs = array("q")  # DEL records: the segment they are in ...
+        self.del_seqs = array("q")  # ... and the sequence they remove
         self.purges: list[tuple[int, int, int]] = []  # (segment, below, high-water)
         self.next_seq = next_seq  # the lowest sequence the next message may have
         self.last_time = last_time
@@ -164,7 +169,7 @@ class _Collector:
         end = 0
         damage: CorruptStore | None = None
         try:
-            for kind, off, length, a, b, subject, size in rec.scan(buf, path=path):
+            for kind, off, length, a, b, subject, size in rec.scan(buf, path=path, base=base):
                 if kind == rec.KIND_MSG:
                     if a < next_seq:
                         damage = CorruptStore(
@@ -190,7 +195,8 @@ class _Collector:
                     next_seq = a + 1
                     good = a
                 elif kind == rec.KIND_DEL:
-                    self.dels.append((segment, a))
+                    self.del_segs.append(segment)
+                    self.del_seqs.append(a)
                 else:
                     self.purges.append((segment, a, b))
                     if b > self.hw and b <= _MAX_SEQ:
@@ -198,8 +204,6 @@ class _Collector:
                 end = off + length
         except CorruptStore as e:
             damage = e
-            if e.offset is not None:
-                e.offset += base
         self.next_seq = next_seq
         self.last_time = last_time
         if damage is not None and damage.offset is not None:
@@ -252,7 +256,6 @@ class _Opened:
     damaged: set[int]
     report: RecoveryReport
     last_seq: int
-    dels: set[int]
     purge_below: int
     tail: int | None  # the segment to go on writing, its fd and size
     tail_fd: int | None
@@ -288,7 +291,7 @@ def _lock_dir(lockfd: int, directory: str, shared: bool) -> None:
         ) from None
 
 
-def _recover(directory: str, io: FileIO, shared: bool, policy: FsyncPolicy) -> _Opened:
+def _recover(directory: str, io: FileIO, shared: bool) -> _Opened:
     """Open (create) the directory, lock it, scan every segment. Runs in a thread."""
     directory = os.path.abspath(directory)
     try:
@@ -408,7 +411,7 @@ def _scan_directory(directory: str, io: FileIO, lockfd: int) -> _Opened:
         finally:
             if not keep:
                 io.close(fd)
-    dels = {seq for _seg, seq in col.dels}
+    dels = sorted(col.del_seqs)
     purge_below = max((below for _s, below, _h in col.purges), default=0)
     hw = max(hw, col.hw, col.next_seq - 1)
     # What the damage cost: the sequences between the last good one and the next
@@ -421,7 +424,8 @@ def _scan_directory(directory: str, io: FileIO, lockfd: int) -> _Opened:
         lo = max(damage_at[first] + 1, purge_below)
         if i + 1 < len(kept):
             hi = kept[i + 1]
-            lost = max(0, hi - lo) - sum(1 for s in dels if lo <= s < hi)
+            gone = len(set(dels[bisect.bisect_left(dels, lo) : bisect.bisect_left(dels, hi)]))
+            lost = max(0, hi - lo - gone)
             reason = f"{lost_seg.reason}; {lost} records after it lost"
         else:
             lost = resynced.get(first, 0)
@@ -440,13 +444,29 @@ def _scan_directory(directory: str, io: FileIO, lockfd: int) -> _Opened:
         damaged=damaged,
         report=report,
         last_seq=hw,
-        dels=dels,
         purge_below=purge_below,
         tail=tail,
         tail_fd=tail_fd,
         tail_size=tail_size,
         tail_bad=tail_bad,
     )
+
+
+async def _wait_through(fut: asyncio.Future[Any]) -> None:
+    """Wait until ``fut`` is done, whatever cancellations come meanwhile (clean-up that
+    must finish: it is a thread that cannot be stopped anyway)."""
+    while not fut.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait([fut])
+
+
+def _release(io: FileIO, opened: _Opened) -> None:
+    """Close what a recovery opened, for an open() that was cancelled (in a thread)."""
+    if opened.tail_fd is not None:
+        io.close(opened.tail_fd)
+    os.close(opened.lockfd)
+    if opened.notify is not None:
+        opened.notify.close()
 
 
 class _Inotify:
@@ -538,7 +558,19 @@ class FileLog:
             raise StoreError(errno.ENOTSUP, "shared logs need flock (POSIX)")
         io = io if io is not None else OsFileIO()
         loop = asyncio.get_running_loop()
-        opened = await anyio.to_thread.run_sync(_recover, os.fspath(directory), io, shared, fsync)
+        recovery = asyncio.ensure_future(
+            anyio.to_thread.run_sync(_recover, os.fspath(directory), io, shared)
+        )
+        try:
+            opened = await asyncio.shield(recovery)
+        except BaseException:
+            # Cancelled: the recovery goes on in its thread. Wait for it and release what
+            # it opened (the directory lock above all) before the cancellation goes on, so
+            # that the directory is free again when this returns.
+            await _wait_through(recovery)
+            if not recovery.cancelled() and recovery.exception() is None:
+                await _wait_through(loop.run_in_executor(None, _release, io, recovery.result()))
+            raise
         return cls(
             opened,
             loop=loop,
@@ -592,7 +624,7 @@ class FileLog:
         self._bytes = 0
         self._last_seq = opened.last_seq
         self._last_time = col.last_time
-        for seq in opened.dels:
+        for seq in col.del_seqs:
             p = self._pos(seq)
             if p >= 0:
                 self._alive[p] = 0
@@ -617,9 +649,9 @@ class FileLog:
         self._ends: dict[int, int] = {
             a: b for a, b in zip(opened.segs, opened.segs[1:], strict=False)
         }
-        self._seg_dels: dict[int, list[int]] = collections.defaultdict(list)
+        self._seg_dels: dict[int, array[int]] = collections.defaultdict(lambda: array("q"))
         self._seg_purge: dict[int, int] = {}
-        for seg, seq in col.dels:
+        for seg, seq in zip(col.del_segs, col.del_seqs, strict=True):
             self._seg_dels[seg].append(seq)
         for seg, below, _hw in col.purges:
             self._seg_purge[seg] = max(self._seg_purge.get(seg, 0), below)
@@ -642,6 +674,7 @@ class FileLog:
         self._tie = itertools.count()
         self._failed: StoreError | None = None
         self._closing = False
+        self._refuse = shared  # append() must not go on: shared, closing or failed
         self._close_fut: asyncio.Future[None] | None = None
         self._feed_seq = self._last_seq  # refresh() returns what comes after
 
@@ -768,7 +801,7 @@ class FileLog:
         refs[sid] -= n
         if refs[sid] <= 0:
             name = self._subjects[sid]
-            if name is not None:
+            if name is not None and self._subject_ids.get(name) == sid:
                 del self._subject_ids[name]
             self._subjects[sid] = None
             self._free_ids.append(sid)
@@ -902,15 +935,24 @@ class FileLog:
         Raises :class:`~asyncipc.StoreError` when the log has failed or is closed, or is
         shared (use :meth:`append_batch`), and ValueError for a record that cannot be
         stored (subject over 65535 bytes, payload over 64 MiB, headers over 1 MiB)."""
-        self._check_writable()
-        if self._shared:
+        if self._refuse:
+            self._check_writable()
             raise StoreError(
                 errno.EINVAL,
                 "a shared log assigns sequences under its lock: use append_batch()",
                 self._dir,
             )
-        sb, hb, data, size = self._encode(subject, headers, data)
-        if headers is not None:
+        # The hot path of every acknowledged publish: inlined on purpose.
+        sb = subject.encode()
+        if type(data) is not builtins.bytes:
+            data = builtins.bytes(data)
+        if headers is None:
+            hb = None
+            if len(sb) > rec.MAX_SUBJECT or len(data) > rec.MAX_DATA:
+                rec.check_message(sb, hb, data)
+            size = len(subject) + len(data)
+        else:
+            sb, hb, data, size = self._encode(subject, headers, data)
             headers = dict(headers)
         if time < self._last_time:
             time = self._last_time
@@ -920,15 +962,25 @@ class FileLog:
         self._last_seq = seq
         self._seqs.append(seq)
         self._times.append(time)
-        self._subj.append(self._intern(subject))
+        sid = self._subject_ids.get(subject)
+        if sid is None:
+            sid = self._intern(subject)
+        else:
+            self._subject_refs[sid] += 1
+        self._subj.append(sid)
         self._sizes.append(size)
         self._offs.append(-1)
         self._lens.append(0)
         self._alive.append(1)
         self._live += 1
         self._bytes += size
-        self._cache_put(StoredMessage(seq, time, subject, headers, data))
-        self._queue_item((_MSG, seq, time, sb, hb, data))
+        self._cache[seq] = StoredMessage(seq, time, subject, headers, data)
+        self._cache_order.append(seq)
+        self._cache_size += len(data) + _CACHE_OVERHEAD
+        self._queue.append((_MSG, seq, time, sb, hb, data))
+        self._ops += 1
+        if not self._wake.is_set():
+            self._wake.set()
         return seq
 
     async def append_batch(
@@ -1120,6 +1172,7 @@ class FileLog:
                     self._cache_put(msg)
             if not fut.done():
                 fut.set_result([m.seq for m in msgs])
+        newly_failed = rep.error is not None and self._failed is None
         if rep.error is not None and self._failed is None:
             self._fail(rep.error)
         for fut in rep.refused:
@@ -1143,11 +1196,9 @@ class FileLog:
         if rep.done is not None and not rep.done.done():
             rep.done.set_result(None)
         if rep.closed and self._close_fut is not None and not self._close_fut.done():
-            if rep.error is not None and self._failed is rep.error:
-                self._close_fut.set_result(None)  # reported to the waiters already
-            elif rep.error is not None:
-                self._close_fut.set_exception(rep.error)
-            else:
+            if newly_failed and rep.error is not None:  # the last write failed
+                self._close_fut.set_exception(_copy_error(rep.error))
+            else:  # (a failure reported before was raised to its waiters then)
                 self._close_fut.set_result(None)
 
     def _compact_due_now(self) -> None:
@@ -1205,6 +1256,7 @@ class FileLog:
 
     def _fail(self, error: StoreError) -> None:
         self._failed = error
+        self._refuse = True
         for waiters in (self._seq_waiters, self._op_waiters):
             for _target, _tie, fut in waiters:
                 if not fut.done():
@@ -1295,24 +1347,29 @@ class FileLog:
             await asyncio.wait([self._close_fut])
             return
         self._closing = True
+        self._refuse = True
         self._close_fut = self._loop.create_future()
         self._queue_item((_CLOSE,))
         try:
             await asyncio.shield(self._close_fut)
         finally:
-            await anyio.to_thread.run_sync(self._thread.join)
-            closed = StoreError(errno.EBADF, "the log was closed", self._dir)
+            notify, self._notify = self._notify, None
+            if notify is not None and self._changed is not None and not self._changed.done():
+                self._loop.remove_reader(notify.fd)
+                self._changed.set_result(None)
+            await _wait_through(
+                asyncio.ensure_future(anyio.to_thread.run_sync(self._finish, notify))
+            )
             for waiters in (self._seq_waiters, self._op_waiters):
                 for _target, _tie, fut in waiters:
                     if not fut.done():
-                        fut.set_exception(closed)
+                        fut.set_exception(StoreError(errno.EBADF, "the log was closed", self._dir))
                 waiters.clear()
-            if self._notify is not None:
-                if self._changed is not None and not self._changed.done():
-                    self._loop.remove_reader(self._notify.fd)
-                    self._changed.set_result(None)
-                self._notify.close()
-                self._notify = None
+
+    def _finish(self, notify: _Inotify | None) -> None:
+        self._thread.join()
+        if notify is not None:
+            notify.close()
 
     # ================================================================== writer thread
 
@@ -1328,7 +1385,7 @@ class FileLog:
         closing = False
         while not closing:
             timeout = None
-            if self._w_dirty and self._policy == "interval":
+            if self._w_dirty and self._policy == "interval" and self._w_failed is None:
                 timeout = max(0.0, self._w_last_sync + self._interval - _time.monotonic())
             wake.wait(timeout)
             wake.clear()
@@ -1426,7 +1483,7 @@ class FileLog:
         for item in items:
             kind = item[0]
             if kind == _MSG:
-                if self._w_fd is None or self._w_bad or self._w_size + self._w_pend >= limit:
+                if self._w_must_roll(limit):
                     self._w_roll(parts, rep)
                 _, seq, time, sb, hb, data = item
                 n = rec.append_message(parts, seq, time, sb, hb, data)
@@ -1435,10 +1492,12 @@ class FileLog:
                 rep.w_lens.append(n)
                 self._w_pend += n
                 self._w_high = seq
+                if self._w_pend >= _WRITE_CHUNK:
+                    self._w_write(parts)  # one fsync still covers the batch
             elif kind == _BATCH:
                 self._w_shared_batch(item, parts, rep)
             elif kind in (_DEL, _PURGE):
-                if self._w_fd is None or self._w_bad or self._w_size + self._w_pend >= limit:
+                if self._w_must_roll(limit):
                     self._w_roll(parts, rep)
                 if kind == _DEL:
                     data = rec.encode_delete(item[1])
@@ -1453,6 +1512,16 @@ class FileLog:
                 self._w_compact(item, parts, rep)
         self._w_write(parts)
 
+    def _w_must_roll(self, limit: int) -> bool:
+        """Whether the next record goes to a new segment: there is none to write to, it
+        is damaged, or it is full. A full segment holding no message yet (only DEL/PURGE
+        records) is not rolled: the next one would need its name (the next sequence)."""
+        if self._w_fd is None or self._w_bad:
+            return True
+        return self._w_size + self._w_pend >= limit and (
+            self._w_seg is None or self._w_high >= self._w_seg
+        )
+
     def _w_shared_batch(
         self, item: tuple[Any, ...], parts: list[builtins.bytes], rep: _Report
     ) -> None:
@@ -1462,11 +1531,7 @@ class FileLog:
             col = rep.col = _Collector(self._w_high + 1, self._w_time)
         msgs: list[StoredMessage] = []
         for subject, headers, data, time, sb, hb in batch:
-            if (
-                self._w_fd is None
-                or self._w_bad
-                or self._w_size + self._w_pend >= (self._segment_bytes)
-            ):
+            if self._w_must_roll(self._segment_bytes):
                 self._w_roll(parts, rep)
             seq = self._w_high + 1
             self._w_high = seq
@@ -1488,6 +1553,8 @@ class FileLog:
             col.offs.append(off)
             col.lens.append(n)
             msgs.append(StoredMessage(seq, time, subject, headers, data))
+            if self._w_pend >= _WRITE_CHUNK:
+                self._w_write(parts)
         rep.batches.append((fut, msgs))
 
     def _w_write(self, parts: list[builtins.bytes]) -> None:
@@ -1513,10 +1580,7 @@ class FileLog:
                 raise _store_error(e, "fsync", self._w_path()) from None
             self._io.close(self._w_fd)
             self._w_fd = None
-        name = self._w_high + 1
-        if self._w_segs and name <= self._w_segs[-1]:
-            name = self._w_segs[-1] + 1  # never reuse a name (a damaged last segment)
-            self._w_high = name - 1
+        name = self._w_high + 1  # > every sequence so far, <= every one to come
         path = self._w_path(name)
         try:
             self._w_fd = self._io.open(path, write=True, create=True)
@@ -1614,11 +1678,12 @@ class FileLog:
         self._w_high = max(self._w_high, col.next_seq - 1, col.hw)
         self._w_time = max(self._w_time, col.last_time)
         rep.hw = max(rep.hw, self._w_high)
-        for seg, seq in col.dels:
+        for seg, seq in zip(col.del_segs, col.del_seqs, strict=True):
             rep.tombs.append((seg, _DEL, seq, 0))
         for seg, below, hw in col.purges:
             rep.tombs.append((seg, _PURGE, below, hw))
-        col.dels.clear()
+        del col.del_segs[:]
+        del col.del_seqs[:]
         col.purges.clear()
 
     def _w_follow(

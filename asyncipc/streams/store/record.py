@@ -248,15 +248,17 @@ def _damage(pos: int, path: str | None, what: str, torn: bool = False) -> Corrup
     return CorruptStore(f"{where}: {what}", path, pos)
 
 
-def _bad_start(buf: memoryview, pos: int, end: int, path: str | None) -> CorruptStore:
+def _bad_start(
+    buf: memoryview, pos: int, end: int, path: str | None, base: int = 0
+) -> CorruptStore:
     """Why a record cannot start at ``pos``: zeros to the end or a cut-off header are a
     torn tail, anything else is corruption."""
     if _zeros(buf, pos, end):  # a file extended but never written
-        return _damage(pos, path, f"{end - pos} zero bytes to the end", True)
+        return _damage(base + pos, path, f"{end - pos} zero bytes to the end", True)
     cut = end - pos < HEADER_SIZE
     if cut and bytes(buf[pos : min(pos + 2, end)]) == MAGIC_BYTES[: min(2, end - pos)]:
-        return _damage(pos, path, f"a record header cut at {end - pos}", True)
-    return _damage(pos, path, "bad magic number")
+        return _damage(base + pos, path, f"a record header cut at {end - pos}", True)
+    return _damage(base + pos, path, "bad magic number")
 
 
 _ZERO = bytes(1 << 16)
@@ -277,13 +279,16 @@ def scan(
     end: int | None = None,
     *,
     path: str | None = None,
+    base: int = 0,
 ) -> Iterator[ScannedRecord]:
     """Yield every valid record of ``buf[start:end]`` (see :data:`ScannedRecord`).
 
     Returns normally when the records end exactly at ``end``. Otherwise raises, with
     ``offset`` set to where the damage starts: :class:`TornRecord` for a record cut short
     by the end (or zeros to the end), :class:`~asyncipc.errors.CorruptStore` for a bad
-    magic number, kind, length or checksum. ``path`` only names the file in messages."""
+    magic number, kind, length or checksum. ``path`` names the file in messages, and
+    ``base`` (where ``buf`` starts in that file) is added to the offsets they report; the
+    offsets yielded are ``buf``'s own."""
     mv = memoryview(buf)
     if mv.ndim != 1 or mv.itemsize != 1:
         mv = mv.cast("B")
@@ -296,38 +301,38 @@ def scan(
     pos = start
     while pos < end:
         if end - pos < HEADER_SIZE:
-            raise _bad_start(mv, pos, end, path)
+            raise _bad_start(mv, pos, end, path, base)
         magic, crc, kind, flags, length = head_unpack(mv, pos)
         if magic != MAGIC:
-            raise _bad_start(mv, pos, end, path)
+            raise _bad_start(mv, pos, end, path, base)
         minimum = _MIN_BODY.get(kind)
         if minimum is None:
-            raise _damage(pos, path, f"unknown record kind {kind}")
+            raise _damage(base + pos, path, f"unknown record kind {kind}")
         if length > MAX_BODY or length < minimum:
-            raise _damage(pos, path, f"impossible record length {length}")
+            raise _damage(base + pos, path, f"impossible record length {length}")
         stop = pos + HEADER_SIZE + length
         if stop > end:
-            raise _damage(pos, path, f"a record of {length} bytes cut at {end - pos}", True)
+            raise _damage(base + pos, path, f"a record of {length} bytes cut at {end - pos}", True)
         if crc32(mv[pos + _CRC_START : stop]) != crc:
-            raise _damage(pos, path, "checksum mismatch")
+            raise _damage(base + pos, path, "checksum mismatch")
         body = pos + HEADER_SIZE
         if kind == KIND_MSG:
             if flags & ~FLAG_HEADERS:
-                raise _damage(pos, path, f"unknown flags {flags:#x}")
+                raise _damage(base + pos, path, f"unknown flags {flags:#x}")
             seq, time, sl, hl = fixed_unpack(mv, body)
             b = body + _MSG_FIXED.size
             dl = length - _MSG_FIXED.size - sl - hl
             if dl < 0 or (flags and hl < 2) or (not flags and hl) or seq > _MAX_SEQ:
-                raise _damage(pos, path, "inconsistent message lengths")
+                raise _damage(base + pos, path, "inconsistent message lengths")
             subject = bytes(mv[b : b + sl])
             if hl:
                 (count,) = u16(mv, b + sl)
                 if hl - 2 < 6 * count:
-                    raise _damage(pos, path, "inconsistent header count")
+                    raise _damage(base + pos, path, "inconsistent header count")
                 try:
                     size = _stored_size(subject, mv[b + sl : b + sl + hl], count, dl)
                 except CorruptStore as e:
-                    raise _damage(pos, path, str(e)) from None
+                    raise _damage(base + pos, path, str(e)) from None
             elif subject.isascii():
                 size = sl + dl
             else:
@@ -335,12 +340,12 @@ def scan(
             yield (KIND_MSG, pos, HEADER_SIZE + length, seq, time, subject, size)
         elif kind == KIND_DEL:
             if flags:
-                raise _damage(pos, path, f"unknown flags {flags:#x}")
+                raise _damage(base + pos, path, f"unknown flags {flags:#x}")
             (seq,) = _Q.unpack_from(mv, body)
             yield (KIND_DEL, pos, HEADER_SIZE + length, seq, 0, b"", 0)
         else:
             if flags:
-                raise _damage(pos, path, f"unknown flags {flags:#x}")
+                raise _damage(base + pos, path, f"unknown flags {flags:#x}")
             below, hw = _QQ.unpack_from(mv, body)
             yield (KIND_PURGE, pos, HEADER_SIZE + length, below, hw, b"", 0)
         pos = stop

@@ -244,3 +244,587 @@ class Bus:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class StreamsStub:
+    """Durable streams and their pull consumers (docs/grpc.md, "Streams"): what
+    `bus.stream(...)` and `stream.consumer(...)` do for a Python client. Same
+    authentication as Bus. Errors: NOT_FOUND (no such stream or consumer),
+    ALREADY_EXISTS (it exists with another configuration), FAILED_PRECONDITION
+    (subjects overlap another stream's; an ack for a message not awaiting one),
+    INVALID_ARGUMENT (a bad name, configuration, subject, token or bound),
+    RESOURCE_EXHAUSTED (the stream is full and discards new messages, or the
+    message is over its max_msg_size), DEADLINE_EXCEEDED (the broker did not
+    answer in time).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.StreamCreate = channel.unary_unary(
+                '/asyncipc.v1.Streams/StreamCreate',
+                request_serializer=asyncipc_dot_v1_dot_bus__pb2.StreamConfig.SerializeToString,
+                response_deserializer=asyncipc_dot_v1_dot_bus__pb2.StreamInfo.FromString,
+                _registered_method=True)
+        self.StreamGet = channel.unary_unary(
+                '/asyncipc.v1.Streams/StreamGet',
+                request_serializer=asyncipc_dot_v1_dot_bus__pb2.StreamRequest.SerializeToString,
+                response_deserializer=asyncipc_dot_v1_dot_bus__pb2.StreamInfo.FromString,
+                _registered_method=True)
+        self.StreamDelete = channel.unary_unary(
+                '/asyncipc.v1.Streams/StreamDelete',
+                request_serializer=asyncipc_dot_v1_dot_bus__pb2.StreamRequest.SerializeToString,
+                response_deserializer=asyncipc_dot_v1_dot_bus__pb2.StreamDeleteResponse.FromString,
+                _registered_method=True)
+        self.StreamList = channel.unary_unary(
+                '/asyncipc.v1.Streams/StreamList',
+                request_serializer=asyncipc_dot_v1_dot_bus__pb2.StreamListRequest.SerializeToString,
+                response_deserializer=asyncipc_dot_v1_dot_bus__pb2.StreamListResponse.FromString,
+                _registered_method=True)
+        self.StreamPurge = channel.unary_unary(
+                '/asyncipc.v1.Streams/StreamPurge',
+                request_serializer=asyncipc_dot_v1_dot_bus__pb2.StreamPurgeRequest.SerializeToString,
+                response_deserializer=asyncipc_dot_v1_dot_bus__pb2.StreamPurgeResponse.FromString,
+                _registered_method=True)
+        self.StreamPublish = channel.unary_unary(
+                '/asyncipc.v1.Streams/StreamPublish',
+                request_serializer=asyncipc_dot_v1_dot_bus__pb2.StreamPublishRequest.SerializeToString,
+                response_deserializer=asyncipc_dot_v1_dot_bus__pb2.PubAck.FromString,
+                _registered_method=True)
+        self.ConsumerCreate = channel.unary_unary(
+                '/asyncipc.v1.Streams/ConsumerCreate',
+                request_serializer=asyncipc_dot_v1_dot_bus__pb2.ConsumerCreateRequest.SerializeToString,
+                response_deserializer=asyncipc_dot_v1_dot_bus__pb2.ConsumerInfo.FromString,
+                _registered_method=True)
+        self.ConsumerGet = channel.unary_unary(
+                '/asyncipc.v1.Streams/ConsumerGet',
+                request_serializer=asyncipc_dot_v1_dot_bus__pb2.ConsumerRequest.SerializeToString,
+                response_deserializer=asyncipc_dot_v1_dot_bus__pb2.ConsumerInfo.FromString,
+                _registered_method=True)
+        self.ConsumerDelete = channel.unary_unary(
+                '/asyncipc.v1.Streams/ConsumerDelete',
+                request_serializer=asyncipc_dot_v1_dot_bus__pb2.ConsumerRequest.SerializeToString,
+                response_deserializer=asyncipc_dot_v1_dot_bus__pb2.ConsumerDeleteResponse.FromString,
+                _registered_method=True)
+        self.ConsumerList = channel.unary_unary(
+                '/asyncipc.v1.Streams/ConsumerList',
+                request_serializer=asyncipc_dot_v1_dot_bus__pb2.StreamRequest.SerializeToString,
+                response_deserializer=asyncipc_dot_v1_dot_bus__pb2.ConsumerListResponse.FromString,
+                _registered_method=True)
+        self.Fetch = channel.unary_stream(
+                '/asyncipc.v1.Streams/Fetch',
+                request_serializer=asyncipc_dot_v1_dot_bus__pb2.FetchRequest.SerializeToString,
+                response_deserializer=asyncipc_dot_v1_dot_bus__pb2.StreamMsg.FromString,
+                _registered_method=True)
+        self.Ack = channel.unary_unary(
+                '/asyncipc.v1.Streams/Ack',
+                request_serializer=asyncipc_dot_v1_dot_bus__pb2.AckRequest.SerializeToString,
+                response_deserializer=asyncipc_dot_v1_dot_bus__pb2.AckResponse.FromString,
+                _registered_method=True)
+
+
+class StreamsServicer:
+    """Durable streams and their pull consumers (docs/grpc.md, "Streams"): what
+    `bus.stream(...)` and `stream.consumer(...)` do for a Python client. Same
+    authentication as Bus. Errors: NOT_FOUND (no such stream or consumer),
+    ALREADY_EXISTS (it exists with another configuration), FAILED_PRECONDITION
+    (subjects overlap another stream's; an ack for a message not awaiting one),
+    INVALID_ARGUMENT (a bad name, configuration, subject, token or bound),
+    RESOURCE_EXHAUSTED (the stream is full and discards new messages, or the
+    message is over its max_msg_size), DEADLINE_EXCEEDED (the broker did not
+    answer in time).
+    """
+
+    def StreamCreate(self, request, context):
+        """Create a stream, or get it if it exists with the options given (a
+        StreamConfig with only a name is a look-up: NOT_FOUND if it does not exist).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamGet(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamDelete(self, request, context):
+        """Remove a stream, its messages and its consumers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamList(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamPurge(self, request, context):
+        """Remove every message (or those on `subject`); consumers stay.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamPublish(self, request, context):
+        """Store one message and return once the stream has it (durable under its
+        fsync policy).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConsumerCreate(self, request, context):
+        """Create a durable consumer, or get it if it exists with the fields set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConsumerGet(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConsumerDelete(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConsumerList(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Fetch(self, request, context):
+        """Up to `batch` messages, one per stream message: what the consumer has at
+        hand, or if nothing, the first to come within `timeout`; then the call ends
+        (OK). Acknowledge each with Ack before its ack_wait runs out, or it is
+        delivered again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Ack(self, request, context):
+        """Acknowledge a fetched message; returns once the broker has recorded it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_StreamsServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'StreamCreate': grpc.unary_unary_rpc_method_handler(
+                    servicer.StreamCreate,
+                    request_deserializer=asyncipc_dot_v1_dot_bus__pb2.StreamConfig.FromString,
+                    response_serializer=asyncipc_dot_v1_dot_bus__pb2.StreamInfo.SerializeToString,
+            ),
+            'StreamGet': grpc.unary_unary_rpc_method_handler(
+                    servicer.StreamGet,
+                    request_deserializer=asyncipc_dot_v1_dot_bus__pb2.StreamRequest.FromString,
+                    response_serializer=asyncipc_dot_v1_dot_bus__pb2.StreamInfo.SerializeToString,
+            ),
+            'StreamDelete': grpc.unary_unary_rpc_method_handler(
+                    servicer.StreamDelete,
+                    request_deserializer=asyncipc_dot_v1_dot_bus__pb2.StreamRequest.FromString,
+                    response_serializer=asyncipc_dot_v1_dot_bus__pb2.StreamDeleteResponse.SerializeToString,
+            ),
+            'StreamList': grpc.unary_unary_rpc_method_handler(
+                    servicer.StreamList,
+                    request_deserializer=asyncipc_dot_v1_dot_bus__pb2.StreamListRequest.FromString,
+                    response_serializer=asyncipc_dot_v1_dot_bus__pb2.StreamListResponse.SerializeToString,
+            ),
+            'StreamPurge': grpc.unary_unary_rpc_method_handler(
+                    servicer.StreamPurge,
+                    request_deserializer=asyncipc_dot_v1_dot_bus__pb2.StreamPurgeRequest.FromString,
+                    response_serializer=asyncipc_dot_v1_dot_bus__pb2.StreamPurgeResponse.SerializeToString,
+            ),
+            'StreamPublish': grpc.unary_unary_rpc_method_handler(
+                    servicer.StreamPublish,
+                    request_deserializer=asyncipc_dot_v1_dot_bus__pb2.StreamPublishRequest.FromString,
+                    response_serializer=asyncipc_dot_v1_dot_bus__pb2.PubAck.SerializeToString,
+            ),
+            'ConsumerCreate': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConsumerCreate,
+                    request_deserializer=asyncipc_dot_v1_dot_bus__pb2.ConsumerCreateRequest.FromString,
+                    response_serializer=asyncipc_dot_v1_dot_bus__pb2.ConsumerInfo.SerializeToString,
+            ),
+            'ConsumerGet': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConsumerGet,
+                    request_deserializer=asyncipc_dot_v1_dot_bus__pb2.ConsumerRequest.FromString,
+                    response_serializer=asyncipc_dot_v1_dot_bus__pb2.ConsumerInfo.SerializeToString,
+            ),
+            'ConsumerDelete': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConsumerDelete,
+                    request_deserializer=asyncipc_dot_v1_dot_bus__pb2.ConsumerRequest.FromString,
+                    response_serializer=asyncipc_dot_v1_dot_bus__pb2.ConsumerDeleteResponse.SerializeToString,
+            ),
+            'ConsumerList': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConsumerList,
+                    request_deserializer=asyncipc_dot_v1_dot_bus__pb2.StreamRequest.FromString,
+                    response_serializer=asyncipc_dot_v1_dot_bus__pb2.ConsumerListResponse.SerializeToString,
+            ),
+            'Fetch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Fetch,
+                    request_deserializer=asyncipc_dot_v1_dot_bus__pb2.FetchRequest.FromString,
+                    response_serializer=asyncipc_dot_v1_dot_bus__pb2.StreamMsg.SerializeToString,
+            ),
+            'Ack': grpc.unary_unary_rpc_method_handler(
+                    servicer.Ack,
+                    request_deserializer=asyncipc_dot_v1_dot_bus__pb2.AckRequest.FromString,
+                    response_serializer=asyncipc_dot_v1_dot_bus__pb2.AckResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'asyncipc.v1.Streams', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('asyncipc.v1.Streams', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Streams:
+    """Durable streams and their pull consumers (docs/grpc.md, "Streams"): what
+    `bus.stream(...)` and `stream.consumer(...)` do for a Python client. Same
+    authentication as Bus. Errors: NOT_FOUND (no such stream or consumer),
+    ALREADY_EXISTS (it exists with another configuration), FAILED_PRECONDITION
+    (subjects overlap another stream's; an ack for a message not awaiting one),
+    INVALID_ARGUMENT (a bad name, configuration, subject, token or bound),
+    RESOURCE_EXHAUSTED (the stream is full and discards new messages, or the
+    message is over its max_msg_size), DEADLINE_EXCEEDED (the broker did not
+    answer in time).
+    """
+
+    @staticmethod
+    def StreamCreate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/asyncipc.v1.Streams/StreamCreate',
+            asyncipc_dot_v1_dot_bus__pb2.StreamConfig.SerializeToString,
+            asyncipc_dot_v1_dot_bus__pb2.StreamInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamGet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/asyncipc.v1.Streams/StreamGet',
+            asyncipc_dot_v1_dot_bus__pb2.StreamRequest.SerializeToString,
+            asyncipc_dot_v1_dot_bus__pb2.StreamInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamDelete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/asyncipc.v1.Streams/StreamDelete',
+            asyncipc_dot_v1_dot_bus__pb2.StreamRequest.SerializeToString,
+            asyncipc_dot_v1_dot_bus__pb2.StreamDeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamList(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/asyncipc.v1.Streams/StreamList',
+            asyncipc_dot_v1_dot_bus__pb2.StreamListRequest.SerializeToString,
+            asyncipc_dot_v1_dot_bus__pb2.StreamListResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamPurge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/asyncipc.v1.Streams/StreamPurge',
+            asyncipc_dot_v1_dot_bus__pb2.StreamPurgeRequest.SerializeToString,
+            asyncipc_dot_v1_dot_bus__pb2.StreamPurgeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamPublish(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/asyncipc.v1.Streams/StreamPublish',
+            asyncipc_dot_v1_dot_bus__pb2.StreamPublishRequest.SerializeToString,
+            asyncipc_dot_v1_dot_bus__pb2.PubAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConsumerCreate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/asyncipc.v1.Streams/ConsumerCreate',
+            asyncipc_dot_v1_dot_bus__pb2.ConsumerCreateRequest.SerializeToString,
+            asyncipc_dot_v1_dot_bus__pb2.ConsumerInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConsumerGet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/asyncipc.v1.Streams/ConsumerGet',
+            asyncipc_dot_v1_dot_bus__pb2.ConsumerRequest.SerializeToString,
+            asyncipc_dot_v1_dot_bus__pb2.ConsumerInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConsumerDelete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/asyncipc.v1.Streams/ConsumerDelete',
+            asyncipc_dot_v1_dot_bus__pb2.ConsumerRequest.SerializeToString,
+            asyncipc_dot_v1_dot_bus__pb2.ConsumerDeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConsumerList(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/asyncipc.v1.Streams/ConsumerList',
+            asyncipc_dot_v1_dot_bus__pb2.StreamRequest.SerializeToString,
+            asyncipc_dot_v1_dot_bus__pb2.ConsumerListResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Fetch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/asyncipc.v1.Streams/Fetch',
+            asyncipc_dot_v1_dot_bus__pb2.FetchRequest.SerializeToString,
+            asyncipc_dot_v1_dot_bus__pb2.StreamMsg.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Ack(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/asyncipc.v1.Streams/Ack',
+            asyncipc_dot_v1_dot_bus__pb2.AckRequest.SerializeToString,
+            asyncipc_dot_v1_dot_bus__pb2.AckResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
