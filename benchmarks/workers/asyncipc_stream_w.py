@@ -127,7 +127,20 @@ async def fetch(args: StreamArgs) -> None:
             got += len(msgs)
         await bus.flush(timeout=args.timeout)  # the last acknowledgements reached the broker
         seconds = clock() - t0
-        emit("result", **rate(got, seconds), batch=args.batch, batches=batches)
+        # Untimed: the broker has every acknowledgement (ack() does not wait for it).
+        deadline = time.monotonic() + args.timeout
+        info = await consumer.info()
+        while info.num_ack_pending and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+            info = await consumer.info()
+        emit(
+            "result",
+            **rate(got, seconds),
+            batch=args.batch,
+            batches=batches,
+            ack_pending=info.num_ack_pending,
+            ack_floor=info.ack_floor,
+        )
 
 
 async def file_tail(args: StreamArgs) -> None:
