@@ -39,9 +39,20 @@ from ..subjects import validate_subject
 from ..subscription import Subscription
 from .config import ConsumerConfig, ConsumerInfo, PubAck, StreamConfig, StreamInfo, check_name
 
-__all__ = ["Consumer", "Stream", "StreamBus", "StreamMessage", "list_streams", "open_stream"]
+__all__ = [
+    "ACK_BODIES",
+    "Consumer",
+    "Stream",
+    "StreamBus",
+    "StreamMessage",
+    "list_streams",
+    "open_stream",
+    "stream_failure",
+]
 
 ACK_PREFIX = STREAM_PREFIX + "ack."
+ACK_BODIES = {"ack": b"+ACK", "nak": b"-NAK", "term": b"+TERM", "in_progress": b"+WPI"}
+"""What each kind of acknowledgement sends (``docs/streams.md``, "On the wire")."""
 API_TIMEOUT = 5.0
 """Seconds a stream request (create, info, ...) waits for the broker by default."""
 MAX_PENDING_ACKS = 10_000
@@ -79,7 +90,9 @@ class StreamBus(Protocol):
     ) -> Subscription: ...
 
 
-def _failure(headers: dict[str, str] | None, what: str) -> StreamError | None:
+def stream_failure(headers: dict[str, str] | None, what: str = "request") -> StreamError | None:
+    """The :class:`~asyncipc.StreamError` a broker's status reply stands for (a refusal of
+    a ``$sys.stream.`` request), or ``None`` for an answer."""
     status = headers.get(STATUS_HEADER) if headers else None
     if status is None:
         return None
@@ -101,7 +114,7 @@ async def _call(
         reply = await bus.request(subject, data, timeout=timeout)
     except RequestTimeout:
         raise RequestTimeout(f"the broker did not answer {subject} within {timeout:g} s") from None
-    failure = _failure(reply.headers, subject)
+    failure = stream_failure(reply.headers, subject)
     if failure is not None:
         raise failure
     return json.loads(reply.data)
@@ -163,6 +176,44 @@ class StreamMessage(Message):
         self._time_ns = int(parts[4])
         self._acked = False
 
+    @classmethod
+    def from_token(cls, bus: StreamBus, token: str) -> StreamMessage:
+        """The delivered message an ack token stands for (its reply subject, as the REST
+        and gRPC adapters hand it out), to acknowledge it from elsewhere. Its data is
+        empty. :class:`~asyncipc.ConfigurationError` unless ``token`` is one."""
+        try:
+            validate_subject(token)
+            return cls(Message(token, b"", None, token), bus)
+        except (AsyncIPCError, ValueError):
+            raise ConfigurationError(
+                f"{token[:200]!r} is not an ack token (the reply subject of a stream delivery)"
+            ) from None
+
+    async def settle(
+        self, kind: str, *, delay: float | None = None, timeout: float = API_TIMEOUT
+    ) -> None:
+        """Acknowledge as ``kind`` (``"ack"``, ``"nak"``, ``"term"``, ``"in_progress"``)
+        and wait until the broker has recorded it: a :class:`~asyncipc.StreamError`
+        (``not-pending``) if the message was not awaiting one any more."""
+        body = ACK_BODIES.get(kind)
+        if body is None:
+            raise ConfigurationError(f"kind must be one of {', '.join(ACK_BODIES)}, not {kind!r}")
+        if delay:
+            if kind != "nak":
+                raise ConfigurationError("delay goes with kind 'nak' only")
+            body += b" " + json.dumps({"delay": delay}).encode()
+        if self._acked:
+            raise StreamError("already-acked", f"message {self.seq} was already acknowledged")
+        bus = self._bus
+        assert isinstance(bus, _HasRequest)
+        assert self.reply_to is not None
+        if kind != "in_progress":
+            self._acked = True
+        reply = await bus.request(self.reply_to, body, timeout=timeout)
+        failure = stream_failure(reply.headers, kind)
+        if failure is not None:
+            raise failure
+
     @property
     def time_ns(self) -> int:
         """When it was stored, in nanoseconds since the epoch."""
@@ -191,16 +242,7 @@ class StreamMessage(Message):
     async def ack_sync(self, timeout: float = API_TIMEOUT) -> None:
         """Like :meth:`ack`, and wait until the broker has recorded it (saved, for a
         durable consumer): a crash of the broker after this returns cannot redeliver it."""
-        if self._acked:
-            raise StreamError("already-acked", f"message {self.seq} was already acknowledged")
-        bus = self._bus
-        assert isinstance(bus, _HasRequest)
-        assert self.reply_to is not None
-        self._acked = True
-        reply = await bus.request(self.reply_to, b"+ACK", timeout=timeout)
-        failure = _failure(reply.headers, "ack")
-        if failure is not None:
-            raise failure
+        await self.settle("ack", timeout=timeout)
 
     async def nak(self, delay: float | None = None) -> None:
         """Not handled: deliver it again, after ``delay`` seconds if given."""
@@ -256,6 +298,14 @@ class Stream:
         self._ack_timeout = API_TIMEOUT
         self._reaper: asyncio.TimerHandle | None = None
 
+    @classmethod
+    def named(cls, bus: StreamBus, name: str) -> Stream:
+        """A handle on stream ``name`` without asking the broker: every call on it names
+        the stream, and one that does not exist answers with
+        :class:`~asyncipc.StreamNotFound`. Its ``config`` is only the name."""
+        check_name("stream", name)
+        return cls(bus, StreamInfo(StreamConfig(name=name), "", 0, 0, 0, 0, 0, 0, 0, 0))
+
     def __repr__(self) -> str:
         return f"Stream({self.name!r}, subjects={list(self.config.subjects)})"
 
@@ -297,7 +347,7 @@ class Stream:
         return self._ack_of(reply)
 
     def _ack_of(self, reply: Message) -> PubAck:
-        failure = _failure(reply.headers, f"publish to {self.name}")
+        failure = stream_failure(reply.headers, f"publish to {self.name}")
         if failure is not None:
             raise failure
         body = json.loads(reply.data)
@@ -545,6 +595,13 @@ class Consumer:
         self._buffer: list[StreamMessage] = []
         self._n = 0
 
+    @classmethod
+    def named(cls, bus: StreamBus, stream: str, name: str, batch: int = 100) -> Consumer:
+        """A handle on ``stream``/``name`` without asking the broker (as
+        :meth:`Stream.named`); its ``config`` is only the name."""
+        check_name("stream", stream)
+        return cls(bus, ConsumerInfo(stream, ConsumerConfig(name=name), 0, 0, 0, 0, 0, 0), batch)
+
     def __repr__(self) -> str:
         return f"Consumer({self.stream}/{self.name})"
 
@@ -555,15 +612,21 @@ class Consumer:
             )
         return self._sub
 
-    async def fetch(self, batch: int = 1, timeout: float = 1.0) -> list[StreamMessage]:
+    async def fetch(
+        self, batch: int = 1, timeout: float = 1.0, *, max_bytes: int = 0
+    ) -> list[StreamMessage]:
         """Up to ``batch`` messages: what the consumer has now, or, if it has none, the
-        first to come within ``timeout`` seconds; ``[]`` if nothing came."""
+        first to come within ``timeout`` seconds; ``[]`` if nothing came. ``max_bytes``
+        (0: no limit) bounds their payloads together; the first message comes whatever
+        its size."""
         if batch < 1:
             raise ConfigurationError(f"batch must be >= 1, not {batch}")
+        if max_bytes < 0:
+            raise ConfigurationError(f"max_bytes must be >= 0, not {max_bytes}")
         async with self._lock:
-            return await self._fetch(batch, timeout)
+            return await self._fetch(batch, timeout, max_bytes)
 
-    async def _fetch(self, batch: int, timeout: float) -> list[StreamMessage]:
+    async def _fetch(self, batch: int, timeout: float, max_bytes: int = 0) -> list[StreamMessage]:
         out: list[StreamMessage] = []
         if self._buffer:
             out, self._buffer = self._buffer[:batch], self._buffer[batch:]
@@ -575,6 +638,8 @@ class Consumer:
         self._n += 1
         reply = f"{self._inbox}{self._n:x}"
         body: dict[str, Any] = {"batch": batch}
+        if max_bytes:
+            body["max_bytes"] = max_bytes
         if timeout > 0:
             # The broker ends the request a little before we stop waiting for it, so that
             # what it sends does not arrive after we have gone.
@@ -596,7 +661,7 @@ class Consumer:
             headers = msg.headers
             if headers is not None and STATUS_HEADER in headers:
                 if REASON_HEADER in headers and msg.subject == reply:
-                    failure = _failure(headers, f"fetch from {self.stream}/{self.name}")
+                    failure = stream_failure(headers, f"fetch from {self.stream}/{self.name}")
                     assert failure is not None
                     raise failure
                 if msg.subject == reply:

@@ -81,6 +81,9 @@ class PullRequest:
     owner: object
     delivered: int = 0
     no_wait: bool = False
+    max_bytes: int = 0
+    """Payload bytes at most for the whole request (0: no limit); the first message is
+    delivered whatever its size, so that a large one cannot block the consumer."""
 
 
 class ConsumerEngine:
@@ -296,6 +299,14 @@ class ConsumerEngine:
                 del self.pending[seq]
                 self._bury_msg(msg, "max-deliver", count - 1)
                 continue
+            if req.max_bytes:
+                if req.delivered and len(msg.data) > req.max_bytes:
+                    self._readahead[seq] = msg
+                    self._unnext(seq, count)
+                    waiting.popleft()
+                    self._end(req, "204", "max_bytes reached")
+                    continue
+                req.max_bytes = max(1, req.max_bytes - len(msg.data))
             self.pending[seq] = count
             self._schedule(seq, now + self.config.ack_wait)
             host.deliver(req.reply, msg, f"{prefix}{seq}.{count}.{msg.time}")

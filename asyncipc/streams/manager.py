@@ -513,6 +513,11 @@ class StreamManager:
             or expires <= 0
         ):
             raise _Refusal("400", "bad-request", f"expires must be seconds > 0, not {expires!r}")
+        max_bytes = body.get("max_bytes", 0)
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+            raise _Refusal(
+                "400", "bad-request", f"max_bytes must be an integer >= 0, not {max_bytes!r}"
+            )
         loop = asyncio.get_running_loop()
         consumer.pull(
             PullRequest(
@@ -521,6 +526,7 @@ class StreamManager:
                 expires=loop.time() + float(expires) if expires else None,
                 owner=session,
                 no_wait=bool(body.get("no_wait", False)),
+                max_bytes=max_bytes,
             )
         )
 

@@ -21,10 +21,8 @@ adapter may import the other (each needs its own extra). Status codes: ``status_
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -33,12 +31,7 @@ from ...client import Bus
 from ...errors import (
     AsyncIPCError,
     ConfigurationError,
-    ConsumerNotFound,
-    StreamError,
-    StreamNotFound,
 )
-from ...message import Message
-from ...protocol.system import ERROR_HEADER, REASON_HEADER, STATUS_HEADER
 from ...streams import (
     Consumer,
     ConsumerConfig,
@@ -49,7 +42,7 @@ from ...streams import (
     StreamMessage,
 )
 from ...streams.config import check_name
-from ...subjects import validate_pattern, validate_subject
+from ...subjects import validate_pattern
 from ._server import BusService, _abort, _check, _parser, _Refused
 from .proto import bus_pb2 as pb
 
@@ -76,10 +69,6 @@ MAX_FETCH_BYTES = 64 << 20
 one message, whatever its size)."""
 API_TIMEOUT = 5.0
 """Seconds the adapter waits for the broker to answer a stream request."""
-MAX_SECONDS = (1 << 63) // 1_000_000_000
-"""The largest duration or time (seconds since the epoch) a configuration may give: the
-broker keeps times in nanoseconds, and past this they no longer fit (the year 2262)."""
-_SECONDS_FIELDS = ("max_age", "duplicate_window", "sync_interval", "ack_wait", "start_time")
 
 _DISCARD = {pb.DISCARD_OLD: "old", pb.DISCARD_NEW: "new"}
 _STORAGE = {pb.STORAGE_DEFAULT: None, pb.STORAGE_FILE: "file", pb.STORAGE_MEMORY: "memory"}
@@ -92,26 +81,15 @@ _DELIVER = {
     pb.DELIVER_BY_START_SEQ: "by_start_seq",
     pb.DELIVER_BY_START_TIME: "by_start_time",
 }
-_ACK_BODIES = {
-    pb.ACK_KIND_ACK: b"+ACK",
-    pb.ACK_KIND_NAK: b"-NAK",
-    pb.ACK_KIND_TERM: b"+TERM",
-    pb.ACK_KIND_IN_PROGRESS: b"+WPI",
+_ACK_KINDS = {
+    pb.ACK_KIND_ACK: "ack",
+    pb.ACK_KIND_NAK: "nak",
+    pb.ACK_KIND_TERM: "term",
+    pb.ACK_KIND_IN_PROGRESS: "in_progress",
 }
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 # --- configuration: protobuf to the client API and back ----------------------------------
-
-
-def check_seconds(config: StreamConfig | ConsumerConfig) -> None:
-    """ConfigurationError for a duration or a time past :data:`MAX_SECONDS` (the client
-    API takes any number, which the broker then fails to turn into nanoseconds)."""
-    for key in _SECONDS_FIELDS:
-        value = getattr(config, key, 0)
-        if value > MAX_SECONDS:
-            raise ConfigurationError(f"{key} must be at most {MAX_SECONDS} seconds, not {value}")
 
 
 def _finite(name: str, value: float) -> float:
@@ -147,7 +125,7 @@ def stream_options(config: Any) -> tuple[str, dict[str, Any]]:
         options["storage"] = _enum("storage", _STORAGE, config.storage)
     if config.HasField("fsync"):
         options["fsync"] = _enum("fsync", _FSYNC, config.fsync)
-    check_seconds(StreamConfig.from_json({**options, "name": name}))  # as the broker would
+    StreamConfig.from_json({**options, "name": name})  # refused here, as the broker would
     return name, options
 
 
@@ -217,7 +195,6 @@ def consumer_config(config: Any) -> tuple[ConsumerConfig, dict[str, Any]]:
         if config.HasField(key):
             given[key] = getattr(config, key) or None
     checked = ConsumerConfig.from_json(given)
-    check_seconds(checked)
     return checked, given
 
 
@@ -253,20 +230,6 @@ def consumer_info_pb(info: ConsumerInfo) -> Any:
 # --- the client API, as the adapter uses it --------------------------------------------------
 
 
-def stream_handle(bus: Bus, name: str) -> Stream:
-    """A :class:`Stream` handle on ``name`` without asking the broker first: the client
-    API makes handles from a :class:`StreamInfo`, and what the service calls on them uses
-    only the name (a stream that does not exist answers with StreamNotFound)."""
-    check_name("stream", name)
-    return Stream(bus, StreamInfo(StreamConfig(name=name), "", 0, 0, 0, 0, 0, 0, 0, 0))
-
-
-def consumer_handle(bus: Bus, stream: str, name: str) -> Consumer:
-    """A :class:`Consumer` handle, like :func:`stream_handle`."""
-    check_name("stream", stream)
-    return Consumer(bus, ConsumerInfo(stream, ConsumerConfig(name=name), 0, 0, 0, 0, 0, 0))
-
-
 async def create_consumer(
     stream: Stream, config: ConsumerConfig, given: dict[str, Any]
 ) -> Consumer:
@@ -287,68 +250,15 @@ async def create_consumer(
 _START = ("name", "start_seq", "start_time")
 
 
-async def fetch_chunks(
-    consumer: Consumer, batch: int, timeout: float, max_payload: int
-) -> AsyncIterator[list[StreamMessage]]:
-    """Up to ``batch`` messages, as ``consumer.fetch(batch, timeout)``, asked for in chunks
-    small enough that one holds at most :data:`MAX_FETCH_BYTES` of payload even if every
-    message is as large as the broker allows (``max_payload``). The first chunk waits up
-    to ``timeout``; the others take only what is at hand."""
-    most = max(1, max(MAX_FETCH_BYTES, max_payload) // max(max_payload, 1))
-    left, wait = batch, timeout
-    while left > 0:
-        chunk = min(left, most)
-        got = await consumer.fetch(chunk, wait)
-        if got:
-            yield got
-        if len(got) < chunk:
-            return  # the consumer has nothing more at hand
-        left -= len(got)
-        wait = 0.0
-
-
-def _refusal(headers: dict[str, str] | None) -> StreamError | None:
-    if not headers or STATUS_HEADER not in headers:
-        return None
-    reason = headers.get(REASON_HEADER, "error")
-    text = headers.get(ERROR_HEADER, f"refused with status {headers[STATUS_HEADER]}")
-    if reason == "stream-not-found":
-        return StreamNotFound(text)
-    if reason == "consumer-not-found":
-        return ConsumerNotFound(text)
-    return StreamError(reason, text)
-
-
 async def acknowledge(bus: Bus, token: str, kind: int, delay: float) -> None:
-    """Send the acknowledgement ``token`` names and wait until the broker has recorded
-    it. ``StreamMessage.ack_sync`` does that for an ACK; the other kinds have no waiting
-    form in the client API, so they go as the same request, with their own body."""
-    try:
-        validate_subject(token)
-        msg = StreamMessage(Message(token, b"", None, token), bus)
-    except (AsyncIPCError, ValueError):
-        raise ConfigurationError(
-            f"{token[:200]!r} is not an ack token (StreamMsg.ack_token)"
-        ) from None
-    body = _enum("ack kind", _ACK_BODIES, kind)
-    if delay:
-        if kind != pb.ACK_KIND_NAK:
-            raise ConfigurationError("delay goes with ACK_KIND_NAK only")
-        if not math.isfinite(delay) or delay < 0:
-            raise ConfigurationError(f"delay must be a number of seconds >= 0, not {delay}")
-        body += b" " + json.dumps({"delay": delay}).encode()
-    if kind == pb.ACK_KIND_ACK:
-        await msg.ack_sync(API_TIMEOUT)
-        return
-    reply = await bus.request(token, body, timeout=API_TIMEOUT)
-    failure = _refusal(reply.headers)
-    if failure is not None:
-        raise failure
-
-
-def _time_ns(msg: StreamMessage) -> int:
-    delta = msg.time - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+    """Send the acknowledgement ``token`` names and wait until the broker has recorded it."""
+    msg = StreamMessage.from_token(bus, token)
+    name = _enum("ack kind", _ACK_KINDS, kind)
+    if delay and (not math.isfinite(delay) or delay < 0):
+        raise ConfigurationError(f"delay must be a number of seconds >= 0, not {delay}")
+    if delay and kind != pb.ACK_KIND_NAK:
+        raise ConfigurationError("delay goes with ACK_KIND_NAK only")
+    await msg.settle(name, delay=delay or None, timeout=API_TIMEOUT)
 
 
 def stream_msg_pb(msg: StreamMessage) -> Any:
@@ -360,7 +270,7 @@ def stream_msg_pb(msg: StreamMessage) -> Any:
         consumer=msg.consumer,
         seq=msg.seq,
         num_delivered=msg.num_delivered,
-        time_ns=_time_ns(msg),
+        time_ns=msg.time_ns,
         ack_token=msg.reply_to or "",
     )
 
@@ -396,13 +306,13 @@ class StreamsService:
 
     async def StreamGet(self, request: Any, context: Any) -> Any:
         async def call(bus: Bus) -> Any:
-            return stream_info_pb(await stream_handle(bus, request.stream).info())
+            return stream_info_pb(await Stream.named(bus, request.stream).info())
 
         return await self._run(request, context, call)
 
     async def StreamDelete(self, request: Any, context: Any) -> Any:
         async def call(bus: Bus) -> Any:
-            await stream_handle(bus, request.stream).delete()
+            await Stream.named(bus, request.stream).delete()
             return pb.StreamDeleteResponse()
 
         return await self._run(request, context, call)
@@ -416,7 +326,7 @@ class StreamsService:
 
     async def StreamPurge(self, request: Any, context: Any) -> Any:
         async def call(bus: Bus) -> Any:
-            stream = stream_handle(bus, request.stream)
+            stream = Stream.named(bus, request.stream)
             subject = request.subject or None
             if subject is not None:
                 validate_pattern(subject)
@@ -426,7 +336,7 @@ class StreamsService:
 
     async def StreamPublish(self, request: Any, context: Any) -> Any:
         async def call(bus: Bus) -> Any:
-            stream = stream_handle(bus, request.stream)
+            stream = Stream.named(bus, request.stream)
             ack = await stream.publish(
                 request.subject,
                 request.data,
@@ -439,7 +349,7 @@ class StreamsService:
 
     async def ConsumerCreate(self, request: Any, context: Any) -> Any:
         async def call(bus: Bus) -> Any:
-            stream = stream_handle(bus, request.stream)
+            stream = Stream.named(bus, request.stream)
             config, given = consumer_config(request.config)
             consumer = await create_consumer(stream, config, given)
             return consumer_info_pb(await consumer.info())
@@ -448,21 +358,21 @@ class StreamsService:
 
     async def ConsumerGet(self, request: Any, context: Any) -> Any:
         async def call(bus: Bus) -> Any:
-            consumer = consumer_handle(bus, request.stream, request.consumer)
+            consumer = Consumer.named(bus, request.stream, request.consumer)
             return consumer_info_pb(await consumer.info())
 
         return await self._run(request, context, call)
 
     async def ConsumerDelete(self, request: Any, context: Any) -> Any:
         async def call(bus: Bus) -> Any:
-            await consumer_handle(bus, request.stream, request.consumer).delete()
+            await Consumer.named(bus, request.stream, request.consumer).delete()
             return pb.ConsumerDeleteResponse()
 
         return await self._run(request, context, call)
 
     async def ConsumerList(self, request: Any, context: Any) -> Any:
         async def call(bus: Bus) -> Any:
-            infos = await stream_handle(bus, request.stream).consumers()
+            infos = await Stream.named(bus, request.stream).consumers()
             return pb.ConsumerListResponse(consumers=[consumer_info_pb(i) for i in infos])
 
         return await self._run(request, context, call)
@@ -486,11 +396,20 @@ class StreamsService:
             remaining = context.time_remaining()
             if remaining is not None:  # answer before the caller stops listening
                 timeout = min(timeout, max(0.0, remaining * 0.9 - 0.05))
-            consumer = consumer_handle(bus, request.stream, request.consumer)
+            consumer = Consumer.named(bus, request.stream, request.consumer)
             try:
-                async for chunk in fetch_chunks(consumer, batch, timeout, bus.max_payload):
-                    for msg in chunk:
+                # A few at a time, so that what is held here stays near MAX_FETCH_BYTES
+                # whatever the messages' size; the first fetch waits, the rest take only
+                # what is at hand.
+                left, wait = batch, timeout
+                while left > 0:
+                    got = await consumer.fetch(left, wait, max_bytes=MAX_FETCH_BYTES)
+                    for msg in got:
                         await context.write(stream_msg_pb(msg))
+                    if not got:
+                        break
+                    left -= len(got)
+                    wait = 0.0
             finally:
                 # What it fetched and could not send (the call was cancelled) is
                 # delivered again after ack_wait.

@@ -10,14 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from ... import __version__
-from ...streams.config import MAX_COUNT
+from ...streams.config import MAX_COUNT, MAX_SECONDS
 from ._envelope import HEADER_PREFIX, REPLY_TO_HEADER
 from ._streams import (
     ACK_KINDS,
     DEFAULT_FETCH_TIMEOUT,
     MAX_FETCH_BATCH,
     MAX_FETCH_TIMEOUT,
-    MAX_SECONDS,
     MSG_ID_HEADER,
 )
 

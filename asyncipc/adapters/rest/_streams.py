@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -33,24 +32,19 @@ from ...errors import (
     AsyncIPCError,
     ConfigurationError,
     ConnectionClosed,
-    ConsumerNotFound,
     FrameTooLarge,
     InvalidSubject,
     RequestTimeout,
     StreamError,
-    StreamNotFound,
 )
-from ...message import Message
-from ...protocol.system import ERROR_HEADER, REASON_HEADER, STATUS_HEADER
 from ...streams import (
     Consumer,
     ConsumerConfig,
-    ConsumerInfo,
     Stream,
     StreamConfig,
-    StreamInfo,
     StreamMessage,
 )
+from ...streams.client import ACK_BODIES
 from ...streams.config import check_name
 from ...subjects import validate_pattern, validate_subject
 from ._envelope import HttpError, headers_from_http
@@ -76,14 +70,10 @@ MAX_FETCH_BYTES = 64 << 20
 whatever its size): past it, the answer holds fewer than ``batch`` messages."""
 API_TIMEOUT = 5.0
 """Seconds the adapter waits for the broker to answer a stream request."""
-MAX_SECONDS = (1 << 63) // 1_000_000_000
-"""The largest duration or time (seconds since the epoch) a configuration may give: the
-broker keeps times in nanoseconds, and past this they no longer fit (the year 2262)."""
-_SECONDS_FIELDS = ("max_age", "duplicate_window", "sync_interval", "ack_wait", "start_time")
 MSG_ID_HEADER = "X-Asyncipc-Msg-Id"
 """The HTTP header of a stream publish that names the message for deduplication."""
 
-ACK_KINDS = {"ack": b"+ACK", "nak": b"-NAK", "term": b"+TERM", "in_progress": b"+WPI"}
+ACK_KINDS = ACK_BODIES
 """The ``kind`` of an acknowledgement, and what it sends to the broker."""
 
 # How the broker's refusals (StreamError.reason) answer over HTTP: the statuses the
@@ -101,7 +91,6 @@ _REASON_STATUS = {
     "store": 500,
     "internal": 500,
 }
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class StreamServer(Protocol):
@@ -136,34 +125,6 @@ def http_error(exc: AsyncIPCError | HttpError) -> HttpError:
     return HttpError(500, "stream_error", str(exc))
 
 
-def stream_handle(bus: Bus, name: str) -> Stream:
-    """A :class:`Stream` handle on ``name`` without asking the broker first.
-
-    The client API makes handles from a :class:`StreamInfo`; what the routes call on
-    them (info, publish, purge, delete, consumers) uses only the name, and a stream
-    that does not exist answers those with :class:`StreamNotFound`.
-    """
-    check_name("stream", name)
-    return Stream(bus, StreamInfo(StreamConfig(name=name), "", 0, 0, 0, 0, 0, 0, 0, 0))
-
-
-def consumer_handle(bus: Bus, stream: str, name: str) -> Consumer:
-    """A :class:`Consumer` handle on ``stream``/``name``, like :func:`stream_handle`:
-    ``info``, ``fetch`` and ``delete`` use only the two names."""
-    check_name("stream", stream)
-    config = ConsumerConfig(name=name)  # checks the name
-    return Consumer(bus, ConsumerInfo(stream, config, 0, 0, 0, 0, 0, 0))
-
-
-def check_seconds(config: StreamConfig | ConsumerConfig) -> None:
-    """ConfigurationError for a duration or a time past :data:`MAX_SECONDS` (the client
-    API takes any number, which the broker then fails to turn into nanoseconds)."""
-    for key in _SECONDS_FIELDS:
-        value = getattr(config, key, 0)
-        if value > MAX_SECONDS:
-            raise ConfigurationError(f"{key} must be at most {MAX_SECONDS} seconds, not {value}")
-
-
 def stream_config(body: Any) -> tuple[str, dict[str, Any]]:
     """The stream name and options of a create request's JSON (ConfigurationError if
     the broker would refuse them): checked here, so that a bad type is a 400 with the
@@ -175,7 +136,7 @@ def stream_config(body: Any) -> tuple[str, dict[str, Any]]:
     if not isinstance(name, str):
         raise ConfigurationError("a stream configuration needs a 'name' (a string)")
     check_name("stream", name)
-    check_seconds(StreamConfig.from_json({**given, "name": name}))
+    StreamConfig.from_json({**given, "name": name})  # refused here, with the broker's words
     return name, given
 
 
@@ -183,7 +144,6 @@ def consumer_config(body: Any) -> ConsumerConfig:
     """A consumer's configuration from a create request: named and durable (docstring
     of the module)."""
     config = ConsumerConfig.from_json(body)
-    check_seconds(config)
     if config.name is None:
         raise ConfigurationError(
             "a consumer made over the adapter needs a 'name': an ephemeral consumer would "
@@ -215,42 +175,12 @@ async def create_consumer(stream: Stream, config: ConsumerConfig, given: Any) ->
 _START = ("name", "start_seq", "start_time")
 
 
-async def fetch_bounded(
-    consumer: Consumer, batch: int, timeout: float, max_payload: int
-) -> list[StreamMessage]:
-    """Up to ``batch`` messages, as ``consumer.fetch(batch, timeout)``, but asked for in
-    chunks small enough that the payload gathered stays within :data:`MAX_FETCH_BYTES`
-    even if every message is as large as the broker allows (``max_payload``). The first
-    chunk waits up to ``timeout`` for a message; the others take only what is at hand."""
-    budget = max(MAX_FETCH_BYTES, max_payload)
-    out: list[StreamMessage] = []
-    used = 0
-    wait = timeout
-    while len(out) < batch:
-        chunk = min(batch - len(out), (budget - used) // max(max_payload, 1))
-        if chunk < 1:
-            break
-        got = await consumer.fetch(chunk, wait)
-        out += got
-        used += sum(len(m.data) for m in got)
-        if len(got) < chunk:
-            break  # the consumer has nothing more at hand
-        wait = 0.0
-    return out
-
-
 def ack_message(bus: Bus, token: Any, stream: str | None, consumer: str | None) -> StreamMessage:
     """The delivered message an ack token (its ack subject) stands for; ConfigurationError
     unless it is one, of ``stream``/``consumer`` when given."""
     if not isinstance(token, str):
         raise ConfigurationError("'token' must be the ack_token of a fetched message")
-    try:
-        validate_subject(token)
-        msg = StreamMessage(Message(token, b"", None, token), bus)
-    except (AsyncIPCError, ValueError):
-        raise ConfigurationError(
-            f"{token[:200]!r} is not an ack token (the ack_token of a fetched message)"
-        ) from None
+    msg = StreamMessage.from_token(bus, token)
     if stream is not None and (msg.stream, msg.consumer) != (stream, consumer):
         raise ConfigurationError(
             f"the token is for {msg.stream}/{msg.consumer}, not for {stream}/{consumer}"
@@ -272,45 +202,6 @@ def ack_delay(value: Any, kind: str) -> float | None:
     return float(value)
 
 
-async def acknowledge(
-    bus: Bus, msg: StreamMessage, kind: str, delay: float | None, timeout: float = API_TIMEOUT
-) -> None:
-    """Send the acknowledgement and wait until the broker has recorded it (a 404 or
-    409 comes back as StreamError). ``StreamMessage.ack_sync`` does that for ``ack``;
-    the other kinds have no waiting form in the client API, so they go as the same
-    request ``ack_sync`` makes, with their own body."""
-    if kind == "ack":
-        await msg.ack_sync(timeout)
-        return
-    body = ACK_KINDS[kind]
-    if kind == "nak" and delay:
-        body += b" " + json.dumps({"delay": delay}).encode()
-    assert msg.reply_to is not None
-    reply = await bus.request(msg.reply_to, body, timeout=timeout)
-    failure = refusal(reply.headers)
-    if failure is not None:
-        raise failure
-
-
-def refusal(headers: dict[str, str] | None) -> StreamError | None:
-    """The StreamError a broker's reply with a status header stands for, if any."""
-    if not headers or STATUS_HEADER not in headers:
-        return None
-    reason = headers.get(REASON_HEADER, "error")
-    text = headers.get(ERROR_HEADER, f"refused with status {headers[STATUS_HEADER]}")
-    if reason == "stream-not-found":
-        return StreamNotFound(text)
-    if reason == "consumer-not-found":
-        return ConsumerNotFound(text)
-    return StreamError(reason, text)
-
-
-def time_ns(msg: StreamMessage) -> int:
-    """When ``msg`` was stored, in nanoseconds since the epoch (to the microsecond)."""
-    delta = msg.time - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
-
-
 def message_json(msg: StreamMessage) -> dict[str, Any]:
     """A fetched message as JSON: the message envelope's fields and the stream's."""
     return {
@@ -321,7 +212,7 @@ def message_json(msg: StreamMessage) -> dict[str, Any]:
         "consumer": msg.consumer,
         "seq": msg.seq,
         "num_delivered": msg.num_delivered,
-        "time_ns": time_ns(msg),
+        "time_ns": msg.time_ns,
         "ack_token": msg.reply_to,
     }
 
@@ -428,7 +319,7 @@ class StreamRoutes:
     async def _stream_info(self, request: web.Request) -> web.StreamResponse:
         bus = self._bus(request)
         try:
-            info = await stream_handle(bus, self._stream(request)).info()
+            info = await Stream.named(bus, self._stream(request)).info()
         except (AsyncIPCError, HttpError) as exc:
             raise http_error(exc) from None
         return web.json_response(info.to_json())
@@ -436,7 +327,7 @@ class StreamRoutes:
     async def _delete_stream(self, request: web.Request) -> web.StreamResponse:
         bus = self._bus(request)
         try:
-            await stream_handle(bus, self._stream(request)).delete()
+            await Stream.named(bus, self._stream(request)).delete()
         except (AsyncIPCError, HttpError) as exc:
             raise http_error(exc) from None
         return web.Response(status=204)
@@ -453,7 +344,7 @@ class StreamRoutes:
                 raise ConfigurationError(f"unknown purge option(s): {', '.join(sorted(unknown))}")
             if subject is not None:
                 validate_pattern(subject)
-            purged = await stream_handle(bus, self._stream(request)).purge(subject)
+            purged = await Stream.named(bus, self._stream(request)).purge(subject)
         except (AsyncIPCError, HttpError) as exc:
             raise http_error(exc) from None
         return web.json_response({"purged": purged})
@@ -465,7 +356,7 @@ class StreamRoutes:
         try:
             if msg_id == "":
                 raise HttpError(400, "bad_request", f"{MSG_ID_HEADER} must not be empty")
-            stream = stream_handle(bus, self._stream(request))
+            stream = Stream.named(bus, self._stream(request))
             ack = await stream.publish(
                 validate_subject(request.match_info["subject"]),
                 data,
@@ -482,7 +373,7 @@ class StreamRoutes:
         bus = self._bus(request)
         body = await self._json(request)
         try:
-            stream = stream_handle(bus, self._stream(request))
+            stream = Stream.named(bus, self._stream(request))
             consumer = await create_consumer(stream, consumer_config(body), body)
             info = await consumer.info()
         except (AsyncIPCError, HttpError) as exc:
@@ -492,13 +383,13 @@ class StreamRoutes:
     async def _list_consumers(self, request: web.Request) -> web.StreamResponse:
         bus = self._bus(request)
         try:
-            infos = await stream_handle(bus, self._stream(request)).consumers()
+            infos = await Stream.named(bus, self._stream(request)).consumers()
         except (AsyncIPCError, HttpError) as exc:
             raise http_error(exc) from None
         return web.json_response({"consumers": [i.to_json() for i in infos]})
 
     def _consumer(self, request: web.Request, bus: Bus) -> Consumer:
-        return consumer_handle(bus, self._stream(request), self._consumer_name(request))
+        return Consumer.named(bus, self._stream(request), self._consumer_name(request))
 
     async def _consumer_info(self, request: web.Request) -> web.StreamResponse:
         bus = self._bus(request)
@@ -527,7 +418,7 @@ class StreamRoutes:
         except (AsyncIPCError, HttpError) as exc:
             raise http_error(exc) from None
         try:
-            got = await fetch_bounded(consumer, batch, timeout, bus.max_payload)
+            got = await consumer.fetch(batch, timeout, max_bytes=MAX_FETCH_BYTES)
         except (AsyncIPCError, HttpError) as exc:
             raise http_error(exc) from None
         finally:
@@ -554,7 +445,7 @@ class StreamRoutes:
                 )
             stream, name = self._stream(request), self._consumer_name(request)
             msg = ack_message(bus, body.get("token"), stream, name)
-            await acknowledge(bus, msg, kind, ack_delay(body.get("delay"), kind))
+            await msg.settle(kind, delay=ack_delay(body.get("delay"), kind))
         except (AsyncIPCError, HttpError) as exc:
             raise http_error(exc) from None
         return web.Response(status=204)
