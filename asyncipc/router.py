@@ -17,6 +17,7 @@ __all__ = ["Route", "Router"]
 O = TypeVar("O")  # noqa: E741 - the owner of a route: the broker's session object
 
 _CACHE_MAX = 8192
+_INBOX_CACHE_MAX = 256
 
 
 class Route(Generic[O]):
@@ -82,6 +83,7 @@ class Router(Generic[O]):
         # subject -> (routes without queue, queue groups). Cleared on every change:
         # subscriptions change rarely next to publishes, and a stale entry would misroute.
         self._cache: dict[str, tuple[list[Route[O]], list[_Group[O]]]] = {}
+        self._inbox_cache: dict[str, tuple[list[Route[O]], list[_Group[O]]]] = {}
         # One turn counter per queue name: it survives cache clears (a table change must
         # not send the next message to the first member again) and spans subjects.
         self._turns: dict[str, _Turn] = {}
@@ -113,7 +115,7 @@ class Router(Generic[O]):
 
     def route(self, subject: str) -> list[Route[O]]:
         """The routes that receive a message published on the literal ``subject``."""
-        entry = self._cache.get(subject)
+        entry = self._cache.get(subject) or self._inbox_cache.get(subject)
         if entry is not None and not entry[1]:
             return entry[0]  # no queue groups: the cached list is the answer
         if entry is None:
@@ -140,12 +142,20 @@ class Router(Generic[O]):
                 if group is None:
                     group = by_queue[route.queue] = _Group(self._turns[route.queue])
                 group.members.append(route)
-        if len(self._cache) >= _CACHE_MAX:
-            self._cache.clear()
         entry = (plain, list(by_queue.values()))
-        self._cache[subject] = entry
+        cache = self._cache
+        if subject.startswith("_INBOX."):
+            # Reply inboxes come and go, one per request: they get a small cache of their
+            # own, so that a stream of them never pushes the lasting subjects out.
+            cache = self._inbox_cache
+            if len(cache) >= _INBOX_CACHE_MAX:
+                cache.clear()
+        elif len(cache) >= _CACHE_MAX:
+            cache.clear()
+        cache[subject] = entry
         return entry
 
     def clear_cache(self) -> None:
         """Forget cached lookups (after a change made behind the router's back)."""
         self._cache.clear()
+        self._inbox_cache.clear()

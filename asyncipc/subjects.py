@@ -45,6 +45,10 @@ _QUEUE_RE = re.compile(r"[^\s*>]+")
 known_valid: dict[str, None] = {}
 _valid_subjects = known_valid
 _VALID_CACHE_MAX = 4096
+_ONE_OFF = ("_INBOX.", "$sys.stream.ack.")
+"""Subjects made for one message (a reply inbox, a stream message's ack subject): they are
+never cached, here or in the router, so that a stream of them leaves the caches to the
+subjects that come back."""
 
 
 def _too_long(text: str) -> bool:
@@ -64,6 +68,8 @@ def validate_subject(subject: str) -> str:
         raise InvalidSubject(_explain(subject, wildcards=False))
     if _too_long(subject):
         raise InvalidSubject(f"subject is longer than {MAX_SUBJECT_BYTES} bytes")
+    if subject.startswith(_ONE_OFF):
+        return subject  # used once: caching it would only push the others out
     if len(_valid_subjects) >= _VALID_CACHE_MAX:
         _valid_subjects.clear()
     _valid_subjects[subject] = None

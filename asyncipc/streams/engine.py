@@ -42,6 +42,7 @@ class StreamEngine:
         # msg_id -> (seq, time ns), oldest first: the deduplication window.
         self._dedup: OrderedDict[str, tuple[int, int]] = OrderedDict()
         self._age_timer: asyncio.TimerHandle | None = None
+        self._captures: dict[str, bool] = {}
         for entry in log.entries():
             self._by_subject.setdefault(entry.subject, deque()).append(entry.seq)
         if config.max_age and log.messages:
@@ -65,7 +66,15 @@ class StreamEngine:
     # --- what it captures ------------------------------------------------------------
 
     def captures(self, subject: str) -> bool:
-        return any(matches(pattern, subject) for pattern in self.config.subjects)
+        """Whether a message on ``subject`` belongs to this stream."""
+        hit = self._captures.get(subject)
+        if hit is None:
+            if len(self._captures) >= 4096:
+                self._captures.clear()
+            hit = self._captures[subject] = any(
+                matches(pattern, subject) for pattern in self.config.subjects
+            )
+        return hit
 
     # --- storing -----------------------------------------------------------------------
 

@@ -351,13 +351,15 @@ class StreamManager:
         """A PUB on ``$sys.stream.…`` from ``session`` (None: a request that came through
         a relay, from a ``file://`` process that does not host the streams; an ephemeral
         consumer it makes has no session to end with it)."""
-        tokens = subject[len(STREAM_PREFIX) :].split(".")
-        op = tokens[0]
+        op, _, rest = subject[len(STREAM_PREFIX) :].partition(".")
         try:
+            if op == "pub" and rest:
+                name, _, target = rest.partition(".")
+                self._publish(session, name, target, data, reply, headers)
+                return
+            tokens = [op, *rest.split(".")] if rest else [op]
             if op == "ack" and len(tokens) == 6:
                 self._ack(tokens, data, reply)
-            elif op == "pub" and len(tokens) == 2:
-                self._publish(session, tokens[1], data, reply, headers)
             elif op == "next" and len(tokens) == 3:
                 self._pull(session, tokens[1], tokens[2], data, reply)
             elif reply is None:
@@ -420,23 +422,31 @@ class StreamManager:
         self,
         session: Session | None,
         name: str,
+        subject: str,
         data: bytes,
         reply: str | None,
         headers: Headers | None,
     ) -> None:
+        """``$sys.stream.pub.<stream>.<subject>`` (or ``$sys.stream.pub.<stream>`` with the
+        subject in the ``asyncipc-stream-subject`` header)."""
         engine = self._stream(name)
-        if not headers or STREAM_SUBJECT_HEADER not in headers:
+        user: dict[str, str] | None = None
+        msg_id = None
+        if headers:
+            user = dict(headers)
+            if not subject:
+                subject = user.pop(STREAM_SUBJECT_HEADER, "")
+            # The id stays in the stored headers (as Nats-Msg-Id does in JetStream): it
+            # is how the deduplication window is rebuilt after a restart.
+            msg_id = user.get(STREAM_MSG_ID_HEADER)
+            user.pop(TIMEOUT_HEADER, None)  # how long stream.publish waits: not the message's
+        if not subject:
             raise _Refusal(
                 "400",
                 "bad-request",
-                f"a publish to stream {name} names its subject in {STREAM_SUBJECT_HEADER}",
+                f"a publish to stream {name} names its subject: $sys.stream.pub.{name}.<subject>"
+                f" (or the {STREAM_SUBJECT_HEADER} header)",
             )
-        user = dict(headers)
-        subject = user.pop(STREAM_SUBJECT_HEADER)
-        # The id stays in the stored headers (as Nats-Msg-Id does in JetStream): it is
-        # how the deduplication window is rebuilt after a restart.
-        msg_id = user.get(STREAM_MSG_ID_HEADER)
-        user.pop(TIMEOUT_HEADER, None)  # how long stream.publish waits: not the message's
         validate_subject(subject)
         if not engine.captures(subject):
             raise _Refusal(
