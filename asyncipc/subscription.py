@@ -226,6 +226,8 @@ class Subscription:
         """The next message; raises ``TimeoutError`` after ``timeout`` seconds and
         :class:`~asyncipc.ClosedError` if the subscription has ended."""
         try:
+            if self._queue:  # at hand: no timer to arm and cancel
+                return await self.__anext__()
             async with asyncio.timeout(timeout):
                 return await self.__anext__()
         except StopAsyncIteration:
