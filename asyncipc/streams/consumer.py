@@ -28,7 +28,7 @@ __all__ = ["ConsumerEngine", "ConsumerHost", "PullRequest", "StreamView"]
 
 log = logging.getLogger("asyncipc.streams")
 
-READ_BATCH = 256
+READ_BATCH = 512
 """Records read from disk in one trip when a consumer runs past the log's cache."""
 
 
@@ -117,6 +117,7 @@ class ConsumerEngine:
         self._filter_cache: dict[str, bool] = {}
         self._readahead: dict[int, StoredMessage] = {}
         self._reading = False
+        self._read_upto = 0  # the highest sequence read ahead so far
         self._ending_scheduled = False
         self._loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -317,6 +318,7 @@ class ConsumerEngine:
                 waiting.popleft()
         if moved:
             host.changed(self)
+            self._prefetch()
         if waiting and not self._ending_scheduled and any(r.delivered for r in waiting):
             # Requests that got something end once nothing more is at hand: in a moment,
             # so that what arrives in this turn of the loop joins their batch.
@@ -352,15 +354,16 @@ class ConsumerEngine:
 
     async def _read(self, seq: int) -> None:
         log_ = self.stream.log
+        readahead = self._readahead
         want = [seq]
-        want.extend(s for s in self._redeliver if s not in self._readahead)
-        for entry in log_.entries(self.next_seq):
+        want.extend(s for s in self._redeliver if s not in readahead and s != seq)
+        for entry in log_.entries(max(seq + 1, self.next_seq, self._read_upto + 1)):
             if len(want) >= READ_BATCH:
                 break
             if self._wanted(entry.subject):
                 want.append(entry.seq)
         try:
-            found = await log_.read(want[:READ_BATCH])
+            found = await log_.read(want)
         except Exception:
             log.exception(
                 "consumer %s/%s could not read the stream", self.stream.config.name, self.name
@@ -368,13 +371,30 @@ class ConsumerEngine:
             found = []
         finally:
             self._reading = False
+        if len(readahead) > 4 * READ_BATCH:
+            # Keep what is still ahead; what was delivered is read again if redelivered.
+            for old in [s for s in readahead if s < self.next_seq]:
+                del readahead[old]
         for msg in found:
             if msg is not None:
-                self._readahead[msg.seq] = msg
-        if len(self._readahead) > 4 * READ_BATCH:
-            self._readahead.clear()
+                readahead[msg.seq] = msg
+        self._read_upto = max(self._read_upto, want[-1])
         if found:
             self.dispatch()
+
+    def _prefetch(self) -> None:
+        """Keep about a batch of records read ahead of the position, so that a consumer
+        running behind the log's cache is not held up by a read each batch."""
+        if self._reading:
+            return
+        log_ = self.stream.log
+        start = max(self.next_seq, self._read_upto + 1)
+        if start > log_.last_seq or start - self.next_seq > READ_BATCH // 2:
+            return
+        if log_.cached(start) is not None:
+            return  # the tail is in memory: nothing to read
+        self._reading = True
+        self._spawn(self._read(start))
 
     # --- time-outs ---------------------------------------------------------------------------
 
