@@ -1098,3 +1098,30 @@ async def test_consumer_state_survives_sigkill(tmp_path: Path) -> None:
     finally:
         for proc in brokers:
             await proc.kill()
+
+
+async def test_publish_async_acks_come_in_batches_and_survive_a_forged_line(
+    url: str, tmp_path: Path
+) -> None:
+    """publish_async is acknowledged in batches (one message per sync to the handle's
+    inbox); duplicates are marked per line; a line that is not the broker's (anyone may
+    publish to an inbox) is ignored, and the real acknowledgements still arrive."""
+    async with asyncipc.Broker(store=str(tmp_path / "store")) as broker:
+        listener = await broker.listen(f"unix://{tmp_path}/apub.sock")
+        for where in (url, listener.url):
+            async with asyncipc.connect(where) as bus:
+                name = f"AP{os.urandom(3).hex()}"
+                stream = await bus.stream(name, subjects=[f"{name.lower()}.>"])
+                futures = [
+                    stream.publish_async(f"{name.lower()}.x", b"%d" % i, msg_id=str(i % 300))
+                    for i in range(600)
+                ]
+                # A forged batch for tokens that are waiting: ignored, nothing resolved by it.
+                await bus.publish(stream._inbox + "acks", b"1 x\n2\ngarbage\n\n")
+                acks = await asyncio.gather(*futures)
+                assert [a.seq for a in acks[:300]] == list(range(1, 301))
+                assert not any(a.duplicate for a in acks[:300])
+                assert [(a.seq, a.duplicate) for a in acks[300:]] == [
+                    (s, True) for s in range(1, 301)
+                ]
+                assert (await stream.info()).messages == 300

@@ -286,6 +286,8 @@ class Stream:
         self.name = info.name
         self.config = info.config
         self._pub_prefix = f"{STREAM_PREFIX}pub.{self.name}."
+        # publish_async: acknowledged in batches, one message per sync (docs/streams.md).
+        self._apub_prefix = f"{STREAM_PREFIX}apub.{self.name}."
         self._ack_head = b'{"stream":"%s","seq":' % self.name.encode()
         self._inbox = f"_INBOX.{os.urandom(10).hex()}."
         self._acks_sub: Subscription | None = None
@@ -380,7 +382,7 @@ class Stream:
                 "await publish_async_complete() first",
             )
         sent = self._headers(headers, msg_id)
-        target = self._pub_prefix + validate_subject(subject)
+        target = self._apub_prefix + validate_subject(subject)
         loop = asyncio.get_running_loop()
         if self._acks_sub is None:
             self._acks_sub = self._bus.subscribe(
@@ -422,8 +424,20 @@ class Stream:
     async def _read_acks(self, sub: Subscription) -> None:
         waiting = self._waiting
         cut = len(self._inbox)
+        batch_subject = self._inbox + "acks"
+        name = self.name
         try:
             async for reply in sub:
+                if reply.subject == batch_subject and not reply.headers:
+                    for line in reply.data.split(b"\n"):
+                        token, _, rest = line.partition(b" ")
+                        seq, _, dup = rest.partition(b" ")
+                        if not seq.isdigit():
+                            continue  # not the broker's line: that publish's time-out tells
+                        entry = waiting.pop(token.decode("ascii", "replace"), None)
+                        if entry is not None and not entry[0].done():
+                            entry[0].set_result(PubAck(name, int(seq), dup == b"d"))
+                    continue
                 entry = waiting.pop(reply.subject[cut:], None)
                 if entry is None or entry[0].done():
                     continue
@@ -452,8 +466,9 @@ class Stream:
                 )
 
     def _fail_all(self, exc: BaseException) -> None:
-        waiting, self._waiting = self._waiting, OrderedDict()
-        for fut, _ in waiting.values():
+        waiting = list(self._waiting.values())
+        self._waiting.clear()  # in place: the reader holds this very dict
+        for fut, _ in waiting:
             if not fut.done():
                 fut.set_exception(exc)
 

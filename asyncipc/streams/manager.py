@@ -52,6 +52,9 @@ __all__ = ["StreamHost", "StreamManager"]
 
 log = logging.getLogger("asyncipc.streams")
 
+ACKS_TOKEN = "acks"
+"""The last token of the subject that carries a batch of ``apub`` acknowledgements."""
+
 SAVE_DELAY = 0.05
 """Seconds between a durable consumer's state moving and it being written (grouped)."""
 
@@ -170,7 +173,7 @@ class StreamManager:
         self._capture_cache: dict[str, StreamEngine | None] = {}
         self._forwarding = False
         self._admin = asyncio.Lock()
-        self._acks: dict[str, deque[tuple[int, str, bool]]] = {}
+        self._acks: dict[str, deque[tuple[int, str, bool, bool]]] = {}
         self._ack_tasks: dict[str, asyncio.Task[None]] = {}
         self._dirty: set[ConsumerEngine] = set()
         self._saving: asyncio.Task[None] | None = None
@@ -353,9 +356,9 @@ class StreamManager:
         consumer it makes has no session to end with it)."""
         op, _, rest = subject[len(STREAM_PREFIX) :].partition(".")
         try:
-            if op == "pub" and rest:
+            if (op == "pub" or op == "apub") and rest:
                 name, _, target = rest.partition(".")
-                self._publish(session, name, target, data, reply, headers)
+                self._publish(session, name, target, data, reply, headers, op == "apub")
                 return
             tokens = [op, *rest.split(".")] if rest else [op]
             if op == "ack" and len(tokens) == 6:
@@ -426,9 +429,13 @@ class StreamManager:
         data: bytes,
         reply: str | None,
         headers: Headers | None,
+        batched: bool = False,
     ) -> None:
         """``$sys.stream.pub.<stream>.<subject>`` (or ``$sys.stream.pub.<stream>`` with the
-        subject in the ``asyncipc-stream-subject`` header)."""
+        subject in the ``asyncipc-stream-subject`` header). ``batched`` (``apub``): the
+        acknowledgement goes in one message with the others due to the same inbox, as a
+        line ``<token> <seq>[ d]`` of ``<inbox>.acks`` (the reply subject is
+        ``<inbox>.<token>``)."""
         engine = self._stream(name)
         user: dict[str, str] | None = None
         msg_id = None
@@ -465,7 +472,7 @@ class StreamManager:
                 self._forwarding = False
         if reply is None:
             return
-        if not engine.log.durable:  # nothing to wait for: answer in this turn of the loop
+        if not batched and not engine.log.durable:  # nothing to wait for: answer now
             self.host.publish(
                 reply, _ack_body(name, ack.seq, ack.duplicate), None, None, None, None
             )
@@ -473,12 +480,17 @@ class StreamManager:
         queue = self._acks.get(name)
         if queue is None:
             queue = self._acks[name] = deque()
-        queue.append((ack.seq, reply, ack.duplicate))
+        queue.append((ack.seq, reply, ack.duplicate, batched))
         if name not in self._ack_tasks:
             task = asyncio.ensure_future(self._send_acks(engine, queue))
             self._ack_tasks[name] = task
 
-    async def _send_acks(self, engine: StreamEngine, queue: deque[tuple[int, str, bool]]) -> None:
+    async def _send_acks(
+        self, engine: StreamEngine, queue: deque[tuple[int, str, bool, bool]]
+    ) -> None:
+        """Send the acknowledgements queued for ``engine`` as their records become durable:
+        one sync for all that are queued, then each reply; the replies of ``apub``
+        publishes go as one message per inbox (``_batch_acks``)."""
         name = engine.config.name
         publish = self.host.publish
         try:
@@ -490,16 +502,25 @@ class StreamManager:
                     await engine.log.sync(target)
                 except Exception as exc:
                     failure = exc
+                batches: dict[str, list[bytes]] = {}
                 n = len(queue)
                 for _ in range(n):
-                    seq, reply, dup = queue[0]
+                    seq, reply, dup, batched = queue[0]
                     if seq > target:
                         break
                     queue.popleft()
                     if failure is not None:
                         self._refuse(reply, _refusal(failure))
+                    elif batched:
+                        inbox, _, token = reply.rpartition(".")
+                        lines = batches.get(inbox)
+                        if lines is None:
+                            lines = batches[inbox] = []
+                        lines.append(b"%s %d%s" % (token.encode(), seq, b" d" if dup else b""))
                     else:
                         publish(reply, _ack_body(name, seq, dup), None, None, None, None)
+                for inbox, lines in batches.items():
+                    publish(f"{inbox}.{ACKS_TOKEN}", b"\n".join(lines), None, None, None, None)
         finally:
             self._ack_tasks.pop(name, None)
 
