@@ -1125,3 +1125,32 @@ async def test_publish_async_acks_come_in_batches_and_survive_a_forged_line(
                     (s, True) for s in range(1, 301)
                 ]
                 assert (await stream.info()).messages == 300
+
+
+async def test_acks_of_one_handle_go_together_and_garbage_in_a_batch_is_ignored(
+    url: str,
+) -> None:
+    """msg.ack() of a fetched message leaves with the others of its turn of the loop, as
+    one $sys.stream.acks message; a batch with garbage in it acknowledges what it names
+    and nothing else, and one for a consumer that is gone is ignored."""
+    async with asyncipc.connect(url) as bus:
+        stream = await bus.stream("ACKS", subjects=["acks.>"])
+        for i in range(10):
+            await stream.publish("acks.x", b"%d" % i)
+        consumer = await stream.consumer("w", ack_wait=30)
+        got = await consumer.fetch(10, timeout=1)
+        for msg in got[:5]:
+            await msg.ack()
+        with pytest.raises(asyncipc.StreamError, match="already acknowledged"):
+            await got[0].ack()
+        # Raw: garbage around a real sequence, and a batch for a consumer that is not there.
+        await bus.publish("$sys.stream.acks.ACKS.w", b"abc -1 7 99999 \xff")
+        await bus.publish("$sys.stream.acks.ACKS.nobody", b"1 2 3")
+        await bus.flush()
+        info = await consumer.info()
+        assert info.num_ack_pending == 4  # 1-5 by the handle, 7 by the raw batch
+        assert await consumer.fetch(10, timeout=0.2) == []  # nothing back before ack_wait
+        for msg in got[5:]:
+            await msg.ack()
+        await consumer.close()  # sends what it holds
+        assert (await (await stream.consumer("w")).info()).num_ack_pending == 0

@@ -161,10 +161,11 @@ class StreamMessage(Message):
     was stored, a UTC datetime).
     """
 
-    __slots__ = ("_acked", "_time_ns", "consumer", "num_delivered", "seq", "stream")
+    __slots__ = ("_acked", "_handle", "_time_ns", "consumer", "num_delivered", "seq", "stream")
 
-    def __init__(self, msg: Message, bus: StreamBus) -> None:
+    def __init__(self, msg: Message, bus: StreamBus, handle: Consumer | None = None) -> None:
         super().__init__(msg.subject, msg.data, msg.headers, msg.reply_to, bus)
+        self._handle = handle  # the Consumer that fetched it: acks go out in batches
         reply = msg.reply_to or ""
         parts = reply[len(ACK_PREFIX) :].split(".")
         if not reply.startswith(ACK_PREFIX) or len(parts) != 5:
@@ -235,8 +236,19 @@ class StreamMessage(Message):
         await self._bus.publish(self.reply_to, body)
 
     async def ack(self) -> None:
-        """Handled: it will not be delivered again."""
-        await self._send(b"+ACK", True)
+        """Handled: it will not be delivered again. Not confirmed (see :meth:`ack_sync`):
+        the acknowledgements of one consumer handle leave together, once per turn of the
+        event loop, and always before its next fetch."""
+        handle = self._handle
+        if handle is None:
+            await self._send(b"+ACK", True)
+            return
+        if self._acked:
+            raise StreamError(
+                "already-acked", f"message {self.seq} of {self.stream} was already acknowledged"
+            )
+        self._acked = True
+        handle._queue_ack(self.seq)
 
     async def ack_sync(self, timeout: float = API_TIMEOUT) -> None:
         """Like :meth:`ack`, and wait until the broker has recorded it (saved, for a
@@ -617,6 +629,9 @@ class Consumer:
         self._lock = asyncio.Lock()
         self._buffer: list[StreamMessage] = []
         self._n = 0
+        self._acks_subject = f"{STREAM_PREFIX}acks.{self.stream}.{self.name}"
+        self._acks: list[bytes] = []
+        self._acks_flush: asyncio.Task[None] | None = None
 
     @classmethod
     def named(cls, bus: StreamBus, stream: str, name: str, batch: int = 100) -> Consumer:
@@ -627,6 +642,25 @@ class Consumer:
 
     def __repr__(self) -> str:
         return f"Consumer({self.stream}/{self.name})"
+
+    def _queue_ack(self, seq: int) -> None:
+        """``msg.ack()`` of a message this handle fetched: sent with the others of this
+        turn of the loop, as one ``$sys.stream.acks.<stream>.<consumer>`` message."""
+        self._acks.append(b"%d" % seq)
+        if self._acks_flush is None:
+            self._acks_flush = asyncio.get_running_loop().create_task(self._flush_acks())
+
+    async def _flush_acks(self) -> None:
+        try:
+            while self._acks:
+                body = b" ".join(self._acks)
+                self._acks.clear()
+                await self._bus.publish(self._acks_subject, body)
+        except AsyncIPCError:
+            # The bus is closing or gone: those messages come back after ack_wait.
+            self._acks.clear()
+        finally:
+            self._acks_flush = None
 
     def _subscription(self) -> Subscription:
         if self._sub is None:
@@ -658,6 +692,10 @@ class Consumer:
             batch -= len(out)
             timeout = 0.0
         sub = self._subscription()
+        if self._acks:  # what was acknowledged goes first: it may free max_ack_pending
+            acked = b" ".join(self._acks)
+            self._acks.clear()
+            await self._bus.publish(self._acks_subject, acked)
         self._n += 1
         reply = f"{self._inbox}{self._n:x}"
         body: dict[str, Any] = {"batch": batch}
@@ -696,7 +734,7 @@ class Consumer:
                         await self._link_dropped(deadline)
                     break  # our request is over
                 continue  # the end of an earlier request
-            out.append(StreamMessage(msg, self._bus))
+            out.append(StreamMessage(msg, self._bus, self))
             got += 1
         return out
 
@@ -750,7 +788,12 @@ class Consumer:
         await self.close()
 
     async def close(self) -> None:
-        """Stop this handle; messages it held and did not ack are redelivered later."""
+        """Stop this handle (after sending the acknowledgements it holds); messages it
+        held and did not ack are redelivered later."""
+        if self._acks:
+            body = b" ".join(self._acks)
+            self._acks.clear()
+            await self._bus.publish(self._acks_subject, body)
         if self._sub is not None:
             sub, self._sub = self._sub, None
             await sub.unsubscribe()

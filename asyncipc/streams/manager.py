@@ -363,6 +363,11 @@ class StreamManager:
             tokens = [op, *rest.split(".")] if rest else [op]
             if op == "ack" and len(tokens) == 6:
                 self._ack(tokens, data, reply)
+            elif op == "acks" and len(tokens) == 3:
+                consumer = self._consumer(tokens[1], tokens[2])
+                for seq in data.split():
+                    if seq.isdigit():
+                        consumer.ack(int(seq), "+ACK")
             elif op == "next" and len(tokens) == 3:
                 self._pull(session, tokens[1], tokens[2], data, reply)
             elif reply is None:
@@ -377,7 +382,7 @@ class StreamManager:
                 log.exception("stream request %s failed", subject)
             if reply is not None:
                 self._refuse(reply, why)
-            elif op == "ack" and isinstance(exc, LookupError):
+            elif op in ("ack", "acks") and isinstance(exc, LookupError):
                 # A late ack for a consumer (or stream) deleted meanwhile: nothing to do,
                 # and an error frame would only alarm a worker that did nothing wrong.
                 log.debug("ignored an ack on %s: %s", subject, exc)
