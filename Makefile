@@ -26,6 +26,7 @@ redis-server:
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
+	$(BIN)/python examples/ledger.py
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check asyncipc tests examples benchmarks

@@ -60,6 +60,30 @@ def test_demo_with_processes() -> None:
     assert not os.path.exists(os.path.dirname(match.group(1)))
 
 
+def test_ledger_books_every_order_once_across_a_broker_restart(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "ledger.py"), "--store", str(store)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert done.returncode == 0, f"ledger failed:\n{done.stdout}\n{done.stderr}"
+    assert "restarted: the stream holds 20 orders (file store)" in done.stdout
+    assert "order 20 sent again: duplicate=True" in done.stdout
+    assert "every order booked exactly once" in done.stdout
+    assert (store / "streams" / "LEDGER" / "stream.json").exists()  # it was on disk
+    # A second run on the same store refuses rather than mix two ledgers.
+    again = subprocess.run(
+        [sys.executable, str(EXAMPLES / "ledger.py"), "--store", str(store)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert again.returncode == 1
+    assert "already has a ledger" in again.stderr
+
+
 @pytest.fixture
 async def url() -> AsyncIterator[str]:
     """A private embedded broker for one test, kept alive by this bus."""
