@@ -1154,3 +1154,15 @@ async def test_acks_of_one_handle_go_together_and_garbage_in_a_batch_is_ignored(
             await msg.ack()
         await consumer.close()  # sends what it holds
         assert (await (await stream.consumer("w")).info()).num_ack_pending == 0
+
+
+async def test_records_purged_while_out_are_not_counted_as_awaiting_an_ack(url: str) -> None:
+    async with asyncipc.connect(url) as bus:
+        stream = await bus.stream("PURGED", subjects=["purged.>"])
+        for i in range(5):
+            await stream.publish("purged.x", b"%d" % i)
+        consumer = await stream.consumer("w", ack_wait=30)
+        assert len(await consumer.fetch(5, timeout=1)) == 5
+        assert (await consumer.info()).num_ack_pending == 5
+        assert await stream.purge() == 5
+        assert (await consumer.info()).num_ack_pending == 0

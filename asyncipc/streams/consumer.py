@@ -516,8 +516,12 @@ class ConsumerEngine:
             stream=self.stream.config.name,
             config=self.config,
             num_pending=undelivered,
-            num_ack_pending=len(self.pending),
-            num_redelivered=sum(1 for c in self.pending.values() if c > 1),
+            # Records purged or expired while out are not awaited any more (they are
+            # dropped from ``pending`` at their next redelivery): not counted.
+            num_ack_pending=sum(1 for s in self.pending if log_.entry(s) is not None),
+            num_redelivered=sum(
+                1 for s, c in self.pending.items() if c > 1 and log_.entry(s) is not None
+            ),
             num_waiting=len(self.waiting),
             delivered=self.next_seq - 1,
             ack_floor=self.ack_floor,

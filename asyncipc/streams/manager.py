@@ -699,6 +699,9 @@ class StreamManager:
     ) -> None:
         try:
             async with self._admin:
+                # A broker used before start() (no listen, no `async with`): load what the
+                # store holds first, so that nothing on disk is created over.
+                await self.open()
                 body = await self._admin_op(session, op, args, data)
         except Exception as exc:
             why = _refusal(exc)
