@@ -19,13 +19,14 @@ import weakref
 from collections.abc import Generator, Sequence
 from dataclasses import replace
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 from ._dialer import NOT_REDIALLED, Dialer
 from .broker import Broker
 from .client import Bus
 from .errors import AuthenticationError, ConfigurationError, ConnectError, HandshakeError
 from .options import ConnectOptions
-from .transports import EmbeddedTransport, TransportOptions, lookup, parse_url
+from .transports import URL, EmbeddedTransport, TransportOptions, lookup, parse_url
 from .transports.memory import has_listener
 
 __all__ = ["DEFAULT_URL_ENV", "TOKEN_ENV", "Connector", "connect", "default_socket_url"]
@@ -83,6 +84,10 @@ async def _connect(url: str | Sequence[str] | None, options: ConnectOptions) -> 
         if env_url is None:
             raise
         raise ConfigurationError(f"${DEFAULT_URL_ENV}: {exc}") from None
+    if len(parsed) > 1 and any(p.scheme == "nats" for p in parsed):
+        # A list of NATS servers is one nats-py client's list (it fails over itself).
+        urls = [_join_nats(urls, parsed)]
+        parsed = [parse_url(urls[0])]
     if len(parsed) > 1 and any(p.scheme in NOT_REDIALLED for p in parsed):
         raise ConfigurationError(
             f"{', '.join(sorted(NOT_REDIALLED))} URLs cannot be part of a list of brokers: {urls!r}"
@@ -104,6 +109,8 @@ async def _connect(url: str | Sequence[str] | None, options: ConnectOptions) -> 
         high_water=options.high_water,
         max_frame=options.max_frame,
         connect_timeout=options.connect_timeout,
+        token=options.token,
+        connect_options=options,
     )
     if first.scheme == "memory" and not has_listener(first.name):
         release = await _acquire_embedded(first.name)
@@ -128,6 +135,20 @@ async def _connect(url: str | Sequence[str] | None, options: ConnectOptions) -> 
     if release is not None:
         bus._on_close.append(release)
     return bus
+
+
+def _join_nats(urls: list[str], parsed: list[URL]) -> str:
+    """``["nats://h1:4222", "nats://h2:4222"]`` as the one URL ``nats://h1:4222,h2:4222``
+    (the query options of all of them together): NATS servers cannot share a list with
+    asyncipc brokers, they are one cluster that nats-py fails over within."""
+    if any(p.scheme != "nats" for p in parsed):
+        raise ConfigurationError(f"nats:// URLs cannot share a list with other schemes: {urls!r}")
+    netlocs = [urlsplit(u).netloc for u in urls]
+    query: dict[str, str] = {}
+    for p in parsed:
+        query.update(p.query)
+    tail = f"?{urlencode(query)}" if query else ""
+    return "nats://" + ",".join(netlocs) + tail
 
 
 async def _first_link(dialer: Dialer, options: ConnectOptions) -> Bus:

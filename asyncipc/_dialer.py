@@ -17,9 +17,10 @@ from .transports import URL, TransportOptions, lookup, parse_url
 
 __all__ = ["NOT_REDIALLED", "Dialer", "backoff"]
 
-NOT_REDIALLED = frozenset({"memory", "pipe", "file"})
+NOT_REDIALLED = frozenset({"memory", "pipe", "file", "nats"})
 """Schemes a bus never redials: an embedded broker (``memory://``, ``file://``) lives and
-dies with the event loop, and a child's inherited pipes cannot be opened again."""
+dies with the event loop, and a child's inherited pipes cannot be opened again. A
+``nats://`` link reconnects by itself: nats-py has the list of servers."""
 
 
 def backoff(first: float, cap: float, rng: random.Random | None = None) -> Iterator[float]:

@@ -82,6 +82,7 @@ class Bus:
         # Reconnecting: who to dial, the task that does, and what publish() held meanwhile.
         self._dialer = dialer if dialer is not None and options.reconnect else None
         self._up = False  # a welcomed link carries our frames: publish()'s one check
+        self._interrupted = False  # a self-healing link (nats://) is reconnecting by itself
         self._ever_up = False
         self._reconnecting: asyncio.Task[None] | None = None
         self._held: deque[tuple[str, bytes, str | None, Headers | None]] = deque()
@@ -204,7 +205,7 @@ class Bus:
     def is_connected(self) -> bool:
         """True while a link to the broker is up (false while reconnecting, and after
         :meth:`close`)."""
-        return self._up and not self._closing
+        return self._up and not self._closing and not self._interrupted
 
     @property
     def connected_url(self) -> str | None:
@@ -275,6 +276,38 @@ class Bus:
                 self._begin_reconnect(cause)
                 return
         self._end(cause)
+
+    # --- a link that reconnects by itself (nats://: nats-py does; link.SelfHealingReceiver)
+
+    def link_interrupted(self, cause: BaseException) -> None:
+        """The link's own client lost its server and reconnects: the bus stays up (what is
+        published waits in that client's buffer, subscriptions are its to restore), and a
+        request in flight fails now with Disconnected, as when the bus itself redials."""
+        if self._closing or self._lost is not None or self._interrupted:
+            return
+        self._interrupted = True
+        log.warning("%s: connection lost (%s); reconnecting", self._link_url, cause)
+        for fut, asked in self._requests.values():
+            if not fut.done():
+                fut.set_exception(
+                    Disconnected(f"connection lost before the reply to {asked!r}: {cause}")
+                )
+        self._events.emit(ConnectionEvent("disconnected", self._link_url, cause))
+
+    def link_resumed(self, address: str) -> None:
+        """The link's own client is connected again, at ``address``."""
+        if self._closing or self._lost is not None:
+            return
+        self._interrupted = False
+        self._link_url = address
+        log.info("%s: reconnected", address)
+        self._events.emit(ConnectionEvent("reconnected", address))
+
+    def link_error(self, exc: BaseException) -> None:
+        """The link's server refused something without ending the link."""
+        if self._closing or self._lost is not None:
+            return
+        self._events.emit(ConnectionEvent("error", self._link_url, exc))
 
     def _end(self, cause: BaseException) -> None:
         """The bus is done with links for good: closed by us, or the broker is gone and

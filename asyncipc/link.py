@@ -14,7 +14,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from .protocol import DEFAULT_MAX_FRAME, Frame, Headers, Msg, Pub
 
@@ -25,6 +25,7 @@ __all__ = [
     "LinkReceiver",
     "Listener",
     "PeerInfo",
+    "SelfHealingReceiver",
 ]
 
 DEFAULT_HIGH_WATER = 1024 * 1024
@@ -79,6 +80,22 @@ class LinkReceiver(Protocol):
         self, sid: int, subject: str, data: bytes, reply: str | None, headers: Headers | None
     ) -> None:
         """A MSG arrived as fields, without a frame object (in-process links)."""
+
+
+@runtime_checkable
+class SelfHealingReceiver(Protocol):
+    """What a link whose own client reconnects (``nats://``: nats-py does) tells its
+    receiver, which checks for these methods with ``isinstance``. The Bus implements them;
+    the broker never meets such a link."""
+
+    def link_interrupted(self, cause: BaseException) -> None:
+        """The channel lost its server and is reconnecting; frames sent meanwhile wait."""
+
+    def link_resumed(self, address: str) -> None:
+        """The channel is up again, at ``address``, with every subscription restored."""
+
+    def link_error(self, exc: BaseException) -> None:
+        """The server reported an error that does not end the channel (a refusal)."""
 
 
 class Link(abc.ABC):

@@ -12,7 +12,7 @@ import re
 import ssl as _ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..errors import ConfigurationError
@@ -60,6 +60,9 @@ def parse_url(url: str) -> URL:
     scheme = parts.scheme.lower()
     if not scheme:
         raise ConfigurationError(f"URL {url!r} has no scheme")
+    if scheme == "nats" and "," in parts.netloc:
+        # nats://h1:4222,h2:4222 names a cluster: its transport splits the servers.
+        return URL(raw=url, scheme=scheme, host=parts.netloc, query=dict(parse_qsl(parts.query)))
     try:
         port = parts.port
     except ValueError:
@@ -87,6 +90,12 @@ class TransportOptions:
     high_water: int = DEFAULT_HIGH_WATER
     max_frame: int = DEFAULT_MAX_FRAME
     connect_timeout: float = 5.0
+    token: str | None = None
+    """The client's secret, for a transport that authenticates itself (``nats://``); the
+    others carry it in the HELLO frame."""
+    connect_options: Any = None
+    """The whole :class:`~asyncipc.ConnectOptions`, for a transport that runs a client of
+    its own and maps them onto it (``nats://``: reconnecting, pings, buffering)."""
 
 
 class Transport(Protocol):
@@ -132,6 +141,7 @@ _builtin = {
     "shm": "asyncipc.transports.shm",
     "mmap": "asyncipc.transports.mmap",
     "file": "asyncipc.transports.file",
+    "nats": "asyncipc.adapters.nats",  # the Bus on a NATS cluster, through nats-py
 }
 
 
