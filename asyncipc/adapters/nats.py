@@ -554,14 +554,22 @@ class NatsTransport:
                 first_error.append(exc)
             await link._on_error(exc)
 
+        # The first connection tries each server of the list (twice: nats-py's smallest
+        # bound), never forever as nats-py's reconnecting does: a cluster that is not
+        # there at start is the caller's to handle, as with any asyncipc URL. Once
+        # connected, nats-py reconnects as ConnectOptions say.
+        reconnecting = (kwargs["allow_reconnect"], kwargs["max_reconnect_attempts"])
+        kwargs["allow_reconnect"], kwargs["max_reconnect_attempts"] = False, 1
+        guard = (options.connect_timeout + 0.5) * 2 * len(servers)
         try:
-            await link.nc.connect(
-                **kwargs,
-                error_cb=on_error,
-                disconnected_cb=link._on_disconnected,
-                reconnected_cb=link._on_reconnected,
-                closed_cb=link._on_closed,
-            )
+            async with asyncio.timeout(guard):
+                await link.nc.connect(
+                    **kwargs,
+                    error_cb=on_error,
+                    disconnected_cb=link._on_disconnected,
+                    reconnected_cb=link._on_reconnected,
+                    closed_cb=link._on_closed,
+                )
         except nats_errors.AuthorizationError as exc:
             raise AuthenticationError(f"{url.raw}: the NATS server refused us: {exc}") from None
         except (nats_errors.NoServersError, OSError, TimeoutError, nats_errors.Error) as exc:
@@ -579,9 +587,14 @@ class NatsTransport:
                 raise ProtocolError(
                     f"{url.raw}: not a NATS server (its greeting did not parse): {cause!r}"
                 ) from None
+            if "INFO" in str(cause):  # something answered, and not with NATS's greeting
+                raise ConnectError(
+                    f"{', '.join(servers)}: not a NATS server (no INFO greeting): {cause}"
+                ) from None
             raise ConnectError(
                 f"cannot connect to a NATS server at {', '.join(servers)}: {cause!r}"
             ) from None
+        link.nc.options["allow_reconnect"], link.nc.options["max_reconnect_attempts"] = reconnecting
         where = link.nc.connected_url
         if where is not None:
             link.peer = PeerInfo("nats", where.geturl())
