@@ -1,0 +1,289 @@
+"""``nats://`` beyond the conformance suite: failover in a cluster, reconnect events,
+authentication and TLS passing through, bad input (docs/transports.md, NATS).
+
+The conformance suite (test_conformance.py) runs over ``nats://`` too; this file has what
+only NATS has: a real 3-node cluster, nats-py's own reconnecting, NATS's credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+import asyncipc
+from tests.conftest import Certs
+from tests.nats_server import NatsCluster, NatsServer, free_port, nats_server_binary
+
+pytestmark = pytest.mark.skipif(
+    nats_server_binary() is None, reason="nats-server is not installed (the dev extra)"
+)
+
+GUARD = 15.0
+"""Seconds any one wait may take before the test fails (never a hang)."""
+
+
+@pytest.fixture
+def p() -> str:
+    return f"t{os.urandom(4).hex()}"
+
+
+@pytest.fixture
+def server() -> Iterator[NatsServer]:
+    s = NatsServer()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+async def collect(events: AsyncIterator[asyncipc.ConnectionEvent], kind: str) -> list[str]:
+    """The kinds of the events up to and including the first ``kind``."""
+    seen = []
+    async with asyncio.timeout(GUARD):
+        async for ev in events:
+            seen.append(ev.kind)
+            if ev.kind == kind:
+                return seen
+    return seen
+
+
+async def test_a_list_of_urls_fails_over_when_its_node_is_killed(
+    nats_cluster: NatsCluster, p: str
+) -> None:
+    """A bus connected with the cluster's URLs is on node 0; SIGKILL node 0: the bus
+    reconnects to another node by itself, and goes on publishing and receiving, requests
+    included, with ``disconnected`` and ``reconnected`` events as over unix://."""
+    urls = nats_cluster.urls
+    async with (
+        asyncipc.connect(urls) as roamer,
+        asyncipc.connect(urls[1]) as other,
+    ):
+        assert roamer.connected_url is not None
+        assert str(nats_cluster.servers[0].port) in str(roamer.peer.address)
+        events = roamer.events().__aiter__()
+        to_roamer = roamer.subscribe(f"{p}.to-roamer")
+        to_other = other.subscribe(f"{p}.to-other")
+
+        @other.handler(f"{p}.svc")
+        async def svc(msg: asyncipc.Message) -> bytes:
+            return b"re:" + msg.data
+
+        await roamer.flush()
+        await other.flush()
+        await asyncio.sleep(0.2)  # interest crosses the routes
+        await other.publish(f"{p}.to-roamer", b"before")
+        assert (await to_roamer.next_msg(timeout=GUARD)).data == b"before"
+
+        nats_cluster.servers[0].kill()
+        assert await collect(events, "reconnected") == ["disconnected", "reconnected"]
+        assert roamer.is_connected
+        assert str(nats_cluster.servers[0].port) not in str(roamer.connected_url)
+        await roamer.flush(timeout=GUARD)
+        await asyncio.sleep(0.2)  # the re-subscription crosses the routes
+
+        for i in range(20):
+            await roamer.publish(f"{p}.to-other", b"%d" % i)
+            await other.publish(f"{p}.to-roamer", b"%d" % i)
+        got_other = [(await to_other.next_msg(timeout=GUARD)).data for _ in range(20)]
+        got_roamer = [(await to_roamer.next_msg(timeout=GUARD)).data for _ in range(20)]
+        assert got_other == got_roamer == [b"%d" % i for i in range(20)]
+        reply = await roamer.request(f"{p}.svc", b"q", timeout=GUARD)
+        assert reply.data == b"re:q"
+
+
+async def test_publishes_while_reconnecting_are_buffered_and_sent(
+    nats_cluster: NatsCluster, p: str
+) -> None:
+    """What the bus publishes while nats-py reconnects waits in nats-py's buffer
+    (ConnectOptions.reconnect_buffer) and is sent once connected again."""
+    urls = nats_cluster.urls
+    async with asyncipc.connect(urls) as pub, asyncipc.connect(urls[2]) as subbus:
+        sub = subbus.subscribe(f"{p}.x")
+        await subbus.flush()
+        await asyncio.sleep(0.2)
+        events = pub.events().__aiter__()
+        nats_cluster.servers[0].kill()
+        assert await collect(events, "disconnected") == ["disconnected"]
+        assert not pub.is_connected
+        for i in range(10):
+            await pub.publish(f"{p}.x", b"%d" % i)
+        await pub.flush(timeout=GUARD)  # waits for the new server
+        got = [(await sub.next_msg(timeout=GUARD)).data for _ in range(10)]
+        assert got == [b"%d" % i for i in range(10)]
+
+
+async def test_server_restart_resumes_subscriptions(server: NatsServer, p: str) -> None:
+    """One server, SIGKILLed and started again on its port: subscriptions and handlers
+    made before come back (nats-py restores them), a request in flight fails at once
+    with Disconnected."""
+    async with asyncipc.connect(server.url) as a, asyncipc.connect(server.url) as b:
+        sub = a.subscribe(f"{p}.s")
+
+        @a.handler(f"{p}.svc")
+        async def svc(msg: asyncipc.Message) -> bytes:
+            return b"ok"
+
+        async def slow(msg: asyncipc.Message) -> bytes:
+            await asyncio.sleep(30)
+            return b""
+
+        a.serve(f"{p}.slow", slow)
+        await a.flush()
+        events = b.events().__aiter__()
+        asking = asyncio.create_task(b.request(f"{p}.slow", timeout=GUARD))
+        await asyncio.sleep(0.1)
+        server.kill()
+        with pytest.raises(asyncipc.Disconnected):
+            await asking
+        server.start()
+        assert await collect(events, "reconnected") == ["disconnected", "reconnected"]
+        await a.flush(timeout=GUARD)
+        await b.flush(timeout=GUARD)
+        await b.publish(f"{p}.s", b"again")
+        assert (await sub.next_msg(timeout=GUARD)).data == b"again"
+        assert (await b.request(f"{p}.svc", timeout=GUARD)).data == b"ok"
+
+
+async def test_giving_up_ends_the_bus_with_closed(server: NatsServer, p: str) -> None:
+    options = asyncipc.ConnectOptions(max_reconnect_attempts=1, reconnect_max_delay=0.05)
+    bus = await asyncipc.connect(server.url, options=options)
+    events = bus.events().__aiter__()
+    sub = bus.subscribe(f"{p}.x")
+    server.kill()
+    kinds = await collect(events, "closed")
+    assert kinds[0] == "disconnected" and kinds[-1] == "closed"
+    async with asyncio.timeout(GUARD):
+        await bus.wait_closed()
+    assert bus.is_closed
+    with pytest.raises(asyncipc.BrokenLinkError):
+        await sub.next_msg(timeout=GUARD)
+    with pytest.raises(asyncipc.ConnectionClosed):
+        await bus.publish(f"{p}.x", b"late")
+    await bus.close()
+
+
+async def test_block_keeps_what_it_can_without_holding_the_publisher(
+    nats_server: str, p: str
+) -> None:
+    """On NATS a full ``block`` subscription pauses the bus's reading: the link keeps
+    what arrives meanwhile (up to INBOX_LIMIT), nothing is lost below it, in order; the
+    publisher is not held back (a NATS server never does that)."""
+    n, size = 200, 64 * 1024  # 12.5 MiB, under the link's bound
+    async with asyncipc.connect(nats_server) as pub, asyncipc.connect(nats_server) as subbus:
+        sub = subbus.subscribe(f"{p}.b", max_pending=8)
+        await subbus.flush()
+        for i in range(n):
+            await pub.publish(f"{p}.b", i.to_bytes(4, "big") * (size // 4))
+        await pub.flush()
+        got = []
+        async with asyncio.timeout(GUARD):
+            async for msg in sub:
+                got.append(int.from_bytes(msg.data[:4], "big"))
+                if len(got) == n:
+                    break
+        assert got == list(range(n))
+
+
+async def test_token_and_user_password_pass_through(p: str) -> None:
+    with_token = NatsServer("--auth", "s3cret")
+    with_user = NatsServer("--user", "alice", "--pass", "pw")
+    try:
+        async with asyncipc.connect(with_token.url, token="s3cret") as bus:
+            await bus.flush()
+        async with asyncipc.connect(with_token.url + "?token=s3cret") as bus:
+            await bus.flush()
+        with pytest.raises(asyncipc.AuthenticationError):
+            await asyncipc.connect(with_token.url, token="wrong")
+        with pytest.raises(asyncipc.AuthenticationError):
+            await asyncipc.connect(with_token.url)
+        async with asyncipc.connect(f"nats://alice:pw@127.0.0.1:{with_user.port}") as bus:
+            await bus.flush()
+        async with asyncipc.connect(with_user.url + "?user=alice&password=pw") as bus:
+            await bus.flush()
+        with pytest.raises(asyncipc.AuthenticationError):
+            await asyncipc.connect(f"nats://alice:nope@127.0.0.1:{with_user.port}")
+    finally:
+        with_token.close()
+        with_user.close()
+
+
+async def test_tls_passes_through(certs: Certs, p: str) -> None:
+    tls = NatsServer("--tls", "--tlscert", certs.server_cert, "--tlskey", certs.server_key)
+    try:
+        url = tls.url + certs.client_query()  # ?ca=...
+        async with asyncipc.connect(url) as bus, bus.subscribe(f"{p}.t") as sub:
+            await bus.publish(f"{p}.t", b"secret")
+            assert (await sub.next_msg(timeout=GUARD)).data == b"secret"
+        with pytest.raises(asyncipc.ConnectError):
+            await asyncipc.connect(tls.url + "?tls=1")  # the private CA is not trusted
+    finally:
+        tls.close()
+
+
+async def test_creds_file_passes_through(tmp_path: object, nats_server: str) -> None:
+    """A credentials file that does not exist is reported as nats-py reports it (the file
+    reaches nats-py: an operator/JWT setup is out of reach of these tests)."""
+    with pytest.raises((asyncipc.ConnectError, OSError, asyncipc.ConfigurationError)):
+        await asyncipc.connect(nats_server + "?creds=/nonexistent/user.creds")
+
+
+async def test_garbage_server_is_a_clear_connect_error() -> None:
+    async def junk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\n\x00\xffgarbage\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.5)
+        writer.close()
+
+    srv = await asyncio.start_server(junk, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises((asyncipc.ConnectError, asyncipc.ProtocolError), match="NATS"):
+            async with asyncio.timeout(GUARD):
+                await asyncipc.connect(f"nats://127.0.0.1:{port}")
+    finally:
+        srv.close()
+        await srv.wait_closed()
+
+
+async def test_nobody_listening_is_a_connect_error() -> None:
+    with pytest.raises(asyncipc.ConnectError, match="cannot connect"):
+        async with asyncio.timeout(GUARD):
+            await asyncipc.connect(f"nats://127.0.0.1:{free_port()}")
+
+
+async def test_oversized_is_refused_before_sending(nats_server: str, p: str) -> None:
+    """The server's max_payload (8 MiB here) bounds payload and headers together."""
+    async with asyncipc.connect(nats_server) as bus, bus.subscribe(f"{p}.x") as sub:
+        assert bus.max_payload < 8 * 1024 * 1024
+        with pytest.raises(asyncipc.FrameTooLarge):
+            await bus.publish(f"{p}.x", b"\0" * (8 * 1024 * 1024 + 1))
+        with pytest.raises(asyncipc.FrameTooLarge):
+            # Under the payload bound, over it with its headers.
+            await bus.publish(f"{p}.x", b"\0" * bus.max_payload, headers={"big": "v" * 1000})
+        await bus.publish(f"{p}.x", b"after")
+        assert (await sub.next_msg(timeout=GUARD)).data == b"after"
+
+
+async def test_sys_subjects_are_refused(nats_server: str) -> None:
+    async with asyncipc.connect(nats_server) as bus:
+        with pytest.raises(asyncipc.ConfigurationError, match=r"\$sys\."):
+            await bus.publish("$sys.anything", b"")
+        with pytest.raises(asyncipc.ConfigurationError, match="nats://"):
+            await bus.stream("orders", ["orders.>"])
+
+
+async def test_urls_that_cannot_go_together(nats_server: str, tmp_path: object) -> None:
+    with pytest.raises(asyncipc.ConfigurationError, match="share a list"):
+        await asyncipc.connect([nats_server, "unix:///tmp/nope.sock"])
+    with pytest.raises(asyncipc.ConfigurationError, match="client transport"):
+        await asyncipc.Broker().listen(nats_server)
+
+
+async def test_a_comma_separated_url_is_a_list(nats_cluster: NatsCluster, p: str) -> None:
+    one = "nats://" + ",".join(u.removeprefix("nats://") for u in nats_cluster.urls)
+    async with asyncipc.connect(one) as bus, bus.subscribe(f"{p}.x") as sub:
+        await bus.publish(f"{p}.x", b"hi")
+        assert (await sub.next_msg(timeout=GUARD)).data == b"hi"
