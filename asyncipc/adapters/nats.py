@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import ssl as _ssl
 from collections import deque
@@ -534,6 +535,11 @@ class NatsTransport:
         if "user" in q:
             kwargs["user"] = q["user"]
             kwargs["password"] = q.get("password", "")
+        if ("creds" in q or "nkey" in q) and importlib.util.find_spec("nkeys") is None:
+            raise ConfigurationError(
+                f"{url.raw}: NATS credentials and nkeys need the nkeys package: "
+                "pip install 'nats-py[nkeys]'"
+            )
         if "creds" in q:
             kwargs["user_credentials"] = q["creds"]
         if "nkey" in q:
@@ -575,7 +581,12 @@ class NatsTransport:
         except (nats_errors.NoServersError, OSError, TimeoutError, nats_errors.Error) as exc:
             cause: Exception = first_error[0] if first_error else exc
             with contextlib.suppress(Exception):
-                await link.nc.close()
+                async with asyncio.timeout(1):  # after a failed TLS handshake it can hang
+                    await link.nc.close()
+            transport = getattr(link.nc, "_transport", None)
+            if transport is not None:  # what nats-py's close may have left open
+                with contextlib.suppress(Exception):
+                    transport.close()
             if (
                 isinstance(cause, nats_errors.AuthorizationError)
                 or "authorization" in str(cause).lower()
@@ -583,6 +594,8 @@ class NatsTransport:
                 raise AuthenticationError(
                     f"{url.raw}: the NATS server refused us: {cause}"
                 ) from None
+            if isinstance(cause, _ssl.SSLError):
+                raise ConnectError(f"{url.raw}: TLS with the NATS server failed: {cause}") from None
             if isinstance(cause, (nats_errors.ProtocolError, ValueError, KeyError)):
                 raise ProtocolError(
                     f"{url.raw}: not a NATS server (its greeting did not parse): {cause!r}"
