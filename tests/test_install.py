@@ -1,5 +1,5 @@
 """``pip install asyncipc`` with no extras: a light install that works, and adapters that
-say which extra they need (pyproject.toml's ``grpc``, ``http`` and ``all``).
+say which extra they need (pyproject.toml's ``grpc``, ``http``, ``nats`` and ``all``).
 
 The first tests build a fresh virtual environment and ``pip install`` this source tree into
 it the way a user would (dependencies from the package index, no ``--no-deps``), then run
@@ -31,6 +31,7 @@ ADAPTER_DISTRIBUTIONS = {
     "grpcio-health-checking",
     "grpcio-reflection",
     "aiohttp",
+    "nats-py",
 }
 
 pytestmark = pytest.mark.timeout(240)  # pip may have to fetch anyio and uvloop first
@@ -194,13 +195,18 @@ async def attempts():
         async with asyncipc.Broker() as broker:
             await broker.listen("http://127.0.0.1:0")
 
+    async def connect_nats():
+        await asyncipc.connect("nats://127.0.0.1:1")
+
     async def import_grpc():
         import asyncipc.adapters.grpc
 
     async def import_stubs():
         from asyncipc.adapters.grpc.proto import bus_pb2
 
-    for attempt in (connect_grpc, connect_https, listen_http, import_grpc, import_stubs):
+    for attempt in (
+        connect_grpc, connect_https, listen_http, import_grpc, import_stubs, connect_nats
+    ):
         try:
             await attempt()
         except asyncipc.ConfigurationError as exc:
@@ -216,6 +222,7 @@ asyncio.run(main())
 """
 
 GRPC = "grpc:// needs the gRPC adapter's packages: pip install 'asyncipc[grpc]' (missing module"
+NATS = "nats:// needs the NATS adapter's packages: pip install 'asyncipc[nats]' (missing module"
 HTTP = "needs the REST adapter's packages: pip install 'asyncipc[http]' (missing module 'aiohttp')"
 
 
@@ -232,6 +239,10 @@ def test_a_plain_install_names_the_extra_an_adapter_needs(plain: PlainInstall) -
         assert message.startswith("http://"), (name, message)
         assert HTTP in message, (name, message)
         assert cause == "ModuleNotFoundError", name
+
+    message, cause = outcomes["connect_nats"]
+    assert message.startswith(NATS), message
+    assert cause == "ModuleNotFoundError"
 
     cli = plain.run("asyncipc", "broker", "--grpc", "127.0.0.1:0")
     assert cli.returncode == 2, cli.stderr  # EXIT_USAGE, before anything is bound
@@ -256,6 +267,7 @@ except asyncipc.ConfigurationError as exc:
         ("grpc_health", "grpc", "grpc"),
         ("grpc_reflection", "grpc", "grpc"),
         ("aiohttp", "http", "http"),
+        ("nats", "nats", "nats"),
     ],
 )
 def test_a_partly_installed_extra_is_named_with_its_missing_module(
