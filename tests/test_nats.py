@@ -292,3 +292,13 @@ async def test_a_comma_separated_url_is_a_list(nats_cluster: NatsCluster, p: str
     async with asyncipc.connect(one) as bus, bus.subscribe(f"{p}.x") as sub:
         await bus.publish(f"{p}.x", b"hi")
         assert (await sub.next_msg(timeout=GUARD)).data == b"hi"
+
+
+async def test_a_header_name_nats_cannot_carry_is_refused(nats_server: str, p: str) -> None:
+    async with asyncipc.connect(nats_server) as bus, bus.subscribe(f"{p}.h") as sub:
+        with pytest.raises(asyncipc.ConfigurationError, match="header name"):
+            await bus.publish(f"{p}.h", b"", headers={"with space": "v"})
+        await bus.publish(f"{p}.h", b"ok", headers={"trace-id": "  padded  "})
+        msg = await sub.next_msg(timeout=GUARD)
+        assert msg.data == b"ok"
+        assert msg.headers == {"trace-id": "padded"}  # NATS trims values

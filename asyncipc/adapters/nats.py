@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import importlib.util
 import logging
+import re
 import ssl as _ssl
 from collections import deque
 from typing import Any
@@ -71,6 +72,8 @@ INBOX_LIMIT = 64 * 1024 * 1024
 subscription); past it messages are dropped, as nats-py's own slow-consumer limit does:
 a NATS server cannot be held back by one subscriber (docs/transports.md, NATS)."""
 _OVERHEAD = 64
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+"""What nats-py accepts as a header name (it refuses others when sending)."""
 # nats-py's status header ("NATS/1.0 503" becomes {"Status": "503"}).
 _NATS_STATUS = "Status"
 
@@ -226,7 +229,15 @@ class NatsLink(Link):
                 "is none on nats:// (streams and signals are not available there: "
                 "docs/transports.md, NATS)"
             )
-        size = len(data) + (sum(len(k) + len(v) + 4 for k, v in headers.items()) if headers else 0)
+        size = len(data)
+        if headers:
+            for key, value in headers.items():
+                if not _HEADER_NAME.fullmatch(key):
+                    raise ConfigurationError(
+                        f"header name {key!r} cannot travel on NATS (an HTTP token: letters, "
+                        "digits and !#$%&'*+-.^_`|~)"
+                    )
+                size += len(key) + len(value) + 4
         if size + 12 > self.nc.max_payload:  # 12: "NATS/1.0\r\n\r\n"
             raise FrameTooLarge(
                 f"message of {size} bytes with its headers exceeds the NATS server's "
