@@ -211,7 +211,8 @@ def connect(
     token, unless one is given), else ``memory://``, the embedded broker of this event
     loop; an explicit ``memory://`` is always the embedded broker. Schemes:
     ``memory://[name]``, ``unix:///path.sock``, ``tcp://host:port``, ``tls://host:port``,
-    ``fifo:///path``, ``pipe:`` (in a child started by :meth:`Broker.spawn`), and any a
+    ``fifo:///path``, ``pipe:`` (in a child started by :meth:`Broker.spawn`),
+    ``nats://h1:4222,h2:4222`` (a NATS cluster, with the ``nats`` extra), and any a
     transport module registered. ``?token=`` in the URL sets the token.
 
     A list of URLs (``["unix:///run/a.sock", "tcp://10.0.0.2:4222"]``) names brokers
