@@ -50,7 +50,20 @@ from ..errors import (
     ProtocolError,
 )
 from ..link import Link, LinkReceiver, PeerInfo, SelfHealingReceiver
-from ..protocol import PONG, PROTOCOL_VERSION, Frame, Headers, Hello, Ping, Pub, Sub, Unsub, Welcome
+from ..protocol import (
+    PONG,
+    PROTOCOL_VERSION,
+    Err,
+    ErrorCode,
+    Frame,
+    Headers,
+    Hello,
+    Ping,
+    Pub,
+    Sub,
+    Unsub,
+    Welcome,
+)
 from ..protocol.system import NO_RESPONDERS_STATUS, RESERVED_PREFIX, STATUS_HEADER
 from ..transports import URL, TransportOptions, register
 from . import missing_extra
@@ -352,7 +365,11 @@ class NatsLink(Link):
                             await self._up.wait()
                 if self.nc.is_closed:
                     raise
-            except (nats_errors.BadHeaderError, nats_errors.MaxPayloadError) as exc:
+            except (
+                nats_errors.BadHeaderError,
+                nats_errors.MaxPayloadError,
+                nats_errors.BadSubjectError,
+            ) as exc:
                 log.warning("nats: message on %r not sent: %r", subject, exc)
                 return
 
@@ -362,7 +379,14 @@ class NatsLink(Link):
         # a message may come back before subscribe() returns.
         expected = nc._sid + 1
         self._sids[expected] = sid
-        sub = await nc.subscribe(subject, queue=queue or "")
+        try:
+            sub = await nc.subscribe(subject, queue=queue or "")
+        except (nats_errors.BadSubjectError, nats_errors.BadSubscriptionError) as exc:
+            # asyncipc validated it; should NATS still refuse, the subscription ends with
+            # InvalidSubject, as a broker's refusal would, and the link goes on.
+            self._sids.pop(expected, None)
+            self._incoming(Err(ErrorCode.INVALID_SUBJECT, f"NATS refused {subject!r}: {exc}", sid))
+            return
         if sub._id != expected:
             self._sids.pop(expected, None)
             self._sids[sub._id] = sid
