@@ -279,13 +279,14 @@ class Bus:
 
     # --- a link that reconnects by itself (nats://: nats-py does; link.SelfHealingReceiver)
 
-    def link_interrupted(self, cause: BaseException) -> None:
+    def link_interrupted(self, cause: BaseException, address: str) -> None:
         """The link's own client lost its server and reconnects: the bus stays up (what is
         published waits in that client's buffer, subscriptions are its to restore), and a
         request in flight fails now with Disconnected, as when the bus itself redials."""
         if self._closing or self._lost is not None or self._interrupted:
             return
         self._interrupted = True
+        self._link_url = address
         log.warning("%s: connection lost (%s); reconnecting", self._link_url, cause)
         for fut, asked in self._requests.values():
             if not fut.done():

@@ -88,8 +88,9 @@ class SelfHealingReceiver(Protocol):
     receiver, which checks for these methods with ``isinstance``. The Bus implements them;
     the broker never meets such a link."""
 
-    def link_interrupted(self, cause: BaseException) -> None:
-        """The channel lost its server and is reconnecting; frames sent meanwhile wait."""
+    def link_interrupted(self, cause: BaseException, address: str) -> None:
+        """The channel lost its server, at ``address``, and is reconnecting; frames sent
+        meanwhile wait."""
 
     def link_resumed(self, address: str) -> None:
         """The channel is up again, at ``address``, with every subscription restored."""

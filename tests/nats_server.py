@@ -54,7 +54,12 @@ class NatsServer:
     """One nats-server on 127.0.0.1; ``extra`` are more command-line arguments."""
 
     def __init__(
-        self, *extra: str, port: int | None = None, name: str = "", max_payload: int = 0
+        self,
+        *extra: str,
+        port: int | None = None,
+        name: str = "",
+        max_payload: int = 0,
+        config: str = "",
     ) -> None:
         binary = nats_server_binary()
         if binary is None:
@@ -63,10 +68,12 @@ class NatsServer:
         self.name = name or f"n{self.port}"
         self.args = [binary, "-a", "127.0.0.1", "-p", str(self.port), "-n", self.name, *extra]
         if max_payload:  # only a configuration file sets it
+            config += f"\nmax_payload: {max_payload}\n"
+        if config:
             self.conf = tempfile.NamedTemporaryFile(  # noqa: SIM115 - read by the server
                 "w", prefix="nats-", suffix=".conf", delete=False
             )
-            self.conf.write(f"max_payload: {max_payload}\n")
+            self.conf.write(config)
             self.conf.close()
             self.args += ["-c", self.conf.name]
         self.log = tempfile.NamedTemporaryFile(prefix="nats-", suffix=".log", delete=False)  # noqa: SIM115 - kept open while the server runs

@@ -78,7 +78,13 @@ async def test_a_list_of_urls_fails_over_when_its_node_is_killed(
         assert (await to_roamer.next_msg(timeout=GUARD)).data == b"before"
 
         nats_cluster.servers[0].kill()
-        assert await collect(events, "reconnected") == ["disconnected", "reconnected"]
+        async with asyncio.timeout(GUARD):
+            down = await anext(events)
+            up = await anext(events)
+        assert (down.kind, down.url) == ("disconnected", urls[0])
+        assert up.kind == "reconnected"
+        assert up.url in urls[1:]
+        assert roamer.connected_url == up.url
         assert roamer.is_connected
         assert str(nats_cluster.servers[0].port) not in str(roamer.connected_url)
         await roamer.flush(timeout=GUARD)
@@ -302,3 +308,31 @@ async def test_a_header_name_nats_cannot_carry_is_refused(nats_server: str, p: s
         msg = await sub.next_msg(timeout=GUARD)
         assert msg.data == b"ok"
         assert msg.headers == {"trace-id": "padded"}  # NATS trims values
+
+
+PERMISSIONS = """
+authorization {
+  users = [
+    {user: alice, password: pw, permissions: {publish: {deny: ["secret.>"]}}}
+  ]
+}
+"""
+
+
+async def test_a_permission_violation_is_an_error_event_and_the_bus_goes_on(p: str) -> None:
+    server = NatsServer(config=PERMISSIONS)
+    try:
+        url = f"nats://alice:pw@127.0.0.1:{server.port}"
+        async with asyncipc.connect(url) as bus, bus.subscribe(f"{p}.ok") as sub:
+            events = bus.events().__aiter__()
+            await bus.publish("secret.plans", b"no")
+            async with asyncio.timeout(GUARD):
+                event = await anext(events)
+            assert event.kind == "error"
+            assert isinstance(event.error, asyncipc.BrokerError)
+            assert "permissions violation" in str(event.error)
+            await bus.publish(f"{p}.ok", b"yes")
+            assert (await sub.next_msg(timeout=GUARD)).data == b"yes"
+            assert bus.is_connected
+    finally:
+        server.close()

@@ -42,6 +42,7 @@ from urllib.parse import urlsplit
 from ..errors import (
     AuthenticationError,
     BrokenLinkError,
+    BrokerError,
     ClosedError,
     ConfigurationError,
     ConnectError,
@@ -111,6 +112,12 @@ def servers_of(url: URL) -> list[str]:
     if not servers:
         raise ConfigurationError(f"{url.raw!r} names no NATS server")
     return servers
+
+
+def _address(server: str) -> str:
+    """A server URL without its user info: what events and logs may show."""
+    scheme, _, rest = server.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}"
 
 
 def _tls_context(url: URL, given: _ssl.SSLContext | None) -> _ssl.SSLContext | None:
@@ -510,13 +517,14 @@ class NatsLink(Link):
         self._up.clear()
         r = self._healing()
         if r is not None:
-            r.link_interrupted(BrokenLinkError(f"lost the NATS server at {self.peer.address}"))
+            where = self.peer.address
+            r.link_interrupted(BrokenLinkError(f"lost the NATS server at {where}"), where)
 
     async def _on_reconnected(self) -> None:
         self._up.set()
         where = self.nc.connected_url
         if where is not None:
-            self.peer = PeerInfo("nats", where.geturl())
+            self.peer = PeerInfo("nats", _address(where.geturl()))
         r = self._healing()
         if r is not None and not self._lost:
             r.link_resumed(self.peer.address)
@@ -539,7 +547,9 @@ class NatsLink(Link):
         log.debug("nats: %r", exc)
         r = self._healing()
         if r is not None and not isinstance(exc, quiet) and not self._lost:
-            r.link_error(exc)
+            text = str(exc).removeprefix("nats: ")
+            code = ErrorCode.PERMISSION if "permission" in text.lower() else ErrorCode.PROTOCOL
+            r.link_error(BrokerError(code, f"NATS server: {text}"))
 
 
 class NatsTransport:
@@ -587,7 +597,7 @@ class NatsTransport:
             kwargs["tls"] = tls
             if "tls_hostname" in q:
                 kwargs["tls_hostname"] = q["tls_hostname"]
-        link = NatsLink(",".join(servers), options)
+        link = NatsLink(",".join(_address(s) for s in servers), options)
         first_error: list[Exception] = []
 
         async def on_error(exc: Exception) -> None:
@@ -645,7 +655,7 @@ class NatsTransport:
         link.nc.options["allow_reconnect"], link.nc.options["max_reconnect_attempts"] = reconnecting
         where = link.nc.connected_url
         if where is not None:
-            link.peer = PeerInfo("nats", where.geturl())
+            link.peer = PeerInfo("nats", _address(where.geturl()))
         link.start()
         return link
 
