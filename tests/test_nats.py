@@ -336,3 +336,50 @@ async def test_a_permission_violation_is_an_error_event_and_the_bus_goes_on(p: s
             assert bus.is_connected
     finally:
         server.close()
+
+
+async def test_close_while_reconnecting_is_bounded(server: NatsServer, p: str) -> None:
+    """close() while nats-py reconnects to a server that never comes back: the drain
+    waits at most drain_timeout, then the bus is closed."""
+    options = asyncipc.ConnectOptions(drain_timeout=0.5)
+    bus = await asyncipc.connect(server.url, options=options)
+    events = bus.events().__aiter__()
+    bus.subscribe(f"{p}.x")
+    server.kill()
+    assert await collect(events, "disconnected") == ["disconnected"]
+    await bus.publish(f"{p}.x", b"never sent")
+    async with asyncio.timeout(GUARD):
+        await bus.close()
+    assert bus.is_closed
+
+
+async def test_block_beyond_the_link_bound_drops_and_counts(
+    nats_server: str, p: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past INBOX_LIMIT a paused link drops what arrives (NATS's slow consumer) and
+    counts it; what is kept stays in order."""
+    from asyncipc.adapters import nats as adapter
+
+    monkeypatch.setattr(adapter, "INBOX_LIMIT", 1024 * 1024)
+    n, size = 64, 64 * 1024  # 4 MiB against a 1 MiB bound
+    async with asyncipc.connect(nats_server) as pub, asyncipc.connect(nats_server) as subbus:
+        sub = subbus.subscribe(f"{p}.b", max_pending=2)
+        await subbus.flush()
+        for i in range(n):
+            await pub.publish(f"{p}.b", i.to_bytes(4, "big") * (size // 4))
+        await pub.flush()
+        await asyncio.sleep(0.3)  # (a flush of subbus would wait behind the paused link)
+        link = subbus._link
+        assert isinstance(link, adapter.NatsLink)
+        assert link.dropped > 0
+        got = []
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=0.5)
+            except asyncipc.RequestTimeout:
+                break
+            except TimeoutError:
+                break
+            got.append(int.from_bytes(msg.data[:4], "big"))
+        assert got == sorted(got)
+        assert len(got) + link.dropped == n
