@@ -74,7 +74,7 @@ try:
     from nats.aio.client import Client as _NatsClient
     from nats.aio.subscription import Subscription as _NatsSub
 except ModuleNotFoundError as exc:  # a plain install: say which extra adds it
-    raise missing_extra("nats://", "NATS adapter", "nats", exc) from None
+    raise missing_extra("nats://", "NATS adapter", "nats", exc) from exc
 
 __all__ = ["NatsLink", "NatsTransport", "servers_of"]
 
