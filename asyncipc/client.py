@@ -78,7 +78,7 @@ class Bus:
         self.url = url
         self.options = options
         self._link = link
-        self._link_url = url
+        self._link_url = link.reached or url
         # Reconnecting: who to dial, the task that does, and what publish() held meanwhile.
         self._dialer = dialer if dialer is not None and options.reconnect else None
         self._up = False  # a welcomed link carries our frames: publish()'s one check

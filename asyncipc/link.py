@@ -108,6 +108,9 @@ class Link(abc.ABC):
     """The largest frame this side will *send*: the smaller of ours and the peer's."""
     in_process: bool = False
     """True when frames cross without encoding (memory); no keep-alive pings are needed."""
+    reached: str | None = None
+    """For a URL that names several servers (``nats://h1,h2``): the one this link reached,
+    which the Bus reports as its ``connected_url``. ``None``: the URL dialled."""
 
     @abc.abstractmethod
     def set_receiver(self, receiver: LinkReceiver) -> None:

@@ -656,6 +656,7 @@ class NatsTransport:
         where = link.nc.connected_url
         if where is not None:
             link.peer = PeerInfo("nats", _address(where.geturl()))
+            link.reached = link.peer.address
         link.start()
         return link
 
