@@ -382,3 +382,46 @@ async def test_block_beyond_the_link_bound_drops_and_counts(
             got.append(int.from_bytes(msg.data[:4], "big"))
         assert got == sorted(got)
         assert len(got) + link.dropped == n
+
+
+async def test_past_the_reconnect_buffer_publishers_wait_for_the_server(
+    server: NatsServer, p: str
+) -> None:
+    """While nats-py reconnects, publishes fill its buffer (reconnect_buffer bytes); past
+    it publish() waits, as over unix://, and everything goes once the server is back."""
+    # The publisher retries every second, the subscriber every 50 ms: the subscriber is
+    # back (subscribed) before the publisher's buffer goes out.
+    options = asyncipc.ConnectOptions(
+        reconnect_buffer=64 * 1024, high_water=64 * 1024, reconnect_max_delay=1.0
+    )
+    async with (
+        asyncipc.connect(server.url, options=options) as pub,
+        asyncipc.connect(
+            server.url, options=asyncipc.ConnectOptions(reconnect_max_delay=0.05)
+        ) as subbus,
+    ):
+        sub = subbus.subscribe(f"{p}.x")
+        await subbus.flush()
+        events = pub.events().__aiter__()
+        back = subbus.events().__aiter__()
+        server.kill()
+        assert await collect(events, "disconnected") == ["disconnected"]
+        n = 40  # 40 x 16 KiB: ten times the buffer
+
+        async def produce() -> None:
+            for i in range(n):
+                await pub.publish(f"{p}.x", i.to_bytes(4, "big") * 4096)
+
+        task = asyncio.create_task(produce())
+        await asyncio.sleep(0.5)
+        assert not task.done(), "publish() should wait while nats-py's buffer is full"
+        server.start()
+        assert await collect(back, "reconnected") == ["disconnected", "reconnected"]
+        async with asyncio.timeout(GUARD):
+            await task
+        await pub.flush(timeout=GUARD)
+        got = []
+        while len(got) < n:
+            msg = await sub.next_msg(timeout=GUARD)
+            got.append(int.from_bytes(msg.data[:4], "big"))
+        assert got == list(range(n))
