@@ -561,7 +561,7 @@ class NatsTransport:
         q = url.query
         kwargs: dict[str, Any] = {
             "servers": servers,
-            "connect_timeout": max(1, round(options.connect_timeout)),
+            "connect_timeout": max(0.1, options.connect_timeout),
             "name": q.get("name") or getattr(co, "name", "") or None,
             "allow_reconnect": bool(getattr(co, "reconnect", True)),
             "reconnect_time_wait": float(getattr(co, "reconnect_max_delay", 0.25)),
