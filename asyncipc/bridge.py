@@ -148,9 +148,11 @@ class Bridge:
     ``servers``: ``nats://h1:4222,h2:4222`` or a list of URLs. ``subjects``: the bridged
     patterns. ``max_pending``: bytes queued for NATS before new messages are dropped.
     ``backlog``: bytes the broker may hold for slow local subscribers before the bridge
-    stops reading NATS. ``reply_timeout``: how long a request's reply subject stays
-    mapped when the request carries no time-out. ``nats_options`` go to ``nats.connect``
-    (``user``, ``password``, ``token``, ``tls``, ``user_credentials``...).
+    stops taking messages from NATS. ``max_pending_in``: bytes nats-py then holds per
+    bridged subscription before it drops (a slow consumer). ``reply_timeout``: how long
+    a request's reply subject stays mapped when the request carries no time-out.
+    ``nats_options`` go to ``nats.connect`` (``user``, ``password``, ``token``, ``tls``,
+    ``user_credentials``...).
     """
 
     def __init__(
@@ -161,6 +163,7 @@ class Bridge:
         *,
         max_pending: int = MAX_PENDING,
         backlog: int = BACKLOG,
+        max_pending_in: int = SUB_PENDING_BYTES,
         reply_timeout: float = REPLY_TIMEOUT,
         drain_timeout: float = 5.0,
         nats_options: dict[str, Any] | None = None,
@@ -180,6 +183,7 @@ class Bridge:
         self.subjects = patterns
         self.max_pending = max_pending
         self.backlog = backlog
+        self.max_pending_in = max_pending_in
         self.reply_timeout = reply_timeout
         self.drain_timeout = drain_timeout
         self.nats_options = dict(nats_options or {})
@@ -267,13 +271,13 @@ class Bridge:
                     pattern,
                     cb=self._inbound_for(i),
                     pending_msgs_limit=SUB_PENDING_MSGS,
-                    pending_bytes_limit=SUB_PENDING_BYTES,
+                    pending_bytes_limit=self.max_pending_in,
                 )
             await nc.subscribe(
                 self.inbox + ".*",
                 cb=self._on_reply,
                 pending_msgs_limit=SUB_PENDING_MSGS,
-                pending_bytes_limit=SUB_PENDING_BYTES,
+                pending_bytes_limit=self.max_pending_in,
             )
             await nc.flush()
         except asyncio.CancelledError:
