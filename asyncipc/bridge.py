@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
     from nats.aio.msg import Msg
 
-__all__ = ["Bridge", "BridgeStats"]
+__all__ = ["Bridge", "BridgeStats", "require_nats"]
 
 log = logging.getLogger("asyncipc.bridge")
 
@@ -223,7 +223,7 @@ class Bridge:
         :class:`~asyncipc.ConfigurationError` if nats-py is not installed."""
         if self._closing:
             raise ClosedError("bridge is closed")
-        nats = _import_nats()
+        nats = require_nats()
         self._nc = nats.NATS()
         self.broker.add_relay(self)
         self._tasks.append(asyncio.create_task(self._run(), name="asyncipc-bridge"))
@@ -597,11 +597,13 @@ def _servers(servers: str | Sequence[str]) -> list[str]:
     return out
 
 
-def _import_nats() -> Any:
+def require_nats() -> Any:
+    """The ``nats`` package, or :class:`~asyncipc.ConfigurationError` naming the extra
+    (``asyncipc[nats]``) that brings it."""
     try:
         import nats
     except ModuleNotFoundError as exc:
         from .adapters import missing_extra
 
-        raise missing_extra("--bridge", "NATS bridge", "nats", exc) from None
+        raise missing_extra("the bridge to NATS", "NATS bridge", "nats", exc) from exc
     return nats
