@@ -239,6 +239,11 @@ class Bridge:
             )
 
     @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
+        return self._closing
+
+    @property
     def connected(self) -> bool:
         """Whether the NATS connection is up now."""
         return self.stats.connected
@@ -400,7 +405,7 @@ class Bridge:
             self._warn("a message on %s was not sent to NATS: the queue is full", subject)
             return
         nats_reply = ""
-        if reply is not None:
+        if reply is not None and not reply.startswith(RESERVED_PREFIX):
             # A local request: its answer comes back to our inbox, then to ``reply``.
             self._next_token += 1
             token = f"{self._next_token:x}"
@@ -477,7 +482,11 @@ class Bridge:
                 return  # replies cross only as replies; $sys. never
             if position and min(index.match(subject)) < position:
                 return  # an earlier pattern's subscription delivers it
-            await self._deliver(subject, msg.data, msg.reply or None, _headers(msg))
+            reply = msg.reply or None
+            if reply is not None and reply.startswith(RESERVED_PREFIX):
+                # A local responder's answer would be a request to this broker itself.
+                reply = None
+            await self._deliver(subject, msg.data, reply, _headers(msg))
 
         return inbound
 

@@ -258,8 +258,8 @@ class Broker:
 
     @property
     def bridges(self) -> list[Bridge]:
-        """The bridges to NATS this broker has (:meth:`bridge`)."""
-        return list(self._bridges)
+        """The bridges to NATS this broker has (:meth:`bridge`), but those closed."""
+        return [bridge for bridge in self._bridges if not bridge.closed]
 
     def session_closed(self, session: Session) -> None:
         """Package-internal: ``session`` has ended; forget it and the requests it made."""

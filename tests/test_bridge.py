@@ -276,9 +276,23 @@ async def test_subjects_outside_the_patterns_do_not_cross(
     assert remote.index("audit.remote") < remote.index("$sys.kill.1")
     assert bridge.wants("orders.a")
     assert not bridge.wants("audit.a")
+    assert not bridge.wants("_INBOX.abc.1")  # reply subjects only while a request is out
     assert not bridge.wants("$sys.stream.info")
     with pytest.raises(ConfigurationError):
         await broker.bridge(server.url, ["$sys.>"])
+
+
+async def test_a_sys_reply_subject_from_nats_is_not_kept(
+    broker: asyncipc.Broker, server: NatsServer, nc: Any
+) -> None:
+    """A NATS client may not make a local responder publish on ``$sys.``: such a reply
+    subject is dropped and the message comes in as a plain publish."""
+    await _bridge(broker, server)
+    async with asyncipc.connect(broker.urls[0]) as bus, bus.subscribe("orders.>") as sub:
+        await bus.flush()
+        await nc.publish("orders.x", b"x", reply="$sys.kill.1")
+        msg = await sub.next_msg(timeout=5)
+        assert msg.reply_to is None
 
 
 async def test_requests_cross_both_ways(
@@ -529,6 +543,8 @@ async def test_close_sends_what_is_queued_then_stops_relaying(
     await _eventually(lambda: len(got) >= 100, what=lambda: (bridge.stats, got))
     await asyncio.sleep(0.2)
     assert got == [b"%d" % i for i in range(100)]
+    assert bridge.closed
+    assert broker.bridges == []
 
 
 def test_the_broker_command_bridges(tmp_path: Path, server: NatsServer) -> None:
