@@ -620,3 +620,18 @@ def test_the_broker_command_checks_its_bridge_flags(
     )
     assert result.returncode == 2
     assert message in result.stderr
+
+
+async def test_a_bridge_that_never_connected_closes_at_once(tmp_path: Path) -> None:
+    port = _free_port()  # nothing listens there
+    broker = asyncipc.Broker()
+    await broker.listen(f"unix://{tmp_path}/n.sock")
+    bridge = await broker.bridge(f"nats://127.0.0.1:{port}", SUBJECTS, wait=0.1)
+    assert not bridge.connected
+    async with asyncipc.connect(broker.urls[0]) as bus:
+        await bus.publish("orders.x", b"queued, never sent")
+        await bus.flush()
+    assert bridge.stats.queued == 1
+    async with asyncio.timeout(5):
+        await broker.close()
+    assert bridge.stats.dropped_out == 1
