@@ -382,8 +382,10 @@ class Bridge:
     def wants(self, subject: str) -> bool:
         """A subject of the bridged patterns (never ``$sys.``, never an inbox), or the
         NATS reply subject of a request that came in from NATS."""
+        if subject in self._in_replies:
+            return True
         if subject.startswith(INBOX):
-            return subject in self._in_replies
+            return False
         known = self._wants.get(subject)
         if known is None:
             known = not subject.startswith(RESERVED_PREFIX) and bool(self._index.match(subject))

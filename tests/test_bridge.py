@@ -329,6 +329,36 @@ async def test_requests_cross_both_ways(
     assert bridge.stats.requests_in == 101
 
 
+async def test_a_reply_subject_of_any_name_goes_back(
+    broker: asyncipc.Broker, server: NatsServer, nc: Any
+) -> None:
+    """Reply subjects that are not inboxes (and not bridged) work both ways too."""
+    await _bridge(broker, server)
+    answers: list[bytes] = []
+
+    async def on_answer(msg: Any) -> None:
+        answers.append(msg.data)
+
+    async def job(msg: Any) -> None:
+        await nc.publish(msg.reply, b"done by nats")
+
+    await nc.subscribe("results.from-local", cb=on_answer)
+    await nc.subscribe("pricing.job", cb=job)
+    await _interest(nc)
+    async with asyncipc.connect(broker.urls[0]) as bus:
+
+        @bus.handler("orders.job")
+        async def local_job(msg: asyncipc.Message) -> bytes:
+            return b"done here"
+
+        async with bus.subscribe("results.from-nats") as results:
+            await bus.flush()
+            await nc.publish("orders.job", b"", reply="results.from-local")
+            await _eventually(lambda: answers == [b"done here"])
+            await bus.publish("pricing.job", b"", reply_to="results.from-nats")
+            assert (await results.next_msg(timeout=5)).data == b"done by nats"
+
+
 async def test_no_responders_on_either_side(
     broker: asyncipc.Broker, server: NatsServer, nc: Any
 ) -> None:
