@@ -48,9 +48,9 @@ class NatsServer:
         self.url = f"nats://127.0.0.1:{port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, *extra: str) -> None:
         self.proc = subprocess.Popen(
-            [_nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port)],
+            [_nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), *extra],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -416,6 +416,60 @@ async def test_the_bridge_survives_a_nats_restart(
             assert (await bus.request("pricing.quote", b"", timeout=5)).data == b"q"
     finally:
         await nc.close()
+
+
+async def test_the_bridge_moves_to_another_node_of_the_cluster(
+    broker: asyncipc.Broker,
+) -> None:
+    """Two nats-servers routed into one cluster; the bridge is given both URLs. When the node
+    it is on dies, it continues on the other one, interest and all."""
+    one, two = NatsServer(_free_port()), NatsServer(_free_port())
+    r1, r2 = _free_port(), _free_port()
+    one.start("--cluster_name", "t", "--cluster", f"nats://127.0.0.1:{r1}", "--routes",
+              f"nats://127.0.0.1:{r2}")  # fmt: skip
+    two.start("--cluster_name", "t", "--cluster", f"nats://127.0.0.1:{r2}", "--routes",
+              f"nats://127.0.0.1:{r1}")  # fmt: skip
+    try:
+        bridge = await broker.bridge(
+            [one.url, two.url], SUBJECTS, nats_options={"dont_randomize": True}
+        )
+        assert bridge.stats.server == one.url
+        nc = await nats.connect(two.url)
+        try:
+            got: list[bytes] = []
+
+            async def on_nats(msg: Any) -> None:
+                got.append(msg.data)
+
+            await nc.subscribe("orders.>", cb=on_nats)
+            await _interest(nc)
+            async with (
+                asyncipc.connect(broker.urls[0]) as bus,
+                bus.subscribe("pricing.>") as sub,
+            ):
+                await bus.flush()
+
+                async def through_the_route() -> bool:
+                    await bus.publish("orders.probe", b"probe")
+                    await asyncio.sleep(0.05)
+                    return b"probe" in got
+
+                for _ in range(100):  # until the two nodes have their route up
+                    if await through_the_route():
+                        break
+                one.stop()
+                await _eventually(lambda: bridge.connected and bridge.stats.connects == 2, 10)
+                assert bridge.stats.server == two.url
+                await asyncio.sleep(0.1)  # its interest, as in _interest
+                await bus.publish("orders.after", b"out")
+                await _eventually(lambda: b"out" in got)
+                await nc.publish("pricing.after", b"in")
+                assert (await sub.next_msg(timeout=5)).data == b"in"
+        finally:
+            await nc.close()
+    finally:
+        one.stop()
+        two.stop()
 
 
 async def test_messages_published_while_nats_is_down_are_sent_after(
