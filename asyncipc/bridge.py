@@ -79,6 +79,8 @@ SUB_PENDING_BYTES = 64 << 20
 """What nats-py holds per bridged subscription while the local side is behind; past it
 nats-py drops (a slow consumer, counted in ``dropped_in``)."""
 BACKLOG_POLL = 0.005
+ERROR_EVERY = 5.0
+"""Seconds between two warnings about NATS errors (the others are logged at debug)."""
 WANTS_CACHE = 4096
 
 
@@ -198,8 +200,8 @@ class Bridge:
         self._out_replies: dict[str, tuple[str, bool]] = {}
         self._out_expiry: list[tuple[float, str]] = []
         self._next_token = 0
-        # NATS requests that came in: their NATS reply subject -> expiry.
-        self._in_replies: dict[str, float] = {}
+        # NATS requests that came in: their NATS reply subjects (expiring by _in_expiry).
+        self._in_replies: dict[str, None] = {}
         self._in_expiry: list[tuple[float, str]] = []
         self._queue: deque[_Out] = deque()
         self._wake = asyncio.Event()
@@ -211,6 +213,7 @@ class Bridge:
         self._closing = False
         self._closed = asyncio.Event()
         self._warned = 0.0
+        self._error_said = -ERROR_EVERY
         self._next_look = 0.0
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -268,6 +271,7 @@ class Bridge:
             "error_cb": self._on_error,
             "disconnected_cb": self._on_disconnected,
             "reconnected_cb": self._on_reconnected,
+            "closed_cb": self._on_closed,
         }
         try:
             await nc.connect(**options)  # retries until a server answers
@@ -336,7 +340,21 @@ class Bridge:
             return
         if self._closing:
             return
-        log.debug("bridge: %s", exc)
+        # Refused connections while a server restarts, refused credentials, a server's
+        # -ERR: said, but at most every few seconds (nats-py retries twice a second).
+        now = time.monotonic()
+        if now - self._error_said >= ERROR_EVERY:
+            self._error_said = now
+            log.warning("bridge: NATS at %s: %r", ",".join(self.servers), exc)
+        else:
+            log.debug("bridge: NATS: %r", exc)
+
+    async def _on_closed(self) -> None:
+        if not self._closing:
+            # Only with a finite max_reconnect_attempts in nats_options.
+            self.stats.connected = False
+            self._up.clear()
+            log.error("bridge: nats-py gave up reconnecting; nothing crosses any more")
 
     async def close(self) -> None:
         """Stop relaying: what is queued for NATS is sent (bounded by ``drain_timeout``),
@@ -507,7 +525,7 @@ class Bridge:
         stats = self.stats
         if reply is not None:
             stats.requests_in += 1
-            self._in_replies[reply] = 0.0
+            self._in_replies[reply] = None
             self._track(self._in_expiry, reply, headers, self._in_replies)
         stats.messages_in += 1
         stats.bytes_in += len(data)
