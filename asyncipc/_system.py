@@ -44,6 +44,7 @@ from .protocol.system import (
     STATUS_HEADER,
     STREAM_PREFIX,
 )
+from .subjects import matches
 
 __all__ = ["Process", "handle", "process_of", "refusal"]
 
@@ -157,17 +158,6 @@ def handle(
             session.send_error(ErrorCode.PERMISSION, text)
 
 
-def _matches(pattern: str, subject: str) -> bool:
-    want = pattern.split(".")
-    have = subject.split(".")
-    for i, token in enumerate(want):
-        if token == ">":
-            return len(have) > i
-        if i >= len(have) or (token != "*" and token != have[i]):
-            return False
-    return len(want) == len(have)
-
-
 def _loopback(
     session: Session,
     subject: str,
@@ -180,7 +170,7 @@ def _loopback(
     link = session.link
     groups: set[str] = set()
     for route in list(session.routes.values()):
-        if not _matches(route.subject, subject):
+        if not matches(route.subject, subject):
             continue
         if route.queue is not None:
             if route.queue in groups:

@@ -47,6 +47,7 @@ from .streams.manager import StreamManager
 from .transports import URL, TransportOptions, lookup, parse_url
 
 if TYPE_CHECKING:
+    from .bridge import Bridge
     from .transports.pipe import PipeChild
 
 __all__ = ["Broker", "BrokerAdapter", "BrokerStats", "Relay", "TransportStats"]
@@ -130,6 +131,7 @@ class Broker:
         self._relays: list[Relay] = []
         self._relaying = False
         self._stream_relay: Relay | None = None
+        self._bridges: list[Bridge] = []
 
     async def start(self) -> None:
         """Open the store: recover every stream and consumer under ``store``. Called by
@@ -228,6 +230,36 @@ class Broker:
         child = await spawn_child(self.attach, argv, opts, env=env, **popen_kwargs)
         self._unadopted.add(child.link)
         return child
+
+    async def bridge(
+        self,
+        url: str | Sequence[str],
+        subjects: Sequence[str],
+        *,
+        wait: float | None = 5.0,
+        **options: Any,
+    ) -> Bridge:
+        """Bridge ``subjects`` (patterns) to the NATS cluster at ``url``
+        (``nats://h1:4222,h2:4222`` or a list of URLs): messages on them flow both ways,
+        each once, and requests cross both ways. Returns the :class:`~asyncipc.bridge.Bridge`
+        (``stats``, ``close()``); :meth:`close` closes it too. Waits up to ``wait`` seconds
+        for the first connection, then keeps trying in the background. ``options``:
+        ``max_pending``, ``backlog``, ``reply_timeout``, ``nats_options`` (see
+        ``docs/bridge.md``). Needs ``pip install 'asyncipc[nats]'``."""
+        if self._closing:
+            raise ClosedError("broker is closed")
+        from .bridge import Bridge  # nats-py is an extra: loaded on first use
+
+        options.setdefault("drain_timeout", self.options.drain_timeout)
+        bridge = Bridge(self, url, subjects, **options)
+        self._bridges.append(bridge)
+        await bridge.start(wait)
+        return bridge
+
+    @property
+    def bridges(self) -> list[Bridge]:
+        """The bridges to NATS this broker has (:meth:`bridge`), but those closed."""
+        return [bridge for bridge in self._bridges if not bridge.closed]
 
     def session_closed(self, session: Session) -> None:
         """Package-internal: ``session`` has ended; forget it and the requests it made."""
@@ -388,6 +420,10 @@ class Broker:
                 log.warning("gave up on %d unanswered requests", len(self._inflight))
         # Acknowledgements already due go out, consumer state is saved, logs are synced.
         await self.streams.close()
+        # Before the clients go: what the bridges hold for NATS is sent, and what they
+        # already took from NATS is delivered here.
+        for bridge in self._bridges:
+            await bridge.close()
         adopted = {s.link for s in self._sessions}
         for link in list(self._unadopted):
             if link not in adopted and not link.closed:

@@ -215,6 +215,9 @@ async def test_connect_stream_with_raw_stubs(stack: Stack) -> None:
     )
     welcome, pong = await next_frames(call, until="pong")
     assert welcome.welcome.max_frame == stack.broker.options.max_frame
+    # What the broker holds this client to, as WELCOME says over the stream transports.
+    assert welcome.welcome.high_water == stack.broker.options.high_water
+    assert welcome.welcome.client_max_frame > 0
     assert pong.pong.id == 41  # and the subscription is in effect
     async with asyncipc.connect(stack.urls["unix"]) as bus:
         await bus.publish("greet.world", b"hello", headers={"h": "1"}, reply_to="back")

@@ -204,9 +204,15 @@ async def attempts():
     async def import_stubs():
         from asyncipc.adapters.grpc.proto import bus_pb2
 
-    for attempt in (
-        connect_grpc, connect_https, listen_http, import_grpc, import_stubs, connect_nats
-    ):
+    async def bridge_nats():
+        async with asyncipc.Broker() as broker:
+            await broker.bridge("nats://127.0.0.1:1", ["orders.>"])
+
+    attempts = (
+        connect_grpc, connect_https, listen_http, import_grpc, import_stubs, bridge_nats,
+        connect_nats,
+    )
+    for attempt in attempts:
         try:
             await attempt()
         except asyncipc.ConfigurationError as exc:
@@ -222,7 +228,8 @@ asyncio.run(main())
 """
 
 GRPC = "grpc:// needs the gRPC adapter's packages: pip install 'asyncipc[grpc]' (missing module"
-NATS = "nats:// needs the NATS adapter's packages: pip install 'asyncipc[nats]' (missing module"
+NATS = "needs the NATS bridge's packages: pip install 'asyncipc[nats]' (missing module 'nats')"
+NATS_URL = "nats:// needs the NATS adapter's packages: pip install 'asyncipc[nats]' (missing module"
 HTTP = "needs the REST adapter's packages: pip install 'asyncipc[http]' (missing module 'aiohttp')"
 
 
@@ -240,14 +247,23 @@ def test_a_plain_install_names_the_extra_an_adapter_needs(plain: PlainInstall) -
         assert HTTP in message, (name, message)
         assert cause == "ModuleNotFoundError", name
 
+    message, cause = outcomes["bridge_nats"]
+    assert NATS in message, message
+    assert cause == "ModuleNotFoundError"
     message, cause = outcomes["connect_nats"]
-    assert message.startswith(NATS), message
+    assert message.startswith(NATS_URL), message
     assert cause == "ModuleNotFoundError"
 
     cli = plain.run("asyncipc", "broker", "--grpc", "127.0.0.1:0")
     assert cli.returncode == 2, cli.stderr  # EXIT_USAGE, before anything is bound
     assert "cannot listen on grpc://127.0.0.1:0" in cli.stderr
     assert "pip install 'asyncipc[grpc]'" in cli.stderr
+
+    cli = plain.run(
+        "asyncipc", "broker", "--bridge", "nats://127.0.0.1:1", "--bridge-subjects", "a.>"
+    )
+    assert cli.returncode == 2, cli.stderr  # before anything is bound
+    assert NATS in cli.stderr
 
 
 PARTIAL = """

@@ -1166,3 +1166,17 @@ async def test_records_purged_while_out_are_not_counted_as_awaiting_an_ack(url: 
         assert (await consumer.info()).num_ack_pending == 5
         assert await stream.purge() == 5
         assert (await consumer.info()).num_ack_pending == 0
+
+
+async def test_delivered_counts_what_was_handed_out_not_where_the_consumer_starts(
+    url: str,
+) -> None:
+    async with asyncipc.connect(url) as bus:
+        stream = await bus.stream("LASTD", subjects=["lastd.>"])
+        for i in range(5):
+            await stream.publish("lastd.x", b"%d" % i)
+        consumer = await stream.consumer("last", deliver="last")
+        assert (await consumer.info()).delivered == 0  # nothing handed out yet
+        [msg] = await consumer.fetch(5, timeout=1)
+        assert msg.seq == 5
+        assert (await consumer.info()).delivered == 5

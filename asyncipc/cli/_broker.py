@@ -9,12 +9,14 @@ import os
 from collections.abc import Callable, Sequence
 
 from .._connect import TOKEN_ENV, default_socket_url
+from ..bridge import require_nats
 from ..broker import Broker
 from ..errors import (
     AsyncIPCError,
     ConfigurationError,
 )
 from ..signals import drain_on_signals
+from ..subjects import validate_pattern
 from ..transports import lookup, parse_url
 from ._common import EXIT_OK, CommandError, _env, _oserror_text
 
@@ -39,6 +41,7 @@ async def _broker(args: argparse.Namespace) -> int:
                 f"cannot listen on {url}: memory:// is in-process only; a broker process "
                 "serves other processes on unix://, tcp:// or tls://"
             )
+    bridge_subjects = _bridge_subjects(args)
     token = args.token or _env(TOKEN_ENV)
     broker = Broker(
         token=token,
@@ -63,6 +66,11 @@ async def _broker(args: argparse.Namespace) -> int:
                 except (AsyncIPCError, OSError) as exc:
                     raise CommandError(_listen_error(url, exc)) from None
                 bound.append(listener.url)
+            if args.bridge and drain.received is None:
+                try:
+                    await broker.bridge(args.bridge, bridge_subjects)
+                except AsyncIPCError as exc:
+                    raise CommandError(f"cannot bridge to {args.bridge}: {exc}") from None
             try:
                 if args.ready_file and len(bound) == len(urls):
                     _write_ready_file(args.ready_file, bound)
@@ -76,6 +84,28 @@ async def _broker(args: argparse.Namespace) -> int:
                 if args.ready_file:
                     _remove_ready_file(args.ready_file, quiet=True)
     return EXIT_OK
+
+
+def _bridge_subjects(args: argparse.Namespace) -> list[str]:
+    """The patterns of --bridge-subjects, checked before anything is bound."""
+    text = args.bridge_subjects
+    if not args.bridge:
+        if text:
+            raise CommandError("--bridge-subjects needs --bridge nats://...")
+        return []
+    subjects = [s.strip() for s in (text or "").split(",") if s.strip()]
+    if not subjects:
+        raise CommandError("--bridge needs --bridge-subjects, e.g. 'orders.>,pricing.>'")
+    for pattern in subjects:
+        try:
+            validate_pattern(pattern)
+        except AsyncIPCError as exc:
+            raise CommandError(f"--bridge-subjects: {exc}") from None
+    try:
+        require_nats()
+    except AsyncIPCError as exc:
+        raise CommandError(f"cannot bridge to {args.bridge}: {exc}") from None
+    return subjects
 
 
 def _warn_about_exposure(broker: Broker, args: argparse.Namespace, token: str | None) -> None:

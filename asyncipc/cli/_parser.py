@@ -80,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  asyncipc broker --listen unix:///tmp/app.sock --listen tcp://0.0.0.0:4222\n"
         "  asyncipc broker --listen tcp://127.0.0.1:0 --ready-file broker.ready --log-json\n"
         "  ASYNCIPC_TOKEN=s3cret asyncipc broker --listen "
-        "'tls://0.0.0.0:4223?cert=server.pem&key=server.key'",
+        "'tls://0.0.0.0:4223?cert=server.pem&key=server.key'\n"
+        "  asyncipc broker --listen unix:///tmp/app.sock --bridge nats://nats1:4222,nats2:4222 "
+        "--bridge-subjects 'orders.>,pricing.>'",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
@@ -157,6 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="keep durable streams under DIR (created if missing): their messages and "
         "consumers survive restarts (docs/streams.md). Without it streams live in memory",
+    )
+    p.add_argument(
+        "--bridge",
+        metavar="URL",
+        help="bridge to the NATS cluster at URL (nats://h1:4222,h2:4222): messages on "
+        "--bridge-subjects flow both ways, requests cross both ways (docs/bridge.md; "
+        "needs pip install 'asyncipc[nats]')",
+    )
+    p.add_argument(
+        "--bridge-subjects",
+        metavar="PATTERNS",
+        help="the subjects the bridge carries, comma-separated patterns: 'orders.>,pricing.>'",
     )
     p.set_defaults(func=_broker, interrupted=EXIT_OK, log_level=logging.INFO)
 

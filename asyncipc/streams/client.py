@@ -11,7 +11,7 @@ import asyncio
 import json
 import os
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
@@ -594,8 +594,16 @@ class Stream:
             given["start_time"] = (
                 start_time.timestamp() if isinstance(start_time, datetime) else float(start_time)
             )
-        ConsumerConfig(name=name, **given)  # refuse bad options before anything is sent
         given["name"] = name
+        return await self.consumer_from(given, batch)
+
+    async def consumer_from(self, options: Mapping[str, Any], batch: int = 100) -> Consumer:
+        """A consumer from options as JSON carries them (the fields of
+        :class:`~asyncipc.streams.ConsumerConfig`, ``name`` among them): created, or found
+        and compared on the options given only. What the REST and gRPC adapters call with
+        what their clients sent; :meth:`consumer` is the same for Python callers."""
+        given = dict(options)
+        ConsumerConfig.from_json(given)  # refuse bad options before anything is sent
         info = ConsumerInfo.from_json(
             await _call(self._bus, f"{STREAM_PREFIX}consumer.create.{self.name}", given)
         )

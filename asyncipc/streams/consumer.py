@@ -120,10 +120,13 @@ class ConsumerEngine:
         self._read_upto = 0  # the highest sequence read ahead so far
         self._ending_scheduled = False
         self._loop = asyncio.get_running_loop()
+        self.last_delivered = 0
+        """The highest stream sequence handed out so far (``ConsumerInfo.delivered``)."""
         self._tasks: set[asyncio.Task[None]] = set()
         log_ = stream.log
         if state is not None:
             self.next_seq = int(state.get("next_seq", 1))
+            self.last_delivered = int(state.get("last_delivered", self.next_seq - 1))
             self.dead_lettered = int(state.get("dead_lettered", 0))
             for seq, count in state.get("pending", []):
                 if log_.entry(int(seq)) is not None:
@@ -311,6 +314,8 @@ class ConsumerEngine:
             self.pending[seq] = count
             self._schedule(seq, now + self.config.ack_wait)
             host.deliver(req.reply, msg, f"{prefix}{seq}.{count}.{msg.time}")
+            if seq > self.last_delivered:
+                self.last_delivered = seq
             moved = True
             req.delivered += 1
             req.remaining -= 1
@@ -495,6 +500,7 @@ class ConsumerEngine:
         """What a durable consumer keeps across restarts."""
         return {
             "next_seq": self.next_seq,
+            "last_delivered": self.last_delivered,
             "pending": sorted(self.pending.items()),
             "initial": list(self._initial),
             "dead_lettered": self.dead_lettered,
@@ -523,7 +529,7 @@ class ConsumerEngine:
                 1 for s, c in self.pending.items() if c > 1 and log_.entry(s) is not None
             ),
             num_waiting=len(self.waiting),
-            delivered=self.next_seq - 1,
+            delivered=self.last_delivered,
             ack_floor=self.ack_floor,
             dead_lettered=self.dead_lettered,
         )

@@ -146,6 +146,8 @@ class ClientLink(GrpcLink):
                         "client_id": w.client_id,
                         "max_frame": w.max_frame,
                         "ping_interval": w.ping_interval,
+                        "client_max_frame": w.client_max_frame,
+                        "high_water": w.high_water,
                     }
                 )
             )

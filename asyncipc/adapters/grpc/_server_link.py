@@ -112,6 +112,8 @@ class ServerLink(GrpcLink):
                     client_id=f.get("client_id", 0),
                     max_frame=f.get("max_frame", 0),
                     ping_interval=f.get("ping_interval", 0.0),
+                    client_max_frame=f.get("client_max_frame", 0),
+                    high_water=f.get("high_water", 0),
                 )
             )
         log.debug("not sending %r to a gRPC client", frame)

@@ -230,26 +230,6 @@ def consumer_info_pb(info: ConsumerInfo) -> Any:
 # --- the client API, as the adapter uses it --------------------------------------------------
 
 
-async def create_consumer(
-    stream: Stream, config: ConsumerConfig, given: dict[str, Any]
-) -> Consumer:
-    """``stream.consumer(...)`` with the options ``given`` (checked as ``config``): an
-    existing consumer is compared on those only. A start position goes as the client
-    API takes it, which implies its deliver policy; with another policy it means nothing
-    and is left out."""
-    options = {k: v for k, v in given.items() if k not in _START}
-    if config.deliver == "by_start_seq":
-        options.pop("deliver", None)
-        return await stream.consumer(config.name, start_seq=config.start_seq, **options)
-    if config.deliver == "by_start_time":
-        options.pop("deliver", None)
-        return await stream.consumer(config.name, start_time=config.start_time, **options)
-    return await stream.consumer(config.name, **options)
-
-
-_START = ("name", "start_seq", "start_time")
-
-
 async def acknowledge(bus: Bus, token: str, kind: int, delay: float) -> None:
     """Send the acknowledgement ``token`` names and wait until the broker has recorded it."""
     msg = StreamMessage.from_token(bus, token)
@@ -351,7 +331,7 @@ class StreamsService:
         async def call(bus: Bus) -> Any:
             stream = Stream.named(bus, request.stream)
             config, given = consumer_config(request.config)
-            consumer = await create_consumer(stream, config, given)
+            consumer = await stream.consumer_from({**given, "name": config.name})
             return consumer_info_pb(await consumer.info())
 
         return await self._run(request, context, call)

@@ -157,24 +157,6 @@ def consumer_config(body: Any) -> ConsumerConfig:
     return config
 
 
-async def create_consumer(stream: Stream, config: ConsumerConfig, given: Any) -> Consumer:
-    """``stream.consumer(...)`` with the options ``given`` (checked as ``config``): an
-    existing consumer is compared on those only. A start position goes as the client
-    API takes it, which implies its deliver policy; with another policy it means nothing
-    and is left out."""
-    options = {k: v for k, v in given.items() if k not in _START}
-    if config.deliver == "by_start_seq":
-        options.pop("deliver", None)
-        return await stream.consumer(config.name, start_seq=config.start_seq, **options)
-    if config.deliver == "by_start_time":
-        options.pop("deliver", None)
-        return await stream.consumer(config.name, start_time=config.start_time, **options)
-    return await stream.consumer(config.name, **options)
-
-
-_START = ("name", "start_seq", "start_time")
-
-
 def ack_message(bus: Bus, token: Any, stream: str | None, consumer: str | None) -> StreamMessage:
     """The delivered message an ack token (its ack subject) stands for; ConfigurationError
     unless it is one, of ``stream``/``consumer`` when given."""
@@ -374,7 +356,7 @@ class StreamRoutes:
         body = await self._json(request)
         try:
             stream = Stream.named(bus, self._stream(request))
-            consumer = await create_consumer(stream, consumer_config(body), body)
+            consumer = await stream.consumer_from({**body, "name": consumer_config(body).name})
             info = await consumer.info()
         except (AsyncIPCError, HttpError) as exc:
             raise http_error(exc) from None

@@ -184,20 +184,24 @@ class Hello(_message.Message):
     def __init__(self, version: _Optional[int] = ..., name: _Optional[str] = ..., token: _Optional[str] = ..., max_frame: _Optional[int] = ..., lang: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("version", "server", "server_id", "client_id", "max_frame", "ping_interval")
+    __slots__ = ("version", "server", "server_id", "client_id", "max_frame", "ping_interval", "client_max_frame", "high_water")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SERVER_FIELD_NUMBER: _ClassVar[int]
     SERVER_ID_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     MAX_FRAME_FIELD_NUMBER: _ClassVar[int]
     PING_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_MAX_FRAME_FIELD_NUMBER: _ClassVar[int]
+    HIGH_WATER_FIELD_NUMBER: _ClassVar[int]
     version: int
     server: str
     server_id: str
     client_id: int
     max_frame: int
     ping_interval: float
-    def __init__(self, version: _Optional[int] = ..., server: _Optional[str] = ..., server_id: _Optional[str] = ..., client_id: _Optional[int] = ..., max_frame: _Optional[int] = ..., ping_interval: _Optional[float] = ...) -> None: ...
+    client_max_frame: int
+    high_water: int
+    def __init__(self, version: _Optional[int] = ..., server: _Optional[str] = ..., server_id: _Optional[str] = ..., client_id: _Optional[int] = ..., max_frame: _Optional[int] = ..., ping_interval: _Optional[float] = ..., client_max_frame: _Optional[int] = ..., high_water: _Optional[int] = ...) -> None: ...
 
 class Unsubscribe(_message.Message):
     __slots__ = ("sid",)
