@@ -6,6 +6,9 @@
 * :mod:`asyncipc.adapters.rest`: ``http://host:port``, the REST API on aiohttp (publish,
   request, Server-Sent Events, a WebSocket; ``docs/rest.md``); also a client transport.
   Needs the ``http`` extra: ``pip install 'asyncipc[http]'``.
+* :mod:`asyncipc.adapters.nats`: ``nats://h1:4222,h2:4222``, a client transport only: the
+  Bus on a NATS server or cluster through nats-py (``docs/transports.md``, NATS). Needs
+  the ``nats`` extra: ``pip install 'asyncipc[nats]'``.
 
 An adapter registers its scheme with :func:`asyncipc.transports.register`, so that
 ``Broker.listen(url)`` serves it and, where it has one, ``asyncipc.connect(url)`` uses its
