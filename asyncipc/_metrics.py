@@ -45,6 +45,26 @@ class _Writer:
             self.lines.append(f"{name}{_labels(labels)} {value}")
 
 
+_BRIDGE_COUNTERS = (
+    ("asyncipc_bridge_messages_out_total", "messages_out", "Messages the bridge sent to NATS."),
+    ("asyncipc_bridge_messages_in_total", "messages_in", "Messages from NATS delivered here."),
+    ("asyncipc_bridge_bytes_out_total", "bytes_out", "Payload bytes sent to NATS."),
+    ("asyncipc_bridge_bytes_in_total", "bytes_in", "Payload bytes from NATS delivered here."),
+    (
+        "asyncipc_bridge_dropped_out_total",
+        "dropped_out",
+        "Messages for NATS not sent: the bridge's queue was full, or NATS refused them.",
+    ),
+    (
+        "asyncipc_bridge_dropped_in_total",
+        "dropped_in",
+        "Messages from NATS lost because the local side did not keep up.",
+    ),
+    ("asyncipc_bridge_reconnects_total", "disconnects", "Times the NATS connection dropped."),
+)
+"""The counters of :class:`~asyncipc.bridge.BridgeStats` exposed per bridge."""
+
+
 def render(
     broker: Broker,
     adapter_dropped: int,
@@ -138,6 +158,21 @@ def render(
         "Requests nobody was subscribed to.",
         [({}, stats.no_responders)],
     )
+    bridges = [(",".join(b.servers), b.stats) for b in broker.bridges]
+    if bridges:
+        w.metric(
+            "asyncipc_bridge_connected",
+            "gauge",
+            "Whether the bridge's NATS connection is up (1) or not (0).",
+            [({"servers": servers}, int(st.connected)) for servers, st in bridges],
+        )
+        for name, field, help_text in _BRIDGE_COUNTERS:
+            w.metric(
+                name,
+                "counter",
+                help_text,
+                [({"servers": servers}, getattr(st, field)) for servers, st in bridges],
+            )
     w.metric(
         "asyncipc_http_responses_total",
         "counter",

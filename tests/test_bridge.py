@@ -719,3 +719,25 @@ async def test_a_bridge_that_never_connected_closes_at_once(tmp_path: Path) -> N
     async with asyncio.timeout(5):
         await broker.close()
     assert bridge.stats.dropped_out == 1
+
+
+async def test_metrics_show_each_bridge(broker: asyncipc.Broker, server: NatsServer) -> None:
+    """GET /metrics carries the bridge's counters, labelled with its servers."""
+    import aiohttp
+
+    await _bridge(broker, server)
+    http = await broker.listen("http://127.0.0.1:0")
+    async with asyncipc.connect(broker.urls[0]) as bus:
+        await bus.publish("orders.created", b"x" * 10)
+        await bus.publish("elsewhere.x", b"not bridged")
+        await bus.flush()
+    await _eventually(lambda: broker.bridges[0].stats.messages_out == 1)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(http.url + "/metrics") as resp:
+            assert resp.status == 200
+            text = await resp.text()
+    label = f'{{servers="{server.url}"}}'
+    assert f"asyncipc_bridge_connected{label} 1" in text
+    assert f"asyncipc_bridge_messages_out_total{label} 1" in text
+    assert f"asyncipc_bridge_bytes_out_total{label} 10" in text
+    assert f"asyncipc_bridge_dropped_out_total{label} 0" in text
