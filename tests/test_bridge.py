@@ -732,10 +732,9 @@ async def test_metrics_show_each_bridge(broker: asyncipc.Broker, server: NatsSer
         await bus.publish("elsewhere.x", b"not bridged")
         await bus.flush()
     await _eventually(lambda: broker.bridges[0].stats.messages_out == 1)
-    async with aiohttp.ClientSession() as session:
-        async with session.get(http.url + "/metrics") as resp:
-            assert resp.status == 200
-            text = await resp.text()
+    async with aiohttp.ClientSession() as session, session.get(http.url + "/metrics") as resp:
+        assert resp.status == 200
+        text = await resp.text()
     label = f'{{servers="{server.url}"}}'
     assert f"asyncipc_bridge_connected{label} 1" in text
     assert f"asyncipc_bridge_messages_out_total{label} 1" in text
