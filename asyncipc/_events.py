@@ -28,7 +28,9 @@ class ConnectionEvent:
     """Something that happened to a bus's connection.
 
     ``kind``: ``"disconnected"`` (the link dropped; the bus reconnects), ``"reconnected"``
-    (a new link is up, subscriptions restored; ``url`` says where), ``"error"`` (an attempt
+    (a new link is up and every subscription was sent on it again, ahead of anything
+    published after; ``await bus.flush()`` returns once the broker has them all; ``url``
+    says where), ``"error"`` (an attempt
     failed for a reason other than nobody listening, such as a refused token; the bus goes
     on trying), ``"closed"`` (for good: :meth:`Bus.close` ran or reconnecting gave up,
     ``error`` says why in the second case). ``url``: the broker concerned. ``error``: the

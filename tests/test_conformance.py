@@ -532,6 +532,9 @@ async def test_broker_killed_and_restarted_subscriptions_resume(
             assert bus.is_connected
             assert bus.connected_url == url
 
+        # "reconnected" means the subscriptions were sent again, not yet that the broker
+        # has them: the two buses' connections race, and the publisher's may be read first.
+        await subbus.flush(timeout=GUARD)
         await pub.publish(f"{p}.orders", b"after")
         msg = await sub.next_msg(timeout=GUARD)
         assert (msg.subject, msg.data) == (f"{p}.orders", b"after")
