@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import fields
 from datetime import UTC, datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 from ..errors import (
     AsyncIPCError,
@@ -161,11 +161,21 @@ class StreamMessage(Message):
     was stored, a UTC datetime).
     """
 
-    __slots__ = ("_acked", "_handle", "_time_ns", "consumer", "num_delivered", "seq", "stream")
+    __slots__ = (
+        "_acked",
+        "_handle",
+        "_stream_bus",
+        "_time_ns",
+        "consumer",
+        "num_delivered",
+        "seq",
+        "stream",
+    )
 
     def __init__(self, msg: Message, bus: StreamBus, handle: Consumer | None = None) -> None:
         super().__init__(msg.subject, msg.data, msg.headers, msg.reply_to, bus)
         self._handle = handle  # the Consumer that fetched it: acks go out in batches
+        self._stream_bus = bus  # the whole StreamBus: settle() makes a request
         reply = msg.reply_to or ""
         parts = reply[len(ACK_PREFIX) :].split(".")
         if not reply.startswith(ACK_PREFIX) or len(parts) != 5:
@@ -204,12 +214,10 @@ class StreamMessage(Message):
             body += b" " + json.dumps({"delay": delay}).encode()
         if self._acked:
             raise StreamError("already-acked", f"message {self.seq} was already acknowledged")
-        bus = self._bus
-        assert isinstance(bus, _HasRequest)
         assert self.reply_to is not None
         if kind != "in_progress":
             self._acked = True
-        reply = await bus.request(self.reply_to, body, timeout=timeout)
+        reply = await self._stream_bus.request(self.reply_to, body, timeout=timeout)
         failure = stream_failure(reply.headers, kind)
         if failure is not None:
             raise failure
@@ -273,18 +281,6 @@ class StreamMessage(Message):
             f"StreamMessage({self.stream}#{self.seq} {self.subject!r}, "
             f"delivered {self.num_delivered})"
         )
-
-
-@runtime_checkable
-class _HasRequest(Protocol):
-    async def request(
-        self,
-        subject: str,
-        data: bytes = b"",
-        *,
-        headers: dict[str, str] | None = None,
-        timeout: float = 1.0,
-    ) -> Message: ...
 
 
 class Stream:

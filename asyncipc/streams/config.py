@@ -61,6 +61,15 @@ def _positive(name: str, value: Any, *, allow_zero: bool = False, number: bool =
         raise ConfigurationError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, not {value}")
 
 
+def _check_keys(cls: type, data: Any, kind: str) -> None:
+    """A configuration from JSON is an object whose keys are ``cls``'s fields."""
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"a {kind} configuration is a JSON object")
+    unknown = set(data) - {f.name for f in fields(cls)}
+    if unknown:
+        raise ConfigurationError(f"unknown {kind} option(s): {', '.join(sorted(unknown))}")
+
+
 @dataclass(frozen=True)
 class StreamConfig:
     """What a stream keeps and for how long.
@@ -127,12 +136,7 @@ class StreamConfig:
     @classmethod
     def from_json(cls, data: Any) -> StreamConfig:
         """From a request's JSON; unknown keys and wrong types are a ConfigurationError."""
-        if not isinstance(data, dict):
-            raise ConfigurationError("a stream configuration is a JSON object")
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigurationError(f"unknown stream option(s): {', '.join(sorted(unknown))}")
+        _check_keys(cls, data, "stream")
         if "subjects" in data:
             if not isinstance(data["subjects"], list) or not all(
                 isinstance(s, str) for s in data["subjects"]
@@ -208,12 +212,7 @@ class ConsumerConfig:
 
     @classmethod
     def from_json(cls, data: Any) -> ConsumerConfig:
-        if not isinstance(data, dict):
-            raise ConfigurationError("a consumer configuration is a JSON object")
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigurationError(f"unknown consumer option(s): {', '.join(sorted(unknown))}")
+        _check_keys(cls, data, "consumer")
         try:
             return cls(**data)
         except TypeError as exc:
