@@ -137,10 +137,13 @@ class NatsServer:
 
 
 class NatsCluster:
-    """``size`` nats-servers routed to each other on loopback (a full mesh of routes)."""
+    """``size`` nats-servers routed to each other on loopback (a full mesh of routes);
+    with ``jetstream``, each keeps its JetStream files in a directory of its own (a
+    clustered JetStream: replicated streams)."""
 
-    def __init__(self, size: int = 3) -> None:
+    def __init__(self, size: int = 3, *, jetstream: bool = False) -> None:
         cluster_ports = [free_port() for _ in range(size)]
+        self.store = tempfile.mkdtemp(prefix="nats-js-") if jetstream else None
         routes = ",".join(f"nats://127.0.0.1:{p}" for p in cluster_ports)
         self.servers: list[NatsServer] = []
         try:
@@ -155,6 +158,7 @@ class NatsCluster:
                         routes,
                         "-m",
                         str(free_port()),
+                        *(("-js", "-sd", f"{self.store}/node{i}") if self.store else ()),
                         name=f"node{i}",
                     )
                 )
@@ -179,3 +183,5 @@ class NatsCluster:
     def close(self) -> None:
         for s in self.servers:
             s.close()
+        if self.store is not None:
+            shutil.rmtree(self.store, ignore_errors=True)

@@ -65,9 +65,24 @@ from ..protocol import (
     Unsub,
     Welcome,
 )
-from ..protocol.system import NO_RESPONDERS_STATUS, RESERVED_PREFIX, STATUS_HEADER
+from ..protocol.system import (
+    ERROR_HEADER,
+    NO_RESPONDERS_STATUS,
+    RESERVED_PREFIX,
+    STATUS_HEADER,
+    STREAM_MSG_ID_HEADER,
+    STREAM_PREFIX,
+)
 from ..transports import URL, TransportOptions, register
 from . import missing_extra
+from .jetstream import (
+    EXPECTED,
+    JS_ACK,
+    MSG_ID,
+    JetStreamGateway,
+    delivery_reply,
+    message_headers,
+)
 
 try:
     from nats import errors as nats_errors
@@ -149,17 +164,42 @@ class _Client(_NatsClient):
         hdr: dict[str, str] | None = None
         if headers:
             hdr = await self._process_headers(headers)
-            if hdr and _NATS_STATUS in hdr:
-                hdr = _status_headers(hdr, data)
-        link._incoming((ours, subject.decode(), data, reply.decode() or None, hdr or None))
+        js = link._js
+        if ours < 0:  # the JetStream gateway's own inbox
+            if js is not None:
+                js.reply(subject.decode(), data, hdr)
+            return
+        subj = subject.decode()
+        rep = reply.decode() or None
+        if hdr:
+            if _NATS_STATUS in hdr:
+                if js is not None and (
+                    ours in js.pulls or hdr[_NATS_STATUS] != NO_RESPONDERS_STATUS
+                ):
+                    hdr = js.status(ours, subj, hdr)
+                    if hdr is None:
+                        return
+                else:
+                    hdr = _status_headers(hdr, data)
+            elif MSG_ID in hdr or EXPECTED in hdr:
+                message_headers(hdr)
+        if rep is not None and js is not None and rep.startswith(JS_ACK):
+            end = js.delivered(ours)
+            link._incoming((ours, subj, data, delivery_reply(rep), hdr or None))
+            if end is not None:
+                link._incoming((ours, end[0], b"", None, end[1]))
+            return
+        link._incoming((ours, subj, data, rep, hdr or None))
 
 
 def _status_headers(hdr: dict[str, str], data: bytes) -> dict[str, str]:
     """A NATS status message in asyncipc's terms: 503 "no responders" is the same."""
     status = hdr.pop(_NATS_STATUS)
-    hdr.pop("Description", None)
+    text = hdr.pop("Description", None)
     if status == NO_RESPONDERS_STATUS and not data:
         hdr[STATUS_HEADER] = NO_RESPONDERS_STATUS
+    elif text:
+        hdr[ERROR_HEADER] = f"NATS status {status}: {text}"
     return hdr
 
 
@@ -192,8 +232,11 @@ class NatsLink(Link):
         self._unblocked.set()
         self._up = asyncio.Event()
         self._up.set()
-        self._sids: dict[int, int] = {}  # nats-py sid -> the Bus's sid
+        self._sids: dict[int, int] = {}  # nats-py sid -> the Bus's sid (-1: the gateway's)
         self._subs: dict[int, _NatsSub] = {}  # the Bus's sid -> nats-py subscription
+        self._subjects: dict[str, int] = {}  # subject -> the Bus's sid (no queue group)
+        self._subject_of: dict[int, str] = {}
+        self._js: JetStreamGateway | None = None  # made by the first $sys.stream. request
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self._lost = False
@@ -231,9 +274,15 @@ class NatsLink(Link):
             )
         elif kind is Sub:
             assert isinstance(frame, Sub)
+            if not frame.queue:
+                self._subjects[frame.subject] = frame.sid
+                self._subject_of[frame.sid] = frame.subject
             self._queue(("sub", frame.sid, frame.subject, frame.queue), _OVERHEAD)
         elif kind is Unsub:
             assert isinstance(frame, Unsub)
+            subject = self._subject_of.pop(frame.sid, None)
+            if subject is not None and self._subjects.get(subject) == frame.sid:
+                del self._subjects[subject]
             self._queue(("unsub", frame.sid), _OVERHEAD)
         elif kind is Ping:
             self._queue(("ping",), _OVERHEAD)
@@ -244,13 +293,19 @@ class NatsLink(Link):
     ) -> None:
         self._check()
         if subject.startswith(RESERVED_PREFIX):
+            if subject.startswith(STREAM_PREFIX):
+                self.jetstream().publish(subject, data, reply, headers)
+                return
             raise ConfigurationError(
                 f"{subject!r}: $sys. subjects are answered by an asyncipc broker, and there "
-                "is none on nats:// (streams and signals are not available there: "
-                "docs/transports.md, NATS)"
+                "is none on nats:// (streams are, by JetStream; signals and the broker's "
+                "own requests are not: docs/transports.md, NATS)"
             )
         size = len(data)
         if headers:
+            if STREAM_MSG_ID_HEADER in headers:  # JetStream's name for it (deduplication)
+                headers = dict(headers)
+                headers[MSG_ID] = headers.pop(STREAM_MSG_ID_HEADER)
             for key, value in headers.items():
                 if not _HEADER_NAME.fullmatch(key):
                     raise ConfigurationError(
@@ -264,6 +319,46 @@ class NatsLink(Link):
                 f"max_payload of {self.nc.max_payload} bytes"
             )
         self._queue(("pub", subject, data, reply, headers), size + _OVERHEAD)
+
+    def jetstream(self) -> JetStreamGateway:
+        """The gateway that answers ``$sys.stream.`` requests with JetStream."""
+        if self._js is None:
+            self._js = JetStreamGateway(
+                self.nc, self._send_raw, self._deliver_local, self._subscribe_own, self.sid_for
+            )
+        return self._js
+
+    def _send_raw(
+        self, subject: str, data: bytes, reply: str | None, headers: Headers | None
+    ) -> None:
+        """Queue a publish as given, in order with the Bus's frames (the gateway's)."""
+        self._check()
+        size = len(data) + sum(len(k) + len(v) + 4 for k, v in (headers or {}).items())
+        self._queue(("pub", subject, data, reply, headers), size + _OVERHEAD)
+
+    def _subscribe_own(self, subject: str) -> None:
+        self._queue(("sub", -1, subject, None), _OVERHEAD)
+
+    def sid_for(self, subject: str) -> int | None:
+        """The Bus subscription (no queue group) that ``subject`` is delivered to: one on
+        the subject itself, or on its parent with ``*`` or ``>`` (an inbox)."""
+        subjects = self._subjects
+        sid = subjects.get(subject)
+        if sid is None:
+            head = subject[: subject.rfind(".") + 1]
+            sid = subjects.get(head + "*")
+            if sid is None:
+                sid = subjects.get(head + ">")
+        return sid
+
+    def _deliver_local(self, subject: str, data: bytes, headers: Headers | None) -> None:
+        """A message for the Bus from the gateway: straight to its subscription, else
+        through the server (a reply subject that is not ours)."""
+        sid = self.sid_for(subject)
+        if sid is not None:
+            self._incoming((sid, subject, data, None, headers))
+        elif not self._lost and not self._closing:
+            self._send_raw(subject, data, None, headers)
 
     def _check(self) -> None:
         if self._closing or self._lost:
@@ -495,6 +590,8 @@ class NatsLink(Link):
         self.write_blocked = False
         self._unblocked.set()
         self._inbox.clear()
+        if self._js is not None:
+            self._js.close()
         if self._writer is not None and self._writer is not asyncio.current_task():
             self._writer.cancel()
         for task in list(self._tasks):
@@ -515,6 +612,8 @@ class NatsLink(Link):
         if self._closing or self._lost:
             return
         self._up.clear()
+        if self._js is not None:
+            self._js.link_down()
         r = self._healing()
         if r is not None:
             where = self.peer.address

@@ -45,7 +45,9 @@ def _stream_lines(info: StreamInfo) -> list[str]:
     ]
     lines = [
         f"stream {info.name}: subjects {', '.join(c.subjects)}",
-        f"  storage {info.storage}, fsync {c.fsync}, discard {c.discard}, "
+        f"  storage {info.storage}"
+        + (f" x{c.replicas}" if c.replicas > 1 else "")
+        + f", fsync {c.fsync}, discard {c.discard}, "
         f"limits: {', '.join(limits) or 'none'}",
         f"  messages {info.messages} ({_human(info.bytes)}), "
         f"seq {info.first_seq}..{info.last_seq}, "
@@ -88,6 +90,7 @@ async def _stream_add(args: argparse.Namespace) -> int:
         "storage",
         "fsync",
         "sync_interval",
+        "replicas",
     ):
         value = getattr(args, key)
         if value is not None:
@@ -285,6 +288,12 @@ def add_stream_commands(
         help="always (default): acknowledged only once fsynced; interval; never",
     )
     p.add_argument("--sync-interval", type=_positive_float, metavar="S")
+    p.add_argument(
+        "--replicas",
+        type=int,
+        metavar="N",
+        help="copies on different servers: nats:// with a JetStream cluster only (1 to 5)",
+    )
     p.set_defaults(func=_stream_add)
 
     p = ops.add_parser("ls", parents=[client, as_json], help="list the streams")

@@ -163,6 +163,7 @@ class StreamMessage(Message):
 
     __slots__ = (
         "_acked",
+        "_batched",
         "_handle",
         "_stream_bus",
         "_time_ns",
@@ -178,13 +179,16 @@ class StreamMessage(Message):
         self._stream_bus = bus  # the whole StreamBus: settle() makes a request
         reply = msg.reply_to or ""
         parts = reply[len(ACK_PREFIX) :].split(".")
-        if not reply.startswith(ACK_PREFIX) or len(parts) != 5:
+        if not reply.startswith(ACK_PREFIX) or len(parts) < 5:
             raise AsyncIPCError(f"not a stream delivery: reply subject {reply!r}")
         self.stream, self.consumer = parts[0], parts[1]
         self.seq = int(parts[2])
         self.num_delivered = int(parts[3])
         self._time_ns = int(parts[4])
         self._acked = False
+        # Tokens after the fifth are the server's own (nats:// adds JetStream's): such a
+        # message is acknowledged on its own subject, not in a handle's batch by sequence.
+        self._batched = handle is not None and len(parts) == 5
 
     @classmethod
     def from_token(cls, bus: StreamBus, token: str) -> StreamMessage:
@@ -248,7 +252,7 @@ class StreamMessage(Message):
         the acknowledgements of one consumer handle leave together, once per turn of the
         event loop, and always before its next fetch."""
         handle = self._handle
-        if handle is None:
+        if handle is None or not self._batched:
             await self._send(b"+ACK", True)
             return
         if self._acked:
@@ -361,7 +365,7 @@ class Stream:
                 raise failure
         data = reply.data
         if data.startswith(self._ack_head) and data.endswith(b"}"):
-            # The broker's own shape (manager._ack_body): read without the JSON parser.
+            # The broker's own shape (manager.ack_body): read without the JSON parser.
             seq, dup = data[len(self._ack_head) : -1], False
             if seq.endswith(b',"duplicate":true'):
                 seq, dup = seq[:-17], True

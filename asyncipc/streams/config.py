@@ -36,6 +36,9 @@ MAX_SECONDS = 9_223_372_036
 MAX_COUNT = (1 << 63) - 1
 """The largest count or size an option takes."""
 
+MAX_REPLICAS = 5
+"""JetStream's largest replication factor."""
+
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _FSYNC = ("always", "interval", "never")
 
@@ -87,6 +90,9 @@ class StreamConfig:
             the broker has a store, else memory.
         fsync: ``"always"`` (an acknowledgement follows an fsync that covers the record),
             ``"interval"`` (every ``sync_interval`` seconds) or ``"never"``.
+        replicas: copies kept on different servers: 1 on an asyncipc broker (one
+            process keeps one copy); up to 5 on ``nats://``, where JetStream replicates
+            (``docs/streams.md``, "On NATS").
     """
 
     name: str
@@ -101,6 +107,7 @@ class StreamConfig:
     storage: Literal["file", "memory"] | None = None
     fsync: FsyncPolicy = "always"
     sync_interval: float = 0.1
+    replicas: int = 1
 
     def __post_init__(self) -> None:
         check_name("stream", self.name)
@@ -119,6 +126,9 @@ class StreamConfig:
         _positive("max_age", self.max_age, allow_zero=True, number=True)
         _positive("duplicate_window", self.duplicate_window, allow_zero=True, number=True)
         _positive("sync_interval", self.sync_interval, number=True)
+        _positive("replicas", self.replicas)
+        if self.replicas > MAX_REPLICAS:
+            raise ConfigurationError(f"replicas must be 1 to {MAX_REPLICAS}, not {self.replicas}")
         if self.discard not in ("old", "new"):
             raise ConfigurationError(f"discard must be 'old' or 'new', not {self.discard!r}")
         if self.storage not in (None, "file", "memory"):

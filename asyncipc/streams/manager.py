@@ -48,7 +48,7 @@ from .store.memory import MemoryLog
 if TYPE_CHECKING:
     from .._session import Session
 
-__all__ = ["StreamHost", "StreamManager"]
+__all__ = ["Refusal", "StreamHost", "StreamManager", "ack_body", "pull_options", "refusal"]
 
 log = logging.getLogger("asyncipc.streams")
 
@@ -88,7 +88,9 @@ class StreamHost(Protocol):
     def interest(self, subject: str) -> bool: ...
 
 
-class _Refusal(Exception):
+class Refusal(Exception):
+    """A ``$sys.stream.`` request refused: the status, reason and text of the reply."""
+
     def __init__(self, status: str, reason: str, text: str) -> None:
         super().__init__(text)
         self.status = status
@@ -96,19 +98,20 @@ class _Refusal(Exception):
         self.text = text
 
 
-def _refusal(exc: BaseException) -> _Refusal:
-    if isinstance(exc, _Refusal):
+def refusal(exc: BaseException) -> Refusal:
+    """The refusal that answers a request which failed with ``exc``."""
+    if isinstance(exc, Refusal):
         return exc
     if isinstance(exc, LookupError) and isinstance(exc, StreamError):
-        return _Refusal("404", exc.reason, str(exc))
+        return Refusal("404", exc.reason, str(exc))
     if isinstance(exc, StreamError):
         status = "409" if exc.reason in ("exists", "limit", "too-large", "overlap") else "400"
-        return _Refusal(status, exc.reason, str(exc))
+        return Refusal(status, exc.reason, str(exc))
     if isinstance(exc, ConfigurationError):
-        return _Refusal("400", "bad-request", str(exc))
+        return Refusal("400", "bad-request", str(exc))
     if isinstance(exc, StoreError):
-        return _Refusal("500", "store", str(exc))
-    return _Refusal("500", "internal", f"internal error: {type(exc).__name__}")
+        return Refusal("500", "store", str(exc))
+    return Refusal("500", "internal", f"internal error: {type(exc).__name__}")
 
 
 def _json(data: bytes) -> Any:
@@ -117,7 +120,7 @@ def _json(data: bytes) -> Any:
     try:
         return json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise _Refusal("400", "bad-request", f"the request body is not JSON: {exc}") from None
+        raise Refusal("400", "bad-request", f"the request body is not JSON: {exc}") from None
 
 
 def _write_atomic(path: Path, payload: bytes) -> None:
@@ -371,14 +374,12 @@ class StreamManager:
             elif op == "next" and len(tokens) == 3:
                 self._pull(session, tokens[1], tokens[2], data, reply)
             elif reply is None:
-                raise _Refusal(
-                    "400", "bad-request", f"{subject} is a request: give a reply subject"
-                )
+                raise Refusal("400", "bad-request", f"{subject} is a request: give a reply subject")
             else:
                 self._spawn(self._admin_request(session, op, tokens[1:], data, reply))
         except Exception as exc:
-            why = _refusal(exc)
-            if why.status == "500" and not isinstance(exc, (StoreError, _Refusal)):
+            why = refusal(exc)
+            if why.status == "500" and not isinstance(exc, (StoreError, Refusal)):
                 log.exception("stream request %s failed", subject)
             if reply is not None:
                 self._refuse(reply, why)
@@ -396,7 +397,7 @@ class StreamManager:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _refuse(self, reply: str, why: _Refusal) -> None:
+    def _refuse(self, reply: str, why: Refusal) -> None:
         headers = {
             STATUS_HEADER: why.status,
             REASON_HEADER: why.reason,
@@ -453,7 +454,7 @@ class StreamManager:
             msg_id = user.get(STREAM_MSG_ID_HEADER)
             user.pop(TIMEOUT_HEADER, None)  # how long stream.publish waits: not the message's
         if not subject:
-            raise _Refusal(
+            raise Refusal(
                 "400",
                 "bad-request",
                 f"a publish to stream {name} names its subject: $sys.stream.pub.{name}.<subject>"
@@ -461,7 +462,7 @@ class StreamManager:
             )
         validate_subject(subject)
         if not engine.captures(subject):
-            raise _Refusal(
+            raise Refusal(
                 "400",
                 "wrong-subject",
                 f"stream {name} does not capture {subject!r} "
@@ -478,9 +479,7 @@ class StreamManager:
         if reply is None:
             return
         if not batched and not engine.log.durable:  # nothing to wait for: answer now
-            self.host.publish(
-                reply, _ack_body(name, ack.seq, ack.duplicate), None, None, None, None
-            )
+            self.host.publish(reply, ack_body(name, ack.seq, ack.duplicate), None, None, None, None)
             return
         queue = self._acks.get(name)
         if queue is None:
@@ -515,7 +514,7 @@ class StreamManager:
                         break
                     queue.popleft()
                     if failure is not None:
-                        self._refuse(reply, _refusal(failure))
+                        self._refuse(reply, refusal(failure))
                     elif batched:
                         inbox, _, token = reply.rpartition(".")
                         lines = batches.get(inbox)
@@ -523,7 +522,7 @@ class StreamManager:
                             lines = batches[inbox] = []
                         lines.append(b"%s %d%s" % (token.encode(), seq, b" d" if dup else b""))
                     else:
-                        publish(reply, _ack_body(name, seq, dup), None, None, None, None)
+                        publish(reply, ack_body(name, seq, dup), None, None, None, None)
                 for inbox, lines in batches.items():
                     publish(f"{inbox}.{ACKS_TOKEN}", b"\n".join(lines), None, None, None, None)
         finally:
@@ -535,33 +534,17 @@ class StreamManager:
         self, session: Session | None, stream: str, name: str, data: bytes, reply: str | None
     ) -> None:
         if reply is None:
-            raise _Refusal("400", "bad-request", "a pull request needs a reply subject")
+            raise Refusal("400", "bad-request", "a pull request needs a reply subject")
         consumer = self._consumer(stream, name)
-        body = _json(data)
-        batch = body.get("batch", 1) if isinstance(body, dict) else None
-        expires = body.get("expires") if isinstance(body, dict) else None
-        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-            raise _Refusal("400", "bad-request", f"batch must be an integer >= 1, not {batch!r}")
-        if expires is not None and (
-            isinstance(expires, bool)
-            or not isinstance(expires, (int, float))
-            or not math.isfinite(expires)  # JSON from Python takes NaN and Infinity
-            or expires <= 0
-        ):
-            raise _Refusal("400", "bad-request", f"expires must be seconds > 0, not {expires!r}")
-        max_bytes = body.get("max_bytes", 0)
-        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
-            raise _Refusal(
-                "400", "bad-request", f"max_bytes must be an integer >= 0, not {max_bytes!r}"
-            )
+        batch, expires, no_wait, max_bytes = pull_options(data)
         loop = asyncio.get_running_loop()
         consumer.pull(
             PullRequest(
                 reply=reply,
                 remaining=min(batch, 100_000),
-                expires=loop.time() + float(expires) if expires else None,
+                expires=loop.time() + expires if expires else None,
                 owner=session,
-                no_wait=bool(body.get("no_wait", False)),
+                no_wait=no_wait,
                 max_bytes=max_bytes,
             )
         )
@@ -572,7 +555,7 @@ class StreamManager:
         try:
             seq = int(seq_text)
         except ValueError:
-            raise _Refusal(
+            raise Refusal(
                 "400", "bad-request", f"bad sequence {seq_text!r} in an ack subject"
             ) from None
         kind, _, rest = data.partition(b" ")
@@ -584,17 +567,17 @@ class StreamManager:
                 if not math.isfinite(delay):
                     raise ValueError(delay)
             except (ValueError, AttributeError, TypeError):
-                raise _Refusal(
+                raise Refusal(
                     "400", "bad-request", 'a NAK\'s body is -NAK {"delay": seconds}'
                 ) from None
         if text not in ("+ACK", "-NAK", "+TERM", "+WPI"):
-            raise _Refusal("400", "bad-request", f"unknown acknowledgement {text!r}")
+            raise Refusal("400", "bad-request", f"unknown acknowledgement {text!r}")
         done = consumer.ack(seq, text, delay)
         if reply is not None:
             if not done:
                 self._refuse(
                     reply,
-                    _Refusal(
+                    Refusal(
                         "409",
                         "not-pending",
                         f"message {seq} is not awaiting an ack on {stream}/{name}",
@@ -704,8 +687,8 @@ class StreamManager:
                 await self.open()
                 body = await self._admin_op(session, op, args, data)
         except Exception as exc:
-            why = _refusal(exc)
-            if why.status == "500" and not isinstance(exc, (StoreError, _Refusal)):
+            why = refusal(exc)
+            if why.status == "500" and not isinstance(exc, (StoreError, Refusal)):
                 log.exception("stream request %s failed", op)
             self._refuse(reply, why)
             return
@@ -744,18 +727,24 @@ class StreamManager:
             if sub == "list" and len(rest) == 1:
                 engine = self._stream(rest[0])
                 return {"consumers": [c.info().to_json() for c in engine.consumers.values()]}
-        raise _Refusal(
+        raise Refusal(
             "404", "unknown-request", f"no stream API request {op!r} with {len(args)} argument(s)"
         )
 
     async def _create(self, name: str, body: Any) -> Any:
         check_name("stream", name)
         if not isinstance(body, dict):
-            raise _Refusal("400", "bad-request", "a stream configuration is a JSON object")
+            raise Refusal("400", "bad-request", "a stream configuration is a JSON object")
         given = dict(body)
         given.pop("name", None)
         # Unknown or bad options are refused even when the stream exists.
         config = StreamConfig.from_json({**given, "name": name})
+        if config.replicas != 1:
+            raise StreamError(
+                "unsupported",
+                f"replicas={config.replicas}: one broker keeps one copy of a stream; "
+                "replicated streams need nats:// on a JetStream cluster (docs/streams.md)",
+            )
         existing = self.streams.get(name)
         if existing is not None:
             current = existing.config.to_json()
@@ -809,7 +798,7 @@ class StreamManager:
     async def _get(self, name: str, body: Any) -> Any:
         engine = self._stream(name)
         if not isinstance(body, dict):
-            raise _Refusal("400", "bad-request", "a get request is a JSON object")
+            raise Refusal("400", "bad-request", "a get request is a JSON object")
         seq = body.get("seq")
         last_by = body.get("last_by_subject")
         if last_by is not None:
@@ -818,7 +807,7 @@ class StreamManager:
                 raise StreamError("not-found", f"stream {name} has no message on {last_by!r}")
             seq = seqs[-1]
         if isinstance(seq, bool) or not isinstance(seq, int):
-            raise _Refusal("400", "bad-request", "give seq (an integer) or last_by_subject")
+            raise Refusal("400", "bad-request", "give seq (an integer) or last_by_subject")
         [msg] = await engine.log.read([seq])
         if msg is None:
             raise StreamError("not-found", f"stream {name} has no message {seq}")
@@ -833,7 +822,7 @@ class StreamManager:
     async def _create_consumer(self, session: Session | None, stream: str, body: Any) -> Any:
         engine = self._stream(stream)
         if not isinstance(body, dict):
-            raise _Refusal("400", "bad-request", "a consumer configuration is a JSON object")
+            raise Refusal("400", "bad-request", "a consumer configuration is a JSON object")
         name = body.get("name")
         existing = engine.consumers.get(name) if isinstance(name, str) else None
         if existing is not None:
@@ -887,7 +876,30 @@ class StreamManager:
             await asyncio.to_thread(lambda: path.unlink(missing_ok=True))
 
 
-def _ack_body(stream: str, seq: int, duplicate: bool) -> bytes:
+def pull_options(data: bytes) -> tuple[int, float | None, bool, int]:
+    """A pull request's body (``{"batch", "expires", "no_wait", "max_bytes"}``) checked:
+    ``(batch, expires or None, no_wait, max_bytes)``, or a :class:`Refusal`."""
+    body = _json(data)
+    if not isinstance(body, dict):
+        raise Refusal("400", "bad-request", "a pull request's body is a JSON object")
+    batch = body.get("batch", 1)
+    expires = body.get("expires")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise Refusal("400", "bad-request", f"batch must be an integer >= 1, not {batch!r}")
+    if expires is not None and (
+        isinstance(expires, bool)
+        or not isinstance(expires, (int, float))
+        or not math.isfinite(expires)  # JSON from Python takes NaN and Infinity
+        or expires <= 0
+    ):
+        raise Refusal("400", "bad-request", f"expires must be seconds > 0, not {expires!r}")
+    max_bytes = body.get("max_bytes", 0)
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+        raise Refusal("400", "bad-request", f"max_bytes must be an integer >= 0, not {max_bytes!r}")
+    return batch, float(expires) if expires else None, bool(body.get("no_wait", False)), max_bytes
+
+
+def ack_body(stream: str, seq: int, duplicate: bool) -> bytes:
     """A PubAck as JSON, written by hand: it is sent once per stored message."""
     dup = b',"duplicate":true' if duplicate else b""
     return b'{"stream":"%s","seq":%d%s}' % (stream.encode(), seq, dup)
