@@ -10,11 +10,19 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 import asyncipc
 from tests.conftest import Certs
+from tests.nats_creds import (
+    account_jwt,
+    creds_file,
+    new_key,
+    operator_config,
+    user_jwt,
+)
 from tests.nats_server import NatsCluster, NatsServer, free_port, nats_server_binary
 
 pytestmark = pytest.mark.skipif(
@@ -232,13 +240,60 @@ async def test_tls_passes_through(certs: Certs, p: str) -> None:
         tls.close()
 
 
-async def test_creds_file_passes_through(nats_server: str) -> None:
-    """A credentials file reaches nats-py (an operator/JWT setup is out of reach of these
-    tests): without the nkeys package that is said first, with it the missing file."""
-    with pytest.raises((asyncipc.ConnectError, OSError, asyncipc.ConfigurationError)) as info:
-        await asyncipc.connect(nats_server + "?creds=/nonexistent/user.creds")
-    if isinstance(info.value, asyncipc.ConfigurationError):
-        assert "nkeys" in str(info.value)
+async def test_nkey_passes_through(tmp_path: Path, p: str) -> None:
+    """``?nkey=SEEDFILE``: nats-py signs the server's nonce with the seed; the server
+    knows the user by its public nkey. A seed it does not know is AuthenticationError."""
+    user, stranger = new_key("user"), new_key("user")
+    seed = tmp_path / "user.nk"
+    seed.write_text(user.seed + "\n")
+    wrong = tmp_path / "stranger.nk"
+    wrong.write_text(stranger.seed + "\n")
+    server = NatsServer(config=f"authorization {{ users = [ {{ nkey: {user.public} }} ] }}")
+    try:
+        async with (
+            asyncipc.connect(f"{server.url}?nkey={seed}") as bus,
+            bus.subscribe(f"{p}.n") as sub,
+        ):
+            await bus.publish(f"{p}.n", b"signed")
+            assert (await sub.next_msg(timeout=GUARD)).data == b"signed"
+        with pytest.raises(asyncipc.AuthenticationError):
+            await asyncipc.connect(f"{server.url}?nkey={wrong}")
+        with pytest.raises(asyncipc.AuthenticationError):
+            await asyncipc.connect(server.url)
+    finally:
+        server.close()
+
+
+async def test_creds_file_passes_through(tmp_path: Path, p: str) -> None:
+    """``?creds=FILE`` on a server in operator mode (JWTs signed here, tests/nats_creds.py):
+    a user of a known account gets in and round-trips; a user signed by an account the
+    operator never signed is refused with AuthenticationError."""
+    operator, account, rogue = new_key("operator"), new_key("account"), new_key("account")
+    user, intruder = new_key("user"), new_key("user")
+    good = creds_file(tmp_path / "user.creds", user_jwt(account, user), user)
+    bad = creds_file(tmp_path / "intruder.creds", user_jwt(rogue, intruder), intruder)
+    server = NatsServer(config=operator_config(operator, (account, account_jwt(operator, account))))
+    try:
+        async with (
+            asyncipc.connect(f"{server.url}?creds={good}") as bus,
+            bus.subscribe(f"{p}.c") as sub,
+        ):
+            await bus.publish(f"{p}.c", b"with a jwt")
+            assert (await sub.next_msg(timeout=GUARD)).data == b"with a jwt"
+        with pytest.raises(asyncipc.AuthenticationError):
+            await asyncipc.connect(f"{server.url}?creds={bad}")
+        with pytest.raises(asyncipc.AuthenticationError):
+            await asyncipc.connect(server.url)
+    finally:
+        server.close()
+
+
+async def test_a_missing_creds_or_nkey_file_is_said(nats_server: str) -> None:
+    """nats-py reads these files only when the server asks for a signature; a server
+    without authentication (this one) would never show a wrong path: the link checks."""
+    for key in ("creds", "nkey"):
+        with pytest.raises(asyncipc.ConfigurationError, match=f"cannot read the \\?{key}= file"):
+            await asyncipc.connect(f"{nats_server}?{key}=/nonexistent/user.{key}")
 
 
 async def test_garbage_server_is_a_clear_connect_error() -> None:

@@ -133,6 +133,23 @@ def _tls_context(url: URL, given: _ssl.SSLContext | None) -> _ssl.SSLContext | N
     return ctx
 
 
+def _check_readable(url: URL, *keys: str) -> None:
+    """ConfigurationError unless each file the query names for ``keys`` can be read.
+
+    nats-py reads ``?creds=`` and ``?nkey=`` only when the server asks for a signature:
+    against a server without authentication a wrong path would pass unnoticed. (A few
+    hundred bytes, read when connecting, as nats-py reads them: blocking is harmless.)"""
+    for key in keys:
+        if key in url.query:
+            try:
+                with open(url.query[key], "rb"):
+                    pass
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"{url.raw}: cannot read the ?{key}= file: {exc}"
+                ) from None
+
+
 class _Client(_NatsClient):
     """nats-py's client, handing the messages of the link's subscriptions straight to it."""
 
@@ -585,6 +602,7 @@ class NatsTransport:
                 f"{url.raw}: NATS credentials and nkeys need the nkeys package: "
                 "pip install 'nats-py[nkeys]'"
             )
+        _check_readable(url, "creds", "nkey")
         if "creds" in q:
             kwargs["user_credentials"] = q["creds"]
         if "nkey" in q:
