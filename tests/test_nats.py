@@ -182,6 +182,62 @@ async def test_giving_up_ends_the_bus_with_closed(server: NatsServer, p: str) ->
     await bus.close()
 
 
+async def test_reconnect_time_limit_ends_the_bus_with_disconnected(
+    server: NatsServer, p: str
+) -> None:
+    """nats-py counts attempts only; the link adds ConnectOptions.reconnect_time_limit:
+    with the server gone for good, the bus ends with Disconnected (saying the limit
+    elapsed) about a second after the disconnect, though nats-py would retry forever."""
+    options = asyncipc.ConnectOptions(reconnect_time_limit=1.0, reconnect_max_delay=0.05)
+    bus = await asyncipc.connect(server.url, options=options)
+    events = bus.events().__aiter__()
+    sub = bus.subscribe(f"{p}.x")
+    await bus.flush()
+    server.kill()
+    loop = asyncio.get_running_loop()
+    assert await collect(events, "disconnected") == ["disconnected"]
+    down = loop.time()
+    async with asyncio.timeout(GUARD):
+        closed = await anext(events)
+        await bus.wait_closed()
+    took = loop.time() - down
+    assert closed.kind == "closed"
+    assert isinstance(closed.error, asyncipc.Disconnected)
+    assert "reconnect_time_limit" in str(closed.error)
+    assert 0.8 <= took < 5.0, took
+    assert bus.is_closed
+    with pytest.raises(asyncipc.BrokenLinkError):
+        await sub.next_msg(timeout=GUARD)
+    with pytest.raises(asyncipc.ConnectionClosed):
+        await bus.publish(f"{p}.x", b"late")
+    await bus.close()
+
+
+async def test_reconnect_time_limit_is_not_spent_by_a_server_back_in_time(
+    server: NatsServer, p: str
+) -> None:
+    """Back within the limit: reconnected, the timer is off. A second outage gets the
+    whole limit again, and the bus goes on working after both."""
+    options = asyncipc.ConnectOptions(reconnect_time_limit=2.0, reconnect_max_delay=0.05)
+    async with (
+        asyncipc.connect(server.url, options=options) as bus,
+        bus.subscribe(f"{p}.x") as sub,
+    ):
+        await bus.flush()
+        events = bus.events().__aiter__()
+        for _ in range(2):
+            server.kill()
+            assert await collect(events, "disconnected") == ["disconnected"]
+            await asyncio.sleep(1.2)  # the two outages together exceed the limit
+            server.start()
+            assert await collect(events, "reconnected") == ["reconnected"]
+        await asyncio.sleep(2.5)  # past a timer that was not cancelled
+        assert bus.is_connected
+        assert not bus.is_closed
+        await bus.publish(f"{p}.x", b"still here")
+        assert (await sub.next_msg(timeout=GUARD)).data == b"still here"
+
+
 async def test_block_keeps_what_it_can_without_holding_the_publisher(
     nats_server: str, p: str
 ) -> None:
