@@ -15,12 +15,13 @@ this process (uvloop). Rows:
 
 Throughput is messages received per second from the first publish to the last receipt
 (the bridge drops past its bounded queue, so received, not sent, is what counts; a
-``lost`` column says how many never came). Run: ``python -m benchmarks.bridge [--quick]``.
+``lost`` column says how many never came). Run: ``python -m benchmarks.bridge [--quick]
+[--json FILE]``, or as the ``bridge`` section of ``python -m benchmarks.run --cases bridge``
+(opt-in: not in the default run).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import shutil
@@ -37,6 +38,9 @@ import nats
 import uvloop
 
 import asyncipc
+
+from ._procs import _child_setup
+from ._report import section_main
 
 PAYLOAD = b"x" * 64
 
@@ -57,7 +61,15 @@ def _nats_server() -> str:
 
 
 def _start(argv: list[str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Its own session, and killed by the kernel should this process die first (as every
+    # process benchmarks.run starts): benchmarks.run stops this one with SIGTERM.
+    return subprocess.Popen(
+        argv,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=_child_setup,
+    )
 
 
 def _exists(path: Path) -> bool:
@@ -97,7 +109,8 @@ def _pct(samples: list[float], p: float) -> float:
     return samples[min(len(samples) - 1, int(len(samples) * p))] * 1e6
 
 
-async def main(quick: bool) -> None:
+async def run_all(quick: bool) -> dict[str, Any]:
+    """Every row, as a dict ``table`` prints and ``--json`` writes."""
     n = 20_000 if quick else 200_000
     requests = 500 if quick else 5_000
     port = _free_port()
@@ -112,7 +125,7 @@ async def main(quick: bool) -> None:
             *("--bridge", url, "--bridge-subjects", "bench.>", "--ready-file", str(ready)),
         ]
     )
-    rows: list[tuple[str, str, str]] = []
+    rows: list[dict[str, Any]] = []
     try:
         await _wait_for(ready, broker)
         await asyncio.sleep(0.3)
@@ -132,12 +145,14 @@ async def main(quick: bool) -> None:
         rate, lost = await _throughput(
             lambda: bus.publish("bench.out", PAYLOAD), bus.flush, count, n
         )
-        rows.append(("pub local -> NATS (bridge)", f"{rate:,.0f} msg/s", f"lost {lost}"))
+        rows.append({"row": "pub local -> NATS (bridge)", "msgs_per_s": rate, "lost": lost})
         count[0] = 0
         rate, lost = await _throughput(
             lambda: nc_pub.publish("bench.out", PAYLOAD), nc_pub.flush, count, n
         )
-        rows.append(("pub NATS -> NATS (nats-py straight)", f"{rate:,.0f} msg/s", f"lost {lost}"))
+        rows.append(
+            {"row": "pub NATS -> NATS (nats-py straight)", "msgs_per_s": rate, "lost": lost}
+        )
         await sub.unsubscribe()
 
         # NATS -> local
@@ -152,7 +167,7 @@ async def main(quick: bool) -> None:
         rate, lost = await _throughput(
             lambda: nc_pub.publish("bench.in", PAYLOAD), nc_pub.flush, local, n
         )
-        rows.append(("pub NATS -> local (bridge)", f"{rate:,.0f} msg/s", f"lost {lost}"))
+        rows.append({"row": "pub NATS -> local (bridge)", "msgs_per_s": rate, "lost": lost})
         await lsub.unsubscribe()
 
         # request/reply latency
@@ -179,13 +194,7 @@ async def main(quick: bool) -> None:
                 t = time.perf_counter()
                 await ask()
                 samples.append(time.perf_counter() - t)
-            rows.append(
-                (
-                    name,
-                    f"p50 {_pct(samples, 0.5):.0f} us",
-                    f"p99 {_pct(samples, 0.99):.0f} us",
-                )
-            )
+            rows.append({"row": name, "p50_us": _pct(samples, 0.5), "p99_us": _pct(samples, 0.99)})
         await bus.close()
         await nc_pub.close()
         await nc_sub.close()
@@ -195,13 +204,49 @@ async def main(quick: bool) -> None:
                 os.kill(proc.pid, signal.SIGTERM)
                 proc.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"bridge benchmark: {n} messages of 64 B, {requests} requests, {os.cpu_count()} cpus")
-    for row in rows:
-        print(f"  {row[0]:<42} {row[1]:>16}  {row[2]}")
+    return {
+        "quick": quick,
+        "messages": n,
+        "requests": requests,
+        "size": len(PAYLOAD),
+        "cpus": os.cpu_count(),
+        "rows": rows,
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    """The bridge section as ``benchmarks.run`` (and ``python -m benchmarks.bridge``)
+    prints it."""
+    head = ("row", "msgs/s", "lost", "p50", "p99")
+    lines = []
+    for r in result["rows"]:
+        if "msgs_per_s" in r:
+            lines.append((r["row"], f"{r['msgs_per_s']:,.0f}", f"{r['lost']:,}", "", ""))
+        else:
+            lines.append((r["row"], "", "", f"{r['p50_us']:,.0f} us", f"{r['p99_us']:,.0f} us"))
+    widths = [max(len(x[i]) for x in (head, *lines)) for i in range(len(head))]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "| " + " | ".join(x.ljust(w) for x, w in zip(cells, widths, strict=True)) + " |"
+
+    title = (
+        f"bridge: asyncipc broker --bridge to one nats-server next to nats-py straight, "
+        f"{result['messages']:,} messages of {result['size']} B per throughput row, "
+        f"{result['requests']:,} requests one at a time per latency row, uvloop, "
+        f"{result['cpus']} cpus; msgs/s received (higher is better), latency lower"
+    )
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([title, "", line(head), rule, *map(line, lines)])
+
+
+def measure(quick: bool = False) -> dict[str, Any]:
+    """Every row, in a fresh uvloop loop."""
+    return uvloop.run(run_all(quick))
+
+
+def main() -> None:
+    section_main(__doc__, measure, table, quick_help="counts / 10")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="counts / 10")
-    args = parser.parse_args()
-    uvloop.run(main(args.quick))
+    main()

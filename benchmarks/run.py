@@ -56,11 +56,16 @@ RECONNECT = "reconnect"
 #: The streams section (``benchmarks/streams.py``): durable streams against NATS JetStream
 #: (pipelined and one-at-a-time acknowledged publishes, fetch and ack) and file://.
 STREAMS = "streams"
-ALL_CASES = [*CASES, INPROCESS, CHANNELS, ADAPTERS, SHM, RECONNECT, STREAMS]
+#: The bridge section (``benchmarks/bridge.py``): a broker bridged to NATS next to nats-py
+#: straight, both ways, and requests across it.
+BRIDGE = "bridge"
+ALL_CASES = [*CASES, INPROCESS, CHANNELS, ADAPTERS, SHM, RECONNECT, STREAMS, BRIDGE]
 #: Sections run only when ``--cases`` names them (or says ``all``). The streams section is
 #: one: it about doubles a full run (a minute or more, most of it waiting on fsyncs) and
-#: its figures move with whatever else is writing to the disk.
-OPT_IN: list[str] = [STREAMS]
+#: its figures move with whatever else is writing to the disk. The bridge section is
+#: another: it measures a feature (docs/bridge.md), not asyncipc against the other
+#: systems, and it would lengthen every default run.
+OPT_IN: list[str] = [STREAMS, BRIDGE]
 DEFAULT_CASES = [c for c in ALL_CASES if c not in OPT_IN]
 
 
@@ -210,6 +215,7 @@ def _render(
     shm: dict[str, Any] | None = None,
     reconnect: dict[str, Any] | None = None,
     streams: dict[str, Any] | None = None,
+    bridge: dict[str, Any] | None = None,
 ) -> str:
     parts = [render_tables(cases, systems, cells, {c.id: scale.count(c) for c in cases})]
     if inprocess is not None:
@@ -252,6 +258,13 @@ def _render(
             from .streams import table as streams_table
 
             parts.append("## " + streams_table(streams))
+    if bridge is not None:
+        if "error" in bridge:
+            parts.append(f"## bridge\n\nerror: {bridge['error']}")
+        else:
+            from .bridge import table as bridge_table
+
+            parts.append("## " + bridge_table(bridge))
     parts.append(render_summary(cases, systems, cells))
     return "\n\n".join(p for p in parts if p)
 
@@ -273,6 +286,7 @@ async def amain(args: argparse.Namespace) -> int:
     shm: dict[str, Any] | None = None
     reconnect: dict[str, Any] | None = None
     streams: dict[str, Any] | None = None
+    bridge: dict[str, Any] | None = None
     started = time.monotonic()
     try:
         for case in cases:
@@ -369,6 +383,20 @@ async def amain(args: argparse.Namespace) -> int:
                 file=sys.stderr,
                 flush=True,
             )
+        if BRIDGE in chosen:
+            t0 = time.monotonic()
+            try:
+                # Three throughput rows and two latency rows: bounded like four cells.
+                bridge = await _inprocess(args.quick, 4 * scale.timeout, BRIDGE)
+                done = "local <-> NATS through the bridge, nats-py straight"
+            except BenchError as exc:
+                bridge = {"error": str(exc), "detail": exc.detail}
+                done = f"error: {exc}"
+            print(
+                f"{BRIDGE:>9} {'both':<14} {time.monotonic() - t0:5.1f} s  {done}",
+                file=sys.stderr,
+                flush=True,
+            )
     except asyncio.CancelledError:
         # Ctrl-C or SIGTERM: the cell's processes are stopped by now (context managers).
         for case in cases:
@@ -388,6 +416,7 @@ async def amain(args: argparse.Namespace) -> int:
                 shm,
                 reconnect,
                 streams,
+                bridge,
             ),
             flush=True,
         )
@@ -409,6 +438,7 @@ async def amain(args: argparse.Namespace) -> int:
         and reconnect is not None
         and "error" not in reconnect
         and (STREAMS not in chosen or (streams is not None and "error" not in streams))
+        and (BRIDGE not in chosen or (bridge is not None and "error" not in bridge))
     )
     print(
         _render(
@@ -423,6 +453,7 @@ async def amain(args: argparse.Namespace) -> int:
             shm,
             reconnect,
             streams,
+            bridge,
         )
     )
     write_json(
@@ -440,6 +471,8 @@ async def amain(args: argparse.Namespace) -> int:
         _add_section(args.json, RECONNECT, reconnect)
     if streams is not None:
         _add_section(args.json, STREAMS, streams)
+    if bridge is not None:
+        _add_section(args.json, BRIDGE, bridge)
     print(f"\nfull results: {args.json} ({meta['seconds']:.0f} s)", file=sys.stderr)
     return 0
 

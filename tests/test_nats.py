@@ -10,11 +10,19 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 import asyncipc
 from tests.conftest import Certs
+from tests.nats_creds import (
+    account_jwt,
+    creds_file,
+    new_key,
+    operator_config,
+    user_jwt,
+)
 from tests.nats_server import NatsCluster, NatsServer, free_port, nats_server_binary
 
 pytestmark = pytest.mark.skipif(
@@ -174,6 +182,62 @@ async def test_giving_up_ends_the_bus_with_closed(server: NatsServer, p: str) ->
     await bus.close()
 
 
+async def test_reconnect_time_limit_ends_the_bus_with_disconnected(
+    server: NatsServer, p: str
+) -> None:
+    """nats-py counts attempts only; the link adds ConnectOptions.reconnect_time_limit:
+    with the server gone for good, the bus ends with Disconnected (saying the limit
+    elapsed) about a second after the disconnect, though nats-py would retry forever."""
+    options = asyncipc.ConnectOptions(reconnect_time_limit=1.0, reconnect_max_delay=0.05)
+    bus = await asyncipc.connect(server.url, options=options)
+    events = bus.events().__aiter__()
+    sub = bus.subscribe(f"{p}.x")
+    await bus.flush()
+    server.kill()
+    loop = asyncio.get_running_loop()
+    assert await collect(events, "disconnected") == ["disconnected"]
+    down = loop.time()
+    async with asyncio.timeout(GUARD):
+        closed = await anext(events)
+        await bus.wait_closed()
+    took = loop.time() - down
+    assert closed.kind == "closed"
+    assert isinstance(closed.error, asyncipc.Disconnected)
+    assert "reconnect_time_limit" in str(closed.error)
+    assert 0.8 <= took < 5.0, took
+    assert bus.is_closed
+    with pytest.raises(asyncipc.BrokenLinkError):
+        await sub.next_msg(timeout=GUARD)
+    with pytest.raises(asyncipc.ConnectionClosed):
+        await bus.publish(f"{p}.x", b"late")
+    await bus.close()
+
+
+async def test_reconnect_time_limit_is_not_spent_by_a_server_back_in_time(
+    server: NatsServer, p: str
+) -> None:
+    """Back within the limit: reconnected, the timer is off. A second outage gets the
+    whole limit again, and the bus goes on working after both."""
+    options = asyncipc.ConnectOptions(reconnect_time_limit=2.0, reconnect_max_delay=0.05)
+    async with (
+        asyncipc.connect(server.url, options=options) as bus,
+        bus.subscribe(f"{p}.x") as sub,
+    ):
+        await bus.flush()
+        events = bus.events().__aiter__()
+        for _ in range(2):
+            server.kill()
+            assert await collect(events, "disconnected") == ["disconnected"]
+            await asyncio.sleep(1.2)  # the two outages together exceed the limit
+            server.start()
+            assert await collect(events, "reconnected") == ["reconnected"]
+        await asyncio.sleep(2.5)  # past a timer that was not cancelled
+        assert bus.is_connected
+        assert not bus.is_closed
+        await bus.publish(f"{p}.x", b"still here")
+        assert (await sub.next_msg(timeout=GUARD)).data == b"still here"
+
+
 async def test_block_keeps_what_it_can_without_holding_the_publisher(
     nats_server: str, p: str
 ) -> None:
@@ -232,13 +296,60 @@ async def test_tls_passes_through(certs: Certs, p: str) -> None:
         tls.close()
 
 
-async def test_creds_file_passes_through(nats_server: str) -> None:
-    """A credentials file reaches nats-py (an operator/JWT setup is out of reach of these
-    tests): without the nkeys package that is said first, with it the missing file."""
-    with pytest.raises((asyncipc.ConnectError, OSError, asyncipc.ConfigurationError)) as info:
-        await asyncipc.connect(nats_server + "?creds=/nonexistent/user.creds")
-    if isinstance(info.value, asyncipc.ConfigurationError):
-        assert "nkeys" in str(info.value)
+async def test_nkey_passes_through(tmp_path: Path, p: str) -> None:
+    """``?nkey=SEEDFILE``: nats-py signs the server's nonce with the seed; the server
+    knows the user by its public nkey. A seed it does not know is AuthenticationError."""
+    user, stranger = new_key("user"), new_key("user")
+    seed = tmp_path / "user.nk"
+    seed.write_text(user.seed + "\n")
+    wrong = tmp_path / "stranger.nk"
+    wrong.write_text(stranger.seed + "\n")
+    server = NatsServer(config=f"authorization {{ users = [ {{ nkey: {user.public} }} ] }}")
+    try:
+        async with (
+            asyncipc.connect(f"{server.url}?nkey={seed}") as bus,
+            bus.subscribe(f"{p}.n") as sub,
+        ):
+            await bus.publish(f"{p}.n", b"signed")
+            assert (await sub.next_msg(timeout=GUARD)).data == b"signed"
+        with pytest.raises(asyncipc.AuthenticationError):
+            await asyncipc.connect(f"{server.url}?nkey={wrong}")
+        with pytest.raises(asyncipc.AuthenticationError):
+            await asyncipc.connect(server.url)
+    finally:
+        server.close()
+
+
+async def test_creds_file_passes_through(tmp_path: Path, p: str) -> None:
+    """``?creds=FILE`` on a server in operator mode (JWTs signed here, tests/nats_creds.py):
+    a user of a known account gets in and round-trips; a user signed by an account the
+    operator never signed is refused with AuthenticationError."""
+    operator, account, rogue = new_key("operator"), new_key("account"), new_key("account")
+    user, intruder = new_key("user"), new_key("user")
+    good = creds_file(tmp_path / "user.creds", user_jwt(account, user), user)
+    bad = creds_file(tmp_path / "intruder.creds", user_jwt(rogue, intruder), intruder)
+    server = NatsServer(config=operator_config(operator, (account, account_jwt(operator, account))))
+    try:
+        async with (
+            asyncipc.connect(f"{server.url}?creds={good}") as bus,
+            bus.subscribe(f"{p}.c") as sub,
+        ):
+            await bus.publish(f"{p}.c", b"with a jwt")
+            assert (await sub.next_msg(timeout=GUARD)).data == b"with a jwt"
+        with pytest.raises(asyncipc.AuthenticationError):
+            await asyncipc.connect(f"{server.url}?creds={bad}")
+        with pytest.raises(asyncipc.AuthenticationError):
+            await asyncipc.connect(server.url)
+    finally:
+        server.close()
+
+
+async def test_a_missing_creds_or_nkey_file_is_said(nats_server: str) -> None:
+    """nats-py reads these files only when the server asks for a signature; a server
+    without authentication (this one) would never show a wrong path: the link checks."""
+    for key in ("creds", "nkey"):
+        with pytest.raises(asyncipc.ConfigurationError, match=f"cannot read the \\?{key}= file"):
+            await asyncipc.connect(f"{nats_server}?{key}=/nonexistent/user.{key}")
 
 
 async def test_garbage_server_is_a_clear_connect_error() -> None:

@@ -17,6 +17,8 @@ Design choices, and the reasons:
   disconnected/reconnected/closed callbacks become the Bus's ConnectionEvents through
   :class:`~asyncipc.link.SelfHealingReceiver`; when nats-py gives up, the link is lost
   and the Bus ends with :class:`~asyncipc.Disconnected`, as a Bus does over ``unix://``.
+  nats-py bounds attempts, not time: ``ConnectOptions.reconnect_time_limit`` is the
+  link's own timer from the disconnect, which closes nats-py's client when it elapses.
 * Messages are taken from nats-py's parser synchronously (``_Client._process_msg``, an
   override of a private method, stable across nats-py 2.x), not through a callback task
   per subscription: so a flush's PONG comes after every message the server sent before
@@ -148,6 +150,23 @@ def _tls_context(url: URL, given: _ssl.SSLContext | None) -> _ssl.SSLContext | N
     return ctx
 
 
+def _check_readable(url: URL, *keys: str) -> None:
+    """ConfigurationError unless each file the query names for ``keys`` can be read.
+
+    nats-py reads ``?creds=`` and ``?nkey=`` only when the server asks for a signature:
+    against a server without authentication a wrong path would pass unnoticed. (A few
+    hundred bytes, read when connecting, as nats-py reads them: blocking is harmless.)"""
+    for key in keys:
+        if key in url.query:
+            try:
+                with open(url.query[key], "rb"):
+                    pass
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"{url.raw}: cannot read the ?{key}= file: {exc}"
+                ) from None
+
+
 class _Client(_NatsClient):
     """nats-py's client, handing the messages of the link's subscriptions straight to it."""
 
@@ -243,6 +262,10 @@ class NatsLink(Link):
         self._exc: BaseException | None = None
         self._closed_fut: asyncio.Future[None] = self._loop.create_future()
         self._writer: asyncio.Task[None] | None = None
+        limit = getattr(options.connect_options, "reconnect_time_limit", None)
+        self._time_limit: float | None = None if limit is None else float(limit)
+        self._give_up: asyncio.Task[None] | None = None  # the reconnect_time_limit timer
+        self._gave_up: Disconnected | None = None
 
     def start(self) -> None:
         self._writer = self._loop.create_task(self._write_loop(), name="asyncipc nats writer")
@@ -614,13 +637,42 @@ class NatsLink(Link):
         self._up.clear()
         if self._js is not None:
             self._js.link_down()
+        if self._time_limit is not None and self._give_up is None and not self.nc.is_closed:
+            self._give_up = self._loop.create_task(
+                self._give_up_after(self._time_limit), name="asyncipc nats time limit"
+            )
+            self._tasks.add(self._give_up)  # cancelled by _finish with the others
+            self._give_up.add_done_callback(self._tasks.discard)
         r = self._healing()
         if r is not None:
             where = self.peer.address
             r.link_interrupted(BrokenLinkError(f"lost the NATS server at {where}"), where)
 
+    async def _give_up_after(self, limit: float) -> None:
+        """``ConnectOptions.reconnect_time_limit``, which nats-py has not (it counts
+        attempts only): no server ``limit`` seconds after the disconnect, close nats-py's
+        client, and the link is lost with Disconnected, as when nats-py gives up."""
+        lost = self.peer.address
+        await asyncio.sleep(limit)
+        if self.nc.is_connected or self._closing or self._lost:
+            return
+        self._gave_up = Disconnected(
+            f"gave up reconnecting to {lost}: no NATS server within reconnect_time_limit "
+            f"({limit:g} s); last error: {self.nc.last_error!r}"
+        )
+        log.warning("%s", self._gave_up)
+        try:
+            if not self.nc.is_closed:
+                with contextlib.suppress(nats_errors.Error, OSError):
+                    await self.nc.close()  # stops its reconnecting; calls _on_closed
+        finally:
+            self._finish(self._gave_up)
+
     async def _on_reconnected(self) -> None:
         self._up.set()
+        if self._give_up is not None:
+            self._give_up.cancel()
+            self._give_up = None
         where = self.nc.connected_url
         if where is not None:
             self.peer = PeerInfo("nats", _address(where.geturl()))
@@ -631,7 +683,9 @@ class NatsLink(Link):
     async def _on_closed(self) -> None:
         if self._closing:
             return
-        self._finish(Disconnected(f"nats-py gave up reconnecting: {self.nc.last_error!r}"))
+        self._finish(
+            self._gave_up or Disconnected(f"nats-py gave up reconnecting: {self.nc.last_error!r}")
+        )
 
     async def _on_error(self, exc: Exception) -> None:
         if isinstance(exc, nats_errors.SlowConsumerError):
@@ -684,6 +738,7 @@ class NatsTransport:
                 f"{url.raw}: NATS credentials and nkeys need the nkeys package: "
                 "pip install 'nats-py[nkeys]'"
             )
+        _check_readable(url, "creds", "nkey")
         if "creds" in q:
             kwargs["user_credentials"] = q["creds"]
         if "nkey" in q:
