@@ -128,6 +128,22 @@ async def test_publishes_while_reconnecting_are_buffered_and_sent(
         assert got == [b"%d" % i for i in range(10)]
 
 
+async def test_flush_while_reconnecting_waits_for_the_server(server: NatsServer, p: str) -> None:
+    """nats-py's own flush returns at once while it reconnects (it only writes its
+    buffer): the Bus's flush must wait until a server has answered."""
+    async with asyncipc.connect(server.url) as bus:
+        events = bus.events().__aiter__()
+        server.kill()
+        assert await collect(events, "disconnected") == ["disconnected"]
+        await bus.publish(f"{p}.x", b"held")
+        flushing = asyncio.ensure_future(bus.flush(timeout=GUARD))
+        await asyncio.sleep(0.5)
+        assert not flushing.done(), "flush returned with no server to answer it"
+        server.start()
+        await flushing
+        assert bus.is_connected
+
+
 async def test_server_restart_resumes_subscriptions(server: NatsServer, p: str) -> None:
     """One server, SIGKILLed and started again on its port: subscriptions and handlers
     made before come back (nats-py restores them), a request in flight fails at once

@@ -536,6 +536,13 @@ class NatsLink(Link):
         """A PING/PONG with the server (waiting through a reconnect); False if closed."""
         nc = self.nc
         while not nc.is_closed:
+            if not nc.is_connected:
+                # Reconnecting: nats-py's flush would only write its buffer and return,
+                # and a PONG then would promise what the server has not seen.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.1):
+                        await self._up.wait()
+                continue
             try:
                 await nc.flush(timeout=5)
                 return True
