@@ -688,7 +688,8 @@ def _stream_config(storage: list[str]) -> dict[str, Any]:
             "storage": {"type": "string", "enum": storage, "nullable": True},
             "fsync": {"type": "string", "enum": ["always", "interval", "never"]},
             "sync_interval": {**_SECONDS, "exclusiveMinimum": True},
-            "replicas": {**_INT, "minimum": 1, "maximum": 5},
+            # One broker keeps one copy; replicas are JetStream's (nats://, not REST).
+            "replicas": {**_INT, "minimum": 1, "maximum": 1},
         },
         required=["name"],
     )
