@@ -173,7 +173,7 @@ def _commit() -> str | None:
 
 def _meta(args: argparse.Namespace, scale: Scale) -> dict[str, Any]:
     versions: dict[str, str | None] = {}
-    for dist in ("asyncipc", "nats-py", "pyzmq", "redis", "uvloop"):
+    for dist in ("asyncipc", "nats-py", "pyzmq", "redis", "hiredis", "uvloop"):
         try:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
