@@ -168,6 +168,7 @@ async def _pubsub(
 ) -> dict[str, Any]:
     count = scale.count(case)
     common = ["--subject", "bench.x", "--count", str(count), "--size", str(case.size)]
+    common += system.worker_args
     procs = scale.fanout_procs if case.subscribers > 1 else 1
     async with AsyncExitStack() as stack:
         phase.now = "starting subscribers"
@@ -229,7 +230,13 @@ async def _reqrep(
     async with AsyncExitStack() as stack:
         phase.now = "starting the responder"
         responder = await stack.enter_async_context(
-            worker("responder", system.worker, "responder", ["--url", ep.back], tmp)
+            worker(
+                "responder",
+                system.worker,
+                "responder",
+                ["--url", ep.back, *system.worker_args],
+                tmp,
+            )
         )
         await _expect(responder, "ready", STARTUP_TIMEOUT, phase)
         args = [
@@ -238,6 +245,7 @@ async def _reqrep(
             "--warmup", str(scale.warmup),
             "--size", str(case.size),
             "--timeout", str(scale.request_timeout),
+            *system.worker_args,
         ]  # fmt: skip
         requester = await stack.enter_async_context(
             worker("requester", system.worker, "requester", args, tmp)

@@ -4,6 +4,12 @@ Ratios compare asyncipc over a Unix socket with each peer, because ratios are wh
 survive a change of machine; the absolute numbers of a shared 2-core box do not. A ratio
 is always ``asyncipc-unix / system`` of the same figure: for a throughput (higher is
 better) above 1 means asyncipc is faster, for a latency (lower is better) below 1 does.
+
+A peer with two common idioms has a column for each (``PEERS``); the summary compares
+asyncipc with the faster of them in each figure, since a user who cares picks that one.
+Every column is also read against the bare relay (``relay``, the reference): the share
+of what Python on asyncio does at all here, 1.00 being as fast as the relay, whichever
+way the figure goes.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from ._cases import Case, Row
 __all__ = [
     "BASE",
     "PEERS",
+    "REFERENCE",
     "Cell",
     "render_inprocess",
     "render_summary",
@@ -27,9 +34,17 @@ __all__ = [
     "write_json",
 ]
 
-#: The column every ratio is computed from, and the columns it is compared with.
+#: The column every ratio is computed from, and the peers it is compared with: each
+#: peer's columns, one per idiom (the summary takes the fastest of them per figure).
 BASE = "asyncipc-unix"
-PEERS = ("nats", "zmq", "redis")
+PEERS: dict[str, tuple[str, ...]] = {
+    "nats": ("nats-cb", "nats-iter"),
+    "zmq": ("zmq-copy", "zmq-nocopy"),
+    "redis": ("redis",),
+}
+#: The bare asyncio relay (``workers/relay.py``): what Python can do at all, the column
+#: every figure is also read against.
+REFERENCE = "relay"
 
 #: Longest skip or error reason shown in a table (the JSON has all of it).
 REASON_WIDTH = 90
@@ -77,6 +92,32 @@ def ratio(row: Row, base: Cell | None, other: Cell | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def share_value(row: Row, reference: Cell | None, cell: Cell | None) -> float | None:
+    """``cell``'s figure as a share of the bare relay's: system / relay for a throughput,
+    relay / system for a latency, so that 1.00 is always "as fast as the relay" and lower
+    always slower; None when either is missing."""
+    if reference is None or cell is None or reference.status != "ok" or cell.status != "ok":
+        return None
+    c, r = cell.metrics[row.metric], reference.metrics[row.metric]
+    if row.higher_is_better:
+        return c / r if r else None
+    return r / c if c else None
+
+
+def _share(row: Row, reference: Cell | None, cell: Cell | None) -> str:
+    value = share_value(row, reference, cell)
+    return "-" if value is None else f"{value:.2f}"
+
+
+def fastest(row: Row, cells: Sequence[tuple[str, Cell | None]]) -> tuple[str, Cell] | None:
+    """The column with the best ``row`` figure among ``cells`` (a peer's idioms)."""
+    ok = [(name, c) for name, c in cells if c is not None and c.status == "ok"]
+    if not ok:
+        return None
+    sign = 1 if row.higher_is_better else -1
+    return max(ok, key=lambda nc: sign * nc[1].metrics[row.metric])
+
+
 def _verdict(row: Row) -> str:
     if row.higher_is_better:
         return "higher is better; ratio > 1: asyncipc-unix faster"
@@ -99,6 +140,7 @@ def _case_table(
     pubsub = case.pattern == "pubsub"
     repeated = any(len(cells[case.id, s].runs) > 1 for s in systems)
     base = cells.get((case.id, BASE)) if BASE in systems else None
+    reference = cells.get((case.id, REFERENCE)) if REFERENCE in systems else None
 
     header = ["system", *(r.label for r in case.rows)]
     if pubsub:
@@ -107,6 +149,8 @@ def _case_table(
         header.append(f"{case.primary.label} min..max")
     if base is not None:
         header += [f"{BASE} / system, {r.label}" for r in case.rows]
+    if reference is not None:
+        header += [f"share of relay, {r.label}" for r in case.rows]
 
     rows: list[list[str]] = []
     for name in systems:
@@ -132,6 +176,8 @@ def _case_table(
                 row += ["(base)"] * len(case.rows)
             else:
                 row += [ratio(r, base, cell) for r in case.rows]
+        if reference is not None:
+            row += [_share(r, reference, cell) for r in case.rows]
         rows.append(row)
 
     unit = "microseconds per round trip" if not pubsub else "messages/s received"
@@ -144,6 +190,11 @@ def _case_table(
         counted = f"{count:,} messages"
     heading = f"## {case.title} ({case.id}, {counted})"
     notes = [f"   {case.what}", f"   {unit}: {'; '.join(verdicts)}"]
+    if reference is not None:
+        notes.append(
+            "   share of relay: the figure as a fraction of the bare asyncio relay's "
+            "(1.00 = as fast as Python relays bytes at all here; higher is better)"
+        )
     return "\n".join([heading, *notes, "", _markdown(header, rows)])
 
 
@@ -160,26 +211,50 @@ def render_tables(
 def render_summary(
     cases: Sequence[Case], systems: Sequence[str], cells: dict[tuple[str, str], Cell]
 ) -> str:
-    """Every ratio of the run in one table: rows are figures, columns are peers."""
-    peers = [p for p in PEERS if p in systems]
+    """Every ratio of the run in one table: rows are figures, columns are peers, each at
+    its fastest idiom for that figure (named in brackets when it has several), then
+    asyncipc-unix's and each peer's share of the bare relay."""
+    peers = {p: [c for c in cols if c in systems] for p, cols in PEERS.items()}
+    peers = {p: cols for p, cols in peers.items() if cols}
     if BASE not in systems or not peers:
         return ""
-    rows = [
-        [
-            f"{case.title}: {r.label}",
-            "higher" if r.higher_is_better else "LOWER",
-            *(ratio(r, cells.get((case.id, BASE)), cells.get((case.id, p))) for p in peers),
-        ]
-        for case in cases
-        for r in case.rows
-    ]
+    has_reference = REFERENCE in systems
+    rows = []
+    for case in cases:
+        base = cells.get((case.id, BASE))
+        reference = cells.get((case.id, REFERENCE)) if has_reference else None
+        for r in case.rows:
+            ratios, shares = [], []
+            for cols in peers.values():
+                best = fastest(r, [(c, cells.get((case.id, c))) for c in cols])
+                if best is None:
+                    ratios.append("-")
+                    shares.append("-")
+                    continue
+                name, cell = best
+                which = f" ({name.split('-', 1)[1]})" if len(cols) > 1 else ""
+                ratios.append(ratio(r, base, cell) + which)
+                shares.append(_share(r, reference, cell))
+            row = [
+                f"{case.title}: {r.label}",
+                "higher" if r.higher_is_better else "LOWER",
+                *ratios,
+            ]
+            if has_reference:
+                row += [_share(r, reference, base), *shares]
+            rows.append(row)
     if not rows:  # only sections without peer columns (inprocess, channels, adapters) ran
         return ""
     header = ["figure", "better", *(f"{BASE} / {p}" for p in peers)]
+    if has_reference:
+        header += [f"{BASE} share of relay", *(f"{p} share" for p in peers)]
     title = (
-        f"## Summary: {BASE} / peer for each figure. Throughput: > 1 means asyncipc is "
-        "faster. Latency (LOWER is better): < 1 means asyncipc is faster."
+        f"## Summary: {BASE} / peer for each figure, against the peer's fastest idiom "
+        "(in brackets). Throughput: > 1 means asyncipc is faster. Latency (LOWER is "
+        "better): < 1 means asyncipc is faster."
     )
+    if has_reference:
+        title += " Share of relay: the figure as a fraction of the bare asyncio relay's."
     return f"{title}\n\n{_markdown(header, rows)}"
 
 
@@ -214,6 +289,8 @@ def write_json(
         "meta": meta,
         "systems": list(systems),
         "base": BASE,
+        "peers": {p: list(cols) for p, cols in PEERS.items()},
+        "reference": REFERENCE,
         "cases": {
             case.id: {
                 "title": case.title,
@@ -223,6 +300,13 @@ def write_json(
                 "subscribers": case.subscribers,
                 "rows": [asdict(r) for r in case.rows],
                 "results": {s: asdict(cells[case.id, s]) for s in systems},
+                "shares_of_relay": {
+                    r.metric: {
+                        s: share_value(r, cells.get((case.id, REFERENCE)), cells[case.id, s])
+                        for s in systems
+                    }
+                    for r in case.rows
+                },
                 "ratios": {
                     r.metric: {
                         s: ratio_value(r, cells.get((case.id, BASE)), cells[case.id, s])

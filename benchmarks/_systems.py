@@ -49,6 +49,14 @@ class System:
 
     name: str = ""
     worker: str = ""  # module under benchmarks.workers
+    #: Which of the library's idioms the worker runs, for a library with two common ones
+    #: (``--idiom``, ``workers/_common.py``); one column per idiom, the same broker.
+    idiom: str = ""
+
+    @property
+    def worker_args(self) -> list[str]:
+        """Arguments every worker of this column gets on top of the case's."""
+        return ["--idiom", self.idiom] if self.idiom else []
 
     def unavailable(self) -> str | None:
         """Why this system cannot run here, or None."""
@@ -124,8 +132,14 @@ async def wait_for_line(
 
 
 class Nats(System):
-    name = "nats"
+    """nats-server, with nats-py subscribing by callback (``cb``, as nats-py's README and
+    its ``benchmark/`` scripts do) or by iterating ``sub.messages`` (``iter``)."""
+
     worker = "nats_w"
+
+    def __init__(self, idiom: Literal["cb", "iter"] = "cb") -> None:
+        self.idiom = idiom
+        self.name = f"nats-{idiom}"
 
     @staticmethod
     def binary() -> str | None:
@@ -155,8 +169,14 @@ class Nats(System):
 
 
 class Zmq(System):
-    name = "zmq"
+    """A ``zmq.proxy``, with pyzmq sending and receiving copied bytes (``copy``, the
+    default) or zero-copy frames (``nocopy``: ``copy=False``, ``Frame.buffer``)."""
+
     worker = "zmq_w"
+
+    def __init__(self, idiom: Literal["copy", "nocopy"] = "copy") -> None:
+        self.idiom = idiom
+        self.name = f"zmq-{idiom}"
 
     def unavailable(self) -> str | None:
         if importlib.util.find_spec("zmq") is None:
@@ -185,7 +205,12 @@ class Redis(System):
         if shutil.which("redis-server") is None:
             return "no redis-server (apt-get install redis-server)"
         if importlib.util.find_spec("redis") is None:
-            return "no redis-py (pip install redis)"
+            return "no redis-py (pip install 'redis[hiredis]')"
+        if importlib.util.find_spec("hiredis") is None:
+            # redis-py's README: "for faster performance, install redis with hiredis
+            # support"; without it this column would be redis-py's pure-Python parser,
+            # about half as fast here, which flatters everyone else.
+            return "no hiredis (pip install 'redis[hiredis]'): redis-py's fast path"
         return None
 
     @contextlib.asynccontextmanager
@@ -213,6 +238,41 @@ class Redis(System):
             yield Endpoints(f"unix://{path}", f"unix://{path}")
 
 
+class Relay(System):
+    """The reference, not a peer: what Python on asyncio can do at all here. A bare
+    asyncio relay process (``workers/relay.py``) passes the bytes of length-prefixed
+    frames from the publishers' (requesters') Unix socket to every connection on the
+    subscribers' (responders') socket and back, with no routing and no message objects;
+    the clients (``workers/relay_w.py``) frame and unframe with ``struct``. Every other
+    column's figure can be read as a fraction of this one."""
+
+    name = "relay"
+    worker = "relay_w"
+
+    @contextlib.asynccontextmanager
+    async def serve(self, tmp: Path, pattern: Pattern) -> AsyncIterator[Endpoints]:
+        front, back = tmp / "front.sock", tmp / "back.sock"
+
+        async def ready(s: Server) -> None:
+            for path in (front, back):
+                await wait_for_unix(path, STARTUP_TIMEOUT, s.proc, s.log)
+
+        argv = [sys.executable, "-m", "benchmarks.workers.relay", str(front), str(back)]
+        async with server("relay", argv, tmp, ready):
+            yield Endpoints(f"unix://{front}", f"unix://{back}")
+
+
 SYSTEMS: dict[str, System] = {
-    s.name: s for s in (Asyncipc("unix"), Asyncipc("tcp"), Asyncipc("udp"), Nats(), Zmq(), Redis())
+    s.name: s
+    for s in (
+        Asyncipc("unix"),
+        Asyncipc("tcp"),
+        Asyncipc("udp"),
+        Nats("cb"),
+        Nats("iter"),
+        Zmq("copy"),
+        Zmq("nocopy"),
+        Redis(),
+        Relay(),
+    )
 }

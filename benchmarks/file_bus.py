@@ -5,20 +5,21 @@ One writer process publishes ``N`` 64-byte messages to a fresh directory and clo
 starts, receives them all. Printed: the writer's publish loop (messages queued for the log
 writer: never waits for the disk), its append rate (to the end of the close, so every
 message is in the log), the reader's rate from its first message to its last, and the
-bytes the log took. Not a section of ``benchmarks.run``: there is no peer to compare
-with (NATS, ZeroMQ and Redis have no brokerless file bus).
+bytes the log took. Both processes run on uvloop. Not a section of ``benchmarks.run``:
+there is no peer to compare with (NATS, ZeroMQ and Redis have no brokerless file bus).
 
 Run: ``python -m benchmarks.file_bus [N]`` (default 200000).
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
 import tempfile
 import time
+
+import uvloop
 
 import asyncipc
 
@@ -57,7 +58,8 @@ async def _reader(directory: str, n: int) -> None:
 def main() -> None:
     if len(sys.argv) == 4:
         role, directory, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-        asyncio.run((_writer if role == "writer" else _reader)(directory, n))
+        # uvloop, like every other process the benchmarks start.
+        uvloop.run((_writer if role == "writer" else _reader)(directory, n))
         return
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
     with tempfile.TemporaryDirectory() as directory:

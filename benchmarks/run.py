@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import uvloop
+
 from ._cases import CASES, Case, Scale, run_cell
 from ._procs import REPO_ROOT, BenchError, run_module
 from ._report import Cell, render_inprocess, render_summary, render_tables, write_json
@@ -32,8 +34,12 @@ from ._systems import SYSTEMS, Nats, System
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 
-#: ``--systems asyncipc`` means all of its columns.
-ALIASES = {"asyncipc": ["asyncipc-unix", "asyncipc-tcp", "asyncipc-udp"]}
+#: ``--systems asyncipc`` means all of its columns, ``nats`` and ``zmq`` both idioms.
+ALIASES = {
+    "asyncipc": ["asyncipc-unix", "asyncipc-tcp", "asyncipc-udp"],
+    "nats": ["nats-cb", "nats-iter"],
+    "zmq": ["zmq-copy", "zmq-nocopy"],
+}
 
 #: The REST adapter's columns (``_rest_cases.py``): the Bus over http:// and bare aiohttp.
 SYSTEMS = {**SYSTEMS, **REST_SYSTEMS}
@@ -97,7 +103,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"comma-separated, of: {', '.join(ALL_CASES)}; default: all but "
         f"{', '.join(OPT_IN)}; 'all' is every one",
     )
-    p.add_argument("--systems", help=f"comma-separated, of: {', '.join(SYSTEMS)} (asyncipc = both)")
+    p.add_argument(
+        "--systems",
+        help=f"comma-separated, of: {', '.join(SYSTEMS)}; asyncipc = its three socket "
+        "columns, nats and zmq = both idioms, rest = the REST adapter's",
+    )
     p.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write results")
     p.add_argument("--repeat", type=int, default=1, help="runs per cell; the median is shown")
     p.add_argument("--timeout", type=float, help="seconds per cell (default 120, quick 60)")
@@ -163,7 +173,7 @@ def _commit() -> str | None:
 
 def _meta(args: argparse.Namespace, scale: Scale) -> dict[str, Any]:
     versions: dict[str, str | None] = {}
-    for dist in ("asyncipc", "nats-py", "pyzmq", "redis", "uvloop"):
+    for dist in ("asyncipc", "nats-py", "pyzmq", "redis", "hiredis", "uvloop"):
         try:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -496,7 +506,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return await amain(args)
 
     try:
-        return asyncio.run(run())
+        # uvloop here too, like every process the run starts: the orchestrator is idle
+        # while a cell runs, but it shares the 2 cores with the measured processes.
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(run())
     except KeyboardInterrupt:
         return 130
     except asyncio.CancelledError:

@@ -57,6 +57,7 @@ class WorkerArgs:
     warmup: int
     timeout: float
     idle: float
+    idiom: str
 
 
 def parse_args(argv: Sequence[str], roles: Sequence[str]) -> WorkerArgs:
@@ -70,6 +71,10 @@ def parse_args(argv: Sequence[str], roles: Sequence[str]) -> WorkerArgs:
     p.add_argument("--warmup", type=int, default=200, help="untimed requests first")
     p.add_argument("--timeout", type=float, default=2.0, help="per request, seconds")
     p.add_argument("--idle", type=float, default=5.0, help="subscriber gives up after")
+    # Where a library has two common ways to write the hot loop (nats-py's callback and
+    # iterator subscriptions, pyzmq with and without copy=False), each is a column of its
+    # own and the worker is told which one to run; the other workers ignore it.
+    p.add_argument("--idiom", default="", help="which of the library's idioms to use")
     ns = p.parse_args(argv)
     return WorkerArgs(**vars(ns))
 

@@ -1,9 +1,21 @@
-"""nats-py client roles against a nats-server."""
+"""nats-py client roles against a nats-server.
+
+nats-py has two common ways to receive, and both are columns (``--idiom``): ``cb``, a
+callback subscription, ``await nc.subscribe(subject, cb=handler)``, which is what
+nats-py's README and its own ``benchmark/`` scripts (``sub_perf.py``, ``pub_sub_perf.py``,
+``latency_perf.py``) use, and ``iter``, ``async for msg in sub.messages``. nats-py runs a
+callback straight from the subscription's delivery task, while ``sub.messages`` is an
+async generator over the same queue, with a future and a loop turn per message: the
+callback is its fast path. Publishing and requesting have one idiom each
+(``await nc.publish`` in a loop, then ``flush``; ``await nc.request``), as in its scripts.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
+from collections.abc import Awaitable, Callable
 
 import nats
 from nats.aio.client import Client
@@ -61,30 +73,44 @@ async def pub(args: WorkerArgs) -> None:
         await nc.close()
 
 
+async def _subscribe(
+    nc: Client, subject: str, cb: Callable[[Msg], Awaitable[None]] | None = None
+) -> Subscription:
+    # Unbounded client-side queues: by default nats-py drops messages (and reports a slow
+    # consumer) once 128 MB are pending, and the cases count every message.
+    return await nc.subscribe(subject, cb=cb, pending_msgs_limit=0, pending_bytes_limit=0)
+
+
+async def _iterate(s: Subscription, tally: Tally) -> None:
+    async for msg in s.messages:
+        if tally.add(msg.data):
+            return
+
+
 async def sub(args: WorkerArgs) -> None:
     clients: list[Client] = []
     try:
-        subs: list[Subscription] = []
-        for _ in range(args.conns):
+        tallies = [Tally(args.count) for _ in range(args.conns)]
+        receivers = []
+        for tally in tallies:
             nc = await _connect(args.url)
             clients.append(nc)
-            # Unbounded client-side queues: by default nats-py drops messages (and reports a
-            # slow consumer) once 128 MB are pending, and this case counts every message.
-            subs.append(
-                await nc.subscribe(args.subject, pending_msgs_limit=0, pending_bytes_limit=0)
-            )
+            if args.idiom == "iter":
+                receivers.append(_iterate(await _subscribe(nc, args.subject), tally))
+            else:
+                done = asyncio.Event()
+
+                async def handler(
+                    msg: Msg, tally: Tally = tally, done: asyncio.Event = done
+                ) -> None:
+                    if tally.add(msg.data):
+                        done.set()
+
+                await _subscribe(nc, args.subject, handler)
+                receivers.append(done.wait())
             await nc.flush()
         emit("ready")
-
-        async def receive(s: Subscription, tally: Tally) -> None:
-            async for msg in s.messages:
-                if tally.add(msg.data):
-                    return
-
-        tallies = [Tally(args.count) for _ in subs]
-        await consume(
-            [receive(s, t) for s, t in zip(subs, tallies, strict=True)], tallies, args.idle
-        )
+        await consume(receivers, tallies, args.idle)
     finally:
         for nc in clients:
             await nc.close()
@@ -94,14 +120,26 @@ async def responder(args: WorkerArgs) -> None:
     ctl = await Control.open()
     nc = await _connect(args.url)
     try:
+        task: asyncio.Future[None] | None = None
+        if args.idiom == "iter":
 
-        async def echo(msg: Msg) -> None:
-            await msg.respond(msg.data)
+            async def serve(s: Subscription) -> None:
+                async for msg in s.messages:
+                    await msg.respond(msg.data)
 
-        await nc.subscribe(ECHO, cb=echo)
+            task = asyncio.ensure_future(serve(await nc.subscribe(ECHO)))
+        else:
+
+            async def echo(msg: Msg) -> None:
+                await msg.respond(msg.data)
+
+            await nc.subscribe(ECHO, cb=echo)
         await nc.flush()
         emit("ready")
         await ctl.wait("stop")
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
     finally:
         await nc.close()
 
