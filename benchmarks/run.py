@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,23 @@ ALL_CASES = [*CASES, INPROCESS, CHANNELS, ADAPTERS, SHM, RECONNECT, STREAMS, BRI
 #: systems, and it would lengthen every default run.
 OPT_IN: list[str] = [STREAMS, BRIDGE]
 DEFAULT_CASES = [c for c in ALL_CASES if c not in OPT_IN]
+#: The sections after the cells, in order: name, who the progress line names, the
+#: section's backstop time-out in cells (each measures more than one cell, each bounded
+#: inside), and what the progress line says once it is done.
+SECTIONS: list[tuple[str, str, int, Callable[[dict[str, Any]], str]]] = [
+    (INPROCESS, "asyncipc", 1, lambda r: f"memory/queue={r['memory_vs_queue']:.2f}"),
+    (CHANNELS, "asyncipc", 4, lambda r: "unix, fifo, pipe, pipe direct"),
+    (ADAPTERS, "asyncipc", 6, lambda r: ", ".join(r["rows"])),
+    (SHM, "asyncipc", 4, lambda r: "unix vs shm, direct channel, memcpy"),
+    (RECONNECT, "asyncipc", 1, lambda r: "unix, tcp: default options and reconnect_max_delay=2.0"),
+    (
+        STREAMS,
+        "both",
+        8,
+        lambda r: "asyncipc and JetStream: pipelined, one at a time, fetch+ack; file://",
+    ),
+    (BRIDGE, "both", 4, lambda r: "local <-> NATS through the bridge, nats-py straight"),
+]
 
 
 def _select(
@@ -290,13 +307,7 @@ async def amain(args: argparse.Namespace) -> int:
     )
     meta = _meta(args, scale)
     cells: dict[tuple[str, str], Cell] = {}
-    inprocess: dict[str, Any] | None = None
-    channels: dict[str, Any] | None = None
-    adapters: dict[str, Any] | None = None
-    shm: dict[str, Any] | None = None
-    reconnect: dict[str, Any] | None = None
-    streams: dict[str, Any] | None = None
-    bridge: dict[str, Any] | None = None
+    sections: dict[str, dict[str, Any]] = {}
     started = time.monotonic()
     try:
         for case in cases:
@@ -310,105 +321,27 @@ async def amain(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                     flush=True,
                 )
-        if INPROCESS in chosen:
+        for name, who, cells_long, done_text in SECTIONS:
+            if name not in chosen:
+                continue
             t0 = time.monotonic()
             try:
-                inprocess = await _inprocess(args.quick, scale.timeout)
-                done = f"memory/queue={inprocess['memory_vs_queue']:.2f}"
+                result = await _inprocess(args.quick, cells_long * scale.timeout, name)
+                done = done_text(result)
             except BenchError as exc:
-                inprocess = {"error": str(exc), "detail": exc.detail}
+                result = {"error": str(exc), "detail": exc.detail}
                 done = f"error: {exc}"
+            sections[name] = result
             print(
-                f"{INPROCESS:>9} {'asyncipc':<14} {time.monotonic() - t0:5.1f} s  {done}",
-                file=sys.stderr,
-                flush=True,
-            )
-        if CHANNELS in chosen:
-            t0 = time.monotonic()
-            try:
-                # Eight cells (four channels, two sizes), each bounded like one cell.
-                channels = await _inprocess(args.quick, 4 * scale.timeout, CHANNELS)
-                done = "unix, fifo, pipe, pipe direct"
-            except BenchError as exc:
-                channels = {"error": str(exc), "detail": exc.detail}
-                done = f"error: {exc}"
-            print(
-                f"{CHANNELS:>9} {'asyncipc':<14} {time.monotonic() - t0:5.1f} s  {done}",
-                file=sys.stderr,
-                flush=True,
-            )
-        if ADAPTERS in chosen:
-            t0 = time.monotonic()
-            try:
-                # A few rows of two cells each, each bounded like one cell.
-                adapters = await _inprocess(args.quick, 6 * scale.timeout, ADAPTERS)
-                done = ", ".join(adapters["rows"])
-            except BenchError as exc:
-                adapters = {"error": str(exc), "detail": exc.detail}
-                done = f"error: {exc}"
-            print(
-                f"{ADAPTERS:>9} {'asyncipc':<14} {time.monotonic() - t0:5.1f} s  {done}",
-                file=sys.stderr,
-                flush=True,
-            )
-        if SHM in chosen:
-            t0 = time.monotonic()
-            try:
-                # Eight cells, each bounded like one cell.
-                shm = await _inprocess(args.quick, 4 * scale.timeout, SHM)
-                done = "unix vs shm, direct channel, memcpy"
-            except BenchError as exc:
-                shm = {"error": str(exc), "detail": exc.detail}
-                done = f"error: {exc}"
-            print(
-                f"{SHM:>9} {'asyncipc':<14} {time.monotonic() - t0:5.1f} s  {done}",
-                file=sys.stderr,
-                flush=True,
-            )
-        if RECONNECT in chosen:
-            t0 = time.monotonic()
-            try:
-                # About a minute of kill-and-restart rounds: bounded like one cell.
-                reconnect = await _inprocess(args.quick, scale.timeout, RECONNECT)
-                done = "unix, tcp: default options and reconnect_max_delay=2.0"
-            except BenchError as exc:
-                reconnect = {"error": str(exc), "detail": exc.detail}
-                done = f"error: {exc}"
-            print(
-                f"{RECONNECT:>9} {'asyncipc':<14} {time.monotonic() - t0:5.1f} s  {done}",
-                file=sys.stderr,
-                flush=True,
-            )
-        if STREAMS in chosen:
-            t0 = time.monotonic()
-            try:
-                # 19 cells, each bounded by its own time-out inside; this is the backstop.
-                streams = await _inprocess(args.quick, 8 * scale.timeout, STREAMS)
-                done = "asyncipc and JetStream: pipelined, one at a time, fetch+ack; file://"
-            except BenchError as exc:
-                streams = {"error": str(exc), "detail": exc.detail}
-                done = f"error: {exc}"
-            print(
-                f"{STREAMS:>9} {'both':<14} {time.monotonic() - t0:5.1f} s  {done}",
-                file=sys.stderr,
-                flush=True,
-            )
-        if BRIDGE in chosen:
-            t0 = time.monotonic()
-            try:
-                # Three throughput rows and two latency rows: bounded like four cells.
-                bridge = await _inprocess(args.quick, 4 * scale.timeout, BRIDGE)
-                done = "local <-> NATS through the bridge, nats-py straight"
-            except BenchError as exc:
-                bridge = {"error": str(exc), "detail": exc.detail}
-                done = f"error: {exc}"
-            print(
-                f"{BRIDGE:>9} {'both':<14} {time.monotonic() - t0:5.1f} s  {done}",
+                f"{name:>9} {who:<14} {time.monotonic() - t0:5.1f} s  {done}",
                 file=sys.stderr,
                 flush=True,
             )
     except asyncio.CancelledError:
         # Ctrl-C or SIGTERM: the cell's processes are stopped by now (context managers).
+        inprocess, channels, adapters, shm, reconnect, streams, bridge = (
+            sections.get(name) for name, *_ in SECTIONS
+        )
         for case in cases:
             for name in systems:
                 cells.setdefault((case.id, name), Cell("skipped", reason="interrupted"))
@@ -431,6 +364,9 @@ async def amain(args: argparse.Namespace) -> int:
             flush=True,
         )
         raise
+    inprocess, channels, adapters, shm, reconnect, streams, bridge = (
+        sections.get(name) for name, *_ in SECTIONS
+    )
     meta["seconds"] = round(time.monotonic() - started, 1)
     meta["complete"] = (
         not args.quick
