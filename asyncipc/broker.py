@@ -474,7 +474,7 @@ class Broker:
         """
         stats = self.stats
         stats.messages_in += 1
-        size = len(data) if data is not None else len(pub.data)  # type: ignore[union-attr]
+        size = len(data) if data is not None else pub.size  # type: ignore[union-attr]
         if source is not None:
             counters = source.counters
             counters.messages_in += 1

@@ -868,3 +868,22 @@ def test_one_byte_header_block_is_named() -> None:
     body = b"\x00\x01a\x00\x00" + b"\x00\x00\x00\x01" + b"\x00" + b"data"
     with pytest.raises(RemoteProtocolError, match="no room for its count"):
         FrameDecoder().feed(raw(Op.PUB, body))
+
+
+@pytest.mark.parametrize(
+    "pub",
+    [
+        Pub("a.b", b""),
+        Pub("a.b", b"x" * 70_000),
+        Pub("a.b", b"xyz", reply="r.1"),
+        Pub("a.b", b"payload", reply="r.1", headers={"k": "v\u00e9", "k2": ""}),
+    ],
+)
+def test_pub_size_is_the_payload_length_decoded_or_not(pub: Pub) -> None:
+    """The broker counts each PUB's bytes with ``size``: it must be the payload's length
+    both for a frame built here and for one decoded from the wire (data not sliced yet)."""
+    assert pub.size == len(pub.data)
+    (decoded,) = decode_all(encode(pub))
+    assert isinstance(decoded, Pub)
+    assert decoded.size == len(pub.data)
+    assert decoded.data == pub.data

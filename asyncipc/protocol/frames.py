@@ -151,6 +151,15 @@ class Pub:
         return self._data
 
     @property
+    def size(self) -> int:
+        """The payload's length, without slicing it out of ``raw`` (the broker counts
+        every PUB's bytes; a slice would copy the payload only to measure it)."""
+        if self._data is not None:
+            return len(self._data)
+        assert self._raw is not None
+        return len(self._raw) - self._off
+
+    @property
     def raw(self) -> bytes:
         """The PUB body as it goes on the wire (also the tail of a MSG body)."""
         if self._raw is None:
