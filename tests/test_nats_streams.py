@@ -163,6 +163,7 @@ async def test_bad_requests_are_refused_and_the_link_carries_on(bus: asyncipc.Bu
         (f"{S}ack.X.Y.1.1.1", b"+ACK", None, 400, "bad-request"),
         (f"{S}ack.X.Y.1.1.1.1.0", b"+BOGUS", None, 400, "bad-request"),
         (f"{S}ack.X.Y.1.1.1.1.0", b"-NAK {not json", None, 400, "bad-request"),
+        (f"{S}ack.X.Y.1.1.1.1.0", b'-NAK {"delay": NaN}', None, 400, "bad-request"),
         (f"{S}create.X", b"not json", None, 400, "bad-request"),
         (f"{S}create.X", b'{"subjects": ["x.*"], "colour": "red"}', None, 400, "bad-request"),
         (f"{S}create.Z", b'{"subjects": ["z"], "max_msgs": -5}', None, 400, "bad-request"),

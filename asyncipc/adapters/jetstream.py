@@ -67,7 +67,7 @@ from ..streams.config import (
     StreamInfo,
     check_name,
 )
-from ..streams.manager import DEAD_HEADERS, Refusal, ack_body, pull_options, refusal
+from ..streams.manager import DEAD_HEADERS, Refusal, ack_body, ack_kind, pull_options, refusal
 from ..subjects import covers, validate_subject
 
 if TYPE_CHECKING:
@@ -420,7 +420,6 @@ class JetStreamGateway:
         self._subjects: dict[str, tuple[str, ...]] = {}
         self._checked: set[tuple[str, str]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self.dead_lettered = 0
 
     # --- from the Bus -----------------------------------------------------------------
 
@@ -545,17 +544,9 @@ class JetStreamGateway:
 
     def _ack(self, tokens: list[str], data: bytes, reply: str | None) -> None:
         subject = _js_ack_subject(tokens)
-        kind, _, rest = data.partition(b" ")
-        if kind == b"-NAK" and rest:
-            try:
-                delay = float(json.loads(rest).get("delay", 0.0))
-            except (ValueError, AttributeError, TypeError):
-                raise Refusal(
-                    "400", "bad-request", 'a NAK\'s body is -NAK {"delay": seconds}'
-                ) from None
+        _, delay = ack_kind(data)
+        if delay:  # JetStream's delay is in nanoseconds
             data = b'-NAK {"delay": %d}' % max(0, _ns(delay))
-        elif kind not in (b"+ACK", b"-NAK", b"+TERM", b"+WPI", b""):
-            raise Refusal("400", "bad-request", f"unknown acknowledgement {kind[:20]!r}")
         self._send(subject, data, reply, None)
 
     def _pull(self, tokens: list[str], data: bytes, reply: str | None) -> None:
@@ -957,7 +948,6 @@ class JetStreamGateway:
             )
         )
         await self._nc.publish(subject, base64.b64decode(got.get("data") or ""), headers=headers)
-        self.dead_lettered += 1
 
 
 def _end(code: str, text: str) -> dict[str, str]:

@@ -48,7 +48,15 @@ from .store.memory import MemoryLog
 if TYPE_CHECKING:
     from .._session import Session
 
-__all__ = ["Refusal", "StreamHost", "StreamManager", "ack_body", "pull_options", "refusal"]
+__all__ = [
+    "Refusal",
+    "StreamHost",
+    "StreamManager",
+    "ack_body",
+    "ack_kind",
+    "pull_options",
+    "refusal",
+]
 
 log = logging.getLogger("asyncipc.streams")
 
@@ -558,20 +566,7 @@ class StreamManager:
             raise Refusal(
                 "400", "bad-request", f"bad sequence {seq_text!r} in an ack subject"
             ) from None
-        kind, _, rest = data.partition(b" ")
-        text = kind.decode("ascii", "replace") or "+ACK"
-        delay = 0.0
-        if text == "-NAK" and rest:
-            try:
-                delay = float(json.loads(rest).get("delay", 0.0))
-                if not math.isfinite(delay):
-                    raise ValueError(delay)
-            except (ValueError, AttributeError, TypeError):
-                raise Refusal(
-                    "400", "bad-request", 'a NAK\'s body is -NAK {"delay": seconds}'
-                ) from None
-        if text not in ("+ACK", "-NAK", "+TERM", "+WPI"):
-            raise Refusal("400", "bad-request", f"unknown acknowledgement {text!r}")
+        text, delay = ack_kind(data)
         done = consumer.ack(seq, text, delay)
         if reply is not None:
             if not done:
@@ -874,6 +869,30 @@ class StreamManager:
         if self.root is not None and consumer.stream.storage == "file":
             path = self._consumer_path(consumer)
             await asyncio.to_thread(lambda: path.unlink(missing_ok=True))
+
+
+_ACK_TEXTS = ("+ACK", "-NAK", "+TERM", "+WPI")
+"""The bodies an acknowledgement may start with (empty means ``+ACK``)."""
+
+
+def ack_kind(data: bytes) -> tuple[str, float]:
+    """An acknowledgement's body checked: its kind and a NAK's delay in seconds (0 for
+    none), or a :class:`Refusal`."""
+    kind, _, rest = data.partition(b" ")
+    text = kind.decode("ascii", "replace") or "+ACK"
+    if text not in _ACK_TEXTS:
+        raise Refusal("400", "bad-request", f"unknown acknowledgement {text[:20]!r}")
+    delay = 0.0
+    if text == "-NAK" and rest:
+        try:
+            delay = float(json.loads(rest).get("delay", 0.0))
+            if not math.isfinite(delay):
+                raise ValueError(delay)
+        except (ValueError, AttributeError, TypeError):
+            raise Refusal(
+                "400", "bad-request", 'a NAK\'s body is -NAK {"delay": seconds}'
+            ) from None
+    return text, delay
 
 
 def pull_options(data: bytes) -> tuple[int, float | None, bool, int]:
