@@ -45,6 +45,7 @@ from asyncipc.protocol import (
     encode_msg_from_pub,
     parse_frame,
 )
+from asyncipc.protocol.frames import msg_head, pub_head
 from asyncipc.subjects import validate_pattern, validate_subject
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -887,3 +888,30 @@ def test_pub_size_is_the_payload_length_decoded_or_not(pub: Pub) -> None:
     assert isinstance(decoded, Pub)
     assert decoded.size == len(pub.data)
     assert decoded.data == pub.data
+
+
+@given(
+    subject=st.text(min_size=1, max_size=40),
+    reply=st.none() | st.text(max_size=40),
+    headers=st.none() | st.dictionaries(st.text(max_size=10), st.text(max_size=10), max_size=3),
+    data=st.binary(max_size=300),
+)
+def test_pub_head_and_payload_are_the_pub_frame(
+    subject: str, reply: str | None, headers: dict[str, str] | None, data: bytes
+) -> None:
+    """The stream link queues a PUB as its head and its payload apart (pub_head): joined,
+    they must be exactly the frame encode() writes, which every decoder reads."""
+    assert pub_head(subject, reply, headers, len(data), 1 << 20) + data == encode(
+        Pub(subject, data, reply, headers)
+    )
+
+
+def test_pub_head_refuses_what_encode_refuses() -> None:
+    with pytest.raises(FrameTooLarge):
+        pub_head("a", None, None, 100, 50)
+    with pytest.raises(FrameTooLarge):
+        encode(Pub("a", b"x" * 100), 50)
+    pub = Pub("a.b", b"x" * 100)
+    with pytest.raises(FrameTooLarge):
+        msg_head(7, pub, 50)
+    assert msg_head(7, pub, 1 << 20) + pub.raw == encode(Msg(7, "a.b", b"x" * 100))

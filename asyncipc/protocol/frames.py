@@ -38,6 +38,8 @@ __all__ = [
     "encode_delivery",
     "encode_headers",
     "encode_msg_from_pub",
+    "msg_head",
+    "pub_head",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -53,6 +55,8 @@ a PUB that fitted must stay deliverable."""
 
 _HEAD = struct.Struct(">IB")  # length, op
 _HEAD_SID = struct.Struct(">IBI")  # length, op, sid
+_HEAD_PUB = struct.Struct(">IBH")  # length, op, subject length
+_NO_REPLY_NO_HEADERS = b"\x00\x00\x00\x00\x00\x00"  # reply length 0, header block length 0
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _SUB = struct.Struct(">IIQB")  # sid, max_msgs, max_bytes, overflow
@@ -328,13 +332,42 @@ def _pub_body(subject: str, reply: str | None, headers: Headers | None, data: by
     )
 
 
-def encode_msg_from_pub(sid: int, pub: Pub, max_frame: int) -> bytes:
-    """A MSG frame for subscription ``sid`` carrying ``pub``, reusing its encoded body."""
-    raw = pub.raw
-    length = len(raw) + 5
+def pub_head(
+    subject: str, reply: str | None, headers: Headers | None, size: int, max_frame: int
+) -> bytes:
+    """A PUB frame up to its payload of ``size`` bytes: ``pub_head(...) + data`` is
+    ``encode(Pub(subject, data, reply, headers))``. A stream link queues the two apart and
+    joins them once with the rest of its batch: the payload is copied once, not three
+    times (body, frame, batch)."""
+    s = subject.encode()
+    n = len(s)
+    if n > 0xFFFF:
+        raise LocalProtocolError("subject longer than 65535 bytes")
+    if reply is None and not headers:
+        tail = _NO_REPLY_NO_HEADERS
+    else:
+        tail = _short(reply, "reply subject") + encode_headers(headers)
+    length = n + size + 3 + len(tail)  # op, subject length, subject, tail, payload
+    if length > max_frame:
+        raise FrameTooLarge(
+            f"PUB frame of {length} bytes exceeds the maximum frame size {max_frame}"
+        )
+    return _HEAD_PUB.pack(length, Op.PUB, n) + s + tail
+
+
+def msg_head(sid: int, pub: Pub, max_frame: int) -> bytes:
+    """A MSG frame for subscription ``sid`` up to the PUB body it carries:
+    ``msg_head(sid, pub, m) + pub.raw`` is the frame (the broker's fan-out queues the two
+    apart, so each subscriber costs no copy of the body beyond its batch's join)."""
+    length = len(pub.raw) + 5
     if length > max_frame + MSG_EXTRA:
         raise FrameTooLarge(f"message of {length} bytes exceeds the maximum frame {max_frame}")
-    return _HEAD_SID.pack(length, Op.MSG, sid) + raw
+    return _HEAD_SID.pack(length, Op.MSG, sid)
+
+
+def encode_msg_from_pub(sid: int, pub: Pub, max_frame: int) -> bytes:
+    """A MSG frame for subscription ``sid`` carrying ``pub``, reusing its encoded body."""
+    return msg_head(sid, pub, max_frame) + pub.raw
 
 
 def encode_delivery(

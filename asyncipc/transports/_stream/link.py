@@ -23,10 +23,11 @@ from ...protocol import (
     Frame,
     FrameDecoder,
     Headers,
+    Msg,
     Pub,
     encode,
 )
-from ...protocol.frames import encode_delivery
+from ...protocol.frames import msg_head, pub_head
 from .. import TransportOptions
 
 __all__ = ["StreamLink", "StreamListener"]
@@ -173,6 +174,15 @@ class StreamLink(asyncio.Protocol, Link):
             raise self._send_error()
         self._queue(encode(frame, self.max_frame))
 
+    def publish(
+        self, subject: str, data: bytes, reply: str | None, headers: Headers | None
+    ) -> None:
+        """The client's hot path: the frame's head and the payload are queued apart and
+        joined once with the turn's batch (no PUB object, one copy of the payload)."""
+        if self._closing:
+            raise self._send_error()
+        self._queue2(pub_head(subject, reply, headers, len(data), self.max_frame), data)
+
     def deliver(
         self,
         sid: int,
@@ -184,11 +194,27 @@ class StreamLink(asyncio.Protocol, Link):
     ) -> None:
         if self._closing:
             raise self._send_error()
-        self._queue(encode_delivery(sid, subject, data, reply, headers, pub, self.max_frame))
+        if pub is None:
+            self._queue(encode(Msg(sid, subject, data, reply, headers), self.max_frame))
+        else:  # the PUB's body as it came, behind a MSG head of its own
+            self._queue2(msg_head(sid, pub, self.max_frame), pub.raw)
 
     def _queue(self, data: bytes) -> None:
         self._out.append(data)
         self._out_bytes += len(data)
+        if self._out_bytes > self._high_water:
+            self.write_blocked = self._blocked_reported = True
+        if self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self._flush)
+
+    def _queue2(self, head: bytes, body: bytes) -> None:
+        """:meth:`_queue` of a frame in two parts, not concatenated: the flush's join
+        is the one copy of ``body``."""
+        out = self._out
+        out.append(head)
+        if body:
+            out.append(body)
+        self._out_bytes += len(head) + len(body)
         if self._out_bytes > self._high_water:
             self.write_blocked = self._blocked_reported = True
         if self._flush_handle is None:
