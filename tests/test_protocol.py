@@ -401,7 +401,8 @@ def test_receive_buffer_grows_for_a_large_frame_and_shrinks_after_it() -> None:
     small = encode(Pub("small", b"y" * 64))
     dec = FrameDecoder()
     got = read_into(dec, big[: 3 << 20])
-    assert got == [] and dec.capacity < len(big) + (1 << 20)
+    assert got == []
+    assert dec.capacity < len(big) + (1 << 20)
     got = read_into(dec, big[3 << 20 :] + small)
     assert [f.subject for f in got if isinstance(f, Pub)] == ["big", "small"]
     assert dec.buffered == 0
@@ -426,6 +427,33 @@ def test_feed_lets_a_large_buffer_go_once_empty() -> None:
     assert dec.capacity > 4 << 20
     assert dec.feed(encode(PING)) == [PING]
     assert dec.capacity <= 256 * 1024
+
+
+@given(msgs, st.data())
+@SETTINGS
+def test_a_msg_read_in_place_is_what_parse_frame_reads(msg: Msg, data: st.DataObject) -> None:
+    """A MSG's fields are read where they lie in the receive buffer, which goes on past
+    the frame: a cut or altered body must fail (with parse_frame's message) or decode as
+    parse_frame decodes it, never read into the frame that follows."""
+    body = bytearray(encode(msg)[5:])
+    cut = data.draw(st.integers(0, len(body)))
+    del body[cut:]
+    if body:
+        at = data.draw(st.integers(0, len(body) - 1))
+        body[at] = data.draw(st.integers(0, 255))
+    stream = struct.pack(">IB", len(body) + 1, Op.MSG) + body + encode(PING)
+    dec = FrameDecoder(msg_extra=MSG_EXTRA)
+    problem = None
+    try:
+        want = [canon(parse_frame(Op.MSG, bytes(body))), canon(PING)]
+    except RemoteProtocolError as exc:
+        problem = str(exc)
+    if problem is None:
+        assert [canon(f) for f in dec.feed(stream)] == want
+    else:
+        with pytest.raises(RemoteProtocolError) as got:
+            dec.feed(stream)
+        assert str(got.value) == problem
 
 
 def test_partial_frame_is_held_not_returned() -> None:

@@ -52,6 +52,7 @@ _HTTP_METHODS = (b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"OPTI", b"PATC", 
 # What an HTTP server sends first. As a length prefix "HTTP" is 1.2 GB and "/" is no op,
 # so no valid first frame can start with it.
 _HTTP_RESPONSE = b"HTTP/1."
+_OP_MSG = int(Op.MSG)
 # What get_buffer offers a read. A new link offers _READ_MAX, what uvloop and asyncio read
 # at a time into their own buffers (a busy link needs few system calls, and a peer that
 # sends a bad frame has it read, not reset, before it hears ERR). An empty buffer halves
@@ -341,7 +342,14 @@ class FrameDecoder:
                 stop = pos + 4 + length
                 if stop > end:
                     break
-                out.append(parse_frame(buf[pos + 4], bytes(view[pos + 5 : stop])))
+                op = buf[pos + 4]
+                if op == _OP_MSG:
+                    try:
+                        out.append(_msg_in_place(buf, view, pos + 5, stop))
+                    except (struct.error, ValueError, RemoteProtocolError):
+                        out.append(parse_frame(op, bytes(view[pos + 5 : stop])))  # says why
+                else:
+                    out.append(parse_frame(op, bytes(view[pos + 5 : stop])))
                 pos = stop
         except (RemoteProtocolError, FrameTooLarge) as exc:
             if not out:
@@ -357,6 +365,38 @@ class FrameDecoder:
         else:
             self._start = pos
         return out
+
+
+def _msg_in_place(buf: bytearray, view: memoryview, off: int, end: int) -> Msg:
+    """The MSG whose body is ``buf[off:end]``, read where it lies: only the payload is
+    copied, once, not the body and then the payload out of the body's copy.
+
+    The client's receive path (a MSG per delivery). Every field is checked against
+    ``end``, since the receive buffer goes on past the frame. A body that is not a good
+    MSG raises ``struct.error`` or ``ValueError`` without a useful message: the caller
+    then hands it to :func:`parse_frame`, the one place that names what is wrong.
+    """
+    if off + 6 > end:
+        raise struct.error
+    sid = _LEN.unpack_from(buf, off)[0]
+    n = _U16.unpack_from(buf, off + 4)[0]
+    p = off + 6
+    if n == 0 or p + n + 2 > end:
+        raise struct.error
+    subject = buf[p : p + n].decode()
+    p += n
+    n = _U16.unpack_from(buf, p)[0]
+    p += 2
+    if p + n + 4 > end:
+        raise struct.error
+    reply = buf[p : p + n].decode() if n else None
+    p += n
+    hlen = _LEN.unpack_from(buf, p)[0]
+    p += 4
+    if p + hlen > end:
+        raise struct.error
+    headers = decode_headers(buf, p, p + hlen) if hlen else None
+    return Msg(sid, subject, bytes(view[p + hlen : end]), reply, headers)
 
 
 def parse_frame(op: int, body: bytes) -> Frame:
@@ -433,7 +473,7 @@ def _text(body: bytes, off: int, what: str) -> tuple[str | None, int]:
         raise RemoteProtocolError(f"{what} is not valid UTF-8") from None
 
 
-def decode_headers(body: bytes, off: int = 0, end: int | None = None) -> Headers:
+def decode_headers(body: bytes | bytearray, off: int = 0, end: int | None = None) -> Headers:
     """The header map in the header block ``body[off:end]`` (``end`` None: the end of
     ``body``): the block after its u32 length, so that
     ``decode_headers(encode_headers(h)[4:]) == h`` for any non-empty ``h``.
