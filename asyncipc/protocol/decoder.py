@@ -57,7 +57,7 @@ _OP_MSG = int(Op.MSG)
 # at a time into their own buffers (a busy link needs few system calls, and a peer that
 # sends a bad frame has it read, not reset, before it hears ERR). An empty buffer halves
 # towards _READ_MIN while reads use little of it, and doubles back when a read fills it:
-# an idle link holds 64 KiB (libuv's suggested read size), not the largest frame it saw.
+# a quiet link comes down to 64 KiB (libuv's suggested read size), not the largest frame.
 _READ_MIN = 64 * 1024
 _READ_MAX = 256 * 1024
 
