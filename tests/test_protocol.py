@@ -363,6 +363,100 @@ def test_preamble_then_frames_in_any_chunking(frames: list[Frame], step: int) ->
     assert [canon(f) for f in got] == [canon(f) for f in frames]
 
 
+def read_into(dec: FrameDecoder, data: bytes) -> list[Frame]:
+    """What a BufferedProtocol's transport does: read into get_buffer's view, at most as
+    much as it offers, then call buffer_updated (the view still held, as uvloop holds it)."""
+    got: list[Frame] = []
+    pos = 0
+    while pos < len(data):
+        view = dec.get_buffer(-1)
+        n = min(len(view), len(data) - pos)
+        view[:n] = data[pos : pos + n]
+        got += dec.buffer_updated(n)
+        view.release()
+        pos += n
+    return got
+
+
+@given(st.lists(any_frame, min_size=1, max_size=8), st.data())
+@SETTINGS
+def test_reading_into_the_decoder_buffer_gives_the_same_frames(
+    frames: list[Frame], data: st.DataObject
+) -> None:
+    stream = PREAMBLE + b"".join(encode(f) for f in frames)
+    cuts = sorted(data.draw(st.sets(st.integers(0, len(stream)), max_size=12)))
+    dec = FrameDecoder(expect_preamble=True)
+    got: list[Frame] = []
+    prev = 0
+    for cut in [*cuts, len(stream)]:
+        got += read_into(dec, stream[prev:cut])
+        prev = cut
+    dec.eof()
+    assert dec.buffered == 0
+    assert [canon(f) for f in got] == [canon(f) for f in frames]
+
+
+def test_receive_buffer_grows_for_a_large_frame_and_shrinks_after_it() -> None:
+    """Issue 13: the buffer must not keep the size of the largest frame it ever held."""
+    big = encode(Pub("big", b"x" * (7 << 20)))
+    small = encode(Pub("small", b"y" * 64))
+    dec = FrameDecoder()
+    got = read_into(dec, big[: 3 << 20])
+    assert got == []
+    assert dec.capacity < len(big) + (1 << 20)
+    got = read_into(dec, big[3 << 20 :] + small)
+    assert [f.subject for f in got if isinstance(f, Pub)] == ["big", "small"]
+    assert dec.buffered == 0
+    dec.get_buffer(-1).release()
+    assert dec.capacity <= 256 * 1024
+    for _ in range(6):  # idle reads of a PING each: halves down to 64 KiB
+        read_into(dec, encode(PING))
+    assert dec.capacity == 64 * 1024
+
+
+def test_a_trickled_large_frame_is_not_allocated_up_front() -> None:
+    dec = FrameDecoder()
+    head = encode(Pub("big", b"x" * (7 << 20)))[: 300 * 1024]
+    assert read_into(dec, head) == []
+    dec.get_buffer(-1).release()
+    assert dec.capacity <= 2 * len(head) + 256 * 1024
+
+
+def test_feed_lets_a_large_buffer_go_once_empty() -> None:
+    dec = FrameDecoder()
+    assert len(dec.feed(encode(Pub("big", b"x" * (4 << 20))))) == 1
+    assert dec.capacity > 4 << 20
+    assert dec.feed(encode(PING)) == [PING]
+    assert dec.capacity <= 256 * 1024
+
+
+@given(msgs, st.data())
+@SETTINGS
+def test_a_msg_read_in_place_is_what_parse_frame_reads(msg: Msg, data: st.DataObject) -> None:
+    """A MSG's fields are read where they lie in the receive buffer, which goes on past
+    the frame: a cut or altered body must fail (with parse_frame's message) or decode as
+    parse_frame decodes it, never read into the frame that follows."""
+    body = bytearray(encode(msg)[5:])
+    cut = data.draw(st.integers(0, len(body)))
+    del body[cut:]
+    if body:
+        at = data.draw(st.integers(0, len(body) - 1))
+        body[at] = data.draw(st.integers(0, 255))
+    stream = struct.pack(">IB", len(body) + 1, Op.MSG) + body + encode(PING)
+    dec = FrameDecoder(msg_extra=MSG_EXTRA)
+    problem = None
+    try:
+        want = [canon(parse_frame(Op.MSG, bytes(body))), canon(PING)]
+    except RemoteProtocolError as exc:
+        problem = str(exc)
+    if problem is None:
+        assert [canon(f) for f in dec.feed(stream)] == want
+    else:
+        with pytest.raises(RemoteProtocolError) as got:
+            dec.feed(stream)
+        assert str(got.value) == problem
+
+
 def test_partial_frame_is_held_not_returned() -> None:
     wire = encode(Pub("a.b", b"x" * 50))
     dec = FrameDecoder()

@@ -7,6 +7,11 @@ is kept in :attr:`FrameDecoder.error`: the next call raises it. Once it has rais
 stream is unrecoverable: every later :meth:`FrameDecoder.feed` raises the same error
 (:meth:`FrameDecoder.eof` raises it only if nobody has seen it yet).
 
+Bytes come in two ways. :meth:`FrameDecoder.feed` copies a chunk in (a pipe, a WebSocket
+message). :meth:`FrameDecoder.get_buffer` and :meth:`FrameDecoder.buffer_updated` let an
+``asyncio.BufferedProtocol`` read straight into the decoder's own buffer: the socket's
+bytes land where the frames are parsed, and each frame body is copied out once.
+
 A peer that speaks HTTP instead (a browser or curl at the broker's port, a client pointed
 at an HTTP listener) is named, not reported as a huge frame length: see
 :attr:`FrameDecoder.foreign_protocol`.
@@ -47,6 +52,14 @@ _HTTP_METHODS = (b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"OPTI", b"PATC", 
 # What an HTTP server sends first. As a length prefix "HTTP" is 1.2 GB and "/" is no op,
 # so no valid first frame can start with it.
 _HTTP_RESPONSE = b"HTTP/1."
+_OP_MSG = int(Op.MSG)
+# What get_buffer offers a read. A new link offers _READ_MAX, what uvloop and asyncio read
+# at a time into their own buffers (a busy link needs few system calls, and a peer that
+# sends a bad frame has it read, not reset, before it hears ERR). An empty buffer halves
+# towards _READ_MIN while reads use little of it, and doubles back when a read fills it:
+# a quiet link comes down to 64 KiB (libuv's suggested read size), not the largest frame.
+_READ_MIN = 64 * 1024
+_READ_MAX = 256 * 1024
 
 
 class FrameDecoder:
@@ -66,10 +79,14 @@ class FrameDecoder:
 
     __slots__ = (
         "_buf",
+        "_end",
         "_error",
+        "_last_read",
         "_need_preamble",
+        "_offered",
         "_raised",
         "_response_start",
+        "_start",
         "foreign_protocol",
         "max_frame",
         "msg_extra",
@@ -84,7 +101,15 @@ class FrameDecoder:
     ):
         self.max_frame = max_frame
         self.msg_extra = msg_extra
-        self._buf = bytearray()
+        # The held bytes are _buf[_start:_end]; what follows _end is room for the next read.
+        # Consumed bytes are skipped by moving _start, never deleted: a BufferedProtocol's
+        # transport holds a view of _buf while buffer_updated runs, so _buf cannot be
+        # resized then. get_buffer, which runs with no view held, moves and resizes.
+        self._buf = bytearray()  # sized by the first get_buffer or feed
+        self._start = 0
+        self._end = 0
+        self._offered = 0  # the size of the last view get_buffer handed out
+        self._last_read = 0  # what the last read brought: all of it asks for more room
         self._need_preamble = expect_preamble
         # The client side looks once, at the start of the stream, for an HTTP response.
         self._response_start = not expect_preamble
@@ -110,15 +135,103 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         """Bytes held that do not yet form a complete frame."""
+        return self._end - self._start
+
+    @property
+    def capacity(self) -> int:
+        """The size of the receive buffer: the held bytes plus room for the next read."""
         return len(self._buf)
 
-    def feed(self, data: bytes) -> list[Frame]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         """Add ``data``; return every frame it completes, in order."""
         if self._error is not None:
             self._raised = True
             raise self._error
-        buf = self._buf
-        buf += data
+        n = len(data)
+        if self._start == self._end:
+            self._start = self._end = 0
+            if len(self._buf) > _READ_MAX:
+                self._buf = bytearray(_READ_MIN)  # after a large frame: let it go
+        self._make_room(n, self._end - self._start)  # doubles: a few copies in all
+        self._buf[self._end : self._end + n] = data
+        self._end += n
+        return self._process()
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """Room for the next read, at the end of the held bytes (``BufferedProtocol``).
+
+        ``sizehint`` is ignored, as asyncio allows: asyncio passes -1, uvloop 64 KiB. The
+        offer follows what reads have used instead (see ``_READ_MIN``), and grows with a
+        partial frame so that a large frame is read in place, not copied at each read.
+        The caller must not keep the view past :meth:`buffer_updated`.
+        """
+        size = len(self._buf) or _READ_MAX
+        empty = self._start == self._end
+        if self._last_read >= self._offered > 0:
+            size = max(size, min(size * 2, _READ_MAX))  # a full read: more is waiting
+        elif empty and size > _READ_MAX:
+            size = _READ_MAX  # after a large frame: let it go
+        elif empty and size > _READ_MIN and self._last_read < size // 8:
+            size //= 2
+        if empty:
+            self._start = self._end = 0
+            if size != len(self._buf):
+                self._buf = bytearray(size)
+        else:
+            self._make_room_for_read(size)
+        self._offered = len(self._buf) - self._end
+        self._last_read = 0
+        return memoryview(self._buf)[self._end :]
+
+    def buffer_updated(self, nbytes: int) -> list[Frame]:
+        """``nbytes`` were read into the last :meth:`get_buffer` view; return every frame
+        they complete, in order, as :meth:`feed` does."""
+        if self._error is not None:
+            self._raised = True
+            raise self._error
+        self._end += nbytes
+        self._last_read = nbytes
+        return self._process()
+
+    def _make_room_for_read(self, size: int) -> None:
+        """Room for the next read while a frame is incomplete, in a buffer of ``size``.
+
+        Half of it at least, so that a read is not cut short by the partial frame
+        that the last one left at the end: moving that frame to the front costs less than
+        a system call. While a large frame arrives (it fills half the buffer or more), as
+        much as it still needs, up to as much as is held: the buffer doubles, so the frame
+        is copied a few times in all, not once a read, and a peer that announces a large
+        frame but trickles it does not make us allocate all of it at once.
+        """
+        held = self._end - self._start
+        n = max(_READ_MIN, size // 2)
+        if held >= n and not (self._need_preamble or self._response_start):
+            rest = _LEN.unpack_from(self._buf, self._start)[0] + 4 - held
+            n = max(1, min(rest, held))
+        elif size > len(self._buf):  # the last read filled its offer: offer more
+            new = bytearray(size)
+            new[:held] = self._buf[self._start : self._end]
+            self._buf, self._start, self._end = new, 0, held
+            return
+        self._make_room(n, n)
+
+    def _make_room(self, n: int, grow: int) -> None:
+        """At least ``n`` bytes free after the held ones: the held bytes moved to the
+        front, or into a buffer ``max(n, grow)`` larger than they are. Only with no view
+        of the buffer out (not inside buffer_updated)."""
+        buf, start, end = self._buf, self._start, self._end
+        if len(buf) - end >= n:
+            return
+        held = end - start
+        if held + n <= len(buf):
+            buf[:held] = buf[start:end]
+        else:
+            new = bytearray(held + max(n, grow))
+            new[:held] = buf[start:end]
+            self._buf = new
+        self._start, self._end = 0, held
+
+    def _process(self) -> list[Frame]:
         try:
             if self._need_preamble and not self._check_preamble():
                 return []
@@ -128,7 +241,7 @@ class FrameDecoder:
         except (RemoteProtocolError, FrameTooLarge) as exc:
             self._error = exc
             self._raised = True
-            buf.clear()
+            self._start = self._end = 0  # the next get_buffer lets a large buffer go
             raise
 
     def eof(self) -> None:
@@ -139,21 +252,24 @@ class FrameDecoder:
                 self._raised = True
                 raise self._error
             return
-        if self._need_preamble and self._buf:
-            raise RemoteProtocolError(
-                f"connection closed during the preamble after {len(self._buf)} bytes"
-            )
-        if self._buf:
-            have = len(self._buf)
+        have = self._end - self._start
+        if self._need_preamble and have:
+            raise RemoteProtocolError(f"connection closed during the preamble after {have} bytes")
+        if have:
             if have >= 4:
-                want = _LEN.unpack_from(self._buf)[0] + 4
+                want = _LEN.unpack_from(self._buf, self._start)[0] + 4
                 raise RemoteProtocolError(
                     f"connection closed mid-frame: got {have} of {want} bytes"
                 )
             raise RemoteProtocolError(f"connection closed mid-frame: got {have} of 4 length bytes")
 
+    def _head(self) -> bytes:
+        """The first held bytes, enough for every check and message about the stream's
+        start (rare: only until the preamble or the first frame is in)."""
+        return bytes(self._buf[self._start : min(self._end, self._start + 64)])
+
     def _check_preamble(self) -> bool:
-        buf = self._buf
+        buf = self._head()
         n = min(len(buf), len(PREAMBLE))
         if buf[:n] != PREAMBLE[:n]:
             head = bytes(buf[:4])
@@ -176,13 +292,13 @@ class FrameDecoder:
             )
         if n < len(PREAMBLE):
             return False
-        del buf[: len(PREAMBLE)]
+        self._start += len(PREAMBLE)
         self._need_preamble = False
         return True
 
     def _check_response_start(self) -> bool:
         """False while the stream may still become an HTTP response; raises once it is one."""
-        buf = self._buf
+        buf = self._head()
         n = min(len(buf), len(_HTTP_RESPONSE))
         if buf[:n] != _HTTP_RESPONSE[:n]:
             self._response_start = False
@@ -198,8 +314,8 @@ class FrameDecoder:
     def _frames(self) -> list[Frame]:
         buf = self._buf
         out: list[Frame] = []
-        pos = 0
-        end = len(buf)
+        pos = self._start
+        end = self._end
         max_frame = self.max_frame
         limit = max_frame + self.msg_extra
         view = memoryview(buf)
@@ -226,7 +342,14 @@ class FrameDecoder:
                 stop = pos + 4 + length
                 if stop > end:
                     break
-                out.append(parse_frame(buf[pos + 4], bytes(view[pos + 5 : stop])))
+                op = buf[pos + 4]
+                if op == _OP_MSG:
+                    try:
+                        out.append(_msg_in_place(buf, view, pos + 5, stop))
+                    except (struct.error, ValueError, RemoteProtocolError):
+                        out.append(parse_frame(op, bytes(view[pos + 5 : stop])))  # says why
+                else:
+                    out.append(parse_frame(op, bytes(view[pos + 5 : stop])))
                 pos = stop
         except (RemoteProtocolError, FrameTooLarge) as exc:
             if not out:
@@ -236,10 +359,44 @@ class FrameDecoder:
             view.release()
         if failure is not None:
             self._error = failure
-            buf.clear()
-        elif pos:
-            del buf[:pos]
+            self._start = self._end = 0
+        elif pos == end:
+            self._start = self._end = 0  # the next read starts at the front
+        else:
+            self._start = pos
         return out
+
+
+def _msg_in_place(buf: bytearray, view: memoryview, off: int, end: int) -> Msg:
+    """The MSG whose body is ``buf[off:end]``, read where it lies: only the payload is
+    copied, once, not the body and then the payload out of the body's copy.
+
+    The client's receive path (a MSG per delivery). Every field is checked against
+    ``end``, since the receive buffer goes on past the frame. A body that is not a good
+    MSG raises ``struct.error`` or ``ValueError`` without a useful message: the caller
+    then hands it to :func:`parse_frame`, the one place that names what is wrong.
+    """
+    if off + 6 > end:
+        raise struct.error
+    sid = _LEN.unpack_from(buf, off)[0]
+    n = _U16.unpack_from(buf, off + 4)[0]
+    p = off + 6
+    if n == 0 or p + n + 2 > end:
+        raise struct.error
+    subject = buf[p : p + n].decode()
+    p += n
+    n = _U16.unpack_from(buf, p)[0]
+    p += 2
+    if p + n + 4 > end:
+        raise struct.error
+    reply = buf[p : p + n].decode() if n else None
+    p += n
+    hlen = _LEN.unpack_from(buf, p)[0]
+    p += 4
+    if p + hlen > end:
+        raise struct.error
+    headers = decode_headers(buf, p, p + hlen) if hlen else None
+    return Msg(sid, subject, bytes(view[p + hlen : end]), reply, headers)
 
 
 def parse_frame(op: int, body: bytes) -> Frame:
@@ -316,7 +473,7 @@ def _text(body: bytes, off: int, what: str) -> tuple[str | None, int]:
         raise RemoteProtocolError(f"{what} is not valid UTF-8") from None
 
 
-def decode_headers(body: bytes, off: int = 0, end: int | None = None) -> Headers:
+def decode_headers(body: bytes | bytearray, off: int = 0, end: int | None = None) -> Headers:
     """The header map in the header block ``body[off:end]`` (``end`` None: the end of
     ``body``): the block after its u32 length, so that
     ``decode_headers(encode_headers(h)[4:]) == h`` for any non-empty ``h``.

@@ -1,9 +1,12 @@
 """One framing implementation for every byte-stream channel (unix, tcp, tls; later pipes).
 
-:class:`StreamLink` is an ``asyncio.Protocol`` (callbacks, not ``StreamReader``: a task
-switch per frame would cost more than the frame) around the sans-I/O
-:class:`~asyncipc.protocol.FrameDecoder`. Writes are gathered and handed to the transport
-once per event-loop turn, so a burst of publishes costs one system call, not one each.
+:class:`StreamLink` is an ``asyncio.BufferedProtocol`` (callbacks, not ``StreamReader``: a
+task switch per frame would cost more than the frame) around the sans-I/O
+:class:`~asyncipc.protocol.FrameDecoder`. The transport reads into the decoder's own buffer
+(``get_buffer``), so a frame's bytes are copied once, from that buffer into the frame, not
+first into a ``bytes`` per read and then onto the end of the decoder's buffer. Writes are
+gathered and handed to the transport once per event-loop turn, so a burst of publishes costs
+one system call, not one each.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ _HTTP_400 = (
 )
 
 
-class StreamLink(asyncio.Protocol, Link):
+class StreamLink(asyncio.BufferedProtocol, Link):
     """A :class:`~asyncipc.link.Link` over an asyncio stream transport."""
 
     def __init__(
@@ -94,13 +97,30 @@ class StreamLink(asyncio.Protocol, Link):
         if not self._server_side:
             transport.write(PREAMBLE)
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._decoder.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._last_rx = self._loop.time()
+        try:
+            frames = self._decoder.buffer_updated(nbytes)
+        except (ProtocolError, FrameTooLarge) as exc:
+            self._protocol_violation(exc)
+            return
+        self._handle(frames)
+
     def data_received(self, data: bytes) -> None:
+        """Bytes from a transport that does not read into our buffer (a pipe's read half:
+        asyncio's pipe transports only call ``data_received``)."""
         self._last_rx = self._loop.time()
         try:
             frames = self._decoder.feed(data)
         except (ProtocolError, FrameTooLarge) as exc:
-            self._protocol_violation(exc, data)
+            self._protocol_violation(exc)
             return
+        self._handle(frames)
+
+    def _handle(self, frames: list[Frame]) -> None:
         receiver = self._receiver
         if receiver is None:
             self._early += frames
@@ -113,7 +133,7 @@ class StreamLink(asyncio.Protocol, Link):
         if error is not None and self._exc is None:
             # Good frames came before a malformed one in this chunk: they were handled
             # above; now the offender hears what was wrong.
-            self._protocol_violation(error, data)
+            self._protocol_violation(error)
 
     def eof_received(self) -> bool:
         self._check_truncated()
@@ -309,7 +329,7 @@ class StreamLink(asyncio.Protocol, Link):
     async def wait_closed(self) -> None:
         await asyncio.shield(self._closed_fut)
 
-    def _protocol_violation(self, exc: Exception, data: bytes) -> None:
+    def _protocol_violation(self, exc: Exception) -> None:
         """Tell the offender what was wrong, in a form it can read, then hang up."""
         http = self._decoder.foreign_protocol == "http"
         if http and not self._server_side:
