@@ -144,39 +144,49 @@ class Subscription:
     # --- called by the Bus ----------------------------------------------------------
 
     def _deliver(self, msg: Message) -> None:
+        # Called once per message: the full-queue policies live in _overflow() so that a
+        # queue with room costs two comparisons and an append.
         q = self._queue
-        size = len(msg.data)
-        if len(q) >= self.max_pending or (self._bytes + size > self.max_bytes and q):
-            overflow = self.overflow
-            if overflow is Overflow.BLOCK:
-                if not self._blocking:
-                    self._blocking = True
-                    self._bus._sub_blocked(self)
-            elif overflow is Overflow.DROP_NEW:
-                self.dropped += 1
+        nbytes = self._bytes + len(msg.data)
+        if len(q) >= self.max_pending or (nbytes > self.max_bytes and q):
+            if not self._overflow():
                 return
-            elif overflow is Overflow.DROP_OLDEST:
-                old = q.popleft()
-                self._bytes -= len(old.data)
-                self.dropped += 1
-            else:
-                from .errors import SlowConsumer
-
-                self._end(
-                    SlowConsumer(
-                        f"subscription to {self.subject!r} fell behind: "
-                        f"{len(q)} messages / {self._bytes} bytes pending"
-                    )
-                )
-                self._bus._forget(self)
-                return
+            nbytes = self._bytes + len(msg.data)  # drop_oldest took one out
         q.append(msg)
-        self._bytes += size
+        self._bytes = nbytes
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
             if not waiter.done():
                 waiter.set_result(None)
+
+    def _overflow(self) -> bool:
+        """A message arrives at a full queue: apply the policy. True to queue it."""
+        q = self._queue
+        overflow = self.overflow
+        if overflow is Overflow.BLOCK:
+            if not self._blocking:
+                self._blocking = True
+                self._bus._sub_blocked(self)
+            return True
+        if overflow is Overflow.DROP_NEW:
+            self.dropped += 1
+            return False
+        if overflow is Overflow.DROP_OLDEST:
+            old = q.popleft()
+            self._bytes -= len(old.data)
+            self.dropped += 1
+            return True
+        from .errors import SlowConsumer
+
+        self._end(
+            SlowConsumer(
+                f"subscription to {self.subject!r} fell behind: "
+                f"{len(q)} messages / {self._bytes} bytes pending"
+            )
+        )
+        self._bus._forget(self)
+        return False
 
     def _end(self, error: BaseException | None = None) -> None:
         """No more messages will come; iteration ends (or raises ``error``) once drained."""
