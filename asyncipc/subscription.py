@@ -73,7 +73,10 @@ class SubscriptionOwner(Protocol):
 
 
 class Subscription:
-    """Messages on one subject pattern. Create with :meth:`Bus.subscribe`."""
+    """Messages on one subject pattern. Create with :meth:`Bus.subscribe`.
+
+    Read it with ``async for msg in sub``, one at a time with :meth:`next_msg`, or a
+    backlog at once with :meth:`next_batch`; all three take from the same queue."""
 
     __slots__ = (
         "_blocking",
