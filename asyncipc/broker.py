@@ -479,6 +479,54 @@ class Broker:
             counters = source.counters
             counters.messages_in += 1
             counters.bytes_in += size
+        # Streams, relays and requests in flight are three attribute checks when none is
+        # there; their work lives in _observe() so that the plain path stays short.
+        relayed = False
+        if self.streams.capturing or self._relays or self._awaited:
+            relayed = self._observe(subject, data, reply, headers, pub)
+        routes = self.router.route(subject)
+        if not routes:
+            # Not for a request that came in through a relay: its requester's own broker
+            # decides about no-responders, and ours may not be the only one listening.
+            if reply is not None and not relayed and not self._relaying:
+                stats.no_responders += 1
+                self.publish(reply, b"", None, NO_RESPONDERS_HEADERS, None, None)
+            return
+        sent = 0
+        for route in routes:
+            owner = route.owner
+            link = owner.link
+            if link.write_blocked and not self.apply_overflow(route, source):
+                continue
+            try:
+                if data is None and link.in_process:
+                    data = pub.data  # type: ignore[union-attr]
+                link.deliver(route.sid, subject, data, reply, headers, pub)  # type: ignore[arg-type]
+            except ConnectionClosed:
+                continue  # its link_lost is on the way and will remove the route
+            except FrameTooLarge as exc:
+                owner.send_error(
+                    ErrorCode.NOT_DELIVERED, f"message not delivered: {exc}", route.sid
+                )
+                continue
+            sent += 1
+            counters = owner.counters
+            counters.messages_out += 1
+            counters.bytes_out += size
+        stats.messages_out += sent
+        if reply is not None and source is not None and sent:
+            self._inflight.add(reply, source, _deadline(headers))
+
+    def _observe(
+        self,
+        subject: str,
+        data: bytes | None,
+        reply: str | None,
+        headers: Headers | None,
+        pub: Pub | None,
+    ) -> bool:
+        """What a publish owes besides its routes: stream capture, relays, the reply to
+        a request in flight. True if a relay took the message."""
         if self.streams.capturing:
             self.streams.capture(
                 subject,
@@ -498,39 +546,7 @@ class Broker:
                     relayed = True
         if self._awaited and subject in self._awaited:
             self._inflight.answered(subject)  # the reply to a request we saw
-        routes = self.router.route(subject)
-        if not routes:
-            # Not for a request that came in through a relay: its requester's own broker
-            # decides about no-responders, and ours may not be the only one listening.
-            if reply is not None and not relayed and not self._relaying:
-                stats.no_responders += 1
-                self.publish(reply, b"", None, NO_RESPONDERS_HEADERS, None, None)
-            return
-        sent = 0
-        for route in routes:
-            owner = route.owner
-            link = owner.link
-            if link.write_blocked and not self.apply_overflow(route, source):
-                continue
-            if data is None and link.in_process:
-                assert pub is not None
-                data = pub.data
-            try:
-                link.deliver(route.sid, subject, data, reply, headers, pub)  # type: ignore[arg-type]
-            except ConnectionClosed:
-                continue  # its link_lost is on the way and will remove the route
-            except FrameTooLarge as exc:
-                route.owner.send_error(
-                    ErrorCode.NOT_DELIVERED, f"message not delivered: {exc}", route.sid
-                )
-                continue
-            sent += 1
-            counters = owner.counters
-            counters.messages_out += 1
-            counters.bytes_out += size
-        stats.messages_out += sent
-        if reply is not None and source is not None and sent:
-            self._inflight.add(reply, source, _deadline(headers))
+        return relayed
 
     def apply_overflow(self, route: Route[Session], source: Session | None) -> bool:
         """The route's client is behind: apply its policy. True to deliver anyway.

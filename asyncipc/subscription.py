@@ -73,7 +73,10 @@ class SubscriptionOwner(Protocol):
 
 
 class Subscription:
-    """Messages on one subject pattern. Create with :meth:`Bus.subscribe`."""
+    """Messages on one subject pattern. Create with :meth:`Bus.subscribe`.
+
+    Read it with ``async for msg in sub``, one at a time with :meth:`next_msg`, or a
+    backlog at once with :meth:`next_batch`; all three take from the same queue."""
 
     __slots__ = (
         "_blocking",
@@ -144,39 +147,49 @@ class Subscription:
     # --- called by the Bus ----------------------------------------------------------
 
     def _deliver(self, msg: Message) -> None:
+        # Called once per message: the full-queue policies live in _overflow() so that a
+        # queue with room costs two comparisons and an append.
         q = self._queue
-        size = len(msg.data)
-        if len(q) >= self.max_pending or (self._bytes + size > self.max_bytes and q):
-            overflow = self.overflow
-            if overflow is Overflow.BLOCK:
-                if not self._blocking:
-                    self._blocking = True
-                    self._bus._sub_blocked(self)
-            elif overflow is Overflow.DROP_NEW:
-                self.dropped += 1
+        nbytes = self._bytes + len(msg.data)
+        if len(q) >= self.max_pending or (nbytes > self.max_bytes and q):
+            if not self._overflow():
                 return
-            elif overflow is Overflow.DROP_OLDEST:
-                old = q.popleft()
-                self._bytes -= len(old.data)
-                self.dropped += 1
-            else:
-                from .errors import SlowConsumer
-
-                self._end(
-                    SlowConsumer(
-                        f"subscription to {self.subject!r} fell behind: "
-                        f"{len(q)} messages / {self._bytes} bytes pending"
-                    )
-                )
-                self._bus._forget(self)
-                return
+            nbytes = self._bytes + len(msg.data)  # drop_oldest took one out
         q.append(msg)
-        self._bytes += size
+        self._bytes = nbytes
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
             if not waiter.done():
                 waiter.set_result(None)
+
+    def _overflow(self) -> bool:
+        """A message arrives at a full queue: apply the policy. True to queue it."""
+        q = self._queue
+        overflow = self.overflow
+        if overflow is Overflow.BLOCK:
+            if not self._blocking:
+                self._blocking = True
+                self._bus._sub_blocked(self)
+            return True
+        if overflow is Overflow.DROP_NEW:
+            self.dropped += 1
+            return False
+        if overflow is Overflow.DROP_OLDEST:
+            old = q.popleft()
+            self._bytes -= len(old.data)
+            self.dropped += 1
+            return True
+        from .errors import SlowConsumer
+
+        self._end(
+            SlowConsumer(
+                f"subscription to {self.subject!r} fell behind: "
+                f"{len(q)} messages / {self._bytes} bytes pending"
+            )
+        )
+        self._bus._forget(self)
+        return False
 
     def _end(self, error: BaseException | None = None) -> None:
         """No more messages will come; iteration ends (or raises ``error``) once drained."""
@@ -199,6 +212,24 @@ class Subscription:
         return self
 
     async def __anext__(self) -> Message:
+        # A message at hand costs this coroutine and nothing else: no future, no trip
+        # through the event loop. Measured, a coroutine is cheaper than a plain
+        # ``__anext__`` returning a completed future or a hand-written awaitable
+        # (about 255 ns against 300-500 ns per message), so it stays ``async def``.
+        q = self._queue
+        if not q:
+            await self._wait()
+        msg = q.popleft()
+        self._bytes -= len(msg.data)
+        if self._blocking:
+            self._maybe_unblock()
+        return msg
+
+    async def _wait(self) -> None:
+        """Wait until a message is queued; raise once the subscription ended and is empty.
+
+        Kept out of :meth:`__anext__` so that the path taken when messages are queued
+        holds no future and no loop."""
         q = self._queue
         while not q:
             if self._ended:
@@ -211,16 +242,12 @@ class Subscription:
             finally:
                 if self._waiter is waiter:
                     self._waiter = None
-        msg = q.popleft()
-        self._bytes -= len(msg.data)
-        if (
-            self._blocking
-            and len(q) <= self.max_pending // 2
-            and self._bytes <= self.max_bytes // 2
-        ):
+
+    def _maybe_unblock(self) -> None:
+        """Under ``block``: read the link again once the queue is half empty."""
+        if len(self._queue) <= self.max_pending // 2 and self._bytes <= self.max_bytes // 2:
             self._blocking = False
             self._bus._sub_unblocked(self)
-        return msg
 
     async def next_msg(self, timeout: float | None = None) -> Message:
         """The next message; raises ``TimeoutError`` after ``timeout`` seconds and
@@ -232,6 +259,40 @@ class Subscription:
                 return await self.__anext__()
         except StopAsyncIteration:
             raise ClosedError(f"subscription to {self.subject!r} has ended") from None
+
+    async def next_batch(self, max_msgs: int = 1024, timeout: float | None = None) -> list[Message]:
+        """The messages queued now, oldest first, at most ``max_msgs``; waits for one if
+        none is queued.
+
+        For consumers that handle messages in bulk: one call takes a whole backlog,
+        where ``async for`` pays an await per message. It never waits for a batch to
+        fill; what arrives later goes to the next call. Raises ``TimeoutError`` if
+        nothing came within ``timeout`` seconds, :class:`~asyncipc.ClosedError` once
+        the subscription has ended and every queued message was taken, and
+        :class:`~asyncipc.SlowConsumer` after the last batch of a subscription cut off
+        by ``overflow="error"``. The overflow policy works as with ``async for``: the
+        queue holds at most ``max_pending`` messages whichever way it is read.
+        """
+        if max_msgs < 1:
+            raise ValueError(f"max_msgs must be at least 1, not {max_msgs}")
+        q = self._queue
+        if not q:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._wait()
+            except StopAsyncIteration:
+                raise ClosedError(f"subscription to {self.subject!r} has ended") from None
+        if len(q) <= max_msgs:
+            batch = list(q)
+            q.clear()
+            self._bytes = 0
+        else:
+            popleft = q.popleft
+            batch = [popleft() for _ in range(max_msgs)]
+            self._bytes -= sum([len(msg.data) for msg in batch])
+        if self._blocking:
+            self._maybe_unblock()
+        return batch
 
     async def unsubscribe(self) -> None:
         """Stop receiving now. Messages already queued can still be iterated; messages

@@ -264,6 +264,8 @@ def render_inprocess(r: dict[str, Any]) -> str:
         ("memory:// publish -> async for", r["memory_pubsub_msgs_per_s"] / 1e6, "M msg/s"),
         ("asyncio.Queue reference", r["asyncio_queue_msgs_per_s"] / 1e6, "M msg/s"),
         ("memory:// / asyncio.Queue", r["memory_vs_queue"], "x"),
+        ("memory:// publish -> next_batch", r["memory_batches_msgs_per_s"] / 1e6, "M msg/s"),
+        ("next_batch / asyncio.Queue", r["batches_vs_queue"], "x"),
         ("publish, 0 unrelated subs", r["publish_0_unrelated_per_s"] / 1e6, "M msg/s"),
         ("publish, 10,000 unrelated subs", r["publish_10k_unrelated_per_s"] / 1e6, "M msg/s"),
         ("10k / 0 (1.00 = no slowdown)", r["routing_10k_vs_0"], "x"),

@@ -45,6 +45,26 @@ async def memory_pubsub(n: int) -> float:
         return n / (time.perf_counter() - start)
 
 
+async def memory_batches(n: int) -> float:
+    """The same as :func:`memory_pubsub`, read with ``sub.next_batch()``: one await per
+    batch instead of one per message."""
+    async with asyncipc.connect("memory://bench") as bus:
+        sub = bus.subscribe("bench.x")
+        await bus.flush()
+
+        async def consume() -> None:
+            count = 0
+            while count < n:
+                count += len(await sub.next_batch())
+
+        task = asyncio.create_task(consume())
+        start = time.perf_counter()
+        for _ in range(n):
+            await bus.publish("bench.x", PAYLOAD)
+        await task
+        return n / (time.perf_counter() - start)
+
+
 async def queue_reference(n: int) -> float:
     """The same producer/consumer pattern over a bare ``asyncio.Queue`` (the floor)."""
     queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=65536)
@@ -88,6 +108,7 @@ async def run_all(quick: bool) -> dict[str, Any]:
     n = 30_000 if quick else 300_000
     best = {
         "memory": max([await memory_pubsub(n) for _ in range(3)]),
+        "batches": max([await memory_batches(n) for _ in range(3)]),
         "queue": max([await queue_reference(n) for _ in range(3)]),
         "route_0": max([await publish_rate(n // 3, 0) for _ in range(3)]),
         "route_10k": max([await publish_rate(n // 3, 10_000) for _ in range(3)]),
@@ -96,6 +117,8 @@ async def run_all(quick: bool) -> dict[str, Any]:
         "memory_pubsub_msgs_per_s": best["memory"],
         "asyncio_queue_msgs_per_s": best["queue"],
         "memory_vs_queue": best["memory"] / best["queue"],
+        "memory_batches_msgs_per_s": best["batches"],
+        "batches_vs_queue": best["batches"] / best["queue"],
         "publish_0_unrelated_per_s": best["route_0"],
         "publish_10k_unrelated_per_s": best["route_10k"],
         "routing_10k_vs_0": best["route_10k"] / best["route_0"],

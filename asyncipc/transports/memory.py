@@ -64,14 +64,40 @@ class MemoryLink(Link):
         self._exc: BaseException | None = None
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._blocked_reported = False
+        # An instance attribute, not Link's class default: Python 3.11 caches the lookup
+        # of an instance attribute, not of a class one, and the broker and the bus read
+        # it on every message.
+        self.write_blocked = False
         self._loop = asyncio.get_running_loop()
         self._closed_fut: asyncio.Future[None] = self._loop.create_future()
+        # The peer's receiver while a frame we send may be handed to it at once (it is
+        # set, reading, its inbox empty, neither end closing): then send/publish/deliver
+        # cost one check, not five. _sync() recomputes it at every change of that state.
+        self._direct: LinkReceiver | None = None
+
+    def _sync(self) -> None:
+        """Recompute :attr:`_direct` for both ends (after a change of either's state)."""
+        for end in (self, self._other):
+            if end is None:
+                continue
+            other = end._other
+            direct = None
+            if other is not None and not (
+                end._closing or end._lost or other._lost or other._paused or other._inbox
+            ):
+                direct = other._receiver
+            end._direct = direct
 
     def set_receiver(self, receiver: LinkReceiver) -> None:
         self._receiver = receiver
         self._deliver_inbox()
+        self._sync()
 
     def send(self, frame: Frame) -> None:
+        direct = self._direct
+        if direct is not None:
+            direct.frame_received(frame)
+            return
         other = self._other
         if self._closing or other is None or other._lost:
             raise self._send_error()
@@ -84,6 +110,7 @@ class MemoryLink(Link):
     def _enqueue(self, other: MemoryLink, entry: _Queued, size: int) -> None:
         other._inbox.append(entry)
         other._inbox_bytes += size
+        self._direct = None  # the inbox is not empty: what follows must queue behind it
         if other._inbox_bytes > self._high_water:
             # Whoever sees this (a drain() or the broker) must hear writing_resumed().
             self.write_blocked = self._blocked_reported = True
@@ -94,6 +121,10 @@ class MemoryLink(Link):
     def publish(
         self, subject: str, data: bytes, reply: str | None, headers: Headers | None
     ) -> None:
+        direct = self._direct
+        if direct is not None:
+            direct.pub_received(subject, data, reply, headers)
+            return
         other = self._other
         if self._closing or other is None or other._lost:
             raise self._send_error()
@@ -112,6 +143,10 @@ class MemoryLink(Link):
         headers: Headers | None,
         pub: Pub | None,
     ) -> None:
+        direct = self._direct
+        if direct is not None:
+            direct.msg_received(sid, subject, data, reply, headers)
+            return
         other = self._other
         if self._closing or other is None or other._lost:
             raise self._send_error()
@@ -142,11 +177,13 @@ class MemoryLink(Link):
 
     def pause_reading(self) -> None:
         self._paused = True
+        self._sync()
 
     def resume_reading(self) -> None:
         if self._paused:
             self._paused = False
             self._deliver_inbox()
+            self._sync()
 
     def _deliver_inbox(self) -> None:
         receiver = self._receiver
@@ -166,6 +203,7 @@ class MemoryLink(Link):
             self._inbox_bytes = 0
             if self._other is not None and self._other._closing:
                 self._finish(None)  # the writer closed gracefully and all is delivered
+        self._sync()
         other = self._other
         if other is not None and self._inbox_bytes <= self._low_water:
             other._unblocked()
@@ -190,6 +228,7 @@ class MemoryLink(Link):
             return
         self._closing = True
         self._exc = ClosedError("memory link is closed")
+        self._sync()
         other = self._other
         # The peer learns of the close after it has read what we sent before it.
         if other is not None and not other._inbox:
@@ -201,6 +240,7 @@ class MemoryLink(Link):
             return
         self._closing = True
         self._exc = ClosedError("memory link was aborted")
+        self._sync()
         other = self._other
         if other is not None:
             other._inbox.clear()
@@ -213,6 +253,7 @@ class MemoryLink(Link):
         self._lost = True
         self._inbox.clear()
         self._inbox_bytes = 0
+        self._sync()
         self.write_blocked = False
         if self._other is not None:
             self._other.write_blocked = False
@@ -242,6 +283,7 @@ def memory_pair(
     options = options or TransportOptions()
     a, b = client(name, options), MemoryLink(name, options)
     a._other, b._other = b, a
+    a._sync()
     return a, b
 
 
