@@ -52,6 +52,14 @@ BUFFER_LARGE = 4
 U8 = iox2.Slice[ctypes.c_uint8]
 #: The longest a ``wait``-mode receiver sleeps without a notification (see above).
 BACKSTOP = iox2.Duration.from_millis(1)
+STALL_NS = 900_000
+
+
+def _slept_out(listener: Any) -> bool:
+    """Wait for a notification; ``True`` when the wait ran to the backstop without one
+    (an empty return well before it is a spurious wake-up, not a stall)."""
+    t0 = time.monotonic_ns()
+    return not listener.timed_wait(BACKSTOP) and time.monotonic_ns() - t0 >= STALL_NS
 
 
 def _node() -> Any:
@@ -85,7 +93,7 @@ async def iox_sink(args: WorkerArgs) -> None:
     while n < args.count:
         sample = subscriber.receive()
         if sample is None:
-            if listener is not None and not listener.timed_wait(BACKSTOP) and n:
+            if listener is not None and _slept_out(listener) and n:
                 stalls += 1
             continue
         assert sample.payload().len() == size  # read in place, released at once
@@ -150,7 +158,7 @@ async def iox_echo(args: WorkerArgs) -> None:
     stalls = 0
     for i in range(args.warmup + args.count):
         while (request := server.receive()) is None:
-            if listener is not None and not listener.timed_wait(BACKSTOP) and i:
+            if listener is not None and _slept_out(listener) and i:
                 stalls += 1
         n = request.payload().len()
         response = request.loan_slice_uninit(n)
@@ -183,7 +191,7 @@ async def iox_req(args: WorkerArgs) -> None:
         if notifier is not None:
             notifier.notify()
         while (response := pending.receive()) is None:
-            if listener is not None and not listener.timed_wait(BACKSTOP):
+            if listener is not None and _slept_out(listener):
                 stalls += 1
         if i >= args.warmup:
             samples.append(clock() - t0)
