@@ -184,7 +184,7 @@ def _iox_name() -> str:
 async def _iox_one_way(size: int, count: int, mode: str, tmp: Path) -> dict[str, Any]:
     name = _iox_name()
     async with contextlib.AsyncExitStack() as stack:
-        args = _argv(name, count, size, idiom=mode)
+        args = _argv(name, count, size, idiom=mode, idle=10)
         sink = await stack.enter_async_context(worker("sink", "iox_w", "iox-sink", args, tmp))
         await sink.expect("ready", STARTUP)
         source = await stack.enter_async_context(worker("source", "iox_w", "iox-source", args, tmp))
@@ -198,7 +198,7 @@ async def _iox_one_way(size: int, count: int, mode: str, tmp: Path) -> dict[str,
 
 async def _iox_reqrep(count: int, mode: str, tmp: Path) -> dict[str, Any]:
     name = _iox_name()
-    args = _argv(name, count, 64, warmup=WARMUP, idiom=mode)
+    args = _argv(name, count, 64, warmup=WARMUP, idiom=mode, timeout=5)
     async with contextlib.AsyncExitStack() as stack:
         echo = await stack.enter_async_context(worker("echo", "iox_w", "iox-echo", args, tmp))
         await echo.expect("ready", STARTUP)
@@ -368,6 +368,9 @@ def table(result: dict[str, Any]) -> str:
             "  iceoryx2 lost wake-ups (waits that ended on the 1 ms backstop, included in "
             "the figures): " + ", ".join(f"{k} {n}" for k, n in stalls.items())
         )
+    lost = {k: v["lost"] for k, v in c.items() if isinstance(v, dict) and v.get("lost")}
+    if lost:
+        out.append("  lost (never arrived): " + ", ".join(f"{k} {n}" for k, n in lost.items()))
     skipped = sorted({s for k in c if (s := _skipped(c, k))})
     out += [f"  iceoryx2 skipped: {s}" for s in skipped]
     return "\n".join(out)

@@ -28,11 +28,13 @@ One-way services have no safe overflow and a publisher that retries until delive
 (``BackpressureStrategy.RetryUntilDelivered``), so a full subscriber buffer slows the
 publisher instead of dropping samples, as a full ring does to ours.
 
-* ``iox-sink``: subscriber, receives ``--count`` samples of ``--size`` bytes;
+* ``iox-sink``: subscriber, receives ``--count`` samples of ``--size`` bytes (it stops
+  after ``--idle`` seconds without one, and the missing ones count as lost);
 * ``iox-source``: publisher, waits for ``go``, sends ``--count`` samples;
 * ``iox-echo``: request/response server, answers ``--warmup + --count`` requests with a
   loaned response of the request's bytes, then reports its ``stalls``;
-* ``iox-req``: client, times ``--count`` round trips after ``--warmup`` untimed ones.
+* ``iox-req``: client, times ``--count`` round trips after ``--warmup`` untimed ones
+  (``--timeout`` seconds per request at most).
 """
 
 from __future__ import annotations
@@ -90,12 +92,16 @@ async def iox_sink(args: WorkerArgs) -> None:
     emit("ready")
     first_ns = last_ns = 0
     n, size, stalls = 0, args.size, 0
+    idle_ns, since = int(args.idle * 1e9), time.monotonic_ns()
     while n < args.count:
         sample = subscriber.receive()
         if sample is None:
             if listener is not None and _slept_out(listener) and n:
                 stalls += 1
+            if n and time.monotonic_ns() - since > idle_ns:
+                break  # samples that never came are reported as lost
             continue
+        since = time.monotonic_ns()
         assert sample.payload().len() == size  # read in place, released at once
         del sample
         last_ns = time.monotonic_ns()
@@ -190,9 +196,12 @@ async def iox_req(args: WorkerArgs) -> None:
         pending = request.assume_init().send()
         if notifier is not None:
             notifier.notify()
+        deadline = t0 + int(args.timeout * 1e9)
         while (response := pending.receive()) is None:
             if listener is not None and _slept_out(listener):
                 stalls += 1
+            if clock() > deadline:
+                raise TimeoutError(f"no response to request {i} in {args.timeout} s")
         if i >= args.warmup:
             samples.append(clock() - t0)
         else:
