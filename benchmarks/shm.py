@@ -9,7 +9,18 @@ Rows (issue 4's targets in brackets):
   ``unix://`` through the broker (requester -> broker -> responder and back)
   [shm at most 0.3x unix];
 * **1 MiB one-way over a direct shm channel**, read in place (zero-copy) and copied out,
-  against ``memcpy`` of 1 MiB into shared memory measured here [report the fraction].
+  against ``memcpy`` of 1 MiB into shared memory measured here [report the fraction];
+* **against iceoryx2** (issue 12), in a second table: the direct shm channel next to
+  iceoryx2 (``workers/iox_w.py``), each in its busy-poll and its sleep-until-woken mode:
+  one-way 64 B and 1 MiB messages/s [ours >= 1.0x iceoryx2] and 64 B round-trip p50/p99
+  [p50 <= 1.5x]. iceoryx2's Python API is synchronous, so its modes are its own loops:
+  ``receive()`` spun on, or a ``Listener`` wait on an event service notified after each
+  send (with a 1 ms backstop against iceoryx2's lost wake-ups, counted and printed:
+  ``workers/iox_w.py`` says why). Ours is asyncio either way; its ring port polls for
+  ``?spin=`` seconds after the last record before it sleeps on its doorbell, so
+  ``?spin=1`` is its busy-poll mode (on these exchanges it never sleeps) and ``?spin=0``
+  its wait mode (it sleeps as soon as the ring is empty). Both sides read one-way payloads in place.
+  Without the ``iceoryx2`` package the iceoryx2 cells are skipped with the reason.
 
 The brokered rows have the shape of ``benchmarks/channels.py``: the broker runs in this
 process (uvloop), publisher and subscriber are ``workers/asyncipc_w.py`` processes, and
@@ -24,6 +35,7 @@ it as the ``shm`` section (``--cases shm``).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import mmap
 import os
 import shutil
@@ -118,8 +130,8 @@ async def _reqrep_unix(count: int, tmp: Path) -> dict[str, Any]:
         return await requester.expect("result", 300)
 
 
-async def _reqrep_direct(count: int, tmp: Path) -> dict[str, Any]:
-    url = f"shm://bench{os.urandom(4).hex()}"
+async def _reqrep_direct(count: int, tmp: Path, spin: str = "") -> dict[str, Any]:
+    url = f"shm://bench{os.urandom(4).hex()}" + (f"?spin={spin}" if spin else "")
     async with contextlib.AsyncExitStack() as stack:
         echo = await stack.enter_async_context(
             worker("echo", "shm_w", "chan-echo", ["--url", url], tmp)
@@ -132,22 +144,70 @@ async def _reqrep_direct(count: int, tmp: Path) -> dict[str, Any]:
         return await requester.expect("result", 300)
 
 
-async def _direct(count: int, in_place: bool, tmp: Path) -> dict[str, Any]:
-    url = f"shm://bench{os.urandom(4).hex()}"
+async def _direct(
+    count: int, in_place: bool, tmp: Path, size: int = MIB, spin: str = ""
+) -> dict[str, Any]:
+    url = f"shm://bench{os.urandom(4).hex()}" + (f"?spin={spin}" if spin else "")
     mode = "in-place" if in_place else "copy"
     async with contextlib.AsyncExitStack() as stack:
         sink = await stack.enter_async_context(
-            worker("sink", "shm_w", "chan-sink", _argv(url, count, MIB, subject=mode), tmp)
+            worker("sink", "shm_w", "chan-sink", _argv(url, count, size, subject=mode), tmp)
         )
         await sink.expect("ready", STARTUP)
         source = await stack.enter_async_context(
-            worker("source", "shm_w", "chan-source", _argv(url, count, MIB), tmp)
+            worker("source", "shm_w", "chan-source", _argv(url, count, size), tmp)
         )
         await source.expect("ready", STARTUP)
         await source.send("go")
         sent = await source.expect("result", 300)
         result = await sink.expect("result", 300)
-    return _pubsub_metrics(_case(MIB, count), count, sent, [result])
+    return _pubsub_metrics(_case(size, count), count, sent, [result])
+
+
+#: Our channel's ``?spin=`` for each waiting mode of the iceoryx2 comparison (module
+#: docstring): poll for up to a second before sleeping (never, here), or not at all.
+SPIN = {"poll": "1", "wait": "0"}
+IOX_MODES = ("poll", "wait")
+
+
+def iceoryx2_missing() -> str | None:
+    """Why the iceoryx2 cells cannot run, or ``None``."""
+    if importlib.util.find_spec("iceoryx2") is None:
+        return "no iceoryx2 (pip install iceoryx2)"
+    return None
+
+
+def _iox_name() -> str:
+    return f"asyncipc-bench/{os.getpid()}-{os.urandom(4).hex()}"
+
+
+async def _iox_one_way(size: int, count: int, mode: str, tmp: Path) -> dict[str, Any]:
+    name = _iox_name()
+    async with contextlib.AsyncExitStack() as stack:
+        args = _argv(name, count, size, idiom=mode, idle=10)
+        sink = await stack.enter_async_context(worker("sink", "iox_w", "iox-sink", args, tmp))
+        await sink.expect("ready", STARTUP)
+        source = await stack.enter_async_context(worker("source", "iox_w", "iox-source", args, tmp))
+        await source.expect("ready", STARTUP)
+        await source.send("go")
+        sent = await source.expect("result", 300)
+        result = await sink.expect("result", 300)
+    metrics = _pubsub_metrics(_case(size, count), count, sent, [result])
+    return {**metrics, "stalls": result.get("stalls", 0)}
+
+
+async def _iox_reqrep(count: int, mode: str, tmp: Path) -> dict[str, Any]:
+    name = _iox_name()
+    args = _argv(name, count, 64, warmup=WARMUP, idiom=mode, timeout=5)
+    async with contextlib.AsyncExitStack() as stack:
+        echo = await stack.enter_async_context(worker("echo", "iox_w", "iox-echo", args, tmp))
+        await echo.expect("ready", STARTUP)
+        requester = await stack.enter_async_context(
+            worker("requester", "iox_w", "iox-req", args, tmp)
+        )
+        result = await requester.expect("result", 300)
+        served = await echo.expect("result", 60)
+    return {**result, "stalls": result.get("stalls", 0) + served.get("stalls", 0)}
 
 
 async def _cell(results: dict[str, Any], key: str, run: Any) -> None:
@@ -178,8 +238,48 @@ async def run_all(quick: bool) -> dict[str, Any]:
     for in_place in (True, False):
         key = "direct/1MiB/" + ("in-place" if in_place else "copy")
         await _cell(r, key, lambda tmp, p=in_place: _direct(DIRECT // div, p, tmp))
+    await _run_iceoryx2(r, div)
     r["memcpy_bytes_per_s"] = memcpy_bandwidth()
     return {"quick": quick, "cells": r}
+
+
+async def _run_iceoryx2(r: dict[str, Any], div: int) -> None:
+    """The direct channel and iceoryx2 side by side, ours first in each pair, so both
+    meet the same load; iceoryx2's cells are skipped (with the reason) without it."""
+    missing = iceoryx2_missing()
+    for mode in IOX_MODES:
+        spin = SPIN[mode]
+        for size, n in ((64, ONE_WAY[64] // div), (MIB, DIRECT // div)):
+            await _cell(
+                r,
+                f"direct/{size}/{mode}",
+                lambda tmp, n=n, size=size, spin=spin: _direct(n, True, tmp, size, spin),
+            )
+            if missing:
+                r[f"iox/{size}/{mode}"] = {"skipped": missing}
+            else:
+                await _cell(
+                    r,
+                    f"iox/{size}/{mode}",
+                    lambda tmp, n=n, size=size, mode=mode: _iox_one_way(size, n, mode, tmp),
+                )
+        n = REQUESTS // div
+        await _cell(
+            r,
+            f"direct/reqrep/{mode}",
+            lambda tmp, n=n, spin=spin: _reqrep_direct(n, tmp, spin),
+        )
+        if missing:
+            r[f"iox/reqrep/{mode}"] = {"skipped": missing}
+        else:
+            await _cell(
+                r, f"iox/reqrep/{mode}", lambda tmp, n=n, mode=mode: _iox_reqrep(n, mode, tmp)
+            )
+
+
+def _skipped(cells: dict[str, Any], key: str) -> str | None:
+    m = cells.get(key)
+    return str(m["skipped"]) if isinstance(m, dict) and "skipped" in m else None
 
 
 def _get(cells: dict[str, Any], key: str, metric: str) -> float | None:
@@ -260,8 +360,78 @@ def table(result: dict[str, Any]) -> str:
     )
     out = [title, "", line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += [line(r) for r in rows]
+    out += ["", *_grid(_iceoryx2_rows(c), IOX_HEAD, IOX_TITLE)]
     out += [f"  {k}: {v['error']}" for k, v in c.items() if isinstance(v, dict) and "error" in v]
+    stalls = {k: v["stalls"] for k, v in c.items() if isinstance(v, dict) and v.get("stalls")}
+    if stalls:
+        out.append(
+            "  iceoryx2 lost wake-ups (waits that ended on the 1 ms backstop, included in "
+            "the figures): " + ", ".join(f"{k} {n}" for k, n in stalls.items())
+        )
+    lost = {k: v["lost"] for k, v in c.items() if isinstance(v, dict) and v.get("lost")}
+    if lost:
+        out.append("  lost (never arrived): " + ", ".join(f"{k} {n}" for k, n in lost.items()))
+    skipped = sorted({s for k in c if (s := _skipped(c, k))})
+    out += [f"  iceoryx2 skipped: {s}" for s in skipped]
     return "\n".join(out)
+
+
+IOX_HEAD = (
+    "case (direct channel vs iceoryx2)",
+    "mode",
+    "asyncipc",
+    "iceoryx2",
+    "ours / iox",
+    "target",
+)
+IOX_TITLE = (
+    "direct shm channel (asyncio, ?spin=1 poll / ?spin=0 wait) against iceoryx2 "
+    "(synchronous: receive() spun on / Listener wait); one-way read in place"
+)
+
+
+def _iceoryx2_rows(c: dict[str, Any]) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
+    for mode in IOX_MODES:
+        for size, label in ((64, "64 B one-way"), (MIB, "1 MiB one-way")):
+            ours = _get(c, f"direct/{size}/{mode}", "msgs_per_s")
+            iox = _get(c, f"iox/{size}/{mode}", "msgs_per_s")
+            skip = _skipped(c, f"iox/{size}/{mode}")
+            rows.append(
+                (
+                    label,
+                    mode,
+                    _rate(ours, "msgs"),
+                    "skipped" if skip else _rate(iox, "msgs"),
+                    _ratio(ours, iox),
+                    ">= 1.0x",
+                )
+            )
+        for pct in ("p50", "p99"):
+            ours = _get(c, f"direct/reqrep/{mode}", f"{pct}_us")
+            iox = _get(c, f"iox/reqrep/{mode}", f"{pct}_us")
+            skip = _skipped(c, f"iox/reqrep/{mode}")
+            rows.append(
+                (
+                    f"64 B round trip {pct}",
+                    mode,
+                    _rate(ours, "us"),
+                    "skipped" if skip else _rate(iox, "us"),
+                    _ratio(ours, iox),
+                    "<= 1.5x" if pct == "p50" else "",
+                )
+            )
+    return rows
+
+
+def _grid(rows: Sequence[Sequence[str]], head: Sequence[str], title: str) -> list[str]:
+    widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(x.ljust(w) for x, w in zip(cells, widths, strict=True)) + " |"
+
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return [title, "", line(head), sep, *(line(r) for r in rows)]
 
 
 def _mb(cells: dict[str, Any], scheme: str, size: int) -> float | None:
