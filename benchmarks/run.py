@@ -81,7 +81,7 @@ SECTIONS: list[tuple[str, str, int, Callable[[dict[str, Any]], str]]] = [
     (CHANNELS, "asyncipc", 4, lambda r: "unix, fifo, pipe, pipe direct"),
     (ADAPTERS, "asyncipc", 6, lambda r: ", ".join(r["rows"])),
     (SHM, "asyncipc", 4, lambda r: "unix vs shm, direct channel, memcpy, iceoryx2"),
-    (RECONNECT, "asyncipc", 1, lambda r: "unix, tcp: default options and reconnect_max_delay=2.0"),
+    (RECONNECT, "asyncipc", 4, lambda r: "unix, tcp, nats: default options and slow reconnects"),
     (
         STREAMS,
         "both",
