@@ -9,6 +9,7 @@ from .. import __version__
 from .._connect import DEFAULT_URL_ENV, TOKEN_ENV, default_socket_url
 from ..options import BrokerOptions
 from ..protocol import DEFAULT_MAX_FRAME
+from ._bench import add_bench_command
 from ._broker import _broker
 from ._clients import _pub, _request, _sub, _wait
 from ._common import (
@@ -291,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_wait, interrupted=None, log_level=logging.ERROR)
     add_stream_commands(commands, client, payload)
+    add_bench_command(commands, client)
     return parser
 
 
