@@ -17,6 +17,7 @@ from ._dialer import Dialer, backoff
 from ._events import ConnectionEvent, EventHub, EventStream
 from ._responder import Callback, Handler, reply_error, responder
 from ._shield import shielded
+from ._tracing import tracing_for
 from .errors import (
     AuthenticationError,
     BrokenLinkError,
@@ -123,6 +124,7 @@ class Bus:
         self._on_close: list[Callable[[], Awaitable[None]]] = []
         self.max_payload = link.max_frame - 64
         self.server_info: dict[str, Any] = {}
+        self._tracing = tracing_for(options.tracing)  # None unless OpenTelemetry is on
 
     # --- connection -----------------------------------------------------------------
 
@@ -547,6 +549,8 @@ class Bus:
             raise FrameTooLarge(
                 f"payload of {len(data)} bytes exceeds the maximum of {self.max_payload} bytes"
             )
+        if self._tracing is not None:
+            headers = self._tracing.send(subject, headers, len(data))
         if not self._up:
             await self._hold(subject, data, reply_to, headers)
             return
@@ -665,6 +669,12 @@ class Bus:
         if self._up:  # else the reconnect sends it, with every other subscription
             self._link.send(Sub(sid, subject, queue, policy, max_pending, max_bytes))
         self._subs[sid] = sub
+        if (
+            callback is not None
+            and self._tracing is not None
+            and not getattr(callback, "asyncipc_traced", False)
+        ):
+            callback = self._tracing.wrap(subject, callback, handler=False)
         if callback is not None:
             task = self._loop.create_task(
                 self._run_callback(sub, callback), name=f"asyncipc callback {subject}"
@@ -733,6 +743,8 @@ class Bus:
         the requests it already has."""
 
         serve = responder(subject, fn, expose_errors=expose_errors)
+        if self._tracing is not None:  # a SERVER span around the handler and its reply
+            serve = self._tracing.wrap(subject, serve, handler=True)
         return self.subscribe(subject, queue, callback=serve, **subscribe_options)
 
     def _unsubscribe(self, sub: Subscription) -> None:
@@ -818,6 +830,8 @@ class Bus:
         self._requests[token] = (fut, subject, deadline, timeout)
         if deadline < self._expiry_at:
             self._arm_expiry(deadline)
+        traced = self._tracing.start_request(subject) if self._tracing is not None else None
+        failure: BaseException | None = None
         try:
             # Plain decimal, never 1e-05 (docs/protocol.md §12); none for a request
             # without a finite time-out.
@@ -825,8 +839,13 @@ class Bus:
             sent_headers = headers if waits is None else {**(headers or {}), TIMEOUT_HEADER: waits}
             await self.publish(subject, data, sent_headers, self._inbox_prefix + token)
             return await fut
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
             del self._requests[token]
+            if traced is not None:
+                self._tracing.end_request(traced, failure)  # type: ignore[union-attr]
 
     # Time-outs share one timer, armed for the earliest deadline of a request in flight.
     # A request that ends does not touch it: most requests are answered long before their

@@ -50,6 +50,10 @@ class ConnectOptions:
         reconnect_buffer: bytes of publishes held while disconnected; past it,
             ``publish`` waits for the reconnect (and raises ``Disconnected`` if it gives
             up). What is held is lost if the bus closes before reconnecting.
+        tracing: OpenTelemetry spans and ``traceparent`` headers (``docs/guide.md``,
+            Tracing). ``None``: on when ``opentelemetry-api`` is installed and a tracer
+            provider is set when the bus connects. ``True``/``False``: on/off. A tracer
+            provider: on, through it.
     """
 
     name: str = ""
@@ -68,6 +72,7 @@ class ConnectOptions:
     max_reconnect_attempts: int | None = None
     reconnect_time_limit: float | None = None
     reconnect_buffer: int = 8 * 1024 * 1024
+    tracing: object = None
 
 
 @dataclass(frozen=True)
