@@ -35,7 +35,7 @@ from ._stats import BrokerStats, TransportStats
 from .errors import ClosedError, ConnectionClosed, FrameTooLarge
 from .link import Link, Listener, PeerInfo
 from .options import BrokerOptions
-from .protocol import ErrorCode, Headers, Overflow, Pub, parse_timeout
+from .protocol import Err, ErrorCode, Headers, Overflow, Pub, parse_timeout
 from .protocol.system import (
     DELIVER_SUBJECT_HEADER,
     NO_RESPONDERS_STATUS,
@@ -53,6 +53,9 @@ if TYPE_CHECKING:
 __all__ = ["Broker", "BrokerAdapter", "BrokerStats", "Relay", "TransportStats"]
 
 log = logging.getLogger("asyncipc.broker")
+
+_PeerKey = tuple[str, Any] | None
+"""Whom a connection counts against for ``max_connections_per_peer`` (see _peer_key)."""
 
 NO_RESPONDERS_HEADERS = {STATUS_HEADER: NO_RESPONDERS_STATUS}
 """Sent, with an empty body, to the reply subject of a request nobody is subscribed to."""
@@ -114,6 +117,11 @@ class Broker:
         self.stats = BrokerStats()
         self.server_id = os.urandom(8).hex()
         self._sessions: set[Session] = set()
+        # The connection limits (BrokerOptions): links counted against max_connections,
+        # connections per peer key (an IP address, a uid), sessions not yet handshaken.
+        self._counted: dict[Session, _PeerKey] = {}
+        self._per_peer: dict[_PeerKey, int] = {}
+        self._pending: set[Session] = set()
         self._listeners: list[Listener] = []
         self._next_client = 0
         self._closing = False
@@ -155,11 +163,7 @@ class Broker:
         await self.start()
         parsed = parse_url(url)
         transport = lookup(parsed.scheme)
-        opts = TransportOptions(
-            ssl=ssl or self.options.ssl,
-            high_water=self.options.high_water,
-            max_frame=self.options.max_frame,
-        )
+        opts = self._transport_options(ssl=ssl or self.options.ssl)
         listener: Listener
         if isinstance(transport, BrokerAdapter):
             listener = await transport.serve_broker(parsed, self, opts)
@@ -172,6 +176,17 @@ class Broker:
         self._listeners.append(listener)
         log.info("listening on %s", listener.url)
         return listener
+
+    def _transport_options(self, ssl: Any = None) -> TransportOptions:
+        opts = self.options
+        return TransportOptions(
+            ssl=ssl,
+            high_water=opts.high_water,
+            max_frame=opts.max_frame,
+            max_hello=opts.max_hello,
+            frame_timeout=opts.frame_timeout,
+            frame_min_rate=opts.frame_min_rate,
+        )
 
     @property
     def urls(self) -> list[str]:
@@ -195,16 +210,63 @@ class Broker:
         return sum(s.link.buffered for s in self._sessions)
 
     def attach(self, link: Link) -> None:
-        """Take a new link from a listener (or a caller that made one) as a client."""
+        """Take a new link from a listener (or a caller that made one) as a client.
+
+        A link over the connection limits (``max_connections``,
+        ``max_connections_per_peer``, ``max_pending_handshakes``) is refused: it gets an
+        ERR ``LIMIT`` naming the limit, then is closed; it never becomes a session."""
         if self._closing:
             link.abort()
             return
+        key: _PeerKey = None
+        if not link.in_process:
+            key = _peer_key(link.peer)
+            refusal = self._over_limit(key)
+            if refusal is not None:
+                self._refuse(link, refusal)
+                return
         self._next_client += 1
         self.stats.connections += 1
         session = Session(self, link, self._next_client)
         session.counters.connections += 1
         self._sessions.add(session)
+        if not link.in_process:
+            self._counted[session] = key
+            if key is not None:
+                self._per_peer[key] = self._per_peer.get(key, 0) + 1
+            self._pending.add(session)
         link.set_receiver(session)
+
+    def _over_limit(self, key: _PeerKey) -> str | None:
+        """Why a new connection from peer ``key`` is refused, or None."""
+        opts = self.options
+        if len(self._counted) >= opts.max_connections:
+            return f"too many connections: the broker serves at most {opts.max_connections}"
+        if key is not None and self._per_peer.get(key, 0) >= opts.max_connections_per_peer:
+            kind, who = key
+            return (
+                f"too many connections from {kind} {who}: at most "
+                f"{opts.max_connections_per_peer} per peer (max_connections_per_peer)"
+            )
+        if len(self._pending) >= opts.max_pending_handshakes:
+            return (
+                f"too many connections waiting for their handshake: at most "
+                f"{opts.max_pending_handshakes} (max_pending_handshakes); try again"
+            )
+        return None
+
+    def _refuse(self, link: Link, reason: str) -> None:
+        self.stats.refused_connections += 1
+        log.warning("refused %s: %s", link.peer.describe(), reason)
+        try:
+            link.send(Err(ErrorCode.LIMIT, reason))
+        except ConnectionClosed:
+            pass
+        link.close()
+
+    def session_opened(self, session: Session) -> None:
+        """Package-internal: ``session`` completed its handshake."""
+        self._pending.discard(session)
 
     async def spawn(
         self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, **popen_kwargs: Any
@@ -224,9 +286,7 @@ class Broker:
             raise ClosedError("broker is closed")
         from .transports.pipe import spawn_child  # loaded on first use, like every channel
 
-        opts = TransportOptions(
-            high_water=self.options.high_water, max_frame=self.options.max_frame
-        )
+        opts = self._transport_options()
         child = await spawn_child(self.attach, argv, opts, env=env, **popen_kwargs)
         self._unadopted.add(child.link)
         return child
@@ -264,6 +324,15 @@ class Broker:
     def session_closed(self, session: Session) -> None:
         """Package-internal: ``session`` has ended; forget it and the requests it made."""
         self._sessions.discard(session)
+        self._pending.discard(session)
+        if session in self._counted:
+            key = self._counted.pop(session)
+            if key is not None:
+                left = self._per_peer[key] - 1
+                if left:
+                    self._per_peer[key] = left
+                else:
+                    del self._per_peer[key]
         self._inflight.forget(session)
         if self.streams.streams:
             self.streams.session_closed(session)
@@ -581,3 +650,15 @@ class Broker:
             f"{self.options.high_water} bytes behind",
             sid,
         )
+
+
+def _peer_key(peer: PeerInfo) -> _PeerKey:
+    """Whom a connection counts against for ``max_connections_per_peer``: its Unix user
+    where the kernel names one (unix, fifo), its IP address on tcp and tls, else nobody
+    (None: only ``max_connections`` applies)."""
+    if peer.uid is not None:
+        return ("uid", peer.uid)
+    address = peer.address
+    if peer.transport in ("tcp", "tls") and isinstance(address, tuple) and address:
+        return ("address", address[0])
+    return None
