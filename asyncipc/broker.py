@@ -29,13 +29,14 @@ import anyio
 
 from . import _system
 from ._inflight import InFlight
+from ._limits import ConnectionLimits
 from ._session import Session
 from ._shield import shielded
 from ._stats import BrokerStats, TransportStats
 from .errors import ClosedError, ConnectionClosed, FrameTooLarge
 from .link import Link, Listener, PeerInfo
 from .options import BrokerOptions
-from .protocol import Err, ErrorCode, Headers, Overflow, Pub, parse_timeout
+from .protocol import ErrorCode, Headers, Overflow, Pub, parse_timeout
 from .protocol.system import (
     DELIVER_SUBJECT_HEADER,
     NO_RESPONDERS_STATUS,
@@ -53,9 +54,6 @@ if TYPE_CHECKING:
 __all__ = ["Broker", "BrokerAdapter", "BrokerStats", "Relay", "TransportStats"]
 
 log = logging.getLogger("asyncipc.broker")
-
-_PeerKey = tuple[str, Any] | None
-"""Whom a connection counts against for ``max_connections_per_peer`` (see _peer_key)."""
 
 NO_RESPONDERS_HEADERS = {STATUS_HEADER: NO_RESPONDERS_STATUS}
 """Sent, with an empty body, to the reply subject of a request nobody is subscribed to."""
@@ -117,11 +115,7 @@ class Broker:
         self.stats = BrokerStats()
         self.server_id = os.urandom(8).hex()
         self._sessions: set[Session] = set()
-        # The connection limits (BrokerOptions): links counted against max_connections,
-        # connections per peer key (an IP address, a uid), sessions not yet handshaken.
-        self._counted: dict[Session, _PeerKey] = {}
-        self._per_peer: dict[_PeerKey, int] = {}
-        self._pending: set[Session] = set()
+        self._limits: ConnectionLimits[Session] = ConnectionLimits(options)
         self._listeners: list[Listener] = []
         self._next_client = 0
         self._closing = False
@@ -218,55 +212,27 @@ class Broker:
         if self._closing:
             link.abort()
             return
-        key: _PeerKey = None
-        if not link.in_process:
-            key = _peer_key(link.peer)
-            refusal = self._over_limit(key)
-            if refusal is not None:
-                self._refuse(link, refusal)
-                return
+        refusal = self._limits.refusal(link)
+        if refusal is not None:
+            self._limits.refuse(link, refusal)
+            self.stats.refused_connections += 1
+            return
         self._next_client += 1
         self.stats.connections += 1
         session = Session(self, link, self._next_client)
         session.counters.connections += 1
         self._sessions.add(session)
-        if not link.in_process:
-            self._counted[session] = key
-            if key is not None:
-                self._per_peer[key] = self._per_peer.get(key, 0) + 1
-            self._pending.add(session)
+        self._limits.admitted(session, link)
         link.set_receiver(session)
 
-    def _over_limit(self, key: _PeerKey) -> str | None:
-        """Why a new connection from peer ``key`` is refused, or None."""
-        opts = self.options
-        if len(self._counted) >= opts.max_connections:
-            return f"too many connections: the broker serves at most {opts.max_connections}"
-        if key is not None and self._per_peer.get(key, 0) >= opts.max_connections_per_peer:
-            kind, who = key
-            return (
-                f"too many connections from {kind} {who}: at most "
-                f"{opts.max_connections_per_peer} per peer (max_connections_per_peer)"
-            )
-        if len(self._pending) >= opts.max_pending_handshakes:
-            return (
-                f"too many connections waiting for their handshake: at most "
-                f"{opts.max_pending_handshakes} (max_pending_handshakes); try again"
-            )
-        return None
-
-    def _refuse(self, link: Link, reason: str) -> None:
-        self.stats.refused_connections += 1
-        log.warning("refused %s: %s", link.peer.describe(), reason)
-        try:
-            link.send(Err(ErrorCode.LIMIT, reason))
-        except ConnectionClosed:
-            pass
-        link.close()
+    @property
+    def pending_handshakes(self) -> int:
+        """Connections that have not completed their handshake yet."""
+        return self._limits.pending
 
     def session_opened(self, session: Session) -> None:
         """Package-internal: ``session`` completed its handshake."""
-        self._pending.discard(session)
+        self._limits.opened(session)
 
     async def spawn(
         self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, **popen_kwargs: Any
@@ -324,15 +290,7 @@ class Broker:
     def session_closed(self, session: Session) -> None:
         """Package-internal: ``session`` has ended; forget it and the requests it made."""
         self._sessions.discard(session)
-        self._pending.discard(session)
-        if session in self._counted:
-            key = self._counted.pop(session)
-            if key is not None:
-                left = self._per_peer[key] - 1
-                if left:
-                    self._per_peer[key] = left
-                else:
-                    del self._per_peer[key]
+        self._limits.closed(session)
         self._inflight.forget(session)
         if self.streams.streams:
             self.streams.session_closed(session)
@@ -650,15 +608,3 @@ class Broker:
             f"{self.options.high_water} bytes behind",
             sid,
         )
-
-
-def _peer_key(peer: PeerInfo) -> _PeerKey:
-    """Whom a connection counts against for ``max_connections_per_peer``: its Unix user
-    where the kernel names one (unix, fifo), its IP address on tcp and tls, else nobody
-    (None: only ``max_connections`` applies)."""
-    if peer.uid is not None:
-        return ("uid", peer.uid)
-    address = peer.address
-    if peer.transport in ("tcp", "tls") and isinstance(address, tuple) and address:
-        return ("address", address[0])
-    return None

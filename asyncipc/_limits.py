@@ -1,0 +1,181 @@
+"""The broker's connection limits: how many links, from whom, and how many still owe
+their handshake (``BrokerOptions.max_connections``, ``max_connections_per_peer``,
+``max_pending_handshakes``; docs/guide.md, Limits).
+
+A module of its own, beside the broker, so that the bookkeeping (who counts against what,
+and a refused link's last moments) is in one place. Nothing here does I/O beyond the
+link it is handed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Generic, TypeVar
+
+from .errors import ConnectionClosed
+from .link import Link, PeerInfo
+from .options import BrokerOptions
+from .protocol import Err, ErrorCode, Frame, Headers
+
+__all__ = ["ConnectionLimits", "PeerKey", "peer_key"]
+
+log = logging.getLogger("asyncipc.broker")
+
+PeerKey = tuple[str, Any] | None
+"""Whom a connection counts against for ``max_connections_per_peer`` (see peer_key)."""
+
+S = TypeVar("S")
+
+REFUSAL_LINGER = 0.5
+"""Seconds a refused connection is kept, at most, to read what its client sent first."""
+MAX_LINGERING = 64
+"""Refused connections kept lingering at once; past it a refusal closes at once."""
+
+
+def peer_key(peer: PeerInfo) -> PeerKey:
+    """Whom a connection counts against for ``max_connections_per_peer``: its Unix user
+    where the kernel names one (unix, fifo), its IP address on tcp and tls, else nobody
+    (None: only ``max_connections`` applies)."""
+    if peer.uid is not None:
+        return ("uid", peer.uid)
+    address = peer.address
+    if peer.transport in ("tcp", "tls") and isinstance(address, tuple) and address:
+        return ("address", address[0])
+    return None
+
+
+class ConnectionLimits(Generic[S]):
+    """Counts the broker's links (of type ``S``: its sessions) against its limits.
+
+    In-process links (``link.in_process``: the adapters' buses, ``memory://``) are not
+    counted: they are not connections anyone outside can open.
+    """
+
+    def __init__(self, options: BrokerOptions) -> None:
+        self.options = options
+        self._counted: dict[S, PeerKey] = {}
+        self._per_peer: dict[PeerKey, int] = {}
+        self._pending: set[S] = set()
+        self._lingering = 0
+
+    @property
+    def pending(self) -> int:
+        """Connections that have not completed their handshake."""
+        return len(self._pending)
+
+    def refusal(self, link: Link) -> str | None:
+        """Why ``link`` may not become a client now, or None."""
+        if link.in_process:
+            return None
+        opts = self.options
+        if len(self._counted) >= opts.max_connections:
+            return (
+                f"too many connections: the broker serves at most {opts.max_connections}"
+                " (max_connections)"
+            )
+        key = peer_key(link.peer)
+        if key is not None and self._per_peer.get(key, 0) >= opts.max_connections_per_peer:
+            kind, who = key
+            return (
+                f"too many connections from {kind} {who}: at most "
+                f"{opts.max_connections_per_peer} per peer (max_connections_per_peer)"
+            )
+        if len(self._pending) >= opts.max_pending_handshakes:
+            return (
+                "too many connections waiting for their handshake: at most "
+                f"{opts.max_pending_handshakes} (max_pending_handshakes); try again"
+            )
+        return None
+
+    def admitted(self, session: S, link: Link) -> None:
+        """``session`` (over ``link``) is a client now, its handshake pending."""
+        if link.in_process:
+            return
+        key = peer_key(link.peer)
+        self._counted[session] = key
+        if key is not None:
+            self._per_peer[key] = self._per_peer.get(key, 0) + 1
+        self._pending.add(session)
+
+    def opened(self, session: S) -> None:
+        """``session`` completed its handshake."""
+        self._pending.discard(session)
+
+    def closed(self, session: S) -> None:
+        """``session`` has ended: its places are free."""
+        self._pending.discard(session)
+        if session in self._counted:
+            key = self._counted.pop(session)
+            if key is not None:
+                left = self._per_peer[key] - 1
+                if left:
+                    self._per_peer[key] = left
+                else:
+                    del self._per_peer[key]
+
+    def refuse(self, link: Link, reason: str) -> None:
+        """Tell ``link``'s client why it is refused (ERR ``LIMIT``), then hang up.
+
+        Not at once: a client sends its preamble and HELLO as soon as it connects, and a
+        socket closed with bytes unread is reset, which can lose the ERR before the
+        client reads it. So the link stays until its first frame (the HELLO) is read,
+        or :data:`REFUSAL_LINGER` seconds, whichever comes first; and only
+        :data:`MAX_LINGERING` at a time, so that a flood of refused connections cannot
+        hold more than that many sockets open meanwhile.
+        """
+        log.warning("refused %s: %s", link.peer.describe(), reason)
+        try:
+            link.send(Err(ErrorCode.LIMIT, reason))
+        except ConnectionClosed:
+            return
+        if self._lingering >= MAX_LINGERING:
+            link.close()
+            return
+        self._lingering += 1
+        link.set_receiver(_Refused(self, link))
+
+    def _linger_ended(self) -> None:
+        self._lingering -= 1
+
+
+class _Refused:
+    """The receiver of a refused link for its last moments: it reads and discards what
+    the client sent, and closes the link on the first frame or at the deadline."""
+
+    def __init__(self, limits: ConnectionLimits[Any], link: Link) -> None:
+        self._limits: ConnectionLimits[Any] | None = limits
+        self._link = link
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            REFUSAL_LINGER, self._close
+        )
+
+    def _close(self) -> None:
+        self._timer = None
+        self._link.close()
+
+    def frame_received(self, frame: Frame) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._close()
+
+    def link_lost(self, exc: BaseException | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._limits is not None:
+            self._limits._linger_ended()
+            self._limits = None
+
+    def writing_resumed(self) -> None:
+        pass
+
+    def pub_received(
+        self, subject: str, data: bytes, reply: str | None, headers: Headers | None
+    ) -> None:
+        pass
+
+    def msg_received(
+        self, sid: int, subject: str, data: bytes, reply: str | None, headers: Headers | None
+    ) -> None:
+        pass
