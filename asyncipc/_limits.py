@@ -31,6 +31,32 @@ REFUSAL_LINGER = 0.5
 """Seconds a refused connection is kept, at most, to read what its client sent first."""
 MAX_LINGERING = 64
 """Refused connections kept lingering at once; past it a refusal closes at once."""
+FD_RESERVE = MAX_LINGERING + 64
+"""File descriptors kept free under RLIMIT_NOFILE: for refused connections lingering,
+listeners, stream files and the rest (see fd_cap)."""
+
+
+def fd_cap() -> tuple[int, int] | None:
+    """``(connections, soft limit)``: how many connections fit under this process's
+    RLIMIT_NOFILE with :data:`FD_RESERVE` descriptors left over, or None without a limit.
+
+    Why: past the limit ``accept()`` fails with EMFILE, and asyncio (3.11) then logs a
+    traceback for each of up to ``backlog`` retries in the same callback, every second,
+    while libuv (uvloop) accepts and closes the surplus: either way the client hears
+    nothing useful. Kept below it, every connection is accepted and a surplus one is
+    refused with an ERR that says why.
+    """
+    try:
+        import resource
+    except ImportError:  # not on Unix
+        return None
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return None
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return None
+    return max(1, soft - FD_RESERVE), soft
 
 
 def peer_key(peer: PeerInfo) -> PeerKey:
@@ -54,6 +80,13 @@ class ConnectionLimits(Generic[S]):
 
     def __init__(self, options: BrokerOptions) -> None:
         self.options = options
+        self.max_connections = options.max_connections
+        """``max_connections``, lowered to what RLIMIT_NOFILE allows (:func:`fd_cap`)."""
+        self.capped_by: int | None = None
+        """The RLIMIT_NOFILE that lowered ``max_connections``, if it did."""
+        cap = fd_cap()
+        if cap is not None and cap[0] < self.max_connections:
+            self.max_connections, self.capped_by = cap
         self._counted: dict[S, PeerKey] = {}
         self._per_peer: dict[PeerKey, int] = {}
         self._pending: set[S] = set()
@@ -69,11 +102,13 @@ class ConnectionLimits(Generic[S]):
         if link.in_process:
             return None
         opts = self.options
-        if len(self._counted) >= opts.max_connections:
-            return (
-                f"too many connections: the broker serves at most {opts.max_connections}"
-                " (max_connections)"
+        if len(self._counted) >= self.max_connections:
+            why = (
+                "max_connections"
+                if self.capped_by is None
+                else f"max_connections, lowered to fit RLIMIT_NOFILE {self.capped_by}"
             )
+            return f"too many connections: the broker serves at most {self.max_connections} ({why})"
         key = peer_key(link.peer)
         if key is not None and self._per_peer.get(key, 0) >= opts.max_connections_per_peer:
             kind, who = key

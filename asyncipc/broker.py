@@ -169,6 +169,14 @@ class Broker:
             raise ClosedError("broker is closed")
         self._listeners.append(listener)
         log.info("listening on %s", listener.url)
+        if self._limits.capped_by is not None and len(self._listeners) == 1:
+            log.warning(
+                "serving at most %d connections, not max_connections=%d: the file "
+                "descriptor limit (RLIMIT_NOFILE, ulimit -n) is %d",
+                self._limits.max_connections,
+                self.options.max_connections,
+                self._limits.capped_by,
+            )
         return listener
 
     def _transport_options(self, ssl: Any = None) -> TransportOptions:
