@@ -249,3 +249,37 @@ async def test_frame_timeout_zero_disables_the_deadline(tmp_path: Path) -> None:
         assert broker.sessions == 1
         assert not reader.at_eof()
         writer.close()
+
+
+# --- the command line --------------------------------------------------------------------
+
+
+async def test_the_broker_command_takes_the_limit_flags(tmp_path: Path) -> None:
+    from tests.test_cli import BrokerProc, cli_env
+
+    broker = BrokerProc(
+        f"unix://{tmp_path}/b.sock",
+        log=tmp_path / "broker.log",
+        env=cli_env(),
+        args=["--max-connections", "1", "--max-hello", "1K", "--frame-timeout", "0"],
+    )
+    try:
+        async with asyncipc.connect(broker.url) as bus:
+            await bus.flush()
+            with pytest.raises(asyncipc.HandshakeError, match="at most 1 "):
+                await asyncipc.connect(broker.url, options=NOREC)
+    finally:
+        assert broker.stop() == 0
+    assert "too many connections" in (tmp_path / "broker.log").read_text()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--max-hello", "100"), ("--frame-timeout", "-1"), ("--max-connections", "0")],
+)
+def test_bad_limit_flags_exit_2(flag: str, value: str) -> None:
+    from tests.test_cli import run
+
+    done = run("broker", flag, value)
+    assert done.returncode == 2
+    assert flag in done.stderr

@@ -22,6 +22,17 @@ from ._common import EXIT_OK, CommandError, _env, _oserror_text
 
 log = logging.getLogger("asyncipc.cli")
 
+LIMIT_OPTIONS = (
+    "max_hello",
+    "max_pending_handshakes",
+    "frame_timeout",
+    "frame_min_rate",
+    "max_connections",
+    "max_connections_per_peer",
+    "max_subscriptions",
+)
+"""The BrokerOptions fields the command's limit flags set (``--max-hello`` ...)."""
+
 
 # --- the broker ------------------------------------------------------------------------
 
@@ -49,6 +60,7 @@ async def _broker(args: argparse.Namespace) -> int:
         high_water=args.high_water,
         remote_signals=args.allow_remote_signals,
         store=args.store,
+        **{name: getattr(args, name) for name in LIMIT_OPTIONS},
     )
     if args.ready_file:
         _remove_ready_file(args.ready_file)  # a stale one must not say "ready" meanwhile
