@@ -241,6 +241,42 @@ async def test_a_large_frame_at_a_steady_pace_gets_its_time(where: str) -> None:
         writer.close()
 
 
+async def test_time_the_broker_paused_reading_does_not_count(tmp_path: Path) -> None:
+    """A publisher paused by a ``block`` subscriber mid-frame is not a slowloris: the
+    broker stopped reading it. Its frames (200 KiB, so that reads end inside them)
+    wait 1.5 s, five times frame_timeout, and are all delivered once the subscriber
+    reads."""
+    async with serve(
+        f"unix://{tmp_path}/b.sock",
+        frame_timeout=0.3,
+        frame_min_rate=64 << 20,
+        high_water=64 * 1024,
+    ) as (broker, url):
+        sub_r, sub_w = await open_raw(url)
+        sub_w.write(PREAMBLE + HELLO + encode(Sub(1, "s")))  # overflow "block", never read
+        pub_r, pub_w = await open_raw(url)
+        pub_w.write(PREAMBLE + HELLO)
+        await wait_for(lambda: broker.sessions == 2 and broker.pending_handshakes == 0, "up")
+        payload = bytes(200 * 1024)
+        n = 40  # 8 MB: far more than the broker's buffer and both sockets' hold
+        for _ in range(n):
+            pub_w.write(encode(Pub("s", payload)))
+        await asyncio.sleep(1.5)
+        assert broker.sessions == 2, "a paused publisher was cut off"
+        dec = FrameDecoder(msg_extra=4)
+        got = 0
+        async with asyncio.timeout(20):
+            while got < n:
+                chunk = await sub_r.read(1 << 20)
+                assert chunk, "the subscriber was disconnected"
+                frames = dec.feed(chunk)
+                assert not [f for f in frames if isinstance(f, Err)], frames
+                got += sum(type(f).__name__ == "Msg" for f in frames)
+        assert not pub_r.at_eof()
+        sub_w.close()
+        pub_w.close()
+
+
 async def test_frame_timeout_zero_disables_the_deadline(tmp_path: Path) -> None:
     async with serve(f"unix://{tmp_path}/b.sock", frame_timeout=0) as (broker, url):
         reader, writer = await open_raw(url)
