@@ -71,6 +71,33 @@ def peer_key(peer: PeerInfo) -> PeerKey:
     return None
 
 
+def raise_fd_limit(connections: int) -> int | None:
+    """Raise this process's soft RLIMIT_NOFILE towards its hard limit, far enough for
+    ``connections`` plus :data:`FD_RESERVE`; return the new soft limit (None: unchanged).
+
+    For the ``asyncipc broker`` command, as the Go runtime does for every program: the
+    soft limit is often 1024 while the hard one is far higher, and an administrator who
+    asked for ``--max-connections 10000`` means it. A library never changes it: the
+    process is not the library's to configure.
+    """
+    try:
+        import resource
+    except ImportError:
+        return None
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = connections + FD_RESERVE
+        if soft == resource.RLIM_INFINITY or soft >= want:
+            return None
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        if new <= soft:
+            return None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    except (OSError, ValueError):
+        return None
+    return new
+
+
 class ConnectionLimits(Generic[S]):
     """Counts the broker's links (of type ``S``: its sessions) against its limits.
 

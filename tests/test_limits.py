@@ -319,3 +319,45 @@ def test_bad_limit_flags_exit_2(flag: str, value: str) -> None:
     done = run("broker", flag, value)
     assert done.returncode == 2
     assert flag in done.stderr
+
+
+def test_the_broker_command_raises_a_low_descriptor_limit(tmp_path: Path) -> None:
+    """A soft RLIMIT_NOFILE of 256 under a higher hard one: ``asyncipc broker`` raises it
+    for its --max-connections (as the Go runtime does) instead of serving 128."""
+    import resource
+    import subprocess
+
+    from tests.test_cli import CLI, ROOT, cli_env
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 2000:
+        pytest.skip(f"the hard descriptor limit is {hard}")
+
+    def low_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+
+    log = tmp_path / "broker.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [*CLI, "broker", "--listen", f"unix://{tmp_path}/b.sock", "--max-connections", "1000"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=cli_env(),
+            cwd=ROOT,
+            preexec_fn=low_soft_limit,
+        )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("listening on ")
+        with open(f"/proc/{proc.pid}/limits") as f:
+            line = next(x for x in f if x.startswith("Max open files"))
+        assert int(line.split()[3]) == 1000 + 128, line
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        assert proc.stdout is not None
+        proc.stdout.close()
+    text = log.read_text()
+    assert "raised the file descriptor limit (ulimit -n) to 1128" in text
+    assert "serving at most" not in text

@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable, Sequence
 
 from .._connect import TOKEN_ENV, default_socket_url
+from .._limits import raise_fd_limit
 from ..bridge import require_nats
 from ..broker import Broker
 from ..errors import (
@@ -53,6 +54,9 @@ async def _broker(args: argparse.Namespace) -> int:
                 "serves other processes on unix://, tcp:// or tls://"
             )
     bridge_subjects = _bridge_subjects(args)
+    raised = raise_fd_limit(args.max_connections)
+    if raised is not None:
+        log.info("raised the file descriptor limit (ulimit -n) to %d", raised)
     token = args.token or _env(TOKEN_ENV)
     broker = Broker(
         token=token,
