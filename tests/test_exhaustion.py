@@ -25,11 +25,9 @@ from typing import Any
 import pytest
 
 import asyncipc
-from asyncipc.protocol import Hello, encode
 
 HERE = Path(__file__).parent
 MiB = 1024 * 1024
-HELLO = encode(Hello({"version": 1}))
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists("/proc/self/status"), reason="reads VmRSS from /proc (Linux)"
