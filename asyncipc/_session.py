@@ -108,6 +108,10 @@ class SessionHost(Protocol):
         """``session`` has ended."""
         ...
 
+    def session_opened(self, session: Session) -> None:
+        """``session`` completed its handshake (it no longer counts as pending)."""
+        ...
+
 
 class Session:
     """One client link as the broker sees it."""
@@ -269,6 +273,7 @@ class Session:
                 log.info("%s: ignored HELLO signals %s", self.describe(), ", ".join(ignored))
             welcome["signals"] = sorted(self.allowed_signals)  # what is in effect
         self._send(Welcome(welcome))
+        self.broker.session_opened(self)
         self._cancel_timer()
         if opts.ping_interval > 0 and not self.link.in_process:
             self._timer = self._loop.call_later(opts.ping_interval, self._keepalive)
@@ -316,6 +321,15 @@ class Session:
         if frame.sid in self.routes:
             self.send_error(
                 ErrorCode.SID_IN_USE, f"subscription id {frame.sid} is already in use", frame.sid
+            )
+            return
+        limit = self.broker.options.max_subscriptions
+        if len(self.routes) >= limit:
+            self.send_error(
+                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                f"subscription {frame.sid} on {frame.subject!r} refused: this connection "
+                f"holds {len(self.routes)} subscriptions, the most allowed (max_subscriptions)",
+                frame.sid,
             )
             return
         route = Route(

@@ -38,6 +38,9 @@ class BrokerStats:
     slow_consumers: int = 0
     """Subscriptions cut off by ``overflow="error"``."""
     no_responders: int = 0
+    refused_connections: int = 0
+    """Connections refused by a limit (``max_connections``, ``max_connections_per_peer``,
+    ``max_pending_handshakes``)."""
     transports: dict[str, TransportStats] = field(default_factory=dict)
     """The same counters by transport (``"unix"``, ``"tcp"``, ``"http"``...), with bytes:
     what ``/metrics`` of the HTTP adapter reports."""

@@ -29,6 +29,7 @@ import anyio
 
 from . import _system
 from ._inflight import InFlight
+from ._limits import ConnectionLimits
 from ._session import Session
 from ._shield import shielded
 from ._stats import BrokerStats, TransportStats
@@ -114,6 +115,7 @@ class Broker:
         self.stats = BrokerStats()
         self.server_id = os.urandom(8).hex()
         self._sessions: set[Session] = set()
+        self._limits: ConnectionLimits[Session] = ConnectionLimits(options)
         self._listeners: list[Listener] = []
         self._next_client = 0
         self._closing = False
@@ -155,11 +157,7 @@ class Broker:
         await self.start()
         parsed = parse_url(url)
         transport = lookup(parsed.scheme)
-        opts = TransportOptions(
-            ssl=ssl or self.options.ssl,
-            high_water=self.options.high_water,
-            max_frame=self.options.max_frame,
-        )
+        opts = self._transport_options(ssl=ssl or self.options.ssl)
         listener: Listener
         if isinstance(transport, BrokerAdapter):
             listener = await transport.serve_broker(parsed, self, opts)
@@ -171,7 +169,26 @@ class Broker:
             raise ClosedError("broker is closed")
         self._listeners.append(listener)
         log.info("listening on %s", listener.url)
+        if self._limits.capped_by is not None and len(self._listeners) == 1:
+            log.warning(
+                "serving at most %d connections, not max_connections=%d: the file "
+                "descriptor limit (RLIMIT_NOFILE, ulimit -n) is %d",
+                self._limits.max_connections,
+                self.options.max_connections,
+                self._limits.capped_by,
+            )
         return listener
+
+    def _transport_options(self, ssl: Any = None) -> TransportOptions:
+        opts = self.options
+        return TransportOptions(
+            ssl=ssl,
+            high_water=opts.high_water,
+            max_frame=opts.max_frame,
+            max_hello=opts.max_hello,
+            frame_timeout=opts.frame_timeout,
+            frame_min_rate=opts.frame_min_rate,
+        )
 
     @property
     def urls(self) -> list[str]:
@@ -195,16 +212,35 @@ class Broker:
         return sum(s.link.buffered for s in self._sessions)
 
     def attach(self, link: Link) -> None:
-        """Take a new link from a listener (or a caller that made one) as a client."""
+        """Take a new link from a listener (or a caller that made one) as a client.
+
+        A link over the connection limits (``max_connections``,
+        ``max_connections_per_peer``, ``max_pending_handshakes``) is refused: it gets an
+        ERR ``LIMIT`` naming the limit, then is closed; it never becomes a session."""
         if self._closing:
             link.abort()
+            return
+        refusal = self._limits.refusal(link)
+        if refusal is not None:
+            self._limits.refuse(link, refusal)
+            self.stats.refused_connections += 1
             return
         self._next_client += 1
         self.stats.connections += 1
         session = Session(self, link, self._next_client)
         session.counters.connections += 1
         self._sessions.add(session)
+        self._limits.admitted(session, link)
         link.set_receiver(session)
+
+    @property
+    def pending_handshakes(self) -> int:
+        """Connections that have not completed their handshake yet."""
+        return self._limits.pending
+
+    def session_opened(self, session: Session) -> None:
+        """Package-internal: ``session`` completed its handshake."""
+        self._limits.opened(session)
 
     async def spawn(
         self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, **popen_kwargs: Any
@@ -224,9 +260,7 @@ class Broker:
             raise ClosedError("broker is closed")
         from .transports.pipe import spawn_child  # loaded on first use, like every channel
 
-        opts = TransportOptions(
-            high_water=self.options.high_water, max_frame=self.options.max_frame
-        )
+        opts = self._transport_options()
         child = await spawn_child(self.attach, argv, opts, env=env, **popen_kwargs)
         self._unadopted.add(child.link)
         return child
@@ -264,6 +298,7 @@ class Broker:
     def session_closed(self, session: Session) -> None:
         """Package-internal: ``session`` has ended; forget it and the requests it made."""
         self._sessions.discard(session)
+        self._limits.closed(session)
         self._inflight.forget(session)
         if self.streams.streams:
             self.streams.session_closed(session)

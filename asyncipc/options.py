@@ -96,6 +96,31 @@ class BrokerOptions:
         store: a directory where streams keep their records (``docs/streams.md``);
             created if missing. ``None``: streams live in memory and say so.
             See ``docs/signals.md``.
+
+    Limits, so that no client can exhaust the broker (``docs/guide.md``, Limits). Each
+    refusal is an ERR frame naming the limit, then a close, and one log line:
+
+        max_hello: the largest HELLO (the first frame) in bytes, checked on its length
+            prefix before any of its body is buffered: before the handshake a peer
+            holds at most this much of the broker's memory.
+        max_pending_handshakes: connections that have not completed their handshake,
+            all listeners together; beyond it a new connection is refused at once
+            (ERR ``LIMIT``). With ``max_hello`` it bounds what peers without the token
+            can make the broker hold, to about ``max_pending_handshakes * max_hello``.
+        frame_timeout: seconds a started frame has, from its first byte, to arrive
+            whole, plus one second per ``frame_min_rate`` bytes of the length it
+            announced (a frame that stalls half-way is cut off, ERR ``PEER_TIMEOUT``,
+            and its buffer freed). 0 disables.
+        frame_min_rate: bytes per second a large frame is given on top of
+            ``frame_timeout`` (8 MiB: 8 s more by default).
+        max_connections: clients connected at once over the listeners (in-process
+            buses, such as the adapters', are not counted); beyond it a new
+            connection is refused (ERR ``LIMIT``).
+        max_connections_per_peer: connections at once from one remote IP address
+            (tcp, tls) or one Unix user (a uid from peer credentials: unix, fifo).
+            Channels that tell neither are counted only in ``max_connections``.
+        max_subscriptions: subscriptions one connection may hold; a SUB beyond it is
+            refused (ERR ``TOO_MANY_SUBSCRIPTIONS``) and the connection stays.
     """
 
     token: str | None = None
@@ -108,3 +133,10 @@ class BrokerOptions:
     ssl: ssl.SSLContext | None = None
     remote_signals: bool = False
     store: str | None = None
+    max_hello: int = 64 * 1024
+    max_pending_handshakes: int = 256
+    frame_timeout: float = 10.0
+    frame_min_rate: int = 1024 * 1024
+    max_connections: int = 10_000
+    max_connections_per_peer: int = 1_000
+    max_subscriptions: int = 100_000

@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable, Sequence
 
 from .._connect import TOKEN_ENV, default_socket_url
+from .._limits import raise_fd_limit
 from ..bridge import require_nats
 from ..broker import Broker
 from ..errors import (
@@ -21,6 +22,17 @@ from ..transports import lookup, parse_url
 from ._common import EXIT_OK, CommandError, _env, _oserror_text
 
 log = logging.getLogger("asyncipc.cli")
+
+LIMIT_OPTIONS = (
+    "max_hello",
+    "max_pending_handshakes",
+    "frame_timeout",
+    "frame_min_rate",
+    "max_connections",
+    "max_connections_per_peer",
+    "max_subscriptions",
+)
+"""The BrokerOptions fields the command's limit flags set (``--max-hello`` ...)."""
 
 
 # --- the broker ------------------------------------------------------------------------
@@ -42,6 +54,9 @@ async def _broker(args: argparse.Namespace) -> int:
                 "serves other processes on unix://, tcp:// or tls://"
             )
     bridge_subjects = _bridge_subjects(args)
+    raised = raise_fd_limit(args.max_connections)
+    if raised is not None:
+        log.info("raised the file descriptor limit (ulimit -n) to %d", raised)
     token = args.token or _env(TOKEN_ENV)
     broker = Broker(
         token=token,
@@ -49,6 +64,7 @@ async def _broker(args: argparse.Namespace) -> int:
         high_water=args.high_water,
         remote_signals=args.allow_remote_signals,
         store=args.store,
+        **{name: getattr(args, name) for name in LIMIT_OPTIONS},
     )
     if args.ready_file:
         _remove_ready_file(args.ready_file)  # a stale one must not say "ready" meanwhile

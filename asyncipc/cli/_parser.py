@@ -17,12 +17,75 @@ from ._common import (
     WAIT_TIMEOUT,
     _frame_size,
     _header,
+    _hello_size,
     _high_water,
     _positive_float,
     _positive_int,
+    _rate,
+    _seconds_or_zero,
     _size_text,
 )
 from ._streams import add_stream_commands
+
+
+def _add_limits(group: argparse._ArgumentGroup) -> None:
+    """The broker's resource limits: one flag per ``BrokerOptions`` field, same name."""
+    d = BrokerOptions()
+    group.add_argument(
+        "--max-hello",
+        metavar="BYTES",
+        type=_hello_size,
+        default=d.max_hello,
+        help="largest HELLO (first frame) from a connection that has not authenticated, "
+        f"refused on its length prefix (default: {_size_text(d.max_hello)})",
+    )
+    group.add_argument(
+        "--max-pending-handshakes",
+        metavar="N",
+        type=_positive_int,
+        default=d.max_pending_handshakes,
+        help="connections waiting for their handshake, at most; more are refused "
+        f"(default: {d.max_pending_handshakes})",
+    )
+    group.add_argument(
+        "--frame-timeout",
+        metavar="SECONDS",
+        type=_seconds_or_zero,
+        default=d.frame_timeout,
+        help="seconds a started frame has to arrive whole, plus 1 s per --frame-min-rate "
+        f"bytes of its length; 0: no deadline (default: {d.frame_timeout:g})",
+    )
+    group.add_argument(
+        "--frame-min-rate",
+        metavar="BYTES",
+        type=_rate,
+        default=d.frame_min_rate,
+        help="bytes per second a large frame is allowed on top of --frame-timeout; K/M/G "
+        f"suffixes allowed (default: {_size_text(d.frame_min_rate)})",
+    )
+    group.add_argument(
+        "--max-connections",
+        metavar="N",
+        type=_positive_int,
+        default=d.max_connections,
+        help="clients connected at once, at most; lowered to fit the file descriptor "
+        f"limit (ulimit -n) (default: {d.max_connections})",
+    )
+    group.add_argument(
+        "--max-connections-per-peer",
+        metavar="N",
+        type=_positive_int,
+        default=d.max_connections_per_peer,
+        help="connections at once from one IP address (tcp, tls) or one Unix user (unix, "
+        f"fifo), at most (default: {d.max_connections_per_peer})",
+    )
+    group.add_argument(
+        "--max-subscriptions",
+        metavar="N",
+        type=_positive_int,
+        default=d.max_subscriptions,
+        help=f"subscriptions one connection may hold (default: {d.max_subscriptions})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATTERNS",
         help="the subjects the bridge carries, comma-separated patterns: 'orders.>,pricing.>'",
     )
+    _add_limits(p.add_argument_group("limits (docs/guide.md, Limits)"))
     p.set_defaults(func=_broker, interrupted=EXIT_OK, log_level=logging.INFO)
 
     p = commands.add_parser(
