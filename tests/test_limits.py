@@ -97,7 +97,8 @@ async def test_pending_handshakes_are_bounded(where: str) -> None:
         started = time.monotonic()
         answer = await read_until_closed(reader)
         writer.close()
-        assert time.monotonic() - started < 2  # promptly, not after a time-out
+        # At once, not at the 30 s handshake time-out (a bound far from both, not a timing).
+        assert time.monotonic() - started < 15
         [(code, message)] = errors_in(answer)
         assert code == ErrorCode.LIMIT
         assert "max_pending_handshakes" in message
@@ -200,12 +201,14 @@ async def test_a_trickled_frame_is_cut_off_at_its_deadline(where: str) -> None:
         writer.write(PREAMBLE + HELLO)
         body = encode(Pub("slow", bytes(1 << 20)))
         writer.write(body[:-1000])
-        started = time.monotonic()
         answer = b""
+        trickled = 0
 
         async def trickle() -> None:
-            for i in range(200):
+            nonlocal trickled
+            for i in range(200):  # 10 s of life, if a byte still counted as life
                 writer.write(body[-1000 + i : -999 + i])
+                trickled += 1
                 await asyncio.sleep(0.05)
 
         feeder = asyncio.create_task(trickle())
@@ -214,8 +217,9 @@ async def test_a_trickled_frame_is_cut_off_at_its_deadline(where: str) -> None:
         finally:
             feeder.cancel()
             writer.close()
-        took = time.monotonic() - started
-        assert took < 3, f"cut off after {took:.1f} s"
+        # Cut off while the bytes were still coming (an order, not a timing: the trickle
+        # alone would have kept the frame alive to its last byte).
+        assert trickled < 200, "the trickle ran to its end without being cut off"
         code, message = errors_in(answer)[-1]
         assert code == ErrorCode.PEER_TIMEOUT
         assert "frame not completed in" in message
