@@ -38,6 +38,8 @@ class BrokerStats:
     slow_consumers: int = 0
     """Subscriptions cut off by ``overflow="error"``."""
     no_responders: int = 0
+    permission_denied: int = 0
+    """Publishes, requests and subscriptions refused by a user's permissions."""
     transports: dict[str, TransportStats] = field(default_factory=dict)
     """The same counters by transport (``"unix"``, ``"tcp"``, ``"http"``...), with bytes:
     what ``/metrics`` of the HTTP adapter reports."""
