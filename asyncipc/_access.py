@@ -15,17 +15,27 @@ threads at once for 32 strangers.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import os
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from .permissions import Permissions
 from .subjects import is_literal
 from .users import User, verify_password
 
-__all__ = ["Access", "check_password", "password_known"]
+__all__ = [
+    "Access",
+    "check_password",
+    "find_user",
+    "password_known",
+    "password_pool",
+    "publish_refusal",
+    "subscribe_refusal",
+]
 
 _CACHE_MAX = 1024
 """Subjects whose answer one session remembers; past it, the cache starts over."""
@@ -111,6 +121,37 @@ class Access:
                 cache.clear()
             cache[pattern] = why
         return why
+
+
+def publish_refusal(user: User | None, subject: str, reply: str | None = None) -> str | None:
+    """For an adapter acting for ``user`` (None: may do everything): why it may not
+    publish on ``subject`` with reply subject ``reply``, in the words a session uses."""
+    if user is None or user.permissions.unrestricted:
+        return None
+    return Access(user).publish_refusal(subject, reply)
+
+
+def subscribe_refusal(user: User | None, pattern: str) -> str | None:
+    """For an adapter acting for ``user``: why it may not subscribe to ``pattern``."""
+    if user is None or user.permissions.unrestricted:
+        return None
+    access = Access(user)
+    why = access.subscribe_refusal(pattern)
+    return None if why is None else access.explain(why)
+
+
+async def find_user(users: Iterable[User], name: str, password: str) -> User | None:
+    """The user ``name`` if ``password`` is its password (for adapters that take a user
+    and password per call: HTTP Basic, gRPC metadata). Checked off the event loop."""
+    user = next((u for u in users if u.name == name), None)
+    hashed = user.password_hash if user is not None else None
+    if user is None or hashed is None:
+        return None
+    if password_known(password, hashed):
+        return user
+    loop = asyncio.get_running_loop()
+    ok = await loop.run_in_executor(password_pool(), check_password, password, hashed)
+    return user if ok else None
 
 
 # --- passwords ----------------------------------------------------------------------------

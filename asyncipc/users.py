@@ -192,8 +192,18 @@ def identify(
     - otherwise the first user the peer's credentials (uid, certificate) identify;
     - otherwise a valid shared token (``token_ok``) or an in-process link: everything;
     - otherwise refused.
+
+    An in-process link whose peer carries a :class:`User` in ``extra["user"]`` is that
+    user: an adapter (REST, WebSocket, gRPC) that authenticated its caller attaches a
+    bus for it that way, so that the broker enforces the caller's permissions.
     """
     by_name = {u.name: u for u in users}
+    vouched = peer.extra.get("user") if in_process and peer.extra else None
+    if isinstance(vouched, User):
+        current = by_name.get(vouched.name)
+        if current is None:
+            return Identity(refusal=f"user {vouched.name!r} is not configured")
+        return Identity(user=current)
     name = fields.get("user")
     password = fields.get("password")
     if name is not None:
