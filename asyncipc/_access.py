@@ -47,13 +47,14 @@ _ONE_OFF = ("_INBOX.", "$sys.stream.ack.")  # used once: never cached (as in sub
 class Access:
     """What one connected user may do, remembered per subject."""
 
-    __slots__ = ("_pub", "_replies", "_sub", "perms", "user")
+    __slots__ = ("_parents", "_pub", "_replies", "_sub", "perms", "user")
 
     def __init__(self, user: User) -> None:
         self.user = user
         self.perms: Permissions = user.permissions
         self._pub: dict[str, str | None] = {}
         self._sub: dict[str, str | None] = {}
+        self._parents: dict[str, bool] = {}  # reply subject parent -> "parent.*" allowed
         # reply subject -> [responses left, deadline (time.monotonic())]
         self._replies: dict[str, list[float]] = {}
 
@@ -69,7 +70,9 @@ class Access:
         so that nobody can have a service publish where they may not themselves.
         """
         cache = self._pub
-        if subject in cache:
+        if self._replies and subject in self._replies and self._response(subject):
+            why = None  # a response: ahead of the cache, which may hold a refusal for it
+        elif subject in cache:
             why = cache[subject]
         else:
             why = self.perms.publish_refusal(subject)
@@ -77,13 +80,28 @@ class Access:
                 if len(cache) >= _CACHE_MAX:
                     cache.clear()
                 cache[subject] = why
-        if why is not None and self._replies and self._response(subject):
-            why = None
-        if why is None and reply is not None:
+        if why is None and reply is not None and not self._reply_ok(reply):
             refused = self.subscribe_refusal(reply)
             if refused is not None:
                 return self.explain(f"reply subject {reply!r}: {refused}")
         return None if why is None else self.explain(why)
+
+    def _reply_ok(self, reply: str) -> bool:
+        """Whether ``reply`` is allowed because every subject one token under its parent
+        is: true of a request's inbox ``_INBOX.<id>.<n>``, whose ``n`` is new each time,
+        so this is the check that can be cached (by parent) where the literal cannot.
+        Exact: if ``parent.*`` may be subscribed to, so may each ``parent.x``."""
+        parent, dot, _ = reply.rpartition(".")
+        if not dot:
+            return False
+        known = self._parents
+        if parent in known:
+            return known[parent]
+        ok = self.perms.subscribe_refusal(parent + ".*") is None
+        if len(known) >= _CACHE_MAX:
+            known.clear()
+        known[parent] = ok
+        return ok
 
     def _response(self, subject: str) -> bool:
         entry = self._replies.get(subject)

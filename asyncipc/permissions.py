@@ -157,7 +157,7 @@ class Permissions:
 
     def publish_denied(self, subject: str) -> bool:
         """Whether the deny list names ``subject`` (what a response cannot get past)."""
-        return self.publish_deny.match(subject) is not None
+        return bool(self.publish_deny) and self.publish_deny.match(subject) is not None
 
     def subscribe_refusal(self, pattern: str) -> str | None:
         """Why subscribing to ``pattern`` (or to a literal subject) is refused, or None."""

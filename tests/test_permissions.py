@@ -252,6 +252,12 @@ async def test_responses_are_bounded_and_checked(tmp_path: Path) -> None:
             error = await next_error(svc_events)
             assert isinstance(error, asyncipc.PermissionDenied)
             assert "'billing.answers'" in str(error)
+            # a new request with the same reply subject: the refusal was not cached over it
+            await bus.publish("billing.ask", b"", reply_to="billing.answers")
+            asked = await asks.next_msg(timeout=5)
+            async with bus.subscribe("billing.answers") as answers:
+                await svc.publish(asked.reply_to or "", b"third")
+                assert (await answers.next_msg(timeout=5)).data == b"third"
             # a reply subject the publisher may not subscribe to is refused
             events = bus.events()
             await bus.publish("billing.ask", b"", reply_to="payroll.steal")
