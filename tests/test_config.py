@@ -167,3 +167,31 @@ async def test_sighup_reloads_permissions_for_connected_clients(tmp_path: Path) 
     log = (tmp_path / "broker.log").read_text()
     assert "SIGHUP: reloaded" in log
     assert "keeping the configuration in effect" in log
+
+
+def test_cli_clients_connect_as_a_user(tmp_path: Path) -> None:
+    """`asyncipc pub/request --user NAME` with $ASYNCIPC_PASSWORD; a refused publish is
+    exit 1 naming the subject, not a silent success."""
+    sock = tmp_path / "b.sock"
+    path = tmp_path / "broker.toml"
+    path.write_text(
+        CONFIG.format(sock=sock, hash=HASH, publish='"orders.>"', subscribe='"_INBOX.>"')
+    )
+    broker = BrokerProc(log=tmp_path / "broker.log", args=["--config", str(path)])
+    assert broker.proc.stdout is not None
+    assert broker.proc.stdout.readline().startswith("listening on ")
+    try:
+        env = cli_env(ASYNCIPC_URL=f"unix://{sock}", ASYNCIPC_PASSWORD="billing-secret")
+        done = run("pub", "--user", "billing", "orders.new", "x", env=env)
+        assert done.returncode == 0, done.stderr
+        done = run("pub", "--user", "billing", "payroll.run", "x", env=env)
+        assert done.returncode == 1
+        assert "publish to 'payroll.run' is not allowed" in done.stderr
+        done = run("request", "--user", "billing", "payroll.run", "x", env=env)
+        assert done.returncode == 1
+        assert "'payroll.run'" in done.stderr
+        done = run("pub", "orders.new", "x", env=env)  # no user: refused at the handshake
+        assert done.returncode == 2
+        assert "user required" in done.stderr
+    finally:
+        assert broker.stop() == 0

@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="T",
         help=f"the broker's shared secret (default: ${TOKEN_ENV}; ?token= in the URL works too)",
     )
+    conn.add_argument(
+        "--user",
+        metavar="NAME",
+        help="connect as this user of a broker with users (docs/security.md); the password "
+        "comes from $ASYNCIPC_PASSWORD (tcp://user:password@host:port works too)",
+    )
 
     payload = argparse.ArgumentParser(add_help=False)
     payload.add_argument(
