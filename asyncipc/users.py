@@ -35,11 +35,21 @@ from .errors import ConfigurationError
 from .link import PeerInfo
 from .permissions import ALL, Permissions
 
-__all__ = ["SCRYPT_PARAMS", "Identity", "User", "hash_password", "identify", "verify_password"]
+__all__ = [
+    "MAX_PASSWORD",
+    "SCRYPT_PARAMS",
+    "Identity",
+    "User",
+    "hash_password",
+    "identify",
+    "verify_password",
+]
 
 SCRYPT_PARAMS = (1 << 14, 8, 1)
 """``(n, r, p)`` of new hashes: 16 MiB and some tens of milliseconds per check."""
 _MAX_SCRYPT_MEM = 64 * 1024 * 1024
+MAX_PASSWORD = 1024
+"""Longest password a HELLO may carry: a longer one is refused before it is hashed."""
 _PREFIX = "scrypt"
 
 
@@ -211,6 +221,8 @@ def identify(
         if user is None:
             return Identity(refusal="unknown user or wrong password")
         if isinstance(password, str) and user.password_hash is not None:
+            if len(password) > MAX_PASSWORD:  # scrypt's first pass is linear in it
+                return Identity(refusal=f"password longer than {MAX_PASSWORD} characters")
             return Identity(user=user, password=password)
         if password is None and user.peer_matches(peer):
             return Identity(user=user)

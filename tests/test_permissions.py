@@ -152,7 +152,7 @@ MUTE = User(
     permissions=Permissions.build(publish=["svc.>"], subscribe=["svc.>"], responses=None),
 )
 USERS = (BILLING, SERVICE, MUTE)
-LINK_TRANSPORTS = ["memory", "unix", "tcp", "tls", "fifo", "shm"]
+LINK_TRANSPORTS = ["memory", "unix", "tcp", "tls", "fifo", "shm", "mmap"]
 
 
 @pytest.fixture(params=LINK_TRANSPORTS)
@@ -172,6 +172,8 @@ async def broker_url(
             yield listener.url + certs.client_query()
         elif kind == "fifo":
             yield (await broker.listen(f"fifo://{tmp_path}/b.fifo")).url
+        elif kind == "mmap":
+            yield (await broker.listen(f"mmap://{tmp_path}/m")).url
         else:
             yield (await broker.listen(f"shm://p{os.urandom(4).hex()}")).url
 
@@ -365,11 +367,18 @@ async def test_unix_peer_credentials_identify_a_user(tmp_path: Path) -> None:
     me = os.getuid()
     local = User("local", uid=me, permissions=Permissions.build(publish=["local.>"]))
     async with asyncipc.Broker(users=(local,)) as broker:
-        url = (await broker.listen(f"unix://{tmp_path}/b.sock")).url
-        async with asyncipc.connect(url, options=asyncipc.ConnectOptions(reconnect=False)) as bus:
-            assert bus.server_info["user"] == "local"
-            with pytest.raises(asyncipc.PermissionDenied, match="elsewhere"):
-                await bus.request("elsewhere", b"", timeout=5)
+        urls = [
+            (await broker.listen(f"unix://{tmp_path}/b.sock")).url,
+            (await broker.listen(f"shm://p{os.urandom(4).hex()}")).url,  # set up over unix
+            (await broker.listen(f"fifo://{tmp_path}/b.fifo")).url,  # the FIFOs' owner
+        ]
+        for url in urls:
+            options = asyncipc.ConnectOptions(reconnect=False)
+            async with asyncipc.connect(url, options=options) as bus:
+                assert bus.server_info["user"] == "local", url
+                with pytest.raises(asyncipc.PermissionDenied, match="elsewhere"):
+                    await bus.request("elsewhere", b"", timeout=5)
+        url = urls[0]
         # tcp:// has no peer credentials: the same process is nobody there
         tcp = (await broker.listen("tcp://127.0.0.1:0")).url
         with pytest.raises(asyncipc.AuthenticationError, match="user required"):
