@@ -166,3 +166,14 @@ async def test_grpc_refuses_with_permission_denied(srv: Served) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.Publish(pb.Message(subject="orders.new"), metadata=bad)
         assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_the_python_client_over_grpc_connects_as_a_user(srv: Served) -> None:
+    options = asyncipc.ConnectOptions(user="clerk", password=PASSWORD, reconnect=False)
+    async with asyncipc.connect(f"grpc://{srv.grpc}", options=options) as bus:
+        # (the gRPC Welcome message has no user field: the refusal names the user)
+        with pytest.raises(asyncipc.PermissionDenied, match=r"user 'clerk'.*payroll"):
+            await bus.request("payroll.run", b"", timeout=5)
+    wrong = asyncipc.ConnectOptions(user="clerk", password="nope", reconnect=False)
+    with pytest.raises(asyncipc.HandshakeError, match="wrong password"):
+        await asyncipc.connect(f"grpc://{srv.grpc}", options=wrong)
