@@ -204,7 +204,7 @@ def _bridge_subjects(args: argparse.Namespace) -> list[str]:
 
 def _warn_about_exposure(broker: Broker, args: argparse.Namespace, token: str | None) -> None:
     network = any(not u.startswith(("unix:", "fifo:")) for u in broker.urls)
-    if token is None and network:
+    if token is None and not broker.options.users and network:
         log.warning("no --token: any client that can reach the network listeners is served")
     if args.allow_remote_signals and network:
         log.warning(

@@ -517,7 +517,8 @@ class RestServer(Listener):
         return ws
 
     async def _openapi(self, request: web.Request) -> web.StreamResponse:
-        token = self.broker.options.token is not None
+        # Users authenticate too (Basic): the document then lists the 401 answers as well.
+        token = self.broker.options.token is not None or bool(self.broker.options.users)
         store = self.broker.options.store is not None
         return web.json_response(_openapi.document(self._unary_max(), token=token, store=store))
 
