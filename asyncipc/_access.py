@@ -47,12 +47,14 @@ _ONE_OFF = ("_INBOX.", "$sys.stream.ack.")  # used once: never cached (as in sub
 class Access:
     """What one connected user may do, remembered per subject."""
 
-    __slots__ = ("_parents", "_pub", "_replies", "_sub", "perms", "user")
+    __slots__ = ("_parents", "_replies", "_sub", "perms", "pub_cache", "user")
 
     def __init__(self, user: User) -> None:
         self.user = user
         self.perms: Permissions = user.permissions
-        self._pub: dict[str, str | None] = {}
+        self.pub_cache: dict[str, str | None] = {}
+        """Subject -> why publishing there is refused (``None``: allowed). Sessions read
+        it inline for the common case, a PUB without reply on an allowed subject."""
         self._sub: dict[str, str | None] = {}
         self._parents: dict[str, bool] = {}  # reply subject parent -> "parent.*" allowed
         # reply subject -> [responses left, deadline (time.monotonic())]
@@ -69,7 +71,7 @@ class Access:
         a reply subject the PUB asks answers on must be one the client may subscribe to,
         so that nobody can have a service publish where they may not themselves.
         """
-        cache = self._pub
+        cache = self.pub_cache
         if self._replies and subject in self._replies and self._response(subject):
             why = None  # a response: ahead of the cache, which may hold a refusal for it
         elif subject in cache:
