@@ -41,6 +41,8 @@ class BrokerStats:
     refused_connections: int = 0
     """Connections refused by a limit (``max_connections``, ``max_connections_per_peer``,
     ``max_pending_handshakes``)."""
+    permission_denied: int = 0
+    """Publishes, requests and subscriptions refused by a user's permissions."""
     transports: dict[str, TransportStats] = field(default_factory=dict)
     """The same counters by transport (``"unix"``, ``"tcp"``, ``"http"``...), with bytes:
     what ``/metrics`` of the HTTP adapter reports."""

@@ -416,7 +416,28 @@ class Broker:
             owner.counters.messages_out += 1
             owner.counters.bytes_out += len(data)
             self.stats.messages_out += 1
+            if reply is not None and owner.access is not None:
+                owner.access.request_delivered(reply)  # a stream message's ack subject
         return sent
+
+    def reconfigure(self, options: BrokerOptions) -> None:
+        """Take new options while running (``asyncipc broker --config`` on SIGHUP): the
+        users and their permissions apply to connected clients at once. A client whose
+        user is gone is disconnected (ERR ``AUTH``); one that lost a permission is refused
+        from now on, and each subscription it may no longer have is removed with an ERR
+        ``PERMISSION`` naming it. Listeners and connections are left as they are; the
+        other options apply to what comes next (``docs/security.md``)."""
+        self.options = options
+        users = {user.name: user for user in options.users}
+        for session in list(self._sessions):
+            if session.user is None or session.closed:
+                continue
+            user = users.get(session.user.name)
+            if user is None:
+                session.fail(ErrorCode.AUTH, f"user {session.user.name!r} was removed")
+                continue
+            session.set_user(user)
+            session.reapply()
 
     async def serve_forever(self) -> None:
         """Wait until :meth:`close` is called (from a signal handler, another task...)."""
@@ -548,6 +569,8 @@ class Broker:
             counters = owner.counters
             counters.messages_out += 1
             counters.bytes_out += size
+            if reply is not None and owner.access is not None:
+                owner.access.request_delivered(reply)  # it may answer (allow_responses)
         stats.messages_out += sent
         if reply is not None and source is not None and sent:
             self._inflight.add(reply, source, _deadline(headers))

@@ -30,6 +30,7 @@ from .errors import (
     FrameTooLarge,
     HandshakeError,
     InvalidSubject,
+    PermissionDenied,
     RequestTimeout,
     SlowConsumer,
 )
@@ -115,6 +116,9 @@ class Bus:
         self._next_request = 0
         self._expiry: asyncio.TimerHandle | None = None  # the time-outs' one timer
         self._expiry_at = math.inf  # when it fires
+        self.refused = 0
+        """Publishes, requests and subscriptions the broker refused for want of permission
+        (each also reported: an exception or an ``"error"`` event; ``docs/security.md``)."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self._lost: BaseException | None = None
@@ -165,6 +169,10 @@ class Bus:
         }
         if opts.token is not None:
             hello["token"] = opts.token
+        if opts.user is not None:
+            hello["user"] = opts.user
+            if opts.password is not None:
+                hello["password"] = opts.password
         if opts.allow_signals:
             hello["signals"] = sendable_names(opts.allow_signals)  # docs/signals.md
         with contextlib.suppress(ConnectionClosed):
@@ -511,10 +519,16 @@ class Bus:
                 error = SlowConsumer(message)
             elif code == ErrorCode.INVALID_SUBJECT:
                 error = InvalidSubject(message)
+            elif code == ErrorCode.PERMISSION:
+                self.refused += 1
+                error = PermissionDenied(message)
             else:
                 error = BrokerError(code, message)
             del self._subs[frame.sid]
             sub._end(error)
+            return
+        if code == ErrorCode.PERMISSION:
+            self._permission_denied(frame.sid, message)
             return
         if code == ErrorCode.SHUTDOWN:
             log.info("%s: %s", self.url, message)
@@ -522,6 +536,19 @@ class Bus:
             log.warning("%s: broker error %s: %s", self.url, code, message)
         if code < 100:
             self._cause = BrokerError(code, message)  # the broker hangs up next
+
+    def _permission_denied(self, sid: int, message: str) -> None:
+        """A refusal that names no subscription of ours: a publish (sid 0), or the inbox
+        our requests are answered on. Never silent: an ``"error"`` event, counted."""
+        self.refused += 1
+        exc = PermissionDenied(message)
+        log.warning("%s: %s", self.url, message)
+        if sid and sid == self._inbox_sid:
+            self._inbox_sid = 0  # the next request asks again
+            for fut, _, _, _ in self._requests.values():
+                if not fut.done():
+                    fut.set_exception(PermissionDenied(message))
+        self._events.emit(ConnectionEvent("error", self._link_url, exc))
 
     # --- publishing -------------------------------------------------------------------
 
@@ -666,8 +693,8 @@ class Bus:
         self._next_sid += 1
         sid = self._next_sid
         sub = Subscription(self, sid, subject, queue, max_pending, max_bytes, policy)
-        if self._up:  # else the reconnect sends it, with every other subscription
-            self._link.send(Sub(sid, subject, queue, policy, max_pending, max_bytes))
+        # Registered before the SUB goes out: an in-process broker answers a refusal
+        # (ERR naming the sid) within the send.
         self._subs[sid] = sub
         if (
             callback is not None
@@ -675,6 +702,12 @@ class Bus:
             and not getattr(callback, "asyncipc_traced", False)
         ):
             callback = self._tracing.wrap(subject, callback, handler=False)
+        if self._up:  # else the reconnect sends it, with every other subscription
+            try:
+                self._link.send(Sub(sid, subject, queue, policy, max_pending, max_bytes))
+            except BaseException:
+                self._subs.pop(sid, None)
+                raise
         if callback is not None:
             task = self._loop.create_task(
                 self._run_callback(sub, callback), name=f"asyncipc callback {subject}"
@@ -884,6 +917,8 @@ class Bus:
             return
         failure = reply_error(asked, headers) if headers else None
         if failure is not None:
+            if type(failure) is PermissionDenied:
+                self.refused += 1
             fut.set_exception(failure)
         else:
             fut.set_result(Message(subject, data, headers, None, self))

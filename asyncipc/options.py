@@ -7,10 +7,11 @@ Frozen dataclasses instead of long keyword lists (the lesson of nats.py's 36-par
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .link import DEFAULT_HIGH_WATER
 from .protocol import DEFAULT_MAX_FRAME
+from .users import User
 
 __all__ = ["BrokerOptions", "ConnectOptions"]
 
@@ -22,6 +23,10 @@ class ConnectOptions:
     Attributes:
         name: shown in the broker's logs for this client.
         token: the shared secret the broker may require (also ``?token=`` in the URL).
+        user: the user this client is on a broker with users (``docs/security.md``);
+            also ``tcp://user:password@host:port``. Sent in HELLO.
+        password: that user's password. Unneeded for a user the broker identifies by
+            Unix peer credentials or a TLS client certificate.
         ssl: client TLS context for ``tls://`` (else built from the URL query).
         max_frame: largest frame we accept; the broker's announced maximum bounds what
             we send.
@@ -58,6 +63,8 @@ class ConnectOptions:
 
     name: str = ""
     token: str | None = None
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
     ssl: ssl.SSLContext | None = None
     max_frame: int = DEFAULT_MAX_FRAME
     connect_timeout: float = 5.0
@@ -121,6 +128,10 @@ class BrokerOptions:
             Channels that tell neither are counted only in ``max_connections``.
         max_subscriptions: subscriptions one connection may hold; a SUB beyond it is
             refused (ERR ``TOO_MANY_SUBSCRIPTIONS``) and the connection stays.
+        users: the :class:`~asyncipc.users.User` s clients connect as, each with its
+            permissions (``docs/security.md``). Empty: no users; every client may do
+            everything (once it has the token, if there is one). With users, a client
+            must be one of them, or present the token (which may do everything).
     """
 
     token: str | None = None
@@ -140,3 +151,5 @@ class BrokerOptions:
     max_connections: int = 10_000
     max_connections_per_peer: int = 1_000
     max_subscriptions: int = 100_000
+    # --- users and permissions (issue 13, docs/security.md) ---
+    users: tuple[User, ...] = ()

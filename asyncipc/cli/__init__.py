@@ -112,6 +112,8 @@ async def _command(args: argparse.Namespace) -> int:
     try:
         if args.command == "broker":
             return await _broker(args)
+        if args.command == "passwd":
+            return int(await args.func(args))
         args.url = _client_url(args)
         return await _run(args.func, args)
     except (AsyncIPCError, OSError, CommandError) as exc:

@@ -25,6 +25,7 @@ from ._common import (
     _seconds_or_zero,
     _size_text,
 )
+from ._passwd import _passwd
 from ._streams import add_stream_commands
 
 
@@ -108,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="T",
         help=f"the broker's shared secret (default: ${TOKEN_ENV}; ?token= in the URL works too)",
     )
+    conn.add_argument(
+        "--user",
+        metavar="NAME",
+        help="connect as this user of a broker with users (docs/security.md); the password "
+        "comes from $ASYNCIPC_PASSWORD (tcp://user:password@host:port works too)",
+    )
 
     payload = argparse.ArgumentParser(add_help=False)
     payload.add_argument(
@@ -146,8 +153,23 @@ def build_parser() -> argparse.ArgumentParser:
         "  ASYNCIPC_TOKEN=s3cret asyncipc broker --listen "
         "'tls://0.0.0.0:4223?cert=server.pem&key=server.key'\n"
         "  asyncipc broker --listen unix:///tmp/app.sock --bridge nats://nats1:4222,nats2:4222 "
-        "--bridge-subjects 'orders.>,pricing.>'",
+        "--bridge-subjects 'orders.>,pricing.>'\n"
+        "  asyncipc broker --config /etc/asyncipc.toml          # SIGHUP reloads it\n"
+        "  asyncipc broker --config /etc/asyncipc.toml --check-config",
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read listeners, users and their permissions, limits and streams from the "
+        "TOML file FILE (docs/security.md); options given here too win over the file's. "
+        "SIGHUP reloads its users and permissions without dropping connections",
+    )
+    p.add_argument(
+        "--check-config",
+        action="store_true",
+        help="only check --config FILE: exit 0 if it is good, else 1 with one line "
+        "naming the key and line that is wrong",
     )
     p.add_argument(
         "--listen",
@@ -238,6 +260,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_limits(p.add_argument_group("limits (docs/guide.md, Limits)"))
     p.set_defaults(func=_broker, interrupted=EXIT_OK, log_level=logging.INFO)
+
+    p = commands.add_parser(
+        "passwd",
+        parents=[verbose],
+        help="print a password hash for a configuration file",
+        description="Read a password (twice on a terminal, else one line of stdin) and "
+        "print its salted scrypt hash: the password_hash of a [[users]] entry in "
+        "the broker's --config file (docs/security.md). The password itself is never "
+        "stored.",
+        epilog="Example:\n  printf '%s\\n' \"$SECRET\" | asyncipc passwd",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.set_defaults(func=_passwd, interrupted=None, log_level=logging.ERROR)
 
     p = commands.add_parser(
         "pub",

@@ -18,6 +18,7 @@ __all__ = [
     "ERROR_HEADER",
     "KILL_PREFIX",
     "NO_RESPONDERS_STATUS",
+    "PERMISSION_REASON",
     "REASON_HEADER",
     "REFUSED_STATUS",
     "RESERVED_PREFIX",
@@ -70,6 +71,9 @@ NO_RESPONDERS_STATUS: Final = "503"
 """The broker's answer to a request nobody subscribes to."""
 REFUSED_STATUS: Final = "403"
 """The broker refused a ``$sys.`` request (with ``asyncipc-reason`` and ``asyncipc-error``)."""
+PERMISSION_REASON: Final = "permission"
+"""The ``asyncipc-reason`` of a ``403`` answering a request the user's permissions refuse
+(``docs/security.md``): the requester raises :class:`~asyncipc.PermissionDenied`."""
 SERVICE_ERROR_STATUS: Final = "500"
 """A handler failed to answer (with ``asyncipc-error``)."""
 

@@ -672,6 +672,17 @@ class StreamManager:
 
     # --- admin requests ---------------------------------------------------------------------------
 
+    async def ensure(self, config: StreamConfig) -> None:
+        """Create the stream ``config`` describes, or check that the one by its name has
+        that configuration (a configuration file's ``[[streams]]``). Raises
+        :class:`~asyncipc.StreamError` (``exists``) naming what differs: a stream with
+        messages is not reconfigured behind its users' backs."""
+        given = config.to_json()
+        given.pop("name")
+        async with self._admin:
+            await self.open()
+            await self._create(config.name, given)
+
     async def _admin_request(
         self, session: Session | None, op: str, args: list[str], data: bytes, reply: str
     ) -> None:

@@ -12,6 +12,8 @@ broker's first. What goes wrong maps to gRPC status codes by :func:`status_of` (
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hmac
 import logging
 from collections.abc import Callable
@@ -20,6 +22,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from ..._access import find_user, publish_refusal, subscribe_refusal
 from ...client import DEFAULT_MAX_BYTES, DEFAULT_MAX_PENDING, Bus
 from ...errors import (
     AsyncIPCError,
@@ -29,6 +32,7 @@ from ...errors import (
     FrameTooLarge,
     HandshakeError,
     NoResponders,
+    PermissionDenied,
     RequestTimeout,
     ServiceError,
     SlowConsumer,
@@ -44,6 +48,7 @@ from ...protocol.system import ERROR_HEADER, REFUSED_STATUS, STATUS_HEADER, STRE
 from ...subjects import validate_pattern, validate_queue
 from ...transports import TransportOptions
 from ...transports.memory import memory_pair
+from ...users import User
 from ._link import Malformed
 from ._server_link import ServerLink
 from .proto import bus_pb2 as pb
@@ -92,6 +97,7 @@ _STREAM_REASONS = {
 
 _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (FrameTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (ConfigurationError, grpc.StatusCode.INVALID_ARGUMENT),  # InvalidSubject is one
     (NoResponders, grpc.StatusCode.UNAVAILABLE),
     (RequestTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
@@ -124,16 +130,36 @@ class _Refused(Exception):
 
 def _token(context: Any) -> str | None:
     """The ``authorization: Bearer <token>`` of the call's metadata, if any."""
+    token, _ = _credentials(context)
+    return token
+
+
+def _credentials(context: Any) -> tuple[str | None, tuple[str, str] | None]:
+    """The call's ``authorization`` metadata: ``Bearer <token>``, or ``Basic <base64
+    user:password>`` for a broker with users (docs/security.md)."""
     for key, value in context.invocation_metadata() or ():
         if key == "authorization":
-            scheme, _, token = str(value).partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
+            scheme, _, rest = str(value).partition(" ")
+            rest = rest.strip()
+            if scheme.lower() == "basic" and rest:
+                try:
+                    text = base64.b64decode(rest, validate=True).decode()
+                except (binascii.Error, UnicodeDecodeError):
+                    text = ""
+                name, sep, password = text.partition(":")
+                if not sep:
+                    raise _Refused(
+                        grpc.StatusCode.UNAUTHENTICATED,
+                        "Basic credentials must be base64 of 'user:password'",
+                    )
+                return None, (name, password)
+            if scheme.lower() != "bearer" or not rest:
                 raise _Refused(
                     grpc.StatusCode.UNAUTHENTICATED,
-                    "authorization metadata must be 'Bearer <token>'",
+                    "authorization metadata must be 'Bearer <token>' or 'Basic <user:password>'",
                 )
-            return token.strip()
-    return None
+            return rest, None
+    return None, None
 
 
 class _InternalBus(Bus):
@@ -158,44 +184,69 @@ class BusService:
     """
 
     def __init__(
-        self, accept: Accept, options: TransportOptions, url: str, token: str | None
+        self,
+        accept: Accept,
+        options: TransportOptions,
+        url: str,
+        token: str | None,
+        users: Callable[[], tuple[User, ...]] = tuple,
     ) -> None:
         self._accept = accept
         self._options = options
         self._url = url
         self._token = token
+        self._users = users  # the broker's users now: a reload changes them
         self._lock = asyncio.Lock()
         self._unary: Bus | None = None  # the one Publish and Request share
+        self._user_buses: dict[str, Bus] = {}  # unary buses of restricted users
 
-    def _authorize(self, context: Any) -> None:
-        """Refuse the call unless it carries the broker's token (when it has one)."""
-        expected = self._token
-        if expected is None:
-            return
-        token = _token(context)
+    async def _authorize(self, context: Any) -> User | None:
+        """Who the caller is (``None``: the token, or no credentials needed); refuse the
+        call (UNAUTHENTICATED) unless it carries the broker's token when it has one, or
+        on a broker with users, a user's name and password."""
+        expected, users = self._token, self._users()
+        if expected is None and not users:
+            return None
+        token, basic = _credentials(context)
+        if basic is not None and users:
+            user = await find_user(users, *basic)
+            if user is None:
+                raise _Refused(grpc.StatusCode.UNAUTHENTICATED, "unknown user or wrong password")
+            return user
         if token is None:
+            accepted = "'Bearer <token>'" + (" or 'Basic <user:password>'" if users else "")
+            what = "credentials" if users else "token"
             raise _Refused(
                 grpc.StatusCode.UNAUTHENTICATED,
-                "token required: send the metadata 'authorization: Bearer <token>'",
+                f"{what} required: send the metadata 'authorization: {accepted[1:-1]}'",
             )
-        if not hmac.compare_digest(token.encode(), expected.encode()):
+        if expected is None or not hmac.compare_digest(token.encode(), expected.encode()):
             raise _Refused(grpc.StatusCode.UNAUTHENTICATED, "invalid token")
+        return None
 
-    async def _bus(self, who: str) -> Bus:
+    async def _bus(self, who: str, user: User | None = None) -> Bus:
         """A new in-process Bus, attached to the broker like any client. Its link says
         ``grpc`` with the caller's address: the broker counts it as gRPC and never takes
         it for one of its own in-process clients (which may ask to signal local ones)."""
         client, server = memory_pair("grpc", self._options)
         server.transport = "grpc"
-        server.peer = PeerInfo("grpc", who)
+        # A user the call authenticated rides along: the broker enforces its permissions.
+        server.peer = PeerInfo("grpc", who, extra={"user": user} if user is not None else {})
         self._accept(server)
         options = ConnectOptions(
             name=f"grpc {who}", token=self._token, max_frame=self._options.max_frame
         )
         return await _InternalBus.open(client, options, self._url)
 
-    async def _unary_bus(self, context: Any) -> Bus:
-        self._authorize(context)
+    async def _unary_bus(self, context: Any, user: User | None = None) -> Bus:
+        """The bus unary calls go through: shared, or the caller's user's own."""
+        if user is None:
+            user = await self._authorize(context)
+        if user is not None and not user.permissions.unrestricted:
+            bus = self._user_buses.get(user.name)
+            if bus is None or bus.is_closed:
+                bus = self._user_buses[user.name] = await self._bus(f"user {user.name}", user)
+            return bus
         bus = self._unary
         if bus is None or bus.is_closed:
             async with self._lock:  # one handshake, however many calls arrive at once
@@ -208,6 +259,8 @@ class BusService:
         """Close the bus the unary calls share (the broker has closed its link by now)."""
         if self._unary is not None:
             await self._unary.close()
+        for bus in self._user_buses.values():
+            await bus.close()
 
     # --- the RPCs ----------------------------------------------------------------------
 
@@ -216,7 +269,9 @@ class BusService:
         try:
             _check(request)
             _generic(request.subject)
-            bus = await self._unary_bus(context)
+            user = await self._authorize(context)
+            _permitted(publish_refusal(user, request.subject, request.reply_to or None))
+            bus = await self._unary_bus(context, user)
             await bus.publish(
                 request.subject,
                 request.data,
@@ -233,7 +288,9 @@ class BusService:
         try:
             _check(request)
             _generic(request.subject)
-            bus = await self._unary_bus(context)
+            user = await self._authorize(context)
+            _permitted(publish_refusal(user, request.subject))
+            bus = await self._unary_bus(context, user)
             reply = await bus.request(
                 request.subject,
                 request.data,
@@ -252,15 +309,16 @@ class BusService:
         """Stream a subscription of an in-process bus of this call's own."""
         try:
             _check(request)
-            self._authorize(context)
+            user = await self._authorize(context)
             validate_pattern(request.subject)
+            _permitted(subscribe_refusal(user, request.subject))
             if request.queue:
                 validate_queue(request.queue)
             try:
                 overflow = _NAMES[Overflow(request.overflow)]
             except ValueError:
                 raise ConfigurationError(f"unknown overflow policy {request.overflow}") from None
-            bus = await self._bus(context.peer())
+            bus = await self._bus(context.peer(), user)
         except (AsyncIPCError, _Refused) as exc:
             await _abort(context, exc)
         failure: BaseException | None = None
@@ -288,12 +346,18 @@ class BusService:
     async def Connect(self, request_iterator: Any, context: Any) -> None:
         """Attach the stream to the broker as a client (a :class:`ServerLink`)."""
         try:
-            token = _token(context)
+            token, basic = _credentials(context)
         except _Refused as exc:
             await _abort(context, exc)
-        link = ServerLink(context, self._options, PeerInfo("grpc", context.peer()), token)
+        link = ServerLink(context, self._options, PeerInfo("grpc", context.peer()), token, basic)
         self._accept(link)
         await link.serve()
+
+
+def _permitted(why: str | None) -> None:
+    """Refused by the caller's user's permissions: PERMISSION_DENIED, naming the subject."""
+    if why is not None:
+        raise _Refused(grpc.StatusCode.PERMISSION_DENIED, why)
 
 
 def _check(request: Any) -> None:

@@ -72,10 +72,12 @@ class ServerLink(GrpcLink):
         options: TransportOptions,
         peer: PeerInfo,
         token: str | None,
+        basic: tuple[str, str] | None = None,
     ) -> None:
         super().__init__(context, options, peer)
         self._context = context
         self._token = token
+        self._basic = basic  # user and password from 'authorization: Basic' metadata
         self._greeted = False
         self._aborted = False
         self._fatal: Err | None = None
@@ -174,6 +176,8 @@ class ServerLink(GrpcLink):
             token = hello.token or token
         if token is not None:
             fields["token"] = token
+        if self._basic is not None:
+            fields["user"], fields["password"] = self._basic
         return Hello(fields)
 
     def _violation(self, message: str) -> None:

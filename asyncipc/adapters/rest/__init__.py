@@ -27,11 +27,14 @@ whether it is serving.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import logging
 import ssl as _ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from .. import missing_extra
@@ -45,6 +48,7 @@ except ModuleNotFoundError as exc:
     raise missing_extra("http:// (or https://)", "REST adapter", "http", exc) from exc
 
 from ... import _metrics
+from ..._access import find_user, publish_refusal, subscribe_refusal
 from ...client import DEFAULT_MAX_BYTES, DEFAULT_MAX_PENDING, Bus
 from ...errors import (
     ConfigurationError,
@@ -53,6 +57,7 @@ from ...errors import (
     FrameTooLarge,
     InvalidSubject,
     NoResponders,
+    PermissionDenied,
     RequestTimeout,
     ServiceError,
 )
@@ -63,6 +68,7 @@ from ...subjects import validate_pattern, validate_queue
 from ...subscription import OVERFLOW_POLICIES, Subscription
 from ...transports import URL, TransportOptions, register
 from ...transports.memory import memory_pair
+from ...users import User
 from . import _openapi
 from ._envelope import (
     HttpError,
@@ -74,6 +80,7 @@ from ._envelope import (
 from ._params import (
     DEFAULT_REQUEST_TIMEOUT,
     MAX_REQUEST_TIMEOUT,
+    forbidden,
     peer_of,
     positive_int,
     reply_to_of,
@@ -140,6 +147,7 @@ class RestServer(Listener):
         self._ssl = ssl
         self._closing = False
         self._unary: Bus | None = None
+        self._user_buses: dict[str, Bus] = {}  # unary buses of restricted users, by name
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._live: set[Subscription] = set()  # the adapter's SSE and JSON subscriptions
@@ -260,26 +268,61 @@ class RestServer(Listener):
 
     # --- helpers ----------------------------------------------------------------------
 
-    def authorize(self, request: web.Request, *, required: bool = True) -> None:
-        """HttpError 401 unless the request carries the broker's token (when it has one):
+    async def authorize(self, request: web.Request, *, required: bool = True) -> User | None:
+        """Who the caller is; HttpError 401 unless the request carries the broker's token
+        (when it has one) or, on a broker with users, a user's name and password:
         ``Authorization: Bearer <token>``, or ``?access_token=`` (RFC 6750 §2.3) for
-        clients that cannot set headers (browsers' EventSource and WebSocket)."""
-        expected = self.broker.options.token
-        if expected is None:
-            return
+        clients that cannot set headers (browsers' EventSource and WebSocket), or
+        ``Authorization: Basic <base64 user:password>`` (docs/security.md). ``None``: the
+        token, or no credentials needed: the caller may do everything."""
+        opts = self.broker.options
+        expected, users = opts.token, opts.users
+        if expected is None and not users:
+            return None
         token = request.query.get("access_token")
         header = request.headers.get("Authorization")
+        accepted = "'Bearer <token>'" + (" or 'Basic <user:password>'" if users else "")
         if header is not None:
             scheme, _, value = header.partition(" ")
+            if users and scheme.lower() == "basic":
+                return await self._basic(value.strip())
             token = value.strip() if scheme.lower() == "bearer" else None
             if token is None:
-                raise unauthorized("the Authorization header must be 'Bearer <token>'")
+                raise unauthorized(f"the Authorization header must be {accepted}")
         elif token is None:
             if not required:
-                return
-            raise unauthorized("token required: send 'Authorization: Bearer <token>'")
-        if not hmac.compare_digest(token.encode(), expected.encode()):
+                return None
+            what = "credentials" if users else "token"
+            raise unauthorized(f"{what} required: send 'Authorization: {accepted[1:-1]}'")
+        if expected is None or not hmac.compare_digest(token.encode(), expected.encode()):
             raise unauthorized("invalid token")
+        return None
+
+    async def _basic(self, value: str) -> User:
+        try:
+            name, sep, password = base64.b64decode(value, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            name, sep, password = "", "", ""
+        if not sep:
+            raise unauthorized("the Basic credentials must be base64 of 'user:password'")
+        user = await find_user(self.broker.options.users, name, password)
+        if user is None:
+            raise unauthorized("unknown user or wrong password")
+        return user
+
+    async def bus_for(self, user: User | None) -> Bus:
+        """The in-process Bus that acts for ``user`` on the unary routes: the shared one
+        for a caller who may do everything, else one per user that the broker knows as
+        that user, so that it enforces the user's permissions (the same check as on every
+        transport; a reload re-applies them)."""
+        if user is None or user.permissions.unrestricted:
+            return self._bus()
+        bus = self._user_buses.get(user.name)
+        if bus is None or bus.is_closed:
+            self._bus()  # 503 while closing
+            peer = PeerInfo("http", None, extra={"route": "unary", "user": user})
+            bus = self._user_buses[user.name] = await self.attach_bus(peer)
+        return bus
 
     def _bus(self) -> Bus:
         bus = self._unary
@@ -340,12 +383,15 @@ class RestServer(Listener):
     # --- routes ---------------------------------------------------------------------
 
     async def _publish(self, request: web.Request) -> web.StreamResponse:
-        self.authorize(request)
+        user = await self.authorize(request)
         subject, reply_to = _generic(subject_of(request)), reply_to_of(request)
+        why = publish_refusal(user, subject, reply_to)
+        if why is not None:
+            raise forbidden(why)
         headers = headers_from_http(request.headers.items())
         data = await self._body(request)
         try:
-            await self._bus().publish(subject, data, headers, reply_to)
+            await (await self.bus_for(user)).publish(subject, data, headers, reply_to)
         except FrameTooLarge as exc:
             raise HttpError(413, "payload_too_large", str(exc)) from None
         except ConnectionClosed:
@@ -353,13 +399,19 @@ class RestServer(Listener):
         return web.Response(status=202)
 
     async def _request(self, request: web.Request) -> web.StreamResponse:
-        self.authorize(request)
+        user = await self.authorize(request)
         subject = _generic(subject_of(request))
+        why = publish_refusal(user, subject)
+        if why is not None:
+            raise forbidden(why)
         timeout = timeout_of(request.query.get("timeout"))
         headers = headers_from_http(request.headers.items())
         data = await self._body(request)
+        bus = await self.bus_for(user)
         try:
-            reply = await self._bus().request(subject, data, headers=headers, timeout=timeout)
+            reply = await bus.request(subject, data, headers=headers, timeout=timeout)
+        except PermissionDenied as exc:
+            raise forbidden(str(exc)) from None
         except NoResponders as exc:
             raise HttpError(503, "no_responders", str(exc)) from None
         except RequestTimeout as exc:
@@ -379,7 +431,7 @@ class RestServer(Listener):
         )
 
     async def _subscribe(self, request: web.Request) -> web.StreamResponse:
-        self.authorize(request)
+        user = await self.authorize(request)
         q = request.query
         subject = request.match_info["subject"]
         try:
@@ -396,9 +448,12 @@ class RestServer(Listener):
         max_pending = positive_int(q, "max_pending", DEFAULT_MAX_PENDING)
         max_bytes = positive_int(q, "max_bytes", DEFAULT_MAX_BYTES)
         count = positive_int(q, "count", 0)
+        why = subscribe_refusal(user, subject)
+        if why is not None:
+            raise forbidden(why)
         if self._closing:
             raise HttpError(503, "unavailable", "the broker is shutting down")
-        bus = await self.attach_bus(peer_of(request, "sse"))
+        bus = await self.attach_bus(_as(peer_of(request, "sse"), user))
         try:
             sub = bus.subscribe(
                 subject, q.get("queue"), max_pending=max_pending, max_bytes=max_bytes,
@@ -436,7 +491,7 @@ class RestServer(Listener):
         binary = ready.protocol == SUBPROTOCOL
         # The wire protocol authenticates in its HELLO, as on every transport: a header
         # is then optional (checked if sent). JSON has no HELLO: the header is the check.
-        self.authorize(request, required=not binary)
+        user = await self.authorize(request, required=not binary)
         if self._closing:
             raise HttpError(503, "unavailable", "the broker is shutting down")
         await ws.prepare(request)
@@ -458,11 +513,12 @@ class RestServer(Listener):
             self.broker.attach(link)
             await link.run()
         else:
-            await JsonSession(self, ws, peer_of(request, "ws-json")).run()
+            await JsonSession(self, ws, _as(peer_of(request, "ws-json"), user)).run()
         return ws
 
     async def _openapi(self, request: web.Request) -> web.StreamResponse:
-        token = self.broker.options.token is not None
+        # Users authenticate too (Basic): the document then lists the 401 answers as well.
+        token = self.broker.options.token is not None or bool(self.broker.options.users)
         store = self.broker.options.store is not None
         return web.json_response(_openapi.document(self._unary_max(), token=token, store=store))
 
@@ -474,7 +530,7 @@ class RestServer(Listener):
         )
 
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
-        self.authorize(request)
+        await self.authorize(request)
         adapter_drops = self.dropped + sum(s.dropped for s in self._live)
         text = _metrics.render(self.broker, adapter_drops, self.queued, self.responses)
         return web.Response(body=text.encode(), headers={"Content-Type": _metrics.CONTENT_TYPE})
@@ -575,3 +631,9 @@ def _client_error(exc: BaseException) -> str:
 
 register("http", HttpTransport())
 register("https", HttpTransport())
+
+
+def _as(peer: PeerInfo, user: User | None) -> PeerInfo:
+    """``peer`` carrying the user the adapter authenticated: the broker then knows the
+    in-process bus attached for this caller as that user (``users.identify``)."""
+    return peer if user is None else replace(peer, extra={**peer.extra, "user": user})

@@ -18,6 +18,7 @@ from ._envelope import REPLY_TO_HEADER, HttpError
 __all__ = [
     "DEFAULT_REQUEST_TIMEOUT",
     "MAX_REQUEST_TIMEOUT",
+    "forbidden",
     "peer_of",
     "positive_int",
     "reply_to_of",
@@ -34,6 +35,11 @@ MAX_REQUEST_TIMEOUT = 300.0
 """The longest ``?timeout=`` accepted."""
 
 _JSON = "application/json"
+
+
+def forbidden(message: str) -> HttpError:
+    """403: the caller's user may not do this (docs/security.md)."""
+    return HttpError(403, "permission_denied", message)
 
 
 def unauthorized(message: str) -> HttpError:

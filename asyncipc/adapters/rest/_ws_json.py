@@ -27,12 +27,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 import aiohttp
 from aiohttp import web
 
+from ..._access import publish_refusal, subscribe_refusal
 from ...client import DEFAULT_MAX_BYTES, DEFAULT_MAX_PENDING, Bus
 from ...errors import (
     ConnectionClosed,
     FrameTooLarge,
     InvalidSubject,
     NoResponders,
+    PermissionDenied,
     RequestTimeout,
     ServiceError,
     SlowConsumer,
@@ -40,6 +42,7 @@ from ...errors import (
 from ...link import PeerInfo
 from ...protocol import PROTOCOL_VERSION
 from ...subscription import OVERFLOW_POLICIES, Subscription
+from ...users import User
 from ._envelope import HttpError, data_field, headers_field, message_json
 
 if TYPE_CHECKING:
@@ -86,6 +89,15 @@ class JsonSession:
         self._tasks: set[asyncio.Task[None]] = set()  # requests in flight
         self._bus: Bus | None = None
         self._group: asyncio.TaskGroup | None = None  # run()'s: it owns those tasks
+        user = peer.extra.get("user") if peer.extra else None
+        self._user: User | None = user if isinstance(user, User) else None
+        """Whom the adapter authenticated; its bus is that user's at the broker too."""
+
+    @staticmethod
+    def _check(why: str | None) -> None:
+        """Refused by the user's permissions: an error op ``permission_denied`` (403)."""
+        if why is not None:
+            raise HttpError(403, "permission_denied", why)
 
     async def run(self) -> None:
         """Serve until the client closes (or breaks) the WebSocket."""
@@ -153,6 +165,7 @@ class JsonSession:
         assert self._bus is not None
         subject, reply_to = _str(obj, "subject"), _str(obj, "reply_to", required=False)
         data, headers = data_field(obj), headers_field(obj)
+        self._check(publish_refusal(self._user, subject, reply_to))
         try:
             await self._bus.publish(subject, data, headers, reply_to)
         except InvalidSubject as exc:
@@ -171,6 +184,7 @@ class JsonSession:
             raise HttpError(
                 400, "bad_request", f"overflow must be one of {sorted(OVERFLOW_POLICIES)}"
             )
+        self._check(subscribe_refusal(self._user, _str(obj, "subject")))
         try:
             sub = bus.subscribe(
                 _str(obj, "subject"),
@@ -224,6 +238,7 @@ class JsonSession:
         timeout = obj.get("timeout", 1.0)
         if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
             raise HttpError(400, "bad_request", "timeout must be a positive number of seconds")
+        self._check(publish_refusal(self._user, subject))
         assert self._group is not None
         task = self._group.create_task(self._ask(ident, subject, data, headers, float(timeout)))
         self._tasks.add(task)
@@ -236,6 +251,8 @@ class JsonSession:
         try:
             try:
                 reply = await self._bus.request(subject, data, headers=headers, timeout=timeout)
+            except PermissionDenied as exc:
+                await self._error(ident, "permission_denied", str(exc))
             except NoResponders as exc:
                 await self._error(ident, "no_responders", str(exc))
             except RequestTimeout as exc:
