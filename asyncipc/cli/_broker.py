@@ -71,11 +71,13 @@ async def _broker(args: argparse.Namespace) -> int:
     bridge_subjects = _bridge_subjects(args)
     overrides = _command_line_options(args)
     base = config.options if config is not None else BrokerOptions()
-    broker = Broker(replace(base, **overrides))
-    token = broker.options.token
-    raised = raise_fd_limit(broker.options.max_connections)
+    options = replace(base, **overrides)
+    # Before the broker exists: it sizes its accepting to the limit it finds.
+    raised = raise_fd_limit(options.max_connections)
     if raised is not None:
         log.info("raised the file descriptor limit (ulimit -n) to %d", raised)
+    broker = Broker(options)
+    token = broker.options.token
     if args.ready_file:
         _remove_ready_file(args.ready_file)  # a stale one must not say "ready" meanwhile
     # SIGINT/SIGTERM are caught from here on, so that one arriving during start-up still
