@@ -13,6 +13,7 @@ import hmac
 import logging
 from typing import Protocol
 
+from ._logsafe import peer_log, printable
 from ._stats import BrokerStats
 from .errors import ConnectionClosed, InvalidSubject
 from .link import Link
@@ -142,7 +143,8 @@ class Session:
     def describe(self) -> str:
         who = self.link.peer.describe()
         return (
-            f"client {self.client_id} ({self.name}, {who})"
+            # The name is the client's to choose: escaped, so that it cannot forge lines.
+            f"client {self.client_id} ({printable(self.name)}, {who})"
             if self.name
             else f"client {self.client_id} ({who})"
         )
@@ -198,7 +200,9 @@ class Session:
         elif type(frame) is Pong:
             pass  # liveness is tracked by the link's last_received
         elif type(frame) is Err:
-            log.info("%s reported error %s: %s", self.describe(), frame.code, frame.message)
+            log.info(
+                "%s reported error %s: %s", self.describe(), frame.code, printable(frame.message)
+            )
         else:
             self.fail(
                 ErrorCode.PROTOCOL, f"unexpected {type(frame).__name__.upper()} frame from a client"
@@ -266,7 +270,9 @@ class Session:
         if "signals" in fields:
             self.allowed_signals, ignored = allowed_signals(fields["signals"])
             if ignored:
-                log.info("%s: ignored HELLO signals %s", self.describe(), ", ".join(ignored))
+                log.info(
+                    "%s: ignored HELLO signals %s", self.describe(), printable(", ".join(ignored))
+                )
             welcome["signals"] = sorted(self.allowed_signals)  # what is in effect
         self._send(Welcome(welcome))
         self._cancel_timer()
@@ -350,7 +356,10 @@ class Session:
         """Tell the client what was wrong, then disconnect it. One log line."""
         if self.closed:
             return
-        log.warning("closing %s: %s", self.describe(), message)
+        # Rate-limited: every bad connection must not cost the operator a WARNING line.
+        peer_log().warning(
+            code.name.lower(), "closing %s: %s", self.describe(), message, logger=log
+        )
         self._send(Err(code, message))
         self.link.close()
         self._cleanup()
