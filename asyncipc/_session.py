@@ -27,6 +27,7 @@ from .protocol import (
     Frame,
     Headers,
     Hello,
+    Overflow,
     Ping,
     Pong,
     Pub,
@@ -136,6 +137,7 @@ class Session:
         self._timer: asyncio.TimerHandle | None = loop.call_later(
             opts.handshake_timeout, self._handshake_expired
         )
+        self._block_timer: asyncio.TimerHandle | None = None  # see holding_publishers
 
     def __repr__(self) -> str:
         return f"<Session {self.client_id} {self.describe()}>"
@@ -214,11 +216,46 @@ class Session:
         self._cleanup()
 
     def writing_resumed(self) -> None:
+        if self._block_timer is not None:
+            self._block_timer.cancel()
+            self._block_timer = None
         sources, self.blocked_sources = self.blocked_sources, set()
         for src in sources:
             src.blocked_by.discard(self)
             if not src.blocked_by:
                 src.link.resume_reading()
+
+    # --- overflow="block": how long we may hold publishers back ---------------------------
+
+    def holding_publishers(self) -> None:
+        """Package-internal: we are slow and the broker has just paused a first publisher
+        for our ``block`` subscriptions. Unless our buffer drains to the low-water mark
+        (``writing_resumed``) within ``block_timeout``, we are cut off as slow."""
+        timeout = self.broker.options.block_timeout
+        if timeout > 0 and self._block_timer is None and not self.closed:
+            self._block_timer = self._loop.call_later(timeout, self._block_expired)
+
+    def _block_expired(self) -> None:
+        """Held publishers back for ``block_timeout`` without catching up: cut off every
+        ``block`` subscription (an ERR 101 each, as for ``overflow="error"``), counted,
+        and let the publishers go. Progress is draining to the low-water mark, not any
+        byte taken: a reader that takes one byte a second must not hold everyone."""
+        self._block_timer = None
+        if self.closed or not self.blocked_sources:
+            return
+        timeout = self.broker.options.block_timeout
+        stats = self.broker.stats
+        for route in [r for r in self.routes.values() if r.overflow is Overflow.BLOCK]:
+            self.drop_route(route)
+            stats.slow_consumers += 1
+            self.send_error(
+                ErrorCode.SLOW_CONSUMER,
+                f"subscription {route.sid} on {route.subject!r} cut off as a slow consumer: "
+                f"it held its publishers back for {timeout:g} s without catching up "
+                "(block_timeout)",
+                route.sid,
+            )
+        self.writing_resumed()  # the publishers it held resume
 
     # --- handshake and keep-alive ---------------------------------------------------------
 
@@ -384,6 +421,9 @@ class Session:
         self.closed = True
         self.open = False
         self._cancel_timer()
+        if self._block_timer is not None:
+            self._block_timer.cancel()
+            self._block_timer = None
         router = self.broker.router
         for route in self.routes.values():
             router.remove(route)

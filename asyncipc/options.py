@@ -91,6 +91,13 @@ class BrokerOptions:
         store: a directory where streams keep their records (``docs/streams.md``);
             created if missing. ``None``: streams live in memory and say so.
             See ``docs/signals.md``.
+        block_timeout: seconds a subscriber with ``overflow="block"`` may hold its
+            publishers back without catching up (its buffer at the broker never falls
+            back below half the high-water mark meanwhile); then its ``block``
+            subscriptions are cut off as slow consumers (ERR 101 naming each, counted
+            in ``stats.slow_consumers``) and the publishers resume. NATS cuts slow
+            consumers too; without it one stalled reader stops every publisher on its
+            subject until the keep-alive gives up on it. 0 disables.
     """
 
     token: str | None = None
@@ -103,3 +110,4 @@ class BrokerOptions:
     ssl: ssl.SSLContext | None = None
     remote_signals: bool = False
     store: str | None = None
+    block_timeout: float = 5.0
