@@ -98,6 +98,12 @@ class BrokerOptions:
             in ``stats.slow_consumers``) and the publishers resume. NATS cuts slow
             consumers too; without it one stalled reader stops every publisher on its
             subject until the keep-alive gives up on it. 0 disables.
+        subscription_max_pending: the most messages a subscription the broker keeps on
+            a remote caller's behalf may queue: an adapter's Server-Sent Events stream,
+            JSON WebSocket subscription or gRPC ``Subscribe``. The caller's
+            ``max_pending`` is lowered to it; its ``max_bytes`` is lowered to
+            ``high_water`` (:meth:`subscription_bounds`). A caller that never reads then
+            pins at most that much, not whatever it asked for.
     """
 
     token: str | None = None
@@ -111,3 +117,13 @@ class BrokerOptions:
     remote_signals: bool = False
     store: str | None = None
     block_timeout: float = 5.0
+    subscription_max_pending: int = 8192
+
+    def subscription_bounds(self, max_pending: int, max_bytes: int) -> tuple[int, int]:
+        """The bounds in effect for a subscription a remote caller asked for with
+        ``max_pending`` and ``max_bytes`` (adapters' SSE, JSON WebSocket, gRPC
+        ``Subscribe``): each capped by the broker's limit, never raised."""
+        return (
+            max(1, min(max_pending, self.subscription_max_pending)),
+            max(1, min(max_bytes, self.high_water)),
+        )

@@ -66,16 +66,21 @@ from ...transports.memory import memory_pair
 from . import _openapi
 from ._envelope import (
     HttpError,
+    check_not_reserved,
     error_body,
+    forbidden,
     headers_from_http,
     headers_to_http,
     message_json,
+    refusal_of,
+    refusal_of_subscription,
 )
 from ._params import (
     DEFAULT_REQUEST_TIMEOUT,
     MAX_REQUEST_TIMEOUT,
     peer_of,
     positive_int,
+    raw_subject,
     reply_to_of,
     subject_of,
     timeout_of,
@@ -341,7 +346,8 @@ class RestServer(Listener):
 
     async def _publish(self, request: web.Request) -> web.StreamResponse:
         self.authorize(request)
-        subject, reply_to = _generic(subject_of(request)), reply_to_of(request)
+        subject, reply_to = subject_of(request), reply_to_of(request)
+        check_not_reserved(subject, reply_to)  # 403, not a 202 for what the broker drops
         headers = headers_from_http(request.headers.items())
         data = await self._body(request)
         try:
@@ -370,6 +376,9 @@ class RestServer(Listener):
             raise HttpError(413, "payload_too_large", str(exc)) from None
         except ConnectionClosed:
             raise HttpError(503, "unavailable", "the broker is shutting down") from None
+        refused = refusal_of(reply)
+        if refused is not None:
+            raise refused
         if wants_json(request):
             return web.json_response(message_json(reply))
         return web.Response(
@@ -381,20 +390,23 @@ class RestServer(Listener):
     async def _subscribe(self, request: web.Request) -> web.StreamResponse:
         self.authorize(request)
         q = request.query
-        subject = request.match_info["subject"]
+        subject = raw_subject(request)
         try:
             validate_pattern(subject)
             if "queue" in q:
                 validate_queue(q["queue"])
         except InvalidSubject as exc:
             raise HttpError(400, "invalid_subject", str(exc)) from None
+        check_not_reserved(subject)
         overflow = q.get("overflow", "block")
         if overflow not in OVERFLOW_POLICIES:
             raise HttpError(
                 400, "bad_request", f"overflow must be one of {sorted(OVERFLOW_POLICIES)}"
             )
-        max_pending = positive_int(q, "max_pending", DEFAULT_MAX_PENDING)
-        max_bytes = positive_int(q, "max_bytes", DEFAULT_MAX_BYTES)
+        max_pending, max_bytes = self.broker.options.subscription_bounds(
+            positive_int(q, "max_pending", DEFAULT_MAX_PENDING),
+            positive_int(q, "max_bytes", DEFAULT_MAX_BYTES),
+        )
         count = positive_int(q, "count", 0)
         if self._closing:
             raise HttpError(503, "unavailable", "the broker is shutting down")
@@ -407,6 +419,9 @@ class RestServer(Listener):
             self.track(sub)
             try:
                 await bus.flush()  # in effect at the broker before "subscribed" is said
+                refused = await refusal_of_subscription(sub)
+                if refused is not None:
+                    raise refused
                 response = web.StreamResponse(
                     headers={
                         "Content-Type": "text/event-stream",
@@ -559,10 +574,8 @@ def _generic(subject: str) -> str:
     pull batches past the bounds of ``/v1/streams/.../fetch``.
     """
     if subject.startswith(STREAM_PREFIX):
-        raise HttpError(
-            403,
-            "reserved",
-            f"{subject!r} is the broker's streams API: use the /v1/streams routes",
+        raise forbidden(
+            "reserved", f"{subject!r} is the broker's streams API: use the /v1/streams routes"
         )
     return subject
 
