@@ -75,13 +75,29 @@ class RateLimitedLog:
         """Log ``msg % args`` at WARNING (to ``logger``, default :attr:`logger`) unless a
         line of ``kind`` went out less than ``interval`` seconds ago; then count it for
         the summary."""
+        self.log(logging.WARNING, kind, msg, *args, logger=logger)
+
+    def log(
+        self,
+        level: int,
+        kind: str,
+        msg: str,
+        *args: object,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        """:meth:`warning` at another ``level`` (its summary is logged at that level)."""
+        target = logger or self.logger
+        if not target.isEnabledFor(level):
+            return  # nothing to limit: nothing would be written
         loop = asyncio.get_running_loop()
         now = loop.time()
         last = self._last.get(kind)
         if last is not None and now - last < self.interval:
             self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
             if kind not in self._summaries:
-                self._summaries[kind] = loop.call_at(last + self.interval, self._summary, kind)
+                self._summaries[kind] = loop.call_at(
+                    last + self.interval, self._summary, kind, level, target
+                )
             return
         self._last[kind] = now
         timer = self._summaries.pop(kind, None)
@@ -90,14 +106,14 @@ class RateLimitedLog:
         more = self._suppressed.pop(kind, 0)
         if more:
             msg += f" ({more} more like it not logged in the last {self.interval:g} s)"
-        (logger or self.logger).warning(msg, *args)
+        target.log(level, msg, *args)
 
-    def _summary(self, kind: str) -> None:
+    def _summary(self, kind: str, level: int, target: logging.Logger) -> None:
         self._summaries.pop(kind, None)
         more = self._suppressed.pop(kind, 0)
         if more:
-            self.logger.warning(
-                "%d more %s lines not logged in the last %g s", more, kind, self.interval
+            target.log(
+                level, "%d more %s lines not logged in the last %g s", more, kind, self.interval
             )
 
 

@@ -202,8 +202,15 @@ class Session:
         elif type(frame) is Pong:
             pass  # liveness is tracked by the link's last_received
         elif type(frame) is Err:
-            log.info(
-                "%s reported error %s: %s", self.describe(), frame.code, printable(frame.message)
+            # Rate-limited too: a client can send as many ERR frames as it likes.
+            peer_log().log(
+                logging.INFO,
+                "reported-error",
+                "%s reported error %s: %s",
+                self.describe(),
+                frame.code,
+                printable(frame.message),
+                logger=log,
             )
         else:
             self.fail(
@@ -386,7 +393,15 @@ class Session:
 
     def send_error(self, code: ErrorCode, message: str, sid: int = 0) -> None:
         """An ERR frame that does not end the session (a refused frame)."""
-        log.info("refused a frame from %s: %s", self.describe(), message)
+        # Rate-limited: one connection can send a million frames to refuse.
+        peer_log().log(
+            logging.INFO,
+            "refused",
+            "refused a frame from %s: %s",
+            self.describe(),
+            message,
+            logger=log,
+        )
         self._send(Err(code, message, sid))
 
     def fail(self, code: ErrorCode, message: str) -> None:

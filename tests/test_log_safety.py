@@ -18,7 +18,18 @@ import pytest
 
 import asyncipc
 from asyncipc._logsafe import RateLimitedLog, peer_log, printable
-from asyncipc.protocol import PREAMBLE, Err, ErrorCode, FrameDecoder, Hello, Welcome, encode
+from asyncipc.protocol import (
+    PREAMBLE,
+    Err,
+    ErrorCode,
+    FrameDecoder,
+    Hello,
+    Ping,
+    Pong,
+    Sub,
+    Welcome,
+    encode,
+)
 
 EVIL = "x\nFAKE LINE\x1b[31m\x00"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -134,3 +145,38 @@ async def test_a_summary_comes_without_a_next_line(caplog: pytest.LogCaptureFixt
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ["line 0", "4 more kind lines not logged in the last 0.2 s"]
     assert limiter.suppressed == 0
+
+
+async def test_one_client_cannot_flood_the_info_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """1,000 refused frames and 1,000 ERR frames on one connection: one INFO line of each
+    kind, then summaries that count the rest; the connection is still served."""
+    caplog.set_level(logging.INFO, logger="asyncipc")
+    limiter = peer_log()
+    limiter.interval = 0.5
+    n = 1000
+    async with asyncipc.Broker() as broker:
+        path = f"{tmp_path}/b.sock"
+        await broker.listen(f"unix://{path}")
+        reader, writer = await asyncio.open_unix_connection(path)
+        writer.write(PREAMBLE + encode(Hello({"version": 1, "name": "chatty"})))
+        for i in range(n):
+            writer.write(encode(Sub(i + 1, "bad subject")))  # refused: INVALID_SUBJECT
+            writer.write(encode(Err(ErrorCode.PROTOCOL, f"noise {i}")))
+        writer.write(encode(Ping()))
+        decoder = FrameDecoder()
+        frames: list[object] = []
+        while not any(isinstance(f, Pong) for f in frames):
+            frames += decoder.feed(await asyncio.wait_for(reader.read(1 << 16), 5))
+        refusals = [f for f in frames if isinstance(f, Err)]
+        assert len(refusals) == n, "every refusal still reaches the client"
+        await asyncio.sleep(limiter.interval + 0.2)
+        writer.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "asyncipc.broker"]
+    for kind, first in (("refused", "refused a frame from"), ("reported-error", "reported error")):
+        direct = [x for x in lines if first in x]
+        summaries = [x for x in lines if re.match(rf"\d+ more {kind} lines not logged", x)]
+        told = len(direct) + sum(int(x.split()[0]) for x in summaries)
+        assert told == n, (kind, direct[:3], summaries)
+        assert len(direct) + len(summaries) <= 6, (kind, len(direct), len(summaries))
