@@ -200,7 +200,7 @@ async def test_ws_json_reader_asking_a_terabyte_gets_the_broker_cap() -> None:
 
 
 async def test_grpc_subscriber_asking_a_terabyte_gets_the_broker_cap() -> None:
-    async with broker() as (_, _, grpc_url, tcp):
+    async with broker() as (b, _, grpc_url, tcp):
         channel = grpc.aio.insecure_channel(grpc_url.removeprefix("grpc://"))
         try:
             stub = pb_grpc.BusStub(channel)
@@ -228,8 +228,14 @@ async def test_grpc_subscriber_asking_a_terabyte_gets_the_broker_cap() -> None:
             call.cancel()
         finally:
             await channel.close()
-        report("gRPC Subscribe", received, growth[0])
+            for _ in range(500):  # the call's drops are counted when it has ended
+                if b.stats.transport("grpc").dropped:
+                    break
+                await asyncio.sleep(0.01)
+        dropped = b.stats.transport("grpc").dropped
+        report("gRPC Subscribe", received, growth[0], f"{dropped} dropped")
         assert 0 < received < COUNT, "its drop_new policy applied at the capped bound"
+        assert dropped == COUNT - received, "every message is delivered or counted"
         # The capped queue, the broker's buffer, and gRPC's own flow-control windows.
         assert received * SIZE < 32 * 1024 * 1024
         assert growth[0] < RSS_BOUND, growth[0]

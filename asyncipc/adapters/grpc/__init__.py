@@ -41,6 +41,7 @@ try:
 except ModuleNotFoundError as exc:
     raise missing_extra("grpc://", "gRPC adapter", "grpc", exc) from exc
 
+from ..._stats import BrokerStats
 from ...errors import ConfigurationError
 from ...link import Accept, Link, Listener
 from ...options import BrokerOptions
@@ -116,7 +117,7 @@ class GrpcTransport:
         """Start a grpc.aio server at ``url`` whose calls become clients of ``broker``
         (``Broker.listen`` calls this). gRPC's message size limits follow
         ``options.max_frame``; unary and ``Subscribe`` calls must carry the broker's token."""
-        return await _serve(url, broker.attach, options, broker.options)
+        return await _serve(url, broker.attach, options, broker.options, broker.stats)
 
     async def listen(self, url: URL, accept: Accept, options: TransportOptions) -> Listener:
         """Not for bare links: the gRPC service needs the broker (``Broker.listen``)."""
@@ -128,7 +129,11 @@ class GrpcTransport:
 
 
 async def _serve(
-    url: URL, accept: Accept, options: TransportOptions, limits: BrokerOptions
+    url: URL,
+    accept: Accept,
+    options: TransportOptions,
+    limits: BrokerOptions,
+    stats: BrokerStats | None = None,
 ) -> GrpcListener:
     """Start a grpc.aio server at ``url`` serving the broker behind ``accept``, whose
     options (``limits``) give the token and the caps on what callers may ask for."""
@@ -142,7 +147,7 @@ async def _serve(
             ("grpc.so_reuseport", 0),
         ]
     )
-    service = BusService(accept, options, url.raw, limits.token, limits)
+    service = BusService(accept, options, url.raw, limits.token, limits, stats)
     add_bus_service(server, service)
     add_streams_service(server, StreamsService(service))
     health_service = health.aio.HealthServicer()

@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from ..._stats import BrokerStats
 from ...client import DEFAULT_MAX_BYTES, DEFAULT_MAX_PENDING, Bus
 from ...errors import (
     AsyncIPCError,
@@ -47,6 +48,7 @@ from ...protocol.system import (
     STREAM_PREFIX,
 )
 from ...subjects import validate_pattern, validate_queue
+from ...subscription import Subscription
 from ...transports import TransportOptions
 from ...transports.memory import memory_pair
 from ._link import Malformed
@@ -170,6 +172,7 @@ class BusService:
         url: str,
         token: str | None,
         limits: BrokerOptions | None = None,
+        stats: BrokerStats | None = None,
     ) -> None:
         self._accept = accept
         self._options = options
@@ -177,6 +180,8 @@ class BusService:
         self._token = token
         self._limits = limits or BrokerOptions(token=token)
         """The broker's options: what caps the bounds a ``Subscribe`` asks for."""
+        self._stats = stats
+        """The broker's counters: a ``Subscribe`` call's drops are added when it ends."""
         self._lock = asyncio.Lock()
         self._unary: Bus | None = None  # the one Publish and Request share
 
@@ -283,6 +288,7 @@ class BusService:
         max_pending, max_bytes = self._limits.subscription_bounds(
             request.max_pending or DEFAULT_MAX_PENDING, request.max_bytes or DEFAULT_MAX_BYTES
         )
+        sub: Subscription | None = None
         try:
             sub = bus.subscribe(
                 request.subject,
@@ -312,6 +318,10 @@ class BusService:
             failure = exc
         finally:
             await bus.close()
+            if sub is not None and sub.dropped and self._stats is not None:
+                # What its drop policy cost it, in the broker's counters (and /metrics).
+                self._stats.dropped += sub.dropped
+                self._stats.transport("grpc").dropped += sub.dropped
         if failure is not None:
             await _abort(context, failure)
 
