@@ -252,16 +252,29 @@ class Session:
             return
         timeout = self.broker.options.block_timeout
         stats = self.broker.stats
-        for route in [r for r in self.routes.values() if r.overflow is Overflow.BLOCK]:
+        cut = [r for r in self.routes.values() if r.overflow is Overflow.BLOCK]
+        for route in cut:
             self.drop_route(route)
             stats.slow_consumers += 1
-            self.send_error(
-                ErrorCode.SLOW_CONSUMER,
-                f"subscription {route.sid} on {route.subject!r} cut off as a slow consumer: "
-                f"it held its publishers back for {timeout:g} s without catching up "
-                "(block_timeout)",
-                route.sid,
+            self._send(
+                Err(
+                    ErrorCode.SLOW_CONSUMER,
+                    f"subscription {route.sid} on {route.subject!r} cut off as a slow "
+                    f"consumer: it held its publishers back for {timeout:g} s without "
+                    "catching up (block_timeout)",
+                    route.sid,
+                )
             )
+        peer_log().warning(
+            "slow-consumer",
+            "%s: %d block subscription(s) cut off as slow consumers after holding "
+            "%d publisher(s) back for %g s",
+            self.describe(),
+            len(cut),
+            len(self.blocked_sources),
+            timeout,
+            logger=log,
+        )
         self.writing_resumed()  # the publishers it held resume
 
     # --- handshake and keep-alive ---------------------------------------------------------
