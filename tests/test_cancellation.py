@@ -367,6 +367,12 @@ async def test_a_request_cancelled_at_each_await_never_gets_or_gives_a_wrong_rep
             assert data == b"re:" + payload
             await asyncio.sleep(0.01)
             assert not bus._requests
+            # Nor at the broker: every request it saw in flight has had its reply.
+            for _ in range(200):
+                if not len(broker._inflight):
+                    break
+                await asyncio.sleep(0.01)
+            assert not len(broker._inflight)
     print(
         f"\n{pressure}: cancelled at await points {points}; "
         f"then {finished_before} rounds finished before the point"
