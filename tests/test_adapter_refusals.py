@@ -10,6 +10,7 @@ percent-encoded bytes are not UTF-8 with ``400`` naming the problem.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import pytest
 import asyncipc
 from asyncipc.adapters.grpc.proto import bus_pb2 as pb
 from asyncipc.adapters.grpc.proto import bus_pb2_grpc as pb_grpc
+from asyncipc.subjects import validate_pattern, validate_queue, validate_subject
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -183,3 +185,51 @@ async def test_grpc_refusals_are_permission_denied(srv: Served) -> None:
         await bus.flush()
         await srv.stub.Publish(pb.Message(subject="ok", data=b"yes"), timeout=5)
         assert (await sub.next_msg(timeout=5)).data == b"yes"
+
+
+# --- text with no UTF-8 form (lone surrogates) --------------------------------------------
+
+
+def test_subjects_with_no_utf8_form_are_invalid() -> None:
+    for bad in ("a.\udcff", "\ud800"):
+        with pytest.raises(asyncipc.InvalidSubject, match="not valid UTF-8"):
+            validate_subject(bad)
+        with pytest.raises(asyncipc.InvalidSubject, match="not valid UTF-8"):
+            validate_pattern(bad + ".>")
+        with pytest.raises(asyncipc.InvalidSubject, match="not valid UTF-8"):
+            validate_queue(bad)
+    assert validate_subject("caf\u00e9.\U0001f600") == "caf\u00e9.\U0001f600"
+
+
+async def test_json_and_http_text_with_no_utf8_form_is_a_400(srv: Served) -> None:
+    """JSON can spell a lone surrogate (``"\\udcff"``) and aiohttp reads a header byte that
+    is not UTF-8 as one: refused, not a crash in the middle of the broker's fan-out (it
+    used to end the JSON session with a 500 while a tcp subscriber was listening)."""
+    async with (
+        asyncipc.connect(srv.tcp) as bus,
+        bus.subscribe(">") as sub,
+        srv.client.ws_connect(f"{srv.http}/v1/ws") as ws,
+    ):
+        await bus.flush()
+        assert (await ws.receive_json(timeout=5))["op"] == "welcome"
+        await ws.send_str('{"op": "publish", "id": 1, "subject": "a.\\udcff"}')
+        r = await ws.receive_json(timeout=5)
+        assert (r["op"], r["error"], r["id"]) == ("error", "invalid_subject", 1)
+        await ws.send_str('{"op": "publish", "id": 2, "subject": "a", "headers": {"k": "\\ud800"}}')
+        r = await ws.receive_json(timeout=5)
+        assert (r["op"], r["error"], r["id"]) == ("error", "bad_request", 2)
+        assert "not valid UTF-8" in r["message"]
+        host, port = srv.http.removeprefix("http://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            b"POST /v1/publish/h HTTP/1.1\r\nHost: t\r\nX-Asyncipc-Header-K: \xff\xfe\r\n"
+            b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 400 "), answer
+        assert b"not valid UTF-8" in answer
+        # Nothing half-delivered; the session and the adapter carry on.
+        await ws.send_json({"op": "publish", "subject": "fine", "data": ""})
+        msg = await sub.next_msg(timeout=5)
+        assert msg.subject == "fine"

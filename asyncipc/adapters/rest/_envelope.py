@@ -169,7 +169,26 @@ def headers_field(obj: Mapping[str, Any]) -> dict[str, str] | None:
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
         raise HttpError(400, "bad_request", "'headers' must be an object of strings")
+    _check_utf8(value)
     return value or None
+
+
+def _check_utf8(headers: Mapping[str, str]) -> None:
+    """HttpError 400 for a header name or value with no UTF-8 form (a lone surrogate:
+    JSON's ``"\udcff"``, or aiohttp's ``surrogateescape`` reading of a byte that is not
+    UTF-8). The wire carries UTF-8; such a header would fail in the middle of the broker
+    delivering the message, after some subscribers had it and before others did."""
+    for name, value in headers.items():
+        for text in (name, value):
+            if not text.isascii():
+                try:
+                    text.encode()
+                except UnicodeEncodeError:
+                    raise HttpError(
+                        400,
+                        "bad_request",
+                        f"header {name!r} is not valid UTF-8 (a byte or escape with no UTF-8 form)",
+                    ) from None
 
 
 def headers_from_http(items: Iterable[tuple[str, str]]) -> dict[str, str] | None:
@@ -185,6 +204,7 @@ def headers_from_http(items: Iterable[tuple[str, str]]) -> dict[str, str] | None
         for name, value in items
         if name.lower().startswith(prefix) and len(name) > len(prefix)
     }
+    _check_utf8(headers)
     return headers or None
 
 
