@@ -346,7 +346,7 @@ class RestServer(Listener):
 
     async def _publish(self, request: web.Request) -> web.StreamResponse:
         self.authorize(request)
-        subject, reply_to = subject_of(request), reply_to_of(request)
+        subject, reply_to = _generic(subject_of(request)), reply_to_of(request)
         check_not_reserved(subject, reply_to)  # 403, not a 202 for what the broker drops
         headers = headers_from_http(request.headers.items())
         data = await self._body(request)
