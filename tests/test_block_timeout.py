@@ -167,3 +167,42 @@ async def test_block_timeout_zero_disables_it(tmp_path: Path, timeout: float) ->
             assert broker.stats.slow_consumers == 0
             task.cancel()
             writer.transport.abort()  # the stalled one leaves: nothing more to hold back
+
+
+def test_the_cli_takes_block_timeout() -> None:
+    from asyncipc.cli._parser import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["broker"]).block_timeout == asyncipc.BrokerOptions().block_timeout == 5.0
+    assert parse(["broker", "--block-timeout", "0.25"]).block_timeout == 0.25
+    assert parse(["broker", "--block-timeout", "0"]).block_timeout == 0.0
+    for bad in ("-1", "inf", "soon"):
+        with pytest.raises(SystemExit):
+            parse(["broker", "--block-timeout", bad])
+
+
+async def test_a_broker_process_started_with_block_timeout_applies_it(tmp_path: Path) -> None:
+    """``asyncipc broker --block-timeout 0.3``: a stalled block subscriber holds a publisher
+    of another process for about that long, not for ever."""
+    from .test_cli import BrokerProc, cli_env
+
+    path = tmp_path / "b.sock"
+    proc = BrokerProc(
+        f"unix://{path}",
+        log=tmp_path / "b.log",
+        env=cli_env(),
+        args=["--block-timeout", "0.3", "--high-water", "64K"],
+    )
+    try:
+        _, writer = await stalled_subscriber(str(path), "cli")
+        async with asyncipc.connect(proc.url) as pub:
+            started = time.monotonic()
+            for _ in range(200):  # 12.5 MiB
+                await pub.publish("cli", bytes(PAYLOAD))
+            await pub.flush()
+            took = time.monotonic() - started
+        writer.close()
+        assert took < 4, took  # the default (5 s) would not do
+    finally:
+        assert proc.stop() == 0
+    assert "cut off as slow consumers after holding" in (tmp_path / "b.log").read_text()

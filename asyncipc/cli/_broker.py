@@ -48,6 +48,7 @@ async def _broker(args: argparse.Namespace) -> int:
         token=token,
         max_frame=args.max_frame,
         high_water=args.high_water,
+        block_timeout=args.block_timeout,
         remote_signals=args.allow_remote_signals,
         store=args.store,
     )
