@@ -282,7 +282,7 @@ class BusService:
             bus = await self._bus(context.peer())
         except (AsyncIPCError, _Refused) as exc:
             await _abort(context, exc)
-        failure: BaseException | _Refused | None = None
+        failure: BaseException | None = None
         # What the caller asks for, capped by the broker: a caller that never reads
         # must not make the broker hold whatever it chose (0: the default, capped too).
         max_pending, max_bytes = self._limits.subscription_bounds(
