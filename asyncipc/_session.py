@@ -14,6 +14,7 @@ import logging
 from typing import Protocol
 
 from ._access import Access, check_password, password_known, password_pool
+from ._logsafe import peer_log, printable
 from ._stats import BrokerStats
 from .errors import ConnectionClosed, InvalidSubject
 from .link import Link
@@ -27,6 +28,7 @@ from .protocol import (
     Frame,
     Headers,
     Hello,
+    Overflow,
     Ping,
     Pong,
     Pub,
@@ -159,6 +161,7 @@ class Session:
         self._timer: asyncio.TimerHandle | None = loop.call_later(
             opts.handshake_timeout, self._handshake_expired
         )
+        self._block_timer: asyncio.TimerHandle | None = None  # see holding_publishers
 
     def __repr__(self) -> str:
         return f"<Session {self.client_id} {self.describe()}>"
@@ -168,7 +171,8 @@ class Session:
         if self.user is not None:
             who = f"user {self.user.name!r}, {who}"
         return (
-            f"client {self.client_id} ({self.name}, {who})"
+            # The name is the client's to choose: escaped, so that it cannot forge lines.
+            f"client {self.client_id} ({printable(self.name)}, {who})"
             if self.name
             else f"client {self.client_id} ({who})"
         )
@@ -240,7 +244,16 @@ class Session:
         elif type(frame) is Pong:
             pass  # liveness is tracked by the link's last_received
         elif type(frame) is Err:
-            log.info("%s reported error %s: %s", self.describe(), frame.code, frame.message)
+            # Rate-limited too: a client can send as many ERR frames as it likes.
+            peer_log().log(
+                logging.INFO,
+                "reported-error",
+                "%s reported error %s: %s",
+                self.describe(),
+                frame.code,
+                printable(frame.message),
+                logger=log,
+            )
         else:
             self.fail(
                 ErrorCode.PROTOCOL, f"unexpected {type(frame).__name__.upper()} frame from a client"
@@ -252,11 +265,59 @@ class Session:
         self._cleanup()
 
     def writing_resumed(self) -> None:
+        if self._block_timer is not None:
+            self._block_timer.cancel()
+            self._block_timer = None
         sources, self.blocked_sources = self.blocked_sources, set()
         for src in sources:
             src.blocked_by.discard(self)
             if not src.blocked_by:
                 src.link.resume_reading()
+
+    # --- overflow="block": how long we may hold publishers back ---------------------------
+
+    def holding_publishers(self) -> None:
+        """Package-internal: we are slow and the broker has just paused a first publisher
+        for our ``block`` subscriptions. Unless our buffer drains to the low-water mark
+        (``writing_resumed``) within ``block_timeout``, we are cut off as slow."""
+        timeout = self.broker.options.block_timeout
+        if timeout > 0 and self._block_timer is None and not self.closed:
+            self._block_timer = self._loop.call_later(timeout, self._block_expired)
+
+    def _block_expired(self) -> None:
+        """Held publishers back for ``block_timeout`` without catching up: cut off every
+        ``block`` subscription (an ERR 101 each, as for ``overflow="error"``), counted,
+        and let the publishers go. Progress is draining to the low-water mark, not any
+        byte taken: a reader that takes one byte a second must not hold everyone."""
+        self._block_timer = None
+        if self.closed or not self.blocked_sources:
+            return
+        timeout = self.broker.options.block_timeout
+        stats = self.broker.stats
+        cut = [r for r in self.routes.values() if r.overflow is Overflow.BLOCK]
+        for route in cut:
+            self.drop_route(route)
+            stats.slow_consumers += 1
+            self._send(
+                Err(
+                    ErrorCode.SLOW_CONSUMER,
+                    f"subscription {route.sid} on {route.subject!r} cut off as a slow "
+                    f"consumer: it held its publishers back for {timeout:g} s without "
+                    "catching up (block_timeout)",
+                    route.sid,
+                )
+            )
+        peer_log().warning(
+            "slow-consumer",
+            "%s: %d block subscription(s) cut off as slow consumers after holding "
+            "%d publisher(s) back for %g s",
+            self.describe(),
+            len(cut),
+            len(self.blocked_sources),
+            timeout,
+            logger=log,
+        )
+        self.writing_resumed()  # the publishers it held resume
 
     # --- handshake and keep-alive ---------------------------------------------------------
 
@@ -338,7 +399,9 @@ class Session:
         if "signals" in fields:
             self.allowed_signals, ignored = allowed_signals(fields["signals"])
             if ignored:
-                log.info("%s: ignored HELLO signals %s", self.describe(), ", ".join(ignored))
+                log.info(
+                    "%s: ignored HELLO signals %s", self.describe(), printable(", ".join(ignored))
+                )
             welcome["signals"] = sorted(self.allowed_signals)  # what is in effect
         self._send(Welcome(welcome))
         self.broker.session_opened(self)
@@ -502,14 +565,25 @@ class Session:
 
     def send_error(self, code: ErrorCode, message: str, sid: int = 0) -> None:
         """An ERR frame that does not end the session (a refused frame)."""
-        log.info("refused a frame from %s: %s", self.describe(), message)
+        # Rate-limited: one connection can send a million frames to refuse.
+        peer_log().log(
+            logging.INFO,
+            "refused",
+            "refused a frame from %s: %s",
+            self.describe(),
+            message,
+            logger=log,
+        )
         self._send(Err(code, message, sid))
 
     def fail(self, code: ErrorCode, message: str) -> None:
         """Tell the client what was wrong, then disconnect it. One log line."""
         if self.closed:
             return
-        log.warning("closing %s: %s", self.describe(), message)
+        # Rate-limited: every bad connection must not cost the operator a WARNING line.
+        peer_log().warning(
+            code.name.lower(), "closing %s: %s", self.describe(), message, logger=log
+        )
         self._send(Err(code, message))
         self.link.close()
         self._cleanup()
@@ -538,6 +612,9 @@ class Session:
             self._verifying.cancel()
             self._verifying = None
         self._held = None
+        if self._block_timer is not None:
+            self._block_timer.cancel()
+            self._block_timer = None
         router = self.broker.router
         for route in self.routes.values():
             router.remove(route)

@@ -36,7 +36,9 @@ class BrokerStats:
     dropped: int = 0
     """Messages a slow subscriber lost to ``drop_new``/``drop_oldest`` at the broker."""
     slow_consumers: int = 0
-    """Subscriptions cut off by ``overflow="error"``."""
+    """Subscriptions cut off as slow consumers: ``overflow="error"`` ones that fell behind,
+    and ``overflow="block"`` ones that held their publishers back longer than
+    ``BrokerOptions.block_timeout``."""
     no_responders: int = 0
     refused_connections: int = 0
     """Connections refused by a limit (``max_connections``, ``max_connections_per_peer``,

@@ -619,6 +619,8 @@ class Broker:
             # reading resumes when it has taken what we hold (writing_resumed).
             if source is not None and target not in source.blocked_by:
                 source.blocked_by.add(target)
+                if not target.blocked_sources:
+                    target.holding_publishers()  # its block_timeout starts now
                 target.blocked_sources.add(source)
                 source.link.pause_reading()
             return True

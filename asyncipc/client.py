@@ -15,6 +15,7 @@ import anyio
 
 from ._dialer import Dialer, backoff
 from ._events import ConnectionEvent, EventHub, EventStream
+from ._logsafe import printable
 from ._responder import Callback, Handler, reply_error, responder
 from ._shield import shielded
 from ._tracing import tracing_for
@@ -533,7 +534,7 @@ class Bus:
         if code == ErrorCode.SHUTDOWN:
             log.info("%s: %s", self.url, message)
         else:
-            log.warning("%s: broker error %s: %s", self.url, code, message)
+            log.warning("%s: broker error %s: %s", self.url, code, printable(message))
         if code < 100:
             self._cause = BrokerError(code, message)  # the broker hangs up next
 

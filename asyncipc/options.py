@@ -132,6 +132,19 @@ class BrokerOptions:
             permissions (``docs/security.md``). Empty: no users; every client may do
             everything (once it has the token, if there is one). With users, a client
             must be one of them, or present the token (which may do everything).
+        block_timeout: seconds a subscriber with ``overflow="block"`` may hold its
+            publishers back without catching up (its buffer at the broker never falls
+            back below half the high-water mark meanwhile); then its ``block``
+            subscriptions are cut off as slow consumers (ERR 101 naming each, counted
+            in ``stats.slow_consumers``) and the publishers resume. NATS cuts slow
+            consumers too; without it one stalled reader stops every publisher on its
+            subject until the keep-alive gives up on it. 0 disables.
+        subscription_max_pending: the most messages a subscription the broker keeps on
+            a remote caller's behalf may queue: an adapter's Server-Sent Events stream,
+            JSON WebSocket subscription or gRPC ``Subscribe``. The caller's
+            ``max_pending`` is lowered to it; its ``max_bytes`` is lowered to
+            ``high_water`` (:meth:`subscription_bounds`). A caller that never reads then
+            pins at most that much, not whatever it asked for.
     """
 
     token: str | None = None
@@ -153,3 +166,14 @@ class BrokerOptions:
     max_subscriptions: int = 100_000
     # --- users and permissions (issue 13, docs/security.md) ---
     users: tuple[User, ...] = ()
+    block_timeout: float = 5.0
+    subscription_max_pending: int = 8192
+
+    def subscription_bounds(self, max_pending: int, max_bytes: int) -> tuple[int, int]:
+        """The bounds in effect for a subscription a remote caller asked for with
+        ``max_pending`` and ``max_bytes`` (adapters' SSE, JSON WebSocket, gRPC
+        ``Subscribe``): each capped by the broker's limit, never raised."""
+        return (
+            max(1, min(max_pending, self.subscription_max_pending)),
+            max(1, min(max_bytes, self.high_water)),
+        )

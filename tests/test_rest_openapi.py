@@ -113,6 +113,7 @@ async def exercise(
         ("/v1/request/{subject}", "POST", "/v1/request/silent?timeout=0.05", {}, 504),
         ("/v1/subscribe/{subject}", "GET", "/v1/subscribe/a.*?count=1", {}, 200),
         ("/v1/subscribe/{subject}", "GET", "/v1/subscribe/a.>.b", {}, 400),
+        ("/v1/subscribe/{subject}", "GET", "/v1/subscribe/$sys.>", {}, 403),
         ("/v1/ws", "GET", "/v1/ws", {}, 400),
         ("/v1/openapi.json", "GET", "/v1/openapi.json", {}, 200),
         ("/healthz", "GET", "/healthz", {}, 200),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -35,6 +36,7 @@ LIMIT_OPTIONS = (
     "max_connections",
     "max_connections_per_peer",
     "max_subscriptions",
+    "block_timeout",
 )
 """The BrokerOptions fields the command's limit flags set (``--max-hello`` ...)."""
 
@@ -223,10 +225,33 @@ def _bridge_subjects(args: argparse.Namespace) -> list[str]:
     return subjects
 
 
+_NETWORK_SCHEMES = frozenset({"tcp", "tls", "udp", "http", "https", "grpc"})
+"""Schemes whose listeners are reached through an IP address; the others (unix, fifo,
+shm, mmap, file, pipe) are guarded by file permissions and peer credentials."""
+
+
+def exposed(url: str) -> bool:
+    """Whether the listener at ``url`` is reachable from other hosts: a network scheme on
+    an address that is not loopback (a wildcard such as ``0.0.0.0`` or ``[::]`` is
+    every address; a host name other than ``localhost`` may be anything)."""
+    parsed = parse_url(url)
+    if parsed.scheme not in _NETWORK_SCHEMES:
+        return False
+    host = (parsed.host or "").strip("[]")
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True  # a name, or no host at all (every address)
+
+
 def _warn_about_exposure(broker: Broker, args: argparse.Namespace, token: str | None) -> None:
-    network = any(not u.startswith(("unix:", "fifo:")) for u in broker.urls)
-    if token is None and not broker.options.users and network:
-        log.warning("no --token: any client that can reach the network listeners is served")
+    public = [u for u in broker.urls if exposed(u)]
+    if token is None and not broker.options.users and public:
+        log.warning("no --token: any client that can reach %s is served", ", ".join(public))
+    # Loopback TCP counts here: any local user reaches it, and the broker cannot tell who.
+    network = any(parse_url(u).scheme in _NETWORK_SCHEMES for u in broker.urls)
     if args.allow_remote_signals and network:
         log.warning(
             "--allow-remote-signals: clients on network listeners may have local "

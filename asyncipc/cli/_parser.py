@@ -15,6 +15,7 @@ from ._clients import _pub, _request, _sub, _wait
 from ._common import (
     EXIT_OK,
     WAIT_TIMEOUT,
+    _block_timeout,
     _frame_size,
     _header,
     _hello_size,
@@ -221,6 +222,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="bytes the broker buffers for one client before it counts as slow and its "
         "subscriptions' overflow policies (block, drop_*, error) apply; K/M/G suffixes "
         f"allowed (default: {_size_text(high_water)})",
+    )
+    block_timeout = BrokerOptions().block_timeout
+    p.add_argument(
+        "--block-timeout",
+        metavar="SECONDS",
+        type=_block_timeout,
+        default=block_timeout,
+        help="how long a subscriber with overflow=block may hold its publishers back "
+        "without catching up before it is cut off as a slow consumer; 0: no limit "
+        f"(default: {block_timeout:g})",
     )
     p.add_argument(
         "--ready-file",

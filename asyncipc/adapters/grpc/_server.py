@@ -23,10 +23,12 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from ..._access import find_user, publish_refusal, subscribe_refusal
+from ..._stats import BrokerStats
 from ...client import DEFAULT_MAX_BYTES, DEFAULT_MAX_PENDING, Bus
 from ...errors import (
     AsyncIPCError,
     AuthenticationError,
+    BrokerError,
     ConfigurationError,
     ConnectionClosed,
     FrameTooLarge,
@@ -40,12 +42,17 @@ from ...errors import (
 )
 from ...link import Accept, PeerInfo
 from ...message import Message
-from ...options import ConnectOptions
-from ...protocol import (
-    Overflow,
+from ...options import BrokerOptions, ConnectOptions
+from ...protocol import ErrorCode, Overflow
+from ...protocol.system import (
+    ERROR_HEADER,
+    REFUSED_STATUS,
+    RESERVED_PREFIX,
+    STATUS_HEADER,
+    STREAM_PREFIX,
 )
-from ...protocol.system import ERROR_HEADER, REFUSED_STATUS, STATUS_HEADER, STREAM_PREFIX
 from ...subjects import validate_pattern, validate_queue
+from ...subscription import Subscription
 from ...transports import TransportOptions
 from ...transports.memory import memory_pair
 from ...users import User
@@ -58,6 +65,7 @@ __all__ = [
     "SERVICE",
     "BusService",
     "add_bus_service",
+    "permission_denied",
     "status_of",
 ]
 
@@ -190,12 +198,18 @@ class BusService:
         url: str,
         token: str | None,
         users: Callable[[], tuple[User, ...]] = tuple,
+        limits: BrokerOptions | None = None,
+        stats: BrokerStats | None = None,
     ) -> None:
         self._accept = accept
         self._options = options
         self._url = url
         self._token = token
         self._users = users  # the broker's users now: a reload changes them
+        self._limits = limits or BrokerOptions(token=token)
+        """The broker's options: what caps the bounds a ``Subscribe`` asks for."""
+        self._stats = stats
+        """The broker's counters: a ``Subscribe`` call's drops are added when it ends."""
         self._lock = asyncio.Lock()
         self._unary: Bus | None = None  # the one Publish and Request share
         self._user_buses: dict[str, Bus] = {}  # unary buses of restricted users
@@ -269,6 +283,7 @@ class BusService:
         try:
             _check(request)
             _generic(request.subject)
+            _not_reserved(request.subject, request.reply_to or None)
             user = await self._authorize(context)
             _permitted(publish_refusal(user, request.subject, request.reply_to or None))
             bus = await self._unary_bus(context, user)
@@ -301,8 +316,7 @@ class BusService:
             await _abort(context, exc)
         if reply.headers and reply.headers.get(STATUS_HEADER) == REFUSED_STATUS:
             # The broker refused a request to a reserved subject (protocol.md §12).
-            why = reply.headers.get(ERROR_HEADER, "refused")
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
+            await _abort(context, permission_denied(reply.headers.get(ERROR_HEADER, "refused")))
         return _message(reply)
 
     async def Subscribe(self, request: Any, context: Any) -> None:
@@ -314,6 +328,7 @@ class BusService:
             _permitted(subscribe_refusal(user, request.subject))
             if request.queue:
                 validate_queue(request.queue)
+            _not_reserved(request.subject, None)
             try:
                 overflow = _NAMES[Overflow(request.overflow)]
             except ValueError:
@@ -322,24 +337,45 @@ class BusService:
         except (AsyncIPCError, _Refused) as exc:
             await _abort(context, exc)
         failure: BaseException | None = None
+        # What the caller asks for, capped by the broker: a caller that never reads
+        # must not make the broker hold whatever it chose (0: the default, capped too).
+        max_pending, max_bytes = self._limits.subscription_bounds(
+            request.max_pending or DEFAULT_MAX_PENDING, request.max_bytes or DEFAULT_MAX_BYTES
+        )
+        sub: Subscription | None = None
         try:
             sub = bus.subscribe(
                 request.subject,
                 request.queue or None,
-                max_pending=request.max_pending or DEFAULT_MAX_PENDING,
-                max_bytes=request.max_bytes or DEFAULT_MAX_BYTES,
+                max_pending=max_pending,
+                max_bytes=max_bytes,
                 overflow=overflow,
             )
             await bus.flush()
+            if not sub.active and not sub.pending:
+                # Refused by the broker (ERR 102 naming it): PERMISSION_DENIED, not OK.
+                await sub.next_msg(timeout=0)  # raises what ended it
             # The response headers say the subscription is in effect: a client that
-            # waits for them before publishing misses nothing.
-            await context.send_initial_metadata((("asyncipc-subscribed", request.subject),))
+            # waits for them before publishing misses nothing; and the bounds in effect.
+            await context.send_initial_metadata(
+                (
+                    ("asyncipc-subscribed", request.subject),
+                    ("asyncipc-max-pending", str(max_pending)),
+                    ("asyncipc-max-bytes", str(max_bytes)),
+                )
+            )
             async for msg in sub:
                 await context.write(_message(msg))
+        except BrokerError as exc:
+            failure = permission_denied(exc.message) if exc.code == ErrorCode.PERMISSION else exc
         except AsyncIPCError as exc:
             failure = exc
         finally:
             await bus.close()
+            if sub is not None and sub.dropped and self._stats is not None:
+                # What its drop policy cost it, in the broker's counters (and /metrics).
+                self._stats.dropped += sub.dropped
+                self._stats.transport("grpc").dropped += sub.dropped
         if failure is not None:
             await _abort(context, failure)
 
@@ -360,6 +396,27 @@ def _permitted(why: str | None) -> None:
         raise _Refused(grpc.StatusCode.PERMISSION_DENIED, why)
 
 
+def permission_denied(details: str) -> _Refused:
+    """The one way the ``Bus`` service refuses what a caller may not do:
+    ``PERMISSION_DENIED`` with the broker's (or the adapter's) reason, for ``Publish``,
+    ``Request`` and ``Subscribe`` alike — never an ``OK`` that hides the refusal. Raise
+    it in a call's ``try`` (or pass it to ``_abort``). A permission check refuses through
+    here too."""
+    return _Refused(grpc.StatusCode.PERMISSION_DENIED, details)
+
+
+def _not_reserved(subject: str, reply_to: str | None) -> None:
+    """Refuse a ``Publish`` or ``Subscribe`` on a ``$sys.`` subject, or a ``$sys.`` reply
+    subject: they are the broker's. Through the shared bus the broker's ERR could only be
+    logged, and the caller would have heard OK; a subscription there would never see a
+    message (the broker delivers ``$sys.`` ones only to the connection that published
+    them). ``$sys.kill.`` is a ``Request``, whose refusal the broker answers itself."""
+    if subject.startswith(RESERVED_PREFIX):
+        raise permission_denied(f"subject {subject!r} is reserved for the broker")
+    if reply_to is not None and reply_to.startswith(RESERVED_PREFIX):
+        raise permission_denied(f"reply subject {reply_to!r} is reserved for the broker")
+
+
 def _check(request: Any) -> None:
     if type(request) is Malformed:
         raise _Refused(
@@ -373,9 +430,8 @@ def _generic(subject: str) -> None:
     requests would create consumers that bus owns (never removed: it never
     disconnects) and pull batches past ``Fetch``'s bounds."""
     if subject.startswith(STREAM_PREFIX):
-        raise _Refused(
-            grpc.StatusCode.PERMISSION_DENIED,
-            f"{subject!r} is the broker's streams API: use the asyncipc.v1.Streams service",
+        raise permission_denied(
+            f"{subject!r} is the broker's streams API: use the asyncipc.v1.Streams service"
         )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 import grpc
 
+from ..._logsafe import peer_log
 from ...errors import BrokenLinkError, ClosedError
 from ...link import LinkReceiver, PeerInfo
 from ...protocol import (
@@ -182,7 +183,7 @@ class ServerLink(GrpcLink):
 
     def _violation(self, message: str) -> None:
         """Tell the client what was wrong, end the stream with INVALID_ARGUMENT."""
-        log.warning("closing %s: %s", self.peer.describe(), message)
+        peer_log().warning("bad-frame", "closing %s: %s", self.peer.describe(), message, logger=log)
         self._out.clear()
         self._out_bytes = 0
         self._queue(self._encode(Err(ErrorCode.PROTOCOL, message)))

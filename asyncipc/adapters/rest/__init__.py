@@ -72,17 +72,21 @@ from ...users import User
 from . import _openapi
 from ._envelope import (
     HttpError,
+    check_not_reserved,
     error_body,
+    forbidden,
     headers_from_http,
     headers_to_http,
     message_json,
+    refusal_of,
+    refusal_of_subscription,
 )
 from ._params import (
     DEFAULT_REQUEST_TIMEOUT,
     MAX_REQUEST_TIMEOUT,
-    forbidden,
     peer_of,
     positive_int,
+    raw_subject,
     reply_to_of,
     subject_of,
     timeout_of,
@@ -385,9 +389,10 @@ class RestServer(Listener):
     async def _publish(self, request: web.Request) -> web.StreamResponse:
         user = await self.authorize(request)
         subject, reply_to = _generic(subject_of(request)), reply_to_of(request)
+        check_not_reserved(subject, reply_to)  # 403, not a 202 for what the broker drops
         why = publish_refusal(user, subject, reply_to)
         if why is not None:
-            raise forbidden(why)
+            raise forbidden("permission", why)
         headers = headers_from_http(request.headers.items())
         data = await self._body(request)
         try:
@@ -403,7 +408,7 @@ class RestServer(Listener):
         subject = _generic(subject_of(request))
         why = publish_refusal(user, subject)
         if why is not None:
-            raise forbidden(why)
+            raise forbidden("permission", why)
         timeout = timeout_of(request.query.get("timeout"))
         headers = headers_from_http(request.headers.items())
         data = await self._body(request)
@@ -411,7 +416,7 @@ class RestServer(Listener):
         try:
             reply = await bus.request(subject, data, headers=headers, timeout=timeout)
         except PermissionDenied as exc:
-            raise forbidden(str(exc)) from None
+            raise forbidden("permission", str(exc)) from None
         except NoResponders as exc:
             raise HttpError(503, "no_responders", str(exc)) from None
         except RequestTimeout as exc:
@@ -422,6 +427,9 @@ class RestServer(Listener):
             raise HttpError(413, "payload_too_large", str(exc)) from None
         except ConnectionClosed:
             raise HttpError(503, "unavailable", "the broker is shutting down") from None
+        refused = refusal_of(reply)
+        if refused is not None:
+            raise refused
         if wants_json(request):
             return web.json_response(message_json(reply))
         return web.Response(
@@ -433,24 +441,27 @@ class RestServer(Listener):
     async def _subscribe(self, request: web.Request) -> web.StreamResponse:
         user = await self.authorize(request)
         q = request.query
-        subject = request.match_info["subject"]
+        subject = raw_subject(request)
         try:
             validate_pattern(subject)
             if "queue" in q:
                 validate_queue(q["queue"])
         except InvalidSubject as exc:
             raise HttpError(400, "invalid_subject", str(exc)) from None
+        check_not_reserved(subject)
         overflow = q.get("overflow", "block")
         if overflow not in OVERFLOW_POLICIES:
             raise HttpError(
                 400, "bad_request", f"overflow must be one of {sorted(OVERFLOW_POLICIES)}"
             )
-        max_pending = positive_int(q, "max_pending", DEFAULT_MAX_PENDING)
-        max_bytes = positive_int(q, "max_bytes", DEFAULT_MAX_BYTES)
+        max_pending, max_bytes = self.broker.options.subscription_bounds(
+            positive_int(q, "max_pending", DEFAULT_MAX_PENDING),
+            positive_int(q, "max_bytes", DEFAULT_MAX_BYTES),
+        )
         count = positive_int(q, "count", 0)
         why = subscribe_refusal(user, subject)
         if why is not None:
-            raise forbidden(why)
+            raise forbidden("permission", why)
         if self._closing:
             raise HttpError(503, "unavailable", "the broker is shutting down")
         bus = await self.attach_bus(_as(peer_of(request, "sse"), user))
@@ -462,6 +473,9 @@ class RestServer(Listener):
             self.track(sub)
             try:
                 await bus.flush()  # in effect at the broker before "subscribed" is said
+                refused = await refusal_of_subscription(sub)
+                if refused is not None:
+                    raise refused
                 response = web.StreamResponse(
                     headers={
                         "Content-Type": "text/event-stream",
@@ -615,10 +629,8 @@ def _generic(subject: str) -> str:
     pull batches past the bounds of ``/v1/streams/.../fetch``.
     """
     if subject.startswith(STREAM_PREFIX):
-        raise HttpError(
-            403,
-            "reserved",
-            f"{subject!r} is the broker's streams API: use the /v1/streams routes",
+        raise forbidden(
+            "reserved", f"{subject!r} is the broker's streams API: use the /v1/streams routes"
         )
     return subject
 

@@ -88,6 +88,15 @@ _UNAUTHORIZED = _error("The broker has a token and the request's is missing or w
 _RESERVED = _error(
     "A `$sys.stream.` subject: the streams API is reached through `/v1/streams` (`reserved`)."
 )
+_RESERVED_PUBLISH = _error(
+    "A `$sys.` subject or reply subject: those are the broker's (`reserved`; a "
+    "`$sys.stream.` one is reached through `/v1/streams`)."
+)
+_REFUSED_REQUEST = _error(
+    "A `$sys.stream.` subject (`reserved`: the streams API is reached through "
+    "`/v1/streams`), or a request the broker refused (`forbidden`, with `reason`: the "
+    "broker's code, e.g. `remote-sender` for `$sys.kill.` from an HTTP client)."
+)
 _SHUTTING_DOWN = "the broker shut down while the request waited (`unavailable`)."
 
 
@@ -144,9 +153,12 @@ def _document(too_large: dict[str, Any]) -> dict[str, Any]:
                     "requestBody": _BODY,
                     "responses": {
                         "202": {"description": "The broker has the message."},
-                        "400": _error("Invalid subject or reply subject (`invalid_subject`)."),
+                        "400": _error(
+                            "Invalid subject or reply subject, or one whose percent-encoded "
+                            "bytes are not UTF-8 (`invalid_subject`)."
+                        ),
                         "401": _UNAUTHORIZED,
-                        "403": _RESERVED,
+                        "403": _RESERVED_PUBLISH,
                         "413": too_large,
                     },
                 }
@@ -187,9 +199,9 @@ def _document(too_large: dict[str, Any]) -> dict[str, Any]:
                                 },
                             },
                         },
-                        "400": _error("Invalid subject or timeout."),
+                        "400": _error("Invalid subject (or not UTF-8) or timeout."),
                         "401": _UNAUTHORIZED,
-                        "403": _RESERVED,
+                        "403": _REFUSED_REQUEST,
                         "413": too_large,
                         "502": _error("The responder's handler failed (`service_error`)."),
                         "503": _error(
@@ -204,9 +216,10 @@ def _document(too_large: dict[str, Any]) -> dict[str, Any]:
                 "get": {
                     "summary": "Subscribe: messages as Server-Sent Events",
                     "description": "First an event `subscribed` once the subscription is in "
-                    "effect; then one event per message, its data a Message; an event "
-                    "`error` (an Error) if the subscription is cut off. A slow reader meets "
-                    "the subscription's bounds and overflow policy.",
+                    "effect, saying the `max_pending` and `max_bytes` in effect (those asked "
+                    "for, capped by the broker's limits); then one event per message, its "
+                    "data a Message; an event `error` (an Error) if the subscription is cut "
+                    "off. A slow reader meets the subscription's bounds and overflow policy.",
                     "operationId": "subscribe",
                     "security": _SECURED,
                     "parameters": [
@@ -228,12 +241,14 @@ def _document(too_large: dict[str, Any]) -> dict[str, Any]:
                         _query(
                             "max_pending",
                             {"type": "integer", "minimum": 1, "default": 65536},
-                            "Messages queued for the reader before `overflow` applies.",
+                            "Messages queued for the reader before `overflow` applies; "
+                            "lowered to the broker's `subscription_max_pending`.",
                         ),
                         _query(
                             "max_bytes",
                             {"type": "integer", "minimum": 1, "default": 67108864},
-                            "Payload bytes queued for the reader before `overflow` applies.",
+                            "Payload bytes queued for the reader before `overflow` applies; "
+                            "lowered to the broker's `high_water`.",
                         ),
                         _query(
                             "count",
@@ -246,8 +261,11 @@ def _document(too_large: dict[str, Any]) -> dict[str, Any]:
                             "description": "The event stream.",
                             "content": {"text/event-stream": {"schema": {"type": "string"}}},
                         },
-                        "400": _error("Invalid subject pattern, queue name or parameter."),
+                        "400": _error(
+                            "Invalid subject pattern (or not UTF-8), queue name or parameter."
+                        ),
                         "401": _UNAUTHORIZED,
+                        "403": _error("A `$sys.` pattern: the broker's own (`reserved`)."),
                     },
                 }
             },
@@ -315,6 +333,10 @@ def _document(too_large: dict[str, Any]) -> dict[str, Any]:
                     "properties": {
                         "error": {"type": "string", "description": "A code, e.g. `timeout`."},
                         "message": {"type": "string", "description": "What was wrong."},
+                        "reason": {
+                            "type": "string",
+                            "description": "On a 403: why, as a machine-readable code.",
+                        },
                     },
                 },
                 "Message": {

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable
 from typing import cast
 
+from ..._logsafe import peer_log
 from ...errors import BrokenLinkError, ClosedError, ConnectError, FrameTooLarge, ProtocolError
 from ...link import Link, LinkReceiver, Listener, PeerInfo
 from ...protocol import (
@@ -218,7 +219,7 @@ class StreamLink(asyncio.BufferedProtocol, Link):
             self._decoder.eof()
         except ProtocolError as exc:
             self._exc = BrokenLinkError(f"{self.peer.describe()}: {exc}")
-            log.warning("closing %s: %s", self.peer.describe(), exc)
+            peer_log().warning("mid-frame", "closing %s: %s", self.peer.describe(), exc, logger=log)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._closing:
@@ -421,7 +422,8 @@ class StreamLink(asyncio.BufferedProtocol, Link):
             log.debug("closing %s: %s", self.peer.describe(), exc)
         else:
             self._exc = BrokenLinkError(f"{self.peer.describe()}: {exc}")
-            log.warning("closing %s: %s", self.peer.describe(), exc)
+            # One line per bad connection would let a peer flood the log: rate-limited.
+            peer_log().warning("bad-frame", "closing %s: %s", self.peer.describe(), exc, logger=log)
         if self._tr is None:
             return
         code = ErrorCode.FRAME_TOO_LARGE if isinstance(exc, FrameTooLarge) else ErrorCode.PROTOCOL
