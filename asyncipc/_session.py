@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from typing import Protocol
+import time
+from typing import TYPE_CHECKING, Protocol
 
 from ._stats import BrokerStats
 from .errors import ConnectionClosed, InvalidSubject
@@ -37,6 +38,9 @@ from .protocol.system import RESERVED_PREFIX, allowed_signals
 from .router import Route, Router
 from .subjects import validate_pattern, validate_queue, validate_subject
 
+if TYPE_CHECKING:
+    from ._monitor import Monitor
+
 __all__ = ["Session", "SessionHost"]
 
 log = logging.getLogger("asyncipc.broker")
@@ -60,6 +64,7 @@ class SessionHost(Protocol):
     stats: BrokerStats
     router: Router[Session]
     server_id: str
+    monitor: Monitor
 
     def publish(
         self,
@@ -124,6 +129,11 @@ class Session:
         self.routes: dict[int, Route[Session]] = {}
         self.counters = broker.stats.transport(link.transport)
         """Where this client's traffic is counted: its transport's TransportStats."""
+        # This client's own traffic, for /connz (docs/monitoring.md): counted by the
+        # broker beside its transport's totals. Plain attributes, the cheapest to bump.
+        self.in_msgs = self.in_bytes = self.out_msgs = self.out_bytes = 0
+        self.start = time.time()
+        """When the broker took this link (wall clock)."""
         # Backpressure bookkeeping (overflow="block"): sessions whose reading we paused
         # because *we* are slow, and the slow sessions that paused *us*.
         self.blocked_sources: set[Session] = set()

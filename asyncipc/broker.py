@@ -29,6 +29,7 @@ import anyio
 
 from . import _system
 from ._inflight import InFlight
+from ._monitor import Monitor
 from ._session import Session
 from ._shield import shielded
 from ._stats import BrokerStats, TransportStats
@@ -132,6 +133,8 @@ class Broker:
         self._relaying = False
         self._stream_relay: Relay | None = None
         self._bridges: list[Bridge] = []
+        self.monitor = Monitor(self)
+        """The broker's figures for ``/varz`` and friends (``docs/monitoring.md``)."""
 
     async def start(self) -> None:
         """Open the store: recover every stream and consumer under ``store``. Called by
@@ -380,6 +383,8 @@ class Broker:
             sent = True
             owner.counters.messages_out += 1
             owner.counters.bytes_out += len(data)
+            owner.out_msgs += 1
+            owner.out_bytes += len(data)
             self.stats.messages_out += 1
         return sent
 
@@ -408,6 +413,7 @@ class Broker:
         await shielded(self._shut_down())
 
     async def _shut_down(self) -> None:
+        self.monitor.close()
         for listener in self._listeners:
             await listener.aclose()
         if self._inflight:
@@ -479,6 +485,8 @@ class Broker:
             counters = source.counters
             counters.messages_in += 1
             counters.bytes_in += size
+            source.in_msgs += 1
+            source.in_bytes += size
         # Streams, relays and requests in flight are three attribute checks when none is
         # there; their work lives in _observe() so that the plain path stays short.
         relayed = False
@@ -513,6 +521,8 @@ class Broker:
             counters = owner.counters
             counters.messages_out += 1
             counters.bytes_out += size
+            owner.out_msgs += 1
+            owner.out_bytes += size
         stats.messages_out += sent
         if reply is not None and source is not None and sent:
             self._inflight.add(reply, source, _deadline(headers))
@@ -574,6 +584,7 @@ class Broker:
 
     def _slow_consumer(self, target: Session, sid: int, route: Route[Session]) -> None:
         self.stats.slow_consumers += 1
+        self.monitor.slow_consumer(target, route)
         target.drop_route(route)
         target.send_error(
             ErrorCode.SLOW_CONSUMER,

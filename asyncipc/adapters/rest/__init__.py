@@ -22,7 +22,9 @@ The adapter's links say ``transport="http"``: the broker counts them under that 
 never mistakes them for in-process clients of its own (``$sys.`` subjects, signals).
 ``GET /v1/openapi.json`` describes every route (``_openapi.py``), ``GET /metrics`` is the
 broker's counters in the Prometheus text format (``_metrics.py``), ``GET /healthz`` says
-whether it is serving.
+whether it is serving. ``GET /varz``, ``/connz``, ``/subsz``, ``/streamz``, ``/subjectz``
+and the live page ``GET /dashboard`` show the broker as nats-server's monitoring does
+(``_monitor.py``, docs/monitoring.md).
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ from ._envelope import (
     headers_to_http,
     message_json,
 )
+from ._monitor import MonitorRoutes
 from ._params import (
     DEFAULT_REQUEST_TIMEOUT,
     MAX_REQUEST_TIMEOUT,
@@ -148,6 +151,7 @@ class RestServer(Listener):
         the subscriptions that have ended; ``/metrics`` adds the live ones."""
         self.responses: Counter[tuple[str, int]] = Counter()
         """HTTP responses by route and status."""
+        self._monitoring = MonitorRoutes(self)
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -168,6 +172,7 @@ class RestServer(Listener):
         app.router.add_get("/v1/openapi.json", self._openapi, allow_head=False)
         app.router.add_get("/healthz", self._health, allow_head=False)
         app.router.add_get("/metrics", self._metrics, allow_head=False)
+        self._monitoring.add_to(app.router)
         # handler_cancellation: a client that hangs up cancels its request's handler, so
         # a waiting request or a stalled event stream does not outlive its reader.
         # lingering_time: after refusing a body (413) aiohttp reads and discards what
@@ -204,6 +209,7 @@ class RestServer(Listener):
         if self._closing:
             return
         self._closing = True
+        self._monitoring.close()  # its event streams are no broker clients: end them here
         if self._site is not None:
             await self._site.stop()
         if self._runner is not None and self._runner.server is not None:
