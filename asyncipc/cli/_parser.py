@@ -21,6 +21,7 @@ from ._common import (
     _positive_int,
     _size_text,
 )
+from ._stats import add_stats_command
 from ._streams import add_stream_commands
 
 
@@ -291,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_wait, interrupted=None, log_level=logging.ERROR)
     add_stream_commands(commands, client, payload)
+    add_stats_command(commands, client)
     return parser
 
 
