@@ -73,11 +73,10 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 def _peer(c: dict[str, Any]) -> str:
     if "ip" in c:
         return f"{c['ip']}:{c['port']}"
-    parts = [str(c["address"])] if c.get("address") else []
-    if "pid" in c:
-        parts.append(f"pid {c['pid']}")
-    if "uid" in c:
-        parts.append(f"uid {c['uid']}")
+    # A Unix socket's address is the broker's own path: who is there (pid, uid) says more.
+    parts = [f"{k} {c[k]}" for k in ("pid", "uid") if k in c]
+    if not parts and c.get("address"):
+        parts.append(str(c["address"]))
     return " ".join(parts)
 
 

@@ -59,10 +59,11 @@
 
   function peer(c) {
     if (c.ip !== undefined) return c.ip + ":" + c.port;
+    // A Unix socket's address is the broker's own path: who is there (pid, uid) says more.
     const parts = [];
-    if (c.address) parts.push(c.address);
     if (c.pid !== undefined) parts.push("pid " + c.pid);
     if (c.uid !== undefined) parts.push("uid " + c.uid);
+    if (parts.length === 0 && c.address) parts.push(c.address);
     return parts.join(" ");
   }
 
