@@ -22,17 +22,19 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import InvalidSubject
-from .protocol import PROTOCOL_VERSION, Headers
+from .protocol import PROTOCOL_VERSION, Headers, Pub
 from .protocol.system import ERROR_HEADER, MONITOR_PREFIX, SERVICE_ERROR_STATUS, STATUS_HEADER
 from .subjects import matches, validate_subject
 
 if TYPE_CHECKING:
     from ._session import Session
-    from .broker import Broker
-    from .router import Route
+    from ._stats import BrokerStats
+    from .options import BrokerOptions
+    from .router import Route, Router
+    from .streams.manager import StreamManager
 
 __all__ = [
     "CONNZ_SORTS",
@@ -241,10 +243,52 @@ class _Samples:
 # --- the monitor ---------------------------------------------------------------------------
 
 
+class MonitorHost(Protocol):
+    """What a :class:`Monitor` reads of its broker (package-internal).
+
+    :class:`~asyncipc.Broker` is the one implementation; the monitor depends on this
+    interface rather than on the broker module, so that imports point one way."""
+
+    server_id: str
+    options: BrokerOptions
+    stats: BrokerStats
+    router: Router[Session]
+    streams: StreamManager
+
+    @property
+    def urls(self) -> list[str]:
+        """The listeners' URLs."""
+        ...
+
+    def clients(self) -> list[Session]:
+        """The sessions connected now."""
+        ...
+
+    def add_relay(self, relay: SubjectMeter) -> None:
+        """Hand ``relay`` every subject published."""
+        ...
+
+    def remove_relay(self, relay: SubjectMeter) -> None:
+        """Stop that."""
+        ...
+
+    def publish(
+        self,
+        subject: str,
+        data: bytes | None,
+        reply: str | None,
+        headers: Headers | None,
+        pub: Pub | None,
+        source: Session | None,
+    ) -> None:
+        """Route a message (a reply to a ``$sys.monitor.`` request)."""
+        ...
+
+
 class Monitor:
     """The figures of one broker, for every reader. See the module docstring."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: MonitorHost) -> None:
         self.broker = broker
         self.start = time.time()
         self._cpu_start = time.process_time()

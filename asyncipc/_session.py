@@ -12,7 +12,7 @@ import asyncio
 import hmac
 import logging
 import time
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from ._stats import BrokerStats
 from .errors import ConnectionClosed, InvalidSubject
@@ -38,9 +38,6 @@ from .protocol.system import RESERVED_PREFIX, allowed_signals
 from .router import Route, Router
 from .subjects import validate_pattern, validate_queue, validate_subject
 
-if TYPE_CHECKING:
-    from ._monitor import Monitor
-
 __all__ = ["Session", "SessionHost"]
 
 log = logging.getLogger("asyncipc.broker")
@@ -64,7 +61,6 @@ class SessionHost(Protocol):
     stats: BrokerStats
     router: Router[Session]
     server_id: str
-    monitor: Monitor
 
     def publish(
         self,
@@ -103,6 +99,10 @@ class SessionHost(Protocol):
         headers: Headers | None,
     ) -> None:
         """A PUB on ``$sys.stream.``: the streams API."""
+        ...
+
+    def monitor_request(self, subject: str, data: bytes, reply: str) -> None:
+        """A request on ``$sys.monitor.``: the broker's figures."""
         ...
 
     def clients(self) -> list[Session]:

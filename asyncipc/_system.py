@@ -158,7 +158,7 @@ def handle(
         if data is None:
             assert pub is not None
             data = pub.data
-        session.broker.monitor.request(subject, data, reply)
+        session.broker.monitor_request(subject, data, reply)
     elif subject.startswith(KILL_PREFIX):
         if data is None:
             assert pub is not None

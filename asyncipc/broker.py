@@ -307,6 +307,11 @@ class Broker:
             return
         self.streams.handle(session, subject, data, reply, headers)
 
+    def monitor_request(self, subject: str, data: bytes, reply: str) -> None:
+        """Package-internal: a ``$sys.monitor.`` request from a client, answered by
+        :attr:`monitor` (``docs/monitoring.md``)."""
+        self.monitor.request(subject, data, reply)
+
     def forward_streams(self, relay: Relay | None) -> None:
         """Package-internal: send every ``$sys.stream.`` request of this broker's clients
         to ``relay`` instead of answering it here (None: answer here again). For a

@@ -151,7 +151,7 @@ class RestServer(Listener):
         the subscriptions that have ended; ``/metrics`` adds the live ones."""
         self.responses: Counter[tuple[str, int]] = Counter()
         """HTTP responses by route and status."""
-        self._monitoring = MonitorRoutes(self)
+        self._monitoring = MonitorRoutes(broker.monitor, self.authorize)
 
     # --- lifecycle ------------------------------------------------------------------
 

@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
-from ..._monitor import ENDPOINTS, QueryError
+from ..._monitor import ENDPOINTS, Monitor, QueryError
 from ._envelope import HttpError
 from ._params import positive_int
 from ._sse import sse_event
-
-if TYPE_CHECKING:
-    from . import RestServer
 
 __all__ = [
     "DASHBOARD_FILES",
@@ -62,11 +60,12 @@ def _static(name: str) -> bytes:
 
 
 class MonitorRoutes:
-    """The routes of one :class:`~asyncipc.adapters.rest.RestServer`."""
+    """The routes of one :class:`~asyncipc.adapters.rest.RestServer`: ``monitor`` is its
+    broker's, ``authorize`` its token check (raises 401)."""
 
-    def __init__(self, server: RestServer) -> None:
-        self.server = server
-        self.monitor = server.broker.monitor
+    def __init__(self, monitor: Monitor, authorize: Callable[[web.Request], None]) -> None:
+        self.monitor = monitor
+        self.authorize = authorize
         self._stop = asyncio.Event()
         self._files: dict[str, bytes] = {}
 
@@ -85,7 +84,7 @@ class MonitorRoutes:
 
     def _endpoint(self, name: str) -> Any:
         async def handler(request: web.Request) -> web.StreamResponse:
-            self.server.authorize(request)
+            self.authorize(request)
             try:
                 body = self.monitor.snapshot(name, request.query)
             except QueryError as exc:
@@ -119,7 +118,7 @@ class MonitorRoutes:
         )
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
-        self.server.authorize(request)
+        self.authorize(request)
         text = request.query.get("interval", str(DEFAULT_INTERVAL))
         try:
             interval = float(text)
