@@ -332,8 +332,9 @@ class Monitor:
         sessions = broker.clients()
         now = time.time()
         opts = broker.options
-        in_bytes = sum(t.bytes_in for t in stats.transports.values())
-        out_bytes = sum(t.bytes_out for t in stats.transports.values())
+        transports = stats.transports
+        in_bytes = sum(t.bytes_in for t in transports.values())
+        out_bytes = sum(t.bytes_out for t in transports.values())
         cpu = time.process_time()
         rates = self._totals.rates(
             now,
@@ -396,7 +397,7 @@ class Monitor:
                     "out_bytes": t.bytes_out,
                     "dropped": t.dropped,
                 }
-                for name, t in sorted(stats.transports.items())
+                for name, t in transports.items()
             },
         }
 
@@ -421,8 +422,14 @@ class Monitor:
         born: dict[Any, float] = {}
         for s in sessions:
             cid = s.client_id
-            for field in ("in_msgs", "out_msgs", "in_bytes", "out_bytes"):
-                values[cid, field] = getattr(s, field)
+            c = s.counters
+            for field, value in (
+                ("in_msgs", c.messages_in),
+                ("out_msgs", c.messages_out),
+                ("in_bytes", c.bytes_in),
+                ("out_bytes", c.bytes_out),
+            ):
+                values[cid, field] = value
                 born[cid, field] = s.start
         rates = self._conns.rates(now, values, born, self.start)
         rows = [self._connection(s, now, loop_now, rates, subs) for s in sessions]
@@ -481,15 +488,15 @@ class Monitor:
         row.update(
             pending_bytes=link.buffered,
             write_blocked=link.write_blocked,
-            in_msgs=s.in_msgs,
-            out_msgs=s.out_msgs,
-            in_bytes=s.in_bytes,
-            out_bytes=s.out_bytes,
+            in_msgs=s.counters.messages_in,
+            out_msgs=s.counters.messages_out,
+            in_bytes=s.counters.bytes_in,
+            out_bytes=s.counters.bytes_out,
             in_msgs_rate=round(rates[cid, "in_msgs"], 1),
             out_msgs_rate=round(rates[cid, "out_msgs"], 1),
             in_bytes_rate=round(rates[cid, "in_bytes"], 1),
             out_bytes_rate=round(rates[cid, "out_bytes"], 1),
-            dropped=sum(r.dropped for r in s.routes.values()),
+            dropped=s.counters.dropped,
             subscriptions=len(s.routes),
         )
         if subs == "detail":

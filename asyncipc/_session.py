@@ -127,11 +127,9 @@ class Session:
         self.open = False
         self.closed = False
         self.routes: dict[int, Route[Session]] = {}
-        self.counters = broker.stats.transport(link.transport)
-        """Where this client's traffic is counted: its transport's TransportStats."""
-        # This client's own traffic, for /connz (docs/monitoring.md): counted by the
-        # broker beside its transport's totals. Plain attributes, the cheapest to bump.
-        self.in_msgs = self.in_bytes = self.out_msgs = self.out_bytes = 0
+        self.counters = broker.stats.connection(link.transport)
+        """Where this client's traffic is counted: its own TransportStats, which the
+        broker sums by transport (``BrokerStats.transport``) and /connz shows alone."""
         self.start = time.time()
         """When the broker took this link (wall clock)."""
         # Backpressure bookkeeping (overflow="block"): sessions whose reading we paused

@@ -267,6 +267,7 @@ class Broker:
     def session_closed(self, session: Session) -> None:
         """Package-internal: ``session`` has ended; forget it and the requests it made."""
         self._sessions.discard(session)
+        self.stats.retire(session.link.transport, session.counters)
         self._inflight.forget(session)
         if self.streams.streams:
             self.streams.session_closed(session)
@@ -388,8 +389,6 @@ class Broker:
             sent = True
             owner.counters.messages_out += 1
             owner.counters.bytes_out += len(data)
-            owner.out_msgs += 1
-            owner.out_bytes += len(data)
             self.stats.messages_out += 1
         return sent
 
@@ -490,8 +489,6 @@ class Broker:
             counters = source.counters
             counters.messages_in += 1
             counters.bytes_in += size
-            source.in_msgs += 1
-            source.in_bytes += size
         # Streams, relays and requests in flight are three attribute checks when none is
         # there; their work lives in _observe() so that the plain path stays short.
         relayed = False
@@ -526,8 +523,6 @@ class Broker:
             counters = owner.counters
             counters.messages_out += 1
             counters.bytes_out += size
-            owner.out_msgs += 1
-            owner.out_bytes += size
         stats.messages_out += sent
         if reply is not None and source is not None and sent:
             self._inflight.add(reply, source, _deadline(headers))

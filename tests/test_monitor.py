@@ -101,6 +101,46 @@ async def test_varz_counts_follow_clients_and_messages(served: Served) -> None:
     assert after["transports"]["tcp"]["out_msgs"] == 25
 
 
+async def test_totals_keep_the_traffic_of_clients_that_left(served: Served) -> None:
+    """Each connection counts on its own; the totals by transport sum the connections
+    here and those gone (asyncipc/_stats.py)."""
+    for i in range(3):
+        async with asyncipc.connect(served.unix, name=f"gone{i}") as bus:
+            for _ in range(5):
+                await bus.publish("nobody", b"12345")
+            await bus.flush()
+    for _ in range(500):  # the broker notices the last hang-up
+        if not any(
+            c["name"].startswith("gone") for c in (await served.get("/connz"))["connections"]
+        ):
+            break
+        await asyncio.sleep(0.01)
+    unix = (await served.get("/varz"))["transports"]["unix"]
+    assert unix["connections"] == 0
+    assert unix["total_connections"] == 3
+    assert (unix["in_msgs"], unix["in_bytes"]) == (15, 75)
+    stats = served.broker.stats
+    assert stats.transport("unix").messages_in == 15
+    assert stats.transport("nothing").messages_in == 0
+    async with served.session.get(f"{served.http}/metrics") as r:
+        assert 'asyncipc_messages_in_total{transport="unix"} 15' in await r.text()
+
+
+def test_broker_stats_sum_connections_present_and_gone() -> None:
+    stats = asyncipc.BrokerStats()
+    a, b = stats.connection("tcp"), stats.connection("tcp")
+    a.messages_in, b.messages_in, b.bytes_out = 2, 3, 10
+    assert stats.transport("tcp").messages_in == 5
+    stats.retire("tcp", a)
+    stats.retire("tcp", a)  # twice: counted once
+    b.messages_in += 1
+    assert stats.transport("tcp").messages_in == 6
+    assert stats.transport("tcp").bytes_out == 10
+    stats.retire("unix", b)  # under another name than it was counted: found anyway
+    assert stats.transport("tcp").messages_in == 6
+    assert list(stats.transports) == ["tcp"]
+
+
 # --- /connz -----------------------------------------------------------------------------
 
 
