@@ -170,7 +170,9 @@ class SubjectMeter:
     costs the broker nothing while nobody looks, and the monitor registers it only then.
     Reply inboxes are counted as one subject, ``_INBOX.>``, and past
     :data:`METER_MAX_SUBJECTS` distinct subjects the rest as ``...``: memory stays bounded
-    whatever subjects clients invent.
+    whatever subjects clients invent. The broker also asks relays about a reply inbox
+    nobody here subscribes to (a stream delivery to a pull request that went away): such
+    a look is counted as a message on ``_INBOX.>``, which is rare and harmless.
     """
 
     def __init__(self) -> None:
@@ -201,10 +203,10 @@ class _Samples:
 
     Each look records a sample (at most one per quarter second) and measures against the
     newest sample at least :data:`RATE_INTERVAL` old, else the oldest one there is. A
-    counter the base sample does not have (a connection or subject seen for the first
-    time) is measured from zero at ``born`` (when the connection started, when metering
-    began). So the first look ever gives averages since then, and a dashboard looking
-    every second gets rates over the last second or so.
+    counter the base sample does not have was zero then, or did not exist until ``born``
+    (a connection that started since), whichever is later. So the first look ever gives
+    averages since the start, and a dashboard looking every second gets rates over the
+    last second or so.
     """
 
     def __init__(self) -> None:
@@ -227,7 +229,8 @@ class _Samples:
             if key in base:
                 start, before = base_t, base[key]
             else:
-                start, before = max(born.get(key, floor), floor), 0.0
+                # Zero at the base sample, or it did not exist yet (a newer connection).
+                start, before = max(born.get(key, floor), base_t), 0.0
             span = now - start
             out[key] = max(0.0, (value - before) / span) if span > 0.05 else 0.0
         if not kept or now - kept[-1][0] >= 0.25:
