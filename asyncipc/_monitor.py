@@ -9,8 +9,8 @@ that whoever knows those reads these; our own names where it is not.
 
 Nothing here runs on the hot path. Totals are the counters the broker and its sessions
 keep anyway; rates are differences between the samples readers' looks leave behind (see
-:class:`_Samples`); subjects are metered only while somebody looks at them (see
-:class:`SubjectMeter`).
+:class:`~asyncipc._rates.Samples`); subjects are metered only while somebody looks at
+them (:class:`~asyncipc._rates.SubjectMeter`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ._rates import METER_MAX_SUBJECTS, RATE_INTERVAL, Samples, SubjectMeter, rss
 from .errors import InvalidSubject
 from .protocol import PROTOCOL_VERSION, Headers, Pub
 from .protocol.system import ERROR_HEADER, MONITOR_PREFIX, SERVICE_ERROR_STATUS, STATUS_HEADER
@@ -45,6 +46,7 @@ __all__ = [
     "METER_MAX_SUBJECTS",
     "RATE_INTERVAL",
     "Monitor",
+    "MonitorHost",
     "QueryError",
     "SubjectMeter",
 ]
@@ -53,12 +55,8 @@ DEFAULT_LIMIT = 1024
 """Entries per page of ``connz``/``subsz`` without ``limit`` (nats-server's default)."""
 MAX_LIMIT = 100_000
 """The largest ``limit`` accepted: a page is built in memory."""
-RATE_INTERVAL = 1.0
-"""Rates are measured over at least this many seconds when the samples allow."""
 METER_IDLE = 60.0
 """Seconds after the last look at ``subjectz`` that the subject meter stops counting."""
-METER_MAX_SUBJECTS = 1000
-"""Distinct subjects the meter keeps; messages on others are counted under ``"..."``."""
 RECENT_SLOW = 50
 """Slow-consumer cut-offs remembered for ``subsz`` and the dashboard."""
 
@@ -82,8 +80,6 @@ largest first), and ours for the rates."""
 ENDPOINTS = ("varz", "connz", "subsz", "streamz", "subjectz")
 """What ``$sys.monitor.<name>`` and ``GET /<name>`` answer."""
 
-_INBOX = "_INBOX."
-
 
 class QueryError(ValueError):
     """A monitoring query with a bad option: the HTTP endpoint answers 400, a
@@ -106,17 +102,6 @@ def _uptime(seconds: float) -> str:
     if days or hours or minutes:
         out += f"{minutes}m"
     return out + f"{s}s"
-
-
-def _rss() -> int:
-    """Resident memory of this process in bytes (Linux ``/proc``; elsewhere the peak)."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 # --- query options ----------------------------------------------------------------------
@@ -156,91 +141,6 @@ def _known(options: Mapping[str, object], allowed: tuple[str, ...], what: str) -
         raise QueryError(
             f"{what} has no option {extra[0]!r} (it takes: {', '.join(allowed) or 'none'})"
         )
-
-
-# --- the subject meter --------------------------------------------------------------------
-
-
-class SubjectMeter:
-    """Counts messages per subject while registered as one of the broker's relays.
-
-    A relay is asked :meth:`wants` for every message published, and only when the broker
-    has relays at all: the one place the broker already looks at every subject off its
-    plain path. The meter answers "no" (it takes nothing) and counts, so that metering
-    costs the broker nothing while nobody looks, and the monitor registers it only then.
-    Reply inboxes are counted as one subject, ``_INBOX.>``, and past
-    :data:`METER_MAX_SUBJECTS` distinct subjects the rest as ``...``: memory stays bounded
-    whatever subjects clients invent. The broker also asks relays about a reply inbox
-    nobody here subscribes to (a stream delivery to a pull request that went away): such
-    a look is counted as a message on ``_INBOX.>``, which is rare and harmless.
-    """
-
-    def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
-        self.since = time.time()
-
-    def wants(self, subject: str) -> bool:
-        """Count ``subject``; take nothing."""
-        counts = self.counts
-        if subject.startswith(_INBOX):
-            subject = "_INBOX.>"
-        elif subject not in counts and len(counts) >= METER_MAX_SUBJECTS:
-            subject = "..."
-        counts[subject] = counts.get(subject, 0) + 1
-        return False
-
-    def outbound(
-        self, subject: str, data: bytes, reply: str | None, headers: Headers | None
-    ) -> None:
-        """Never called: :meth:`wants` takes nothing."""
-
-
-# --- rates -------------------------------------------------------------------------------
-
-
-class _Samples:
-    """Counter values as readers saw them, to turn totals into rates.
-
-    Each look records a sample (at most one per quarter second) and measures against the
-    newest sample at least :data:`RATE_INTERVAL` old, else the oldest one there is. A
-    counter the base sample does not have was zero then, or did not exist until ``born``
-    (a connection that started since), whichever is later. So the first look ever gives
-    averages since the start, and a dashboard looking every second gets rates over the
-    last second or so.
-    """
-
-    def __init__(self) -> None:
-        self._kept: deque[tuple[float, dict[Any, float]]] = deque()
-
-    def rates(
-        self, now: float, values: dict[Any, float], born: Mapping[Any, float], floor: float
-    ) -> dict[Any, float]:
-        kept = self._kept
-        base_t, base = floor, {}
-        for t, sample in reversed(kept):
-            if now - t >= RATE_INTERVAL:
-                base_t, base = t, sample
-                break
-        else:
-            if kept:
-                base_t, base = kept[0]
-        out: dict[Any, float] = {}
-        for key, value in values.items():
-            if key in base:
-                start, before = base_t, base[key]
-            else:
-                # Zero at the base sample, or it did not exist yet (a newer connection).
-                start, before = max(born.get(key, floor), base_t), 0.0
-            span = now - start
-            out[key] = max(0.0, (value - before) / span) if span > 0.05 else 0.0
-        if not kept or now - kept[-1][0] >= 0.25:
-            kept.append((now, values))
-        # Keep the base we used and what is newer: older samples are never a base again.
-        while len(kept) > 1 and now - kept[1][0] >= RATE_INTERVAL:
-            kept.popleft()
-        while len(kept) > 32:
-            kept.popleft()
-        return out
 
 
 # --- the monitor ---------------------------------------------------------------------------
@@ -295,9 +195,9 @@ class Monitor:
         self.broker = broker
         self.start = time.time()
         self._cpu_start = time.process_time()
-        self._totals = _Samples()
-        self._conns = _Samples()
-        self._subjects = _Samples()
+        self._totals = Samples()
+        self._conns = Samples()
+        self._subjects = Samples()
         self.recent_slow: deque[dict[str, Any]] = deque(maxlen=RECENT_SLOW)
         """The latest slow-consumer cut-offs (``overflow="error"``), newest last."""
         self._meter: SubjectMeter | None = None
@@ -362,7 +262,7 @@ class Monitor:
             "uptime": _uptime(now - self.start),
             "uptime_seconds": round(now - self.start, 3),
             "pid": os.getpid(),
-            "mem": _rss(),
+            "mem": rss(),
             "cores": os.cpu_count() or 1,
             "cpu": round(rates["cpu"] * 100, 1),
             "listen": broker.urls,
@@ -642,7 +542,7 @@ class Monitor:
         meter = self._meter
         if meter is None:
             meter = self._meter = SubjectMeter()
-            self._subjects = _Samples()
+            self._subjects = Samples()
             self.broker.add_relay(meter)
         if self._meter_timer is not None:
             self._meter_timer.cancel()

@@ -495,3 +495,36 @@ async def test_dashboard_page_and_assets_are_served(served: Served) -> None:
                 assert "innerHTML" not in body  # data goes in as text only
     async with served.session.get(f"{served.http}/dashboard/../pyproject.toml") as r:
         assert r.status == 404
+
+
+# --- the pure parts -------------------------------------------------------------------------
+
+
+def test_samples_measure_against_a_sample_at_least_a_second_old() -> None:
+    from asyncipc._rates import Samples
+
+    samples = Samples()
+    # The first look: averages since each counter was born (the floor: 0.0).
+    assert samples.rates(10.0, {"a": 100}, {}, 0.0) == {"a": 10.0}
+    # 0.5 s later: the only sample is younger than a second, so it is the base anyway.
+    assert samples.rates(10.5, {"a": 150}, {}, 0.0) == {"a": 100.0}
+    # 1.5 s after the first: the newest sample at least 1 s old is the first one.
+    assert samples.rates(11.5, {"a": 250}, {}, 0.0) == {"a": 100.0}
+    # A counter new since then was zero at the base, or born later (a new connection).
+    out = samples.rates(12.6, {"a": 250, "new": 10, "late": 10}, {"late": 12.1}, 0.0)
+    assert out["a"] == 0.0
+    assert out["new"] == pytest.approx(10 / 1.1)
+    assert out["late"] == pytest.approx(10 / 0.5)
+
+
+def test_subject_meter_is_bounded() -> None:
+    from asyncipc._rates import METER_MAX_SUBJECTS, SubjectMeter
+
+    meter = SubjectMeter()
+    for i in range(METER_MAX_SUBJECTS + 50):
+        assert meter.wants(f"s.{i}") is False  # it takes nothing
+    meter.wants("_INBOX.abc.1")
+    meter.wants("_INBOX.def.2")
+    assert len(meter.counts) == METER_MAX_SUBJECTS + 2  # and "...", "_INBOX.>"
+    assert meter.counts["..."] == 50
+    assert meter.counts["_INBOX.>"] == 2
