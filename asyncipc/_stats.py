@@ -1,4 +1,5 @@
-"""What the broker counts: :class:`BrokerStats`, and :class:`TransportStats` per channel.
+"""What the broker counts: :class:`BrokerStats`, and :class:`TransportStats` per
+connection, summed per channel.
 
 A module of its own, below the broker and its sessions, so that a session can count its
 client's traffic without importing the broker.
@@ -13,9 +14,10 @@ __all__ = ["BrokerStats", "TransportStats"]
 
 @dataclass(slots=True)
 class TransportStats:
-    """Counters for the clients of one transport (``link.transport``) since the broker
-    started. Bytes are payload bytes; ``messages_out`` counts deliveries (one message to
-    three subscribers is three)."""
+    """Counters of one connection (``Session.counters``), or their sum for the clients of
+    one transport (``link.transport``) since the broker started
+    (:meth:`BrokerStats.transport`). Bytes are payload bytes; ``messages_out`` counts
+    deliveries (one message to three subscribers is three)."""
 
     connections: int = 0
     messages_in: int = 0
