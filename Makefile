@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-dev
 BSTAMP  := $(VENV)/.installed-bench
 
-.PHONY: demo test check lint types pytest fuzz bench redis-server clean proto node-example
+.PHONY: demo test check lint types pytest fuzz bench redis-server chromium clean proto node-example
 
 # Every extra: the tests and the examples use the gRPC and REST adapters.
 $(STAMP): pyproject.toml
@@ -24,6 +24,14 @@ redis-server:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q redis-server; \
 	  else echo "redis-server missing: run 'sudo apt-get install redis-server'"; exit 1; fi; }
 
+# chromium is a Debian package too: tests/test_dashboard.py drives it with Playwright (which
+# cannot download its own browsers here). Installed when missing and we may (root); else the
+# test skips and says so (under CI it fails instead: there it must run).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q chromium; \
+	  else echo "chromium missing: tests/test_dashboard.py will skip ('sudo apt-get install chromium')"; fi; }
+
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 	$(BIN)/python examples/ledger.py
@@ -37,7 +45,7 @@ types: $(STAMP)
 
 check: lint types
 
-pytest: $(STAMP) node-example
+pytest: $(STAMP) node-example chromium
 	$(BIN)/python -m pytest
 
 # The npm packages of examples/node (tests/test_grpc_node.py runs it), where node exists.

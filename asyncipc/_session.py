@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
 from typing import Protocol
 
 from ._access import Access, check_password, password_known, password_pool
@@ -115,6 +116,10 @@ class SessionHost(Protocol):
         """A PUB on ``$sys.stream.``: the streams API."""
         ...
 
+    def monitor_request(self, subject: str, data: bytes, reply: str) -> None:
+        """A request on ``$sys.monitor.``: the broker's figures."""
+        ...
+
     def clients(self) -> list[Session]:
         """The sessions connected now."""
         ...
@@ -148,8 +153,11 @@ class Session:
         """Its permissions with their caches; ``None``: it may do everything."""
         self._verifying: asyncio.Future[bool] | None = None
         self._held: list[Frame] | None = None  # frames that came while its password was checked
-        self.counters = broker.stats.transport(link.transport)
-        """Where this client's traffic is counted: its transport's TransportStats."""
+        self.counters = broker.stats.connection(link.transport)
+        """Where this client's traffic is counted: its own TransportStats, which the
+        broker sums by transport (``BrokerStats.transport``) and /connz shows alone."""
+        self.start = time.time()
+        """When the broker took this link (wall clock)."""
         # Backpressure bookkeeping (overflow="block"): sessions whose reading we paused
         # because *we* are slow, and the slow sessions that paused *us*.
         self.blocked_sources: set[Session] = set()

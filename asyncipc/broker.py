@@ -30,6 +30,7 @@ import anyio
 from . import _system
 from ._inflight import InFlight
 from ._limits import ConnectionLimits
+from ._monitor import Monitor
 from ._session import Session
 from ._shield import shielded
 from ._stats import BrokerStats, TransportStats
@@ -134,6 +135,8 @@ class Broker:
         self._relaying = False
         self._stream_relay: Relay | None = None
         self._bridges: list[Bridge] = []
+        self.monitor = Monitor(self)
+        """The broker's figures for ``/varz`` and friends (``docs/monitoring.md``)."""
 
     async def start(self) -> None:
         """Open the store: recover every stream and consumer under ``store``. Called by
@@ -299,6 +302,7 @@ class Broker:
         """Package-internal: ``session`` has ended; forget it and the requests it made."""
         self._sessions.discard(session)
         self._limits.closed(session)
+        self.stats.retire(session.link.transport, session.counters)
         self._inflight.forget(session)
         if self.streams.streams:
             self.streams.session_closed(session)
@@ -338,6 +342,11 @@ class Broker:
             forward.outbound(subject, data, reply, headers)
             return
         self.streams.handle(session, subject, data, reply, headers)
+
+    def monitor_request(self, subject: str, data: bytes, reply: str) -> None:
+        """Package-internal: a ``$sys.monitor.`` request from a client, answered by
+        :attr:`monitor` (``docs/monitoring.md``)."""
+        self.monitor.request(subject, data, reply)
 
     def forward_streams(self, relay: Relay | None) -> None:
         """Package-internal: send every ``$sys.stream.`` request of this broker's clients
@@ -464,6 +473,7 @@ class Broker:
         await shielded(self._shut_down())
 
     async def _shut_down(self) -> None:
+        self.monitor.close()
         for listener in self._listeners:
             await listener.aclose()
         if self._inflight:
@@ -634,6 +644,7 @@ class Broker:
 
     def _slow_consumer(self, target: Session, sid: int, route: Route[Session]) -> None:
         self.stats.slow_consumers += 1
+        self.monitor.slow_consumer(target, route)
         target.drop_route(route)
         target.send_error(
             ErrorCode.SLOW_CONSUMER,

@@ -27,6 +27,7 @@ from ._common import (
     _size_text,
 )
 from ._passwd import _passwd
+from ._stats import add_stats_command
 from ._streams import add_stream_commands
 
 
@@ -403,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_wait, interrupted=None, log_level=logging.ERROR)
     add_stream_commands(commands, client, payload)
     add_bench_command(commands, client)
+    add_stats_command(commands, client)
     return parser
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "DELIVER_SUBJECT_HEADER",
     "ERROR_HEADER",
     "KILL_PREFIX",
+    "MONITOR_PREFIX",
     "NO_RESPONDERS_STATUS",
     "PERMISSION_REASON",
     "REASON_HEADER",
@@ -47,6 +48,8 @@ KILL_PREFIX: Final = "$sys.kill."
 
 STREAM_PREFIX: Final = "$sys.stream."
 """``$sys.stream.<op>...``: the streams API the broker answers itself (``docs/streams.md``)."""
+MONITOR_PREFIX: Final = "$sys.monitor."
+"""``$sys.monitor.varz`` etc.: requests for the broker's figures (``docs/monitoring.md``)."""
 
 # --- reserved headers (``docs/protocol.md`` §12) ------------------------------------------
 

@@ -375,7 +375,7 @@ class BusService:
             if sub is not None and sub.dropped and self._stats is not None:
                 # What its drop policy cost it, in the broker's counters (and /metrics).
                 self._stats.dropped += sub.dropped
-                self._stats.transport("grpc").dropped += sub.dropped
+                self._stats.add("grpc", dropped=sub.dropped)
         if failure is not None:
             await _abort(context, failure)
 

@@ -22,7 +22,9 @@ The adapter's links say ``transport="http"``: the broker counts them under that 
 never mistakes them for in-process clients of its own (``$sys.`` subjects, signals).
 ``GET /v1/openapi.json`` describes every route (``_openapi.py``), ``GET /metrics`` is the
 broker's counters in the Prometheus text format (``_metrics.py``), ``GET /healthz`` says
-whether it is serving.
+whether it is serving. ``GET /varz``, ``/connz``, ``/subsz``, ``/streamz``, ``/subjectz``
+and the live page ``GET /dashboard`` show the broker as nats-server's monitoring does
+(``_monitor.py``, docs/monitoring.md).
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ from ...errors import (
 )
 from ...link import Accept, Link, Listener, PeerInfo
 from ...options import ConnectOptions
-from ...protocol.system import STREAM_PREFIX
+from ...protocol.system import MONITOR_PREFIX, STREAM_PREFIX
 from ...subjects import validate_pattern, validate_queue
 from ...subscription import OVERFLOW_POLICIES, Subscription
 from ...transports import URL, TransportOptions, register
@@ -81,6 +83,7 @@ from ._envelope import (
     refusal_of,
     refusal_of_subscription,
 )
+from ._monitor import MonitorRoutes
 from ._params import (
     DEFAULT_REQUEST_TIMEOUT,
     MAX_REQUEST_TIMEOUT,
@@ -160,6 +163,7 @@ class RestServer(Listener):
         the subscriptions that have ended; ``/metrics`` adds the live ones."""
         self.responses: Counter[tuple[str, int]] = Counter()
         """HTTP responses by route and status."""
+        self._monitoring = MonitorRoutes(broker.monitor, self._may_monitor)
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -180,6 +184,7 @@ class RestServer(Listener):
         app.router.add_get("/v1/openapi.json", self._openapi, allow_head=False)
         app.router.add_get("/healthz", self._health, allow_head=False)
         app.router.add_get("/metrics", self._metrics, allow_head=False)
+        self._monitoring.add_to(app.router)
         # handler_cancellation: a client that hangs up cancels its request's handler, so
         # a waiting request or a stalled event stream does not outlive its reader.
         # lingering_time: after refusing a body (413) aiohttp reads and discards what
@@ -216,6 +221,7 @@ class RestServer(Listener):
         if self._closing:
             return
         self._closing = True
+        self._monitoring.close()  # its event streams are no broker clients: end them here
         if self._site is not None:
             await self._site.stop()
         if self._runner is not None and self._runner.server is not None:
@@ -301,6 +307,14 @@ class RestServer(Listener):
         if expected is None or not hmac.compare_digest(token.encode(), expected.encode()):
             raise unauthorized("invalid token")
         return None
+
+    async def _may_monitor(self, request: web.Request, what: str) -> None:
+        """The monitoring endpoints: whoever may ask ``$sys.monitor.<what>`` on the bus
+        (the token, or a user allowed to publish there; docs/monitoring.md)."""
+        user = await self.authorize(request)
+        why = publish_refusal(user, MONITOR_PREFIX + what)
+        if why is not None:
+            raise forbidden("permission", why)
 
     async def _basic(self, value: str) -> User:
         try:
