@@ -29,6 +29,7 @@ from ._common import (
 from ._passwd import _passwd
 from ._stats import add_stats_command
 from ._streams import add_stream_commands
+from ._top import add_top_command
 
 
 def _add_limits(group: argparse._ArgumentGroup) -> None:
@@ -405,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_stream_commands(commands, client, payload)
     add_bench_command(commands, client)
     add_stats_command(commands, client)
+    add_top_command(commands, client)
     return parser
 
 
