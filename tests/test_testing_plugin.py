@@ -260,6 +260,9 @@ async def test_process(asyncipc_broker, asyncipc_client):
         await asyncipc_client.publish("x", b"hello")
         assert (await next_message(sub, timeout=5)).data == b"hello"
 
+def test_kills_its_broker(asyncipc_broker):
+    asyncipc_broker.proc.kill()  # the teardown reports a broker that did not drain
+
 {mark}
 async def test_fails_clearly(asyncipc_bus):
     async with asyncipc_bus.subscribe("never.*") as sub:
@@ -268,27 +271,39 @@ async def test_fails_clearly(asyncipc_bus):
 
 
 @pytest.mark.parametrize("mode", ["strict", "auto"])
-def test_plugin_in_a_fresh_project(pytester: pytest.Pytester, mode: str) -> None:
+def test_plugin_in_a_fresh_project(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
     """Outside this repository (no conftest of ours), with only ``-p asyncipc.testing``
     (what the pytest11 entry point does once installed): the fixtures work in strict mode
-    with ``@pytest.mark.asyncio`` and in auto mode without, and a failed expectation reads
-    as one."""
+    with ``@pytest.mark.asyncio`` and in auto mode without, a failed expectation reads as
+    one, and a broker process that did not drain fails its test's teardown."""
     mark = "@pytest.mark.asyncio" if mode == "strict" else ""
     pytester.makepyfile(test_user=USER_TESTS.format(mark=mark))
     for name in [k for k in os.environ if k.startswith("ASYNCIPC_")]:
-        pytester.monkeypatch.delenv(name)
+        monkeypatch.delenv(name)
     result = pytester.runpytest_subprocess(
         "-p", "asyncipc.testing", "-p", "no:cacheprovider", "-o", f"asyncio_mode={mode}"
     )
-    result.assert_outcomes(passed=2, failed=1)
+    result.assert_outcomes(passed=3, failed=1, errors=1)
     result.stdout.fnmatch_lines(
-        ["*AssertionError: expected 1 messages on 'never.*' within 0.05 s, got 0: []*"]
+        [
+            "*ERROR at teardown of test_kills_its_broker*",
+            "*Failed: broker process exited -9 on SIGTERM, not 0 (a clean drain)",
+            "*AssertionError: expected 1 messages on 'never.*' within 0.05 s, got 0: []*",
+        ],
+        consecutive=False,
     )
 
 
-def test_the_entry_point_is_declared(tmp_path: Path) -> None:
-    """The wheel's entry_points.txt registers the plugin under its module's name, and
-    ``testing`` is an extra bringing pytest and pytest-asyncio (not a dependency)."""
+def test_the_installed_entry_point_loads_the_plugin_once(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The wheel's entry_points.txt registers the plugin under its module's name;
+    installed (the wheel unpacked on sys.path, where importlib.metadata finds its
+    dist-info first), pytest loads it with no ``-p``, and ``-p asyncipc.testing`` beside it
+    is the same plugin, not a second registration. ``testing`` is an extra that brings
+    pytest and pytest-asyncio, never a dependency."""
     # Built from a copy: setuptools writes build/ and *.egg-info next to what it builds.
     src = tmp_path / "src"
     src.mkdir()
@@ -302,11 +317,29 @@ def test_the_entry_point_is_declared(tmp_path: Path) -> None:
         [*pip, "-w", str(tmp_path), str(src)], check=True, capture_output=True, timeout=300
     )
     (wheel,) = tmp_path.glob("asyncipc-*.whl")
+    site = tmp_path / "site"
     with zipfile.ZipFile(wheel) as zf:
         info = next(n for n in zf.namelist() if n.endswith(".dist-info/entry_points.txt"))
         entry_points = zf.read(info).decode()
         meta = zf.read(info.replace("entry_points.txt", "METADATA")).decode()
+        zf.extractall(site)
     assert "[pytest11]\nasyncipc.testing = asyncipc.testing\n" in entry_points
     requires = [line for line in meta.splitlines() if line.startswith("Requires-Dist:")]
     assert 'Requires-Dist: pytest>=8; extra == "testing"' in requires
+    assert 'Requires-Dist: pytest-asyncio>=1.4; extra == "testing"' in requires
     assert not [r for r in requires if r.startswith("Requires-Dist: pytest") and "extra" not in r]
+
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    pytester.makepyfile(
+        test_installed=f"""
+        import asyncipc.testing
+
+        def test_it(asyncipc_broker):
+            assert asyncipc.testing.__file__.startswith({str(site)!r})
+            assert asyncipc_broker.url.startswith("unix://")
+        """
+    )
+    for extra in ([], ["-p", "asyncipc.testing"]):
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *extra)
+        result.assert_outcomes(passed=1)
