@@ -343,3 +343,40 @@ def test_the_installed_entry_point_loads_the_plugin_once(
     for extra in ([], ["-p", "asyncipc.testing"]):
         result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *extra)
         result.assert_outcomes(passed=1)
+
+
+def test_the_plugin_loads_without_pytest_asyncio(pytester: pytest.Pytester) -> None:
+    """An environment with pytest and asyncipc but not the ``testing`` extra loads the
+    plugin too (the entry point makes that automatic): the run goes on, the synchronous
+    fixture works, and only a test asking for an async fixture fails, naming it."""
+    pytester.makepyfile(
+        test_plain="""
+        def test_process(asyncipc_broker):
+            assert asyncipc_broker.url.startswith("unix://")
+
+        def test_needs_asyncio(asyncipc_bus):
+            pass
+        """
+    )
+    pytester.makepyfile(
+        run="""
+        import sys
+        sys.modules["pytest_asyncio"] = None  # as if not installed
+        import pytest
+        sys.exit(pytest.main(["-p", "asyncipc.testing", "-p", "no:cacheprovider", "test_plain.py"]))
+        """
+    )
+    env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    result = subprocess.run(
+        [sys.executable, "run.py"],
+        cwd=pytester.path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "1 passed, 1 error" in result.stdout, result.stdout + result.stderr
+    assert (
+        "'test_needs_asyncio' requested an async fixture 'asyncipc_memory_broker', with no "
+        "plugin or hook that handled it"
+    ) in result.stdout
