@@ -260,6 +260,10 @@ async def test_process(asyncipc_broker, asyncipc_client):
         await asyncipc_client.publish("x", b"hello")
         assert (await next_message(sub, timeout=5)).data == b"hello"
 
+@pytest.mark.asyncipc_broker(port=4222)
+def test_bad_marker(asyncipc_broker):
+    pass
+
 def test_kills_its_broker(asyncipc_broker):
     asyncipc_broker.proc.kill()  # the teardown reports a broker that did not drain
 
@@ -285,9 +289,10 @@ def test_plugin_in_a_fresh_project(
     result = pytester.runpytest_subprocess(
         "-p", "asyncipc.testing", "-p", "no:cacheprovider", "-o", f"asyncio_mode={mode}"
     )
-    result.assert_outcomes(passed=3, failed=1, errors=1)
+    result.assert_outcomes(passed=3, failed=1, errors=2)
     result.stdout.fnmatch_lines(
         [
+            "*UsageError: @pytest.mark.asyncipc_broker takes only args=*, not port",
             "*ERROR at teardown of test_kills_its_broker*",
             "*Failed: broker process exited -9 on SIGTERM, not 0 (a clean drain)",
             "*AssertionError: expected 1 messages on 'never.*' within 0.05 s, got 0: []*",

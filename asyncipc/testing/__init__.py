@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
@@ -105,20 +106,21 @@ async def asyncipc_bus(asyncipc_memory_broker: Broker) -> AsyncIterator[Bus]:
 def asyncipc_broker(request: pytest.FixtureRequest) -> Iterator[BrokerProcess]:
     """``python -m asyncipc broker`` in its own process on a temporary Unix socket."""
     marker = request.node.get_closest_marker("asyncipc_broker")
-    kwargs = dict(marker.kwargs) if marker is not None else {}
-    unknown = kwargs.keys() - {"args", "env"}
-    if unknown or (marker is not None and marker.args):
-        raise pytest.UsageError(
-            f"@pytest.mark.asyncipc_broker takes args=[...] and env={{...}} only, "
-            f"not {sorted(unknown) or list(marker.args if marker else ())}"
-        )
-    broker = BrokerProcess(args=kwargs.get("args", ()), env=kwargs.get("env"))
+    options: dict[str, Any] = {}
+    if marker is not None:
+        if marker.args or marker.kwargs.keys() - {"args", "env"}:
+            raise pytest.UsageError(
+                "@pytest.mark.asyncipc_broker takes only args=[...] and env={...}, not "
+                f"{', '.join([*map(repr, marker.args), *marker.kwargs])}"
+            )
+        options = dict(marker.kwargs)
+    broker = BrokerProcess(**options)
     try:
         yield broker
     finally:
         status = broker.stop()
     if status != 0:
-        # After the finally: a test that failed already keeps its own error.
+        # In the teardown: reported as an error of its own, beside the test's outcome.
         pytest.fail(f"broker process exited {status} on SIGTERM, not 0 (a clean drain)")
 
 
