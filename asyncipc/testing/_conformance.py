@@ -257,6 +257,24 @@ async def _message_sizes(url: str, p: str, t: TransportTraits, size: int) -> Non
 
 
 @_check()
+async def _largest_payload_passes_and_one_byte_more_is_refused(
+    url: str, p: str, t: TransportTraits
+) -> None:
+    """A body of exactly ``bus.max_payload`` bytes (what the broker's frame limit leaves)
+    arrives intact; one byte more raises FrameTooLarge at the sender."""
+    async with connect(url) as bus, bus.subscribe(f"{p}.max") as sub:
+        size = bus.max_payload
+        if t.max_payload is not None and size > t.max_payload:
+            pytest.skip(t.why or f"{size} bytes is over this transport's max_payload")
+        payload = os.urandom(size)
+        await bus.publish(f"{p}.max", payload, headers={"h": "v"})
+        msg = await sub.next_msg(timeout=10)
+        assert msg.data == payload
+        with pytest.raises(FrameTooLarge, match="exceeds"):
+            await bus.publish(f"{p}.max", payload + b"!")
+
+
+@_check()
 async def _oversized_refused_at_sender_and_bus_goes_on(
     url: str, p: str, t: TransportTraits
 ) -> None:
