@@ -37,17 +37,10 @@ import pytest
 from .._connect import connect
 from ..broker import Broker
 from ..client import Bus
-from ._conformance import (
-    CHECKS,
-    ConformanceCheck,
-    ConformanceReport,
-    TransportTraits,
-    check_transport,
-    conformance_params,
-    traits_for,
-)
+from ._conformance import CHECKS, ConformanceReport, check_transport, conformance_params
 from ._helpers import Capture, capture, expect_messages, expect_no_message, next_message
 from ._process import BrokerProcess
+from ._registry import ConformanceCheck, TransportTraits, traits_for
 
 try:
     from pytest_asyncio import fixture as _async_fixture
