@@ -301,6 +301,23 @@ def test_plugin_in_a_fresh_project(
     )
 
 
+def test_the_docs_example_passes(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/testing.md's first example, as a user's test file, passes as it stands."""
+    text = (ROOT / "docs" / "testing.md").read_text()
+    (example,) = [
+        b for b in re.findall(r"^```python\n(.*?)^```$", text, re.M | re.S) if "def test_quote" in b
+    ]
+    pytester.makepyfile(test_docs=example)
+    for name in [k for k in os.environ if k.startswith("ASYNCIPC_")]:
+        monkeypatch.delenv(name)
+    result = pytester.runpytest_subprocess(
+        "-p", "asyncipc.testing", "-p", "no:cacheprovider", "-o", "asyncio_mode=auto"
+    )
+    result.assert_outcomes(passed=3)
+
+
 def test_the_installed_entry_point_loads_the_plugin_once(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
