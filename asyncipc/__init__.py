@@ -53,10 +53,11 @@ from .errors import (
     StreamNotFound,
 )
 from .link import Link, Listener, PeerInfo
-from .message import Message
+from .message import Message, TypedMessage
 from .options import BrokerOptions, ConnectOptions
+from .service import Service
 from .streams import Consumer, PubAck, Stream, StreamInfo, StreamMessage
-from .subscription import Subscription
+from .subscription import Subscription, TypedSubscription
 
 __version__ = "0.1.0"
 
@@ -98,6 +99,7 @@ __all__ = [
     "RecordReleased",
     "RemoteProtocolError",
     "RequestTimeout",
+    "Service",
     "ServiceError",
     "SignalInUse",
     "SignalRefused",
@@ -109,6 +111,8 @@ __all__ = [
     "StreamMessage",
     "StreamNotFound",
     "Subscription",
+    "TypedMessage",
+    "TypedSubscription",
     "__version__",
     "connect",
     "default_socket_url",

@@ -111,7 +111,7 @@ def _is_struct(tp: Any) -> bool:
 def is_model_type(tp: Any) -> bool:
     """True if ``tp`` is an annotation this module decodes to (not ``bytes``, not a
     :class:`~asyncipc.Message`, not missing)."""
-    if tp is inspect.Parameter.empty or tp is None or tp is Any:
+    if tp is inspect.Parameter.empty or tp is None or tp is Any or tp is object:
         return False
     if isinstance(tp, type) and issubclass(tp, (bytes, bytearray, memoryview)):
         return False
