@@ -66,7 +66,8 @@ async def test_pydantic_handler_and_request(url: str, p: str) -> None:
         # Without response= the reply is the Message, its JSON body labelled as such.
         reply = await client.request(f"{p}.pricing.quote", Quote(sku="b", qty=1))
         assert isinstance(reply, asyncipc.Message)
-        assert reply.headers is not None and reply.headers[CONTENT_TYPE_HEADER] == JSON
+        assert reply.headers is not None
+        assert reply.headers[CONTENT_TYPE_HEADER] == JSON
         assert msgspec.json.decode(reply.data) == {"sku": "b", "total": 2.5}
 
 
@@ -127,7 +128,8 @@ async def test_msgpack_on_request(url: str, p: str) -> None:
         await server.flush()
         reply = await client.request(f"{p}.quote", Quote(sku="m", qty=5), encoding="msgpack")
         assert seen == [MSGPACK]
-        assert reply.headers is not None and reply.headers[CONTENT_TYPE_HEADER] == MSGPACK
+        assert reply.headers is not None
+        assert reply.headers[CONTENT_TYPE_HEADER] == MSGPACK
         assert msgspec.msgpack.decode(reply.data) == {"sku": "m", "total": 10.0}
         price = await client.request(
             f"{p}.quote", SQuote("n", 1), encoding="msgpack", response=SPrice
@@ -137,7 +139,8 @@ async def test_msgpack_on_request(url: str, p: str) -> None:
         async with client.subscribe(f"{p}.ev", model=SQuote) as sub:
             await client.publish(f"{p}.ev", SQuote("z", 9), {CONTENT_TYPE_HEADER: MSGPACK})
             msg = await sub.next_msg(timeout=5)
-        assert msg.body == SQuote("z", 9) and msg.data == msgspec.msgpack.encode(SQuote("z", 9))
+        assert msg.body == SQuote("z", 9)
+        assert msg.data == msgspec.msgpack.encode(SQuote("z", 9))
 
 
 @pytest.mark.parametrize("url", URLS, indirect=True)
@@ -223,7 +226,8 @@ async def test_bytes_handlers_are_unchanged() -> None:
 
         await bus.flush()
         reply = await bus.request("annotated", b"abc")
-        assert reply.data == b"cba" and reply.headers is None
+        assert reply.data == b"cba"
+        assert reply.headers is None
         assert (await bus.request("bare", b"abc")).data == b"ABC"
         with pytest.raises(asyncipc.ServiceError, match="returned dict, not bytes"):
             await bus.request("wrong", b"")
