@@ -21,6 +21,7 @@ from ._common import (
     _positive_int,
     _size_text,
 )
+from ._services import add_service_commands
 from ._streams import add_stream_commands
 
 
@@ -291,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_wait, interrupted=None, log_level=logging.ERROR)
     add_stream_commands(commands, client, payload)
+    add_service_commands(commands, client)
     return parser
 
 
