@@ -13,6 +13,7 @@ from typing import Any, Self, TypeVar, overload
 
 import anyio
 
+from . import _eager
 from ._dialer import Dialer, backoff
 from ._events import ConnectionEvent, EventHub, EventStream
 from ._responder import Callback, EndpointStats, Handler, reply_error, responder
@@ -712,35 +713,51 @@ class Bus:
             log.warning("%s", exc)
 
     async def _run_concurrent(self, sub: Subscription, callback: Callback, limit: int) -> None:
-        """``callback`` on up to ``limit`` of ``sub``'s messages at once, each in a task
-        of its own. A message is taken from the queue only when a slot is free, so the
-        queue's bound and overflow policy hold as with one at a time."""
-        slots = asyncio.Semaphore(limit)
+        """``callback`` on up to ``limit`` of ``sub``'s messages at once.
+
+        A message is taken from the queue only when fewer than ``limit`` callbacks run,
+        so the queue's bound and overflow policy hold as with one at a time. Each
+        callback starts here, at once (``_eager``): one that finishes without waiting
+        (most request handlers) costs no task; one that waits goes on in a task."""
         running: set[asyncio.Task[None]] = set()
         sub._running = running
         subject = sub.subject
+        room = asyncio.Event()  # set when a running callback ends
+        tasks = self._tasks
+        loop = self._loop
 
-        async def one(msg: Message) -> None:
-            try:
-                await callback(msg)
-            except Exception:
-                log.exception("callback for %r raised", subject)
-            finally:
-                slots.release()
+        def ended(task: asyncio.Task[None]) -> None:
+            running.discard(task)
+            tasks.discard(task)
+            room.set()
+            if not task.cancelled() and task.exception() is not None:
+                log.error("callback for %r raised", subject, exc_info=task.exception())
 
         try:
             while True:
-                await slots.acquire()
+                if len(running) >= limit:
+                    room.clear()
+                    await room.wait()
+                    continue
                 try:
                     msg = await sub.__anext__()
                 except StopAsyncIteration:
                     return
-                task = self._loop.create_task(one(msg), name=f"asyncipc callback {subject}")
+                coro = _eager.coroutine(callback(msg))
+                try:
+                    step = _eager.start(coro)
+                except Exception:
+                    log.exception("callback for %r raised", subject)
+                    continue
+                if _eager.finished(step):
+                    continue
+                task = loop.create_task(
+                    _eager.resume(coro, step), name=f"asyncipc callback {subject}"
+                )
                 # In the bus's tasks too: close() waits for (and at the end cancels) them.
                 running.add(task)
-                self._tasks.add(task)
-                task.add_done_callback(running.discard)
-                task.add_done_callback(self._tasks.discard)
+                tasks.add(task)
+                task.add_done_callback(ended)
         except ConnectionClosed:
             pass
         except SlowConsumer as exc:

@@ -402,3 +402,59 @@ async def test_bad_max_concurrency_and_encoding() -> None:
             bus.subscribe("x", callback=lambda m: asyncio.sleep(0), max_concurrency=0)
         with pytest.raises(asyncipc.ConfigurationError, match="encoding"):
             await bus.request("x", Quote(sku="a", qty=1), encoding="xml")
+
+
+async def test_concurrent_callbacks_that_raise_are_logged_and_the_rest_go_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A callback starts at once and only gets a task if it waits: it may fail before
+    or after waiting, and either way it is logged and the next messages still run."""
+    caplog.set_level(logging.ERROR, "asyncipc.client")
+    seen: list[bytes] = []
+    all_seen = asyncio.Event()
+    async with asyncipc.connect("memory://typed-raise") as bus:
+
+        async def on_msg(msg: asyncipc.Message) -> None:
+            if msg.data == b"now":
+                raise RuntimeError("failed before waiting")
+            await asyncio.sleep(0)
+            if msg.data == b"later":
+                raise RuntimeError("failed after waiting")
+            seen.append(msg.data)
+            if len(seen) == 2:
+                all_seen.set()
+
+        bus.subscribe("c", callback=on_msg, max_concurrency=4)
+        await bus.flush()
+        for data in (b"now", b"a", b"later", b"b"):
+            await bus.publish("c", data)
+        await asyncio.wait_for(all_seen.wait(), 5)
+        assert sorted(seen) == [b"a", b"b"]
+        texts = [r.getMessage() + str(r.exc_info[1]) for r in caplog.records if r.exc_info]
+        assert any("failed before waiting" in t for t in texts)
+        assert any("failed after waiting" in t for t in texts)
+
+
+async def test_close_cancels_a_handler_that_never_ends() -> None:
+    cancelled = asyncio.Event()
+    entered = asyncio.Event()
+    options = asyncipc.ConnectOptions(drain_timeout=0.5)
+    async with asyncipc.Broker() as broker:
+        await broker.listen("memory://typed-stuck")
+        bus = await asyncipc.connect("memory://typed-stuck", options=options)
+
+        @bus.handler("stuck")
+        async def stuck(msg: asyncipc.Message) -> bytes:
+            entered.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+            return b""
+
+        await bus.flush()
+        await bus.publish("stuck", b"", reply_to="nobody.listens")
+        await asyncio.wait_for(entered.wait(), 5)
+        await asyncio.wait_for(bus.close(), 10)
+        assert cancelled.is_set()
