@@ -23,6 +23,7 @@ passed something that is not ``bytes`` or asked for a model.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import json
 import typing
@@ -75,6 +76,7 @@ def content_type_of(headers: dict[str, str] | None) -> str:
 # --- the optional libraries -----------------------------------------------------------------
 
 
+@functools.cache
 def _pydantic() -> Any:
     try:
         import pydantic
@@ -83,6 +85,7 @@ def _pydantic() -> Any:
     return pydantic
 
 
+@functools.cache
 def _msgspec() -> Any:
     try:
         import msgspec

@@ -458,3 +458,50 @@ async def test_close_cancels_a_handler_that_never_ends() -> None:
         await asyncio.wait_for(entered.wait(), 5)
         await asyncio.wait_for(bus.close(), 10)
         assert cancelled.is_set()
+
+
+NO_EXTRAS = """
+import asyncio, dataclasses, sys
+sys.modules["msgspec"] = None    # as on a plain install: neither extra
+sys.modules["pydantic"] = None
+import asyncipc
+
+@dataclasses.dataclass
+class Quote:
+    sku: str
+    qty: int
+
+async def main():
+    async with asyncipc.connect("memory://plain") as bus:
+        @bus.handler("quote")
+        async def quote(q: Quote) -> dict:
+            return {"sku": q.sku, "total": q.qty * 2}
+
+        await bus.flush()
+        print(await bus.request("quote", Quote("a", 3), response=dict))
+        try:
+            await bus.request("quote", {"sku": "a"})
+        except asyncipc.ServiceError as exc:
+            print("refused:", exc)
+        try:
+            await bus.request("quote", Quote("a", 3), encoding="msgpack")
+        except asyncipc.ConfigurationError as exc:
+            print("msgpack:", exc)
+
+asyncio.run(main())
+"""
+
+
+def test_dataclasses_and_json_work_without_either_extra() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", NO_EXTRAS], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "{'sku': 'a', 'total': 6}"
+    assert lines[1].startswith("refused: handler for 'quote' failed: invalid request body")
+    assert "qty" in lines[1]
+    assert lines[2] == "msgpack: msgpack needs msgspec: pip install 'asyncipc[msgspec]'"
