@@ -76,12 +76,15 @@ def responder(
     A ``fn`` whose first parameter is annotated with a model (``async def f(q: Quote) ->
     Price``) gets the decoded body and its result is encoded (docs/services.md); one
     annotated :class:`~asyncipc.Message`, or not annotated, is today's bytes handler,
-    served by exactly the code it always was unless ``stats`` are kept."""
+    served by exactly the code it always was unless ``stats`` are kept or its return
+    annotation is a model (``-> Price``, ``-> dict[str, float]``): then what it returns is
+    encoded as a typed handler's is."""
     from .typed import signature_of
 
     sig = signature_of(fn)
-    if sig.request is not None or stats is not None:
-        return _measured(subject, fn, sig.request, sig.with_message, expose_errors, stats)
+    if sig.request is not None or sig.response is not None or stats is not None:
+        encodes = sig.request is not None or sig.response is not None
+        return _measured(subject, fn, sig.request, sig.with_message, encodes, expose_errors, stats)
 
     async def serve(msg: Message) -> None:
         try:
@@ -132,20 +135,21 @@ def _measured(
     fn: Callable[..., Awaitable[Any]],
     model: Any,
     with_message: bool,
+    encodes: bool,
     expose_errors: bool,
     stats: EndpointStats | None,
 ) -> Callback:
-    """The responder of a typed handler, or of any handler whose stats are kept."""
+    """The responder of a typed handler (a request ``model`` to decode, or replies to
+    encode), or of any handler whose stats are kept."""
     from .typed import CONTENT_TYPE_HEADER, JSON, MSGPACK, codec_for, content_type_of, encode
 
     codec = codec_for(model) if model is not None else None
 
     async def answer(msg: Message) -> str | None:
         """Run ``fn`` on ``msg`` and reply; the error sent to the requester, or None."""
-        ctype = JSON
+        ctype = content_type_of(msg.headers)
         try:
             if codec is not None:
-                ctype = content_type_of(msg.headers)
                 try:
                     arg = codec.decode(msg.data, ctype)
                 except InvalidBody as exc:
@@ -175,7 +179,7 @@ def _measured(
             body = b""
         elif isinstance(result, _BYTES_LIKE):
             body = bytes(result)
-        elif codec is None:
+        elif not encodes:
             kind = type(result).__name__
             log.error("handler for %r returned %s, not bytes", subject, kind)
             text = f"the handler returned {kind}, not bytes"

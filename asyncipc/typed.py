@@ -290,9 +290,10 @@ def schema_of(model: Any) -> dict[str, Any] | None:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Signature:
-    """What a handler's annotations ask for: the request model (``None``: the bytes
-    handler of today, given the :class:`~asyncipc.Message`), the reply model (``None``:
-    not declared), and whether the Message is passed too, as a second argument."""
+    """What a handler's annotations ask for: the request model (``None``: the handler is
+    given the :class:`~asyncipc.Message`, as a bytes handler), the reply model (``None``:
+    not declared, or ``bytes``), and whether the Message is passed too, as a second
+    argument of a typed handler."""
 
     request: Any
     response: Any
@@ -315,9 +316,10 @@ def signature_of(fn: Callable[..., Any]) -> Signature:
     if not params:
         return Signature(None, None, False)
     request = hints.get(params[0].name, inspect.Parameter.empty)
-    if not is_model_type(request):
-        return Signature(None, None, False)
     response = hints.get("return")
     if response is type(None) or not is_model_type(response):
         response = None
+    if not is_model_type(request):
+        # A bytes handler (it gets the Message) whose replies may still be models.
+        return Signature(None, response, False)
     return Signature(request, response, len(params) > 1)

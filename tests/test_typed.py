@@ -505,3 +505,18 @@ def test_dataclasses_and_json_work_without_either_extra() -> None:
     assert lines[1].startswith("refused: handler for 'quote' failed: invalid request body")
     assert "qty" in lines[1]
     assert lines[2] == "msgpack: msgpack needs msgspec: pip install 'asyncipc[msgspec]'"
+
+
+async def test_a_message_handler_may_return_models() -> None:
+    """First parameter a Message, return annotation a model: the reply is encoded."""
+    async with asyncipc.connect("memory://typed-ret") as bus:
+
+        @bus.handler("latest")
+        async def latest(msg: asyncipc.Message) -> dict[str, float]:
+            return {"cpu": 0.5, "asked": float(len(msg.data))}
+
+        await bus.flush()
+        assert await bus.request("latest", b"abc", response=dict) == {"cpu": 0.5, "asked": 3.0}
+        packed = await bus.request("latest", b"", encoding="msgpack")
+        assert packed.headers == {CONTENT_TYPE_HEADER: MSGPACK}
+        assert msgspec.msgpack.decode(packed.data) == {"cpu": 0.5, "asked": 0.0}
