@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import inspect
 import json
+import re
 import typing
 from collections.abc import Callable
 from typing import Any, Final
@@ -193,10 +194,17 @@ def _msgspec_problem(exc: Exception) -> str:
     """msgspec says "Expected `int`, got `str` - at `$.qty`": lead with the field."""
     text = str(exc)
     head, sep, where = text.rpartition(" - at `")
-    if sep and where.endswith("`"):
-        path = where[:-1].removeprefix("$").removeprefix(".") or "(body)"
-        return f"{path}: {head}"
-    return text
+    path = where[:-1].removeprefix("$").removeprefix(".") if sep and where.endswith("`") else ""
+    if not sep:
+        head = text
+    missing = _MISSING_RE.fullmatch(head)
+    if missing:  # the field is in the words, not in the path: lead with it all the same
+        field = missing.group(1)
+        return f"{path + '.' if path else ''}{field}: required field missing"
+    return f"{path or '(body)'}: {head}"
+
+
+_MISSING_RE = re.compile(r"Object missing required field `([^`]+)`")
 
 
 class Codec:
