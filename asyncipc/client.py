@@ -13,11 +13,11 @@ from typing import Any, Self, TypeVar, overload
 
 import anyio
 
-from . import _eager
 from ._dialer import Dialer, backoff
 from ._events import ConnectionEvent, EventHub, EventStream
 from ._responder import Callback, EndpointStats, Handler, reply_error, responder
 from ._shield import shielded
+from ._workers import run_pool
 from .errors import (
     AuthenticationError,
     BrokenLinkError,
@@ -692,7 +692,7 @@ class Bus:
             run = (
                 self._run_callback(sub, callback)
                 if max_concurrency == 1
-                else self._run_concurrent(sub, callback, max_concurrency)
+                else run_pool(sub, callback, max_concurrency, self._tasks)
             )
             task = self._loop.create_task(run, name=f"asyncipc callback {subject}")
             sub._task = task
@@ -707,57 +707,6 @@ class Bus:
                     await callback(msg)
                 except Exception:
                     log.exception("callback for %r raised", sub.subject)
-        except ConnectionClosed:
-            pass
-        except SlowConsumer as exc:
-            log.warning("%s", exc)
-
-    async def _run_concurrent(self, sub: Subscription, callback: Callback, limit: int) -> None:
-        """``callback`` on up to ``limit`` of ``sub``'s messages at once.
-
-        A message is taken from the queue only when fewer than ``limit`` callbacks run,
-        so the queue's bound and overflow policy hold as with one at a time. Each
-        callback starts here, at once (``_eager``): one that finishes without waiting
-        (most request handlers) costs no task; one that waits goes on in a task."""
-        running: set[asyncio.Task[None]] = set()
-        sub._running = running
-        subject = sub.subject
-        room = asyncio.Event()  # set when a running callback ends
-        tasks = self._tasks
-        loop = self._loop
-
-        def ended(task: asyncio.Task[None]) -> None:
-            running.discard(task)
-            tasks.discard(task)
-            room.set()
-            if not task.cancelled() and task.exception() is not None:
-                log.error("callback for %r raised", subject, exc_info=task.exception())
-
-        try:
-            while True:
-                if len(running) >= limit:
-                    room.clear()
-                    await room.wait()
-                    continue
-                try:
-                    msg = await sub.__anext__()
-                except StopAsyncIteration:
-                    return
-                coro = _eager.coroutine(callback(msg))
-                try:
-                    step = _eager.start(coro)
-                except Exception:
-                    log.exception("callback for %r raised", subject)
-                    continue
-                if _eager.finished(step):
-                    continue
-                task = loop.create_task(
-                    _eager.resume(coro, step), name=f"asyncipc callback {subject}"
-                )
-                # In the bus's tasks too: close() waits for (and at the end cancels) them.
-                running.add(task)
-                tasks.add(task)
-                task.add_done_callback(ended)
         except ConnectionClosed:
             pass
         except SlowConsumer as exc:

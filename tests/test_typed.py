@@ -520,3 +520,33 @@ async def test_a_message_handler_may_return_models() -> None:
         packed = await bus.request("latest", b"", encoding="msgpack")
         assert packed.headers == {CONTENT_TYPE_HEADER: MSGPACK}
         assert msgspec.msgpack.decode(packed.data) == {"cpu": 0.5, "asked": 0.0}
+
+
+async def test_handlers_see_their_own_task() -> None:
+    """Each concurrent handler runs as its own task: ``asyncio.timeout()`` and
+    ``current_task()`` inside it are about the handler, never about the bus's reader."""
+    async with asyncipc.connect("memory://typed-own-task") as bus:
+
+        @bus.handler("slow", expose_errors=True)
+        async def slow(msg: asyncipc.Message) -> bytes:
+            async with asyncio.timeout(0.05):
+                await asyncio.Event().wait()  # never set: the time-out ends it
+            return b"unreachable"
+
+        tasks: list[asyncio.Task[object] | None] = []
+        both = asyncio.Event()
+
+        @bus.handler("who")
+        async def who(msg: asyncipc.Message) -> bytes:
+            tasks.append(asyncio.current_task())
+            if len(tasks) == 2:
+                both.set()
+            await both.wait()  # two at once: each must be in a task of its own
+            return b""
+
+        await bus.flush()
+        for _ in range(2):
+            with pytest.raises(asyncipc.ServiceError, match="TimeoutError"):
+                await bus.request("slow", timeout=5)
+        await asyncio.gather(bus.request("who", timeout=5), bus.request("who", timeout=5))
+        assert len(set(tasks)) == 2, "two handlers waiting at once shared a task"
