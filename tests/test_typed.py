@@ -550,3 +550,73 @@ async def test_handlers_see_their_own_task() -> None:
                 await bus.request("slow", timeout=5)
         await asyncio.gather(bus.request("who", timeout=5), bus.request("who", timeout=5))
         assert len(set(tasks)) == 2, "two handlers waiting at once shared a task"
+
+
+async def test_worker_pool_shrinks_after_a_burst_and_drain_waits_for_it() -> None:
+    from asyncipc._workers import KEEP_IDLE
+
+    release = asyncio.Event()
+    started = 0
+    all_in = asyncio.Event()
+    async with asyncipc.connect("memory://typed-burst") as bus:
+
+        async def slow(msg: asyncipc.Message) -> bytes:
+            nonlocal started
+            started += 1
+            if started == 20:
+                all_in.set()
+            if started == 21:
+                late_in.set()
+            await release.wait()
+            return msg.data
+
+        late_in = asyncio.Event()
+        sub = bus.serve("burst", slow)
+        await bus.flush()
+        requests = [
+            asyncio.ensure_future(bus.request("burst", b"%d" % i, timeout=10)) for i in range(20)
+        ]
+        await asyncio.wait_for(all_in.wait(), 10)
+        assert sub._running is not None
+        assert len(sub._running) >= 19  # one task per waiting handler (the first is the runner)
+        release.set()
+        assert len(await asyncio.gather(*requests)) == 20
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert len(sub._running) <= KEEP_IDLE, "idle workers beyond the few kept must end"
+        # Requests in progress when drain() starts are answered before it returns.
+        release.clear()
+        late = asyncio.ensure_future(bus.request("burst", b"late", timeout=10))
+        await asyncio.wait_for(late_in.wait(), 10)
+        draining = asyncio.ensure_future(sub.drain())
+        await asyncio.sleep(0)
+        assert not draining.done()
+        release.set()
+        await asyncio.wait_for(draining, 10)
+        assert late.done()
+        assert (await late).data == b"late"
+        assert not sub._running
+
+
+async def test_a_handler_may_close_its_own_bus() -> None:
+    """close() from inside a concurrent handler does not wait for that handler (it would
+    wait for itself until drain_timeout)."""
+    closed = asyncio.Event()
+    options = asyncipc.ConnectOptions(drain_timeout=60)
+    async with asyncipc.Broker() as broker:
+        await broker.listen("memory://typed-self-close")
+        server = await asyncipc.connect("memory://typed-self-close", options=options)
+        client = await asyncipc.connect("memory://typed-self-close")
+
+        @server.handler("stop")
+        async def stop(msg: asyncipc.Message) -> bytes:
+            await asyncio.sleep(0)  # waiting first: this handler runs in a worker of its own
+            await server.close()
+            closed.set()
+            return b""
+
+        await server.flush()
+        await client.publish("stop", b"")
+        await asyncio.wait_for(closed.wait(), 20)  # a guard against the hang, not a timing
+        assert server.is_closed
+        await client.close()
