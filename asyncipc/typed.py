@@ -27,6 +27,7 @@ import functools
 import inspect
 import json
 import re
+import types
 import typing
 from collections.abc import Callable
 from typing import Any, Final
@@ -117,6 +118,9 @@ def is_model_type(tp: Any) -> bool:
     :class:`~asyncipc.Message`, not missing)."""
     if tp is inspect.Parameter.empty or tp is None or tp is Any or tp is object:
         return False
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        # bytes | None, Message | None: not models; Price | None is one.
+        return any(is_model_type(arg) for arg in typing.get_args(tp) if arg is not type(None))
     if isinstance(tp, type) and issubclass(tp, (bytes, bytearray, memoryview)):
         return False
     from .message import Message

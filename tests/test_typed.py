@@ -620,3 +620,27 @@ async def test_a_handler_may_close_its_own_bus() -> None:
         await asyncio.wait_for(closed.wait(), 20)  # a guard against the hang, not a timing
         assert server.is_closed
         await client.close()
+
+
+def test_bytes_annotations_keep_the_bytes_path() -> None:
+    """``-> bytes | None`` (the Handler alias) or ``Optional[bytes]`` is the bytes
+    handler, served by the old code: a str returned stays an error, not JSON."""
+    from typing import Optional
+
+    from asyncipc._responder import responder
+    from asyncipc.typed import signature_of
+
+    async def union(msg: asyncipc.Message) -> bytes | None:
+        return None
+
+    async def optional(msg: asyncipc.Message | None) -> Optional[bytes]:  # noqa: UP045
+        return None
+
+    async def model_or_none(msg: asyncipc.Message) -> Price | None:
+        return None
+
+    for fn in (union, optional):
+        sig = signature_of(fn)
+        assert (sig.request, sig.response) == (None, None)
+        assert responder("s", fn).__qualname__ == "responder.<locals>.serve"
+    assert signature_of(model_or_none).response == Price | None
