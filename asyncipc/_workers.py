@@ -9,11 +9,12 @@ would avoid it; on 3.11 this pool does:
 - One worker at a time, the *leader*, waits on the subscription. It takes a message and
   runs the callback itself, in its own task: ``current_task()`` and ``asyncio.timeout()``
   inside the callback are about that callback alone, as with one at a time.
-- Before running it, the leader schedules ``promote`` with ``call_soon``. A callback that
-  finishes without waiting cancels that handle, and nothing else happened: the cost of
-  concurrency is one ``call_soon``. A callback that waits lets the loop turn, ``promote``
-  runs, and another worker (an idle one, else a new task) becomes the leader and takes
-  the next message.
+- The leader runs the callback's first step itself (``coro.send(None)``). A callback
+  that finishes without waiting, the common case, is done: concurrency cost nothing. One
+  that waits has yielded a future; the leader first hands the lead to another worker (an
+  idle one, else a new task), then goes on driving the callback to its end (``_resume``
+  passes that future to the task, and results, exceptions and cancellation back), still
+  in its own task. Only callbacks that wait make the pool grow.
 - A worker whose callback ended goes back to leading if nobody leads, else waits idle (a
   few are kept, the rest end). At most ``limit`` callbacks run; the leader takes no
   message while they all do, so the queue's bound and overflow policy hold.
@@ -24,8 +25,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from types import CoroutineType
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConnectionClosed, SlowConsumer
 
@@ -119,13 +121,18 @@ class _Pool:
                     return
                 self.leading = False
                 self.busy += 1
-                handle = loop.call_soon(self.promote)
                 try:
-                    await callback(msg)
+                    coro = _as_coroutine(callback(msg))
+                    try:
+                        step = coro.send(None)
+                    except StopIteration:
+                        pass  # done without waiting
+                    else:
+                        self.promote()  # it waits: another worker takes the next message
+                        await _resume(coro, step)
                 except Exception:
                     log.exception("callback for %r raised", subject)
                 finally:
-                    handle.cancel()
                     self.busy -= 1
                     waiting = self.room
                     if waiting is not None:
@@ -147,6 +154,45 @@ class _Pool:
             if isinstance(exc, SlowConsumer):
                 log.warning("%s", exc)
             self.end()
+
+
+def _as_coroutine(aw: Awaitable[None]) -> Coroutine[Any, Any, None]:
+    """A callback may return any awaitable (a future, say): drive it through a coroutine."""
+    if type(aw) is CoroutineType:
+        return aw
+    return _await(aw)
+
+
+async def _await(aw: Awaitable[None]) -> None:
+    await aw
+
+
+class _Yield:
+    """Awaiting it yields ``step`` to the task that runs us, and returns what comes back."""
+
+    __slots__ = ("step",)
+
+    def __init__(self, step: Any) -> None:
+        self.step = step
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        return (yield self.step)
+
+
+async def _resume(coro: Coroutine[Any, Any, None], step: Any) -> None:
+    """Drive ``coro``, suspended on ``step`` (what its last ``send`` yielded), to its
+    end in the current task: the task waits on what ``coro`` waits on, and cancelling
+    the task throws into ``coro``, as if the task had run ``coro`` from the start."""
+    try:
+        while True:
+            try:
+                value = await _Yield(step)
+            except BaseException as exc:  # CancelledError too: the callback decides
+                step = coro.throw(exc)
+            else:
+                step = coro.send(value)
+    except StopIteration:
+        return
 
 
 async def run_pool(
