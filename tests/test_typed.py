@@ -644,3 +644,25 @@ def test_bytes_annotations_keep_the_bytes_path() -> None:
         assert (sig.request, sig.response) == (None, None)
         assert responder("s", fn).__qualname__ == "responder.<locals>.serve"
     assert signature_of(model_or_none).response == Price | None
+
+
+async def test_a_concurrent_callback_may_return_any_awaitable() -> None:
+    seen: list[bytes] = []
+    got_two = asyncio.Event()
+    async with asyncipc.connect("memory://typed-awaitable") as bus:
+        loop = asyncio.get_running_loop()
+
+        def callback(msg: asyncipc.Message) -> asyncio.Future[None]:
+            seen.append(msg.data)
+            fut: asyncio.Future[None] = loop.create_future()
+            loop.call_soon(fut.set_result, None)  # a future, not a coroutine, that waits
+            if len(seen) == 2:
+                got_two.set()
+            return fut
+
+        bus.subscribe("aw", callback=callback, max_concurrency=8)
+        await bus.flush()
+        await bus.publish("aw", b"1")
+        await bus.publish("aw", b"2")
+        await asyncio.wait_for(got_two.wait(), 5)
+        assert seen == [b"1", b"2"]
