@@ -271,6 +271,10 @@ async def test_cli_services_ls_info_stats(broker: BrokerProc, prefix: str) -> No
         assert info_rc == 0
         assert f"service {prefix}pricing 1.2.0 (id {svc.id})" in info_out
         assert re.search(rf"quote\s+{prefix}pricing\.quote\s+q\s+Quote -> Price", info_out)
+        # billing's charge takes a pydantic Quote (its schema has a title) and returns a
+        # msgspec Price (a $ref): both named.
+        billing_info = (await arun("services", "info", f"{prefix}billing", *url))[1]
+        assert re.search(r"charge\s+\S+\s+q\s+Quote -> Price", billing_info)
         assert re.search(rf"echo\s+{prefix}echo\.raw\s+-\s+bytes -> bytes", info_out)
         assert st_rc == 0
         [doc] = json.loads(st_out)

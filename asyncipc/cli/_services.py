@@ -38,6 +38,20 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [line.format(*header).rstrip()] + [line.format(*r).rstrip() for r in rows]
 
 
+def _type_name(schema: object) -> str:
+    """A model's name from its JSON schema: its ``title`` (pydantic), the name its
+    ``$ref`` points to (msgspec), else its JSON type; ``-`` when not declared."""
+    if not isinstance(schema, dict):
+        return "-"
+    title = schema.get("title")
+    if isinstance(title, str) and title:
+        return title
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref:
+        return ref.rpartition("/")[2]
+    return str(schema.get("type", "?"))
+
+
 async def _gather(args: argparse.Namespace, verb: str) -> list[dict[str, Any]]:
     async with _connect(args) as bus:
         found = await discover(bus, verb, args.name, service_id=args.id, timeout=args.timeout)
@@ -91,17 +105,19 @@ async def _services_info(args: argparse.Namespace) -> int:
             lines.append(f"  {d['description']}")
         rows = []
         for ep in d.get("endpoints") or []:
-            schema = ep.get("schema") or {}
-            request = (schema.get("request") or {}).get("title", "")
-            response = (schema.get("response") or {}).get("title", "")
-            if not response and schema.get("response"):
-                response = str(schema["response"].get("$ref", "")).rpartition("/")[2]
+            schema = ep.get("schema")
+            if isinstance(schema, dict):
+                types = (
+                    f"{_type_name(schema.get('request'))} -> {_type_name(schema.get('response'))}"
+                )
+            else:
+                types = "bytes -> bytes"
             rows.append(
                 [
                     str(ep.get("name", "")),
                     str(ep.get("subject", "")),
                     str(ep.get("queue_group", "")) or "-",
-                    f"{request or 'bytes'} -> {response or ('bytes' if not schema else '-')}",
+                    types,
                 ]
             )
         if rows:
