@@ -36,6 +36,7 @@ from .errors import (
     Disconnected,
     FrameTooLarge,
     HandshakeError,
+    InvalidBody,
     InvalidSubject,
     LocalProtocolError,
     NoResponders,
@@ -53,11 +54,12 @@ from .errors import (
     StreamNotFound,
 )
 from .link import Link, Listener, PeerInfo
-from .message import Message
+from .message import Message, TypedMessage
 from .options import BrokerOptions, ConnectOptions
 from .permissions import Permissions
+from .service import Service
 from .streams import Consumer, PubAck, Stream, StreamInfo, StreamMessage
-from .subscription import Subscription
+from .subscription import Subscription, TypedSubscription
 from .users import User, hash_password
 
 __version__ = "0.1.0"
@@ -86,6 +88,7 @@ __all__ = [
     "EventStream",
     "FrameTooLarge",
     "HandshakeError",
+    "InvalidBody",
     "InvalidSubject",
     "Link",
     "Listener",
@@ -101,6 +104,7 @@ __all__ = [
     "RecordReleased",
     "RemoteProtocolError",
     "RequestTimeout",
+    "Service",
     "ServiceError",
     "SignalInUse",
     "SignalRefused",
@@ -112,6 +116,8 @@ __all__ = [
     "StreamMessage",
     "StreamNotFound",
     "Subscription",
+    "TypedMessage",
+    "TypedSubscription",
     "User",
     "__version__",
     "connect",

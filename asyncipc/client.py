@@ -9,16 +9,17 @@ import math
 import os
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, Self
+from typing import Any, Self, TypeVar, overload
 
 import anyio
 
 from ._dialer import Dialer, backoff
 from ._events import ConnectionEvent, EventHub, EventStream
 from ._logsafe import printable
-from ._responder import Callback, Handler, reply_error, responder
+from ._responder import Callback, EndpointStats, Handler, reply_error, responder
 from ._shield import shielded
 from ._tracing import tracing_for
+from ._workers import run_pool
 from .errors import (
     AuthenticationError,
     BrokenLinkError,
@@ -30,6 +31,7 @@ from .errors import (
     Disconnected,
     FrameTooLarge,
     HandshakeError,
+    InvalidBody,
     InvalidSubject,
     PermissionDenied,
     RequestTimeout,
@@ -62,7 +64,7 @@ from .protocol.system import (
 from .streams.client import Stream, list_streams, open_stream
 from .streams.config import StreamInfo
 from .subjects import known_valid, validate_pattern, validate_queue, validate_subject
-from .subscription import OVERFLOW_POLICIES, Subscription
+from .subscription import OVERFLOW_POLICIES, Subscription, TypedSubscription
 
 __all__ = ["Bus", "Handler"]
 
@@ -71,6 +73,12 @@ log = logging.getLogger("asyncipc.client")
 
 DEFAULT_MAX_PENDING = 65536
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_HANDLER_CONCURRENCY = 64
+"""Requests one handler (:meth:`Bus.handler`, :meth:`Bus.serve`, a Service endpoint) runs
+at once unless told otherwise (docs/services.md, "Concurrency")."""
+
+T = TypeVar("T")
+H = TypeVar("H", bound=Callable[..., Awaitable[Any]])
 
 
 def _expire(fut: asyncio.Future[Message], subject: str, timeout: float) -> None:
@@ -572,7 +580,7 @@ class Bus:
         if reply_to is not None and reply_to not in known_valid:
             validate_subject(reply_to)
         if type(data) is not bytes:
-            data = _as_bytes(data)
+            data, headers = _as_body(data, headers)
         if len(data) > self.max_payload:
             raise FrameTooLarge(
                 f"payload of {len(data)} bytes exceeds the maximum of {self.max_payload} bytes"
@@ -669,13 +677,21 @@ class Bus:
         max_bytes: int = DEFAULT_MAX_BYTES,
         overflow: str = "block",
         callback: Callback | None = None,
+        model: Any = None,
+        max_concurrency: int = 1,
     ) -> Subscription:
         """Subscribe to ``subject`` (``*`` and ``>`` wildcards allowed).
 
         Subscriptions sharing a ``queue`` name split the messages between them. The
         result is an async iterator and an async context manager; with ``callback`` the
-        bus instead calls ``await callback(msg)`` for each message, one at a time, in a
-        task it owns and stops on :meth:`close`.
+        bus instead calls ``await callback(msg)`` for each message, in a task it owns and
+        stops on :meth:`close`: one at a time, or up to ``max_concurrency`` at once.
+
+        With ``model`` (a pydantic model, msgspec struct, dataclass...: docs/services.md)
+        the subscription is a :class:`~asyncipc.subscription.TypedSubscription`: each
+        message's ``body`` is its payload decoded by its ``content-type``, ``data`` still
+        the bytes; one that does not decode is skipped, counted in ``sub.invalid`` and
+        logged.
         """
         validate_pattern(subject)
         if queue is not None:
@@ -689,11 +705,18 @@ class Bus:
             raise ConfigurationError(
                 f"max_pending and max_bytes must be positive, not {max_pending} and {max_bytes}"
             )
+        if max_concurrency < 1:
+            raise ConfigurationError(f"max_concurrency must be at least 1, not {max_concurrency}")
         if self._closing or self._lost is not None:
             raise self._dead()
         self._next_sid += 1
         sid = self._next_sid
-        sub = Subscription(self, sid, subject, queue, max_pending, max_bytes, policy)
+        if model is None:
+            sub = Subscription(self, sid, subject, queue, max_pending, max_bytes, policy)
+        else:
+            sub = TypedSubscription(
+                self, sid, subject, queue, max_pending, max_bytes, policy, model
+            )
         # Registered before the SUB goes out: an in-process broker answers a refusal
         # (ERR naming the sid) within the send.
         self._subs[sid] = sub
@@ -710,9 +733,12 @@ class Bus:
                 self._subs.pop(sid, None)
                 raise
         if callback is not None:
-            task = self._loop.create_task(
-                self._run_callback(sub, callback), name=f"asyncipc callback {subject}"
+            run = (
+                self._run_callback(sub, callback)
+                if max_concurrency == 1
+                else run_pool(sub, callback, max_concurrency, self._tasks)
             )
+            task = self._loop.create_task(run, name=f"asyncipc callback {subject}")
             sub._task = task
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -736,9 +762,21 @@ class Bus:
         queue: str | None = None,
         *,
         expose_errors: bool = False,
+        max_concurrency: int = DEFAULT_HANDLER_CONCURRENCY,
         **subscribe_options: Any,
-    ) -> Callable[[Handler], Handler]:
+    ) -> Callable[[H], H]:
         """Decorate ``async def f(msg) -> bytes`` to serve requests on ``subject``.
+
+        Typed: ``async def quote(q: Quote) -> Price`` (a first parameter annotated with a
+        model) gets the request decoded by its ``content-type`` (JSON when none) and its
+        result is sent encoded the same way; a body that does not validate is answered
+        with a :class:`~asyncipc.ServiceError` naming the field, without calling ``f``. A
+        second parameter, if any, receives the :class:`~asyncipc.Message`. A first
+        parameter annotated ``Message``, or not at all, is the bytes handler below,
+        unchanged (docs/services.md).
+
+        Up to ``max_concurrency`` requests (default 64) are handled at once, each in a
+        task of its own; ``max_concurrency=1`` handles them one at a time, in order.
 
         The return value is the reply: ``bytes`` (or ``bytearray``, ``memoryview``), or
         ``None`` for an empty body. The requester gets :class:`~asyncipc.ServiceError`
@@ -757,8 +795,15 @@ class Bus:
         stop one service with :meth:`Subscription.drain` without closing the bus).
         """
 
-        def decorate(fn: Handler) -> Handler:
-            self.serve(subject, fn, queue, expose_errors=expose_errors, **subscribe_options)
+        def decorate(fn: H) -> H:
+            self.serve(
+                subject,
+                fn,
+                queue,
+                expose_errors=expose_errors,
+                max_concurrency=max_concurrency,
+                **subscribe_options,
+            )
             return fn
 
         return decorate
@@ -766,20 +811,25 @@ class Bus:
     def serve(
         self,
         subject: str,
-        fn: Handler,
+        fn: Handler | Callable[..., Awaitable[Any]],
         queue: str | None = None,
         *,
         expose_errors: bool = False,
+        max_concurrency: int = DEFAULT_HANDLER_CONCURRENCY,
+        stats: EndpointStats | None = None,
         **subscribe_options: Any,
     ) -> Subscription:
         """Serve requests on ``subject`` with ``fn``, as :meth:`handler` does; returns the
         subscription, so that ``await sub.drain()`` stops this service alone, answering
-        the requests it already has."""
+        the requests it already has. ``stats`` (package-internal: a Service's endpoint)
+        counts requests, errors and processing time."""
 
-        serve = responder(subject, fn, expose_errors=expose_errors)
+        serve = responder(subject, fn, expose_errors=expose_errors, stats=stats)
         if self._tracing is not None:  # a SERVER span around the handler and its reply
             serve = self._tracing.wrap(subject, serve, handler=True)
-        return self.subscribe(subject, queue, callback=serve, **subscribe_options)
+        return self.subscribe(
+            subject, queue, callback=serve, max_concurrency=max_concurrency, **subscribe_options
+        )
 
     def _unsubscribe(self, sub: Subscription) -> None:
         if self._subs.pop(sub.sid, None) is not None and self._up:
@@ -834,21 +884,56 @@ class Bus:
         """Every stream on the broker, with its counts."""
         return await list_streams(self)
 
+    @overload
     async def request(
         self,
         subject: str,
-        data: bytes = b"",
+        data: Any = b"",
         *,
         headers: dict[str, str] | None = None,
         timeout: float = 1.0,
-    ) -> Message:
+        response: None = None,
+        encoding: str | None = None,
+    ) -> Message: ...
+
+    @overload
+    async def request(
+        self,
+        subject: str,
+        data: Any = b"",
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float = 1.0,
+        response: type[T],
+        encoding: str | None = None,
+    ) -> T: ...
+
+    async def request(
+        self,
+        subject: str,
+        data: Any = b"",
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float = 1.0,
+        response: Any = None,
+        encoding: str | None = None,
+    ) -> Any:
         """Publish ``data`` and wait for the first reply.
 
         Raises :class:`~asyncipc.NoResponders` at once if nobody subscribes to
         ``subject``, :class:`~asyncipc.RequestTimeout` (a ``TimeoutError``) if no reply
         comes within ``timeout`` seconds, :class:`~asyncipc.ServiceError` if the
         responder's handler raised.
+
+        Typed (docs/services.md): ``data`` may be a model (pydantic, msgspec, a dataclass,
+        a dict or list), sent as JSON, or msgpack with ``encoding="msgpack"``, with its
+        ``content-type`` header; with ``response=Model`` the reply is decoded (by its
+        ``content-type``) and returned as a ``Model``, or :class:`~asyncipc.InvalidBody`
+        raised naming the field that failed. Without ``response`` the reply is the
+        :class:`~asyncipc.Message`.
         """
+        if response is not None or encoding is not None:
+            return await self._typed_request(subject, data, headers, timeout, response, encoding)
         if not self._inbox_sid:
             if self._lost is not None:
                 raise self._dead()
@@ -880,6 +965,32 @@ class Bus:
             del self._requests[token]
             if traced is not None:
                 self._tracing.end_request(traced, failure)  # type: ignore[union-attr]
+
+    async def _typed_request(
+        self,
+        subject: str,
+        data: Any,
+        headers: dict[str, str] | None,
+        timeout: float,
+        response: Any,
+        encoding: str | None,
+    ) -> Any:
+        """:meth:`request` with ``response=`` or ``encoding=``: kept apart so that the
+        bytes request pays one comparison for them."""
+        from .typed import CONTENT_TYPE_HEADER, codec_for, content_type_of, encoding_content_type
+
+        if encoding is not None:
+            headers = {**(headers or {}), CONTENT_TYPE_HEADER: encoding_content_type(encoding)}
+        reply = await self.request(subject, data, headers=headers, timeout=timeout)
+        if response is None:
+            return reply
+        codec = codec_for(response)
+        try:
+            return codec.decode(reply.data, content_type_of(reply.headers))
+        except InvalidBody as exc:
+            raise InvalidBody(
+                f"the reply to {subject!r} is not a valid {codec.name}: {exc}"
+            ) from None
 
     # Time-outs share one timer, armed for the earliest deadline of a request in flight.
     # A request that ends does not touch it: most requests are answered long before their
@@ -985,8 +1096,9 @@ class Bus:
         for sub in subs:
             self._subs.pop(sub.sid, None)
             sub._end()
-        callbacks = {task for task in self._tasks if task is not caller}
-        if callbacks:
+        # Until no callback is left: a runner with max_concurrency > 1 starts tasks for
+        # what was still queued while we wait.
+        while callbacks := {task for task in self._tasks if task is not caller}:
             await asyncio.wait(callbacks)
         await self.flush()  # replies the callbacks published have reached the broker
 
@@ -1005,3 +1117,19 @@ def _as_bytes(data: Any) -> bytes:
     if isinstance(data, str):
         raise TypeError("data must be bytes, not str: encode it first (data.encode())")
     raise TypeError(f"data must be bytes, not {type(data).__name__}")
+
+
+def _as_body(data: Any, headers: Headers | None) -> tuple[bytes, Headers | None]:
+    """A payload that is not ``bytes``: bytes-like as is; a model, dataclass, dict or
+    list encoded as the ``content-type`` header says (JSON, and the header added, when
+    there is none). A ``str`` stays an error: its encoding is the caller's choice."""
+    from .typed import CONTENT_TYPE_HEADER, JSON, encode, is_model_value
+
+    if not is_model_value(data):
+        return _as_bytes(data), headers
+
+    ctype = headers.get(CONTENT_TYPE_HEADER) if headers else None
+    if ctype is None:
+        headers = {**(headers or {}), CONTENT_TYPE_HEADER: JSON}
+        ctype = JSON
+    return encode(data, ctype), headers

@@ -22,6 +22,7 @@
     ├── NoResponders                        a request found nobody subscribed
     ├── RequestTimeout (TimeoutError)       a request got no answer in time
     ├── ServiceError                        the responder's handler failed
+    ├── InvalidBody (ValueError)            a typed body does not decode to its model
     ├── SlowConsumer                        a subscription overflowed (overflow="error")
     ├── SignalRefused                       the broker would not signal that client (``reason``)
     ├── SignalInUse (RuntimeError)          another event-loop handler owns that signal
@@ -55,6 +56,7 @@ __all__ = [
     "Disconnected",
     "FrameTooLarge",
     "HandshakeError",
+    "InvalidBody",
     "InvalidSubject",
     "LocalProtocolError",
     "NoResponders",
@@ -179,6 +181,13 @@ class ServiceError(AsyncIPCError):
     """The handler that served a request failed; ``str()`` names the subject and carries
     what the service chose to send (by default only ``internal error`` and an id from its
     log). A handler raises it itself to send the requester a message written for it."""
+
+
+class InvalidBody(AsyncIPCError, ValueError):
+    """A typed message's body does not decode to its model (docs/services.md): ``str()``
+    leads with the field that failed (``qty: Input should be a valid integer``). A
+    requester with ``response=`` raises it for a reply that does not validate; a typed
+    handler's requester gets it as a :class:`ServiceError` instead."""
 
 
 class SlowConsumer(AsyncIPCError):

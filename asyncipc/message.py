@@ -6,7 +6,7 @@ from typing import Protocol
 
 from .errors import AsyncIPCError
 
-__all__ = ["Message", "Publisher"]
+__all__ = ["Message", "Publisher", "TypedMessage"]
 
 
 class Publisher(Protocol):
@@ -77,3 +77,17 @@ class Message:
         )
 
     __hash__ = None  # type: ignore[assignment]
+
+
+class TypedMessage(Message):
+    """A message of a subscription with ``model=``: :attr:`body` is the payload decoded
+    to that model; :attr:`data` stays the exact bytes received."""
+
+    __slots__ = ("body",)
+
+    def __init__(self, msg: Message, body: object) -> None:
+        super().__init__(msg.subject, msg.data, msg.headers, msg.reply_to, msg._bus)
+        self.body = body
+
+    def __repr__(self) -> str:
+        return f"TypedMessage({self.subject!r}, {self.body!r})"

@@ -21,14 +21,18 @@ policy decides (DESIGN.md §4):
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections import deque
-from typing import Protocol
+from typing import Any, Protocol
 
-from .errors import ClosedError, ConnectionClosed, PermissionDenied
-from .message import Message
+from .errors import ClosedError, ConnectionClosed, InvalidBody, PermissionDenied
+from .message import Message, TypedMessage
 from .protocol import Overflow
 
-__all__ = ["OVERFLOW_POLICIES", "Subscription", "SubscriptionOwner"]
+__all__ = ["OVERFLOW_POLICIES", "Subscription", "SubscriptionOwner", "TypedSubscription"]
+
+log = logging.getLogger("asyncipc.client")
 
 OVERFLOW_POLICIES = {
     "block": Overflow.BLOCK,
@@ -86,6 +90,7 @@ class Subscription:
         "_ended",
         "_error",
         "_queue",
+        "_running",
         "_task",
         "_waiter",
         "dropped",
@@ -124,6 +129,8 @@ class Subscription:
         self._error: BaseException | None = None
         self._draining = False
         self._task: asyncio.Task[None] | None = None  # the callback's, if any
+        # With max_concurrency > 1: the callbacks running now (drain() waits for them).
+        self._running: set[asyncio.Task[None]] | None = None
 
     def __repr__(self) -> str:
         pending = len(self._queue)
@@ -323,8 +330,14 @@ class Subscription:
                 except ConnectionClosed:
                     self._end()
             task = self._task
-            if task is not None and task is not asyncio.current_task():
+            me = asyncio.current_task()
+            if task is not None and task is not me:
                 await asyncio.wait({task})
+            running = self._running
+            if running:
+                others = {t for t in running if t is not me}
+                if others:
+                    await asyncio.wait(others)
 
     async def __aenter__(self) -> Subscription:
         # A round trip makes sure the broker has registered us before the body runs,
@@ -339,3 +352,77 @@ class Subscription:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.unsubscribe()
+
+
+INVALID_LOG_INTERVAL = 10.0
+"""At most one warning per subscription per this many seconds for bodies that do not
+decode (each is counted in :attr:`TypedSubscription.invalid`)."""
+
+
+class TypedSubscription(Subscription):
+    """A subscription with ``model=``: it yields :class:`~asyncipc.message.TypedMessage`
+    whose ``body`` is the decoded model. A message that does not decode is skipped,
+    counted in :attr:`invalid` and logged (rate-limited); the iteration goes on."""
+
+    __slots__ = ("_codec", "_logged_at", "invalid", "last_invalid", "model")
+
+    def __init__(
+        self,
+        bus: SubscriptionOwner,
+        sid: int,
+        subject: str,
+        queue: str | None,
+        max_pending: int,
+        max_bytes: int,
+        overflow: Overflow,
+        model: Any,
+    ) -> None:
+        from .typed import codec_for
+
+        super().__init__(bus, sid, subject, queue, max_pending, max_bytes, overflow)
+        self.model = model
+        self._codec = codec_for(model)
+        self.invalid = 0
+        """Messages skipped because their body did not decode to :attr:`model`."""
+        self.last_invalid = ""
+        """Why the last skipped message did not decode."""
+        self._logged_at = -INVALID_LOG_INTERVAL
+
+    def _typed(self, msg: Message) -> TypedMessage | None:
+        from .typed import content_type_of
+
+        try:
+            body = self._codec.decode(msg.data, content_type_of(msg.headers))
+        except InvalidBody as exc:
+            self.invalid += 1
+            self.last_invalid = f"{msg.subject}: {exc}"
+            now = time.monotonic()
+            if now - self._logged_at >= INVALID_LOG_INTERVAL:
+                self._logged_at = now
+                log.warning(
+                    "subscription to %r: skipped a message on %r that is not a valid %s: %s "
+                    "(%d skipped so far)",
+                    self.subject,
+                    msg.subject,
+                    self._codec.name,
+                    exc,
+                    self.invalid,
+                )
+            return None
+        return TypedMessage(msg, body)
+
+    async def __anext__(self) -> TypedMessage:
+        while True:
+            typed = self._typed(await super().__anext__())
+            if typed is not None:
+                return typed
+
+    async def next_batch(self, max_msgs: int = 1024, timeout: float | None = None) -> list[Message]:
+        """As :meth:`Subscription.next_batch`, each message a
+        :class:`~asyncipc.message.TypedMessage`; messages that do not decode are left out
+        (waits again if that leaves none)."""
+        while True:
+            batch = await super().next_batch(max_msgs, timeout)
+            typed: list[Message] = [t for t in map(self._typed, batch) if t is not None]
+            if typed:
+                return typed

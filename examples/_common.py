@@ -1,7 +1,6 @@
-"""What the example services share: the broker URL option, JSON payloads, a stop signal.
+"""What the example services share: the broker URL option, a tally, a stop signal.
 
-Not part of asyncipc: payloads are plain ``bytes`` on the bus, and these services happen
-to put JSON in them.
+The messages themselves are in ``models.py``: asyncipc encodes and decodes them.
 """
 
 from __future__ import annotations
@@ -9,13 +8,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import asyncipc
 
@@ -32,14 +29,6 @@ def add_url_option(parser: argparse.ArgumentParser) -> None:
         help="broker to connect to (default: $ASYNCIPC_URL, else %(default)s); "
         "memory:// runs an embedded broker in this process",
     )
-
-
-def encode(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
-
-
-def decode(data: bytes) -> Any:
-    return json.loads(data)
 
 
 @dataclass

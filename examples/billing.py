@@ -3,8 +3,8 @@
 Workers subscribe in the queue group ``billing``, so however many run, each order goes to
 exactly one of them (round robin): start more to bill faster.
 
-Consumes:  ``orders.created``  ``{"id": 7, "items": [...], "total_cents": 1998}``
-Publishes: ``orders.billed``   ``{"order": 7, "worker": "billing-1", "amount_cents": 1998}``
+Consumes:  ``orders.created``  an ``Order`` (models.py), decoded by the subscription
+Publishes: ``orders.billed``   a ``Billed``, encoded by ``publish``
 
 Run one worker per process against a broker (stop with Ctrl-C or SIGTERM: orders already
 received are billed first)::
@@ -18,7 +18,8 @@ import argparse
 import asyncio
 import os
 
-from _common import Tally, add_url_option, decode, encode, exit_on_errors, stop_on_signals
+from _common import Tally, add_url_option, exit_on_errors, stop_on_signals
+from models import Billed, Order
 
 import asyncipc
 
@@ -29,15 +30,17 @@ async def serve(bus: asyncipc.Bus, worker: str, *, limit: int | None = None) -> 
     tally = Tally(limit)
 
     async def bill(msg: asyncipc.Message) -> None:
-        order = decode(msg.data)
-        billed = {"order": order["id"], "worker": worker, "amount_cents": order["total_cents"]}
-        await bus.publish("orders.billed", encode(billed))
+        order: Order = msg.body  # type: ignore[attr-defined]  # model=Order decoded it
+        billed = Billed(order=order.id, worker=worker, amount_cents=order.total_cents)
+        await bus.publish("orders.billed", billed)
         tally.add()
 
-    # callback=: the bus feeds `bill` one message at a time from a task it owns, and on
-    # close lets it finish every order already delivered here. (An `async for` loop would
-    # work too, but then this code, not the bus, would have to drain it on shutdown.)
-    bus.subscribe("orders.created", queue="billing", callback=bill)
+    # model=Order: each message's body is decoded into an Order (one that is not valid is
+    # counted in sub.invalid and skipped). callback=: the bus feeds `bill` one message at a
+    # time from a task it owns, and on close lets it finish every order already delivered
+    # here. (An `async for` loop would work too, but then this code, not the bus, would
+    # have to drain it on shutdown.)
+    bus.subscribe("orders.created", queue="billing", model=Order, callback=bill)
     await bus.flush()  # the broker has our subscription: orders from now on reach us
     return tally
 

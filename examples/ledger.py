@@ -22,7 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import decode, encode
+import msgspec
+from models import Order
 
 import asyncipc
 
@@ -34,7 +35,9 @@ async def produce(bus: asyncipc.Bus, first: int, last: int) -> list[asyncipc.Pub
     stream = await bus.stream("LEDGER", subjects=["ledger.orders.>"])
     futures = [
         stream.publish_async(
-            f"ledger.orders.{n}", encode({"id": n, "total_cents": 100 * n}), msg_id=f"order-{n}"
+            f"ledger.orders.{n}",
+            msgspec.json.encode(Order(id=n, items=[], total_cents=100 * n)),
+            msg_id=f"order-{n}",
         )
         for n in range(first, last + 1)
     ]
@@ -50,8 +53,8 @@ async def book(bus: asyncipc.Bus, books: dict[int, int], want: int) -> None:
         if not batch:
             raise RuntimeError(f"the ledger ran dry after {len(books)} orders")
         for msg in batch:
-            order = decode(msg.data)
-            books[order["id"]] = books.get(order["id"], 0) + 1
+            order = msgspec.json.decode(msg.data, type=Order)
+            books[order.id] = books.get(order.id, 0) + 1
             await msg.ack_sync()  # recorded by the broker: a restart cannot give it back
 
 

@@ -19,9 +19,9 @@ import json
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
-from _common import add_url_option, decode, encode, exit_on_errors
+from _common import add_url_option, exit_on_errors
+from models import Billed, Item, Order, Quote
 
 import asyncipc
 
@@ -47,11 +47,11 @@ class Report:
         return not self.duplicates and not self.missing and self.billed_cents == self.quoted_cents
 
 
-def make_order(n: int) -> dict[str, Any]:
+def make_order(n: int) -> Order:
     """Order number ``n``: one to three lines from the price list, the same on every run."""
     lines = 1 + n % 3
-    items = [{"sku": SKUS[(n + k) % len(SKUS)], "qty": 1 + (n + k) % 3} for k in range(lines)]
-    return {"id": n, "items": items}
+    items = [Item(sku=SKUS[(n + k) % len(SKUS)], qty=1 + (n + k) % 3) for k in range(lines)]
+    return Order(id=n, items=items)
 
 
 async def run(bus: asyncipc.Bus, *, orders: int, timeout: float = 10.0) -> Report:
@@ -64,24 +64,24 @@ async def run(bus: asyncipc.Bus, *, orders: int, timeout: float = 10.0) -> Repor
     seen: set[int] = set()
     # Subscribe before publishing, and let `async with` confirm it with the broker:
     # no billing event can slip past us.
-    async with bus.subscribe("orders.billed") as billed:
+    async with bus.subscribe("orders.billed", model=Billed) as billed:
         for n in range(1, orders + 1):
             order = make_order(n)
-            reply = await bus.request("pricing.quote", encode(order), timeout=5.0)
-            order["total_cents"] = decode(reply.data)["total_cents"]
-            await bus.publish("orders.created", encode(order))
+            quote = await bus.request("pricing.quote", order, response=Quote, timeout=5.0)
+            order.total_cents = quote.total_cents
+            await bus.publish("orders.created", order)
             report.sent += 1
-            report.quoted_cents += order["total_cents"]
+            report.quoted_cents += order.total_cents
 
         try:
             async with asyncio.timeout(timeout):
                 async for msg in billed:
-                    event = decode(msg.data)
-                    if event["order"] in seen:
-                        report.duplicates.append(event["order"])
-                    seen.add(event["order"])
-                    billed_by[event["worker"]] += 1
-                    report.billed_cents += event["amount_cents"]
+                    event: Billed = msg.body  # type: ignore[attr-defined]
+                    if event.order in seen:
+                        report.duplicates.append(event.order)
+                    seen.add(event.order)
+                    billed_by[event.worker] += 1
+                    report.billed_cents += event.amount_cents
                     if len(seen) == orders:
                         break
         except TimeoutError:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import sys
@@ -56,7 +55,7 @@ async def child() -> None:
             async for msg in jobs:
                 below = int(msg.data)
                 answer = {"below": below, "primes": count_primes(below), "pid": os.getpid()}
-                await bus.publish(msg.reply_to or "", json.dumps(answer).encode())
+                await bus.publish(msg.reply_to or "", answer)  # a dict: sent as JSON
         except asyncipc.BrokenLinkError:
             pass  # the parent closed its end of the pipes: our work is done
 
@@ -78,13 +77,13 @@ async def parent(workers: int, jobs: int) -> int:
             work = [20_000 + 1_000 * i for i in range(jobs)]
             start = time.perf_counter()
             replies = await asyncio.gather(
-                *(bus.request(SUBJECT, str(n).encode(), timeout=30) for n in work)
+                *(bus.request(SUBJECT, str(n).encode(), timeout=30, response=dict) for n in work)
             )
             took = time.perf_counter() - start
     # The broker is closed: every child saw its pipes close. Wait for them to exit.
     codes = [await c.wait() for c in children]
 
-    answers = [json.loads(r.data) for r in replies]
+    answers = replies
     per_worker = Counter(a["pid"] for a in answers)
     shares = "   ".join(f"pid {pid}: {per_worker[pid]}" for pid in pids)
     print(f"  answered by   {shares}   (queue group 'primes')")

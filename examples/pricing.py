@@ -1,11 +1,17 @@
 """The pricing service: answers ``pricing.quote`` requests with the price of an order.
 
-Request:  ``{"id": 7, "items": [{"sku": "sku-1", "qty": 2}]}``
-Reply:    ``{"order": 7, "total_cents": 1998, "currency": "EUR"}``
+Request:  an ``Order`` (``{"id": 7, "items": [{"sku": "sku-1", "qty": 2}]}``)
+Reply:    a ``Quote``  (``{"order": 7, "total_cents": 1998, "currency": "EUR"}``)
 
-An unknown SKU is the requester's mistake: the handler raises ``asyncipc.ServiceError``
-saying so, and the requester gets that text. Any other failure reaches it only as an
+A typed service: asyncipc decodes the request into an ``Order`` and encodes the returned
+``Quote`` (models.py), from the handler's annotations. A request that is not a valid order
+(a missing field, ``qty`` below 1) never reaches the handler: the requester gets a
+``ServiceError`` naming the field. An unknown SKU is the requester's mistake too: the
+handler raises ``asyncipc.ServiceError`` saying so. Any other failure reaches it only as an
 internal error; the traceback stays in this service's log.
+
+The service answers ``$SRV.PING``/``INFO``/``STATS`` (docs/services.md): while it runs,
+``asyncipc services stats pricing`` shows its requests, errors and processing time.
 
 Run it against a broker (stop with Ctrl-C or SIGTERM: requests already received are
 answered first)::
@@ -19,9 +25,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from typing import Any
 
-from _common import Tally, add_url_option, decode, encode, exit_on_errors, stop_on_signals
+from _common import Tally, add_url_option, exit_on_errors, stop_on_signals
+from models import Order, Quote
 
 import asyncipc
 
@@ -29,34 +35,31 @@ PRICES_CENTS = {"sku-1": 999, "sku-2": 2450, "sku-3": 120, "sku-4": 5000}
 CURRENCY = "EUR"
 
 
-def price(order: dict[str, Any]) -> dict[str, Any]:
+def price(order: Order) -> Quote:
     """The quote for an order: pure business logic, no bus in sight."""
     total = 0
-    for item in order["items"]:
-        sku = item["sku"]
-        if sku not in PRICES_CENTS:
-            raise ValueError(f"unknown sku {sku!r}")
-        total += PRICES_CENTS[sku] * item["qty"]
-    return {"order": order["id"], "total_cents": total, "currency": CURRENCY}
+    for item in order.items:
+        if item.sku not in PRICES_CENTS:
+            raise asyncipc.ServiceError(f"unknown sku {item.sku!r}")
+        total += PRICES_CENTS[item.sku] * item.qty
+    return Quote(order=order.id, total_cents=total, currency=CURRENCY)
 
 
 async def serve(bus: asyncipc.Bus, *, limit: int | None = None) -> Tally:
     """Answer quote requests on ``bus`` until it is closed; returns once the broker knows
     about the service. The returned tally counts the quotes answered."""
     tally = Tally(limit)
+    service = asyncipc.Service("pricing", version="1.0.0", description="prices orders")
 
-    # The bus runs the handler in a task it owns, one request at a time; the return value
-    # is the reply. Closing the bus lets the handler finish what it already holds.
-    @bus.handler("pricing.quote", queue="pricing")
-    async def quote(msg: asyncipc.Message) -> bytes:
-        try:
-            reply = encode(price(decode(msg.data)))
-        except ValueError as exc:  # bad JSON, an unknown SKU: tell the requester
-            raise asyncipc.ServiceError(str(exc)) from exc
+    # The return value is the reply. Up to 64 requests run at once (max_concurrency);
+    # closing the bus lets the handler finish what it already holds.
+    @service.endpoint("quote", subject="pricing.quote", queue="pricing")
+    async def quote(order: Order) -> Quote:
+        reply = price(order)
         tally.add()
         return reply
 
-    await bus.flush()  # the broker has our subscription: requests from now on reach us
+    await service.start(bus)  # the broker has our subscriptions: requests now reach us
     return tally
 
 

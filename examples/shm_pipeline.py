@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import sys
@@ -46,7 +45,7 @@ async def worker(url: str, name: str) -> None:
             async for msg in frames:
                 n = int(msg.headers["n"]) if msg.headers else -1
                 answer = {"n": n, "crc": zlib.crc32(msg.data), "by": name}
-                await bus.publish("frames.crc", json.dumps(answer).encode())
+                await bus.publish("frames.crc", answer)  # a dict: sent as JSON
         except asyncipc.ConnectionClosed:
             pass
 
@@ -84,14 +83,14 @@ async def main(workers: int, count: int, size: int) -> int:
     async with asyncipc.Broker() as broker:
         url = (await broker.listen(f"shm://{name}?size=16M")).url
         procs = [await spawn("--worker", url, f"crc-{i + 1}") for i in range(workers)]
-        async with asyncipc.connect(url) as bus, bus.subscribe("frames.crc") as answers:
+        async with asyncipc.connect(url) as bus, bus.subscribe("frames.crc", model=dict) as answers:
             await bus.flush()
             t0 = time.perf_counter()
             for i in range(count):
                 await bus.publish("frames.raw", frames[i % len(frames)], headers={"n": str(i)})
             per_worker: dict[str, int] = {}
             for _ in range(count):
-                got = json.loads((await answers.next_msg(timeout=30)).data)
+                got = (await answers.next_msg(timeout=30)).body  # type: ignore[attr-defined]
                 ok &= expected[got["n"]] == got["crc"]
                 per_worker[got["by"]] = per_worker.get(got["by"], 0) + 1
             took = time.perf_counter() - t0

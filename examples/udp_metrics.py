@@ -25,11 +25,18 @@ import math
 import sys
 from typing import Any
 
-from _common import decode, encode
+import msgspec
 
 import asyncipc
 
 HOSTS = ("web-1", "web-2", "db-1")
+
+
+class Sample(msgspec.Struct):
+    v: float
+    i: int
+
+
 NAMES = ("cpu", "mem")
 
 
@@ -40,20 +47,18 @@ async def report(url: str, host: str, samples: int) -> Any:
             for k, name in enumerate(NAMES):
                 value = round(50 + 40 * math.sin(i / (7 + k) + HOSTS.index(host)), 2)
                 # publish() returns at once: UDP, nobody acknowledges a sample.
-                await bus.publish(f"metrics.{host}.{name}", encode({"v": value, "i": i}))
+                await bus.publish(f"metrics.{host}.{name}", Sample(v=value, i=i))
         await bus.flush()
         return bus.peer.extra["stats"]
 
 
-async def ask_latest(bus: asyncipc.Bus, attempts: int = 5) -> dict[str, Any] | None:
+async def ask_latest(bus: asyncipc.Bus, attempts: int = 5) -> dict[str, float] | None:
     """A request over UDP: a short time-out, and ask again if it runs out."""
     for _ in range(attempts):
         try:
-            reply = await bus.request("collector.latest", timeout=0.5)
+            return await bus.request("collector.latest", timeout=0.5, response=dict[str, float])
         except asyncipc.RequestTimeout:
             continue  # the request or the reply was lost: ask again
-        latest: dict[str, Any] = decode(reply.data)
-        return latest
     return None
 
 
@@ -66,15 +71,17 @@ async def run(url: str, samples: int) -> int:
     async def on_sample(msg: asyncipc.Message) -> None:
         nonlocal received
         received += 1
-        latest[msg.subject.removeprefix("metrics.")] = decode(msg.data)["v"]
+        latest[msg.subject.removeprefix("metrics.")] = msg.body.v  # type: ignore[attr-defined]
         if received == expected:
             done.set()
 
-    async def serve_latest(msg: asyncipc.Message) -> bytes:
-        return encode(latest)
+    async def serve_latest(msg: asyncipc.Message) -> dict[str, float]:
+        return latest
 
     async with asyncipc.connect(url, name="collector") as collector:
-        sub = collector.subscribe("metrics.>", overflow="drop_oldest", callback=on_sample)
+        sub = collector.subscribe(
+            "metrics.>", overflow="drop_oldest", model=Sample, callback=on_sample
+        )
         collector.serve("collector.latest", serve_latest)
         await collector.flush()
 

@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 import asyncipc
@@ -21,7 +22,6 @@ sys.path.insert(0, str(EXAMPLES))  # the examples import each other as plain mod
 import billing  # noqa: E402
 import orders  # noqa: E402
 import pricing  # noqa: E402
-from _common import decode, encode  # noqa: E402
 
 
 def run_demo(*args: str) -> str:
@@ -96,12 +96,17 @@ async def test_pricing_answers_a_quote(url: str) -> None:
     async with asyncipc.connect(url) as service, asyncipc.connect(url) as client:
         tally = await pricing.serve(service)
         order = {"id": 7, "items": [{"sku": "sku-1", "qty": 2}, {"sku": "sku-3", "qty": 1}]}
-        reply = await client.request("pricing.quote", encode(order))
-        assert decode(reply.data) == {"order": 7, "total_cents": 2 * 999 + 120, "currency": "EUR"}
+        # A client without the models: a dict in, a dict out, JSON on the wire.
+        reply = await client.request("pricing.quote", order, response=dict)
+        assert reply == {"order": 7, "total_cents": 2 * 999 + 120, "currency": "EUR"}
 
         unknown = {"id": 8, "items": [{"sku": "sku-404", "qty": 1}]}
         with pytest.raises(asyncipc.ServiceError, match="unknown sku 'sku-404'"):
-            await client.request("pricing.quote", encode(unknown))
+            await client.request("pricing.quote", unknown)
+        # The service's models validate: the handler never sees a bad order.
+        zero = {"id": 9, "items": [{"sku": "sku-1", "qty": 0}]}
+        with pytest.raises(asyncipc.ServiceError, match=r"items\[0\]\.qty: Expected `int` >= 1"):
+            await client.request("pricing.quote", zero)
     assert tally.count == 1
 
 
@@ -114,8 +119,9 @@ async def test_billing_workers_bill_each_order_once(url: str) -> None:
                 bus = await stack.enter_async_context(asyncipc.connect(url))
                 tallies[worker] = await billing.serve(bus, worker)
             for i in range(n):
-                await events.publish("orders.created", encode({"id": i, "total_cents": i}))
-            seen = [decode((await billed.next_msg(timeout=10)).data) for _ in range(n)]
+                order = {"id": i, "items": [], "total_cents": i}
+                await events.publish("orders.created", order)
+            seen = [msgspec.json.decode((await billed.next_msg(timeout=10)).data) for _ in range(n)]
         # The workers' buses are closed (drained): a second billing would have been sent.
         await events.flush()
         assert billed.pending == 0, "an order was billed twice"
@@ -140,7 +146,7 @@ async def test_orders_end_to_end_in_process(url: str) -> None:
     assert report.sent == quotes.count == bills.count == 25
     assert report.billed == {"solo": 25}
     assert report.billed_cents == sum(
-        pricing.price(orders.make_order(n))["total_cents"] for n in range(1, 26)
+        pricing.price(orders.make_order(n)).total_cents for n in range(1, 26)
     )
 
 

@@ -52,7 +52,7 @@ def test_python_program_runs_and_ends(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
-        "b'9.99 for sku-1'",
+        "Price(sku='sku-1', total=19.98)",
         "orders.created b'{\"id\": 7}' {'trace': 'abc'}",
     ]
 

@@ -27,6 +27,7 @@ from ._common import (
     _size_text,
 )
 from ._passwd import _passwd
+from ._services import add_service_commands
 from ._stats import add_stats_command
 from ._streams import add_stream_commands
 from ._top import add_top_command
@@ -407,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_command(commands, client)
     add_stats_command(commands, client)
     add_top_command(commands, client)
+    add_service_commands(commands, client)
     return parser
 
 
