@@ -288,3 +288,24 @@ async def test_cli_services_ls_info_stats(broker: BrokerProc, prefix: str) -> No
     rc, _, err = await arun("services", "info", f"{prefix}gone", "--timeout", "0.2", *url)
     assert rc == 1
     assert f"no service '{prefix}gone' answered" in err
+
+
+async def test_cli_prints_what_a_service_says_of_itself_escaped(
+    broker: BrokerProc, prefix: str
+) -> None:
+    """A service chooses its description (and its endpoints' subjects): a terminal
+    escape there is shown as text by ``asyncipc services``, never sent to the terminal."""
+    rogue = asyncipc.Service(f"{prefix}rogue", "1.0.0", "fine\x1b[2J\x1b]0;pwned\x07")
+
+    @rogue.endpoint("x")
+    async def x(msg: asyncipc.Message) -> bytes:
+        return b""
+
+    async with asyncipc.connect(broker.url, token=TOKEN) as a, rogue.start(a):
+        url = ["--url", broker.url]
+        for verb in ("ls", "info"):
+            rc, out, err = await arun("services", verb, f"{prefix}rogue", *url)
+            assert rc == 0, err
+            assert "\x1b" not in out
+            assert "\x07" not in out
+            assert "fine\\x1b[2J" in out

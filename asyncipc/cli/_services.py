@@ -15,6 +15,7 @@ from typing import Any
 from ..service import discover
 from ._clients import _connect
 from ._common import EXIT_FAILED, EXIT_OK, CommandError, _positive_float
+from ._stats import _clean, table
 
 __all__ = ["add_service_commands"]
 
@@ -30,12 +31,6 @@ def _out(text: str) -> None:
 
 def _ms(ns: int) -> str:
     return f"{ns / 1e6:.3f} ms"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    line = "  ".join(f"{{:<{w}}}" for w in widths)
-    return [line.format(*header).rstrip()] + [line.format(*r).rstrip() for r in rows]
 
 
 def _type_name(schema: object) -> str:
@@ -87,7 +82,7 @@ async def _services_ls(args: argparse.Namespace) -> int:
         ]
         for d in found
     ]
-    _out("\n".join(_table(["NAME", "VERSION", "ID", "ENDPOINTS", "DESCRIPTION"], rows)))
+    _out(table(["NAME", "VERSION", "ID", "ENDPOINTS", "DESCRIPTION"], rows))
     return EXIT_OK
 
 
@@ -100,9 +95,11 @@ async def _services_info(args: argparse.Namespace) -> int:
         return EXIT_OK
     blocks = []
     for d in found:
-        lines = [f"service {d.get('name')} {d.get('version')} (id {d.get('id')})"]
+        # What a service says of itself is printed escaped, as every peer-chosen text is.
+        head = f"service {d.get('name')} {d.get('version')} (id {d.get('id')})"
+        lines = [_clean(head)]
         if d.get("description"):
-            lines.append(f"  {d['description']}")
+            lines.append(f"  {_clean(d['description'])}")
         rows = []
         for ep in d.get("endpoints") or []:
             schema = ep.get("schema")
@@ -121,7 +118,10 @@ async def _services_info(args: argparse.Namespace) -> int:
                 ]
             )
         if rows:
-            lines += ["  " + r for r in _table(["ENDPOINT", "SUBJECT", "QUEUE", "TYPES"], rows)]
+            lines += [
+                "  " + r
+                for r in table(["ENDPOINT", "SUBJECT", "QUEUE", "TYPES"], rows).splitlines()
+            ]
         blocks.append("\n".join(lines))
     _out("\n\n".join(blocks))
     return EXIT_OK
@@ -150,7 +150,7 @@ async def _services_stats(args: argparse.Namespace) -> int:
                 ]
             )
     header = ["SERVICE", "ID", "ENDPOINT", "REQUESTS", "ERRORS", "TIME", "AVERAGE", "LAST ERROR"]
-    _out("\n".join(_table(header, rows)) if rows else "no endpoints")
+    _out(table(header, rows) if rows else "no endpoints")
     return EXIT_OK
 
 
