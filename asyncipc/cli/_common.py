@@ -60,17 +60,6 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _block_timeout(text: str) -> float:
-    """``--block-timeout``: seconds, 0 (off) or more."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be 0 (off) or a number of seconds, not {text}")
-    return value
-
-
 def _positive_int(text: str) -> int:
     try:
         value = int(text)

@@ -15,7 +15,6 @@ from ._clients import _pub, _request, _sub, _wait
 from ._common import (
     EXIT_OK,
     WAIT_TIMEOUT,
-    _block_timeout,
     _frame_size,
     _header,
     _hello_size,
@@ -230,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--block-timeout",
         metavar="SECONDS",
-        type=_block_timeout,
+        type=_seconds_or_zero,
         default=block_timeout,
         help="how long a subscriber with overflow=block may hold its publishers back "
         "without catching up before it is cut off as a slow consumer; 0: no limit "
