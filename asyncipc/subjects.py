@@ -55,7 +55,7 @@ def _too_long(text: str) -> bool:
     return len(text) > MAX_SUBJECT_BYTES // 4 and len(text.encode()) > MAX_SUBJECT_BYTES
 
 
-def validate_subject(subject: str) -> str:
+def validate_subject(subject: object) -> str:
     """Return ``subject`` if it is a valid literal subject (no wildcards), else raise.
 
     Raises :class:`InvalidSubject` (a ``ValueError``) naming the subject and the rule.
@@ -76,7 +76,7 @@ def validate_subject(subject: str) -> str:
     return subject
 
 
-def validate_pattern(pattern: str) -> str:
+def validate_pattern(pattern: object) -> str:
     """Return ``pattern`` if it is a valid subscription pattern, else raise InvalidSubject."""
     if not isinstance(pattern, str):
         raise InvalidSubject(f"subject must be a str, not {type(pattern).__name__}")
@@ -87,7 +87,7 @@ def validate_pattern(pattern: str) -> str:
     return pattern
 
 
-def validate_queue(queue: str) -> str:
+def validate_queue(queue: object) -> str:
     """Return ``queue`` if it is a valid queue-group name, else raise InvalidSubject."""
     if not isinstance(queue, str) or _QUEUE_RE.fullmatch(queue) is None:
         raise InvalidSubject(

@@ -126,26 +126,19 @@ class Pub:
         data: bytes,
         reply: str | None = None,
         headers: Headers | None = None,
+        _raw: bytes | None = None,
+        _off: int = 0,
     ) -> None:
+        # _raw and _off are the decoder's (parse_frame): the body a PUB arrived in and
+        # where its payload starts in it; ``data`` is then ignored, sliced out when asked.
+        # Plain arguments, not a classmethod on cls.__new__: mypyc cannot compile that,
+        # and interpreted this is the faster of the two (docs/decisions.md, mypyc).
         self.subject = subject
         self.reply = reply
         self.headers = headers
-        self._data: bytes | None = data
-        self._raw: bytes | None = None
-        self._off = 0
-
-    @classmethod
-    def _decoded(
-        cls, subject: str, reply: str | None, headers: Headers | None, raw: bytes, off: int
-    ) -> Pub:
-        self = cls.__new__(cls)
-        self.subject = subject
-        self.reply = reply
-        self.headers = headers
-        self._data = None
-        self._raw = raw
-        self._off = off
-        return self
+        self._data: bytes | None = data if _raw is None else None
+        self._raw = _raw
+        self._off = _off
 
     @property
     def data(self) -> bytes:
