@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Generic, TypeVar
 
+from ._build import plain_class
 from .protocol import Overflow
 from .subjects import SubjectIndex
 
@@ -20,6 +21,7 @@ _CACHE_MAX = 8192
 _INBOX_CACHE_MAX = 256
 
 
+@plain_class
 class Route(Generic[O]):
     """One subscription as the broker knows it. Hashed by identity.
 

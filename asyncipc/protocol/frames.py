@@ -13,6 +13,7 @@ import struct
 from enum import IntEnum
 from typing import Any, Final
 
+from .._build import plain_class
 from ..errors import FrameTooLarge, LocalProtocolError
 
 __all__ = [
@@ -110,6 +111,7 @@ class ErrorCode(IntEnum):
 Headers = dict[str, str]
 
 
+@plain_class
 class Pub:
     """PUB: a message from a client to the broker.
 
@@ -168,6 +170,7 @@ class Pub:
         return f"Pub({self.subject!r}, {len(self.data)} bytes, reply={self.reply!r})"
 
 
+@plain_class
 class Msg:
     """MSG: a message from the broker to one subscription (``sid``) of a client."""
 
@@ -191,6 +194,7 @@ class Msg:
         return f"Msg(sid={self.sid}, {self.subject!r}, {len(self.data)} bytes)"
 
 
+@plain_class
 class Sub:
     """SUB: register subscription ``sid`` on ``subject`` (a pattern), optionally in a queue.
 
@@ -220,6 +224,7 @@ class Sub:
         return f"Sub(sid={self.sid}, {self.subject!r}, queue={self.queue!r})"
 
 
+@plain_class
 class Unsub:
     """UNSUB: remove subscription ``sid``."""
 
@@ -232,6 +237,7 @@ class Unsub:
         return f"Unsub(sid={self.sid})"
 
 
+@plain_class
 class Ping:
     """PING: the peer must answer PONG. Also proves liveness."""
 
@@ -241,6 +247,7 @@ class Ping:
         return "Ping()"
 
 
+@plain_class
 class Pong:
     """PONG: the answer to PING."""
 
@@ -250,6 +257,7 @@ class Pong:
         return "Pong()"
 
 
+@plain_class
 class Hello:
     """HELLO: the client's first frame, a JSON object (``version``, ``token``, ``name``...)."""
 
@@ -263,6 +271,7 @@ class Hello:
         return f"Hello({shown})"
 
 
+@plain_class
 class Welcome:
     """WELCOME: the broker's answer to HELLO, a JSON object (``max_frame``...)."""
 
@@ -275,6 +284,7 @@ class Welcome:
         return f"Welcome({self.fields})"
 
 
+@plain_class
 class Err:
     """ERR: an error with a code; ``sid`` is 0 unless it concerns one subscription."""
 
@@ -366,15 +376,20 @@ def encode_msg_from_pub(sid: int, pub: Pub, max_frame: int) -> bytes:
 def encode_delivery(
     sid: int,
     subject: str,
-    data: bytes,
+    data: bytes | None,
     reply: str | None,
     headers: Headers | None,
     pub: Pub | None,
     max_frame: int,
 ) -> bytes:
     """The MSG frame a stream-like link writes for :meth:`Link.deliver`: the PUB's body
-    reused when the message arrived as one, else encoded from the fields."""
+    reused when the message arrived as one, else encoded from the fields.
+
+    ``data`` is None when ``pub`` is given (``Broker.publish`` does not slice it out for
+    a link that forwards the frame's bytes): said in the type, since the compiled build
+    checks it."""
     if pub is None:
+        assert data is not None
         return encode(Msg(sid, subject, data, reply, headers), max_frame)
     return encode_msg_from_pub(sid, pub, max_frame)
 
