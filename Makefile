@@ -5,7 +5,8 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-dev
 BSTAMP  := $(VENV)/.installed-bench
 
-.PHONY: demo test check lint types pytest pytest-accel accel pure bench redis-server clean proto node-example
+.PHONY: demo test check lint types pytest pytest-accel accel pure fuzz bench redis-server chromium \
+        clean proto node-example
 
 # Every extra: the tests and the examples use the gRPC and REST adapters.
 $(STAMP): pyproject.toml
@@ -24,6 +25,14 @@ redis-server:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q redis-server; \
 	  else echo "redis-server missing: run 'sudo apt-get install redis-server'"; exit 1; fi; }
 
+# chromium is a Debian package too: tests/test_dashboard.py drives it with Playwright (which
+# cannot download its own browsers here). Installed when missing and we may (root); else the
+# test skips and says so (under CI it fails instead: there it must run).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q chromium; \
+	  else echo "chromium missing: tests/test_dashboard.py will skip ('sudo apt-get install chromium')"; fi; }
+
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 	$(BIN)/python examples/ledger.py
@@ -39,7 +48,7 @@ check: lint types
 
 # The pure-Python run: ASYNCIPC_EXPECT_COMPILED=0 makes tests/test_build.py fail if compiled
 # modules left in place by `make accel` would be tested instead (`make pure` removes them).
-pytest: $(STAMP) node-example
+pytest: $(STAMP) node-example chromium
 	ASYNCIPC_EXPECT_COMPILED=0 $(BIN)/python -m pytest
 
 # The accelerated build (docs/architecture.md, Accelerated build): mypyc compiles the hot
@@ -82,6 +91,13 @@ node-example:
 	else echo "node not found: tests/test_grpc_node.py will skip the Node.js example"; fi
 
 test: check pytest pytest-accel
+
+# A longer run of the decoder and handshake fuzzing than `make test`'s (tests/test_fuzz.py):
+# FUZZ_EXAMPLES per property, no per-test time-out. About 8 minutes at 3000 on 2 vCPUs.
+FUZZ_EXAMPLES ?= 3000
+fuzz: $(STAMP)
+	ASYNCIPC_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q --timeout=0 \
+	  --hypothesis-show-statistics tests/test_fuzz.py
 
 bench: $(BSTAMP) redis-server
 	$(BIN)/python -m benchmarks.run

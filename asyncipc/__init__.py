@@ -41,6 +41,7 @@ from .errors import (
     InvalidSubject,
     LocalProtocolError,
     NoResponders,
+    PermissionDenied,
     ProtocolError,
     RecordReleased,
     RemoteProtocolError,
@@ -56,8 +57,10 @@ from .errors import (
 from .link import Link, Listener, PeerInfo
 from .message import Message
 from .options import BrokerOptions, ConnectOptions
+from .permissions import Permissions
 from .streams import Consumer, PubAck, Stream, StreamInfo, StreamMessage
 from .subscription import Subscription
+from .users import User, hash_password
 
 __version__ = "0.1.0"
 
@@ -96,6 +99,8 @@ __all__ = [
     "Message",
     "NoResponders",
     "PeerInfo",
+    "PermissionDenied",
+    "Permissions",
     "PipePeer",
     "ProtocolError",
     "PubAck",
@@ -113,8 +118,10 @@ __all__ = [
     "StreamMessage",
     "StreamNotFound",
     "Subscription",
+    "User",
     "__version__",
     "connect",
     "default_socket_url",
+    "hash_password",
     "spawn_peer",
 ]

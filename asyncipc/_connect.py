@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Generator, Sequence
 from dataclasses import replace
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
 
 from ._dialer import NOT_REDIALLED, Dialer
 from .broker import Broker
@@ -72,10 +72,34 @@ async def _acquire_embedded(name: str) -> Any:
     return release
 
 
+_CREDENTIAL_SCHEMES = ("tcp", "tls")
+
+
+def _take_credentials(urls: list[str], options: ConnectOptions) -> tuple[list[str], ConnectOptions]:
+    """``tcp://user:password@host:port``: the user and password go to the options (unless
+    set there) and out of the URL, which the bus shows in its logs and events."""
+    out = []
+    for raw in urls:
+        parts = urlsplit(raw) if isinstance(raw, str) and "@" in raw else None
+        if parts is None or parts.scheme.lower() not in _CREDENTIAL_SCHEMES or not parts.username:
+            out.append(raw)
+            continue
+        if options.user is None:
+            options = replace(
+                options,
+                user=unquote(parts.username),
+                password=None if parts.password is None else unquote(parts.password),
+            )
+        host = parts.netloc.rpartition("@")[2]
+        out.append(urlunsplit(parts._replace(netloc=host)))
+    return out, options
+
+
 async def _connect(url: str | Sequence[str] | None, options: ConnectOptions) -> Bus:
     # Read when connecting, not at import: a test or a launcher may set it late.
     env_url = None if url else os.environ.get(DEFAULT_URL_ENV) or None
     urls = [url] if isinstance(url, str) else list(url or []) or [env_url or "memory://"]
+    urls, options = _take_credentials(urls, options)
     try:
         parsed = [parse_url(u) for u in urls]
         for p in parsed:

@@ -149,7 +149,8 @@ def render(
     w.metric(
         "asyncipc_slow_consumers_total",
         "counter",
-        'Subscriptions cut off by overflow="error".',
+        'Subscriptions cut off as slow consumers (overflow="error", or "block" past '
+        "block_timeout).",
         [({}, stats.slow_consumers)],
     )
     w.metric(

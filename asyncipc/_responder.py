@@ -13,12 +13,15 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 
-from .errors import AsyncIPCError, FrameTooLarge, NoResponders, ServiceError
+from .errors import AsyncIPCError, FrameTooLarge, NoResponders, PermissionDenied, ServiceError
 from .message import Message
 from .protocol import Headers
 from .protocol.system import (
     ERROR_HEADER,
     NO_RESPONDERS_STATUS,
+    PERMISSION_REASON,
+    REASON_HEADER,
+    REFUSED_STATUS,
     SERVICE_ERROR_STATUS,
     STATUS_HEADER,
 )
@@ -99,7 +102,9 @@ def reply_error(asked: str, headers: Headers | None) -> AsyncIPCError | None:
         return None
     if status == NO_RESPONDERS_STATUS:
         return NoResponders(f"no responders for request on {asked!r}")
+    assert headers is not None
+    if status == REFUSED_STATUS and headers.get(REASON_HEADER) == PERMISSION_REASON:
+        return PermissionDenied(headers.get(ERROR_HEADER, f"request on {asked!r} refused"))
     if status == SERVICE_ERROR_STATUS:
-        assert headers is not None
         return ServiceError(f"handler for {asked!r} failed: {headers.get(ERROR_HEADER, '')}")
     return None

@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
 from typing import Protocol
 
+from ._access import Access, check_password, password_known, password_pool
+from ._logsafe import peer_log, printable
 from ._stats import BrokerStats
 from .errors import ConnectionClosed, InvalidSubject
 from .link import Link
@@ -26,6 +29,7 @@ from .protocol import (
     Frame,
     Headers,
     Hello,
+    Overflow,
     Ping,
     Pong,
     Pub,
@@ -33,13 +37,25 @@ from .protocol import (
     Unsub,
     Welcome,
 )
-from .protocol.system import RESERVED_PREFIX, allowed_signals
+from .protocol.system import (
+    ERROR_HEADER,
+    PERMISSION_REASON,
+    REASON_HEADER,
+    REFUSED_STATUS,
+    RESERVED_PREFIX,
+    STATUS_HEADER,
+    allowed_signals,
+)
 from .router import Route, Router
 from .subjects import validate_pattern, validate_queue, validate_subject
+from .users import User, identify
 
 __all__ = ["Session", "SessionHost"]
 
 log = logging.getLogger("asyncipc.broker")
+
+_HELD_MAX = 64
+"""Frames a client may send after its HELLO while its password is being checked."""
 
 
 def _reserved(subject: str, reply: str | None) -> bool:
@@ -100,12 +116,20 @@ class SessionHost(Protocol):
         """A PUB on ``$sys.stream.``: the streams API."""
         ...
 
+    def monitor_request(self, subject: str, data: bytes, reply: str) -> None:
+        """A request on ``$sys.monitor.``: the broker's figures."""
+        ...
+
     def clients(self) -> list[Session]:
         """The sessions connected now."""
         ...
 
     def session_closed(self, session: Session) -> None:
         """``session`` has ended."""
+        ...
+
+    def session_opened(self, session: Session) -> None:
+        """``session`` completed its handshake (it no longer counts as pending)."""
         ...
 
 
@@ -122,8 +146,18 @@ class Session:
         self.open = False
         self.closed = False
         self.routes: dict[int, Route[Session]] = {}
-        self.counters = broker.stats.transport(link.transport)
-        """Where this client's traffic is counted: its transport's TransportStats."""
+        # --- users and permissions (issue 13, docs/security.md) ---
+        self.user: User | None = None
+        """The user this client connected as; ``None``: no users, the token, in-process."""
+        self.access: Access | None = None
+        """Its permissions with their caches; ``None``: it may do everything."""
+        self._verifying: asyncio.Future[bool] | None = None
+        self._held: list[Frame] | None = None  # frames that came while its password was checked
+        self.counters = broker.stats.connection(link.transport)
+        """Where this client's traffic is counted: its own TransportStats, which the
+        broker sums by transport (``BrokerStats.transport``) and /connz shows alone."""
+        self.start = time.time()
+        """When the broker took this link (wall clock)."""
         # Backpressure bookkeeping (overflow="block"): sessions whose reading we paused
         # because *we* are slow, and the slow sessions that paused *us*.
         self.blocked_sources: set[Session] = set()
@@ -135,14 +169,18 @@ class Session:
         self._timer: asyncio.TimerHandle | None = loop.call_later(
             opts.handshake_timeout, self._handshake_expired
         )
+        self._block_timer: asyncio.TimerHandle | None = None  # see holding_publishers
 
     def __repr__(self) -> str:
         return f"<Session {self.client_id} {self.describe()}>"
 
     def describe(self) -> str:
         who = self.link.peer.describe()
+        if self.user is not None:
+            who = f"user {self.user.name!r}, {who}"
         return (
-            f"client {self.client_id} ({self.name}, {who})"
+            # The name is the client's to choose: escaped, so that it cannot forge lines.
+            f"client {self.client_id} ({printable(self.name)}, {who})"
             if self.name
             else f"client {self.client_id} ({who})"
         )
@@ -154,6 +192,13 @@ class Session:
     ) -> None:
         # Only in-process links call this, for a Bus that validated the subjects already.
         if self.open:
+            access = self.access
+            if (
+                access is not None
+                and (reply is not None or access.pub_cache.get(subject, False) is not None)
+                and self._refused(subject, reply)
+            ):
+                return
             # One character compared on the hot path; $sys. subjects are the broker's own.
             if (subject[0] == "$" or (reply is not None and reply[0] == "$")) and _reserved(
                 subject, reply
@@ -179,6 +224,15 @@ class Session:
                 self.send_error(ErrorCode.INVALID_SUBJECT, str(exc))
                 return
             subject, reply = frame.subject, frame.reply
+            # A restricted client's common case costs one dict lookup: an allowed subject,
+            # cached, and no reply subject to check.
+            access = self.access
+            if (
+                access is not None
+                and (reply is not None or access.pub_cache.get(subject, False) is not None)
+                and self._refused(subject, reply)
+            ):
+                return
             if (subject[0] == "$" or (reply is not None and reply[0] == "$")) and _reserved(
                 subject, reply
             ):
@@ -198,7 +252,16 @@ class Session:
         elif type(frame) is Pong:
             pass  # liveness is tracked by the link's last_received
         elif type(frame) is Err:
-            log.info("%s reported error %s: %s", self.describe(), frame.code, frame.message)
+            # Rate-limited too: a client can send as many ERR frames as it likes.
+            peer_log().log(
+                logging.INFO,
+                "reported-error",
+                "%s reported error %s: %s",
+                self.describe(),
+                frame.code,
+                printable(frame.message),
+                logger=log,
+            )
         else:
             self.fail(
                 ErrorCode.PROTOCOL, f"unexpected {type(frame).__name__.upper()} frame from a client"
@@ -210,15 +273,69 @@ class Session:
         self._cleanup()
 
     def writing_resumed(self) -> None:
+        if self._block_timer is not None:
+            self._block_timer.cancel()
+            self._block_timer = None
         sources, self.blocked_sources = self.blocked_sources, set()
         for src in sources:
             src.blocked_by.discard(self)
             if not src.blocked_by:
                 src.link.resume_reading()
 
+    # --- overflow="block": how long we may hold publishers back ---------------------------
+
+    def holding_publishers(self) -> None:
+        """Package-internal: we are slow and the broker has just paused a first publisher
+        for our ``block`` subscriptions. Unless our buffer drains to the low-water mark
+        (``writing_resumed``) within ``block_timeout``, we are cut off as slow."""
+        timeout = self.broker.options.block_timeout
+        if timeout > 0 and self._block_timer is None and not self.closed:
+            self._block_timer = self._loop.call_later(timeout, self._block_expired)
+
+    def _block_expired(self) -> None:
+        """Held publishers back for ``block_timeout`` without catching up: cut off every
+        ``block`` subscription (an ERR 101 each, as for ``overflow="error"``), counted,
+        and let the publishers go. Progress is draining to the low-water mark, not any
+        byte taken: a reader that takes one byte a second must not hold everyone."""
+        self._block_timer = None
+        if self.closed or not self.blocked_sources:
+            return
+        timeout = self.broker.options.block_timeout
+        stats = self.broker.stats
+        cut = [r for r in self.routes.values() if r.overflow is Overflow.BLOCK]
+        for route in cut:
+            self.drop_route(route)
+            stats.slow_consumers += 1
+            self._send(
+                Err(
+                    ErrorCode.SLOW_CONSUMER,
+                    f"subscription {route.sid} on {route.subject!r} cut off as a slow "
+                    f"consumer: it held its publishers back for {timeout:g} s without "
+                    "catching up (block_timeout)",
+                    route.sid,
+                )
+            )
+        peer_log().warning(
+            "slow-consumer",
+            "%s: %d block subscription(s) cut off as slow consumers after holding "
+            "%d publisher(s) back for %g s",
+            self.describe(),
+            len(cut),
+            len(self.blocked_sources),
+            timeout,
+            logger=log,
+        )
+        self.writing_resumed()  # the publishers it held resume
+
     # --- handshake and keep-alive ---------------------------------------------------------
 
     def _handshake(self, frame: Frame) -> None:
+        if self._held is not None:  # its password is being checked
+            if len(self._held) >= _HELD_MAX:
+                self.fail(ErrorCode.PROTOCOL, f"more than {_HELD_MAX} frames before WELCOME")
+            else:
+                self._held.append(frame)
+            return
         if not isinstance(frame, Hello):
             self.fail(
                 ErrorCode.PROTOCOL,
@@ -234,13 +351,35 @@ class Session:
             )
             return
         expected = self.broker.options.token
-        if expected is not None:
-            token = fields.get("token")
-            if not isinstance(token, str) or not hmac.compare_digest(
-                token.encode(), expected.encode()
-            ):
-                self.fail(ErrorCode.AUTH, "token required" if token is None else "invalid token")
+        token = fields.get("token")
+        token_ok = (
+            expected is not None
+            and isinstance(token, str)
+            and hmac.compare_digest(token.encode(), expected.encode())
+        )
+        users = self.broker.options.users
+        if users:
+            who = identify(
+                users, fields, self.link.peer, token_ok=token_ok, in_process=self.link.in_process
+            )
+            if who.refusal is not None:
+                self.fail(ErrorCode.AUTH, who.refusal)
                 return
+            if who.user is not None and who.password is not None:
+                assert who.user.password_hash is not None
+                if not password_known(who.password, who.user.password_hash):
+                    self._check_password(fields, who.user, who.password)
+                    return
+            self._open(fields, who.user)
+            return
+        if expected is not None and not token_ok:
+            self.fail(ErrorCode.AUTH, "token required" if token is None else "invalid token")
+            return
+        self._open(fields, None)
+
+    def _open(self, fields: dict[str, object], user: User | None) -> None:
+        """The client is who it says: WELCOME it."""
+        self.set_user(user)
         name = fields.get("name")
         self.name = name[:100] if isinstance(name, str) else ""
         client_max = fields.get("max_frame")
@@ -252,7 +391,7 @@ class Session:
             client_max = DEFAULT_MAX_FRAME
         self.link.max_frame = min(opts.max_frame, client_max)
         self.open = True
-        welcome = {
+        welcome: dict[str, object] = {
             "version": PROTOCOL_VERSION,
             "server": "asyncipc",
             "server_id": self.broker.server_id,
@@ -263,16 +402,92 @@ class Session:
             "high_water": opts.high_water,
             "ping_interval": opts.ping_interval,
         }
+        if user is not None:
+            welcome["user"] = user.name
         if "signals" in fields:
             self.allowed_signals, ignored = allowed_signals(fields["signals"])
             if ignored:
-                log.info("%s: ignored HELLO signals %s", self.describe(), ", ".join(ignored))
+                log.info(
+                    "%s: ignored HELLO signals %s", self.describe(), printable(", ".join(ignored))
+                )
             welcome["signals"] = sorted(self.allowed_signals)  # what is in effect
         self._send(Welcome(welcome))
+        self.broker.session_opened(self)
         self._cancel_timer()
         if opts.ping_interval > 0 and not self.link.in_process:
             self._timer = self._loop.call_later(opts.ping_interval, self._keepalive)
         log.debug("%s connected", self.describe())
+
+    # --- users and permissions (issue 13, docs/security.md) --------------------------------
+
+    def _check_password(self, fields: dict[str, object], user: User, password: str) -> None:
+        """Check the password off the event loop; frames that come meanwhile wait."""
+        assert user.password_hash is not None
+        self._held = []
+        fut = self._loop.run_in_executor(
+            password_pool(), check_password, password, user.password_hash
+        )
+        self._verifying = fut
+
+        def checked(done: asyncio.Future[bool]) -> None:
+            self._verifying = None
+            if self.closed or done.cancelled():
+                return
+            held, self._held = self._held or [], None
+            if done.exception() is not None or not done.result():
+                self.fail(ErrorCode.AUTH, "unknown user or wrong password")
+                return
+            self._open(fields, user)
+            for frame in held:
+                if self.closed:
+                    break
+                self.frame_received(frame)
+
+        fut.add_done_callback(checked)
+
+    def set_user(self, user: User | None) -> None:
+        """Connect this session as ``user`` with its permissions now (a reload calls it
+        again with the user's new entry; the caches start over)."""
+        self.user = user
+        if user is None or user.permissions.unrestricted:
+            self.access = None
+        else:
+            self.access = Access(user)
+
+    def reapply(self) -> None:
+        """Permissions changed (a configuration reload): drop every subscription the
+        client may no longer have, each with an ERR naming it."""
+        access = self.access
+        if access is None:
+            return
+        for sid, route in list(self.routes.items()):
+            why = access.subscribe_refusal(route.subject)
+            if why is not None:
+                self.drop_route(route)
+                self.broker.stats.permission_denied += 1
+                self.send_error(ErrorCode.PERMISSION, access.explain(why), sid)
+
+    def _refused(self, subject: str, reply: str | None) -> bool:
+        """Whether this PUB is refused; if so the client has been told: a request by a
+        ``403`` reply its ``request`` raises as PermissionDenied, a plain publish by an
+        ERR. Never a silent drop."""
+        access = self.access
+        assert access is not None
+        why = access.publish_refusal(subject, reply)
+        if why is None:
+            return False
+        self.broker.stats.permission_denied += 1
+        if reply is not None and access.subscribe_refusal(reply) is None:
+            log.info("refused a request from %s: %s", self.describe(), why)
+            headers = {
+                STATUS_HEADER: REFUSED_STATUS,
+                REASON_HEADER: PERMISSION_REASON,
+                ERROR_HEADER: why[:1000],
+            }
+            self.broker.publish(reply, b"", None, headers, None, None)
+        else:
+            self.send_error(ErrorCode.PERMISSION, why)
+        return True
 
     def _handshake_expired(self) -> None:
         self._timer = None
@@ -313,9 +528,24 @@ class Session:
         except InvalidSubject as exc:
             self.send_error(ErrorCode.INVALID_SUBJECT, str(exc), frame.sid)
             return
+        if self.access is not None:
+            why = self.access.subscribe_refusal(frame.subject)
+            if why is not None:
+                self.broker.stats.permission_denied += 1
+                self.send_error(ErrorCode.PERMISSION, self.access.explain(why), frame.sid)
+                return
         if frame.sid in self.routes:
             self.send_error(
                 ErrorCode.SID_IN_USE, f"subscription id {frame.sid} is already in use", frame.sid
+            )
+            return
+        limit = self.broker.options.max_subscriptions
+        if len(self.routes) >= limit:
+            self.send_error(
+                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                f"subscription {frame.sid} on {frame.subject!r} refused: this connection "
+                f"holds {len(self.routes)} subscriptions, the most allowed (max_subscriptions)",
+                frame.sid,
             )
             return
         route = Route(
@@ -343,14 +573,25 @@ class Session:
 
     def send_error(self, code: ErrorCode, message: str, sid: int = 0) -> None:
         """An ERR frame that does not end the session (a refused frame)."""
-        log.info("refused a frame from %s: %s", self.describe(), message)
+        # Rate-limited: one connection can send a million frames to refuse.
+        peer_log().log(
+            logging.INFO,
+            "refused",
+            "refused a frame from %s: %s",
+            self.describe(),
+            message,
+            logger=log,
+        )
         self._send(Err(code, message, sid))
 
     def fail(self, code: ErrorCode, message: str) -> None:
         """Tell the client what was wrong, then disconnect it. One log line."""
         if self.closed:
             return
-        log.warning("closing %s: %s", self.describe(), message)
+        # Rate-limited: every bad connection must not cost the operator a WARNING line.
+        peer_log().warning(
+            code.name.lower(), "closing %s: %s", self.describe(), message, logger=log
+        )
         self._send(Err(code, message))
         self.link.close()
         self._cleanup()
@@ -375,6 +616,13 @@ class Session:
         self.closed = True
         self.open = False
         self._cancel_timer()
+        if self._verifying is not None:
+            self._verifying.cancel()
+            self._verifying = None
+        self._held = None
+        if self._block_timer is not None:
+            self._block_timer.cancel()
+            self._block_timer = None
         router = self.broker.router
         for route in self.routes.values():
             router.remove(route)

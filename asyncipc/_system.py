@@ -9,6 +9,9 @@ nothing under that prefix is routed like an ordinary message:
     can forge them.
 ``$sys.stream.<op>...``
     The streams API (``docs/streams.md``), answered by the broker's stream manager.
+``$sys.monitor.<varz|connz|subsz|streamz|subjectz>``
+    A request the broker answers itself with its figures as JSON (``docs/monitoring.md``);
+    the payload is empty or a JSON object of options.
 ``$sys.kill.<client id or name>``
     A request the broker answers itself, by sending the signal named in the payload to
     the target client's process if every rule of :func:`refusal` passes. The reply is
@@ -36,6 +39,7 @@ from .protocol import ErrorCode, Headers, Pub
 from .protocol.system import (
     ERROR_HEADER,
     KILL_PREFIX,
+    MONITOR_PREFIX,
     REASON_HEADER,
     REFUSED_STATUS,
     RESERVED_PREFIX,
@@ -145,6 +149,16 @@ def handle(
             assert pub is not None
             data = pub.data
         session.broker.stream_request(session, subject, data, reply, headers)
+    elif subject.startswith(MONITOR_PREFIX):
+        if reply is None:
+            session.send_error(
+                ErrorCode.PERMISSION, f"{subject} is a request: send it with a reply subject"
+            )
+            return
+        if data is None:
+            assert pub is not None
+            data = pub.data
+        session.broker.monitor_request(subject, data, reply)
     elif subject.startswith(KILL_PREFIX):
         if data is None:
             assert pub is not None

@@ -29,6 +29,8 @@ import anyio
 
 from . import _system
 from ._inflight import InFlight
+from ._limits import ConnectionLimits
+from ._monitor import Monitor
 from ._session import Session
 from ._shield import shielded
 from ._stats import BrokerStats, TransportStats
@@ -114,6 +116,7 @@ class Broker:
         self.stats = BrokerStats()
         self.server_id = os.urandom(8).hex()
         self._sessions: set[Session] = set()
+        self._limits: ConnectionLimits[Session] = ConnectionLimits(options)
         self._listeners: list[Listener] = []
         self._next_client = 0
         self._closing = False
@@ -132,6 +135,8 @@ class Broker:
         self._relaying = False
         self._stream_relay: Relay | None = None
         self._bridges: list[Bridge] = []
+        self.monitor = Monitor(self)
+        """The broker's figures for ``/varz`` and friends (``docs/monitoring.md``)."""
 
     async def start(self) -> None:
         """Open the store: recover every stream and consumer under ``store``. Called by
@@ -155,11 +160,7 @@ class Broker:
         await self.start()
         parsed = parse_url(url)
         transport = lookup(parsed.scheme)
-        opts = TransportOptions(
-            ssl=ssl or self.options.ssl,
-            high_water=self.options.high_water,
-            max_frame=self.options.max_frame,
-        )
+        opts = self._transport_options(ssl=ssl or self.options.ssl)
         listener: Listener
         if isinstance(transport, BrokerAdapter):
             listener = await transport.serve_broker(parsed, self, opts)
@@ -171,7 +172,26 @@ class Broker:
             raise ClosedError("broker is closed")
         self._listeners.append(listener)
         log.info("listening on %s", listener.url)
+        if self._limits.capped_by is not None and len(self._listeners) == 1:
+            log.warning(
+                "serving at most %d connections, not max_connections=%d: the file "
+                "descriptor limit (RLIMIT_NOFILE, ulimit -n) is %d",
+                self._limits.max_connections,
+                self.options.max_connections,
+                self._limits.capped_by,
+            )
         return listener
+
+    def _transport_options(self, ssl: Any = None) -> TransportOptions:
+        opts = self.options
+        return TransportOptions(
+            ssl=ssl,
+            high_water=opts.high_water,
+            max_frame=opts.max_frame,
+            max_hello=opts.max_hello,
+            frame_timeout=opts.frame_timeout,
+            frame_min_rate=opts.frame_min_rate,
+        )
 
     @property
     def urls(self) -> list[str]:
@@ -195,16 +215,35 @@ class Broker:
         return sum(s.link.buffered for s in self._sessions)
 
     def attach(self, link: Link) -> None:
-        """Take a new link from a listener (or a caller that made one) as a client."""
+        """Take a new link from a listener (or a caller that made one) as a client.
+
+        A link over the connection limits (``max_connections``,
+        ``max_connections_per_peer``, ``max_pending_handshakes``) is refused: it gets an
+        ERR ``LIMIT`` naming the limit, then is closed; it never becomes a session."""
         if self._closing:
             link.abort()
+            return
+        refusal = self._limits.refusal(link)
+        if refusal is not None:
+            self._limits.refuse(link, refusal)
+            self.stats.refused_connections += 1
             return
         self._next_client += 1
         self.stats.connections += 1
         session = Session(self, link, self._next_client)
         session.counters.connections += 1
         self._sessions.add(session)
+        self._limits.admitted(session, link)
         link.set_receiver(session)
+
+    @property
+    def pending_handshakes(self) -> int:
+        """Connections that have not completed their handshake yet."""
+        return self._limits.pending
+
+    def session_opened(self, session: Session) -> None:
+        """Package-internal: ``session`` completed its handshake."""
+        self._limits.opened(session)
 
     async def spawn(
         self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, **popen_kwargs: Any
@@ -224,9 +263,7 @@ class Broker:
             raise ClosedError("broker is closed")
         from .transports.pipe import spawn_child  # loaded on first use, like every channel
 
-        opts = TransportOptions(
-            high_water=self.options.high_water, max_frame=self.options.max_frame
-        )
+        opts = self._transport_options()
         child = await spawn_child(self.attach, argv, opts, env=env, **popen_kwargs)
         self._unadopted.add(child.link)
         return child
@@ -264,6 +301,8 @@ class Broker:
     def session_closed(self, session: Session) -> None:
         """Package-internal: ``session`` has ended; forget it and the requests it made."""
         self._sessions.discard(session)
+        self._limits.closed(session)
+        self.stats.retire(session.link.transport, session.counters)
         self._inflight.forget(session)
         if self.streams.streams:
             self.streams.session_closed(session)
@@ -303,6 +342,11 @@ class Broker:
             forward.outbound(subject, data, reply, headers)
             return
         self.streams.handle(session, subject, data, reply, headers)
+
+    def monitor_request(self, subject: str, data: bytes, reply: str) -> None:
+        """Package-internal: a ``$sys.monitor.`` request from a client, answered by
+        :attr:`monitor` (``docs/monitoring.md``)."""
+        self.monitor.request(subject, data, reply)
 
     def forward_streams(self, relay: Relay | None) -> None:
         """Package-internal: send every ``$sys.stream.`` request of this broker's clients
@@ -381,7 +425,28 @@ class Broker:
             owner.counters.messages_out += 1
             owner.counters.bytes_out += len(data)
             self.stats.messages_out += 1
+            if reply is not None and owner.access is not None:
+                owner.access.request_delivered(reply)  # a stream message's ack subject
         return sent
+
+    def reconfigure(self, options: BrokerOptions) -> None:
+        """Take new options while running (``asyncipc broker --config`` on SIGHUP): the
+        users and their permissions apply to connected clients at once. A client whose
+        user is gone is disconnected (ERR ``AUTH``); one that lost a permission is refused
+        from now on, and each subscription it may no longer have is removed with an ERR
+        ``PERMISSION`` naming it. Listeners and connections are left as they are; the
+        other options apply to what comes next (``docs/security.md``)."""
+        self.options = options
+        users = {user.name: user for user in options.users}
+        for session in list(self._sessions):
+            if session.user is None or session.closed:
+                continue
+            user = users.get(session.user.name)
+            if user is None:
+                session.fail(ErrorCode.AUTH, f"user {session.user.name!r} was removed")
+                continue
+            session.set_user(user)
+            session.reapply()
 
     async def serve_forever(self) -> None:
         """Wait until :meth:`close` is called (from a signal handler, another task...)."""
@@ -408,6 +473,7 @@ class Broker:
         await shielded(self._shut_down())
 
     async def _shut_down(self) -> None:
+        self.monitor.close()
         for listener in self._listeners:
             await listener.aclose()
         if self._inflight:
@@ -513,6 +579,8 @@ class Broker:
             counters = owner.counters
             counters.messages_out += 1
             counters.bytes_out += size
+            if reply is not None and owner.access is not None:
+                owner.access.request_delivered(reply)  # it may answer (allow_responses)
         stats.messages_out += sent
         if reply is not None and source is not None and sent:
             self._inflight.add(reply, source, _deadline(headers))
@@ -561,6 +629,8 @@ class Broker:
             # reading resumes when it has taken what we hold (writing_resumed).
             if source is not None and target not in source.blocked_by:
                 source.blocked_by.add(target)
+                if not target.blocked_sources:
+                    target.holding_publishers()  # its block_timeout starts now
                 target.blocked_sources.add(source)
                 source.link.pause_reading()
             return True
@@ -574,6 +644,7 @@ class Broker:
 
     def _slow_consumer(self, target: Session, sid: int, route: Route[Session]) -> None:
         self.stats.slow_consumers += 1
+        self.monitor.slow_consumer(target, route)
         target.drop_route(route)
         target.send_error(
             ErrorCode.SLOW_CONSUMER,

@@ -18,6 +18,7 @@
     ├── HandshakeError                      the hello/welcome exchange failed
     │   └── AuthenticationError             the broker refused our token
     ├── BrokerError                         the broker sent an error frame (``code``)
+    ├── PermissionDenied                    the user may not publish/subscribe there
     ├── NoResponders                        a request found nobody subscribed
     ├── RequestTimeout (TimeoutError)       a request got no answer in time
     ├── ServiceError                        the responder's handler failed
@@ -57,6 +58,7 @@ __all__ = [
     "InvalidSubject",
     "LocalProtocolError",
     "NoResponders",
+    "PermissionDenied",
     "ProtocolError",
     "RecordReleased",
     "RemoteProtocolError",
@@ -152,6 +154,17 @@ class BrokerError(AsyncIPCError):
         super().__init__(f"broker error {code}: {message}")
         self.code = code
         self.message = message
+
+
+class PermissionDenied(AsyncIPCError):
+    """The broker refused a publish, request or subscription: the user's permissions do
+    not allow it (``docs/security.md``). The message names the subject and the rule.
+
+    Raised from :meth:`Bus.request` and from a confirmed ``async with bus.subscribe(...)``
+    (and from iterating a refused subscription); a refused plain ``publish`` cannot raise
+    (it returned already) and is reported as a ``ConnectionEvent`` of kind ``"error"``
+    carrying this exception, and counted in ``Bus.refused``.
+    """
 
 
 class NoResponders(AsyncIPCError):

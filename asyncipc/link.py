@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from ._logsafe import printable
 from .protocol import DEFAULT_MAX_FRAME, Frame, Headers, Msg, Pub
 
 __all__ = [
@@ -51,7 +52,7 @@ class PeerInfo:
         """A short human description for log lines."""
         parts = [self.transport]
         if self.address not in (None, "", b""):
-            parts.append(str(self.address))
+            parts.append(printable(self.address))  # a peer may choose what it looks like
         if self.pid is not None:
             parts.append(f"pid={self.pid}")
         if self.uid is not None:

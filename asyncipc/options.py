@@ -7,10 +7,11 @@ Frozen dataclasses instead of long keyword lists (the lesson of nats.py's 36-par
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .link import DEFAULT_HIGH_WATER
 from .protocol import DEFAULT_MAX_FRAME
+from .users import User
 
 __all__ = ["BrokerOptions", "ConnectOptions"]
 
@@ -22,6 +23,10 @@ class ConnectOptions:
     Attributes:
         name: shown in the broker's logs for this client.
         token: the shared secret the broker may require (also ``?token=`` in the URL).
+        user: the user this client is on a broker with users (``docs/security.md``);
+            also ``tcp://user:password@host:port``. Sent in HELLO.
+        password: that user's password. Unneeded for a user the broker identifies by
+            Unix peer credentials or a TLS client certificate.
         ssl: client TLS context for ``tls://`` (else built from the URL query).
         max_frame: largest frame we accept; the broker's announced maximum bounds what
             we send.
@@ -50,10 +55,16 @@ class ConnectOptions:
         reconnect_buffer: bytes of publishes held while disconnected; past it,
             ``publish`` waits for the reconnect (and raises ``Disconnected`` if it gives
             up). What is held is lost if the bus closes before reconnecting.
+        tracing: OpenTelemetry spans and ``traceparent`` headers (``docs/guide.md``,
+            Tracing). ``None``: on when ``opentelemetry-api`` is installed and a tracer
+            provider is set when the bus connects. ``True``/``False``: on/off. A tracer
+            provider: on, through it.
     """
 
     name: str = ""
     token: str | None = None
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
     ssl: ssl.SSLContext | None = None
     max_frame: int = DEFAULT_MAX_FRAME
     connect_timeout: float = 5.0
@@ -68,6 +79,7 @@ class ConnectOptions:
     max_reconnect_attempts: int | None = None
     reconnect_time_limit: float | None = None
     reconnect_buffer: int = 8 * 1024 * 1024
+    tracing: object = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +103,48 @@ class BrokerOptions:
         store: a directory where streams keep their records (``docs/streams.md``);
             created if missing. ``None``: streams live in memory and say so.
             See ``docs/signals.md``.
+
+    Limits, so that no client can exhaust the broker (``docs/guide.md``, Limits). Each
+    refusal is an ERR frame naming the limit, then a close, and one log line:
+
+        max_hello: the largest HELLO (the first frame) in bytes, checked on its length
+            prefix before any of its body is buffered: before the handshake a peer
+            holds at most this much of the broker's memory.
+        max_pending_handshakes: connections that have not completed their handshake,
+            all listeners together; beyond it a new connection is refused at once
+            (ERR ``LIMIT``). With ``max_hello`` it bounds what peers without the token
+            can make the broker hold, to about ``max_pending_handshakes * max_hello``.
+        frame_timeout: seconds a started frame has, from its first byte, to arrive
+            whole, plus one second per ``frame_min_rate`` bytes of the length it
+            announced (a frame that stalls half-way is cut off, ERR ``PEER_TIMEOUT``,
+            and its buffer freed). 0 disables.
+        frame_min_rate: bytes per second a large frame is given on top of
+            ``frame_timeout`` (8 MiB: 8 s more by default).
+        max_connections: clients connected at once over the listeners (in-process
+            buses, such as the adapters', are not counted); beyond it a new
+            connection is refused (ERR ``LIMIT``).
+        max_connections_per_peer: connections at once from one remote IP address
+            (tcp, tls) or one Unix user (a uid from peer credentials: unix, fifo).
+            Channels that tell neither are counted only in ``max_connections``.
+        max_subscriptions: subscriptions one connection may hold; a SUB beyond it is
+            refused (ERR ``TOO_MANY_SUBSCRIPTIONS``) and the connection stays.
+        users: the :class:`~asyncipc.users.User` s clients connect as, each with its
+            permissions (``docs/security.md``). Empty: no users; every client may do
+            everything (once it has the token, if there is one). With users, a client
+            must be one of them, or present the token (which may do everything).
+        block_timeout: seconds a subscriber with ``overflow="block"`` may hold its
+            publishers back without catching up (its buffer at the broker never falls
+            back below half the high-water mark meanwhile); then its ``block``
+            subscriptions are cut off as slow consumers (ERR 101 naming each, counted
+            in ``stats.slow_consumers``) and the publishers resume. NATS cuts slow
+            consumers too; without it one stalled reader stops every publisher on its
+            subject until the keep-alive gives up on it. 0 disables.
+        subscription_max_pending: the most messages a subscription the broker keeps on
+            a remote caller's behalf may queue: an adapter's Server-Sent Events stream,
+            JSON WebSocket subscription or gRPC ``Subscribe``. The caller's
+            ``max_pending`` is lowered to it; its ``max_bytes`` is lowered to
+            ``high_water`` (:meth:`subscription_bounds`). A caller that never reads then
+            pins at most that much, not whatever it asked for.
     """
 
     token: str | None = None
@@ -103,3 +157,23 @@ class BrokerOptions:
     ssl: ssl.SSLContext | None = None
     remote_signals: bool = False
     store: str | None = None
+    max_hello: int = 64 * 1024
+    max_pending_handshakes: int = 256
+    frame_timeout: float = 10.0
+    frame_min_rate: int = 1024 * 1024
+    max_connections: int = 10_000
+    max_connections_per_peer: int = 1_000
+    max_subscriptions: int = 100_000
+    # --- users and permissions (issue 13, docs/security.md) ---
+    users: tuple[User, ...] = ()
+    block_timeout: float = 5.0
+    subscription_max_pending: int = 8192
+
+    def subscription_bounds(self, max_pending: int, max_bytes: int) -> tuple[int, int]:
+        """The bounds in effect for a subscription a remote caller asked for with
+        ``max_pending`` and ``max_bytes`` (adapters' SSE, JSON WebSocket, gRPC
+        ``Subscribe``): each capped by the broker's limit, never raised."""
+        return (
+            max(1, min(max_pending, self.subscription_max_pending)),
+            max(1, min(max_bytes, self.high_water)),
+        )

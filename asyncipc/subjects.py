@@ -55,6 +55,24 @@ def _too_long(text: str) -> bool:
     return len(text) > MAX_SUBJECT_BYTES // 4 and len(text.encode()) > MAX_SUBJECT_BYTES
 
 
+def _not_utf8(text: str) -> bool:
+    """A ``str`` that has no UTF-8 form: a lone surrogate, as JSON's ``"\udcff"`` or a
+    ``surrogateescape`` decoding make. Off the wire a subject is always valid UTF-8; one
+    that comes from JSON or an in-process caller must be too, or a link that encodes it
+    fails in the middle of the broker's fan-out."""
+    if text.isascii():
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _utf8_error(what: str, text: str) -> InvalidSubject:
+    return InvalidSubject(f"{what} {text!r} is not valid UTF-8: it holds a lone surrogate")
+
+
 def validate_subject(subject: object) -> str:
     """Return ``subject`` if it is a valid literal subject (no wildcards), else raise.
 
@@ -66,6 +84,8 @@ def validate_subject(subject: object) -> str:
         return subject
     if _SUBJECT_RE.fullmatch(subject) is None:
         raise InvalidSubject(_explain(subject, wildcards=False))
+    if _not_utf8(subject):
+        raise _utf8_error("subject", subject)
     if _too_long(subject):
         raise InvalidSubject(f"subject is longer than {MAX_SUBJECT_BYTES} bytes")
     if subject.startswith(_ONE_OFF):
@@ -82,6 +102,8 @@ def validate_pattern(pattern: object) -> str:
         raise InvalidSubject(f"subject must be a str, not {type(pattern).__name__}")
     if _PATTERN_RE.fullmatch(pattern) is None:
         raise InvalidSubject(_explain(pattern, wildcards=True))
+    if _not_utf8(pattern):
+        raise _utf8_error("subject", pattern)
     if _too_long(pattern):
         raise InvalidSubject(f"subject is longer than {MAX_SUBJECT_BYTES} bytes")
     return pattern
@@ -93,6 +115,8 @@ def validate_queue(queue: object) -> str:
         raise InvalidSubject(
             f"invalid queue group name {queue!r}: must be non-empty, without whitespace, '*' or '>'"
         )
+    if _not_utf8(queue):
+        raise _utf8_error("queue group name", queue)
     if _too_long(queue):
         raise InvalidSubject(f"queue group name is longer than {MAX_SUBJECT_BYTES} bytes")
     return queue

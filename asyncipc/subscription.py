@@ -24,7 +24,7 @@ import asyncio
 from collections import deque
 from typing import Protocol
 
-from .errors import ClosedError, ConnectionClosed
+from .errors import ClosedError, ConnectionClosed, PermissionDenied
 from .message import Message
 from .protocol import Overflow
 
@@ -331,6 +331,10 @@ class Subscription:
         # so a message published right after from another connection is not missed.
         if not self._ended:
             await self._bus.flush()
+        # The broker answers a SUB it refuses before that flush's PONG: say so here,
+        # not at the first message that will never come.
+        if self._ended and isinstance(self._error, PermissionDenied):
+            raise self._error
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

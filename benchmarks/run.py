@@ -31,6 +31,7 @@ from ._procs import REPO_ROOT, BenchError, run_module
 from ._report import Cell, render_inprocess, render_summary, render_tables, write_json
 from ._rest_cases import REST_SYSTEMS
 from ._systems import SYSTEMS, Nats, System
+from .chart import draw
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 
@@ -430,6 +431,9 @@ async def amain(args: argparse.Namespace) -> int:
     if bridge is not None:
         _add_section(args.json, BRIDGE, bridge)
     print(f"\nfull results: {args.json} ({meta['seconds']:.0f} s)", file=sys.stderr)
+    picture = draw(args.json)
+    if picture is not None:
+        print(f"chart: {picture}", file=sys.stderr)
     return 0
 
 

@@ -21,6 +21,11 @@ import asyncipc
 
 HERE = Path(__file__).parent
 
+# Our own plugin (docs/testing.md): its pytest11 entry point loads it wherever asyncipc is
+# installed with that metadata; naming it here as well is harmless (one registration under
+# the module's name) and covers an editable install made before the entry point existed.
+pytest_plugins = ["asyncipc.testing"]
+
 
 def pytest_report_header(config: pytest.Config) -> str:
     """Which build runs (tests/test_build.py): the sources, or the mypyc-compiled modules."""

@@ -262,3 +262,160 @@ async def test_a_callback_may_close_its_own_bus() -> None:
         async with asyncio.timeout(20):
             await closed.wait()
         assert bus.is_closed
+
+
+# --- request/reply: cancelled at every await, never a reply to the wrong request ----------
+
+
+class CancelAt:
+    """Awaits ``coro`` and counts the times it suspends (each await that really waits:
+    for the reply, for the link to drain under backpressure, for a reconnect...). At
+    suspension number ``at`` it cancels the task it runs in, just before suspending, so
+    the cancellation lands exactly at that await: ``Task.cancel()`` on the running task
+    cancels the future it is about to wait on, as a cancellation from outside would."""
+
+    def __init__(self, coro: Any, at: int) -> None:
+        self.coro = coro
+        self.at = at
+        self.suspensions = 0
+
+    def __await__(self) -> Any:
+        it = self.coro.__await__()
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                waited_on = it.throw(error) if error is not None else it.send(value)
+            except StopIteration as done:
+                return done.value
+            self.suspensions += 1
+            if self.suspensions == self.at:
+                task = asyncio.current_task()
+                assert task is not None
+                task.cancel()
+            try:
+                value, error = (yield waited_on), None
+            except BaseException as exc:  # handed on to the coroutine, as a Task would
+                value, error = None, exc
+
+
+async def _echo(msg: asyncipc.Message) -> bytes:
+    # A little delay, varied, so that replies overtake one another and a cancelled
+    # request's reply arrives while other requests of the same inbox are waiting.
+    await asyncio.sleep((msg.data[-1] % 3) / 1000)
+    return b"re:" + msg.data
+
+
+@pytest.mark.parametrize("pressure", ["plain", "backpressure"])
+async def test_a_request_cancelled_at_each_await_never_gets_or_gives_a_wrong_reply(
+    tmp_path: Path, pressure: str
+) -> None:
+    """Over a real unix broker, many requests share one bus (one inbox); one of them is
+    cancelled at its 1st, 2nd, ... suspension until it finishes before the point is
+    reached. Every other request gets exactly the reply to its own payload, the cancelled
+    one raises CancelledError (or, when it finished first, has its own reply), and the
+    bus keeps no state for any of them afterwards. Under ``backpressure`` the bus's
+    high-water mark is below one payload, so every publish also waits for the link."""
+    size, high_water = (16, 1 << 20) if pressure == "plain" else (64 * 1024, 1024)
+    async with asyncipc.Broker() as broker:
+        url = (await broker.listen(f"unix://{tmp_path}/b.sock")).url
+        async with (
+            asyncipc.connect(url) as service,
+            asyncipc.connect(url, options=asyncipc.ConnectOptions(high_water=high_water)) as bus,
+        ):
+            service.serve("echo", _echo)
+            await service.flush()
+            serial = 0
+
+            async def ask(tag: str) -> tuple[bytes, bytes]:
+                nonlocal serial
+                serial += 1
+                payload = f"{tag}:{serial}:".encode().ljust(size, b".") + bytes([serial % 251])
+                reply = await bus.request("echo", payload, timeout=10)
+                return payload, reply.data
+
+            at = 0
+            finished_before = 0
+            points = []
+            while finished_before < 3 and at < 200:
+                at += 1
+                others = [asyncio.create_task(ask("other")) for _ in range(8)]
+                await asyncio.sleep(0)
+                probe = CancelAt(ask("target"), at)
+
+                async def run_target(probe: CancelAt = probe) -> tuple[bytes, bytes]:
+                    result: tuple[bytes, bytes] = await probe
+                    return result
+
+                target = asyncio.create_task(run_target())
+                others += [asyncio.create_task(ask("other")) for _ in range(8)]
+                for payload, data in await asyncio.gather(*others):
+                    assert data == b"re:" + payload, "a reply went to the wrong request"
+                try:
+                    payload, data = await target
+                except asyncio.CancelledError:
+                    assert probe.suspensions >= at
+                    points.append(at)
+                else:
+                    assert data == b"re:" + payload
+                    assert probe.suspensions < at, "cancelled yet it returned"
+                    finished_before += 1
+                # No request left behind: the inbox's table is empty between rounds.
+                assert not bus._requests, bus._requests
+            # Late replies to cancelled requests have come and gone without harm.
+            payload, data = await ask("last")
+            assert data == b"re:" + payload
+            await asyncio.sleep(0.01)
+            assert not bus._requests
+            # Nor at the broker: every request it saw in flight has had its reply.
+            for _ in range(200):
+                if not len(broker._inflight):
+                    break
+                await asyncio.sleep(0.01)
+            assert not len(broker._inflight)
+    print(
+        f"\n{pressure}: cancelled at await points {points}; "
+        f"then {finished_before} rounds finished before the point"
+    )
+    assert points, "no await point was exercised"
+    assert points == list(range(1, len(points) + 1)), "each point in turn"
+
+
+async def test_a_request_cancelled_after_each_loop_turn_never_misroutes(tmp_path: Path) -> None:
+    """The same from outside: the requester's caller cancels it after 0, 1, 2, ... turns
+    of the event loop, so the cancellation also lands between the reply's arrival and the
+    request's resumption (its future already done). Until a round finishes first."""
+    async with asyncipc.Broker() as broker:
+        url = (await broker.listen(f"unix://{tmp_path}/b.sock")).url
+        async with asyncipc.connect(url) as service, asyncipc.connect(url) as bus:
+
+            async def echo_now(msg: asyncipc.Message) -> bytes:
+                return b"re:" + msg.data  # no delay: a round trip takes a few loop turns
+
+            service.serve("echo", echo_now)
+            await service.flush()
+            cancelled = completed = 0
+            turns = 0
+            while completed < 3 and turns < 500:
+                others = [
+                    asyncio.create_task(bus.request("echo", b"o%d" % (turns * 100 + i)))
+                    for i in range(6)
+                ]
+                target = asyncio.create_task(bus.request("echo", b"t%d" % turns, timeout=10))
+                for _ in range(turns):
+                    await asyncio.sleep(0)
+                target.cancel()
+                replies = await asyncio.gather(*others)
+                for i, reply in enumerate(replies):
+                    assert reply.data == b"re:o%d" % (turns * 100 + i)
+                try:
+                    reply = await target
+                except asyncio.CancelledError:
+                    cancelled += 1
+                else:
+                    assert reply.data == b"re:t%d" % turns
+                    completed += 1
+                assert not bus._requests
+                turns += 1
+    print(f"\ncancelled after 0..{turns - 1} loop turns: {cancelled} cancelled, {completed} done")
+    assert cancelled > 0

@@ -520,11 +520,11 @@ def test_ready_file_that_cannot_be_written_exits_2(tmp_path: Path) -> None:
 
 def test_broker_log_json(tmp_path: Path) -> None:
     log = tmp_path / "b.log"
-    proc = BrokerProc("tcp://127.0.0.1:0", log=log, args=["--log-json", "--high-water", "64K"])
-    # Some lines of each kind: the broker's, the command's warning (no --token), and the
-    # transport's about a peer that sent garbage.
-    host, port = proc.url.removeprefix("tcp://").rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=GUARD) as sock:
+    proc = BrokerProc("tcp://0.0.0.0:0", log=log, args=["--log-json", "--high-water", "64K"])
+    # Some lines of each kind: the broker's, the command's warning (no --token on a
+    # listener other hosts reach), and the transport's about a peer that sent garbage.
+    _, port = proc.url.removeprefix("tcp://").rsplit(":", 1)
+    with socket.create_connection(("127.0.0.1", int(port)), timeout=GUARD) as sock:
         sock.sendall(b"\xff" * 64)
         sock.recv(4096)
     assert proc.stop() == 0

@@ -269,3 +269,37 @@ async def test_a_reply_too_large_to_send_is_a_service_error(unix_url: str) -> No
         # The service carries on.
         await service.flush()
         assert not service.is_closed
+
+
+@pytest.mark.parametrize("where", ["memory", "unix"])
+async def test_request_timeouts_of_different_lengths(where: str, unix_url: str) -> None:
+    """Time-outs share one timer per bus: a short one asked after a long one still ends
+    first, answered requests between them are unaffected, and the long one still ends."""
+    url = "memory://timeouts" if where == "memory" else unix_url
+    p = "t"
+    async with asyncipc.connect(url) as server, asyncipc.connect(url) as client:
+
+        @server.handler(f"{p}.echo")
+        async def echo(msg: asyncipc.Message) -> bytes:
+            return msg.data
+
+        server.subscribe(f"{p}.silent")
+        await server.flush()
+        ended: list[str] = []
+
+        async def ask(name: str, timeout: float) -> None:
+            with pytest.raises(asyncipc.RequestTimeout, match=f"within {timeout:g} s"):
+                await client.request(f"{p}.silent", name.encode(), timeout=timeout)
+            ended.append(name)
+
+        slow = asyncio.create_task(ask("slow", 0.6))
+        await asyncio.sleep(0)  # the slow one arms the timer first
+        fast = asyncio.create_task(ask("fast", 0.05))
+        for i in range(20):
+            assert (await client.request(f"{p}.echo", b"%d" % i, timeout=5)).data == b"%d" % i
+        await fast
+        assert ended == ["fast"]
+        assert not slow.done()
+        await slow
+        assert ended == ["fast", "slow"]
+        assert client._requests == {}, "every request left the table"

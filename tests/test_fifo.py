@@ -23,6 +23,7 @@ import pytest
 
 import asyncipc
 from asyncipc.protocol import Err, ErrorCode, FrameDecoder
+from asyncipc.testing import BrokerProcess
 from asyncipc.transports.fifo import REQUEST
 
 HERE = Path(__file__).parent
@@ -162,14 +163,10 @@ async def test_a_live_broker_is_left_alone(env: Env) -> None:
 
 async def test_stale_fifos_of_a_dead_broker_are_cleaned(tmp_path: Path) -> None:
     path = str(tmp_path / "b.fifo")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(HERE / "broker_proc.py"), f"fifo://{path}", stdout=subprocess.PIPE
-    )
-    assert proc.stdout is not None
-    assert (await asyncio.wait_for(proc.stdout.readline(), 30)).startswith(b"ready ")
+    dead = BrokerProcess([f"fifo://{path}"])  # `asyncipc broker`, ready
     _, up, _ = make_pair(path)  # a client that never got to ask
-    proc.send_signal(signal.SIGKILL)
-    await proc.wait()
+    dead.proc.kill()
+    assert dead.stop() == -signal.SIGKILL
     assert os.path.exists(path), "the dead broker left its FIFO"
     assert os.path.exists(up), "and a client's pair"
 

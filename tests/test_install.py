@@ -119,7 +119,10 @@ import asyncipc
 names = sorted(re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower()
                for d in importlib.metadata.distributions())
 proto = importlib.resources.files("asyncipc") / "adapters/grpc/proto/asyncipc/v1/bus.proto"
-print(json.dumps({"names": names, "file": asyncipc.__file__, "proto": proto.is_file()}))
+static = importlib.resources.files("asyncipc") / "adapters/rest/static"
+page = [f for f in ("dashboard.html", "dashboard.js", "dashboard.css") if (static / f).is_file()]
+print(json.dumps({"names": names, "file": asyncipc.__file__, "proto": proto.is_file(),
+                  "dashboard": page}))
 """
 
 
@@ -133,6 +136,8 @@ def test_a_plain_install_brings_no_adapter_packages(plain: PlainInstall) -> None
     assert set(found["names"]) & ADAPTER_DISTRIBUTIONS == set()
     # A Node or Go client can be generated from what the plain install ships.
     assert found["proto"] is True
+    # The dashboard page is package data: no build step, nothing fetched (monitoring.md).
+    assert found["dashboard"] == ["dashboard.html", "dashboard.js", "dashboard.css"]
 
 
 CLIENT = """

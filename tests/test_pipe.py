@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -34,12 +33,9 @@ def child(*args: str) -> list[str]:
 
 
 @pytest.fixture
-async def env() -> AsyncIterator[Env]:
-    """A broker in this process and a bus on it (over memory://)."""
-    async with asyncipc.Broker() as broker:
-        url = (await broker.listen(f"memory://pipes{os.urandom(4).hex()}")).url
-        async with asyncipc.connect(url) as bus:
-            yield broker, bus
+def env(asyncipc_memory_broker: asyncipc.Broker, asyncipc_bus: asyncipc.Bus) -> Env:
+    """A broker in this process and a bus on it (over memory://): asyncipc.testing's."""
+    return asyncipc_memory_broker, asyncipc_bus
 
 
 async def serve_ready(bus: asyncipc.Bus) -> asyncio.Queue[int]:

@@ -225,8 +225,9 @@ async def test_a_remote_http_client_cannot_signal_local_processes(
         srv.memory, options=asyncipc.ConnectOptions(name="victim", allow_signals=("USR1",))
     ):
         resp = await http.post(f"{srv.http}/v1/request/$sys.kill.victim", data=b"USR1")
-        assert resp.status == 200
-        assert resp.headers["X-Asyncipc-Header-Asyncipc-Status"] == "403"
+        assert resp.status == 403  # a refusal, not a 200 with the status in a header
+        body = await resp.json()
+        assert (body["error"], body["reason"]) == ("forbidden", "remote-sender")
 
 
 # --- limits and malformed requests ----------------------------------------------------------
@@ -339,7 +340,11 @@ async def test_sse_sees_what_a_memory_service_publishes(
         assert resp.status == 200
         assert resp.content_type == "text/event-stream"
         stream = events(resp)
-        assert await next_event(stream) == ("subscribed", {"subject": "prices.>", "queue": None})
+        assert await next_event(stream) == (
+            "subscribed",
+            # The bounds in effect: the defaults, capped by the broker's.
+            {"subject": "prices.>", "queue": None, "max_pending": 8192, "max_bytes": 4 << 20},
+        )
         for i in range(3):
             await service.publish(f"prices.sku{i}", b"\x00\xff%d" % i, headers={"n": str(i)})
         await service.publish("prices.x", b"", reply_to="prices.reply")
@@ -465,7 +470,12 @@ async def test_websocket_json_operations(srv: Served, http: aiohttp.ClientSessio
 
         # subscribe, then a message from a tcp publisher, then answer the request it carries
         await ws.send_json({"op": "subscribe", "id": 1, "subject": "quote.*", "queue": "q"})
-        assert await said() == {"op": "subscribed", "id": 1}
+        assert await said() == {
+            "op": "subscribed",
+            "id": 1,
+            "max_pending": 8192,
+            "max_bytes": 4 << 20,
+        }
         asking = asyncio.create_task(bus.request("quote.eur", b"sku", timeout=5))
         msg = await said()
         assert (msg["op"], msg["id"], msg["subject"]) == ("message", 1, "quote.eur")

@@ -27,7 +27,10 @@ from asyncipc.adapters.rest import RestServer
 from asyncipc.adapters.rest._openapi import document
 
 TOKEN = "s3cret"
-STREAMING = {"/v1/subscribe/{subject}", "/v1/ws"}  # they do not end by themselves
+# they do not end by themselves
+STREAMING = {"/v1/subscribe/{subject}", "/v1/ws", "/dashboard/events"}
+PUBLIC = {"/v1/openapi.json", "/healthz", "/dashboard", "/dashboard/dashboard.js",
+          "/dashboard/dashboard.css"}  # fmt: skip
 # A fetch waits up to its ?timeout= (30 s at most) when its consumer exists and has
 # nothing: longer than schemathesis waits for an answer. exercise() covers its answers.
 WAITING = {"/v1/streams/{stream}/consumers/{consumer}/fetch"}
@@ -113,6 +116,7 @@ async def exercise(
         ("/v1/request/{subject}", "POST", "/v1/request/silent?timeout=0.05", {}, 504),
         ("/v1/subscribe/{subject}", "GET", "/v1/subscribe/a.*?count=1", {}, 200),
         ("/v1/subscribe/{subject}", "GET", "/v1/subscribe/a.>.b", {}, 400),
+        ("/v1/subscribe/{subject}", "GET", "/v1/subscribe/$sys.>", {}, 403),
         ("/v1/ws", "GET", "/v1/ws", {}, 400),
         ("/v1/openapi.json", "GET", "/v1/openapi.json", {}, 200),
         ("/healthz", "GET", "/healthz", {}, 200),
@@ -120,12 +124,13 @@ async def exercise(
         ("/v1/publish/{subject}", "POST", "/v1/publish/$sys.stream.list", {}, 403),
         ("/v1/request/{subject}", "POST", "/v1/request/$sys.stream.list", {}, 403),
         *stream_calls(big),
+        *monitor_calls(),
     ]
     if token:
         calls += [
             (path, method, concrete, {"headers": {"Authorization": "Bearer no"}}, 401)
             for path, method, concrete, _, status in calls
-            if status in (200, 204) and path not in ("/v1/openapi.json", "/healthz")
+            if status in (200, 204) and path not in PUBLIC
         ]
         calls.append(("/v1/publish/{subject}", "POST", "/v1/publish/a", {"headers": {}}, 401))
     seen = set()
@@ -170,6 +175,26 @@ async def exercise(
                 seen.add((path, method, "401"))
         seen.add((path, method, str(status)))
     return seen
+
+
+def monitor_calls() -> list[tuple[str, str, str, dict[str, Any], int]]:
+    """docs/monitoring.md: every endpoint, with a good and a bad option where it has any."""
+    return [
+        ("/varz", "GET", "/varz", {}, 200),
+        ("/connz", "GET", "/connz?subs=detail&sort=msgs_from&limit=5", {}, 200),
+        ("/connz", "GET", "/connz?sort=nope", {}, 400),
+        ("/subsz", "GET", "/subsz?subs=1&test=a.b", {}, 200),
+        ("/subsz", "GET", "/subsz?limit=0", {}, 400),
+        ("/streamz", "GET", "/streamz?consumers=1", {}, 200),
+        ("/streamz", "GET", "/streamz?consumers=maybe", {}, 400),
+        ("/subjectz", "GET", "/subjectz?limit=3", {}, 200),
+        ("/subjectz", "GET", "/subjectz?limit=x", {}, 400),
+        ("/dashboard", "GET", "/dashboard", {}, 200),
+        ("/dashboard/dashboard.js", "GET", "/dashboard/dashboard.js", {}, 200),
+        ("/dashboard/dashboard.css", "GET", "/dashboard/dashboard.css", {}, 200),
+        ("/dashboard/events", "GET", "/dashboard/events?count=1", {}, 200),
+        ("/dashboard/events", "GET", "/dashboard/events?interval=0", {}, 400),
+    ]
 
 
 def stream_calls(big: bytes) -> list[tuple[str, str, str, dict[str, Any], int]]:
@@ -290,12 +315,20 @@ async def test_schemathesis_finds_nothing(tmp_path: Path, token: str | None) -> 
         assert sorted(tested) == [
             "DELETE /v1/streams/{stream}",
             "DELETE /v1/streams/{stream}/consumers/{consumer}",
+            "GET /connz",
+            "GET /dashboard",
+            "GET /dashboard/dashboard.css",
+            "GET /dashboard/dashboard.js",
             "GET /healthz",
             "GET /metrics",
+            "GET /streamz",
+            "GET /subjectz",
+            "GET /subsz",
             "GET /v1/streams",
             "GET /v1/streams/{stream}",
             "GET /v1/streams/{stream}/consumers",
             "GET /v1/streams/{stream}/consumers/{consumer}",
+            "GET /varz",
             "POST /v1/publish/{subject}",
             "POST /v1/request/{subject}",
             "POST /v1/streams",

@@ -14,7 +14,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -225,9 +225,9 @@ def test_sigterm_to_a_broker_answers_the_request_in_flight(tmp_path: Path) -> No
 
 
 @pytest.fixture
-async def bus() -> AsyncIterator[asyncipc.Bus]:
-    async with asyncipc.connect(f"memory://signals-{os.urandom(4).hex()}") as bus:
-        yield bus
+def bus(asyncipc_bus: asyncipc.Bus) -> asyncipc.Bus:
+    """asyncipc.testing's bus on an embedded broker, under the name these tests use."""
+    return asyncipc_bus
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSTOP])

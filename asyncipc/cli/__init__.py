@@ -7,6 +7,7 @@
     asyncipc pub orders.created '{"id": 7}' --header trace=abc
     asyncipc request pricing.quote sku-1 --timeout 0.5
     asyncipc wait --timeout 5      # until a broker answers: for scripts
+    asyncipc stats connz           # the broker's connections (docs/monitoring.md)
 
 Clients find the broker with ``--url``, else ``$ASYNCIPC_URL``, else
 :func:`asyncipc.default_socket_url`; the token comes from ``--token`` or
@@ -112,6 +113,8 @@ async def _command(args: argparse.Namespace) -> int:
     try:
         if args.command == "broker":
             return await _broker(args)
+        if args.command == "passwd":
+            return int(await args.func(args))
         args.url = _client_url(args)
         return await _run(args.func, args)
     except (AsyncIPCError, OSError, CommandError) as exc:

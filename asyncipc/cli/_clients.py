@@ -8,17 +8,27 @@ import base64
 import json
 import os
 import sys
+from typing import Any
 
 from .._connect import DEFAULT_URL_ENV, TOKEN_ENV, Connector, connect, default_socket_url
 from ..errors import (
     AsyncIPCError,
     ConnectError,
     ConnectionClosed,
+    PermissionDenied,
 )
 from ..message import Message
 from ..options import ConnectOptions
 from ..transports import parse_url
-from ._common import EXIT_OK, FLUSH_TIMEOUT, WAIT_RETRY, CommandError, _env, _oserror_text
+from ._common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    FLUSH_TIMEOUT,
+    WAIT_RETRY,
+    CommandError,
+    _env,
+    _oserror_text,
+)
 
 
 def _client_url(args: argparse.Namespace) -> str:
@@ -36,8 +46,20 @@ def _connect(args: argparse.Namespace) -> Connector:
     token = args.token or _env(TOKEN_ENV)
     # A shell command reports a lost broker (exit 2) rather than waiting for it, unless
     # asked: a script must learn that its broker went away.
-    options = ConnectOptions(reconnect=getattr(args, "reconnect", False))
+    options = ConnectOptions(reconnect=getattr(args, "reconnect", False), **_user(args))
     return connect(args.url, token=token, name=f"asyncipc {args.command}", options=options)
+
+
+PASSWORD_ENV = "ASYNCIPC_PASSWORD"
+"""The password that goes with ``--user`` (never on the command line: ``ps`` shows it)."""
+
+
+def _user(args: argparse.Namespace) -> dict[str, Any]:
+    """``--user`` and ``$ASYNCIPC_PASSWORD`` for ConnectOptions (docs/security.md)."""
+    user = getattr(args, "user", None)
+    if not user:
+        return {}
+    return {"user": user, "password": _env(PASSWORD_ENV)}
 
 
 def _payload(text: str) -> bytes:
@@ -85,6 +107,7 @@ def _json_line(msg: Message) -> bytes:
 
 async def _pub(args: argparse.Namespace) -> int:
     async with _connect(args) as bus:
+        events = bus.events()
         await bus.publish(
             args.subject, args.payload, headers=_headers(args), reply_to=args.reply_to
         )
@@ -94,6 +117,10 @@ async def _pub(args: argparse.Namespace) -> int:
             raise CommandError(
                 f"{args.url} did not confirm the message within {FLUSH_TIMEOUT:g} s"
             ) from None
+        if bus.refused:  # the broker's ERR came before the flush's PONG
+            async for event in events:
+                if isinstance(event.error, PermissionDenied):
+                    raise CommandError(str(event.error), EXIT_FAILED)
     return EXIT_OK
 
 
@@ -136,7 +163,7 @@ async def _wait(args: argparse.Namespace) -> int:
     while (remaining := deadline - loop.time()) > 0:
         # Our own deadline must fire first, so that the handshake's time-out (a
         # HandshakeError, which is not retried) cannot pre-empt it.
-        options = ConnectOptions(connect_timeout=remaining + 1.0, ping_interval=0)
+        options = ConnectOptions(connect_timeout=remaining + 1.0, ping_interval=0, **_user(args))
         try:
             async with asyncio.timeout(remaining):
                 bus = await connect(args.url, token=token, name="asyncipc wait", options=options)

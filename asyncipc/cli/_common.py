@@ -60,6 +60,17 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _block_timeout(text: str) -> float:
+    """``--block-timeout``: seconds, 0 (off) or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 (off) or a number of seconds, not {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -111,6 +122,33 @@ def _high_water(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"must be between {MIN_HIGH_WATER} bytes and 1024G, not {value} bytes"
         )
+    return value
+
+
+def _hello_size(text: str) -> int:
+    """``--max-hello``: a size from 256 bytes (a HELLO with a token and a name) to 2G."""
+    value = _size(text)
+    if not 256 <= value <= MAX_FRAME:
+        raise argparse.ArgumentTypeError(f"must be between 256 bytes and 2G, not {value} bytes")
+    return value
+
+
+def _rate(text: str) -> int:
+    """``--frame-min-rate``: bytes per second, at least 1."""
+    value = _size(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 byte per second, not {value}")
+    return value
+
+
+def _seconds_or_zero(text: str) -> float:
+    """Seconds, or 0 for "no limit"."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive number of seconds, not {text}")
     return value
 
 

@@ -9,19 +9,87 @@ from .. import __version__
 from .._connect import DEFAULT_URL_ENV, TOKEN_ENV, default_socket_url
 from ..options import BrokerOptions
 from ..protocol import DEFAULT_MAX_FRAME
+from ._bench import add_bench_command
 from ._broker import _broker
 from ._clients import _pub, _request, _sub, _wait
 from ._common import (
     EXIT_OK,
     WAIT_TIMEOUT,
+    _block_timeout,
     _frame_size,
     _header,
+    _hello_size,
     _high_water,
     _positive_float,
     _positive_int,
+    _rate,
+    _seconds_or_zero,
     _size_text,
 )
+from ._passwd import _passwd
+from ._stats import add_stats_command
 from ._streams import add_stream_commands
+from ._top import add_top_command
+
+
+def _add_limits(group: argparse._ArgumentGroup) -> None:
+    """The broker's resource limits: one flag per ``BrokerOptions`` field, same name."""
+    d = BrokerOptions()
+    group.add_argument(
+        "--max-hello",
+        metavar="BYTES",
+        type=_hello_size,
+        default=d.max_hello,
+        help="largest HELLO (first frame) from a connection that has not authenticated, "
+        f"refused on its length prefix (default: {_size_text(d.max_hello)})",
+    )
+    group.add_argument(
+        "--max-pending-handshakes",
+        metavar="N",
+        type=_positive_int,
+        default=d.max_pending_handshakes,
+        help="connections waiting for their handshake, at most; more are refused "
+        f"(default: {d.max_pending_handshakes})",
+    )
+    group.add_argument(
+        "--frame-timeout",
+        metavar="SECONDS",
+        type=_seconds_or_zero,
+        default=d.frame_timeout,
+        help="seconds a started frame has to arrive whole, plus 1 s per --frame-min-rate "
+        f"bytes of its length; 0: no deadline (default: {d.frame_timeout:g})",
+    )
+    group.add_argument(
+        "--frame-min-rate",
+        metavar="BYTES",
+        type=_rate,
+        default=d.frame_min_rate,
+        help="bytes per second a large frame is allowed on top of --frame-timeout; K/M/G "
+        f"suffixes allowed (default: {_size_text(d.frame_min_rate)})",
+    )
+    group.add_argument(
+        "--max-connections",
+        metavar="N",
+        type=_positive_int,
+        default=d.max_connections,
+        help="clients connected at once, at most; lowered to fit the file descriptor "
+        f"limit (ulimit -n) (default: {d.max_connections})",
+    )
+    group.add_argument(
+        "--max-connections-per-peer",
+        metavar="N",
+        type=_positive_int,
+        default=d.max_connections_per_peer,
+        help="connections at once from one IP address (tcp, tls) or one Unix user (unix, "
+        f"fifo), at most (default: {d.max_connections_per_peer})",
+    )
+    group.add_argument(
+        "--max-subscriptions",
+        metavar="N",
+        type=_positive_int,
+        default=d.max_subscriptions,
+        help=f"subscriptions one connection may hold (default: {d.max_subscriptions})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--token",
         metavar="T",
         help=f"the broker's shared secret (default: ${TOKEN_ENV}; ?token= in the URL works too)",
+    )
+    conn.add_argument(
+        "--user",
+        metavar="NAME",
+        help="connect as this user of a broker with users (docs/security.md); the password "
+        "comes from $ASYNCIPC_PASSWORD (tcp://user:password@host:port works too)",
     )
 
     payload = argparse.ArgumentParser(add_help=False)
@@ -82,8 +156,23 @@ def build_parser() -> argparse.ArgumentParser:
         "  ASYNCIPC_TOKEN=s3cret asyncipc broker --listen "
         "'tls://0.0.0.0:4223?cert=server.pem&key=server.key'\n"
         "  asyncipc broker --listen unix:///tmp/app.sock --bridge nats://nats1:4222,nats2:4222 "
-        "--bridge-subjects 'orders.>,pricing.>'",
+        "--bridge-subjects 'orders.>,pricing.>'\n"
+        "  asyncipc broker --config /etc/asyncipc.toml          # SIGHUP reloads it\n"
+        "  asyncipc broker --config /etc/asyncipc.toml --check-config",
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read listeners, users and their permissions, limits and streams from the "
+        "TOML file FILE (docs/security.md); options given here too win over the file's. "
+        "SIGHUP reloads its users and permissions without dropping connections",
+    )
+    p.add_argument(
+        "--check-config",
+        action="store_true",
+        help="only check --config FILE: exit 0 if it is good, else 1 with one line "
+        "naming the key and line that is wrong",
     )
     p.add_argument(
         "--listen",
@@ -136,6 +225,16 @@ def build_parser() -> argparse.ArgumentParser:
         "subscriptions' overflow policies (block, drop_*, error) apply; K/M/G suffixes "
         f"allowed (default: {_size_text(high_water)})",
     )
+    block_timeout = BrokerOptions().block_timeout
+    p.add_argument(
+        "--block-timeout",
+        metavar="SECONDS",
+        type=_block_timeout,
+        default=block_timeout,
+        help="how long a subscriber with overflow=block may hold its publishers back "
+        "without catching up before it is cut off as a slow consumer; 0: no limit "
+        f"(default: {block_timeout:g})",
+    )
     p.add_argument(
         "--ready-file",
         metavar="PATH",
@@ -172,7 +271,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATTERNS",
         help="the subjects the bridge carries, comma-separated patterns: 'orders.>,pricing.>'",
     )
+    _add_limits(p.add_argument_group("limits (docs/guide.md, Limits)"))
     p.set_defaults(func=_broker, interrupted=EXIT_OK, log_level=logging.INFO)
+
+    p = commands.add_parser(
+        "passwd",
+        parents=[verbose],
+        help="print a password hash for a configuration file",
+        description="Read a password (twice on a terminal, else one line of stdin) and "
+        "print its salted scrypt hash: the password_hash of a [[users]] entry in "
+        "the broker's --config file (docs/security.md). The password itself is never "
+        "stored.",
+        epilog="Example:\n  printf '%s\\n' \"$SECRET\" | asyncipc passwd",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.set_defaults(func=_passwd, interrupted=None, log_level=logging.ERROR)
 
     p = commands.add_parser(
         "pub",
@@ -291,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_wait, interrupted=None, log_level=logging.ERROR)
     add_stream_commands(commands, client, payload)
+    add_bench_command(commands, client)
+    add_stats_command(commands, client)
+    add_top_command(commands, client)
     return parser
 
 

@@ -75,12 +75,18 @@ class FrameDecoder:
     is checked twice (docs/protocol.md, §5): against ``max_frame + msg_extra`` as soon as
     its 4 bytes are in, then against ``max_frame`` as soon as the op byte is in, unless
     that op is MSG. Neither check waits for the body.
+
+    ``first_frame_max``: a smaller bound for the first frame only (the broker's
+    ``max_hello``): before the handshake a peer is unknown, so the HELLO it must send
+    first may not make us hold ``max_frame`` bytes. Checked on the length prefix, like
+    ``max_frame``; from the second frame on, ``max_frame`` applies.
     """
 
     __slots__ = (
         "_buf",
         "_end",
         "_error",
+        "_first_max",
         "_last_read",
         "_need_preamble",
         "_offered",
@@ -98,8 +104,10 @@ class FrameDecoder:
         max_frame: int = DEFAULT_MAX_FRAME,
         msg_extra: int = 0,
         expect_preamble: bool = False,
+        first_frame_max: int | None = None,
     ):
         self.max_frame = max_frame
+        self._first_max = first_frame_max
         self.msg_extra = msg_extra
         # The held bytes are _buf[_start:_end]; what follows _end is room for the next read.
         # Consumed bytes are skipped by moving _start, never deleted: a BufferedProtocol's
@@ -142,6 +150,22 @@ class FrameDecoder:
         """The size of the receive buffer: the held bytes plus room for the next read."""
         return len(self._buf)
 
+    @property
+    def pending_length(self) -> int | None:
+        """The announced length of the incomplete frame held, once its 4 length bytes
+        are in (``None`` before, or with no frame started): how much the peer has said
+        it will send, for a deadline that grows with it."""
+        if self._need_preamble or self._end - self._start < 4:
+            return None
+        return int(_LEN.unpack_from(self._buf, self._start)[0])
+
+    def release(self) -> None:
+        """Let the receive buffer go: the stream is over (its link is closed), and a
+        buffer grown for a large frame must not live as long as this object does.
+        Only with no :meth:`get_buffer` view out."""
+        self._buf = bytearray()
+        self._start = self._end = self._offered = self._last_read = 0
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         """Add ``data``; return every frame it completes, in order."""
         if self._error is not None:
@@ -165,7 +189,7 @@ class FrameDecoder:
         partial frame so that a large frame is read in place, not copied at each read.
         The caller must not keep the view past :meth:`buffer_updated`.
         """
-        size = len(self._buf) or _READ_MAX
+        size = len(self._buf) or (_READ_MIN if self._first_max is not None else _READ_MAX)
         empty = self._start == self._end
         if self._last_read >= self._offered > 0:
             size = max(size, min(size * 2, _READ_MAX))  # a full read: more is waiting
@@ -318,6 +342,19 @@ class FrameDecoder:
         end = self._end
         max_frame = self.max_frame
         limit = max_frame + self.msg_extra
+        first_max = self._first_max
+        if first_max is not None:
+            if end - pos < 4:
+                return out
+            length = _LEN.unpack_from(buf, pos)[0]
+            if length > first_max:
+                raise FrameTooLarge(
+                    f"first frame length {length} exceeds the maximum HELLO size {first_max}"
+                    " (max_hello: the limit before the handshake)"
+                )
+            if pos + 4 + length > end:
+                return out
+            self._first_max = None  # the whole first frame is in: max_frame from now on
         view = memoryview(buf)
         failure: RemoteProtocolError | FrameTooLarge | None = None
         try:
@@ -362,6 +399,11 @@ class FrameDecoder:
             self._start = self._end = 0
         elif pos == end:
             self._start = self._end = 0  # the next read starts at the front
+            if len(buf) > _READ_MAX:
+                # After a large frame: let the buffer go now, not at the next read, which
+                # may never come (a quiet client). Rebinding is safe while the transport
+                # holds a view of the old buffer; it is freed when that view is released.
+                self._buf = bytearray()
         else:
             self._start = pos
         return out

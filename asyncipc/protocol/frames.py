@@ -101,11 +101,13 @@ class ErrorCode(IntEnum):
     HANDSHAKE_TIMEOUT = 5
     PEER_TIMEOUT = 6  # no PONG or other traffic within the dead-peer time-out
     SHUTDOWN = 7  # the broker is going away
+    LIMIT = 8  # a broker limit refused the connection (connections, per peer, handshakes)
     INVALID_SUBJECT = 100  # the frame is refused, the connection stays
     SLOW_CONSUMER = 101  # ``sid`` names the subscription cut off
     PERMISSION = 102
     SID_IN_USE = 103  # a SUB reused a live subscription id; refused
     NOT_DELIVERED = 104  # one message too large for ``sid``'s client; skipped, sub kept
+    TOO_MANY_SUBSCRIPTIONS = 105  # a SUB beyond max_subscriptions; refused, link kept
 
 
 Headers = dict[str, str]

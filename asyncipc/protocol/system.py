@@ -17,7 +17,9 @@ __all__ = [
     "DELIVER_SUBJECT_HEADER",
     "ERROR_HEADER",
     "KILL_PREFIX",
+    "MONITOR_PREFIX",
     "NO_RESPONDERS_STATUS",
+    "PERMISSION_REASON",
     "REASON_HEADER",
     "REFUSED_STATUS",
     "RESERVED_PREFIX",
@@ -46,6 +48,8 @@ KILL_PREFIX: Final = "$sys.kill."
 
 STREAM_PREFIX: Final = "$sys.stream."
 """``$sys.stream.<op>...``: the streams API the broker answers itself (``docs/streams.md``)."""
+MONITOR_PREFIX: Final = "$sys.monitor."
+"""``$sys.monitor.varz`` etc.: requests for the broker's figures (``docs/monitoring.md``)."""
 
 # --- reserved headers (``docs/protocol.md`` §12) ------------------------------------------
 
@@ -70,6 +74,9 @@ NO_RESPONDERS_STATUS: Final = "503"
 """The broker's answer to a request nobody subscribes to."""
 REFUSED_STATUS: Final = "403"
 """The broker refused a ``$sys.`` request (with ``asyncipc-reason`` and ``asyncipc-error``)."""
+PERMISSION_REASON: Final = "permission"
+"""The ``asyncipc-reason`` of a ``403`` answering a request the user's permissions refuse
+(``docs/security.md``): the requester raises :class:`~asyncipc.PermissionDenied`."""
 SERVICE_ERROR_STATUS: Final = "500"
 """A handler failed to answer (with ``asyncipc-error``)."""
 

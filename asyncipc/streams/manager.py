@@ -27,6 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .._logsafe import printable
 from ..errors import AsyncIPCError, ConfigurationError, StoreError, StreamError
 from ..protocol import Headers
 from ..protocol.system import (
@@ -672,6 +673,17 @@ class StreamManager:
 
     # --- admin requests ---------------------------------------------------------------------------
 
+    async def ensure(self, config: StreamConfig) -> None:
+        """Create the stream ``config`` describes, or check that the one by its name has
+        that configuration (a configuration file's ``[[streams]]``). Raises
+        :class:`~asyncipc.StreamError` (``exists``) naming what differs: a stream with
+        messages is not reconfigured behind its users' backs."""
+        given = config.to_json()
+        given.pop("name")
+        async with self._admin:
+            await self.open()
+            await self._create(config.name, given)
+
     async def _admin_request(
         self, session: Session | None, op: str, args: list[str], data: bytes, reply: str
     ) -> None:
@@ -777,7 +789,8 @@ class StreamManager:
             path = self.root / name / "stream.json"
             await asyncio.to_thread(_write_all, [(path, meta)])
         self._add(engine)
-        log.info("stream %s created on %s (%s)", name, ", ".join(config.subjects), engine.storage)
+        subjects = printable(", ".join(config.subjects))  # a client's choice: escaped
+        log.info("stream %s created on %s (%s)", printable(name), subjects, engine.storage)
         return engine.info()
 
     async def _delete(self, name: str) -> None:
@@ -788,7 +801,7 @@ class StreamManager:
         await engine.close()
         if engine.storage == "file" and self.root is not None:
             await asyncio.to_thread(shutil.rmtree, self.root / name, True)
-        log.info("stream %s deleted", name)
+        log.info("stream %s deleted", printable(name))
 
     async def _get(self, name: str, body: Any) -> Any:
         engine = self._stream(name)

@@ -96,6 +96,16 @@ class TransportOptions:
     connect_options: Any = None
     """The whole :class:`~asyncipc.ConnectOptions`, for a transport that runs a client of
     its own and maps them onto it (``nats://``: reconnecting, pings, buffering)."""
+    max_hello: int | None = None
+    """Listening: the largest first frame (the HELLO) a stream link accepts, checked on
+    its length prefix; ``max_frame`` applies from the second frame on. ``None``: no
+    separate bound. The broker passes its ``BrokerOptions.max_hello``."""
+    frame_timeout: float = 0.0
+    """Listening: seconds a stream link gives a started frame to arrive whole, plus one
+    second per ``frame_min_rate`` bytes of the length it announced; a peer that takes
+    longer is cut off (ERR ``PEER_TIMEOUT``). 0: no deadline (the client side)."""
+    frame_min_rate: int = 1024 * 1024
+    """Bytes per second a large frame is given on top of ``frame_timeout``."""
 
 
 class Transport(Protocol):

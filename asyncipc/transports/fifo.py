@@ -40,6 +40,7 @@ import re
 import stat
 import time
 
+from .._logsafe import peer_log, printable
 from ..errors import ConfigurationError, ConnectError
 from ..link import Accept, Link, Listener, PeerInfo
 from . import URL, TransportOptions, register
@@ -214,7 +215,9 @@ class _FifoListener(Listener):
         try:
             rfd, wfd, uid = self._open_pair(cid)
         except _Refused as exc:
-            log.warning("%s: refusing client %s: %s", self._path, cid, exc)
+            peer_log().warning(
+                "fifo-refused", "%s: refusing client %s: %s", self._path, cid, exc, logger=log
+            )
             return
         self._connecting.add(cid)
         task = self._loop.create_task(self._start_link(cid, rfd, wfd, uid))
@@ -263,7 +266,7 @@ class _FifoListener(Listener):
         try:
             await open_pipe_link(link, rfd, wfd, on_closed=lambda: self._remove(cid))
         except OSError as exc:
-            log.warning("%s: client %s: %s", self._path, cid, exc)
+            log.warning("%s: client %s: %s", self._path, printable(cid), exc)
             self._remove(cid)
             return
         finally:

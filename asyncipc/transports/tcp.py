@@ -122,9 +122,11 @@ class TcpTransport:
         info = _peer_info(url.scheme)
 
         def factory() -> StreamLink:
-            link = StreamLink(url.scheme, options, server_side=True, peer_info=info)
-            accept(link)
-            return link
+            # Accepted once connected, when its peer (address, uid) is known: the
+            # broker's per-peer limits need it before it takes the link.
+            return StreamLink(
+                url.scheme, options, server_side=True, peer_info=info, on_connected=accept
+            )
 
         host = url.host or "127.0.0.1"
         try:

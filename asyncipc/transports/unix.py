@@ -136,9 +136,11 @@ class UnixTransport:
         info = _peer_info(path)
 
         def factory() -> StreamLink:
-            link = StreamLink("unix", options, server_side=True, peer_info=info)
-            accept(link)
-            return link
+            # Accepted once connected, when its peer (address, uid) is known: the
+            # broker's per-peer limits need it before it takes the link.
+            return StreamLink(
+                "unix", options, server_side=True, peer_info=info, on_connected=accept
+            )
 
         server = await asyncio.get_running_loop().create_unix_server(factory, sock=sock)
 

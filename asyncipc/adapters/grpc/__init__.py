@@ -27,6 +27,7 @@ authentication, and what flow control means over gRPC. The pieces: ``_link.py``
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import missing_extra
@@ -41,10 +42,13 @@ try:
 except ModuleNotFoundError as exc:
     raise missing_extra("grpc://", "gRPC adapter", "grpc", exc) from exc
 
+from ..._stats import BrokerStats
 from ...errors import ConfigurationError
 from ...link import Accept, Link, Listener
+from ...options import BrokerOptions
 from ...protocol import MSG_EXTRA
 from ...transports import URL, TransportOptions, register
+from ...users import User
 from . import _client
 from ._link import SLACK
 from ._server import (
@@ -115,7 +119,14 @@ class GrpcTransport:
         """Start a grpc.aio server at ``url`` whose calls become clients of ``broker``
         (``Broker.listen`` calls this). gRPC's message size limits follow
         ``options.max_frame``; unary and ``Subscribe`` calls must carry the broker's token."""
-        return await _serve(url, broker.attach, options, broker.options.token)
+        return await _serve(
+            url,
+            broker.attach,
+            options,
+            broker.options,
+            broker.stats,
+            lambda: broker.options.users,
+        )
 
     async def listen(self, url: URL, accept: Accept, options: TransportOptions) -> Listener:
         """Not for bare links: the gRPC service needs the broker (``Broker.listen``)."""
@@ -127,9 +138,15 @@ class GrpcTransport:
 
 
 async def _serve(
-    url: URL, accept: Accept, options: TransportOptions, token: str | None
+    url: URL,
+    accept: Accept,
+    options: TransportOptions,
+    limits: BrokerOptions,
+    stats: BrokerStats | None = None,
+    users: Callable[[], tuple[User, ...]] = tuple,
 ) -> GrpcListener:
-    """Start a grpc.aio server at ``url`` serving the broker behind ``accept``."""
+    """Start a grpc.aio server at ``url`` serving the broker behind ``accept``, whose
+    options (``limits``) give the token and the caps on what callers may ask for."""
     address = _client.host_port(url)
     limit = options.max_frame + MSG_EXTRA + SLACK
     server = grpc.aio.server(
@@ -140,7 +157,7 @@ async def _serve(
             ("grpc.so_reuseport", 0),
         ]
     )
-    service = BusService(accept, options, url.raw, token)
+    service = BusService(accept, options, url.raw, limits.token, users, limits, stats)
     add_bus_service(server, service)
     add_streams_service(server, StreamsService(service))
     health_service = health.aio.HealthServicer()

@@ -12,6 +12,8 @@ broker's first. What goes wrong maps to gRPC status codes by :func:`status_of` (
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hmac
 import logging
 from collections.abc import Callable
@@ -20,15 +22,19 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from ..._access import find_user, publish_refusal, subscribe_refusal
+from ..._stats import BrokerStats
 from ...client import DEFAULT_MAX_BYTES, DEFAULT_MAX_PENDING, Bus
 from ...errors import (
     AsyncIPCError,
     AuthenticationError,
+    BrokerError,
     ConfigurationError,
     ConnectionClosed,
     FrameTooLarge,
     HandshakeError,
     NoResponders,
+    PermissionDenied,
     RequestTimeout,
     ServiceError,
     SlowConsumer,
@@ -36,14 +42,20 @@ from ...errors import (
 )
 from ...link import Accept, PeerInfo
 from ...message import Message
-from ...options import ConnectOptions
-from ...protocol import (
-    Overflow,
+from ...options import BrokerOptions, ConnectOptions
+from ...protocol import ErrorCode, Overflow
+from ...protocol.system import (
+    ERROR_HEADER,
+    REFUSED_STATUS,
+    RESERVED_PREFIX,
+    STATUS_HEADER,
+    STREAM_PREFIX,
 )
-from ...protocol.system import ERROR_HEADER, REFUSED_STATUS, STATUS_HEADER, STREAM_PREFIX
 from ...subjects import validate_pattern, validate_queue
+from ...subscription import Subscription
 from ...transports import TransportOptions
 from ...transports.memory import memory_pair
+from ...users import User
 from ._link import Malformed
 from ._server_link import ServerLink
 from .proto import bus_pb2 as pb
@@ -53,6 +65,7 @@ __all__ = [
     "SERVICE",
     "BusService",
     "add_bus_service",
+    "permission_denied",
     "status_of",
 ]
 
@@ -92,6 +105,7 @@ _STREAM_REASONS = {
 
 _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (FrameTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (ConfigurationError, grpc.StatusCode.INVALID_ARGUMENT),  # InvalidSubject is one
     (NoResponders, grpc.StatusCode.UNAVAILABLE),
     (RequestTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
@@ -124,16 +138,36 @@ class _Refused(Exception):
 
 def _token(context: Any) -> str | None:
     """The ``authorization: Bearer <token>`` of the call's metadata, if any."""
+    token, _ = _credentials(context)
+    return token
+
+
+def _credentials(context: Any) -> tuple[str | None, tuple[str, str] | None]:
+    """The call's ``authorization`` metadata: ``Bearer <token>``, or ``Basic <base64
+    user:password>`` for a broker with users (docs/security.md)."""
     for key, value in context.invocation_metadata() or ():
         if key == "authorization":
-            scheme, _, token = str(value).partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
+            scheme, _, rest = str(value).partition(" ")
+            rest = rest.strip()
+            if scheme.lower() == "basic" and rest:
+                try:
+                    text = base64.b64decode(rest, validate=True).decode()
+                except (binascii.Error, UnicodeDecodeError):
+                    text = ""
+                name, sep, password = text.partition(":")
+                if not sep:
+                    raise _Refused(
+                        grpc.StatusCode.UNAUTHENTICATED,
+                        "Basic credentials must be base64 of 'user:password'",
+                    )
+                return None, (name, password)
+            if scheme.lower() != "bearer" or not rest:
                 raise _Refused(
                     grpc.StatusCode.UNAUTHENTICATED,
-                    "authorization metadata must be 'Bearer <token>'",
+                    "authorization metadata must be 'Bearer <token>' or 'Basic <user:password>'",
                 )
-            return token.strip()
-    return None
+            return rest, None
+    return None, None
 
 
 class _InternalBus(Bus):
@@ -158,44 +192,75 @@ class BusService:
     """
 
     def __init__(
-        self, accept: Accept, options: TransportOptions, url: str, token: str | None
+        self,
+        accept: Accept,
+        options: TransportOptions,
+        url: str,
+        token: str | None,
+        users: Callable[[], tuple[User, ...]] = tuple,
+        limits: BrokerOptions | None = None,
+        stats: BrokerStats | None = None,
     ) -> None:
         self._accept = accept
         self._options = options
         self._url = url
         self._token = token
+        self._users = users  # the broker's users now: a reload changes them
+        self._limits = limits or BrokerOptions(token=token)
+        """The broker's options: what caps the bounds a ``Subscribe`` asks for."""
+        self._stats = stats
+        """The broker's counters: a ``Subscribe`` call's drops are added when it ends."""
         self._lock = asyncio.Lock()
         self._unary: Bus | None = None  # the one Publish and Request share
+        self._user_buses: dict[str, Bus] = {}  # unary buses of restricted users
 
-    def _authorize(self, context: Any) -> None:
-        """Refuse the call unless it carries the broker's token (when it has one)."""
-        expected = self._token
-        if expected is None:
-            return
-        token = _token(context)
+    async def _authorize(self, context: Any) -> User | None:
+        """Who the caller is (``None``: the token, or no credentials needed); refuse the
+        call (UNAUTHENTICATED) unless it carries the broker's token when it has one, or
+        on a broker with users, a user's name and password."""
+        expected, users = self._token, self._users()
+        if expected is None and not users:
+            return None
+        token, basic = _credentials(context)
+        if basic is not None and users:
+            user = await find_user(users, *basic)
+            if user is None:
+                raise _Refused(grpc.StatusCode.UNAUTHENTICATED, "unknown user or wrong password")
+            return user
         if token is None:
+            accepted = "'Bearer <token>'" + (" or 'Basic <user:password>'" if users else "")
+            what = "credentials" if users else "token"
             raise _Refused(
                 grpc.StatusCode.UNAUTHENTICATED,
-                "token required: send the metadata 'authorization: Bearer <token>'",
+                f"{what} required: send the metadata 'authorization: {accepted[1:-1]}'",
             )
-        if not hmac.compare_digest(token.encode(), expected.encode()):
+        if expected is None or not hmac.compare_digest(token.encode(), expected.encode()):
             raise _Refused(grpc.StatusCode.UNAUTHENTICATED, "invalid token")
+        return None
 
-    async def _bus(self, who: str) -> Bus:
+    async def _bus(self, who: str, user: User | None = None) -> Bus:
         """A new in-process Bus, attached to the broker like any client. Its link says
         ``grpc`` with the caller's address: the broker counts it as gRPC and never takes
         it for one of its own in-process clients (which may ask to signal local ones)."""
         client, server = memory_pair("grpc", self._options)
         server.transport = "grpc"
-        server.peer = PeerInfo("grpc", who)
+        # A user the call authenticated rides along: the broker enforces its permissions.
+        server.peer = PeerInfo("grpc", who, extra={"user": user} if user is not None else {})
         self._accept(server)
         options = ConnectOptions(
             name=f"grpc {who}", token=self._token, max_frame=self._options.max_frame
         )
         return await _InternalBus.open(client, options, self._url)
 
-    async def _unary_bus(self, context: Any) -> Bus:
-        self._authorize(context)
+    async def _unary_bus(self, context: Any, user: User | None = None) -> Bus:
+        """The bus unary calls go through: shared, or the caller's user's own."""
+        if user is None:
+            user = await self._authorize(context)
+        if user is not None and not user.permissions.unrestricted:
+            bus = self._user_buses.get(user.name)
+            if bus is None or bus.is_closed:
+                bus = self._user_buses[user.name] = await self._bus(f"user {user.name}", user)
+            return bus
         bus = self._unary
         if bus is None or bus.is_closed:
             async with self._lock:  # one handshake, however many calls arrive at once
@@ -208,6 +273,8 @@ class BusService:
         """Close the bus the unary calls share (the broker has closed its link by now)."""
         if self._unary is not None:
             await self._unary.close()
+        for bus in self._user_buses.values():
+            await bus.close()
 
     # --- the RPCs ----------------------------------------------------------------------
 
@@ -216,7 +283,10 @@ class BusService:
         try:
             _check(request)
             _generic(request.subject)
-            bus = await self._unary_bus(context)
+            _not_reserved(request.subject, request.reply_to or None)
+            user = await self._authorize(context)
+            _permitted(publish_refusal(user, request.subject, request.reply_to or None))
+            bus = await self._unary_bus(context, user)
             await bus.publish(
                 request.subject,
                 request.data,
@@ -233,7 +303,9 @@ class BusService:
         try:
             _check(request)
             _generic(request.subject)
-            bus = await self._unary_bus(context)
+            user = await self._authorize(context)
+            _permitted(publish_refusal(user, request.subject))
+            bus = await self._unary_bus(context, user)
             reply = await bus.request(
                 request.subject,
                 request.data,
@@ -244,56 +316,105 @@ class BusService:
             await _abort(context, exc)
         if reply.headers and reply.headers.get(STATUS_HEADER) == REFUSED_STATUS:
             # The broker refused a request to a reserved subject (protocol.md §12).
-            why = reply.headers.get(ERROR_HEADER, "refused")
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
+            await _abort(context, permission_denied(reply.headers.get(ERROR_HEADER, "refused")))
         return _message(reply)
 
     async def Subscribe(self, request: Any, context: Any) -> None:
         """Stream a subscription of an in-process bus of this call's own."""
         try:
             _check(request)
-            self._authorize(context)
+            user = await self._authorize(context)
             validate_pattern(request.subject)
+            _permitted(subscribe_refusal(user, request.subject))
             if request.queue:
                 validate_queue(request.queue)
+            _not_reserved(request.subject, None)
             try:
                 overflow = _NAMES[Overflow(request.overflow)]
             except ValueError:
                 raise ConfigurationError(f"unknown overflow policy {request.overflow}") from None
-            bus = await self._bus(context.peer())
+            bus = await self._bus(context.peer(), user)
         except (AsyncIPCError, _Refused) as exc:
             await _abort(context, exc)
         failure: BaseException | None = None
+        # What the caller asks for, capped by the broker: a caller that never reads
+        # must not make the broker hold whatever it chose (0: the default, capped too).
+        max_pending, max_bytes = self._limits.subscription_bounds(
+            request.max_pending or DEFAULT_MAX_PENDING, request.max_bytes or DEFAULT_MAX_BYTES
+        )
+        sub: Subscription | None = None
         try:
             sub = bus.subscribe(
                 request.subject,
                 request.queue or None,
-                max_pending=request.max_pending or DEFAULT_MAX_PENDING,
-                max_bytes=request.max_bytes or DEFAULT_MAX_BYTES,
+                max_pending=max_pending,
+                max_bytes=max_bytes,
                 overflow=overflow,
             )
             await bus.flush()
+            if not sub.active and not sub.pending:
+                # Refused by the broker (ERR 102 naming it): PERMISSION_DENIED, not OK.
+                await sub.next_msg(timeout=0)  # raises what ended it
             # The response headers say the subscription is in effect: a client that
-            # waits for them before publishing misses nothing.
-            await context.send_initial_metadata((("asyncipc-subscribed", request.subject),))
+            # waits for them before publishing misses nothing; and the bounds in effect.
+            await context.send_initial_metadata(
+                (
+                    ("asyncipc-subscribed", request.subject),
+                    ("asyncipc-max-pending", str(max_pending)),
+                    ("asyncipc-max-bytes", str(max_bytes)),
+                )
+            )
             async for msg in sub:
                 await context.write(_message(msg))
+        except BrokerError as exc:
+            failure = permission_denied(exc.message) if exc.code == ErrorCode.PERMISSION else exc
         except AsyncIPCError as exc:
             failure = exc
         finally:
             await bus.close()
+            if sub is not None and sub.dropped and self._stats is not None:
+                # What its drop policy cost it, in the broker's counters (and /metrics).
+                self._stats.dropped += sub.dropped
+                self._stats.add("grpc", dropped=sub.dropped)
         if failure is not None:
             await _abort(context, failure)
 
     async def Connect(self, request_iterator: Any, context: Any) -> None:
         """Attach the stream to the broker as a client (a :class:`ServerLink`)."""
         try:
-            token = _token(context)
+            token, basic = _credentials(context)
         except _Refused as exc:
             await _abort(context, exc)
-        link = ServerLink(context, self._options, PeerInfo("grpc", context.peer()), token)
+        link = ServerLink(context, self._options, PeerInfo("grpc", context.peer()), token, basic)
         self._accept(link)
         await link.serve()
+
+
+def _permitted(why: str | None) -> None:
+    """Refused by the caller's user's permissions: PERMISSION_DENIED, naming the subject."""
+    if why is not None:
+        raise _Refused(grpc.StatusCode.PERMISSION_DENIED, why)
+
+
+def permission_denied(details: str) -> _Refused:
+    """The one way the ``Bus`` service refuses what a caller may not do:
+    ``PERMISSION_DENIED`` with the broker's (or the adapter's) reason, for ``Publish``,
+    ``Request`` and ``Subscribe`` alike — never an ``OK`` that hides the refusal. Raise
+    it in a call's ``try`` (or pass it to ``_abort``). A permission check refuses through
+    here too."""
+    return _Refused(grpc.StatusCode.PERMISSION_DENIED, details)
+
+
+def _not_reserved(subject: str, reply_to: str | None) -> None:
+    """Refuse a ``Publish`` or ``Subscribe`` on a ``$sys.`` subject, or a ``$sys.`` reply
+    subject: they are the broker's. Through the shared bus the broker's ERR could only be
+    logged, and the caller would have heard OK; a subscription there would never see a
+    message (the broker delivers ``$sys.`` ones only to the connection that published
+    them). ``$sys.kill.`` is a ``Request``, whose refusal the broker answers itself."""
+    if subject.startswith(RESERVED_PREFIX):
+        raise permission_denied(f"subject {subject!r} is reserved for the broker")
+    if reply_to is not None and reply_to.startswith(RESERVED_PREFIX):
+        raise permission_denied(f"reply subject {reply_to!r} is reserved for the broker")
 
 
 def _check(request: Any) -> None:
@@ -309,9 +430,8 @@ def _generic(subject: str) -> None:
     requests would create consumers that bus owns (never removed: it never
     disconnects) and pull batches past ``Fetch``'s bounds."""
     if subject.startswith(STREAM_PREFIX):
-        raise _Refused(
-            grpc.StatusCode.PERMISSION_DENIED,
-            f"{subject!r} is the broker's streams API: use the asyncipc.v1.Streams service",
+        raise permission_denied(
+            f"{subject!r} is the broker's streams API: use the asyncipc.v1.Streams service"
         )
 
 

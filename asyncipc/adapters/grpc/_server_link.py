@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 import grpc
 
+from ..._logsafe import peer_log
 from ...errors import BrokenLinkError, ClosedError
 from ...link import LinkReceiver, PeerInfo
 from ...protocol import (
@@ -72,10 +73,12 @@ class ServerLink(GrpcLink):
         options: TransportOptions,
         peer: PeerInfo,
         token: str | None,
+        basic: tuple[str, str] | None = None,
     ) -> None:
         super().__init__(context, options, peer)
         self._context = context
         self._token = token
+        self._basic = basic  # user and password from 'authorization: Basic' metadata
         self._greeted = False
         self._aborted = False
         self._fatal: Err | None = None
@@ -174,11 +177,13 @@ class ServerLink(GrpcLink):
             token = hello.token or token
         if token is not None:
             fields["token"] = token
+        if self._basic is not None:
+            fields["user"], fields["password"] = self._basic
         return Hello(fields)
 
     def _violation(self, message: str) -> None:
         """Tell the client what was wrong, end the stream with INVALID_ARGUMENT."""
-        log.warning("closing %s: %s", self.peer.describe(), message)
+        peer_log().warning("bad-frame", "closing %s: %s", self.peer.describe(), message, logger=log)
         self._out.clear()
         self._out_bytes = 0
         self._queue(self._encode(Err(ErrorCode.PROTOCOL, message)))

@@ -22,16 +22,21 @@ The adapter's links say ``transport="http"``: the broker counts them under that 
 never mistakes them for in-process clients of its own (``$sys.`` subjects, signals).
 ``GET /v1/openapi.json`` describes every route (``_openapi.py``), ``GET /metrics`` is the
 broker's counters in the Prometheus text format (``_metrics.py``), ``GET /healthz`` says
-whether it is serving.
+whether it is serving. ``GET /varz``, ``/connz``, ``/subsz``, ``/streamz``, ``/subjectz``
+and the live page ``GET /dashboard`` show the broker as nats-server's monitoring does
+(``_monitor.py``, docs/monitoring.md).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import logging
 import ssl as _ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from .. import missing_extra
@@ -45,6 +50,7 @@ except ModuleNotFoundError as exc:
     raise missing_extra("http:// (or https://)", "REST adapter", "http", exc) from exc
 
 from ... import _metrics
+from ..._access import find_user, publish_refusal, subscribe_refusal
 from ...client import DEFAULT_MAX_BYTES, DEFAULT_MAX_PENDING, Bus
 from ...errors import (
     ConfigurationError,
@@ -53,29 +59,37 @@ from ...errors import (
     FrameTooLarge,
     InvalidSubject,
     NoResponders,
+    PermissionDenied,
     RequestTimeout,
     ServiceError,
 )
 from ...link import Accept, Link, Listener, PeerInfo
 from ...options import ConnectOptions
-from ...protocol.system import STREAM_PREFIX
+from ...protocol.system import MONITOR_PREFIX, STREAM_PREFIX
 from ...subjects import validate_pattern, validate_queue
 from ...subscription import OVERFLOW_POLICIES, Subscription
 from ...transports import URL, TransportOptions, register
 from ...transports.memory import memory_pair
+from ...users import User
 from . import _openapi
 from ._envelope import (
     HttpError,
+    check_not_reserved,
     error_body,
+    forbidden,
     headers_from_http,
     headers_to_http,
     message_json,
+    refusal_of,
+    refusal_of_subscription,
 )
+from ._monitor import MonitorRoutes
 from ._params import (
     DEFAULT_REQUEST_TIMEOUT,
     MAX_REQUEST_TIMEOUT,
     peer_of,
     positive_int,
+    raw_subject,
     reply_to_of,
     subject_of,
     timeout_of,
@@ -140,6 +154,7 @@ class RestServer(Listener):
         self._ssl = ssl
         self._closing = False
         self._unary: Bus | None = None
+        self._user_buses: dict[str, Bus] = {}  # unary buses of restricted users, by name
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._live: set[Subscription] = set()  # the adapter's SSE and JSON subscriptions
@@ -148,6 +163,7 @@ class RestServer(Listener):
         the subscriptions that have ended; ``/metrics`` adds the live ones."""
         self.responses: Counter[tuple[str, int]] = Counter()
         """HTTP responses by route and status."""
+        self._monitoring = MonitorRoutes(broker.monitor, self._may_monitor)
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -168,6 +184,7 @@ class RestServer(Listener):
         app.router.add_get("/v1/openapi.json", self._openapi, allow_head=False)
         app.router.add_get("/healthz", self._health, allow_head=False)
         app.router.add_get("/metrics", self._metrics, allow_head=False)
+        self._monitoring.add_to(app.router)
         # handler_cancellation: a client that hangs up cancels its request's handler, so
         # a waiting request or a stalled event stream does not outlive its reader.
         # lingering_time: after refusing a body (413) aiohttp reads and discards what
@@ -204,6 +221,7 @@ class RestServer(Listener):
         if self._closing:
             return
         self._closing = True
+        self._monitoring.close()  # its event streams are no broker clients: end them here
         if self._site is not None:
             await self._site.stop()
         if self._runner is not None and self._runner.server is not None:
@@ -260,26 +278,69 @@ class RestServer(Listener):
 
     # --- helpers ----------------------------------------------------------------------
 
-    def authorize(self, request: web.Request, *, required: bool = True) -> None:
-        """HttpError 401 unless the request carries the broker's token (when it has one):
+    async def authorize(self, request: web.Request, *, required: bool = True) -> User | None:
+        """Who the caller is; HttpError 401 unless the request carries the broker's token
+        (when it has one) or, on a broker with users, a user's name and password:
         ``Authorization: Bearer <token>``, or ``?access_token=`` (RFC 6750 §2.3) for
-        clients that cannot set headers (browsers' EventSource and WebSocket)."""
-        expected = self.broker.options.token
-        if expected is None:
-            return
+        clients that cannot set headers (browsers' EventSource and WebSocket), or
+        ``Authorization: Basic <base64 user:password>`` (docs/security.md). ``None``: the
+        token, or no credentials needed: the caller may do everything."""
+        opts = self.broker.options
+        expected, users = opts.token, opts.users
+        if expected is None and not users:
+            return None
         token = request.query.get("access_token")
         header = request.headers.get("Authorization")
+        accepted = "'Bearer <token>'" + (" or 'Basic <user:password>'" if users else "")
         if header is not None:
             scheme, _, value = header.partition(" ")
+            if users and scheme.lower() == "basic":
+                return await self._basic(value.strip())
             token = value.strip() if scheme.lower() == "bearer" else None
             if token is None:
-                raise unauthorized("the Authorization header must be 'Bearer <token>'")
+                raise unauthorized(f"the Authorization header must be {accepted}")
         elif token is None:
             if not required:
-                return
-            raise unauthorized("token required: send 'Authorization: Bearer <token>'")
-        if not hmac.compare_digest(token.encode(), expected.encode()):
+                return None
+            what = "credentials" if users else "token"
+            raise unauthorized(f"{what} required: send 'Authorization: {accepted[1:-1]}'")
+        if expected is None or not hmac.compare_digest(token.encode(), expected.encode()):
             raise unauthorized("invalid token")
+        return None
+
+    async def _may_monitor(self, request: web.Request, what: str) -> None:
+        """The monitoring endpoints: whoever may ask ``$sys.monitor.<what>`` on the bus
+        (the token, or a user allowed to publish there; docs/monitoring.md)."""
+        user = await self.authorize(request)
+        why = publish_refusal(user, MONITOR_PREFIX + what)
+        if why is not None:
+            raise forbidden("permission", why)
+
+    async def _basic(self, value: str) -> User:
+        try:
+            name, sep, password = base64.b64decode(value, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            name, sep, password = "", "", ""
+        if not sep:
+            raise unauthorized("the Basic credentials must be base64 of 'user:password'")
+        user = await find_user(self.broker.options.users, name, password)
+        if user is None:
+            raise unauthorized("unknown user or wrong password")
+        return user
+
+    async def bus_for(self, user: User | None) -> Bus:
+        """The in-process Bus that acts for ``user`` on the unary routes: the shared one
+        for a caller who may do everything, else one per user that the broker knows as
+        that user, so that it enforces the user's permissions (the same check as on every
+        transport; a reload re-applies them)."""
+        if user is None or user.permissions.unrestricted:
+            return self._bus()
+        bus = self._user_buses.get(user.name)
+        if bus is None or bus.is_closed:
+            self._bus()  # 503 while closing
+            peer = PeerInfo("http", None, extra={"route": "unary", "user": user})
+            bus = self._user_buses[user.name] = await self.attach_bus(peer)
+        return bus
 
     def _bus(self) -> Bus:
         bus = self._unary
@@ -340,12 +401,16 @@ class RestServer(Listener):
     # --- routes ---------------------------------------------------------------------
 
     async def _publish(self, request: web.Request) -> web.StreamResponse:
-        self.authorize(request)
+        user = await self.authorize(request)
         subject, reply_to = _generic(subject_of(request)), reply_to_of(request)
+        check_not_reserved(subject, reply_to)  # 403, not a 202 for what the broker drops
+        why = publish_refusal(user, subject, reply_to)
+        if why is not None:
+            raise forbidden("permission", why)
         headers = headers_from_http(request.headers.items())
         data = await self._body(request)
         try:
-            await self._bus().publish(subject, data, headers, reply_to)
+            await (await self.bus_for(user)).publish(subject, data, headers, reply_to)
         except FrameTooLarge as exc:
             raise HttpError(413, "payload_too_large", str(exc)) from None
         except ConnectionClosed:
@@ -353,13 +418,19 @@ class RestServer(Listener):
         return web.Response(status=202)
 
     async def _request(self, request: web.Request) -> web.StreamResponse:
-        self.authorize(request)
+        user = await self.authorize(request)
         subject = _generic(subject_of(request))
+        why = publish_refusal(user, subject)
+        if why is not None:
+            raise forbidden("permission", why)
         timeout = timeout_of(request.query.get("timeout"))
         headers = headers_from_http(request.headers.items())
         data = await self._body(request)
+        bus = await self.bus_for(user)
         try:
-            reply = await self._bus().request(subject, data, headers=headers, timeout=timeout)
+            reply = await bus.request(subject, data, headers=headers, timeout=timeout)
+        except PermissionDenied as exc:
+            raise forbidden("permission", str(exc)) from None
         except NoResponders as exc:
             raise HttpError(503, "no_responders", str(exc)) from None
         except RequestTimeout as exc:
@@ -370,6 +441,9 @@ class RestServer(Listener):
             raise HttpError(413, "payload_too_large", str(exc)) from None
         except ConnectionClosed:
             raise HttpError(503, "unavailable", "the broker is shutting down") from None
+        refused = refusal_of(reply)
+        if refused is not None:
+            raise refused
         if wants_json(request):
             return web.json_response(message_json(reply))
         return web.Response(
@@ -379,26 +453,32 @@ class RestServer(Listener):
         )
 
     async def _subscribe(self, request: web.Request) -> web.StreamResponse:
-        self.authorize(request)
+        user = await self.authorize(request)
         q = request.query
-        subject = request.match_info["subject"]
+        subject = raw_subject(request)
         try:
             validate_pattern(subject)
             if "queue" in q:
                 validate_queue(q["queue"])
         except InvalidSubject as exc:
             raise HttpError(400, "invalid_subject", str(exc)) from None
+        check_not_reserved(subject)
         overflow = q.get("overflow", "block")
         if overflow not in OVERFLOW_POLICIES:
             raise HttpError(
                 400, "bad_request", f"overflow must be one of {sorted(OVERFLOW_POLICIES)}"
             )
-        max_pending = positive_int(q, "max_pending", DEFAULT_MAX_PENDING)
-        max_bytes = positive_int(q, "max_bytes", DEFAULT_MAX_BYTES)
+        max_pending, max_bytes = self.broker.options.subscription_bounds(
+            positive_int(q, "max_pending", DEFAULT_MAX_PENDING),
+            positive_int(q, "max_bytes", DEFAULT_MAX_BYTES),
+        )
         count = positive_int(q, "count", 0)
+        why = subscribe_refusal(user, subject)
+        if why is not None:
+            raise forbidden("permission", why)
         if self._closing:
             raise HttpError(503, "unavailable", "the broker is shutting down")
-        bus = await self.attach_bus(peer_of(request, "sse"))
+        bus = await self.attach_bus(_as(peer_of(request, "sse"), user))
         try:
             sub = bus.subscribe(
                 subject, q.get("queue"), max_pending=max_pending, max_bytes=max_bytes,
@@ -407,6 +487,9 @@ class RestServer(Listener):
             self.track(sub)
             try:
                 await bus.flush()  # in effect at the broker before "subscribed" is said
+                refused = await refusal_of_subscription(sub)
+                if refused is not None:
+                    raise refused
                 response = web.StreamResponse(
                     headers={
                         "Content-Type": "text/event-stream",
@@ -436,7 +519,7 @@ class RestServer(Listener):
         binary = ready.protocol == SUBPROTOCOL
         # The wire protocol authenticates in its HELLO, as on every transport: a header
         # is then optional (checked if sent). JSON has no HELLO: the header is the check.
-        self.authorize(request, required=not binary)
+        user = await self.authorize(request, required=not binary)
         if self._closing:
             raise HttpError(503, "unavailable", "the broker is shutting down")
         await ws.prepare(request)
@@ -458,11 +541,12 @@ class RestServer(Listener):
             self.broker.attach(link)
             await link.run()
         else:
-            await JsonSession(self, ws, peer_of(request, "ws-json")).run()
+            await JsonSession(self, ws, _as(peer_of(request, "ws-json"), user)).run()
         return ws
 
     async def _openapi(self, request: web.Request) -> web.StreamResponse:
-        token = self.broker.options.token is not None
+        # Users authenticate too (Basic): the document then lists the 401 answers as well.
+        token = self.broker.options.token is not None or bool(self.broker.options.users)
         store = self.broker.options.store is not None
         return web.json_response(_openapi.document(self._unary_max(), token=token, store=store))
 
@@ -474,7 +558,7 @@ class RestServer(Listener):
         )
 
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
-        self.authorize(request)
+        await self.authorize(request)
         adapter_drops = self.dropped + sum(s.dropped for s in self._live)
         text = _metrics.render(self.broker, adapter_drops, self.queued, self.responses)
         return web.Response(body=text.encode(), headers={"Content-Type": _metrics.CONTENT_TYPE})
@@ -559,10 +643,8 @@ def _generic(subject: str) -> str:
     pull batches past the bounds of ``/v1/streams/.../fetch``.
     """
     if subject.startswith(STREAM_PREFIX):
-        raise HttpError(
-            403,
-            "reserved",
-            f"{subject!r} is the broker's streams API: use the /v1/streams routes",
+        raise forbidden(
+            "reserved", f"{subject!r} is the broker's streams API: use the /v1/streams routes"
         )
     return subject
 
@@ -575,3 +657,9 @@ def _client_error(exc: BaseException) -> str:
 
 register("http", HttpTransport())
 register("https", HttpTransport())
+
+
+def _as(peer: PeerInfo, user: User | None) -> PeerInfo:
+    """``peer`` carrying the user the adapter authenticated: the broker then knows the
+    in-process bus attached for this caller as that user (``users.identify``)."""
+    return peer if user is None else replace(peer, extra={**peer.extra, "user": user})

@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from ... import __version__
+from ..._monitor import CONNZ_SORTS, DEFAULT_LIMIT, ENDPOINTS, MAX_LIMIT, METER_MAX_SUBJECTS
 from ...streams.config import MAX_COUNT, MAX_SECONDS
 from ._envelope import HEADER_PREFIX, REPLY_TO_HEADER
+from ._monitor import DASHBOARD_FILES, DEFAULT_INTERVAL, MAX_INTERVAL, MIN_INTERVAL
 from ._streams import (
     ACK_KINDS,
     DEFAULT_FETCH_TIMEOUT,
@@ -88,6 +90,15 @@ _UNAUTHORIZED = _error("The broker has a token and the request's is missing or w
 _RESERVED = _error(
     "A `$sys.stream.` subject: the streams API is reached through `/v1/streams` (`reserved`)."
 )
+_RESERVED_PUBLISH = _error(
+    "A `$sys.` subject or reply subject: those are the broker's (`reserved`; a "
+    "`$sys.stream.` one is reached through `/v1/streams`)."
+)
+_REFUSED_REQUEST = _error(
+    "A `$sys.stream.` subject (`reserved`: the streams API is reached through "
+    "`/v1/streams`), or a request the broker refused (`forbidden`, with `reason`: the "
+    "broker's code, e.g. `remote-sender` for `$sys.kill.` from an HTTP client)."
+)
 _SHUTTING_DOWN = "the broker shut down while the request waited (`unavailable`)."
 
 
@@ -98,6 +109,7 @@ def document(max_payload: int, *, token: bool, store: bool = False) -> dict[str,
     too_large = _error(f"The body is over the broker's limit of {max_payload} bytes.")
     doc = _document(too_large)
     doc["paths"].update(_stream_paths(too_large))
+    doc["paths"].update(_monitor_paths())
     doc["components"]["schemas"].update(_stream_schemas(store))
     if not token:
         del doc["components"]["securitySchemes"]
@@ -144,9 +156,12 @@ def _document(too_large: dict[str, Any]) -> dict[str, Any]:
                     "requestBody": _BODY,
                     "responses": {
                         "202": {"description": "The broker has the message."},
-                        "400": _error("Invalid subject or reply subject (`invalid_subject`)."),
+                        "400": _error(
+                            "Invalid subject or reply subject, or one whose percent-encoded "
+                            "bytes are not UTF-8 (`invalid_subject`)."
+                        ),
                         "401": _UNAUTHORIZED,
-                        "403": _RESERVED,
+                        "403": _RESERVED_PUBLISH,
                         "413": too_large,
                     },
                 }
@@ -187,9 +202,9 @@ def _document(too_large: dict[str, Any]) -> dict[str, Any]:
                                 },
                             },
                         },
-                        "400": _error("Invalid subject or timeout."),
+                        "400": _error("Invalid subject (or not UTF-8) or timeout."),
                         "401": _UNAUTHORIZED,
-                        "403": _RESERVED,
+                        "403": _REFUSED_REQUEST,
                         "413": too_large,
                         "502": _error("The responder's handler failed (`service_error`)."),
                         "503": _error(
@@ -204,9 +219,10 @@ def _document(too_large: dict[str, Any]) -> dict[str, Any]:
                 "get": {
                     "summary": "Subscribe: messages as Server-Sent Events",
                     "description": "First an event `subscribed` once the subscription is in "
-                    "effect; then one event per message, its data a Message; an event "
-                    "`error` (an Error) if the subscription is cut off. A slow reader meets "
-                    "the subscription's bounds and overflow policy.",
+                    "effect, saying the `max_pending` and `max_bytes` in effect (those asked "
+                    "for, capped by the broker's limits); then one event per message, its "
+                    "data a Message; an event `error` (an Error) if the subscription is cut "
+                    "off. A slow reader meets the subscription's bounds and overflow policy.",
                     "operationId": "subscribe",
                     "security": _SECURED,
                     "parameters": [
@@ -228,12 +244,14 @@ def _document(too_large: dict[str, Any]) -> dict[str, Any]:
                         _query(
                             "max_pending",
                             {"type": "integer", "minimum": 1, "default": 65536},
-                            "Messages queued for the reader before `overflow` applies.",
+                            "Messages queued for the reader before `overflow` applies; "
+                            "lowered to the broker's `subscription_max_pending`.",
                         ),
                         _query(
                             "max_bytes",
                             {"type": "integer", "minimum": 1, "default": 67108864},
-                            "Payload bytes queued for the reader before `overflow` applies.",
+                            "Payload bytes queued for the reader before `overflow` applies; "
+                            "lowered to the broker's `high_water`.",
                         ),
                         _query(
                             "count",
@@ -246,8 +264,11 @@ def _document(too_large: dict[str, Any]) -> dict[str, Any]:
                             "description": "The event stream.",
                             "content": {"text/event-stream": {"schema": {"type": "string"}}},
                         },
-                        "400": _error("Invalid subject pattern, queue name or parameter."),
+                        "400": _error(
+                            "Invalid subject pattern (or not UTF-8), queue name or parameter."
+                        ),
                         "401": _UNAUTHORIZED,
+                        "403": _error("A `$sys.` pattern: the broker's own (`reserved`)."),
                     },
                 }
             },
@@ -315,6 +336,10 @@ def _document(too_large: dict[str, Any]) -> dict[str, Any]:
                     "properties": {
                         "error": {"type": "string", "description": "A code, e.g. `timeout`."},
                         "message": {"type": "string", "description": "What was wrong."},
+                        "reason": {
+                            "type": "string",
+                            "description": "On a 403: why, as a machine-readable code.",
+                        },
                     },
                 },
                 "Message": {
@@ -811,3 +836,140 @@ _STREAM_SCHEMAS: dict[str, Any] = {
         required=["token"],
     ),
 }
+
+
+# --- monitoring (docs/monitoring.md) -------------------------------------------------------
+
+_MONITOR_REQUIRED = {
+    "varz": ["server_id", "version", "now", "uptime", "connections", "in_msgs", "out_msgs"],
+    "connz": ["server_id", "now", "num_connections", "total", "offset", "limit", "connections"],
+    "subsz": ["server_id", "now", "num_subscriptions", "total", "offset", "limit"],
+    "streamz": ["server_id", "now", "streams", "consumers", "streams_list"],
+    "subjectz": ["server_id", "now", "metering_since", "total", "subjects"],
+}
+_MONITOR_SUMMARY = {
+    "varz": "The broker: version, uptime, totals and rates, memory, CPU, limits",
+    "connz": "The connections, with their traffic, rates and pending bytes",
+    "subsz": "The subscriptions, with their policies, drops and slow consumers",
+    "streamz": "The durable streams and their consumers",
+    "subjectz": "Messages per subject and their rates (metered while someone looks)",
+}
+
+
+def _monitor_paths() -> dict[str, Any]:
+    flag = {"type": "string", "enum": ["0", "1", "false", "true"]}
+    offset = _query(
+        "offset", {"type": "integer", "minimum": 0, "maximum": 1 << 62}, "Entries to skip."
+    )
+    limit = _query(
+        "limit",
+        {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+        "Entries per page.",
+    )
+    params: dict[str, list[dict[str, Any]]] = {
+        "varz": [],
+        "connz": [
+            _query(
+                "subs",
+                {"type": "string", "enum": ["0", "1", "false", "true", "detail"]},
+                "List each connection's subscriptions: subjects, or `detail` objects.",
+            ),
+            offset,
+            limit,
+            _query("sort", {"type": "string", "enum": list(CONNZ_SORTS)}, "The order (`cid`)."),
+        ],
+        "subsz": [
+            _query("subs", flag, "List the subscriptions."),
+            offset,
+            limit,
+            _query(
+                "test",
+                {"type": "string", "pattern": SUBJECT_PATTERN, "maxLength": 1024},
+                "Only the subscriptions a message on this subject would reach.",
+            ),
+        ],
+        "streamz": [_query("consumers", flag, "List each stream's consumers.")],
+        "subjectz": [
+            _query(
+                "limit",
+                {"type": "integer", "minimum": 1, "maximum": METER_MAX_SUBJECTS},
+                "The busiest subjects to list (100).",
+            )
+        ],
+    }
+    paths: dict[str, Any] = {}
+    for name in ENDPOINTS:
+        responses: dict[str, Any] = {
+            "200": {
+                "description": "The figures (docs/monitoring.md).",
+                "content": {
+                    "application/json": {
+                        "schema": {"type": "object", "required": _MONITOR_REQUIRED[name]}
+                    }
+                },
+            },
+        }
+        if params[name]:
+            responses["400"] = _error("An option that is not valid (`bad_request`).")
+        responses["401"] = _UNAUTHORIZED
+        paths[f"/{name}"] = {
+            "get": {
+                "summary": _MONITOR_SUMMARY[name],
+                "operationId": name,
+                "security": _SECURED,
+                "parameters": params[name],
+                "responses": responses,
+            }
+        }
+    paths["/dashboard"] = {
+        "get": {
+            "summary": "The live dashboard page (HTML; `?access_token=` is passed on)",
+            "operationId": "dashboard",
+            "responses": {
+                "200": {
+                    "description": "The page.",
+                    "content": {"text/html": {"schema": {"type": "string"}}},
+                }
+            },
+        }
+    }
+    for file, kind in DASHBOARD_FILES.items():
+        paths[f"/dashboard/{file}"] = {
+            "get": {
+                "summary": f"The dashboard's {file}",
+                "operationId": "dashboard_" + file.replace(".", "_"),
+                "responses": {
+                    "200": {
+                        "description": "The file.",
+                        "content": {kind: {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        }
+    paths["/dashboard/events"] = {
+        "get": {
+            "summary": "The dashboard's figures as Server-Sent Events",
+            "description": "One event `snapshot` every `interval` seconds, its data an object "
+            "with `varz`, `connz`, `subsz`, `subjectz` and `streamz`; an event `error` when "
+            "the broker shuts down.",
+            "operationId": "dashboard_events",
+            "security": _SECURED,
+            "parameters": [
+                _query(
+                    "interval",
+                    {"type": "number", "minimum": MIN_INTERVAL, "maximum": MAX_INTERVAL},
+                    f"Seconds between snapshots ({DEFAULT_INTERVAL:g}).",
+                ),
+                _query("count", {"type": "integer", "minimum": 1}, "End after this many."),
+            ],
+            "responses": {
+                "200": {
+                    "description": "The event stream.",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                },
+                "400": _error("An interval or count that is not valid (`bad_request`)."),
+                "401": _UNAUTHORIZED,
+            },
+        }
+    }
+    return paths

@@ -7,6 +7,7 @@ JSON error of docs/rest.md when the request is not acceptable.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 
@@ -20,6 +21,7 @@ __all__ = [
     "MAX_REQUEST_TIMEOUT",
     "peer_of",
     "positive_int",
+    "raw_subject",
     "reply_to_of",
     "subject_of",
     "timeout_of",
@@ -42,8 +44,25 @@ def unauthorized(message: str) -> HttpError:
     return exc
 
 
+def raw_subject(request: web.Request) -> str:
+    """The ``{subject}`` of a route whose last path segment it is, percent-decoded as
+    UTF-8; HttpError 400 when the bytes are not UTF-8. ``match_info`` cannot tell: yarl
+    leaves an undecodable ``%FF`` as the three characters ``%FF``, the same text that
+    ``%25FF`` decodes to, so a subject the client never sent would be published."""
+    segment = request.rel_url.raw_parts[-1]
+    try:
+        return unquote_to_bytes(segment).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise HttpError(
+            400,
+            "invalid_subject",
+            f"subject {segment!r} is not valid UTF-8 once percent-decoded "
+            f"(byte 0x{exc.object[exc.start]:02X} at {exc.start})",
+        ) from None
+
+
 def subject_of(request: web.Request) -> str:
-    subject = request.match_info["subject"]
+    subject = raw_subject(request)
     try:
         return validate_subject(subject)
     except InvalidSubject as exc:

@@ -36,9 +36,18 @@ def sse_event(data: dict[str, Any], event: str | None = None, ident: int | None 
 
 async def stream_events(response: web.StreamResponse, sub: Subscription, count: int) -> None:
     """Write ``sub``'s messages as events until it ends, ``count`` are sent, or the
-    reader goes away. Several queued messages go out in one write."""
+    reader goes away. Several queued messages go out in one write. The ``subscribed``
+    event says the bounds in effect (the caller's, capped by the broker's)."""
     await response.write(
-        sse_event({"subject": sub.subject, "queue": sub.queue}, event="subscribed")
+        sse_event(
+            {
+                "subject": sub.subject,
+                "queue": sub.queue,
+                "max_pending": sub.max_pending,
+                "max_bytes": sub.max_bytes,
+            },
+            event="subscribed",
+        )
     )
     sent = 0
     try:

@@ -34,6 +34,7 @@ from ...errors import (
     ConnectionClosed,
     FrameTooLarge,
     InvalidSubject,
+    PermissionDenied,
     RequestTimeout,
     StreamError,
 )
@@ -47,6 +48,7 @@ from ...streams import (
 from ...streams.client import ACK_BODIES
 from ...streams.config import check_name
 from ...subjects import validate_pattern, validate_subject
+from ...users import User
 from ._envelope import HttpError, headers_from_http
 
 __all__ = [
@@ -97,7 +99,9 @@ class StreamServer(Protocol):
     """What the stream routes need of the REST server (``RestServer``): a Protocol, so
     that this module does not import the one that imports it."""
 
-    def authorize(self, request: web.Request, *, required: bool = True) -> None: ...
+    async def authorize(self, request: web.Request, *, required: bool = True) -> User | None: ...
+
+    async def bus_for(self, user: User | None) -> Bus: ...
 
     def unary_bus(self) -> Bus: ...
 
@@ -110,6 +114,8 @@ def http_error(exc: AsyncIPCError | HttpError) -> HttpError:
         return exc
     if isinstance(exc, InvalidSubject):
         return HttpError(400, "invalid_subject", str(exc))
+    if isinstance(exc, PermissionDenied):
+        return HttpError(403, "permission_denied", str(exc))
     if isinstance(exc, StreamError):
         status = _REASON_STATUS.get(exc.reason, 400)
         return HttpError(status, exc.reason.replace("-", "_"), str(exc))
@@ -273,14 +279,15 @@ class StreamRoutes:
     async def _json(self, request: web.Request) -> Any:
         return _json_body(await self._server.read_body(request))
 
-    def _bus(self, request: web.Request) -> Bus:
-        self._server.authorize(request)
-        return self._server.unary_bus()
+    async def _bus(self, request: web.Request) -> Bus:
+        # A restricted user's own bus: the broker checks its stream API requests
+        # ($sys.stream.<op>.<stream>) against its permissions, PermissionDenied -> 403.
+        return await self._server.bus_for(await self._server.authorize(request))
 
     # --- streams ----------------------------------------------------------------------
 
     async def _create_stream(self, request: web.Request) -> web.StreamResponse:
-        bus = self._bus(request)
+        bus = await self._bus(request)
         body = await self._json(request)
         try:
             name, options = stream_config(body)
@@ -291,7 +298,7 @@ class StreamRoutes:
         return web.json_response(info.to_json())
 
     async def _list_streams(self, request: web.Request) -> web.StreamResponse:
-        bus = self._bus(request)
+        bus = await self._bus(request)
         try:
             infos = await bus.streams()
         except (AsyncIPCError, HttpError) as exc:
@@ -299,7 +306,7 @@ class StreamRoutes:
         return web.json_response({"streams": [i.to_json() for i in infos]})
 
     async def _stream_info(self, request: web.Request) -> web.StreamResponse:
-        bus = self._bus(request)
+        bus = await self._bus(request)
         try:
             info = await Stream.named(bus, self._stream(request)).info()
         except (AsyncIPCError, HttpError) as exc:
@@ -307,7 +314,7 @@ class StreamRoutes:
         return web.json_response(info.to_json())
 
     async def _delete_stream(self, request: web.Request) -> web.StreamResponse:
-        bus = self._bus(request)
+        bus = await self._bus(request)
         try:
             await Stream.named(bus, self._stream(request)).delete()
         except (AsyncIPCError, HttpError) as exc:
@@ -315,7 +322,7 @@ class StreamRoutes:
         return web.Response(status=204)
 
     async def _purge(self, request: web.Request) -> web.StreamResponse:
-        bus = self._bus(request)
+        bus = await self._bus(request)
         body = await self._json(request)
         try:
             if body is not None and not isinstance(body, dict):
@@ -332,7 +339,7 @@ class StreamRoutes:
         return web.json_response({"purged": purged})
 
     async def _publish(self, request: web.Request) -> web.StreamResponse:
-        bus = self._bus(request)
+        bus = await self._bus(request)
         data = await self._server.read_body(request)
         msg_id = request.headers.get(MSG_ID_HEADER)
         try:
@@ -352,7 +359,7 @@ class StreamRoutes:
     # --- consumers --------------------------------------------------------------------
 
     async def _create_consumer(self, request: web.Request) -> web.StreamResponse:
-        bus = self._bus(request)
+        bus = await self._bus(request)
         body = await self._json(request)
         try:
             stream = Stream.named(bus, self._stream(request))
@@ -363,7 +370,7 @@ class StreamRoutes:
         return web.json_response(info.to_json())
 
     async def _list_consumers(self, request: web.Request) -> web.StreamResponse:
-        bus = self._bus(request)
+        bus = await self._bus(request)
         try:
             infos = await Stream.named(bus, self._stream(request)).consumers()
         except (AsyncIPCError, HttpError) as exc:
@@ -374,7 +381,7 @@ class StreamRoutes:
         return Consumer.named(bus, self._stream(request), self._consumer_name(request))
 
     async def _consumer_info(self, request: web.Request) -> web.StreamResponse:
-        bus = self._bus(request)
+        bus = await self._bus(request)
         try:
             info = await self._consumer(request, bus).info()
         except (AsyncIPCError, HttpError) as exc:
@@ -382,7 +389,7 @@ class StreamRoutes:
         return web.json_response(info.to_json())
 
     async def _delete_consumer(self, request: web.Request) -> web.StreamResponse:
-        bus = self._bus(request)
+        bus = await self._bus(request)
         try:
             await self._consumer(request, bus).delete()
         except (AsyncIPCError, HttpError) as exc:
@@ -390,7 +397,7 @@ class StreamRoutes:
         return web.Response(status=204)
 
     async def _fetch(self, request: web.Request) -> web.StreamResponse:
-        bus = self._bus(request)
+        bus = await self._bus(request)
         batch = int(_query_number(request, "batch", 1, 1, MAX_FETCH_BATCH, integer=True))
         timeout = _query_number(
             request, "timeout", DEFAULT_FETCH_TIMEOUT, 0, MAX_FETCH_TIMEOUT, integer=False
@@ -410,7 +417,7 @@ class StreamRoutes:
         return web.json_response([message_json(m) for m in got])
 
     async def _ack(self, request: web.Request) -> web.StreamResponse:
-        bus = self._bus(request)
+        bus = await self._bus(request)
         body = await self._json(request)
         try:
             if not isinstance(body, dict):

@@ -26,6 +26,7 @@ from typing import Protocol
 
 import aiohttp
 
+from ..._logsafe import peer_log
 from ...errors import BrokenLinkError, ClosedError, FrameTooLarge, ProtocolError
 from ...link import Link, LinkReceiver, PeerInfo
 from ...protocol import MSG_EXTRA, Err, ErrorCode, Frame, FrameDecoder, Headers, Pub, encode
@@ -192,7 +193,7 @@ class WebSocketLink(Link):
         """Tell the offender what was wrong, then close (as a stream link does)."""
         if self._exc is not None:
             return
-        log.warning("closing %s: %s", self.peer.describe(), exc)
+        peer_log().warning("bad-frame", "closing %s: %s", self.peer.describe(), exc, logger=log)
         code = ErrorCode.FRAME_TOO_LARGE if isinstance(exc, FrameTooLarge) else ErrorCode.PROTOCOL
         self._out.clear()
         self._out_bytes = 0

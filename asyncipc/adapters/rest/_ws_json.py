@@ -27,12 +27,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 import aiohttp
 from aiohttp import web
 
+from ..._access import publish_refusal, subscribe_refusal
 from ...client import DEFAULT_MAX_BYTES, DEFAULT_MAX_PENDING, Bus
 from ...errors import (
     ConnectionClosed,
     FrameTooLarge,
     InvalidSubject,
     NoResponders,
+    PermissionDenied,
     RequestTimeout,
     ServiceError,
     SlowConsumer,
@@ -40,7 +42,17 @@ from ...errors import (
 from ...link import PeerInfo
 from ...protocol import PROTOCOL_VERSION
 from ...subscription import OVERFLOW_POLICIES, Subscription
-from ._envelope import HttpError, data_field, headers_field, message_json
+from ...users import User
+from ._envelope import (
+    HttpError,
+    check_not_reserved,
+    data_field,
+    forbidden,
+    headers_field,
+    message_json,
+    refusal_of,
+    refusal_of_subscription,
+)
 
 if TYPE_CHECKING:
     from ...broker import Broker
@@ -86,6 +98,15 @@ class JsonSession:
         self._tasks: set[asyncio.Task[None]] = set()  # requests in flight
         self._bus: Bus | None = None
         self._group: asyncio.TaskGroup | None = None  # run()'s: it owns those tasks
+        user = peer.extra.get("user") if peer.extra else None
+        self._user: User | None = user if isinstance(user, User) else None
+        """Whom the adapter authenticated; its bus is that user's at the broker too."""
+
+    @staticmethod
+    def _check(why: str | None) -> None:
+        """Refused by the user's permissions: an error op ``permission_denied`` (403)."""
+        if why is not None:
+            raise forbidden("permission", why)
 
     async def run(self) -> None:
         """Serve until the client closes (or breaks) the WebSocket."""
@@ -145,7 +166,7 @@ class JsonSession:
                 raise HttpError(400, "bad_request", f"unknown op {op!r}; see docs/rest.md")
             await handler(self, obj)
         except HttpError as exc:
-            await self._error(ident, exc.error, exc.message)
+            await self._error(ident, exc.error, exc.message, exc.reason)
 
     # --- the operations -----------------------------------------------------------------
 
@@ -153,6 +174,8 @@ class JsonSession:
         assert self._bus is not None
         subject, reply_to = _str(obj, "subject"), _str(obj, "reply_to", required=False)
         data, headers = data_field(obj), headers_field(obj)
+        check_not_reserved(subject, reply_to)
+        self._check(publish_refusal(self._user, subject, reply_to))
         try:
             await self._bus.publish(subject, data, headers, reply_to)
         except InvalidSubject as exc:
@@ -171,19 +194,32 @@ class JsonSession:
             raise HttpError(
                 400, "bad_request", f"overflow must be one of {sorted(OVERFLOW_POLICIES)}"
             )
+        subject = _str(obj, "subject")
+        check_not_reserved(subject)
+        self._check(subscribe_refusal(self._user, subject))
+        max_pending, max_bytes = self._server.broker.options.subscription_bounds(
+            _count(obj, "max_pending", DEFAULT_MAX_PENDING),
+            _count(obj, "max_bytes", DEFAULT_MAX_BYTES),
+        )
         try:
             sub = bus.subscribe(
-                _str(obj, "subject"),
+                subject,
                 _str(obj, "queue", required=False),
-                max_pending=_count(obj, "max_pending", DEFAULT_MAX_PENDING),
-                max_bytes=_count(obj, "max_bytes", DEFAULT_MAX_BYTES),
+                max_pending=max_pending,
+                max_bytes=max_bytes,
                 overflow=overflow,
             )
         except InvalidSubject as exc:
             raise HttpError(400, "invalid_subject", str(exc)) from None
         self._server.track(sub)
         await bus.flush()  # in effect before the client hears so
-        await self._send({"op": "subscribed", "id": ident})
+        refused = await refusal_of_subscription(sub)
+        if refused is not None:
+            self._server.untrack(sub)
+            raise refused
+        await self._send(
+            {"op": "subscribed", "id": ident, "max_pending": max_pending, "max_bytes": max_bytes}
+        )
         assert self._group is not None
         task = self._group.create_task(self._pump(ident, sub))
         self._subs[ident] = (sub, task)
@@ -224,6 +260,7 @@ class JsonSession:
         timeout = obj.get("timeout", 1.0)
         if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
             raise HttpError(400, "bad_request", "timeout must be a positive number of seconds")
+        self._check(publish_refusal(self._user, subject))
         assert self._group is not None
         task = self._group.create_task(self._ask(ident, subject, data, headers, float(timeout)))
         self._tasks.add(task)
@@ -236,6 +273,8 @@ class JsonSession:
         try:
             try:
                 reply = await self._bus.request(subject, data, headers=headers, timeout=timeout)
+            except PermissionDenied as exc:
+                await self._error(ident, "permission_denied", str(exc))
             except NoResponders as exc:
                 await self._error(ident, "no_responders", str(exc))
             except RequestTimeout as exc:
@@ -249,7 +288,11 @@ class JsonSession:
             except ConnectionClosed as exc:
                 await self._error(ident, "unavailable", str(exc))
             else:
-                await self._send({"op": "reply", "id": ident, **message_json(reply)})
+                refused = refusal_of(reply)
+                if refused is not None:
+                    await self._error(ident, refused.error, refused.message, refused.reason)
+                else:
+                    await self._send({"op": "reply", "id": ident, **message_json(reply)})
         except ConnectionError:
             pass  # the client went away before its answer: the session ends
 
@@ -263,8 +306,11 @@ class JsonSession:
     async def _send(self, obj: dict[str, Any]) -> None:
         await self._ws.send_str(json.dumps(obj, separators=(",", ":")))
 
-    async def _error(self, ident: Any, error: str, message: str) -> None:
-        await self._send({"op": "error", "id": ident, "error": error, "message": message})
+    async def _error(self, ident: Any, error: str, message: str, reason: str | None = None) -> None:
+        obj = {"op": "error", "id": ident, "error": error, "message": message}
+        if reason is not None:  # a refusal (403 on the HTTP routes): why, for machines
+            obj["reason"] = reason
+        await self._send(obj)
 
 
 _OPS = {

@@ -18,6 +18,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+from ..._logsafe import RateLimitedLog
+
 __all__ = ["DatagramSettings", "DatagramSocket", "DatagramStats", "RateLimitedLog", "Sender"]
 
 log = logging.getLogger("asyncipc.transport")
@@ -87,28 +89,6 @@ class DatagramStats:
     """Times the sender had to wait for the peer's acknowledgement."""
     probes: int = 0
     """Probes sent while stalled (an acknowledgement was late or lost)."""
-
-
-class RateLimitedLog:
-    """At most one line per ``interval`` seconds per kind; the rest are counted and the
-    count is told with the next line. Garbage from the network must not flood the log."""
-
-    def __init__(self, interval: float = 10.0) -> None:
-        self.interval = interval
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def warning(self, kind: str, msg: str, *args: object) -> None:
-        now = asyncio.get_running_loop().time()
-        last = self._last.get(kind)
-        if last is not None and now - last < self.interval:
-            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
-            return
-        self._last[kind] = now
-        more = self._suppressed.pop(kind, 0)
-        if more:
-            msg += f" ({more} more like it not logged in the last {self.interval:g} s)"
-        log.warning(msg, *args)
 
 
 class DatagramSocket(Generic[S]):

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..._logsafe import peer_log
 from ...errors import ConfigurationError, ConnectError, CorruptRing, RemoteProtocolError
 from ...link import Listener, PeerInfo
 from .doorbell import EventfdBell
@@ -251,7 +252,9 @@ class ControlListener(Listener):
             label = f"asyncipc:{os.getuid()}:{self._address}:{os.getpid()}:{self._count}"
             endpoint = self._make_pair(conn, capacity, bool(checksum), label, hello)
         except _Refused as exc:
-            log.warning("refused %s on %s: %s", who, self.url, exc)
+            peer_log().warning(
+                "ring-refused", "refused %s on %s: %s", who, self.url, exc, logger=log
+            )
             with contextlib.suppress(OSError):
                 conn.send(json.dumps({"error": str(exc)}).encode())
             conn.close()

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable
 from typing import cast
 
+from ..._logsafe import peer_log
 from ...errors import BrokenLinkError, ClosedError, ConnectError, FrameTooLarge, ProtocolError
 from ...link import Link, LinkReceiver, Listener, PeerInfo
 from ...protocol import (
@@ -53,7 +54,11 @@ class StreamLink(asyncio.BufferedProtocol, Link):
         *,
         server_side: bool,
         peer_info: Callable[[asyncio.Transport], PeerInfo] | None = None,
+        on_connected: Callable[[StreamLink], None] | None = None,
     ) -> None:
+        """``on_connected``: called with the link once the connection is made and
+        :attr:`peer` is known (a listener's ``accept``: the broker's per-peer limits
+        need the peer's address or uid before it takes the link)."""
         self.transport = transport_name
         self.peer = PeerInfo(transport_name)
         self.max_frame = options.max_frame
@@ -64,7 +69,14 @@ class StreamLink(asyncio.BufferedProtocol, Link):
             max_frame=options.max_frame,
             msg_extra=0 if server_side else MSG_EXTRA,
             expect_preamble=server_side,
+            first_frame_max=options.max_hello if server_side else None,
         )
+        # The deadline of a started frame (server side): see _frame_check.
+        self._frame_timeout = options.frame_timeout if server_side else 0.0
+        self._frame_min_rate = max(1, options.frame_min_rate)
+        self._partial_since: float | None = None  # when the incomplete frame held began
+        self._frame_timer: asyncio.TimerHandle | None = None
+        self._on_connected = on_connected
         self._server_side = server_side
         self._peer_info = peer_info
         self._tr: asyncio.Transport | None = None
@@ -96,6 +108,9 @@ class StreamLink(asyncio.BufferedProtocol, Link):
             self.peer = self._peer_info(transport)
         if not self._server_side:
             transport.write(PREAMBLE)
+        on_connected, self._on_connected = self._on_connected, None
+        if on_connected is not None:
+            on_connected(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._decoder.get_buffer(sizehint)
@@ -107,6 +122,8 @@ class StreamLink(asyncio.BufferedProtocol, Link):
         except (ProtocolError, FrameTooLarge) as exc:
             self._protocol_violation(exc)
             return
+        if self._frame_timeout:
+            self._track_partial(bool(frames))
         self._handle(frames)
 
     def data_received(self, data: bytes) -> None:
@@ -118,7 +135,62 @@ class StreamLink(asyncio.BufferedProtocol, Link):
         except (ProtocolError, FrameTooLarge) as exc:
             self._protocol_violation(exc)
             return
+        if self._frame_timeout:
+            self._track_partial(bool(frames))
         self._handle(frames)
+
+    # --- the deadline of a started frame (slowloris) ------------------------------------
+
+    def _track_partial(self, completed: bool) -> None:
+        """After a read: note when the incomplete frame now held (if any) began.
+
+        Any byte used to count as life, so a peer could announce 8 MiB, send all but a
+        few bytes and then one byte every few seconds, and be held for ever with its
+        buffer. A frame is now given a deadline from its first byte instead (see
+        ``_frame_check``). A read that completed a frame and left bytes over started a
+        new frame; one that completed none continues the old one: its clock runs on.
+        """
+        if self._decoder.buffered:
+            if completed or self._partial_since is None:
+                self._partial_since = self._last_rx
+                if self._frame_timer is None:
+                    self._frame_timer = self._loop.call_later(
+                        self._frame_timeout, self._frame_check
+                    )
+        else:
+            self._partial_since = None
+
+    def _frame_check(self) -> None:
+        """Cut off a peer whose started frame is overdue: ``frame_timeout`` seconds from
+        its first byte, plus a second per ``frame_min_rate`` bytes of its announced
+        length (an 8 MiB frame on a slow link is not a slowloris; one that stalls is).
+
+        A fixed time per frame, not a minimum rate over the last seconds: a rate lets a
+        peer that sent most of a large frame quickly hold its buffer for as long as it
+        keeps up a trickle; a deadline frees it at a known time (docs/decisions.md)."""
+        self._frame_timer = None
+        since = self._partial_since
+        if since is None or self._closing:
+            return
+        now = self._loop.time()
+        if self._reading_paused:
+            # We stopped reading (a ``block`` subscriber is behind): the peer cannot
+            # finish, and that is our doing. The clock restarts when reading resumes.
+            self._partial_since = since = now
+        length = self._decoder.pending_length
+        allowed = self._frame_timeout + (length or 0) / self._frame_min_rate
+        elapsed = now - since
+        if elapsed < allowed:
+            self._frame_timer = self._loop.call_later(allowed - elapsed, self._frame_check)
+            return
+        have = self._decoder.buffered
+        want = f"{length + 4}" if length is not None else "at least 4"
+        self._cut(
+            ErrorCode.PEER_TIMEOUT,
+            f"frame not completed in {elapsed:.1f} s: got {have} of {want} bytes (a frame "
+            f"must arrive within frame_timeout={self._frame_timeout:g} s plus 1 s per "
+            f"frame_min_rate={self._frame_min_rate} bytes of its length)",
+        )
 
     def _handle(self, frames: list[Frame]) -> None:
         receiver = self._receiver
@@ -147,11 +219,18 @@ class StreamLink(asyncio.BufferedProtocol, Link):
             self._decoder.eof()
         except ProtocolError as exc:
             self._exc = BrokenLinkError(f"{self.peer.describe()}: {exc}")
-            log.warning("closing %s: %s", self.peer.describe(), exc)
+            peer_log().warning("mid-frame", "closing %s: %s", self.peer.describe(), exc, logger=log)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._closing:
             self._check_truncated()
+        # The receive buffer goes with the connection, not with this object, which a
+        # reference cycle (link <-> session) may keep until the cyclic GC runs.
+        self._decoder.release()
+        self._partial_since = None
+        if self._frame_timer is not None:
+            self._frame_timer.cancel()
+            self._frame_timer = None
         if exc is not None and self._exc is None:
             self._exc = BrokenLinkError(f"{self.peer.describe()}: {exc}")
         if self._exc is None and not self._closing:
@@ -297,6 +376,8 @@ class StreamLink(asyncio.BufferedProtocol, Link):
     def resume_reading(self) -> None:
         if self._reading_paused and self._tr is not None and not self._closing:
             self._reading_paused = False
+            if self._partial_since is not None:
+                self._partial_since = self._loop.time()  # its clock stopped while paused
             self._tr.resume_reading()
 
     @property
@@ -341,7 +422,8 @@ class StreamLink(asyncio.BufferedProtocol, Link):
             log.debug("closing %s: %s", self.peer.describe(), exc)
         else:
             self._exc = BrokenLinkError(f"{self.peer.describe()}: {exc}")
-            log.warning("closing %s: %s", self.peer.describe(), exc)
+            # One line per bad connection would let a peer flood the log: rate-limited.
+            peer_log().warning("bad-frame", "closing %s: %s", self.peer.describe(), exc, logger=log)
         if self._tr is None:
             return
         code = ErrorCode.FRAME_TOO_LARGE if isinstance(exc, FrameTooLarge) else ErrorCode.PROTOCOL
@@ -353,6 +435,20 @@ class StreamLink(asyncio.BufferedProtocol, Link):
         self._closing = True
         self._out.clear()
         self._tr.close()
+
+    def _cut(self, code: ErrorCode, text: str) -> None:
+        """Hang up on a peer that broke a limit: one log line, an ERR naming the limit,
+        and the receive buffer let go at once."""
+        self._exc = BrokenLinkError(f"{self.peer.describe()}: {text}")
+        log.warning("closing %s: %s", self.peer.describe(), text)
+        if self._tr is None:
+            return
+        self._flush()
+        self._tr.write(encode(Err(code, text[:1000])))
+        self._closing = True
+        self._out.clear()
+        self._tr.close()
+        self._decoder.release()  # from a timer: no read view is out
 
 
 def _http_hint(peer: PeerInfo) -> str:

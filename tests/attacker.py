@@ -1,0 +1,160 @@
+"""The attacks of ``test_exhaustion.py``, in a process of their own so that the healthy
+client measured beside them does not share an event loop (or a GIL) with them.
+
+``python tests/attacker.py MODE URL HOLD``: opens the raw connections of ``MODE``, prints
+``started`` once they are open, keeps them for ``HOLD`` seconds, then prints one JSON
+line with what the broker answered and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import struct
+import sys
+import time
+from typing import Any
+
+from asyncipc.errors import ProtocolError
+from asyncipc.protocol import PREAMBLE, Err, ErrorCode, FrameDecoder, Hello, Pub, encode
+
+MiB = 1024 * 1024
+HELLO = encode(Hello({"version": 1}))
+
+Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def open_raw(url: str) -> Conn:
+    if url.startswith("unix://"):
+        return await asyncio.open_unix_connection(url.removeprefix("unix://"))
+    host, port = url.removeprefix("tcp://").rsplit(":", 1)
+    return await asyncio.open_connection(host, int(port))
+
+
+def err_codes(data: bytes) -> list[int]:
+    try:
+        frames = FrameDecoder(msg_extra=4).feed(data)
+    except ProtocolError:
+        return []
+    return [f.code for f in frames if isinstance(f, Err)]
+
+
+async def answer(reader: asyncio.StreamReader, timeout: float) -> tuple[bytes, bool]:
+    """What the broker sent until it closed (or ``timeout``), and whether it closed (an
+    end of file or a reset)."""
+    data = b""
+    try:
+        async with asyncio.timeout(timeout):
+            while chunk := await reader.read(65536):
+                data += chunk
+    except TimeoutError:
+        return data, False
+    except ConnectionError:
+        pass
+    return data, True
+
+
+def started() -> None:
+    print("started", flush=True)
+
+
+async def huge_hellos(url: str, hold: float) -> dict[str, Any]:
+    """64 loops, each: announce an 8 MiB HELLO, read the answer, then try to send the
+    body anyway (8 MiB as fast as the socket takes it), and again, for ``hold`` s."""
+    refused = attempts = 0
+    chunk = bytes(256 * 1024)
+
+    async def loop(stop: float) -> None:
+        nonlocal refused, attempts
+        while time.monotonic() < stop:
+            reader, writer = await open_raw(url)
+            attempts += 1
+            writer.write(PREAMBLE + struct.pack(">IB", 8 * MiB - 1, 1))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2):
+                    head = await reader.read(65536)
+                    refused += ErrorCode.FRAME_TOO_LARGE in err_codes(head)
+            with contextlib.suppress(ConnectionError):
+                for _ in range(32):
+                    writer.write(chunk)
+                    await writer.drain()
+            writer.close()
+
+    stop = time.monotonic() + hold
+    started()
+    await asyncio.gather(*(loop(stop) for _ in range(64)))
+    return {"attempts": attempts, "refused": refused}
+
+
+async def hold_many(url: str, hold: float, n: int, first: bytes, code: int) -> dict[str, Any]:
+    """``n`` connections that each send ``first`` and then nothing, held ``hold`` s."""
+    conns: list[Conn] = []
+    for _ in range(n):
+        try:
+            reader, writer = await open_raw(url)
+        except OSError:
+            continue
+        writer.write(first)
+        conns.append((reader, writer))
+    started()
+    await asyncio.sleep(hold)
+    answers = await asyncio.gather(*(answer(r, 0.2) for r, _ in conns))
+    for _, writer in conns:
+        writer.close()
+    # A refused connection hears ERR, or, when more are refused at once than the broker
+    # lets linger (_limits.MAX_LINGERING), may be reset before it reads it: "closed".
+    return {
+        "opened": len(conns),
+        "closed": sum(closed for _, closed in answers),
+        "refused": sum(code in err_codes(data) for data, _ in answers),
+    }
+
+
+async def slowloris(url: str, hold: float) -> dict[str, Any]:
+    """16 clients: a HELLO, 8 MiB minus 1,000 bytes of a PUB, then a byte every 0.5 s."""
+    frame = encode(Pub("slow", bytes(8 * MiB - 64)))
+    cut: list[float] = []
+
+    async def one() -> None:
+        reader, writer = await open_raw(url)
+        writer.write(PREAMBLE + HELLO + frame[:-1000])
+        t0 = time.monotonic()
+
+        async def trickle() -> None:
+            with contextlib.suppress(ConnectionError):
+                for i in range(int(hold * 2)):
+                    await asyncio.sleep(0.5)
+                    writer.write(frame[-1000 + i : -999 + i])
+
+        feeder = asyncio.create_task(trickle())
+        got, _ = await answer(reader, hold)
+        feeder.cancel()
+        writer.close()
+        if ErrorCode.PEER_TIMEOUT in err_codes(got):
+            cut.append(time.monotonic() - t0)
+
+    started()
+    await asyncio.gather(*(one() for _ in range(16)))
+    return {"cut": cut}
+
+
+async def main(mode: str, url: str, hold: float) -> None:
+    if mode == "hello":
+        result = await huge_hellos(url, hold)
+    elif mode == "stall":
+        head = PREAMBLE + struct.pack(">IB", 64 * 1024 - 1, 1) + b"{" * (60 * 1024)
+        result = await hold_many(url, hold, 600, head, ErrorCode.LIMIT)
+    elif mode == "flood":
+        result = await hold_many(url, hold, 1000, PREAMBLE + HELLO, ErrorCode.LIMIT)
+    elif mode == "emfile":
+        result = await hold_many(url, hold, 300, PREAMBLE + HELLO, ErrorCode.LIMIT)
+    elif mode == "slowloris":
+        result = await slowloris(url, hold)
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2], float(sys.argv[3])))
