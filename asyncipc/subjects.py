@@ -56,7 +56,7 @@ def _too_long(text: str) -> bool:
 
 
 def _not_utf8(text: str) -> bool:
-    """A ``str`` that has no UTF-8 form: a lone surrogate, as JSON's ``"\udcff"`` or a
+    r"""A ``str`` that has no UTF-8 form: a lone surrogate, as JSON's ``"\udcff"`` or a
     ``surrogateescape`` decoding make. Off the wire a subject is always valid UTF-8; one
     that comes from JSON or an in-process caller must be too, or a link that encodes it
     fails in the middle of the broker's fan-out."""
