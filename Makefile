@@ -61,7 +61,8 @@ pure:
 	find asyncipc -name '*.so' -delete
 	rm -rf build/lib.* build/temp.*
 
-# The focused part of the tests (the wire, the codec, routing, bad input) against the
+# The focused part of the tests (the wire, the codec, routing, bad input, the decoder's
+# fuzzing) against the
 # compiled build, in a copy of the package under $(ACCEL): not in place, so that the pure
 # run above keeps testing the .py files. cwd and PYTHONPATH put the copy first, for the
 # tests and for the brokers they start in processes of their own; the guard test
@@ -71,7 +72,7 @@ pure:
 ACCEL       := build/accel
 ACCEL_TESTS := tests/test_build.py tests/test_protocol.py tests/test_protocol_edges.py \
                tests/test_wire_raw.py tests/test_subjects.py tests/test_router.py \
-               tests/test_bad_input.py
+               tests/test_bad_input.py tests/test_fuzz.py
 ACCEL_RUN    = cd $(ACCEL) && ASYNCIPC_EXPECT_COMPILED=1 PYTHONPATH=$(abspath $(ACCEL)) \
                $(abspath $(BIN))/python -m pytest -p no:cacheprovider
 
