@@ -9,11 +9,8 @@ from __future__ import annotations
 
 from importlib import import_module
 from importlib.machinery import EXTENSION_SUFFIXES
-from typing import TypeVar
 
-__all__ = ["COMPILABLE", "compiled_modules", "plain_class"]
-
-_C = TypeVar("_C", bound=type)
+__all__ = ["COMPILABLE", "compiled_modules"]
 
 COMPILABLE = (
     "asyncipc.protocol.decoder",
@@ -33,17 +30,3 @@ def compiled_modules() -> list[str]:
         if path.endswith(tuple(EXTENSION_SUFFIXES)):
             out.append(name)
     return out
-
-
-def plain_class(cls: _C) -> _C:
-    """Returns ``cls`` unchanged: a no-op when interpreted.
-
-    Under mypyc, a class with a decorator it does not know stays a plain Python class
-    (slotted, as written) instead of becoming a native one. The frames and routes that
-    interpreted code reads field by field are marked so: a native class's attributes are
-    C getters, which the interpreter reads about twice as slowly as the slots of a plain
-    class, and a native class checks the type of every argument of its constructor
-    (``Sub(overflow=7)`` would raise TypeError where the pure build lets :func:`encode`
-    name the problem). docs/decisions.md, mypyc, has the figures.
-    """
-    return cls

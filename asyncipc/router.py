@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Generic, TypeVar
 
-from ._build import plain_class
 from .protocol import Overflow
+from .protocol._plain import plain_class
 from .subjects import SubjectIndex
 
 __all__ = ["Route", "Router"]

@@ -13,8 +13,8 @@ import struct
 from enum import IntEnum
 from typing import Any, Final
 
-from .._build import plain_class
 from ..errors import FrameTooLarge, LocalProtocolError
+from ._plain import plain_class
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
