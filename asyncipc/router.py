@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Generic, TypeVar
 
 from .protocol import Overflow
-from .protocol._plain import plain_class
 from .subjects import SubjectIndex
 
 __all__ = ["Route", "Router"]
@@ -21,7 +20,6 @@ _CACHE_MAX = 8192
 _INBOX_CACHE_MAX = 256
 
 
-@plain_class
 class Route(Generic[O]):
     """One subscription as the broker knows it. Hashed by identity.
 

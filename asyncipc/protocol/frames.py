@@ -14,7 +14,6 @@ from enum import IntEnum
 from typing import Any, Final
 
 from ..errors import FrameTooLarge, LocalProtocolError
-from ._plain import plain_class
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
@@ -113,7 +112,6 @@ class ErrorCode(IntEnum):
 Headers = dict[str, str]
 
 
-@plain_class
 class Pub:
     """PUB: a message from a client to the broker.
 
@@ -172,7 +170,6 @@ class Pub:
         return f"Pub({self.subject!r}, {len(self.data)} bytes, reply={self.reply!r})"
 
 
-@plain_class
 class Msg:
     """MSG: a message from the broker to one subscription (``sid``) of a client."""
 
@@ -196,7 +193,6 @@ class Msg:
         return f"Msg(sid={self.sid}, {self.subject!r}, {len(self.data)} bytes)"
 
 
-@plain_class
 class Sub:
     """SUB: register subscription ``sid`` on ``subject`` (a pattern), optionally in a queue.
 
@@ -226,7 +222,6 @@ class Sub:
         return f"Sub(sid={self.sid}, {self.subject!r}, queue={self.queue!r})"
 
 
-@plain_class
 class Unsub:
     """UNSUB: remove subscription ``sid``."""
 
@@ -239,7 +234,6 @@ class Unsub:
         return f"Unsub(sid={self.sid})"
 
 
-@plain_class
 class Ping:
     """PING: the peer must answer PONG. Also proves liveness."""
 
@@ -249,7 +243,6 @@ class Ping:
         return "Ping()"
 
 
-@plain_class
 class Pong:
     """PONG: the answer to PING."""
 
@@ -259,7 +252,6 @@ class Pong:
         return "Pong()"
 
 
-@plain_class
 class Hello:
     """HELLO: the client's first frame, a JSON object (``version``, ``token``, ``name``...)."""
 
@@ -273,7 +265,6 @@ class Hello:
         return f"Hello({shown})"
 
 
-@plain_class
 class Welcome:
     """WELCOME: the broker's answer to HELLO, a JSON object (``max_frame``...)."""
 
@@ -286,7 +277,6 @@ class Welcome:
         return f"Welcome({self.fields})"
 
 
-@plain_class
 class Err:
     """ERR: an error with a code; ``sid`` is 0 unless it concerns one subscription."""
 
