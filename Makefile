@@ -51,7 +51,7 @@ check: lint types
 pytest: $(STAMP) node-example chromium
 	ASYNCIPC_EXPECT_COMPILED=0 $(BIN)/python -m pytest
 
-# The accelerated build (docs/architecture.md, Accelerated build): mypyc compiles the hot
+# The accelerated build (docs/architecture.md, "The accelerated build"): mypyc compiles the hot
 # modules of setup.py's COMPILED list next to their sources, so this checkout's .venv (an
 # editable install) runs them compiled; `make pure` goes back to the pure-Python sources.
 accel: $(STAMP)

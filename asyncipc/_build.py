@@ -2,7 +2,7 @@
 
 ``setup.py`` compiles :data:`COMPILABLE` with mypyc when asked (``ASYNCIPC_COMPILE=1``,
 ``make accel``); without that, and wherever the compiled files are missing, the same
-sources run interpreted. ``docs/architecture.md`` (Accelerated build) says how to build it.
+sources run interpreted. ``docs/architecture.md`` ("The accelerated build") says how to build it.
 """
 
 from __future__ import annotations
