@@ -5,7 +5,8 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-dev
 BSTAMP  := $(VENV)/.installed-bench
 
-.PHONY: demo test check lint types pytest fuzz bench redis-server chromium clean proto node-example
+.PHONY: demo test check lint types pytest pytest-accel accel pure fuzz bench redis-server chromium \
+        clean proto node-example
 
 # Every extra: the tests and the examples use the gRPC and REST adapters.
 $(STAMP): pyproject.toml
@@ -45,8 +46,43 @@ types: $(STAMP)
 
 check: lint types
 
+# The pure-Python run: ASYNCIPC_EXPECT_COMPILED=0 makes tests/test_build.py fail if compiled
+# modules left in place by `make accel` would be tested instead (`make pure` removes them).
 pytest: $(STAMP) node-example chromium
-	$(BIN)/python -m pytest
+	ASYNCIPC_EXPECT_COMPILED=0 $(BIN)/python -m pytest
+
+# The accelerated build (docs/architecture.md, "The accelerated build"): mypyc compiles the hot
+# modules of setup.py's COMPILED list next to their sources, so this checkout's .venv (an
+# editable install) runs them compiled; `make pure` goes back to the pure-Python sources.
+accel: $(STAMP)
+	ASYNCIPC_COMPILE=1 $(BIN)/python setup.py -q build_ext --inplace
+
+pure:
+	find asyncipc -name '*.so' -delete
+	rm -rf build/lib.* build/temp.*
+
+# The focused part of the tests (the wire, the codec, routing, bad input, the decoder's
+# fuzzing) against the compiled build, in a copy of the package under $(ACCEL): not in
+# place, so that the pure run above keeps testing the .py files. cwd and PYTHONPATH put
+# the copy first, for the tests and for the brokers they start in processes of their own;
+# the guard test (tests/test_build.py, ASYNCIPC_EXPECT_COMPILED=1) fails if the copy is
+# not compiled after all. The conformance suite runs over the transports that use the
+# compiled codec each in its own way (stream, datagram, in-process, pipe): the others add
+# time, not coverage.
+ACCEL       := build/accel
+ACCEL_TESTS := tests/test_build.py tests/test_protocol.py tests/test_protocol_edges.py \
+               tests/test_wire_raw.py tests/test_subjects.py tests/test_router.py \
+               tests/test_bad_input.py tests/test_fuzz.py
+ACCEL_RUN    = cd $(ACCEL) && ASYNCIPC_EXPECT_COMPILED=1 PYTHONPATH=$(abspath $(ACCEL)) \
+               $(abspath $(BIN))/python -m pytest -p no:cacheprovider
+
+pytest-accel: $(STAMP)
+	rm -rf $(ACCEL) && mkdir -p $(ACCEL)
+	cp -R asyncipc tests docs setup.py pyproject.toml README.md LICENSE $(ACCEL)/
+	find $(ACCEL)/asyncipc -name '*.so' -delete
+	cd $(ACCEL) && ASYNCIPC_COMPILE=1 $(abspath $(BIN))/python setup.py -q build_ext --inplace
+	$(ACCEL_RUN) $(ACCEL_TESTS)
+	$(ACCEL_RUN) tests/test_conformance.py -k "unix or udp or memory or pipe"
 
 # The npm packages of examples/node (tests/test_grpc_node.py runs it), where node exists.
 node-example:
@@ -55,7 +91,7 @@ node-example:
 	    (cd examples/node && npm ci --no-audit --no-fund); \
 	else echo "node not found: tests/test_grpc_node.py will skip the Node.js example"; fi
 
-test: check pytest
+test: check pytest pytest-accel
 
 # A longer run of the decoder and handshake fuzzing than `make test`'s (tests/test_fuzz.py):
 # FUZZ_EXAMPLES per property, no per-test time-out. About 8 minutes at 3000 on 2 vCPUs.
@@ -73,5 +109,5 @@ bench: $(BSTAMP) redis-server
 proto: $(STAMP)
 	$(BIN)/python protos/generate.py
 
-clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+clean: pure
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build

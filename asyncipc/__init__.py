@@ -16,6 +16,8 @@ another process; nothing else changes. See ``docs/`` for the guide.
 """
 
 from . import signals as signals
+from ._build import COMPILABLE as _COMPILABLE
+from ._build import compiled_modules as _compiled_modules
 from ._connect import Connector, connect, default_socket_url
 from ._events import ConnectionEvent, EventStream
 from ._peer import PipePeer, spawn_peer
@@ -63,6 +65,10 @@ from .subscription import Subscription, TypedSubscription
 from .users import User, hash_password
 
 __version__ = "0.1.0"
+
+compiled: bool = len(_compiled_modules()) == len(_COMPILABLE)
+"""True when the hot modules run compiled by mypyc (``make accel``, docs/architecture.md),
+False when they run as the pure-Python sources (the default build, and the fallback)."""
 
 __all__ = [
     "AsyncIPCError",

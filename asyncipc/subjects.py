@@ -56,7 +56,7 @@ def _too_long(text: str) -> bool:
 
 
 def _not_utf8(text: str) -> bool:
-    """A ``str`` that has no UTF-8 form: a lone surrogate, as JSON's ``"\udcff"`` or a
+    r"""A ``str`` that has no UTF-8 form: a lone surrogate, as JSON's ``"\udcff"`` or a
     ``surrogateescape`` decoding make. Off the wire a subject is always valid UTF-8; one
     that comes from JSON or an in-process caller must be too, or a link that encodes it
     fails in the middle of the broker's fan-out."""
@@ -73,7 +73,7 @@ def _utf8_error(what: str, text: str) -> InvalidSubject:
     return InvalidSubject(f"{what} {text!r} is not valid UTF-8: it holds a lone surrogate")
 
 
-def validate_subject(subject: str) -> str:
+def validate_subject(subject: object) -> str:
     """Return ``subject`` if it is a valid literal subject (no wildcards), else raise.
 
     Raises :class:`InvalidSubject` (a ``ValueError``) naming the subject and the rule.
@@ -96,7 +96,7 @@ def validate_subject(subject: str) -> str:
     return subject
 
 
-def validate_pattern(pattern: str) -> str:
+def validate_pattern(pattern: object) -> str:
     """Return ``pattern`` if it is a valid subscription pattern, else raise InvalidSubject."""
     if not isinstance(pattern, str):
         raise InvalidSubject(f"subject must be a str, not {type(pattern).__name__}")
@@ -109,7 +109,7 @@ def validate_pattern(pattern: str) -> str:
     return pattern
 
 
-def validate_queue(queue: str) -> str:
+def validate_queue(queue: object) -> str:
     """Return ``queue`` if it is a valid queue-group name, else raise InvalidSubject."""
     if not isinstance(queue, str) or _QUEUE_RE.fullmatch(queue) is None:
         raise InvalidSubject(

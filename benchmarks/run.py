@@ -189,6 +189,13 @@ def _commit() -> str | None:
     return f"{head}+dirty" if changes else head
 
 
+def _build() -> str | None:
+    """Which asyncipc the workers import: "pure" (the sources) or "compiled" (mypyc, ``make
+    accel``; docs/architecture.md). Asked of a child, as this process does not import it."""
+    code = "import asyncipc; print('compiled' if asyncipc.compiled else 'pure')"
+    return _version([sys.executable, "-c", code])
+
+
 def _meta(args: argparse.Namespace, scale: Scale) -> dict[str, Any]:
     versions: dict[str, str | None] = {}
     for dist in ("asyncipc", "nats-py", "pyzmq", "redis", "hiredis", "uvloop"):
@@ -203,6 +210,7 @@ def _meta(args: argparse.Namespace, scale: Scale) -> dict[str, Any]:
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "commit": _commit(),
         "python": sys.version.split()[0],
+        "asyncipc_build": _build(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "loadavg_at_start": os.getloadavg(),
@@ -307,6 +315,7 @@ async def amain(args: argparse.Namespace) -> int:
         fanout_procs=args.fanout_procs,
     )
     meta = _meta(args, scale)
+    print(f"asyncipc build: {meta['asyncipc_build']}", file=sys.stderr)
     cells: dict[tuple[str, str], Cell] = {}
     sections: dict[str, dict[str, Any]] = {}
     started = time.monotonic()
@@ -387,6 +396,7 @@ async def amain(args: argparse.Namespace) -> int:
         and (STREAMS not in chosen or (streams is not None and "error" not in streams))
         and (BRIDGE not in chosen or (bridge is not None and "error" not in bridge))
     )
+    print(f"asyncipc build: {meta['asyncipc_build']}\n")
     print(
         _render(
             args,

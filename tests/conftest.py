@@ -27,6 +27,12 @@ HERE = Path(__file__).parent
 pytest_plugins = ["asyncipc.testing"]
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which build runs (tests/test_build.py): the sources, or the mypyc-compiled modules."""
+    build = "compiled (mypyc)" if asyncipc.compiled else "pure Python"
+    return f"asyncipc: {build}, {Path(asyncipc.__file__).parent}"
+
+
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
 ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:

@@ -453,7 +453,7 @@ def parse_frame(op: int, body: bytes) -> Frame:
     try:
         if op == Op.PUB:
             subject, reply, headers, off = _pub_fields(body, 0)
-            return Pub._decoded(subject, reply, headers, body, off)
+            return Pub(subject, b"", reply, headers, body, off)
         if op == Op.MSG:
             sid = _LEN.unpack_from(body)[0]
             subject, reply, headers, off = _pub_fields(body, 4)

@@ -128,26 +128,19 @@ class Pub:
         data: bytes,
         reply: str | None = None,
         headers: Headers | None = None,
+        _raw: bytes | None = None,
+        _off: int = 0,
     ) -> None:
+        # _raw and _off are the decoder's (parse_frame): the body a PUB arrived in and
+        # where its payload starts in it; ``data`` is then ignored, sliced out when asked.
+        # Plain arguments, not a classmethod on cls.__new__: mypyc cannot compile that,
+        # and interpreted this is the faster of the two (docs/decisions.md, mypyc).
         self.subject = subject
         self.reply = reply
         self.headers = headers
-        self._data: bytes | None = data
-        self._raw: bytes | None = None
-        self._off = 0
-
-    @classmethod
-    def _decoded(
-        cls, subject: str, reply: str | None, headers: Headers | None, raw: bytes, off: int
-    ) -> Pub:
-        self = cls.__new__(cls)
-        self.subject = subject
-        self.reply = reply
-        self.headers = headers
-        self._data = None
-        self._raw = raw
-        self._off = off
-        return self
+        self._data: bytes | None = data if _raw is None else None
+        self._raw = _raw
+        self._off = _off
 
     @property
     def data(self) -> bytes:
@@ -375,15 +368,20 @@ def encode_msg_from_pub(sid: int, pub: Pub, max_frame: int) -> bytes:
 def encode_delivery(
     sid: int,
     subject: str,
-    data: bytes,
+    data: bytes | None,
     reply: str | None,
     headers: Headers | None,
     pub: Pub | None,
     max_frame: int,
 ) -> bytes:
     """The MSG frame a stream-like link writes for :meth:`Link.deliver`: the PUB's body
-    reused when the message arrived as one, else encoded from the fields."""
+    reused when the message arrived as one, else encoded from the fields.
+
+    ``data`` is None when ``pub`` is given (``Broker.publish`` does not slice it out for
+    a link that forwards the frame's bytes): said in the type, since the compiled build
+    checks it."""
     if pub is None:
+        assert data is not None
         return encode(Msg(sid, subject, data, reply, headers), max_frame)
     return encode_msg_from_pub(sid, pub, max_frame)
 

@@ -1,0 +1,34 @@
+"""The optional accelerated build: mypyc compiles the hot modules when asked.
+
+``pyproject.toml`` holds the metadata; this file only adds the extension modules, and only
+with ``ASYNCIPC_COMPILE=1`` in the environment (``make accel``; docs/architecture.md,
+Accelerated build). Without it the build is pure Python, as before: nothing to compile,
+no compiler needed. The compiled modules are the same sources (they pass
+``mypy --strict``); where their extension files are absent, the ``.py`` files run.
+"""
+
+from __future__ import annotations
+
+import os
+
+from setuptools import setup
+
+# The modules to compile: keep in step with asyncipc/_build.py's COMPILABLE (a test checks).
+COMPILED = [
+    "asyncipc/protocol/decoder.py",
+    "asyncipc/protocol/frames.py",
+    "asyncipc/protocol/timeout.py",
+    "asyncipc/router.py",
+    "asyncipc/subjects.py",
+]
+
+ext_modules = []
+if os.environ.get("ASYNCIPC_COMPILE") == "1":
+    from mypyc.build import mypycify  # mypy provides mypyc: pip install mypy
+
+    # group_name puts mypyc's shared runtime library inside the package
+    # (asyncipc/_mypyc__mypyc.*.so), not at the top of site-packages, so that an editable
+    # install, which maps only the asyncipc package, finds it.
+    ext_modules = mypycify(COMPILED, opt_level="3", group_name="asyncipc._mypyc")
+
+setup(ext_modules=ext_modules)
