@@ -10,9 +10,9 @@ link it is handed.
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any, Generic, TypeVar
 
+from ._logsafe import peer_log
 from .errors import ConnectionClosed
 from .link import Link, PeerInfo
 from .options import BrokerOptions
@@ -20,7 +20,6 @@ from .protocol import Err, ErrorCode, Frame, Headers
 
 __all__ = ["ConnectionLimits", "PeerKey", "peer_key"]
 
-log = logging.getLogger("asyncipc.broker")
 
 PeerKey = tuple[str, Any] | None
 """Whom a connection counts against for ``max_connections_per_peer`` (see peer_key)."""
@@ -186,7 +185,8 @@ class ConnectionLimits(Generic[S]):
         :data:`MAX_LINGERING` at a time, so that a flood of refused connections cannot
         hold more than that many sockets open meanwhile.
         """
-        log.warning("refused %s: %s", link.peer.describe(), reason)
+        # One line, then a summary: a flood of refused connections must not flood the log.
+        peer_log().warning("refused connection", "refused %s: %s", link.peer.describe(), reason)
         try:
             link.send(Err(ErrorCode.LIMIT, reason))
         except ConnectionClosed:

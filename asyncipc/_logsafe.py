@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
+from typing import Any
 
 __all__ = ["RateLimitedLog", "peer_log", "printable"]
 
@@ -131,3 +132,29 @@ def peer_log() -> RateLimitedLog:
     if limiter is None:
         limiter = _PER_LOOP[loop] = RateLimitedLog(logger=logging.getLogger("asyncipc.broker"))
     return limiter
+
+
+_ACCEPT_EXHAUSTED = "socket.accept() out of system resource"
+
+
+def limit_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
+    """Rate-limit asyncio's "socket.accept() out of system resource" reports on ``loop``.
+
+    Out of file descriptors, asyncio 3.11 removes a listener for a second but finishes
+    its accept loop first, reporting each of up to ``backlog`` failed ``accept()`` calls
+    to the loop's exception handler: hundreds of tracebacks a second, from a flood of
+    connections the broker already refuses. Installed by a listening broker, and only
+    when the loop has no exception handler of its own: those reports go through
+    :func:`peer_log` (one line, then a summary); everything else to the default handler.
+    """
+    if loop.get_exception_handler() is not None:
+        return
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if context.get("message") == _ACCEPT_EXHAUSTED:
+            exc = context.get("exception")
+            peer_log().warning("accept exhausted", "cannot accept a connection: %s", exc)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)

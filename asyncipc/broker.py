@@ -30,6 +30,7 @@ import anyio
 from . import _system
 from ._inflight import InFlight
 from ._limits import ConnectionLimits
+from ._logsafe import limit_accept_errors
 from ._monitor import Monitor
 from ._session import Session
 from ._shield import shielded
@@ -158,6 +159,7 @@ class Broker:
         if self._closing:
             raise ClosedError("broker is closed")
         await self.start()
+        limit_accept_errors(asyncio.get_running_loop())  # out of descriptors: no flood
         parsed = parse_url(url)
         transport = lookup(parsed.scheme)
         opts = self._transport_options(ssl=ssl or self.options.ssl)

