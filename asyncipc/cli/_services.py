@@ -65,13 +65,17 @@ def _none_found(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _services_ls(args: argparse.Namespace) -> int:
-    found = await _gather(args, "INFO")
+async def _services(args: argparse.Namespace) -> int:
+    """``services ls|info|stats``: gather the answers to ``args.verb``; print them as
+    JSON, or as ``args.render`` makes them text."""
+    found = await _gather(args, args.verb)
     if not found:
         return _none_found(args)
-    if args.json:
-        _out(json.dumps(found))
-        return EXIT_OK
+    _out(json.dumps(found) if args.json else args.render(found))
+    return EXIT_OK
+
+
+def _ls(found: list[dict[str, Any]]) -> str:
     rows = [
         [
             str(d.get("name", "")),
@@ -82,17 +86,10 @@ async def _services_ls(args: argparse.Namespace) -> int:
         ]
         for d in found
     ]
-    _out(table(["NAME", "VERSION", "ID", "ENDPOINTS", "DESCRIPTION"], rows))
-    return EXIT_OK
+    return table(["NAME", "VERSION", "ID", "ENDPOINTS", "DESCRIPTION"], rows)
 
 
-async def _services_info(args: argparse.Namespace) -> int:
-    found = await _gather(args, "INFO")
-    if not found:
-        return _none_found(args)
-    if args.json:
-        _out(json.dumps(found))
-        return EXIT_OK
+def _info(found: list[dict[str, Any]]) -> str:
     blocks = []
     for d in found:
         # What a service says of itself is printed escaped, as every peer-chosen text is.
@@ -123,17 +120,10 @@ async def _services_info(args: argparse.Namespace) -> int:
                 for r in table(["ENDPOINT", "SUBJECT", "QUEUE", "TYPES"], rows).splitlines()
             ]
         blocks.append("\n".join(lines))
-    _out("\n\n".join(blocks))
-    return EXIT_OK
+    return "\n\n".join(blocks)
 
 
-async def _services_stats(args: argparse.Namespace) -> int:
-    found = await _gather(args, "STATS")
-    if not found:
-        return _none_found(args)
-    if args.json:
-        _out(json.dumps(found))
-        return EXIT_OK
+def _stats(found: list[dict[str, Any]]) -> str:
     rows = []
     for d in found:
         for ep in d.get("endpoints") or []:
@@ -150,8 +140,7 @@ async def _services_stats(args: argparse.Namespace) -> int:
                 ]
             )
     header = ["SERVICE", "ID", "ENDPOINT", "REQUESTS", "ERRORS", "TIME", "AVERAGE", "LAST ERROR"]
-    _out(table(header, rows) if rows else "no endpoints")
-    return EXIT_OK
+    return table(header, rows) if rows else "no endpoints"
 
 
 def add_service_commands(commands: Any, client: argparse.ArgumentParser) -> None:
@@ -179,14 +168,14 @@ def add_service_commands(commands: Any, client: argparse.ArgumentParser) -> None
     )
     ops = services.add_subparsers(dest="op", metavar="OP", required=True)
     p = ops.add_parser("ls", parents=[client, common], help="one line per service instance")
-    p.set_defaults(func=_services_ls)
+    p.set_defaults(func=_services, verb="INFO", render=_ls)
     p = ops.add_parser(
         "info", parents=[client, common], help="each instance's endpoints and their types"
     )
-    p.set_defaults(func=_services_info)
+    p.set_defaults(func=_services, verb="INFO", render=_info)
     p = ops.add_parser(
         "stats", parents=[client, common], help="requests, errors and time per endpoint"
     )
-    p.set_defaults(func=_services_stats)
+    p.set_defaults(func=_services, verb="STATS", render=_stats)
     for q in ops.choices.values():
         q.set_defaults(interrupted=None, log_level=logging.ERROR)

@@ -122,8 +122,6 @@ class StreamLink(asyncio.BufferedProtocol, Link):
         except (ProtocolError, FrameTooLarge) as exc:
             self._protocol_violation(exc)
             return
-        if self._frame_timeout:
-            self._track_partial(bool(frames))
         self._handle(frames)
 
     def data_received(self, data: bytes) -> None:
@@ -135,8 +133,6 @@ class StreamLink(asyncio.BufferedProtocol, Link):
         except (ProtocolError, FrameTooLarge) as exc:
             self._protocol_violation(exc)
             return
-        if self._frame_timeout:
-            self._track_partial(bool(frames))
         self._handle(frames)
 
     # --- the deadline of a started frame (slowloris) ------------------------------------
@@ -193,6 +189,8 @@ class StreamLink(asyncio.BufferedProtocol, Link):
         )
 
     def _handle(self, frames: list[Frame]) -> None:
+        if self._frame_timeout:  # after each read, whichever way it came
+            self._track_partial(bool(frames))
         receiver = self._receiver
         if receiver is None:
             self._early += frames
