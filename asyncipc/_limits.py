@@ -10,6 +10,7 @@ link it is handed.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, Generic, TypeVar
 
 from ._logsafe import peer_log
@@ -30,6 +31,8 @@ REFUSAL_LINGER = 0.5
 """Seconds a refused connection is kept, at most, to read what its client sent first."""
 MAX_LINGERING = 64
 """Refused connections kept lingering at once; past it a refusal closes at once."""
+STRIKE_DRAIN_SECONDS = 4.0
+"""A failed-handshake bucket of ``max_failed_handshakes`` drains in this many seconds."""
 FD_RESERVE = MAX_LINGERING + 64
 """File descriptors kept free under RLIMIT_NOFILE: for refused connections lingering,
 listeners, stream files and the rest (see fd_cap)."""
@@ -117,6 +120,9 @@ class ConnectionLimits(Generic[S]):
         self._per_peer: dict[PeerKey, int] = {}
         self._pending: set[S] = set()
         self._lingering = 0
+        # Failed handshakes per IP address: (bucket level, when it was last updated).
+        self._strikes: dict[str, tuple[float, float]] = {}
+        self._strikes_swept = 0.0
 
     @property
     def pending(self) -> int:
@@ -136,6 +142,11 @@ class ConnectionLimits(Generic[S]):
             )
             return f"too many connections: the broker serves at most {self.max_connections} ({why})"
         key = peer_key(link.peer)
+        if key is not None and key[0] == "address" and self._penalized(key[1]):
+            return (
+                f"too many failed handshakes from address {key[1]}: refused for a few "
+                f"seconds (max_failed_handshakes {opts.max_failed_handshakes})"
+            )
         if key is not None and self._per_peer.get(key, 0) >= opts.max_connections_per_peer:
             kind, who = key
             return (
@@ -164,16 +175,50 @@ class ConnectionLimits(Generic[S]):
         self._pending.discard(session)
 
     def closed(self, session: S) -> None:
-        """``session`` has ended: its places are free."""
+        """``session`` has ended: its places are free. Ended before its handshake
+        completed, it is a failed handshake of its address (max_failed_handshakes)."""
+        failed = session in self._pending
         self._pending.discard(session)
         if session in self._counted:
             key = self._counted.pop(session)
+            if failed and key is not None and key[0] == "address":
+                self._strike(key[1])
             if key is not None:
                 left = self._per_peer[key] - 1
                 if left:
                     self._per_peer[key] = left
                 else:
                     del self._per_peer[key]
+
+    # --- failed handshakes per address (max_failed_handshakes) ---------------------------
+
+    def _level(self, address: str, now: float) -> float:
+        """The bucket of ``address`` drained to ``now``."""
+        level, since = self._strikes.get(address, (0.0, now))
+        limit = self.options.max_failed_handshakes
+        return max(0.0, level - (now - since) * limit / STRIKE_DRAIN_SECONDS)
+
+    def _strike(self, address: str) -> None:
+        limit = self.options.max_failed_handshakes
+        if limit <= 0:
+            return
+        now = time.monotonic()
+        self._strikes[address] = (min(2.0 * limit, self._level(address, now) + 1), now)
+        if now - self._strikes_swept > STRIKE_DRAIN_SECONDS:
+            # Forget the drained buckets: an address is remembered for seconds, not forever.
+            self._strikes_swept = now
+            for other in [a for a in self._strikes if self._level(a, now) == 0]:
+                del self._strikes[other]
+
+    def _penalized(self, address: str) -> bool:
+        """Whether one more failure would overflow the bucket of ``address``: it has
+        failed ``max_failed_handshakes`` times faster than the bucket drains."""
+        limit = self.options.max_failed_handshakes
+        return (
+            limit > 0
+            and address in self._strikes
+            and self._level(address, time.monotonic()) + 1 > limit
+        )
 
     def refuse(self, link: Link, reason: str) -> None:
         """Tell ``link``'s client why it is refused (ERR ``LIMIT``), then hang up.
@@ -187,11 +232,20 @@ class ConnectionLimits(Generic[S]):
         """
         # One line, then a summary: a flood of refused connections must not flood the log.
         peer_log().warning("refused connection", "refused %s: %s", link.peer.describe(), reason)
+        key = peer_key(link.peer)
+        penalized = False
+        if key is not None and key[0] == "address":
+            # A refusal over a limit is a failed handshake too. One for failed handshakes
+            # is not (the bucket drains meanwhile, so a client retrying gets in), and it
+            # closes at once, without the lingering below: it must cost next to nothing.
+            penalized = self._penalized(key[1])
+            if not penalized:
+                self._strike(key[1])
         try:
             link.send(Err(ErrorCode.LIMIT, reason))
         except ConnectionClosed:
             return
-        if self._lingering >= MAX_LINGERING:
+        if penalized or self._lingering >= MAX_LINGERING:
             link.close()
             return
         self._lingering += 1

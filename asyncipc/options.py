@@ -126,6 +126,17 @@ class BrokerOptions:
         max_connections_per_peer: connections at once from one remote IP address
             (tcp, tls) or one Unix user (a uid from peer credentials: unix, fifo).
             Channels that tell neither are counted only in ``max_connections``.
+        max_failed_handshakes: connections from one remote IP address (tcp, tls) that
+            may end without completing their handshake (a bad token, garbage, an
+            oversized HELLO, a time-out, a refusal over a limit) in quick succession
+            before that address is refused at once (ERR ``LIMIT``), without a session.
+            Counted in a bucket that drains this many per 4 seconds and holds at most
+            twice as many: a peer that keeps failing gets at most this many full
+            handshakes per 4 s, and one that stops is served again within 4 s. Unix
+            users are never refused this way (a uid is accountable, and its healthy
+            services share it). 0 disables. Without it, a reconnect loop that fails
+            thousands of handshakes a second costs the broker a session each
+            (``docs/security.md``, "What an attacker costs").
         max_subscriptions: subscriptions one connection may hold; a SUB beyond it is
             refused (ERR ``TOO_MANY_SUBSCRIPTIONS``) and the connection stays.
         users: the :class:`~asyncipc.users.User` s clients connect as, each with its
@@ -163,6 +174,7 @@ class BrokerOptions:
     frame_min_rate: int = 1024 * 1024
     max_connections: int = 10_000
     max_connections_per_peer: int = 1_000
+    max_failed_handshakes: int = 32
     max_subscriptions: int = 100_000
     # --- users and permissions (issue 13, docs/security.md) ---
     users: tuple[User, ...] = ()

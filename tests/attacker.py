@@ -61,20 +61,32 @@ def started() -> None:
 
 async def huge_hellos(url: str, hold: float) -> dict[str, Any]:
     """64 loops, each: announce an 8 MiB HELLO, read the answer, then try to send the
-    body anyway (8 MiB as fast as the socket takes it), and again, for ``hold`` s."""
-    refused = attempts = 0
+    body anyway (8 MiB as fast as the socket takes it), and again, for ``hold`` s.
+    Counts each answer: ERR FRAME_TOO_LARGE (``refused``), ERR LIMIT (``limited``: the
+    address refused at once for its failed handshakes), a close or reset before any ERR
+    was read (``reset``), or nothing within 2 s (``unanswered``)."""
+    counts = {"attempts": 0, "refused": 0, "limited": 0, "reset": 0, "unanswered": 0}
     chunk = bytes(256 * 1024)
 
     async def loop(stop: float) -> None:
-        nonlocal refused, attempts
         while time.monotonic() < stop:
             reader, writer = await open_raw(url)
-            attempts += 1
+            counts["attempts"] += 1
             writer.write(PREAMBLE + struct.pack(">IB", 8 * MiB - 1, 1))
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout(2):
-                    head = await reader.read(65536)
-                    refused += ErrorCode.FRAME_TOO_LARGE in err_codes(head)
+                    codes = err_codes(await reader.read(65536))
+            except TimeoutError:
+                counts["unanswered"] += 1
+            except ConnectionError:
+                counts["reset"] += 1
+            else:
+                if ErrorCode.FRAME_TOO_LARGE in codes:
+                    counts["refused"] += 1
+                elif ErrorCode.LIMIT in codes:
+                    counts["limited"] += 1
+                else:
+                    counts["reset"] += 1
             with contextlib.suppress(ConnectionError):
                 for _ in range(32):
                     writer.write(chunk)
@@ -84,7 +96,7 @@ async def huge_hellos(url: str, hold: float) -> dict[str, Any]:
     stop = time.monotonic() + hold
     started()
     await asyncio.gather(*(loop(stop) for _ in range(64)))
-    return {"attempts": attempts, "refused": refused}
+    return counts
 
 
 async def hold_many(url: str, hold: float, n: int, first: bytes, code: int) -> dict[str, Any]:

@@ -165,6 +165,59 @@ async def test_connections_per_uid_over_unix(tmp_path: Path) -> None:
                 await bus.flush()
 
 
+async def fail_handshakes(url: str, n: int) -> list[int]:
+    """``n`` connections with a wrong token, one after another: each one's ERR code."""
+    codes = []
+    for _ in range(n):
+        reader, writer = await open_raw(url)
+        writer.write(PREAMBLE + encode(Hello({"version": 1, "token": "wrong"})))
+        answer = await read_until_closed(reader)
+        writer.close()
+        codes += [code for code, _ in errors_in(answer)]
+    return codes
+
+
+async def test_an_address_failing_handshakes_is_refused_at_once_then_served_again(
+    tmp_path: Path,
+) -> None:
+    """max_failed_handshakes 4: four wrong tokens from 127.0.0.1 are each told so
+    (AUTH); then even the right token is refused at once, naming the limit, while the
+    same user over the Unix socket (a uid, never refused this way) is served; once the
+    bucket drains (4 per 4 s) the address is served again."""
+    async with asyncipc.Broker(token="s3cret", max_failed_handshakes=4) as broker:
+        unix = (await broker.listen(f"unix://{tmp_path}/b.sock")).url
+        tcp = (await broker.listen("tcp://127.0.0.1:0")).url
+        assert await fail_handshakes(tcp, 4) == [ErrorCode.AUTH] * 4
+        with pytest.raises(
+            asyncipc.HandshakeError,
+            match=r"too many failed handshakes from address 127\.0\.0\.1.*max_failed_handshakes 4",
+        ):
+            await asyncipc.connect(tcp, token="s3cret", options=NOREC)
+        assert broker.stats.refused_connections >= 1
+        assert await fail_handshakes(unix, 8) == [ErrorCode.AUTH] * 8
+        async with asyncipc.connect(unix, token="s3cret") as bus:
+            await bus.flush()
+        deadline = time.monotonic() + 10
+        refusals: list[str] = []
+        while True:
+            try:
+                async with asyncipc.connect(tcp, token="s3cret", options=NOREC) as bus:
+                    await bus.flush()
+                break
+            except asyncipc.HandshakeError as exc:
+                refusals.append(str(exc))
+            assert time.monotonic() < deadline, "the address stayed refused"
+            await asyncio.sleep(0.2)
+        assert all("failed handshakes" in text for text in refusals), refusals
+
+
+async def test_max_failed_handshakes_zero_never_refuses_an_address() -> None:
+    async with serve("tcp://127.0.0.1:0", token="s3cret", max_failed_handshakes=0) as (_, url):
+        assert await fail_handshakes(url, 50) == [ErrorCode.AUTH] * 50
+        async with asyncipc.connect(url, token="s3cret", options=NOREC) as bus:
+            await bus.flush()
+
+
 async def test_max_subscriptions_refuses_the_sub_and_keeps_the_connection(where: str) -> None:
     async with serve(where, max_subscriptions=2) as (_broker, url):
         reader, writer = await open_raw(url)
@@ -301,7 +354,16 @@ async def test_the_broker_command_takes_the_limit_flags(tmp_path: Path) -> None:
         f"unix://{tmp_path}/b.sock",
         log=tmp_path / "broker.log",
         env=cli_env(),
-        args=["--max-connections", "1", "--max-hello", "1K", "--frame-timeout", "0"],
+        args=[
+            "--max-connections",
+            "1",
+            "--max-hello",
+            "1K",
+            "--frame-timeout",
+            "0",
+            "--max-failed-handshakes",
+            "0",
+        ],
     )
     try:
         async with asyncipc.connect(broker.url) as bus:
@@ -315,7 +377,12 @@ async def test_the_broker_command_takes_the_limit_flags(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("flag", "value"),
-    [("--max-hello", "100"), ("--frame-timeout", "-1"), ("--max-connections", "0")],
+    [
+        ("--max-hello", "100"),
+        ("--frame-timeout", "-1"),
+        ("--max-connections", "0"),
+        ("--max-failed-handshakes", "-1"),
+    ],
 )
 def test_bad_limit_flags_exit_2(flag: str, value: str) -> None:
     from tests.test_cli import run

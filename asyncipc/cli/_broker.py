@@ -35,6 +35,7 @@ LIMIT_OPTIONS = (
     "frame_min_rate",
     "max_connections",
     "max_connections_per_peer",
+    "max_failed_handshakes",
     "max_subscriptions",
     "block_timeout",
 )

@@ -19,6 +19,7 @@ from ._common import (
     _header,
     _hello_size,
     _high_water,
+    _nonnegative_int,
     _positive_float,
     _positive_int,
     _rate,
@@ -82,6 +83,15 @@ def _add_limits(group: argparse._ArgumentGroup) -> None:
         default=d.max_connections_per_peer,
         help="connections at once from one IP address (tcp, tls) or one Unix user (unix, "
         f"fifo), at most (default: {d.max_connections_per_peer})",
+    )
+    group.add_argument(
+        "--max-failed-handshakes",
+        metavar="N",
+        type=_nonnegative_int,
+        default=d.max_failed_handshakes,
+        help="connections from one IP address that may fail their handshake (in a bucket "
+        "draining N per 4 s) before it is refused at once for a while; 0: no limit "
+        f"(default: {d.max_failed_handshakes})",
     )
     group.add_argument(
         "--max-subscriptions",
