@@ -118,7 +118,8 @@ def _broker(options: dict[str, Any], urls: list[str], cpus: set[int] | None) -> 
 
 
 @contextlib.asynccontextmanager
-async def _healthy(url: str, token: str | None) -> AsyncIterator[asyncipc.Bus]:
+async def healthy_pair(url: str, token: str | None = None) -> AsyncIterator[asyncipc.Bus]:
+    """An echo service ("echo") and a requester, connected to ``url``: the requester."""
     async with (
         asyncipc.connect(url, token=token) as service,
         asyncipc.connect(url, token=token) as requester,
@@ -132,7 +133,8 @@ async def _healthy(url: str, token: str | None) -> AsyncIterator[asyncipc.Bus]:
         yield requester
 
 
-async def _round_trips(bus: asyncipc.Bus, n: int) -> list[float]:
+async def round_trips(bus: asyncipc.Bus, n: int) -> list[float]:
+    """``n`` requests to "echo" one after another: each one's round trip, in seconds."""
     out = []
     for i in range(n):
         t = time.perf_counter()
@@ -141,6 +143,30 @@ async def _round_trips(bus: asyncipc.Bus, n: int) -> list[float]:
         if reply.data != b"%d" % i:
             raise RuntimeError("a reply to another request")
     return out
+
+
+async def start_attacker(
+    mode: str, url: str, hold: float, cpus: set[int] | None = None
+) -> asyncio.subprocess.Process:
+    """``tests/attacker.py MODE URL HOLD`` in a process of its own (on ``cpus``), once it
+    says its connections are open; its stdout then holds its one-line JSON result."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(TESTS / "attacker.py"),
+        mode,
+        url,
+        str(hold),
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(TESTS.parent)},
+    )
+    _pin(proc.pid, cpus)
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 30)
+    if line != b"started\n":
+        proc.kill()
+        await proc.wait()
+        raise RuntimeError(f"attacker {mode}: {line!r}")
+    return proc
 
 
 def _p99(values: list[float]) -> float:
@@ -163,29 +189,17 @@ async def _one_run(mode: str, layout: str) -> dict[str, Any]:
                 (unix, tcp),
             ),
         ):
-            async with _healthy(unix, options.get("token")) as bus:
-                await _round_trips(bus, 200)  # warm
-                calm = await _round_trips(bus, 2000)
-                attacker = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    str(TESTS / "attacker.py"),
-                    mode,
-                    tcp,
-                    str(hold),
-                    stdout=asyncio.subprocess.PIPE,
-                    env={**os.environ, "PYTHONPATH": str(TESTS.parent)},
-                )
-                _pin(attacker.pid, away)
+            async with healthy_pair(unix, options.get("token")) as bus:
+                await round_trips(bus, 200)  # warm
+                calm = await round_trips(bus, 2000)
+                attacker = await start_attacker(mode, tcp, hold, away)
                 assert attacker.stdout is not None
-                line = await asyncio.wait_for(attacker.stdout.readline(), 30)
-                if line != b"started\n":
-                    raise RuntimeError(f"attacker: {line!r}")
                 done = asyncio.ensure_future(attacker.stdout.readline())
                 cpu0 = cpu1 = _cpu_seconds(proc.pid), _cpu_seconds(attacker.pid)
                 t0 = time.perf_counter()
                 loaded: list[float] = []
                 while not done.done() or len(loaded) < 100:
-                    loaded += await _round_trips(bus, 10)
+                    loaded += await round_trips(bus, 10)
                     if not done.done():
                         cpu1 = _cpu_seconds(proc.pid), _cpu_seconds(attacker.pid)
                 elapsed = time.perf_counter() - t0

@@ -18,13 +18,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import asyncipc
+from benchmarks.attacks import healthy_pair, round_trips, start_attacker
 
 HERE = Path(__file__).parent
 MiB = 1024 * 1024
@@ -122,31 +123,9 @@ class Peak:
         self.max = max(self.max, self.broker.rss_mb)
 
 
-@contextlib.asynccontextmanager
-async def healthy_pair(url: str, token: str | None = None) -> AsyncIterator[asyncipc.Bus]:
-    """An echo service and a requester, connected before the attack starts."""
-    async with (
-        asyncipc.connect(url, token=token) as service,
-        asyncipc.connect(url, token=token) as requester,
-    ):
-
-        @service.handler("echo")
-        async def echo(msg: asyncipc.Message) -> bytes:
-            return msg.data
-
-        await service.flush()
-        yield requester
-
-
 async def latencies(bus: asyncipc.Bus, n: int) -> list[float]:
     """``n`` requests one after another; each one's round trip in milliseconds."""
-    out = []
-    for i in range(n):
-        t = time.perf_counter()
-        reply = await bus.request("echo", b"%d" % i, timeout=10)
-        out.append((time.perf_counter() - t) * 1000)
-        assert reply.data == b"%d" % i
-    return out
+    return [t * 1000 for t in await round_trips(bus, n)]
 
 
 def p99(values: list[float]) -> float:
@@ -186,19 +165,7 @@ class Attack:
 
     @classmethod
     async def start(cls, mode: str, url: str, hold: float) -> Attack:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(HERE / "attacker.py"),
-            mode,
-            url,
-            str(hold),
-            stdout=asyncio.subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": str(HERE.parent)},
-        )
-        attack = cls(proc)
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 30)
-        assert line == b"started\n", line
+        attack = cls(await start_attacker(mode, url, hold))
         attack._result = asyncio.create_task(attack._read())
         return attack
 
