@@ -574,9 +574,15 @@ class Broker:
             if link.write_blocked and not self.apply_overflow(route, source):
                 continue
             try:
-                if data is None and link.in_process:
-                    data = pub.data  # type: ignore[union-attr]
-                link.deliver(route.sid, subject, data, reply, headers, pub)  # type: ignore[arg-type]
+                direct = link.direct  # in-process and reading: its Bus, called without a hop
+                if direct is not None:
+                    if data is None:
+                        data = pub.data  # type: ignore[union-attr]
+                    direct.msg_received(route.sid, subject, data, reply, headers)
+                else:
+                    if data is None and link.in_process:
+                        data = pub.data  # type: ignore[union-attr]
+                    link.deliver(route.sid, subject, data, reply, headers, pub)  # type: ignore[arg-type]
             except ConnectionClosed:
                 continue  # its link_lost is on the way and will remove the route
             except FrameTooLarge as exc:

@@ -602,7 +602,11 @@ class Bus:
             return
         link = self._link
         try:
-            link.publish(subject, data, reply_to, headers)
+            direct = link.direct  # in-process: the broker's session, called without a hop
+            if direct is not None:
+                direct.pub_received(subject, data, reply_to, headers)
+            else:
+                link.publish(subject, data, reply_to, headers)
         except ConnectionClosed:
             if self._dialer is None or self._closing:
                 raise
