@@ -556,10 +556,7 @@ class Broker:
         # The router's cache answers the common case (a subject seen before, no queue
         # group) without a call: a frame less per message.
         entry = self._route_cache.get(subject)
-        if entry is not None and not entry[1]:
-            routes = entry[0]
-        else:
-            routes = self.router.route(subject)
+        routes = entry[0] if entry is not None and not entry[1] else self.router.route(subject)
         if not routes:
             # Not for a request that came in through a relay: its requester's own broker
             # decides about no-responders, and ours may not be the only one listening.
