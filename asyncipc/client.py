@@ -268,7 +268,7 @@ class Bus:
     ) -> None:
         sub = self._subs.get(sid)
         if sub is not None:
-            sub._deliver(Message(subject, data, headers, reply, self))
+            sub._deliver(subject, data, headers, reply)
         elif sid == self._inbox_sid:
             self._reply_received(subject, data, headers)
 
@@ -592,7 +592,11 @@ class Bus:
             return
         link = self._link
         try:
-            link.publish(subject, data, reply_to, headers)
+            direct = link.direct  # in-process: the broker's session, called without a hop
+            if direct is not None:
+                direct.pub_received(subject, data, reply_to, headers)
+            else:
+                link.publish(subject, data, reply_to, headers)
         except ConnectionClosed:
             if self._dialer is None or self._closing:
                 raise

@@ -152,6 +152,14 @@ class Link(abc.ABC):
     """True while more than the high-water mark is queued for the peer. A plain
     attribute, kept current by the link: it is read once per message per subscriber."""
 
+    direct: LinkReceiver | None = None
+    """In-process links only: the peer's receiver while whatever is sent would be handed
+    to it at once (it reads, nothing waits before, neither end is closing); ``None``
+    otherwise, and always for other links. Then ``direct.pub_received(...)`` and
+    ``direct.msg_received(...)`` are exactly :meth:`publish` and :meth:`deliver`, minus
+    a call: the Bus and the broker use it on their per-message paths. Kept current by
+    the link, like :attr:`write_blocked`."""
+
     @abc.abstractmethod
     async def drain(self) -> None:
         """Wait until :attr:`write_blocked` is false (raises if the link breaks meanwhile)."""

@@ -88,6 +88,15 @@ class Router(Generic[O]):
         # not send the next message to the first member again) and spans subjects.
         self._turns: dict[str, _Turn] = {}
 
+    @property
+    def cache(self) -> dict[str, tuple[list[Route[O]], list[_Group[O]]]]:
+        """The lookups cached for subjects other than reply inboxes: subject → (routes
+        without queue, queue groups); for reading only. It is the same dict for the
+        router's whole life (changes clear it, never replace it), so a hot path may keep
+        it and try ``cache.get(subject)`` before :meth:`route`: an entry with no queue
+        groups is the answer as it stands."""
+        return self._cache
+
     def __len__(self) -> int:
         return len(self._index)
 

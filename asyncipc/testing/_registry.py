@@ -104,7 +104,4 @@ def registrar(
 
 def drain(sub: Subscription) -> list[Message]:
     """What the subscription holds now, without waiting (after a flush of both sides)."""
-    out = []
-    while sub.pending:
-        out.append(sub._queue.popleft())
-    return out
+    return sub._take(sub.pending)

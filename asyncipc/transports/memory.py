@@ -45,6 +45,7 @@ class MemoryLink(Link):
     """One end of an in-process link; see :func:`memory_pair`."""
 
     in_process = True
+    _forwards = True  # publish() and deliver() are this class's: see __init_subclass__
 
     def __init__(self, name: str, options: TransportOptions) -> None:
         self.transport = "memory"
@@ -74,9 +75,13 @@ class MemoryLink(Link):
         # set, reading, its inbox empty, neither end closing): then send/publish/deliver
         # cost one check, not five. _sync() recomputes it at every change of that state.
         self._direct: LinkReceiver | None = None
+        # What Link.direct offers callers: _direct, unless a subclass does more than
+        # forward in publish() or deliver() (then they must be called).
+        self.direct: LinkReceiver | None = None
 
     def _sync(self) -> None:
-        """Recompute :attr:`_direct` for both ends (after a change of either's state)."""
+        """Recompute :attr:`_direct` and :attr:`direct` for both ends (after a change of
+        either's state)."""
         for end in (self, self._other):
             if end is None:
                 continue
@@ -87,6 +92,11 @@ class MemoryLink(Link):
             ):
                 direct = other._receiver
             end._direct = direct
+            end.direct = direct if end._forwards else None
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._forwards = cls.publish is MemoryLink.publish and cls.deliver is MemoryLink.deliver
 
     def set_receiver(self, receiver: LinkReceiver) -> None:
         self._receiver = receiver
@@ -110,7 +120,8 @@ class MemoryLink(Link):
     def _enqueue(self, other: MemoryLink, entry: _Queued, size: int) -> None:
         other._inbox.append(entry)
         other._inbox_bytes += size
-        self._direct = None  # the inbox is not empty: what follows must queue behind it
+        # The inbox is not empty: what follows must queue behind it.
+        self._direct = self.direct = None
         if other._inbox_bytes > self._high_water:
             # Whoever sees this (a drain() or the broker) must hear writing_resumed().
             self.write_blocked = self._blocked_reported = True
