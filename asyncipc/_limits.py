@@ -30,7 +30,11 @@ S = TypeVar("S")
 REFUSAL_LINGER = 0.5
 """Seconds a refused connection is kept, at most, to read what its client sent first."""
 MAX_LINGERING = 64
-"""Refused connections kept lingering at once; past it a refusal closes at once."""
+"""Refused connections kept at once, lingering or held; past it a refusal closes at once
+(their descriptors come out of :data:`FD_RESERVE`)."""
+HOLD_SECONDS = 2.0
+"""How long a connection refused for its address's failed handshakes is held, unread,
+before the broker closes it (its client has its ERR at once and may close first)."""
 STRIKE_DRAIN_SECONDS = 4.0
 """A failed-handshake bucket of ``max_failed_handshakes`` drains in this many seconds."""
 FD_RESERVE = MAX_LINGERING + 64
@@ -120,6 +124,7 @@ class ConnectionLimits(Generic[S]):
         self._per_peer: dict[PeerKey, int] = {}
         self._pending: set[S] = set()
         self._lingering = 0
+        self._kept: set[Link] = set()  # the refused links lingering or held now
         # Failed handshakes per IP address: (bucket level, when it was last updated).
         self._strikes: dict[str, tuple[float, float]] = {}
         self._strikes_swept = 0.0
@@ -245,25 +250,47 @@ class ConnectionLimits(Generic[S]):
             link.send(Err(ErrorCode.LIMIT, reason))
         except ConnectionClosed:
             return
-        if penalized or self._lingering >= MAX_LINGERING:
+        if penalized:
+            # Held, unread, for HOLD_SECONDS: an honest client has its ERR now and hangs
+            # up itself; a reconnect loop waits out the hold instead of costing the
+            # broker an accept and a close thousands of times a second.
+            if self._lingering >= MAX_LINGERING:
+                link.close()
+                return
+            self._lingering += 1
+            self._kept.add(link)
+            link.hold()
+            link.set_receiver(_Refused(self, link, HOLD_SECONDS))
+            return
+        if self._lingering >= MAX_LINGERING:
             link.close()
             return
         self._lingering += 1
-        link.set_receiver(_Refused(self, link))
+        self._kept.add(link)
+        link.set_receiver(_Refused(self, link, REFUSAL_LINGER))
 
-    def _linger_ended(self) -> None:
+    def _linger_ended(self, link: Link) -> None:
         self._lingering -= 1
+        self._kept.discard(link)
+
+    def close_refused(self) -> list[Link]:
+        """Close the refused links still kept (broker shutdown); return them."""
+        kept = list(self._kept)
+        for link in kept:
+            link.close()
+        return kept
 
 
 class _Refused:
     """The receiver of a refused link for its last moments: it reads and discards what
-    the client sent, and closes the link on the first frame or at the deadline."""
+    the client sent, and closes the link on the first frame or at the deadline (a held
+    link reads nothing: only the deadline or its client ends it)."""
 
-    def __init__(self, limits: ConnectionLimits[Any], link: Link) -> None:
+    def __init__(self, limits: ConnectionLimits[Any], link: Link, delay: float) -> None:
         self._limits: ConnectionLimits[Any] | None = limits
         self._link = link
         self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
-            REFUSAL_LINGER, self._close
+            delay, self._close
         )
 
     def _close(self) -> None:
@@ -280,7 +307,7 @@ class _Refused:
             self._timer.cancel()
             self._timer = None
         if self._limits is not None:
-            self._limits._linger_ended()
+            self._limits._linger_ended(self._link)
             self._limits = None
 
     def writing_resumed(self) -> None:

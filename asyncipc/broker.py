@@ -497,7 +497,7 @@ class Broker:
         for link in list(self._unadopted):
             if link not in adopted and not link.closed:
                 link.close()  # a spawned child that never spoke: it sees end-of-file
-        links = [s.link for s in self._sessions]
+        links = [s.link for s in self._sessions] + self._limits.close_refused()
         for session in list(self._sessions):
             session.close()
         # The links close side by side; waiting for each in turn under one deadline

@@ -177,6 +177,13 @@ class Link(abc.ABC):
     def resume_reading(self) -> None:
         """Undo :meth:`pause_reading`."""
 
+    def hold(self) -> None:
+        """Stop reading for good, and keep small what the peer can still make the
+        channel buffer meanwhile: a refused peer the broker keeps a while before it
+        closes the link (``max_failed_handshakes``). :meth:`close` or :meth:`abort` ends it.
+        """
+        self.pause_reading()
+
     @property
     @abc.abstractmethod
     def closed(self) -> bool:

@@ -129,7 +129,9 @@ class BrokerOptions:
         max_failed_handshakes: connections from one remote IP address (tcp, tls) that
             may end without completing their handshake (a bad token, garbage, an
             oversized HELLO, a time-out, a refusal over a limit) in quick succession
-            before that address is refused at once (ERR ``LIMIT``), without a session.
+            before that address is refused at once (ERR ``LIMIT``), without a session;
+            the refused connection is then held unread for 2 s (64 at most, with the
+            other refusals kept), so that a reconnect loop waits instead of spinning.
             Counted in a bucket that drains this many per 4 seconds and holds at most
             twice as many: a peer that keeps failing gets at most this many full
             handshakes per 4 s, and one that stops is served again within 4 s. Unix

@@ -81,9 +81,9 @@ async def huge_hellos(url: str, hold: float) -> dict[str, Any]:
             except ConnectionError:
                 counts["reset"] += 1
             else:
-                if ErrorCode.FRAME_TOO_LARGE in codes:
+                if codes[:1] == [ErrorCode.FRAME_TOO_LARGE]:
                     counts["refused"] += 1
-                elif ErrorCode.LIMIT in codes:
+                elif codes[:1] == [ErrorCode.LIMIT]:
                     counts["limited"] += 1
                 else:
                     counts["reset"] += 1

@@ -351,7 +351,7 @@ def test_a_connection_flood_from_one_address(tmp_path: Path) -> None:
                 )
                 assert result["opened"] == 1000
                 assert result["closed"] == 800
-                assert result["refused"] >= 64
+                assert result["refused"] >= 32  # the kept ones (64 at once) read it
                 assert peak.max < base + 200 * 300 / 1024 + 30
 
         run(main)

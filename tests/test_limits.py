@@ -211,6 +211,30 @@ async def test_an_address_failing_handshakes_is_refused_at_once_then_served_agai
         assert all("failed handshakes" in text for text in refusals), refusals
 
 
+async def test_a_penalized_connection_is_told_at_once_then_held_unread() -> None:
+    """The ERR comes at once, and then the broker neither reads nor closes for a while
+    (a reconnect loop waits), whatever the peer sends; closing the broker ends it."""
+    async with serve("tcp://127.0.0.1:0", token="s3cret", max_failed_handshakes=2) as (
+        broker,
+        url,
+    ):
+        assert await fail_handshakes(url, 2) == [ErrorCode.AUTH] * 2
+        reader, writer = await open_raw(url)
+        writer.write(PREAMBLE + struct.pack(">IB", 8 * 1024 * 1024 - 1, 1))  # not read
+        head = await asyncio.wait_for(reader.read(65536), 5)
+        [(code, message)] = errors_in(head)
+        assert code == ErrorCode.LIMIT
+        assert "max_failed_handshakes 2" in message
+        with pytest.raises(TimeoutError):  # held: no FRAME_TOO_LARGE, no close yet
+            await asyncio.wait_for(reader.read(65536), 0.5)
+        await broker.close()
+        try:  # closed with the unread bytes: an end of file, or on asyncio a reset
+            assert await asyncio.wait_for(reader.read(65536), 5) == b""
+        except ConnectionResetError:
+            pass
+        writer.close()
+
+
 async def test_max_failed_handshakes_zero_never_refuses_an_address() -> None:
     async with serve("tcp://127.0.0.1:0", token="s3cret", max_failed_handshakes=0) as (_, url):
         assert await fail_handshakes(url, 50) == [ErrorCode.AUTH] * 50

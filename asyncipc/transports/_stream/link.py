@@ -12,7 +12,9 @@ one system call, not one each.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 from collections.abc import Callable
 from typing import cast
 
@@ -42,6 +44,9 @@ _HTTP_400 = (
     b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n"
     b"Content-Length: 55\r\n\r\nthis is an asyncipc broker socket, not an HTTP server.\n"
 )
+
+HELD_RCVBUF = 4096
+"""The receive buffer of a held link (:meth:`StreamLink.hold`); the kernel doubles it."""
 
 
 class StreamLink(asyncio.BufferedProtocol, Link):
@@ -87,6 +92,7 @@ class StreamLink(asyncio.BufferedProtocol, Link):
         self._flush_handle: asyncio.Handle | None = None
         self._transport_paused = False  # the OS buffer is full (pause_writing)
         self._reading_paused = False
+        self._held = False  # hold(): a refused link kept unread until it is closed
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._blocked_reported = False
         self._closing = False
@@ -113,9 +119,14 @@ class StreamLink(asyncio.BufferedProtocol, Link):
             on_connected(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        if self._held:
+            return memoryview(bytearray(HELD_RCVBUF))  # read to be dropped (see hold)
         return self._decoder.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self._held:
+            self._drop_held_input()
+            return
         self._last_rx = self._loop.time()
         try:
             frames = self._decoder.buffer_updated(nbytes)
@@ -127,6 +138,9 @@ class StreamLink(asyncio.BufferedProtocol, Link):
     def data_received(self, data: bytes) -> None:
         """Bytes from a transport that does not read into our buffer (a pipe's read half:
         asyncio's pipe transports only call ``data_received``)."""
+        if self._held:
+            self._drop_held_input()
+            return
         self._last_rx = self._loop.time()
         try:
             frames = self._decoder.feed(data)
@@ -377,6 +391,21 @@ class StreamLink(asyncio.BufferedProtocol, Link):
             if self._partial_since is not None:
                 self._partial_since = self._loop.time()  # its clock stopped while paused
             self._tr.resume_reading()
+
+    def hold(self) -> None:
+        self._held = True
+        self.pause_reading()
+        sock = self._tr.get_extra_info("socket") if self._tr is not None else None
+        if sock is not None:
+            # What the peer sends now waits in the kernel, for nobody: a few KiB of it.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, HELD_RCVBUF)
+
+    def _drop_held_input(self) -> None:
+        """Input on a held link is never read: uvloop starts reading after
+        ``connection_made`` even when it paused reading, so pause it again."""
+        if self._tr is not None and not self._closing:
+            self._tr.pause_reading()
 
     @property
     def closed(self) -> bool:
