@@ -241,6 +241,7 @@ async def test_service_endpoint_concurrency() -> None:
         assert svc.stats()["endpoints"][0]["num_requests"] == 5
 
 
+@pytest.mark.one_loop("the command runs in processes of its own")
 async def test_cli_services_ls_info_stats(broker: BrokerProc, prefix: str) -> None:
     async with (
         asyncipc.connect(broker.url, token=TOKEN) as a,
@@ -290,6 +291,7 @@ async def test_cli_services_ls_info_stats(broker: BrokerProc, prefix: str) -> No
     assert f"no service '{prefix}gone' answered" in err
 
 
+@pytest.mark.one_loop("the command runs in processes of its own")
 async def test_cli_prints_what_a_service_says_of_itself_escaped(
     broker: BrokerProc, prefix: str
 ) -> None:

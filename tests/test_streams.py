@@ -1141,6 +1141,7 @@ class _CliBroker:
             self.proc.stdout.close()
 
 
+@pytest.mark.one_loop("the store of a broker process SIGKILLed")
 async def test_consumer_state_survives_sigkill(tmp_path: Path) -> None:
     store = tmp_path / "store"
     brokers: list[_CliBroker] = []
