@@ -87,6 +87,7 @@ def prefix() -> str:
     return f"t{os.urandom(3).hex()}_"
 
 
+@pytest.mark.one_loop("the $SRV protocol; three discoveries wait their whole 2 s each")
 async def test_two_services_answer_ping_info_stats(broker: BrokerProc, prefix: str) -> None:
     async with (
         asyncipc.connect(broker.url, token=TOKEN) as a,
