@@ -37,7 +37,11 @@ def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
 ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
     """Every async test runs under the standard event loop and under uvloop: uvloop's
-    transports are not asyncio.Transport subclasses, which once broke the stream links."""
+    transports are not asyncio.Transport subclasses, which once broke the stream links.
+    A test marked ``one_loop(why)`` runs under the standard loop only (tests/README.md):
+    one whose subject is not the event loop and whose time goes to other processes."""
+    if item.get_closest_marker("one_loop") is not None:
+        return {"asyncio": asyncio.new_event_loop}
     return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 
 

@@ -181,6 +181,7 @@ def test_the_cli_takes_block_timeout() -> None:
             parse(["broker", "--block-timeout", bad])
 
 
+@pytest.mark.one_loop("the broker is a process of its own")
 async def test_a_broker_process_started_with_block_timeout_applies_it(tmp_path: Path) -> None:
     """``asyncipc broker --block-timeout 0.3``: a stalled block subscriber holds a publisher
     of another process for about that long, not for ever."""

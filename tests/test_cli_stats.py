@@ -28,6 +28,7 @@ def stats(broker: BrokerProc, *args: str) -> tuple[int, str, str]:
     return done.returncode, done.stdout, done.stderr
 
 
+@pytest.mark.one_loop("the broker and the command are processes of their own")
 async def test_stats_prints_each_table(broker: BrokerProc) -> None:
     async with (
         asyncipc.connect(broker.url, token=TOKEN, name="ledger") as ledger,

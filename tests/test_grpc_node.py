@@ -127,6 +127,7 @@ async def _run_node(script: Path, args: list[str], env: dict[str, str]) -> tuple
     return proc.returncode, out.decode(), err.decode()
 
 
+@pytest.mark.one_loop("where the Node.js client finds the .proto")
 @pytest.mark.parametrize("given_by", ["env", "argument"])
 async def test_node_client_outside_the_repository_uses_the_shipped_proto(
     example_elsewhere: Path, given_by: str
@@ -143,6 +144,7 @@ async def test_node_client_outside_the_repository_uses_the_shipped_proto(
     assert out.splitlines()[-1] == "ok"
 
 
+@pytest.mark.one_loop("where the Node.js client finds the .proto")
 async def test_node_client_without_a_proto_says_where_to_find_one(
     example_elsewhere: Path,
 ) -> None:

@@ -141,6 +141,7 @@ def test_the_pure_core_imports_no_io() -> None:
     """STYLE.md rule 1: protocol codec, subject index and router import nothing that does I/O."""
     pure = [n for n in MODULES if n.startswith("asyncipc.protocol")]
     pure += ["asyncipc.subjects", "asyncipc.router", "asyncipc.errors"]
+    graph = import_graph()  # once: each call parses every module of the package
     for name in pure:
         tree = ast.parse(MODULES[name].read_text())
         for node in module_level_imports(tree):
@@ -149,7 +150,7 @@ def test_the_pure_core_imports_no_io() -> None:
             )
             for mod in modules:
                 assert mod not in ("asyncio", "socket", "anyio", "selectors"), (name, mod)
-        local = {m for m in import_graph()[name] if m.startswith("asyncipc")}
+        local = {m for m in graph[name] if m.startswith("asyncipc")}
         allowed = set(pure) | {"asyncipc.protocol"}
         assert local <= allowed, f"{name} imports {sorted(local - allowed)}"
 

@@ -198,6 +198,7 @@ async def test_giving_up_ends_the_bus_with_closed(server: NatsServer, p: str) ->
     await bus.close()
 
 
+@pytest.mark.one_loop("nats-py's reconnection, timed by the link")
 async def test_reconnect_time_limit_ends_the_bus_with_disconnected(
     server: NatsServer, p: str
 ) -> None:
@@ -229,6 +230,7 @@ async def test_reconnect_time_limit_ends_the_bus_with_disconnected(
     await bus.close()
 
 
+@pytest.mark.one_loop("nats-py's reconnection, timed by the link")
 async def test_reconnect_time_limit_is_not_spent_by_a_server_back_in_time(
     server: NatsServer, p: str
 ) -> None:

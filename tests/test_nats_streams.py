@@ -84,6 +84,7 @@ async def _create_when_ready(bus: asyncipc.Bus, name: str, **config: Any) -> asy
                 await asyncio.sleep(0.25)
 
 
+@pytest.mark.one_loop("three nats-servers, one SIGKILLed: JetStream's failover")
 @pytest.mark.timeout(120)
 async def test_replicated_stream_loses_no_acknowledged_message_when_its_leader_is_killed() -> None:
     """Replicas 3 on three routed nodes. A publisher keeps publishing with msg_ids while

@@ -306,6 +306,7 @@ def test_path_parameter_patterns_admit_no_percent() -> None:
         assert not re.search(pattern, "%")
 
 
+@pytest.mark.one_loop("schemathesis, in a thread, against the OpenAPI document")
 @pytest.mark.parametrize("token", [None, TOKEN])
 async def test_schemathesis_finds_nothing(tmp_path: Path, token: str | None) -> None:
     async for rest, _ in start(tmp_path, token):

@@ -87,6 +87,7 @@ def prefix() -> str:
     return f"t{os.urandom(3).hex()}_"
 
 
+@pytest.mark.one_loop("the $SRV protocol; three discoveries wait their whole 2 s each")
 async def test_two_services_answer_ping_info_stats(broker: BrokerProc, prefix: str) -> None:
     async with (
         asyncipc.connect(broker.url, token=TOKEN) as a,
@@ -241,6 +242,7 @@ async def test_service_endpoint_concurrency() -> None:
         assert svc.stats()["endpoints"][0]["num_requests"] == 5
 
 
+@pytest.mark.one_loop("the command runs in processes of its own")
 async def test_cli_services_ls_info_stats(broker: BrokerProc, prefix: str) -> None:
     async with (
         asyncipc.connect(broker.url, token=TOKEN) as a,
@@ -290,6 +292,7 @@ async def test_cli_services_ls_info_stats(broker: BrokerProc, prefix: str) -> No
     assert f"no service '{prefix}gone' answered" in err
 
 
+@pytest.mark.one_loop("the command runs in processes of its own")
 async def test_cli_prints_what_a_service_says_of_itself_escaped(
     broker: BrokerProc, prefix: str
 ) -> None:

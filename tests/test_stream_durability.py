@@ -73,6 +73,7 @@ async def _publish_all(
     return i
 
 
+@pytest.mark.one_loop("the store of a broker process SIGKILLed")
 async def test_sigkill_in_the_middle_of_acknowledged_publishes(tmp_path: Path) -> None:
     sock = tmp_path / "b.sock"
     store = tmp_path / "store"
