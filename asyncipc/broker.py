@@ -23,7 +23,7 @@ import os
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
@@ -47,7 +47,7 @@ from .protocol.system import (
 )
 from .router import Route, Router
 from .streams.manager import StreamManager
-from .transports import URL, TransportOptions, lookup, parse_url
+from .transports import BrokerAdapter, TransportOptions, lookup, parse_url
 
 if TYPE_CHECKING:
     from .bridge import Bridge
@@ -85,22 +85,6 @@ class Relay(Protocol):
         self, subject: str, data: bytes, reply: str | None, headers: Headers | None
     ) -> None:
         """A message published here: send it on. Must not block."""
-        ...
-
-
-@runtime_checkable
-class BrokerAdapter(Protocol):
-    """A transport that serves a whole API in front of a broker rather than bare links.
-
-    The HTTP and gRPC adapters (``asyncipc/adapters/``) register their schemes like any
-    transport and implement this hook too: they need the broker itself (its token, its
-    statistics, a way to attach the in-process buses that act for their callers), which
-    :meth:`Transport.listen`'s ``accept`` callback does not give. :meth:`Broker.listen`
-    calls :meth:`serve_broker` instead of ``listen`` for a transport that has it.
-    """
-
-    async def serve_broker(self, url: URL, broker: Broker, options: TransportOptions) -> Listener:
-        """Serve ``broker``'s API at ``url``; the listener is closed by the broker."""
         ...
 
 
@@ -569,7 +553,7 @@ class Broker:
             try:
                 if data is None and link.in_process:
                     data = pub.data  # type: ignore[union-attr]
-                link.deliver(route.sid, subject, data, reply, headers, pub)  # type: ignore[arg-type]
+                link.deliver(route.sid, subject, data, reply, headers, pub)
             except ConnectionClosed:
                 continue  # its link_lost is on the way and will remove the route
             except FrameTooLarge as exc:
