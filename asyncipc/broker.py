@@ -32,6 +32,7 @@ from ._inflight import InFlight
 from ._limits import ConnectionLimits
 from ._logsafe import limit_accept_errors
 from ._monitor import Monitor
+from ._native import mypyc_attr
 from ._session import Session
 from ._shield import shielded
 from ._stats import BrokerStats, TransportStats
@@ -88,6 +89,7 @@ class Relay(Protocol):
         ...
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Broker:
     """Routes messages between every client of every listener. See the module docstring."""
 
