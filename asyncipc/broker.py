@@ -23,7 +23,7 @@ import os
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import anyio
 
@@ -48,7 +48,7 @@ from .protocol.system import (
 )
 from .router import Route, Router
 from .streams.manager import StreamManager
-from .transports import BrokerAdapter, TransportOptions, lookup, parse_url
+from .transports import URL, TransportOptions, lookup, parse_url
 
 if TYPE_CHECKING:
     from .bridge import Bridge
@@ -86,6 +86,23 @@ class Relay(Protocol):
         self, subject: str, data: bytes, reply: str | None, headers: Headers | None
     ) -> None:
         """A message published here: send it on. Must not block."""
+        ...
+
+
+class BrokerAdapter(Protocol):
+    """A transport that serves a whole API in front of a broker rather than bare links.
+
+    The HTTP and gRPC adapters (``asyncipc/adapters/``) register their schemes like any
+    transport and implement this hook too: they need the broker itself (its token, its
+    statistics, a way to attach the in-process buses that act for their callers), which
+    :meth:`Transport.listen`'s ``accept`` callback does not give. :meth:`Broker.listen`
+    calls :meth:`serve_broker` instead of ``listen`` for a transport that has it (it looks
+    for the method: this protocol is not ``runtime_checkable``, which a module compiled by
+    mypyc cannot have; docs/architecture.md, "The accelerated build").
+    """
+
+    async def serve_broker(self, url: URL, broker: Broker, options: TransportOptions) -> Listener:
+        """Serve ``broker``'s API at ``url``; the listener is closed by the broker."""
         ...
 
 
@@ -150,8 +167,8 @@ class Broker:
         transport = lookup(parsed.scheme)
         opts = self._transport_options(ssl=ssl or self.options.ssl)
         listener: Listener
-        if isinstance(transport, BrokerAdapter):
-            listener = await transport.serve_broker(parsed, self, opts)
+        if hasattr(transport, "serve_broker"):
+            listener = await cast(BrokerAdapter, transport).serve_broker(parsed, self, opts)
         else:
             listener = await transport.listen(parsed, self.attach, opts)
         if self._closing:  # close() ran while we were binding: do not outlive it

@@ -12,19 +12,15 @@ import re
 import ssl as _ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..errors import ConfigurationError
 from ..link import DEFAULT_HIGH_WATER, Accept, Link, Listener
 from ..protocol import DEFAULT_MAX_FRAME
 
-if TYPE_CHECKING:
-    from ..broker import Broker
-
 __all__ = [
     "URL",
-    "BrokerAdapter",
     "EmbeddedTransport",
     "Transport",
     "TransportOptions",
@@ -121,24 +117,6 @@ class Transport(Protocol):
 
     async def listen(self, url: URL, accept: Accept, options: TransportOptions) -> Listener:
         """Bind ``url`` and call ``accept`` with a link for each incoming connection."""
-        ...
-
-
-@runtime_checkable
-class BrokerAdapter(Protocol):
-    """A transport that serves a whole API in front of a broker rather than bare links.
-
-    The HTTP and gRPC adapters (``asyncipc/adapters/``) register their schemes like any
-    transport and implement this hook too: they need the broker itself (its token, its
-    statistics, a way to attach the in-process buses that act for their callers), which
-    :meth:`Transport.listen`'s ``accept`` callback does not give. :meth:`Broker.listen`
-    calls :meth:`serve_broker` instead of ``listen`` for a transport that has it.
-    Defined here, with the transports, and re-exported by ``asyncipc.broker``: a
-    ``runtime_checkable`` protocol must live in a module that mypyc does not compile.
-    """
-
-    async def serve_broker(self, url: URL, broker: Broker, options: TransportOptions) -> Listener:
-        """Serve ``broker``'s API at ``url``; the listener is closed by the broker."""
         ...
 
 
