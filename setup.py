@@ -22,7 +22,6 @@ COMPILED = [
     "asyncipc/subjects.py",
     # the broker's and the clients' per-message path (docs/architecture.md)
     "asyncipc/_session.py",
-    "asyncipc/broker.py",
     "asyncipc/client.py",
     "asyncipc/message.py",
     "asyncipc/subscription.py",

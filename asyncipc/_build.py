@@ -20,7 +20,6 @@ COMPILABLE = (
     "asyncipc.router",
     "asyncipc.subjects",
     "asyncipc._session",
-    "asyncipc.broker",
     "asyncipc.client",
     "asyncipc.message",
     "asyncipc.subscription",

@@ -23,7 +23,7 @@ import os
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import anyio
 
@@ -32,7 +32,6 @@ from ._inflight import InFlight
 from ._limits import ConnectionLimits
 from ._logsafe import limit_accept_errors
 from ._monitor import Monitor
-from ._native import mypyc_attr
 from ._session import Session
 from ._shield import shielded
 from ._stats import BrokerStats, TransportStats
@@ -89,6 +88,7 @@ class Relay(Protocol):
         ...
 
 
+@runtime_checkable
 class BrokerAdapter(Protocol):
     """A transport that serves a whole API in front of a broker rather than bare links.
 
@@ -96,9 +96,7 @@ class BrokerAdapter(Protocol):
     transport and implement this hook too: they need the broker itself (its token, its
     statistics, a way to attach the in-process buses that act for their callers), which
     :meth:`Transport.listen`'s ``accept`` callback does not give. :meth:`Broker.listen`
-    calls :meth:`serve_broker` instead of ``listen`` for a transport that has it (it looks
-    for the method: this protocol is not ``runtime_checkable``, which a module compiled by
-    mypyc cannot have; docs/architecture.md, "The accelerated build").
+    calls :meth:`serve_broker` instead of ``listen`` for a transport that has it.
     """
 
     async def serve_broker(self, url: URL, broker: Broker, options: TransportOptions) -> Listener:
@@ -106,7 +104,6 @@ class BrokerAdapter(Protocol):
         ...
 
 
-@mypyc_attr(allow_interpreted_subclasses=True)
 class Broker:
     """Routes messages between every client of every listener. See the module docstring."""
 
@@ -167,8 +164,8 @@ class Broker:
         transport = lookup(parsed.scheme)
         opts = self._transport_options(ssl=ssl or self.options.ssl)
         listener: Listener
-        if hasattr(transport, "serve_broker"):
-            listener = await cast(BrokerAdapter, transport).serve_broker(parsed, self, opts)
+        if isinstance(transport, BrokerAdapter):
+            listener = await transport.serve_broker(parsed, self, opts)
         else:
             listener = await transport.listen(parsed, self.attach, opts)
         if self._closing:  # close() ran while we were binding: do not outlive it
