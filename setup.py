@@ -20,6 +20,12 @@ COMPILED = [
     "asyncipc/protocol/timeout.py",
     "asyncipc/router.py",
     "asyncipc/subjects.py",
+    # the broker's and the clients' per-message path (docs/architecture.md)
+    "asyncipc/_session.py",
+    "asyncipc/client.py",
+    "asyncipc/message.py",
+    "asyncipc/subscription.py",
+    "asyncipc/transports/_stream/link.py",
 ]
 
 ext_modules = []

@@ -7,8 +7,9 @@ sources run interpreted. ``docs/architecture.md`` ("The accelerated build") says
 
 from __future__ import annotations
 
-from importlib import import_module
+import sys
 from importlib.machinery import EXTENSION_SUFFIXES
+from pathlib import Path
 
 __all__ = ["COMPILABLE", "compiled_modules"]
 
@@ -18,15 +19,32 @@ COMPILABLE = (
     "asyncipc.protocol.timeout",
     "asyncipc.router",
     "asyncipc.subjects",
+    "asyncipc._session",
+    "asyncipc.client",
+    "asyncipc.message",
+    "asyncipc.subscription",
+    "asyncipc.transports._stream.link",
 )
 """The modules ``setup.py`` compiles (the hot path's pure code: docs/decisions.md, mypyc)."""
 
 
 def compiled_modules() -> list[str]:
-    """Those of :data:`COMPILABLE` imported from a compiled extension, not a ``.py`` file."""
+    """Those of :data:`COMPILABLE` that run from a compiled extension, not a ``.py`` file.
+
+    A module already imported says where it came from; one not imported yet is not
+    imported for this (``import asyncipc`` must not load the stream transport): it is
+    compiled if its extension file is next to its source, which the import system then
+    prefers to the ``.py`` file."""
     out = []
+    root = Path(__file__).resolve().parent
     for name in COMPILABLE:
-        path = getattr(import_module(name), "__file__", None) or ""
-        if path.endswith(tuple(EXTENSION_SUFFIXES)):
+        module = sys.modules.get(name)
+        if module is not None:
+            path = getattr(module, "__file__", None) or ""
+            if path.endswith(tuple(EXTENSION_SUFFIXES)):
+                out.append(name)
+            continue
+        base = root.joinpath(*name.split(".")[1:])
+        if any(base.with_name(base.name + suffix).is_file() for suffix in EXTENSION_SUFFIXES):
             out.append(name)
     return out

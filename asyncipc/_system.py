@@ -196,7 +196,7 @@ def _loopback(
             assert pub is not None
             data = pub.data
         try:
-            link.deliver(route.sid, subject, data, reply, headers, pub)  # type: ignore[arg-type]
+            link.deliver(route.sid, subject, data, reply, headers, pub)
         except ConnectionClosed:
             return
         except FrameTooLarge as exc:

@@ -579,7 +579,7 @@ class Broker:
                 else:
                     if data is None and link.in_process:
                         data = pub.data  # type: ignore[union-attr]
-                    link.deliver(route.sid, subject, data, reply, headers, pub)  # type: ignore[arg-type]
+                    link.deliver(route.sid, subject, data, reply, headers, pub)
             except ConnectionClosed:
                 continue  # its link_lost is on the way and will remove the route
             except FrameTooLarge as exc:

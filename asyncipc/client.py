@@ -16,6 +16,7 @@ import anyio
 from ._dialer import Dialer, backoff
 from ._events import ConnectionEvent, EventHub, EventStream
 from ._logsafe import printable
+from ._native import mypyc_attr
 from ._responder import Callback, EndpointStats, Handler, reply_error, responder
 from ._shield import shielded
 from ._tracing import tracing_for
@@ -89,6 +90,7 @@ def _expire(fut: asyncio.Future[Message], subject: str, timeout: float) -> None:
         )
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Bus:
     """A connection to a broker. Get one with :func:`asyncipc.connect`."""
 
@@ -459,8 +461,7 @@ class Bus:
                     last = exc
                     continue
                 self._link, self._link_url = link, url
-                self._welcome = self._loop.create_future()
-                self._refused = None
+                self._fresh_handshake()
                 try:
                     await self._handshake()
                 except (HandshakeError, ConnectError, ConnectionClosed) as exc:
@@ -483,6 +484,13 @@ class Bus:
         )
         log.warning("%s", gave_up)
         self._end(gave_up)
+
+    def _fresh_handshake(self) -> None:
+        """A new link's WELCOME to wait for, and no refusal yet. A method, not two
+        assignments in ``_reconnect``: there mypy would take ``_refused`` for ``None`` after
+        the handshake too, and the compiled build would check that it is (a TypeError)."""
+        self._welcome = self._loop.create_future()
+        self._refused = None
 
     def _restore(self) -> None:
         """On a new link: every subscription as it was, then what publish() held, then a
@@ -564,11 +572,14 @@ class Bus:
     async def publish(
         self,
         subject: str,
-        data: bytes = b"",
+        data: Any = b"",
         headers: dict[str, str] | None = None,
         reply_to: str | None = None,
     ) -> None:
         """Send ``data`` to every subscriber of ``subject``.
+
+        ``data`` is ``bytes``, or a model sent as JSON with its ``content-type`` header
+        (docs/services.md), as for :meth:`request`.
 
         Returns as soon as the message is handed to the link; waits only while the broker
         is not keeping up (backpressure). Raises :class:`~asyncipc.InvalidSubject` for a

@@ -136,7 +136,7 @@ class Link(abc.ABC):
         self,
         sid: int,
         subject: str,
-        data: bytes,
+        data: bytes | None,
         reply: str | None,
         headers: Headers | None,
         pub: Pub | None,
@@ -144,8 +144,13 @@ class Link(abc.ABC):
         """Send a MSG for subscription ``sid``: the broker's fan-out path.
 
         ``pub`` is the frame the message arrived in, when it arrived in one: stream links
-        reuse its encoded bytes instead of encoding the message again.
+        reuse its encoded bytes instead of encoding the message again. ``data`` is then
+        ``None`` (the broker slices the payload out of the frame only for a link that
+        needs it: an in-process one, :attr:`in_process`, always gets the bytes).
         """
+        if data is None:
+            assert pub is not None
+            data = pub.data
         self.send(Msg(sid, subject, data, reply, headers))
 
     write_blocked: bool = False

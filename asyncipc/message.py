@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from ._native import mypyc_attr
 from .errors import AsyncIPCError
 
 __all__ = ["Message", "Publisher", "TypedMessage"]
@@ -27,6 +28,7 @@ class Publisher(Protocol):
         ...
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Message:
     """A message as delivered to a subscription.
 
@@ -79,6 +81,7 @@ class Message:
     __hash__ = None  # type: ignore[assignment]
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class TypedMessage(Message):
     """A message of a subscription with ``model=``: :attr:`body` is the payload decoded
     to that model; :attr:`data` stays the exact bytes received."""

@@ -26,6 +26,7 @@ import time
 from collections import deque
 from typing import Any, Protocol
 
+from ._native import mypyc_attr
 from .errors import ClosedError, ConnectionClosed, InvalidBody, PermissionDenied
 from .message import Message, Publisher, TypedMessage
 from .protocol import Headers, Overflow
@@ -85,6 +86,7 @@ class SubscriptionOwner(Publisher, Protocol):
         ...
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Subscription:
     """Messages on one subject pattern. Create with :meth:`Bus.subscribe`.
 
@@ -386,6 +388,7 @@ INVALID_LOG_INTERVAL = 10.0
 decode (each is counted in :attr:`TypedSubscription.invalid`)."""
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class TypedSubscription(Subscription):
     """A subscription with ``model=``: it yields :class:`~asyncipc.message.TypedMessage`
     whose ``body`` is the decoded model. A message that does not decode is skipped,

@@ -149,11 +149,14 @@ class MemoryLink(Link):
         self,
         sid: int,
         subject: str,
-        data: bytes,
+        data: bytes | None,
         reply: str | None,
         headers: Headers | None,
         pub: Pub | None,
     ) -> None:
+        if data is None:  # not from the broker, which slices it out for in_process links
+            assert pub is not None
+            data = pub.data
         direct = self._direct
         if direct is not None:
             direct.msg_received(sid, subject, data, reply, headers)

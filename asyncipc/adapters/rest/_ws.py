@@ -213,7 +213,7 @@ class WebSocketLink(Link):
         self,
         sid: int,
         subject: str,
-        data: bytes,
+        data: bytes | None,
         reply: str | None,
         headers: Headers | None,
         pub: Pub | None,

@@ -171,7 +171,7 @@ class DatagramLink(Link):
         self,
         sid: int,
         subject: str,
-        data: bytes,
+        data: bytes | None,
         reply: str | None,
         headers: Headers | None,
         pub: Pub | None,

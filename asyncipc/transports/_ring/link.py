@@ -250,7 +250,7 @@ class RingLink(Link):
         self,
         sid: int,
         subject: str,
-        data: bytes,
+        data: bytes | None,
         reply: str | None,
         headers: Headers | None,
         pub: Pub | None,
@@ -258,6 +258,7 @@ class RingLink(Link):
         if self._dead:
             raise self._send_error()
         if pub is None:
+            assert data is not None  # the broker passes one or the other
             self.send(Msg(sid, subject, data, reply, headers))
             return
         raw = pub.raw

@@ -298,7 +298,7 @@ class StreamLink(asyncio.BufferedProtocol, Link):
         self,
         sid: int,
         subject: str,
-        data: bytes,
+        data: bytes | None,
         reply: str | None,
         headers: Headers | None,
         pub: Pub | None,
@@ -306,6 +306,7 @@ class StreamLink(asyncio.BufferedProtocol, Link):
         if self._closing:
             raise self._send_error()
         if pub is None:
+            assert data is not None  # the broker passes one or the other
             self._queue(encode(Msg(sid, subject, data, reply, headers), self.max_frame))
         else:  # the PUB's body as it came, behind a MSG head of its own
             self._queue2(msg_head(sid, pub, self.max_frame), pub.raw)
