@@ -49,7 +49,9 @@ OVERFLOW_POLICIES = {
 # enough of them waiting set off full ones). The Message is made as it is taken.
 _Fields = tuple[str, bytes, "Headers | None", "str | None"]
 
-_new_message = object.__new__
+# Message.__new__ is object.__new__ for the pure-Python class; a compiled (mypyc) Message
+# has its own, which object.__new__ refuses to stand in for.
+_new_message = Message.__new__
 
 
 class SubscriptionOwner(Publisher, Protocol):
