@@ -231,9 +231,10 @@ class ConnectionLimits(Generic[S]):
         Not at once: a client sends its preamble and HELLO as soon as it connects, and a
         socket closed with bytes unread is reset, which can lose the ERR before the
         client reads it. So the link stays until its first frame (the HELLO) is read,
-        or :data:`REFUSAL_LINGER` seconds, whichever comes first; and only
-        :data:`MAX_LINGERING` at a time, so that a flood of refused connections cannot
-        hold more than that many sockets open meanwhile.
+        or :data:`REFUSAL_LINGER` seconds, whichever comes first. A link refused because
+        its address failed too many handshakes is held instead, unread, for
+        :data:`HOLD_SECONDS` (``Link.hold``). Only :data:`MAX_LINGERING` are kept at a
+        time, so that a flood of refused connections cannot hold more sockets open.
         """
         # One line, then a summary: a flood of refused connections must not flood the log.
         peer_log().warning("refused connection", "refused %s: %s", link.peer.describe(), reason)
@@ -241,8 +242,7 @@ class ConnectionLimits(Generic[S]):
         penalized = False
         if key is not None and key[0] == "address":
             # A refusal over a limit is a failed handshake too. One for failed handshakes
-            # is not (the bucket drains meanwhile, so a client retrying gets in), and it
-            # closes at once, without the lingering below: it must cost next to nothing.
+            # is not: the bucket drains meanwhile, so a client retrying gets in.
             penalized = self._penalized(key[1])
             if not penalized:
                 self._strike(key[1])
@@ -250,24 +250,17 @@ class ConnectionLimits(Generic[S]):
             link.send(Err(ErrorCode.LIMIT, reason))
         except ConnectionClosed:
             return
-        if penalized:
-            # Held, unread, for HOLD_SECONDS: an honest client has its ERR now and hangs
-            # up itself; a reconnect loop waits out the hold instead of costing the
-            # broker an accept and a close thousands of times a second.
-            if self._lingering >= MAX_LINGERING:
-                link.close()
-                return
-            self._lingering += 1
-            self._kept.add(link)
-            link.hold()
-            link.set_receiver(_Refused(self, link, HOLD_SECONDS))
-            return
         if self._lingering >= MAX_LINGERING:
             link.close()
             return
         self._lingering += 1
         self._kept.add(link)
-        link.set_receiver(_Refused(self, link, REFUSAL_LINGER))
+        if penalized:
+            # Held, unread, for HOLD_SECONDS: an honest client has its ERR now and hangs
+            # up itself; a reconnect loop waits out the hold instead of costing the
+            # broker an accept and a close thousands of times a second.
+            link.hold()
+        link.set_receiver(_Refused(self, link, HOLD_SECONDS if penalized else REFUSAL_LINGER))
 
     def _linger_ended(self, link: Link) -> None:
         self._lingering -= 1
