@@ -62,6 +62,12 @@ MODES: dict[str, tuple[dict[str, Any], float, str]] = {
         6.0,
         "16 peers send 8 MiB - 1,000 B of a PUB, then a byte every 0.5 s (path 2)",
     ),
+    "block": (
+        {"block_timeout": 5.0},
+        10.0,
+        "a block subscriber that never reads, renewed every 3 s, beside a publisher on its "
+        "subject (path 5)",
+    ),
     "flood": (
         {"max_connections_per_peer": 200, "max_connections": 2000},
         3.0,

@@ -11,13 +11,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import struct
 import sys
 import time
 from typing import Any
 
 from asyncipc.errors import ProtocolError
-from asyncipc.protocol import PREAMBLE, Err, ErrorCode, FrameDecoder, Hello, Pub, encode
+from asyncipc.protocol import (
+    PREAMBLE,
+    Err,
+    ErrorCode,
+    FrameDecoder,
+    Hello,
+    Overflow,
+    Pub,
+    Sub,
+    encode,
+)
 
 MiB = 1024 * 1024
 HELLO = encode(Hello({"version": 1}))
@@ -151,6 +162,42 @@ async def slowloris(url: str, hold: float) -> dict[str, Any]:
     return {"cut": cut}
 
 
+async def stalled_block(url: str, hold: float) -> dict[str, Any]:
+    """Path 5: a subscriber with ``overflow=block`` on ``attack.block`` that never reads
+    (a raw socket; a new one every 3 s, as a persistent attacker would), beside a steady
+    publisher on that subject: 1 KiB messages, 2,000 a second at most. Reports how many
+    were published and the publisher's longest wait for one publish."""
+    import asyncipc  # the publisher is a real client
+
+    stop = time.monotonic() + hold
+    stalled: list[asyncio.StreamWriter] = []
+
+    async def subscribers() -> None:
+        while time.monotonic() < stop:
+            _, writer = await open_raw(url)
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            writer.write(PREAMBLE + HELLO + encode(Sub(7, "attack.block", None, Overflow.BLOCK)))
+            stalled.append(writer)
+            await asyncio.sleep(3)
+
+    async with asyncipc.connect(url) as pub:
+        feeder = asyncio.create_task(subscribers())
+        await asyncio.sleep(0.2)
+        started()
+        published, longest, payload = 0, 0.0, bytes(1024)
+        while time.monotonic() < stop:
+            t = time.monotonic()
+            await pub.publish("attack.block", payload)
+            longest = max(longest, time.monotonic() - t)
+            published += 1
+            await asyncio.sleep(0.0005)
+        feeder.cancel()
+    for writer in stalled:
+        writer.close()
+    return {"published": published, "longest_wait_s": round(longest, 3), "stalled": len(stalled)}
+
+
 async def main(mode: str, url: str, hold: float) -> None:
     if mode == "hello":
         result = await huge_hellos(url, hold)
@@ -163,6 +210,8 @@ async def main(mode: str, url: str, hold: float) -> None:
         result = await hold_many(url, hold, 300, PREAMBLE + HELLO, ErrorCode.LIMIT)
     elif mode == "slowloris":
         result = await slowloris(url, hold)
+    elif mode == "block":
+        result = await stalled_block(url, hold)
     else:
         raise SystemExit(f"unknown mode {mode!r}")
     print(json.dumps(result), flush=True)
