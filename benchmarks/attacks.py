@@ -63,10 +63,10 @@ MODES: dict[str, tuple[dict[str, Any], float, str]] = {
         "16 peers send 8 MiB - 1,000 B of a PUB, then a byte every 0.5 s (path 2)",
     ),
     "block": (
-        {"block_timeout": 5.0},
+        {"block_timeout": 2.0, "high_water": 256 * 1024},
         10.0,
-        "a block subscriber that never reads, renewed every 3 s, beside a publisher on its "
-        "subject (path 5)",
+        "a block subscriber that never reads, renewed every 3 s, beside a publisher of "
+        "16 KiB messages on its subject (path 5)",
     ),
     "flood": (
         {"max_connections_per_peer": 200, "max_connections": 2000},

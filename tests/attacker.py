@@ -165,7 +165,7 @@ async def slowloris(url: str, hold: float) -> dict[str, Any]:
 async def stalled_block(url: str, hold: float) -> dict[str, Any]:
     """Path 5: a subscriber with ``overflow=block`` on ``attack.block`` that never reads
     (a raw socket; a new one every 3 s, as a persistent attacker would), beside a steady
-    publisher on that subject: 1 KiB messages, 2,000 a second at most. Reports how many
+    publisher on that subject: 16 KiB messages, 1,000 a second at most. Reports how many
     were published and the publisher's longest wait for one publish."""
     import asyncipc  # the publisher is a real client
 
@@ -185,13 +185,13 @@ async def stalled_block(url: str, hold: float) -> dict[str, Any]:
         feeder = asyncio.create_task(subscribers())
         await asyncio.sleep(0.2)
         started()
-        published, longest, payload = 0, 0.0, bytes(1024)
+        published, longest, payload = 0, 0.0, bytes(16 * 1024)
         while time.monotonic() < stop:
             t = time.monotonic()
             await pub.publish("attack.block", payload)
             longest = max(longest, time.monotonic() - t)
             published += 1
-            await asyncio.sleep(0.0005)
+            await asyncio.sleep(0.001)
         feeder.cancel()
     for writer in stalled:
         writer.close()
