@@ -77,6 +77,15 @@ def peer_key(peer: PeerInfo) -> PeerKey:
     return None
 
 
+def _address_of(key: PeerKey) -> str | None:
+    """The IP address ``key`` names, or None (a uid, or nobody): ``max_failed_handshakes``
+    counts addresses only."""
+    if key is not None and key[0] == "address":
+        address: str = key[1]
+        return address
+    return None
+
+
 def raise_fd_limit(connections: int) -> int | None:
     """Raise this process's soft RLIMIT_NOFILE towards its hard limit, far enough for
     ``connections`` plus :data:`FD_RESERVE`; return the new soft limit (None: unchanged).
@@ -123,7 +132,6 @@ class ConnectionLimits(Generic[S]):
         self._counted: dict[S, PeerKey] = {}
         self._per_peer: dict[PeerKey, int] = {}
         self._pending: set[S] = set()
-        self._lingering = 0
         self._kept: set[Link] = set()  # the refused links lingering or held now
         # Failed handshakes per IP address: (bucket level, when it was last updated).
         self._strikes: dict[str, tuple[float, float]] = {}
@@ -147,9 +155,10 @@ class ConnectionLimits(Generic[S]):
             )
             return f"too many connections: the broker serves at most {self.max_connections} ({why})"
         key = peer_key(link.peer)
-        if key is not None and key[0] == "address" and self._penalized(key[1]):
+        address = _address_of(key)
+        if address is not None and self._penalized(address):
             return (
-                f"too many failed handshakes from address {key[1]}: refused for a few "
+                f"too many failed handshakes from address {address}: refused for a few "
                 f"seconds (max_failed_handshakes {opts.max_failed_handshakes})"
             )
         if key is not None and self._per_peer.get(key, 0) >= opts.max_connections_per_peer:
@@ -186,8 +195,9 @@ class ConnectionLimits(Generic[S]):
         self._pending.discard(session)
         if session in self._counted:
             key = self._counted.pop(session)
-            if failed and key is not None and key[0] == "address":
-                self._strike(key[1])
+            address = _address_of(key)
+            if failed and address is not None:
+                self._strike(address)
             if key is not None:
                 left = self._per_peer[key] - 1
                 if left:
@@ -238,22 +248,21 @@ class ConnectionLimits(Generic[S]):
         """
         # One line, then a summary: a flood of refused connections must not flood the log.
         peer_log().warning("refused connection", "refused %s: %s", link.peer.describe(), reason)
-        key = peer_key(link.peer)
+        address = _address_of(peer_key(link.peer))
         penalized = False
-        if key is not None and key[0] == "address":
+        if address is not None:
             # A refusal over a limit is a failed handshake too. One for failed handshakes
             # is not: the bucket drains meanwhile, so a client retrying gets in.
-            penalized = self._penalized(key[1])
+            penalized = self._penalized(address)
             if not penalized:
-                self._strike(key[1])
+                self._strike(address)
         try:
             link.send(Err(ErrorCode.LIMIT, reason))
         except ConnectionClosed:
             return
-        if self._lingering >= MAX_LINGERING:
+        if len(self._kept) >= MAX_LINGERING:
             link.close()
             return
-        self._lingering += 1
         self._kept.add(link)
         if penalized:
             # Held, unread, for HOLD_SECONDS: an honest client has its ERR now and hangs
@@ -263,7 +272,6 @@ class ConnectionLimits(Generic[S]):
         link.set_receiver(_Refused(self, link, HOLD_SECONDS if penalized else REFUSAL_LINGER))
 
     def _linger_ended(self, link: Link) -> None:
-        self._lingering -= 1
         self._kept.discard(link)
 
     def close_refused(self) -> list[Link]:
