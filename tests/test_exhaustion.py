@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import subprocess
@@ -133,6 +134,30 @@ def p99(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
+@dataclasses.dataclass
+class Attacked:
+    """What :func:`attacked` measured: RSS before and at its peak, the healthy client's
+    round trips before and during the attack (ms), and the attacker's JSON result."""
+
+    base: float
+    peak: float
+    calm: list[float]
+    loaded: list[float]
+    result: dict[str, Any]
+
+
+async def attacked(b: BrokerProc, bus: asyncipc.Bus, mode: str, url: str, hold: float) -> Attacked:
+    """300 calm round trips, then ``tests/attacker.py MODE`` against ``url`` for ``hold``
+    s with round trips throughout, the broker's RSS sampled."""
+    calm = await latencies(bus, 300)
+    base = b.rss_mb
+    async with Peak(b) as peak:
+        attack = await Attack.start(mode, url, hold)
+        loaded = await latencies_during(bus, attack)
+        result = await attack.result()
+    return Attacked(base, peak.max, calm, loaded, result)
+
+
 def report(
     name: str,
     base: float,
@@ -208,16 +233,13 @@ def test_huge_hellos_without_the_token(tmp_path: Path) -> None:
 
         async def main() -> None:
             async with healthy_pair(unix, "s3cret") as bus:
-                calm = await latencies(bus, 300)
-                base = b.rss_mb
-                async with Peak(b) as peak:
-                    attack = await Attack.start("hello", tcp, 2)
-                    loaded = await latencies_during(bus, attack)
-                    result = await attack.result()
+                run = await attacked(b, bus, "hello", tcp, 2)
+                base, calm, loaded = run.base, run.calm, run.loaded
+                result = run.result
                 report(
                     "huge HELLO, no token",
                     base,
-                    peak.max,
+                    run.peak,
                     None,
                     calm,
                     loaded,
@@ -234,7 +256,7 @@ def test_huge_hellos_without_the_token(tmp_path: Path) -> None:
                     result["refused"] + result["limited"] + result["reset"] == (result["attempts"])
                 )
                 # 64 HELLOs held would be 512 MB; what remains is per-connection churn.
-                assert peak.max < base + 100
+                assert run.peak < base + 100
 
         run(main)
 
@@ -253,16 +275,13 @@ def test_pending_handshakes_cannot_pile_up(tmp_path: Path) -> None:
 
         async def main() -> None:
             async with healthy_pair(unix, "s3cret") as bus:
-                calm = await latencies(bus, 300)
-                base = b.rss_mb
-                async with Peak(b) as peak:
-                    attack = await Attack.start("stall", tcp, 2)
-                    loaded = await latencies_during(bus, attack)
-                    result = await attack.result()
+                run = await attacked(b, bus, "stall", tcp, 2)
+                base, calm, loaded = run.base, run.calm, run.loaded
+                result = run.result
                 report(
                     "stalled HELLOs",
                     base,
-                    peak.max,
+                    run.peak,
                     None,
                     calm,
                     loaded,
@@ -272,7 +291,7 @@ def test_pending_handshakes_cannot_pile_up(tmp_path: Path) -> None:
                 assert result["opened"] == 600
                 assert result["closed"] >= 600 - 256  # the others are held: pending
                 assert result["refused"] >= 32  # read before the address was penalized
-                assert peak.max < base + 64
+                assert run.peak < base + 64
 
         run(main)
 
@@ -293,18 +312,15 @@ def test_slowloris_frames_are_cut_and_their_memory_comes_back(tmp_path: Path) ->
 
         async def main() -> None:
             async with healthy_pair(unix) as bus:
-                calm = await latencies(bus, 300)
-                base = b.rss_mb
-                async with Peak(b) as peak:
-                    attack = await Attack.start("slowloris", tcp, 15)
-                    loaded = await latencies_during(bus, attack)
-                    cut = (await attack.result())["cut"]
+                run = await attacked(b, bus, "slowloris", tcp, 15)
+                base, calm, loaded = run.base, run.calm, run.loaded
+                cut = run.result["cut"]
                 await asyncio.sleep(2)
                 after = b.rss_mb
                 report(
                     "slowloris frames",
                     base,
-                    peak.max,
+                    run.peak,
                     after,
                     calm,
                     loaded,
@@ -312,7 +328,7 @@ def test_slowloris_frames_are_cut_and_their_memory_comes_back(tmp_path: Path) ->
                 )
                 assert len(cut) == 16, cut
                 assert max(cut) < 6
-                assert peak.max < base + 16 * 8 * 1.5 + 40
+                assert run.peak < base + 16 * 8 * 1.5 + 40
                 assert after < base + 40
 
         run(main)
@@ -333,16 +349,13 @@ def test_a_connection_flood_from_one_address(tmp_path: Path) -> None:
 
         async def main() -> None:
             async with healthy_pair(unix) as bus:
-                calm = await latencies(bus, 300)
-                base = b.rss_mb
-                async with Peak(b) as peak:
-                    attack = await Attack.start("flood", tcp, 2)
-                    loaded = await latencies_during(bus, attack)
-                    result = await attack.result()
+                run = await attacked(b, bus, "flood", tcp, 2)
+                base, calm, loaded = run.base, run.calm, run.loaded
+                result = run.result
                 report(
                     "connection flood",
                     base,
-                    peak.max,
+                    run.peak,
                     None,
                     calm,
                     loaded,
@@ -352,7 +365,7 @@ def test_a_connection_flood_from_one_address(tmp_path: Path) -> None:
                 assert result["opened"] == 1000
                 assert result["closed"] == 800
                 assert result["refused"] >= 32  # the kept ones (64 at once) read it
-                assert peak.max < base + 200 * 300 / 1024 + 30
+                assert run.peak < base + 200 * 300 / 1024 + 30
 
         run(main)
 
