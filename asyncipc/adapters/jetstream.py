@@ -568,8 +568,34 @@ class JetStreamGateway:
                 body = {"batch": batch, "expires": _ns(expires)}
         else:
             deadline = None if no_wait or not expires else self._loop.time() + expires
-            self.pulls[sid] = _Pull(reply, stream, consumer, batch, deadline, max_bytes)
+            pull = _Pull(reply, stream, consumer, batch, deadline, max_bytes)
+            self.pulls[sid] = pull
+            if batch > 1:
+                self._spawn(self._sized_pull(sid, pull, body))
+                return
         self._send_pull(stream, consumer, body, reply)
+
+    async def _sized_pull(self, sid: int, pull: _Pull, body: dict[str, Any]) -> None:
+        """Send a pull of more than one message for no more than the consumer's
+        max_ack_pending lets JetStream deliver now. A ``no_wait`` pull that JetStream
+        stops at max_ack_pending short of its batch ends with no status at all (it stays
+        on the server until acknowledgements make room), so the Bus would wait its whole
+        time-out for a batch that is not coming; a batch cut to the room it has ends as
+        a full batch does. One request more per batched fetch; the room may be
+        under-counted while JetStream applies acknowledgements (then the next fetch gets
+        the rest), and over-counted when another client pulls at the same moment (then
+        this fetch lasts its time-out, as before)."""
+        try:
+            info = await self._js(f"$JS.API.CONSUMER.INFO.{pull.stream}.{pull.consumer}")
+        except (Refusal, AsyncIPCError, OSError):
+            info = {}  # the pull itself says what is wrong, if anything
+        if self.pulls.get(sid) is not pull:
+            return  # ended meanwhile (the link dropped)
+        limit = int((info.get("config") or {}).get("max_ack_pending") or 0)
+        room = limit - int(info.get("num_ack_pending") or 0)
+        if limit > 0 and 0 < room < pull.batch:
+            pull.batch = body["batch"] = room
+        self._send_pull(pull.stream, pull.consumer, body, pull.reply)
 
     def _send_pull(self, stream: str, consumer: str, body: dict[str, Any], reply: str) -> None:
         self._send(
