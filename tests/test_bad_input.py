@@ -86,6 +86,25 @@ async def test_garbage_after_a_good_handshake(broker: tuple[asyncipc.Broker, str
     await assert_others_carry_on(url)
 
 
+async def test_a_peer_that_wrote_on_still_reads_its_error(
+    broker: tuple[asyncipc.Broker, str],
+) -> None:
+    """The offender sent more after its bad frame (a client streaming publishes would),
+    and reads a moment later. A socket closed with unread input resets the connection,
+    and an asyncio reader that met the reset raises it before what it had buffered (the
+    ERR): so the broker shuts its side after the ERR and drops what still comes, for a
+    moment, instead of closing, and the ERR is read."""
+    _, url = broker
+    reader, writer = await open_raw(url)
+    bad = struct.pack(">IB", 5, 0xEE)
+    writer.write(PREAMBLE + encode(Hello({"version": 1})) + bad + bytes(128 * 1024))
+    await asyncio.sleep(0.2)  # the loop reads the answer meanwhile (and a reset, if one came)
+    answer = await read_until_closed(reader)
+    writer.close()
+    assert (ErrorCode.PROTOCOL, "unknown frame op 238") in errors_in(answer)
+    await assert_others_carry_on(url)
+
+
 async def test_length_prefix_over_the_maximum(broker: tuple[asyncipc.Broker, str]) -> None:
     _, url = broker
     reader, writer = await open_raw(url)

@@ -48,6 +48,20 @@ _HTTP_400 = (
 HELD_RCVBUF = 4096
 """The receive buffer of a held link (:meth:`StreamLink.hold`); the kernel doubles it."""
 
+HANG_UP_LINGER = 0.5
+"""Seconds a socket link that sent an ERR before hanging up (bad input, a broken limit)
+goes on reading, and dropping, what its peer still sends, its own side shut
+(:meth:`StreamLink._hang_up`). Closing a socket with unread input resets the
+connection at once, and the reset can reach the peer before it read the ERR."""
+
+HANG_UP_MAX_DROP = 256 * 1024
+"""What a link hanging up reads and drops at most: a peer that sends more after its ERR
+is not listening, and is closed on (a reset) at once."""
+
+_SCRATCH = memoryview(bytearray(64 * 1024))  # what is read to be dropped: never looked at
+
+_HOLD, _DROP = 1, 2  # StreamLink._ignoring: input left unread, or read and dropped
+
 
 class StreamLink(asyncio.BufferedProtocol, Link):
     """A :class:`~asyncipc.link.Link` over an asyncio stream transport."""
@@ -92,7 +106,9 @@ class StreamLink(asyncio.BufferedProtocol, Link):
         self._flush_handle: asyncio.Handle | None = None
         self._transport_paused = False  # the OS buffer is full (pause_writing)
         self._reading_paused = False
-        self._held = False  # hold(): a refused link kept unread until it is closed
+        self._ignoring = 0  # _HOLD: a refused link kept unread; _DROP: hanging up
+        self._dropped = 0  # bytes read and dropped while hanging up
+        self._linger: asyncio.TimerHandle | None = None
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._blocked_reported = False
         self._closing = False
@@ -119,13 +135,13 @@ class StreamLink(asyncio.BufferedProtocol, Link):
             on_connected(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        if self._held:
-            return memoryview(bytearray(HELD_RCVBUF))  # read to be dropped (see hold)
+        if self._ignoring:
+            return _SCRATCH  # read to be dropped
         return self._decoder.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self._held:
-            self._drop_held_input()
+        if self._ignoring:
+            self._drop_input(nbytes)
             return
         self._last_rx = self._loop.time()
         try:
@@ -138,8 +154,8 @@ class StreamLink(asyncio.BufferedProtocol, Link):
     def data_received(self, data: bytes) -> None:
         """Bytes from a transport that does not read into our buffer (a pipe's read half:
         asyncio's pipe transports only call ``data_received``)."""
-        if self._held:
-            self._drop_held_input()
+        if self._ignoring:
+            self._drop_input(len(data))
             return
         self._last_rx = self._loop.time()
         try:
@@ -240,6 +256,9 @@ class StreamLink(asyncio.BufferedProtocol, Link):
         # reference cycle (link <-> session) may keep until the cyclic GC runs.
         self._decoder.release()
         self._partial_since = None
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         if self._frame_timer is not None:
             self._frame_timer.cancel()
             self._frame_timer = None
@@ -394,7 +413,7 @@ class StreamLink(asyncio.BufferedProtocol, Link):
             self._tr.resume_reading()
 
     def hold(self) -> None:
-        self._held = True
+        self._ignoring = _HOLD
         self.pause_reading()
         sock = self._tr.get_extra_info("socket") if self._tr is not None else None
         if sock is not None:
@@ -402,11 +421,40 @@ class StreamLink(asyncio.BufferedProtocol, Link):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, HELD_RCVBUF)
 
-    def _drop_held_input(self) -> None:
+    def _drop_input(self, nbytes: int) -> None:
         """Input on a held link is never read: uvloop starts reading after
-        ``connection_made`` even when it paused reading, so pause it again."""
-        if self._tr is not None and not self._closing:
-            self._tr.pause_reading()
+        ``connection_made`` even when it paused reading, so pause it again. A link
+        hanging up reads on, into a scratch buffer, up to :data:`HANG_UP_MAX_DROP`."""
+        if self._tr is None:
+            return
+        if self._ignoring == _HOLD:
+            if not self._closing:
+                self._tr.pause_reading()
+            return
+        self._dropped += nbytes
+        if self._dropped > HANG_UP_MAX_DROP:
+            self._tr.close()
+
+    def _hang_up(self) -> None:
+        """Close after an ERR, so that the peer reads it: the write side is shut once
+        the ERR is out, and what the peer still sends is read and dropped until it
+        closes too, or for :data:`HANG_UP_LINGER` seconds. A socket closed with
+        unread input would send a reset instead, which may overtake the ERR; TLS
+        (no half-close) and pipes are closed at once. The receive buffer goes now."""
+        tr = self._tr
+        assert tr is not None
+        self._closing = True
+        self._out.clear()
+        self._decoder.release()  # any view of it was read into before we were called
+        if tr.get_extra_info("socket") is None or not tr.can_write_eof():
+            tr.close()
+            return
+        self._ignoring = _DROP
+        tr.write_eof()
+        if self._reading_paused:
+            self._reading_paused = False
+            tr.resume_reading()
+        self._linger = self._loop.call_later(HANG_UP_LINGER, tr.close)
 
     @property
     def closed(self) -> bool:
@@ -418,6 +466,8 @@ class StreamLink(asyncio.BufferedProtocol, Link):
 
     def close(self) -> None:
         if self._closing:
+            if self._linger is not None and self._tr is not None:
+                self._tr.close()  # hanging up: the broker or the Bus closes, now
             return
         if self._flush_handle is not None:
             self._flush_handle.cancel()
@@ -460,9 +510,7 @@ class StreamLink(asyncio.BufferedProtocol, Link):
             self._tr.write(_HTTP_400)  # a browser or curl: answer in the language it reads
         elif not http:
             self._tr.write(encode(Err(code, str(exc)[:1000])))
-        self._closing = True
-        self._out.clear()
-        self._tr.close()
+        self._hang_up()
 
     def _cut(self, code: ErrorCode, text: str) -> None:
         """Hang up on a peer that broke a limit: one log line, an ERR naming the limit,
@@ -473,10 +521,7 @@ class StreamLink(asyncio.BufferedProtocol, Link):
             return
         self._flush()
         self._tr.write(encode(Err(code, text[:1000])))
-        self._closing = True
-        self._out.clear()
-        self._tr.close()
-        self._decoder.release()  # from a timer: no read view is out
+        self._hang_up()
 
 
 def _http_hint(peer: PeerInfo) -> str:
