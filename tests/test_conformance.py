@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import socket
 import sys
@@ -102,11 +103,24 @@ class RestartableBroker:
 
 
 def _free_port(kind: socket.SocketKind) -> int:
-    """A port on 127.0.0.1 free a moment ago: a restarted broker must bind the same one."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A port on 127.0.0.1 free a moment ago: a restarted broker must bind the same one.
+    Below the kernel's ephemeral range, so that no socket bound to port 0 meanwhile (the
+    UDP buses' own, made anew on each reconnect attempt) can be given it while the broker
+    is down (seen once: the restarted UDP broker's port in use)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(max(1024, low - 12000), low)
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port below the ephemeral range")
 
 
 def _listen_url(kind: str, tmp_path: Path, certs: Certs) -> tuple[str, str]:
