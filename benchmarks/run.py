@@ -282,19 +282,17 @@ async def _inprocess(quick: bool, timeout: float, name: str = INPROCESS) -> dict
 
 
 def _section_table(name: str, result: dict[str, Any]) -> str:
-    """A section's printed table, or its error, under a ``##`` heading (`` [compiled]``
-    when the result is of the compiled build's run)."""
+    """A section's printed table, or its error, under a ``##`` heading (starting with
+    ``[compiled]`` when the result is of the compiled build's run)."""
     base = name.removesuffix(COMPILED_KEY)
-    suffix = SUFFIX if name != base else ""
+    heading = "## " + (SUFFIX.strip() + " " if name != base else "")
     if "error" in result:
         title = "in-process" if base == INPROCESS else base
-        return f"## {title}{suffix}\n\nerror: {result['error']}"
+        return f"{heading}{title}\n\nerror: {result['error']}"
     if base == INPROCESS:
-        text = render_inprocess(result)
-    else:  # imports asyncipc: only when the section ran
-        text = import_module(f"benchmarks.{base}").table(result)
-    first, _, rest = text.partition("\n")
-    return f"## {first}{suffix}\n{rest}"
+        return heading + render_inprocess(result)
+    # imports asyncipc: only when the section ran
+    return heading + import_module(f"benchmarks.{base}").table(result)
 
 
 def _render(
