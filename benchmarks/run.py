@@ -192,9 +192,9 @@ def _summary(case: Case, cell: Cell) -> str:
     )
 
 
-def _version(argv: list[str]) -> str | None:
+def _version(argv: list[str], cwd: Path | None = None) -> str | None:
     try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False, cwd=cwd)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None
@@ -212,9 +212,10 @@ def _commit() -> str | None:
 
 def _build() -> str | None:
     """Which asyncipc the workers import: "pure" (the sources) or "compiled" (mypyc, ``make
-    accel``; docs/architecture.md). Asked of a child, as this process does not import it."""
+    accel``; docs/architecture.md). Asked of a child started where the workers start, as
+    this process does not import it."""
     code = "import asyncipc; print('compiled' if asyncipc.compiled else 'pure')"
-    return _version([sys.executable, "-c", code])
+    return _version([sys.executable, "-c", code], cwd=REPO_ROOT)
 
 
 def _columns(names: Sequence[str], build: str, root: Path | None) -> dict[str, System]:
