@@ -293,7 +293,8 @@ def _section_table(name: str, result: dict[str, Any]) -> str:
     if base == INPROCESS:
         return heading + render_inprocess(result)
     # imports asyncipc: only when the section ran
-    return heading + import_module(f"benchmarks.{base}").table(result)
+    table: Callable[[dict[str, Any]], str] = import_module(f"benchmarks.{base}").table
+    return heading + table(result)
 
 
 def _render(
