@@ -5,8 +5,9 @@ The quick path on the smallest case, so that it cannot rot: request/reply (1,000
 requests) on asyncipc-unix, its compiled twin, nats-py and the relay, and the in-process
 section under both builds. No figure is asserted, only that each column ran the build
 its name says (every worker reports ``asyncipc.compiled``). The compiled copy is built
-once under ``build/bench-accel`` and reused while the sources are unchanged: about 20 s
-then; a checkout whose sources changed pays the build first (about a minute on 2 cores).
+once under ``build/bench-accel`` and reused while the sources are unchanged: about 16 s
+then; a fresh checkout, or one whose sources changed, pays the build first (111 s in all
+at load 5 on 2 cores, the build about a minute of it on a quiet machine).
 """
 
 from __future__ import annotations
