@@ -5,8 +5,8 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-dev
 BSTAMP  := $(VENV)/.installed-bench
 
-.PHONY: demo test check lint types pytest pytest-accel accel pure fuzz bench redis-server chromium \
-        clean proto node-example
+.PHONY: demo test check lint types pytest pytest-accel accel pure fuzz bench bench-compiled \
+        redis-server chromium clean proto node-example
 
 # Every extra: the tests and the examples use the gRPC and REST adapters.
 $(STAMP): pyproject.toml
@@ -107,6 +107,15 @@ fuzz: $(STAMP)
 
 bench: $(BSTAMP) redis-server
 	$(BIN)/python -m benchmarks.run
+
+# The same run with the compiled build's columns beside the pure ones ("asyncipc-unix
+# [compiled]", benchmarks/README.md): the hot modules compiled by mypyc in a copy of the
+# package under build/bench-accel (not $(ACCEL): the two targets never remove each other's
+# files), rebuilt only when the sources changed; every asyncipc process of those columns runs
+# from it. BENCH_ARGS adds flags, e.g. make bench-compiled BENCH_ARGS='--quick --cases reqrep'.
+BENCH_ARGS ?=
+bench-compiled: $(BSTAMP) redis-server
+	$(BIN)/python -m benchmarks.run --build both $(BENCH_ARGS)
 
 # The gRPC stubs under asyncipc/adapters/grpc/proto/, and the copy of bus.proto the package
 # ships there, are committed; regenerate them after editing protos/asyncipc/v1/bus.proto

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._procs import BenchError, Worker, worker
+from ._procs import BenchError, Worker, running_compiled, worker
 from ._systems import Endpoints, Pattern, System
 
 __all__ = ["CASES", "Case", "Row", "Scale", "run_cell"]
@@ -148,14 +148,29 @@ async def run_cell(case: Case, system: System, scale: Scale) -> dict[str, Any]:
     phase = _Phase()
     try:
         async with asyncio.timeout(scale.timeout):
-            async with system.serve(tmp, case.pattern) as endpoints:
-                if case.pattern == "pubsub":
-                    return await _pubsub(case, system, endpoints, tmp, scale, phase)
-                return await _reqrep(case, system, endpoints, tmp, scale, phase)
+            with running_compiled(system.compiled_root):
+                async with system.serve(tmp, case.pattern) as endpoints:
+                    if case.pattern == "pubsub":
+                        metrics = await _pubsub(case, system, endpoints, tmp, scale, phase)
+                    else:
+                        metrics = await _reqrep(case, system, endpoints, tmp, scale, phase)
     except TimeoutError:
         raise BenchError(f"timeout ({phase.now}, {scale.timeout:g} s)") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if system.compiled_root is not None and metrics.get("asyncipc_build") != "compiled":
+        # The processes check it themselves (benchmarks/__init__.py); this is the backstop.
+        raise BenchError(f"not the compiled build: the workers ran {metrics.get('asyncipc_build')}")
+    return metrics
+
+
+def _build_of(results: list[dict[str, Any]]) -> str | None:
+    """Which asyncipc build the workers ran (their results say), "mixed: ..." if they
+    disagree, None for a system that does not run asyncipc."""
+    builds = sorted({str(r.get("asyncipc_build")) for r in results})
+    if builds == ["None"]:
+        return None
+    return builds[0] if len(builds) == 1 else "mixed: " + ", ".join(builds)
 
 
 async def _expect(w: Worker, event: str, timeout: float, phase: _Phase) -> dict[str, Any]:
@@ -221,6 +236,7 @@ def _pubsub_metrics(
         "subscribers": len(conns),
         "subscriber_processes": len(results),
         "publisher_msgs_per_s": count / sent["seconds"] if sent["seconds"] else None,
+        "asyncipc_build": _build_of([sent, *results]),
     }
 
 
@@ -253,5 +269,6 @@ async def _reqrep(
         result = await _expect(requester, "result", scale.timeout, phase)
         phase.now = "stopping"
     result.pop("event", None)
+    result["asyncipc_build"] = _build_of([result])
     result["requests_per_s"] = 1e6 / result["mean_us"]
     return result

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import ctypes
 import json
 import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
+
+from ._accel import COMPILED_ENV, REPO_ROOT, compiled_env
 
 __all__ = [
     "REPO_ROOT",
@@ -26,7 +29,9 @@ __all__ = [
     "Server",
     "Worker",
     "free_port",
+    "python_from",
     "run_module",
+    "running_compiled",
     "server",
     "wait_for_path",
     "wait_for_tcp",
@@ -34,9 +39,38 @@ __all__ = [
     "worker",
 ]
 
-#: Workers run as ``python -m benchmarks.workers.<x>`` from here, so they import this
-#: checkout's ``benchmarks`` and ``asyncipc`` whatever the caller's working directory.
-REPO_ROOT = Path(__file__).resolve().parent.parent
+#: Workers run as ``python -m benchmarks.workers.<x>`` from ``REPO_ROOT`` (the checkout),
+#: so they import its ``benchmarks`` and ``asyncipc`` whatever the caller's working
+#: directory; or from the compiled copy (``running_compiled``).
+
+#: The compiled copy the Python processes started from here run (``--build compiled|both``,
+#: ``_accel.py``), or None for the checkout's ``asyncipc``: set by ``running_compiled``
+#: around a cell in the orchestrator; in the processes of a compiled run (a section's, which
+#: start processes of their own), it defaults to theirs.
+_COMPILED: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "compiled", default=Path(os.environ[COMPILED_ENV]) if os.environ.get(COMPILED_ENV) else None
+)
+
+
+@contextlib.contextmanager
+def running_compiled(root: Path | None) -> Iterator[None]:
+    """Within this block, the processes started here run the compiled copy in ``root``
+    (None: the checkout's ``asyncipc``, the default)."""
+    token = _COMPILED.set(root)
+    try:
+        yield
+    finally:
+        _COMPILED.reset(token)
+
+
+def python_from(extra: dict[str, str] | None = None) -> tuple[Path, dict[str, str]]:
+    """The working directory and environment of a process started now: the checkout, or
+    the compiled copy inside ``running_compiled`` (``python -m`` finds ``asyncipc`` in
+    the working directory first); ``extra`` added to the environment."""
+    root = _COMPILED.get()
+    env = compiled_env(root) if root is not None else dict(os.environ)
+    return (root or REPO_ROOT), {**env, **(extra or {})}
+
 
 #: Seconds a process gets between SIGTERM (or "stop") and SIGKILL.
 STOP_GRACE = 5.0
@@ -207,13 +241,14 @@ async def _spawn(
     stderr: int | IO[bytes],
     env: dict[str, str] | None = None,
 ) -> asyncio.subprocess.Process:
+    cwd, environ = python_from(env)
     return await asyncio.create_subprocess_exec(
         *argv,
         stdin=stdin,
         stdout=stdout,
         stderr=stderr,
-        cwd=REPO_ROOT,
-        env=env,
+        cwd=cwd,
+        env=environ,
         start_new_session=True,
         preexec_fn=_child_setup,
     )
@@ -321,7 +356,7 @@ async def worker(
             asyncio.subprocess.PIPE,
             asyncio.subprocess.PIPE,
             err,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={"PYTHONUNBUFFERED": "1"},
         )
     w = Worker(name, proc, log)
     try:

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ._accel import SUFFIX
 from ._cases import Case, Row
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "PEERS",
     "REFERENCE",
     "Cell",
+    "bases",
     "render_inprocess",
     "render_summary",
     "render_tables",
@@ -45,6 +48,14 @@ PEERS: dict[str, tuple[str, ...]] = {
 #: The bare asyncio relay (``workers/relay.py``): what Python can do at all, the column
 #: every figure is also read against.
 REFERENCE = "relay"
+
+
+def bases(systems: Sequence[str]) -> list[str]:
+    """The run's base columns: ``asyncipc-unix``, its compiled twin (``--build``), or both,
+    pure first. A case table's ratios are computed from the first; the summary has a
+    row per figure for each."""
+    return [b for b in (BASE, BASE + SUFFIX) if b in systems]
+
 
 #: Longest skip or error reason shown in a table (the JSON has all of it).
 REASON_WIDTH = 90
@@ -139,7 +150,8 @@ def _case_table(
 ) -> str:
     pubsub = case.pattern == "pubsub"
     repeated = any(len(cells[case.id, s].runs) > 1 for s in systems)
-    base = cells.get((case.id, BASE)) if BASE in systems else None
+    base_name = next(iter(bases(systems)), "")
+    base = cells.get((case.id, base_name)) if base_name else None
     reference = cells.get((case.id, REFERENCE)) if REFERENCE in systems else None
 
     header = ["system", *(r.label for r in case.rows)]
@@ -148,7 +160,7 @@ def _case_table(
     if repeated:
         header.append(f"{case.primary.label} min..max")
     if base is not None:
-        header += [f"{BASE} / system, {r.label}" for r in case.rows]
+        header += [f"{base_name} / system, {r.label}" for r in case.rows]
     if reference is not None:
         header += [f"share of relay, {r.label}" for r in case.rows]
 
@@ -172,7 +184,7 @@ def _case_table(
             width = len(case.rows) + (2 if pubsub else 0) + (1 if repeated else 0)
             row = [name, _reason(cell), *["-"] * (width - 1)]
         if base is not None:
-            if name == BASE:
+            if name == base_name:
                 row += ["(base)"] * len(case.rows)
             else:
                 row += [ratio(r, base, cell) for r in case.rows]
@@ -213,43 +225,49 @@ def render_summary(
 ) -> str:
     """Every ratio of the run in one table: rows are figures, columns are peers, each at
     its fastest idiom for that figure (named in brackets when it has several), then
-    asyncipc-unix's and each peer's share of the bare relay."""
+    asyncipc-unix's and each peer's share of the bare relay. With the compiled build in
+    the run (``--build``), a first column names the asyncipc-unix column (build) each
+    row's ratios are computed from, and both builds have their row."""
     peers = {p: [c for c in cols if c in systems] for p, cols in PEERS.items()}
     peers = {p: cols for p, cols in peers.items() if cols}
-    if BASE not in systems or not peers:
+    names = bases(systems)
+    if not names or not peers:
         return ""
+    named = names != [BASE]
     has_reference = REFERENCE in systems
     rows = []
-    for case in cases:
-        base = cells.get((case.id, BASE))
+    for case, r, base_name in ((c, r, b) for c in cases for r in c.rows for b in names):
+        base = cells.get((case.id, base_name))
         reference = cells.get((case.id, REFERENCE)) if has_reference else None
-        for r in case.rows:
-            ratios, shares = [], []
-            for cols in peers.values():
-                best = fastest(r, [(c, cells.get((case.id, c))) for c in cols])
-                if best is None:
-                    ratios.append("-")
-                    shares.append("-")
-                    continue
-                name, cell = best
-                which = f" ({name.split('-', 1)[1]})" if len(cols) > 1 else ""
-                ratios.append(ratio(r, base, cell) + which)
-                shares.append(_share(r, reference, cell))
-            row = [
-                f"{case.title}: {r.label}",
-                "higher" if r.higher_is_better else "LOWER",
-                *ratios,
-            ]
-            if has_reference:
-                row += [_share(r, reference, base), *shares]
-            rows.append(row)
+        ratios, shares = [], []
+        for cols in peers.values():
+            best = fastest(r, [(c, cells.get((case.id, c))) for c in cols])
+            if best is None:
+                ratios.append("-")
+                shares.append("-")
+                continue
+            name, cell = best
+            which = f" ({name.split('-', 1)[1]})" if len(cols) > 1 else ""
+            ratios.append(ratio(r, base, cell) + which)
+            shares.append(_share(r, reference, cell))
+        row = [
+            *([base_name] if named else []),
+            f"{case.title}: {r.label}",
+            "higher" if r.higher_is_better else "LOWER",
+            *ratios,
+        ]
+        if has_reference:
+            row += [_share(r, reference, base), *shares]
+        rows.append(row)
     if not rows:  # only sections without peer columns (inprocess, channels, adapters) ran
         return ""
-    header = ["figure", "better", *(f"{BASE} / {p}" for p in peers)]
+    who = "asyncipc" if named else BASE
+    header = [*(["asyncipc column"] if named else []), "figure", "better"]
+    header += [f"{who} / {p}" for p in peers]
     if has_reference:
-        header += [f"{BASE} share of relay", *(f"{p} share" for p in peers)]
+        header += [f"{who} share of relay", *(f"{p} share" for p in peers)]
     title = (
-        f"## Summary: {BASE} / peer for each figure, against the peer's fastest idiom "
+        f"## Summary: {who} / peer for each figure, against the peer's fastest idiom "
         "(in brackets). Throughput: > 1 means asyncipc is faster. Latency (LOWER is "
         "better): < 1 means asyncipc is faster."
     )
@@ -287,10 +305,11 @@ def write_json(
     adapters: dict[str, Any] | None = None,
     shm: dict[str, Any] | None = None,
 ) -> None:
+    base_name = next(iter(bases(systems)), BASE)
     doc = {
         "meta": meta,
         "systems": list(systems),
-        "base": BASE,
+        "base": base_name,
         "peers": {p: list(cols) for p, cols in PEERS.items()},
         "reference": REFERENCE,
         "cases": {
@@ -309,13 +328,16 @@ def write_json(
                     }
                     for r in case.rows
                 },
-                "ratios": {
-                    r.metric: {
-                        s: ratio_value(r, cells.get((case.id, BASE)), cells[case.id, s])
-                        for s in systems
-                        if s != BASE
+                **{
+                    key: {
+                        r.metric: {
+                            s: ratio_value(r, cells.get((case.id, b)), cells[case.id, s])
+                            for s in systems
+                            if s != b
+                        }
+                        for r in case.rows
                     }
-                    for r in case.rows
+                    for key, b in zip(("ratios", "compiled_ratios"), bases(systems), strict=False)
                 },
             }
             for case in cases
@@ -342,6 +364,8 @@ def section_main(
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     results = measure(args.quick)
+    if "asyncipc" in sys.modules:  # which build it measured, checked by benchmarks.run
+        results["asyncipc_build"] = "compiled" if sys.modules["asyncipc"].compiled else "pure"
     print(table(results))
     if args.json:
         with open(args.json, "w") as f:

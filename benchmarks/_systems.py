@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import importlib.util
 import shutil
 import socket
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from ._accel import SUFFIX
 from ._procs import (
     Server,
     _probe_until,
@@ -27,7 +29,7 @@ from ._procs import (
     wait_for_unix,
 )
 
-__all__ = ["SYSTEMS", "Endpoints", "Pattern", "System"]
+__all__ = ["SYSTEMS", "Endpoints", "Pattern", "System", "compiled_twin"]
 
 Pattern = Literal["pubsub", "reqrep"]
 
@@ -52,6 +54,14 @@ class System:
     #: Which of the library's idioms the worker runs, for a library with two common ones
     #: (``--idiom``, ``workers/_common.py``); one column per idiom, the same broker.
     idiom: str = ""
+    #: The compiled copy of asyncipc every process of this column runs (``--build``,
+    #: ``_accel.py``), or None for the checkout's package.
+    compiled_root: Path | None = None
+
+    @property
+    def runs_asyncipc(self) -> bool:
+        """Whether this column's processes run asyncipc (and so have a compiled twin)."""
+        return self.worker == "asyncipc_w"
 
     @property
     def worker_args(self) -> list[str]:
@@ -106,6 +116,15 @@ class Asyncipc(System):
         argv = [sys.executable, "-m", "benchmarks.workers.asyncipc_broker", url]
         async with server("broker", argv, tmp, ready):
             yield Endpoints(url, url)
+
+
+def compiled_twin(system: System, root: Path) -> System:
+    """``system``'s column with every process of it (broker and clients) running the
+    compiled copy in ``root``: the same column, named with `` [compiled]``."""
+    twin = copy.copy(system)
+    twin.name = system.name + SUFFIX
+    twin.compiled_root = root
+    return twin
 
 
 def free_udp_port() -> int:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import sys
 import tempfile
@@ -34,7 +33,7 @@ import uvloop
 import asyncipc
 
 from ._cases import Case, _pubsub_metrics
-from ._procs import REPO_ROOT, BenchError, Worker, _child_setup, worker
+from ._procs import BenchError, Worker, _child_setup, python_from, worker
 from ._report import section_main
 from .workers._common import Tally
 
@@ -69,14 +68,15 @@ async def _spawned(
     """A worker started over pipes by ``start`` (``broker.spawn`` or ``spawn_peer``), with
     the same stdin/stdout control channel as ``_procs.worker``'s."""
     log = tmp / f"{name}.log"
+    cwd, env = python_from({"PYTHONUNBUFFERED": "1"})
     with log.open("wb") as err:
         started = await start(
             argv,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=err,
-            cwd=REPO_ROOT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            cwd=cwd,
+            env=env,
             start_new_session=True,
             preexec_fn=_child_setup,
         )

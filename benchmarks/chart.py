@@ -47,7 +47,7 @@ def advantages(doc: dict[str, Any]) -> list[tuple[str, dict[str, float]]]:
         results = case.get("results", {})
         for row in case.get("rows", []):
             metric, higher = row["metric"], row["higher_is_better"]
-            base = _metric(results, BASE, metric)
+            base = _metric(results, doc.get("base", BASE), metric)
             if base is None:
                 continue
             bars: dict[str, float] = {}

@@ -54,7 +54,7 @@ import uvloop
 
 import asyncipc
 
-from ._procs import REPO_ROOT, STOP_GRACE, BenchError, _child_setup, free_port, log_tail
+from ._procs import STOP_GRACE, BenchError, _child_setup, free_port, log_tail, python_from
 from ._report import section_main
 from ._systems import Nats
 from .workers._common import latency_summary
@@ -101,6 +101,7 @@ class BrokerProcess:
 
     async def start(self) -> float:
         """Start it; the ``time.monotonic()`` at which its ``ready`` line arrived."""
+        cwd, env = python_from()
         with self.log.open("ab") as err:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -110,7 +111,8 @@ class BrokerProcess:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=err,
-                cwd=REPO_ROOT,
+                cwd=cwd,
+                env=env,
                 start_new_session=True,
                 preexec_fn=_child_setup,
             )

@@ -1,7 +1,9 @@
 """Run the benchmarks: ``python -m benchmarks.run [--quick] [--cases ...] [--systems ...]``.
 
 Prints progress on stderr as cells finish, then the tables on stdout, and writes every
-number (all repeats, latency percentiles, lost counts, versions) as JSON. Ctrl-C (or
+number (all repeats, latency percentiles, lost counts, versions) as JSON. ``--build
+both`` measures the pure and the mypyc-compiled asyncipc in the same run, the compiled
+columns named ``asyncipc-unix [compiled]`` and so on (``_accel.py``). Ctrl-C (or
 SIGTERM) stops the run: every process it started is stopped, and the tables of the cells
 that finished are printed.
 """
@@ -21,16 +23,18 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
 import uvloop
 
+from ._accel import SUFFIX, ensure_compiled
 from ._cases import CASES, Case, Scale, run_cell
-from ._procs import REPO_ROOT, BenchError, run_module
+from ._procs import REPO_ROOT, BenchError, run_module, running_compiled
 from ._report import Cell, render_inprocess, render_summary, render_tables, write_json
 from ._rest_cases import REST_SYSTEMS
-from ._systems import SYSTEMS, Nats, System
+from ._systems import SYSTEMS, Nats, System, compiled_twin
 from .chart import draw
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -93,6 +97,15 @@ SECTIONS: list[tuple[str, str, int, Callable[[dict[str, Any]], str]]] = [
 ]
 
 
+#: ``--build``: which asyncipc the asyncipc columns and sections run. ``current``: whatever
+#: the checkout imports (the sources, or what ``make accel`` compiled in place), as before;
+#: ``pure``: the sources, checked; ``compiled``: a compiled copy (``_accel.py``);
+#: ``both``: each asyncipc column and section twice, pure and compiled, in one run.
+BUILDS = ("current", "pure", "compiled", "both")
+#: The JSON key of a section's compiled run (``inprocess_compiled``, ...).
+COMPILED_KEY = "_compiled"
+
+
 def _select(
     text: str | None, known: Sequence[str], what: str, default: Sequence[str] | None = None
 ) -> list[str]:
@@ -125,6 +138,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--systems",
         help=f"comma-separated, of: {', '.join(SYSTEMS)}; asyncipc = its three socket "
         "columns, nats and zmq = both idioms, rest = the REST adapter's",
+    )
+    p.add_argument(
+        "--build",
+        choices=BUILDS,
+        default="current",
+        help="which asyncipc runs: current = what the checkout imports (default), pure = "
+        "its sources (checked), compiled = a mypyc-compiled copy under build/bench-accel, "
+        "both = pure and compiled columns side by side",
     )
     p.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write results")
     p.add_argument("--repeat", type=int, default=1, help="runs per cell; the median is shown")
@@ -171,9 +192,9 @@ def _summary(case: Case, cell: Cell) -> str:
     )
 
 
-def _version(argv: list[str]) -> str | None:
+def _version(argv: list[str], cwd: Path | None = None) -> str | None:
     try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False, cwd=cwd)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None
@@ -191,9 +212,30 @@ def _commit() -> str | None:
 
 def _build() -> str | None:
     """Which asyncipc the workers import: "pure" (the sources) or "compiled" (mypyc, ``make
-    accel``; docs/architecture.md). Asked of a child, as this process does not import it."""
+    accel``; docs/architecture.md). Asked of a child started where the workers start, as
+    this process does not import it."""
     code = "import asyncipc; print('compiled' if asyncipc.compiled else 'pure')"
-    return _version([sys.executable, "-c", code])
+    return _version([sys.executable, "-c", code], cwd=REPO_ROOT)
+
+
+def _columns(names: Sequence[str], build: str, root: Path | None) -> dict[str, System]:
+    """The table's columns: ``names``' systems, each asyncipc one followed by its compiled
+    twin (``--build both``) or replaced by it (``--build compiled``)."""
+    columns: dict[str, System] = {}
+    for name in names:
+        system = SYSTEMS[name]
+        if build != "compiled" or not system.runs_asyncipc:
+            columns[name] = system
+        if root is not None and system.runs_asyncipc:
+            twin = compiled_twin(system, root)
+            columns[twin.name] = twin
+    return columns
+
+
+def _builds(build: str, root: Path | None) -> list[tuple[str, Path | None]]:
+    """Each build a section runs under: its JSON key's suffix and the compiled copy."""
+    pure: list[tuple[str, Path | None]] = [] if build == "compiled" else [("", None)]
+    return pure + ([(COMPILED_KEY, root)] if root is not None else [])
 
 
 def _meta(args: argparse.Namespace, scale: Scale) -> dict[str, Any]:
@@ -210,7 +252,8 @@ def _meta(args: argparse.Namespace, scale: Scale) -> dict[str, Any]:
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "commit": _commit(),
         "python": sys.version.split()[0],
-        "asyncipc_build": _build(),
+        "asyncipc_build": _build() if args.build == "current" else args.build,
+        "compiled_copy": str(args.compiled_root) if args.compiled_root else None,
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "loadavg_at_start": os.getloadavg(),
@@ -239,76 +282,53 @@ async def _inprocess(quick: bool, timeout: float, name: str = INPROCESS) -> dict
         return result
 
 
+def _section_table(name: str, result: dict[str, Any]) -> str:
+    """A section's printed table, or its error, under a ``##`` heading (starting with
+    ``[compiled]`` when the result is of the compiled build's run)."""
+    base = name.removesuffix(COMPILED_KEY)
+    heading = "## " + (SUFFIX.strip() + " " if name != base else "")
+    if "error" in result:
+        title = "in-process" if base == INPROCESS else base
+        return f"{heading}{title}\n\nerror: {result['error']}"
+    if base == INPROCESS:
+        return heading + render_inprocess(result)
+    # imports asyncipc: only when the section ran
+    table: Callable[[dict[str, Any]], str] = import_module(f"benchmarks.{base}").table
+    return heading + table(result)
+
+
 def _render(
-    args: argparse.Namespace,
     scale: Scale,
     cases: list[Case],
     systems: list[str],
     cells: dict[tuple[str, str], Cell],
-    inprocess: dict[str, Any] | None,
-    channels: dict[str, Any] | None = None,
-    adapters: dict[str, Any] | None = None,
-    shm: dict[str, Any] | None = None,
-    reconnect: dict[str, Any] | None = None,
-    streams: dict[str, Any] | None = None,
-    bridge: dict[str, Any] | None = None,
+    sections: dict[str, dict[str, Any]],
 ) -> str:
     parts = [render_tables(cases, systems, cells, {c.id: scale.count(c) for c in cases})]
-    if inprocess is not None:
-        if "error" in inprocess:
-            parts.append(f"## in-process\n\nerror: {inprocess['error']}")
-        else:
-            parts.append("## " + render_inprocess(inprocess))
-    if channels is not None:
-        if "error" in channels:
-            parts.append(f"## channels\n\nerror: {channels['error']}")
-        else:
-            from .channels import table  # imports asyncipc: only when it ran
-
-            parts.append("## " + table(channels))
-    if adapters is not None:
-        if "error" in adapters:
-            parts.append(f"## adapters\n\nerror: {adapters['error']}")
-        else:
-            from .adapters import table as adapters_table
-
-            parts.append("## " + adapters_table(adapters))
-    if shm is not None:
-        if "error" in shm:
-            parts.append(f"## shm\n\nerror: {shm['error']}")
-        else:
-            from .shm import table as shm_table
-
-            parts.append("## " + shm_table(shm))
-    if reconnect is not None:
-        if "error" in reconnect:
-            parts.append(f"## reconnect\n\nerror: {reconnect['error']}")
-        else:
-            from .reconnect import table as reconnect_table
-
-            parts.append("## " + reconnect_table(reconnect))
-    if streams is not None:
-        if "error" in streams:
-            parts.append(f"## streams\n\nerror: {streams['error']}")
-        else:
-            from .streams import table as streams_table
-
-            parts.append("## " + streams_table(streams))
-    if bridge is not None:
-        if "error" in bridge:
-            parts.append(f"## bridge\n\nerror: {bridge['error']}")
-        else:
-            from .bridge import table as bridge_table
-
-            parts.append("## " + bridge_table(bridge))
+    parts += [_section_table(name, result) for name, result in sections.items()]
     parts.append(render_summary(cases, systems, cells))
     return "\n\n".join(p for p in parts if p)
+
+
+def _check_pure(build: str) -> None:
+    """Exit when ``--build`` says the unnamed columns are pure and the checkout's
+    ``asyncipc`` is compiled in place (``make accel``): those columns would lie."""
+    if build not in ("pure", "both"):
+        return
+    found = _build()
+    if found != "pure":
+        raise SystemExit(
+            f"--build {build}: the checkout's asyncipc is {found}, not pure (`make accel` "
+            "compiles it in place; `make pure` removes that), or use --build current"
+        )
 
 
 async def amain(args: argparse.Namespace) -> int:
     chosen = _select(args.cases, ALL_CASES, "case", DEFAULT_CASES)
     cases = [CASES[c] for c in chosen if c in CASES]
-    systems = _select(args.systems, list(SYSTEMS), "system")
+    names = _select(args.systems, list(SYSTEMS), "system")
+    columns = _columns(names, args.build, args.compiled_root)
+    systems = list(columns)
     scale = Scale(
         divisor=10 if args.quick else 1,
         timeout=args.timeout or (60.0 if args.quick else 120.0),
@@ -323,10 +343,10 @@ async def amain(args: argparse.Namespace) -> int:
         for case in cases:
             for name in systems:
                 t0 = time.monotonic()
-                cell = await _cell(case, SYSTEMS[name], scale, args.repeat)
+                cell = await _cell(case, columns[name], scale, args.repeat)
                 cells[case.id, name] = cell
                 print(
-                    f"{case.id:>9} {name:<14} {time.monotonic() - t0:5.1f} s  "
+                    f"{case.id:>9} {name:<24} {time.monotonic() - t0:5.1f} s  "
                     f"{_summary(case, cell)}",
                     file=sys.stderr,
                     flush=True,
@@ -334,102 +354,65 @@ async def amain(args: argparse.Namespace) -> int:
         for name, who, cells_long, done_text in SECTIONS:
             if name not in chosen:
                 continue
-            t0 = time.monotonic()
-            try:
-                result = await _inprocess(args.quick, cells_long * scale.timeout, name)
-                done = done_text(result)
-            except BenchError as exc:
-                result = {"error": str(exc), "detail": exc.detail}
-                done = f"error: {exc}"
-            sections[name] = result
-            print(
-                f"{name:>9} {who:<14} {time.monotonic() - t0:5.1f} s  {done}",
-                file=sys.stderr,
-                flush=True,
-            )
+            for key, root in _builds(args.build, args.compiled_root):
+                t0 = time.monotonic()
+                try:
+                    with running_compiled(root):
+                        result = await _inprocess(args.quick, cells_long * scale.timeout, name)
+                    if root is not None and result.get("asyncipc_build") != "compiled":
+                        # Its processes check it themselves (benchmarks/__init__.py) too.
+                        why = f"not the compiled build: it ran {result.get('asyncipc_build')}"
+                        raise BenchError(why)
+                    done = done_text(result)
+                except BenchError as exc:
+                    result = {"error": str(exc), "detail": exc.detail}
+                    done = f"error: {exc}"
+                sections[name + key] = result
+                print(
+                    f"{name:>9} {who + (SUFFIX if key else ''):<24} "
+                    f"{time.monotonic() - t0:5.1f} s  {done}",
+                    file=sys.stderr,
+                    flush=True,
+                )
     except asyncio.CancelledError:
         # Ctrl-C or SIGTERM: the cell's processes are stopped by now (context managers).
-        inprocess, channels, adapters, shm, reconnect, streams, bridge = (
-            sections.get(name) for name, *_ in SECTIONS
-        )
         for case in cases:
             for name in systems:
                 cells.setdefault((case.id, name), Cell("skipped", reason="interrupted"))
         print("\ninterrupted; the cells that finished:\n", file=sys.stderr)
-        print(
-            _render(
-                args,
-                scale,
-                cases,
-                systems,
-                cells,
-                inprocess,
-                channels,
-                adapters,
-                shm,
-                reconnect,
-                streams,
-                bridge,
-            ),
-            flush=True,
-        )
+        print(_render(scale, cases, systems, cells, sections), flush=True)
         raise
-    inprocess, channels, adapters, shm, reconnect, streams, bridge = (
-        sections.get(name) for name, *_ in SECTIONS
-    )
     meta["seconds"] = round(time.monotonic() - started, 1)
+    wanted = [
+        name + key
+        for name, *_ in SECTIONS
+        if name in DEFAULT_CASES or name in chosen
+        for key, _root in _builds(args.build, args.compiled_root)
+    ]
     meta["complete"] = (
         not args.quick
         and set(DEFAULT_CASES) <= set(chosen)
-        and systems == list(SYSTEMS)
+        and names == list(SYSTEMS)
         and all(c.status == "ok" for c in cells.values())
-        and inprocess is not None
-        and "error" not in inprocess
-        and channels is not None
-        and "error" not in channels
-        and adapters is not None
-        and "error" not in adapters
-        and shm is not None
-        and "error" not in shm
-        and reconnect is not None
-        and "error" not in reconnect
-        and (STREAMS not in chosen or (streams is not None and "error" not in streams))
-        and (BRIDGE not in chosen or (bridge is not None and "error" not in bridge))
+        and all(key in sections and "error" not in sections[key] for key in wanted)
     )
     print(f"asyncipc build: {meta['asyncipc_build']}\n")
-    print(
-        _render(
-            args,
-            scale,
-            cases,
-            systems,
-            cells,
-            inprocess,
-            channels,
-            adapters,
-            shm,
-            reconnect,
-            streams,
-            bridge,
-        )
-    )
+    print(_render(scale, cases, systems, cells, sections))
+    first = {name: sections.get(name) for name in (INPROCESS, CHANNELS, ADAPTERS, SHM)}
     write_json(
         args.json,
         meta,
         cases,
         systems,
         cells,
-        inprocess,
-        channels=channels,
-        adapters=adapters,
-        shm=shm,
+        first[INPROCESS],
+        channels=first[CHANNELS],
+        adapters=first[ADAPTERS],
+        shm=first[SHM],
     )
-    if reconnect is not None:
-        _add_section(args.json, RECONNECT, reconnect)
-    if streams is not None:
-        _add_section(args.json, STREAMS, streams)
-    if bridge is not None:
-        _add_section(args.json, BRIDGE, bridge)
+    for key, result in sections.items():
+        if key not in first:
+            _add_section(args.json, key, result)
     print(f"\nfull results: {args.json} ({meta['seconds']:.0f} s)", file=sys.stderr)
     picture = draw(args.json)
     if picture is not None:
@@ -447,6 +430,14 @@ def _add_section(path: Path, name: str, result: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    _check_pure(args.build)
+    args.compiled_root = None
+    if args.build in ("compiled", "both"):
+        # Before the loop starts: a build (when the sources changed) takes about a minute.
+        try:
+            args.compiled_root = ensure_compiled()
+        except RuntimeError as exc:
+            raise SystemExit(str(exc)) from None
 
     async def run() -> int:
         # SIGTERM is handled like Ctrl-C: cancel, so that every process is stopped.

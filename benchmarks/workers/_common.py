@@ -80,7 +80,11 @@ def parse_args(argv: Sequence[str], roles: Sequence[str]) -> WorkerArgs:
 
 
 def emit(event: str, **fields: Any) -> None:
-    """One JSON line to the orchestrator."""
+    """One JSON line to the orchestrator. A worker that runs asyncipc says in its result
+    which build it ran (``asyncipc.compiled``): the orchestrator checks it (``--build``)."""
+    if event == "result" and "asyncipc" in sys.modules:
+        compiled = sys.modules["asyncipc"].compiled
+        fields.setdefault("asyncipc_build", "compiled" if compiled else "pure")
     sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
     sys.stdout.flush()
 
