@@ -64,8 +64,11 @@ pure:
 # The focused part of the tests (the wire, the codec, routing, bad input, the decoder's
 # fuzzing; the Bus, its subscriptions and typed bodies, the broker's sessions, flow control
 # and permissions, the reconnect's refused handshakes) against the compiled build, in a
-# copy of the package under $(ACCEL): not in place, so that the pure run above keeps
-# testing the .py files. cwd and PYTHONPATH put the copy first, for the tests and for
+# copy of the package under $(ACCEL): not in place, so that the pure run keeps testing
+# the .py files. benchmarks/_accel.py builds the copy, again only when the package's
+# sources changed (`benchmarks.run --build compiled` runs the same copy), and the tests are
+# copied beside it. `make test` runs this first, so the pure run's test of
+# `--build both` finds the copy built. cwd and PYTHONPATH put the copy first, for the tests and for
 # the brokers they start in processes of their own; the guard test (tests/test_build.py,
 # ASYNCIPC_EXPECT_COMPILED=1) fails if the copy is not compiled after all. The conformance
 # suite runs over the transports that use the compiled codec each in its own way (stream,
@@ -82,10 +85,8 @@ ACCEL_RUN    = cd $(ACCEL) && ASYNCIPC_EXPECT_COMPILED=1 PYTHONPATH=$(abspath $(
                $(abspath $(BIN))/python -m pytest -p no:cacheprovider
 
 pytest-accel: $(STAMP)
-	rm -rf $(ACCEL) && mkdir -p $(ACCEL)
-	cp -R asyncipc tests docs setup.py pyproject.toml README.md LICENSE $(ACCEL)/
-	find $(ACCEL)/asyncipc -name '*.so' -delete
-	cd $(ACCEL) && ASYNCIPC_COMPILE=1 $(abspath $(BIN))/python setup.py -q build_ext --inplace
+	$(BIN)/python -m benchmarks._accel
+	rm -rf $(ACCEL)/tests $(ACCEL)/docs && cp -R tests docs $(ACCEL)/
 	$(ACCEL_RUN) $(ACCEL_TESTS)
 	$(ACCEL_RUN) tests/test_conformance.py -k "unix or udp or memory or pipe"
 
@@ -96,7 +97,7 @@ node-example:
 	    (cd examples/node && npm ci --no-audit --no-fund); \
 	else echo "node not found: tests/test_grpc_node.py will skip the Node.js example"; fi
 
-test: check pytest pytest-accel
+test: check pytest-accel pytest
 
 # A longer run of the decoder and handshake fuzzing than `make test`'s (tests/test_fuzz.py):
 # FUZZ_EXAMPLES per property, no per-test time-out. About 8 minutes at 3000 on 2 vCPUs.
@@ -110,9 +111,8 @@ bench: $(BSTAMP) redis-server
 
 # The same run with the compiled build's columns beside the pure ones ("asyncipc-unix
 # [compiled]", benchmarks/README.md): the hot modules compiled by mypyc in a copy of the
-# package under build/bench-accel (not $(ACCEL): the two targets never remove each other's
-# files), rebuilt only when the sources changed; every asyncipc process of those columns runs
-# from it. BENCH_ARGS adds flags, e.g. make bench-compiled BENCH_ARGS='--quick --cases reqrep'.
+# package under $(ACCEL), the copy pytest-accel tests, rebuilt only when the sources
+# changed; every asyncipc process of those columns runs from it. BENCH_ARGS adds flags, e.g. make bench-compiled BENCH_ARGS='--quick --cases reqrep'.
 BENCH_ARGS ?=
 bench-compiled: $(BSTAMP) redis-server
 	$(BIN)/python -m benchmarks.run --build both $(BENCH_ARGS)

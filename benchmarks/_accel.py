@@ -1,10 +1,10 @@
 """The compiled build beside the pure one: ``python -m benchmarks.run --build both``.
 
 ``make pytest-accel`` tests a mypyc-compiled copy of the package under ``build/accel``;
-this module builds one the same way for the benchmarks, under :data:`BUILD_ROOT` (its own
-directory, so that the two never remove each other's files): the package and what
-``setup.py`` needs are copied there and ``ASYNCIPC_COMPILE=1 python setup.py build_ext
---inplace`` compiles ``setup.py``'s ``COMPILED`` modules next to their copied sources.
+this module builds it, under :data:`BUILD_ROOT`, for the tests and the benchmarks: the
+package and what ``setup.py`` needs are copied there and ``ASYNCIPC_COMPILE=1 python
+setup.py build_ext --inplace`` compiles ``setup.py``'s ``COMPILED`` modules next to
+their copied sources.
 A hash of the sources, of the interpreter and of mypy's version is kept beside it: the
 copy is rebuilt only when one of them changed (a build takes a minute on 2 cores).
 
@@ -44,8 +44,10 @@ __all__ = [
 
 #: The checkout (``_procs`` starts its processes from here).
 REPO_ROOT = Path(__file__).resolve().parent.parent
-#: Where the compiled copy lives (``make pytest-accel`` has ``build/accel``).
-BUILD_ROOT = REPO_ROOT / "build" / "bench-accel"
+#: Where the compiled copy lives: the one ``make pytest-accel`` tests (it builds it with
+#: ``python -m benchmarks._accel``, then copies the tests beside it), so that a fresh
+#: clone's ``make test`` compiles once.
+BUILD_ROOT = REPO_ROOT / "build" / "accel"
 #: Set, to the copy's directory, in every process that must run the compiled build.
 COMPILED_ENV = "ASYNCIPC_BENCH_COMPILED"
 #: What the tables add to a column's name when it ran the compiled build.
@@ -184,3 +186,7 @@ def ensure_compiled(root: Path = BUILD_ROOT, repo: Path = REPO_ROOT) -> Path:
         if not fresh:
             stamp.write_text(key)
         return root
+
+
+if __name__ == "__main__":  # make pytest-accel
+    print(ensure_compiled())

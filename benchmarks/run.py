@@ -144,7 +144,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=BUILDS,
         default="current",
         help="which asyncipc runs: current = what the checkout imports (default), pure = "
-        "its sources (checked), compiled = a mypyc-compiled copy under build/bench-accel, "
+        "its sources (checked), compiled = a mypyc-compiled copy under build/accel, "
         "both = pure and compiled columns side by side",
     )
     p.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write results")

@@ -5,9 +5,10 @@ The quick path on the smallest case, so that it cannot rot: request/reply (1,000
 requests) on asyncipc-unix, its compiled twin, nats-py and the relay, and the in-process
 section under both builds. No figure is asserted, only that each column ran the build
 its name says (every worker reports ``asyncipc.compiled``). The compiled copy is built
-once under ``build/bench-accel`` and reused while the sources are unchanged: about 16 s
-then; a fresh checkout, or one whose sources changed, pays the build first (111 s in all
-at load 5 on 2 cores, the build about a minute of it on a quiet machine).
+once under ``build/accel`` and reused while the sources are unchanged: about 16 s then.
+``make test`` runs ``make pytest-accel`` first, which builds that copy; run alone on a
+fresh checkout, or after the sources changed, this pays the build first (111 s in all at
+load 5 on 2 cores, the build about a minute of it on a quiet machine).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def test_both_builds_in_one_table(tmp_path: Path) -> None:
     compiled = "asyncipc-unix [compiled]"
     assert doc["systems"] == ["asyncipc-unix", compiled, "nats-cb", "relay"]
     assert doc["meta"]["asyncipc_build"] == "both"
-    assert Path(doc["meta"]["compiled_copy"]) == ROOT / "build" / "bench-accel"
+    assert Path(doc["meta"]["compiled_copy"]) == ROOT / "build" / "accel"
     results = doc["cases"]["reqrep"]["results"]
     assert {name: cell["status"] for name, cell in results.items()} == dict.fromkeys(
         doc["systems"], "ok"
