@@ -131,7 +131,11 @@ class Router(Generic[O]):
 
     def add(self, route: Route[O]) -> None:
         """Register ``route`` (its subject already validated as a pattern)."""
-        self._index.add(route.subject, route)
+        index = self._index
+        known = len(index)
+        index.add(route.subject, route)
+        if len(index) == known:
+            return  # registered already: nothing changes
         prefix = _inbox_prefix(route)
         if prefix is not None:
             self._inboxes[prefix] = [*self._inboxes.get(prefix, ()), route]

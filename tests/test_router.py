@@ -337,6 +337,7 @@ def test_a_reply_inbox_subject_fills_no_cache() -> None:
     router: Router[str] = Router()
     inbox = Route("requester", 1, "_INBOX.x.*")
     router.add(inbox)
+    router.add(inbox)  # adding the same route again changes nothing
     router.add(Route("service", 2, "svc.echo"))
     router.route("svc.echo")
     for n in range(1000):
