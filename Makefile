@@ -63,14 +63,15 @@ pure:
 
 # The focused part of the tests (the wire, the codec, routing, bad input, the decoder's
 # fuzzing; the Bus, its subscriptions and typed bodies, the broker's sessions, flow control
-# and permissions, the reconnect's refused handshakes) against the compiled build, in a
-# copy of the package under $(ACCEL): not in place, so that the pure run keeps testing
-# the .py files. benchmarks/_accel.py builds the copy, again only when the package's
-# sources changed (`benchmarks.run --build compiled` runs the same copy), and the tests are
-# copied beside it. `make test` runs this first, so the pure run's test of
-# `--build both` finds the copy built. cwd and PYTHONPATH put the copy first, for the tests and for
-# the brokers they start in processes of their own; the guard test (tests/test_build.py,
-# ASYNCIPC_EXPECT_COMPILED=1) fails if the copy is not compiled after all. The conformance
+# and permissions, the reconnect's refused handshakes, a broker joining a file:// directory
+# once) against the compiled build, in a copy of the package under $(ACCEL): not in place,
+# so that the pure run keeps testing the .py files. benchmarks/_accel.py builds the copy,
+# again only when the package's sources changed (`benchmarks.run --build compiled` runs
+# the same copy), and the tests are copied beside it. `make test` runs this first, so the
+# pure run's test of `--build both` finds the copy built. cwd and PYTHONPATH put the copy
+# first, for the tests and for the brokers they start in processes of their own; the guard
+# test (tests/test_build.py, ASYNCIPC_EXPECT_COMPILED=1) fails if the copy is not compiled
+# after all. The conformance
 # suite runs over the transports that use the compiled codec each in its own way (stream,
 # datagram, in-process, pipe): the others add time, not coverage.
 ACCEL       := build/accel
@@ -80,7 +81,8 @@ ACCEL_TESTS := tests/test_build.py tests/test_protocol.py tests/test_protocol_ed
                tests/test_subscription_batch.py tests/test_typed.py tests/test_flow_control.py \
                tests/test_cancellation.py tests/test_broker_lifecycle.py \
                tests/test_keepalive_limits.py tests/test_permissions.py \
-               tests/test_reconnect.py::test_a_reader_that_never_reads_does_not_hold_the_bus
+               tests/test_reconnect.py::test_a_reader_that_never_reads_does_not_hold_the_bus \
+               tests/test_file_bus.py::test_a_broker_joins_a_directory_once_at_a_time
 ACCEL_RUN    = cd $(ACCEL) && ASYNCIPC_EXPECT_COMPILED=1 PYTHONPATH=$(abspath $(ACCEL)) \
                $(abspath $(BIN))/python -m pytest -p no:cacheprovider
 

@@ -22,6 +22,8 @@ COMPILED = [
     "asyncipc/subjects.py",
     # the broker's and the clients' per-message path (docs/architecture.md)
     "asyncipc/_session.py",
+    "asyncipc/broker.py",
+    "asyncipc/_inflight.py",
     "asyncipc/client.py",
     "asyncipc/message.py",
     "asyncipc/subscription.py",

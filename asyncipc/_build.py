@@ -20,6 +20,8 @@ COMPILABLE = (
     "asyncipc.router",
     "asyncipc.subjects",
     "asyncipc._session",
+    "asyncipc.broker",
+    "asyncipc._inflight",
     "asyncipc.client",
     "asyncipc.message",
     "asyncipc.subscription",

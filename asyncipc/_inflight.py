@@ -69,9 +69,9 @@ class InFlight(Generic[S]):
             self._expires.pop(reply, None)
         mine = self._by_requester.get(requester)
         if mine is not None:
+            # An emptied set stays until its requester leaves (forget): a client asking
+            # one request at a time would otherwise make and drop one per request.
             mine.discard(reply)
-            if not mine:
-                del self._by_requester[requester]
         self._wake()
 
     def forget(self, requester: S) -> None:

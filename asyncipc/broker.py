@@ -23,7 +23,7 @@ import os
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
@@ -32,6 +32,7 @@ from ._inflight import InFlight
 from ._limits import ConnectionLimits
 from ._logsafe import limit_accept_errors
 from ._monitor import Monitor
+from ._native import mypyc_attr
 from ._session import Session
 from ._shield import shielded
 from ._stats import BrokerStats, TransportStats
@@ -88,7 +89,6 @@ class Relay(Protocol):
         ...
 
 
-@runtime_checkable
 class BrokerAdapter(Protocol):
     """A transport that serves a whole API in front of a broker rather than bare links.
 
@@ -96,7 +96,9 @@ class BrokerAdapter(Protocol):
     transport and implement this hook too: they need the broker itself (its token, its
     statistics, a way to attach the in-process buses that act for their callers), which
     :meth:`Transport.listen`'s ``accept`` callback does not give. :meth:`Broker.listen`
-    calls :meth:`serve_broker` instead of ``listen`` for a transport that has it.
+    calls :meth:`serve_broker` instead of ``listen`` for a transport that has it (it
+    looks for the method: a protocol of the compiled build cannot be
+    ``runtime_checkable``).
     """
 
     async def serve_broker(self, url: URL, broker: Broker, options: TransportOptions) -> Listener:
@@ -104,6 +106,7 @@ class BrokerAdapter(Protocol):
         ...
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Broker:
     """Routes messages between every client of every listener. See the module docstring."""
 
@@ -137,6 +140,11 @@ class Broker:
         self._relaying = False
         self._stream_relay: Relay | None = None
         self._bridges: list[Bridge] = []
+        self.joined_directories: set[str] = set()
+        """Package-internal: the real paths of the directories ``file://`` joined this
+        broker to (``transports/file.py`` refuses a second join of one). Kept here, not
+        in a weak mapping keyed by broker: the compiled build's broker cannot be weakly
+        referenced."""
         self.monitor = Monitor(self)
         """The broker's figures for ``/varz`` and friends (``docs/monitoring.md``)."""
 
@@ -165,8 +173,9 @@ class Broker:
         transport = lookup(parsed.scheme)
         opts = self._transport_options(ssl=ssl or self.options.ssl)
         listener: Listener
-        if isinstance(transport, BrokerAdapter):
-            listener = await transport.serve_broker(parsed, self, opts)
+        serve_broker = getattr(transport, "serve_broker", None)  # a BrokerAdapter
+        if serve_broker is not None:
+            listener = await serve_broker(parsed, self, opts)
         else:
             listener = await transport.listen(parsed, self.attach, opts)
         if self._closing:  # close() ran while we were binding: do not outlive it

@@ -6,6 +6,7 @@ Frozen dataclasses instead of long keyword lists (the lesson of nats.py's 36-par
 
 from __future__ import annotations
 
+import os
 import ssl
 from dataclasses import dataclass, field
 
@@ -100,8 +101,9 @@ class BrokerOptions:
         remote_signals: let clients the broker cannot identify as local processes
             (TCP, TLS: no peer credentials) ask it to signal other clients. Off by
             default: a network listener must not become a way to kill local processes.
-        store: a directory where streams keep their records (``docs/streams.md``);
-            created if missing. ``None``: streams live in memory and say so.
+        store: a directory (a ``str`` or a path) where streams keep their records
+            (``docs/streams.md``); created if missing. ``None``: streams live in memory
+            and say so.
             See ``docs/signals.md``.
 
     Limits, so that no client can exhaust the broker (``docs/guide.md``, Limits). Each
@@ -169,7 +171,7 @@ class BrokerOptions:
     drain_timeout: float = 5.0
     ssl: ssl.SSLContext | None = None
     remote_signals: bool = False
-    store: str | None = None
+    store: str | os.PathLike[str] | None = None
     max_hello: int = 64 * 1024
     max_pending_handshakes: int = 256
     frame_timeout: float = 10.0

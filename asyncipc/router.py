@@ -75,6 +75,27 @@ class _Group(Generic[O]):
         self.turn = turn
 
 
+def _inbox_prefix(route: Route[O]) -> str | None:
+    """``_INBOX.<id>.`` for a subscription to ``_INBOX.<id>.*`` without a queue group (a
+    client's reply inbox), else None."""
+    subject = route.subject
+    if (
+        route.queue is None
+        and subject.startswith("_INBOX.")
+        and subject.endswith(".*")
+        and subject.count(".") == 2
+        and len(subject) > 9  # a token between the dots: "_INBOX..*" is no pattern
+    ):
+        return subject[:-1]
+    return None
+
+
+def _may_match_inbox(pattern: str) -> bool:
+    """Whether ``pattern`` could match some ``_INBOX.`` subject."""
+    first = pattern.split(".", 1)[0]
+    return first == "_INBOX" or first == "*" or first == ">"
+
+
 class Router(Generic[O]):
     """The subscription table. Lookups are cached per subject until the table changes."""
 
@@ -84,6 +105,14 @@ class Router(Generic[O]):
         # subscriptions change rarely next to publishes, and a stale entry would misroute.
         self._cache: dict[str, tuple[list[Route[O]], list[_Group[O]]]] = {}
         self._inbox_cache: dict[str, tuple[list[Route[O]], list[_Group[O]]]] = {}
+        # Reply inboxes without a cache (docs/architecture.md, "Replies"): a client
+        # subscribes ``_INBOX.<id>.*`` once and each request gets a reply subject under
+        # it. Those subscriptions are also kept here by their prefix ``_INBOX.<id>.``;
+        # while no other pattern could match an ``_INBOX.`` subject (counted in
+        # ``_inbox_others``: one whose first token is ``_INBOX``, ``*`` or ``>``), the
+        # routes of ``_INBOX.<id>.<token>`` are exactly those of its prefix.
+        self._inboxes: dict[str, list[Route[O]]] = {}
+        self._inbox_others = 0
         # One turn counter per queue name: it survives cache clears (a table change must
         # not send the next message to the first member again) and spans subjects.
         self._turns: dict[str, _Turn] = {}
@@ -102,7 +131,16 @@ class Router(Generic[O]):
 
     def add(self, route: Route[O]) -> None:
         """Register ``route`` (its subject already validated as a pattern)."""
-        self._index.add(route.subject, route)
+        index = self._index
+        known = len(index)
+        index.add(route.subject, route)
+        if len(index) == known:
+            return  # registered already: nothing changes
+        prefix = _inbox_prefix(route)
+        if prefix is not None:
+            self._inboxes[prefix] = [*self._inboxes.get(prefix, ()), route]
+        elif _may_match_inbox(route.subject):
+            self._inbox_others += 1
         if route.queue is not None:
             turn = self._turns.get(route.queue)
             if turn is None:
@@ -114,6 +152,15 @@ class Router(Generic[O]):
         """Unregister ``route``; True if it was registered."""
         found = self._index.remove(route.subject, route)
         if found:
+            prefix = _inbox_prefix(route)
+            if prefix is not None:
+                rest = [r for r in self._inboxes[prefix] if r is not route]
+                if rest:
+                    self._inboxes[prefix] = rest
+                else:
+                    del self._inboxes[prefix]
+            elif _may_match_inbox(route.subject):
+                self._inbox_others -= 1
             if route.queue is not None:
                 turn = self._turns[route.queue]
                 turn.routes -= 1
@@ -124,7 +171,12 @@ class Router(Generic[O]):
 
     def route(self, subject: str) -> list[Route[O]]:
         """The routes that receive a message published on the literal ``subject``."""
-        entry = self._cache.get(subject) or self._inbox_cache.get(subject)
+        entry = self._cache.get(subject)
+        if entry is None and subject.startswith("_INBOX."):
+            if not self._inbox_others:  # a reply: its inbox's routes, or none
+                routes = self._inboxes.get(subject[: subject.rfind(".") + 1])
+                return routes if routes is not None else []
+            entry = self._inbox_cache.get(subject)
         if entry is not None and not entry[1]:
             return entry[0]  # no queue groups: the cached list is the answer
         if entry is None:

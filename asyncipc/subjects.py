@@ -49,6 +49,10 @@ _ONE_OFF = ("_INBOX.", "$sys.stream.ack.")
 """Subjects made for one message (a reply inbox, a stream message's ack subject): they are
 never cached, here or in the router, so that a stream of them leaves the caches to the
 subjects that come back."""
+_one_off_heads: dict[str, None] = {}
+"""What comes before the last token of one-off subjects found valid (``_INBOX.<id>.``):
+the same few come back with a new last token each, which is checked alone."""
+_ONE_OFF_HEADS_MAX = 1024
 
 
 def _too_long(text: str) -> bool:
@@ -82,14 +86,29 @@ def validate_subject(subject: object) -> str:
         raise InvalidSubject(f"subject must be a str, not {type(subject).__name__}")
     if subject in _valid_subjects:
         return subject
+    one_off = subject.startswith(_ONE_OFF)
+    if one_off:
+        cut = subject.rfind(".") + 1
+        # A known head and a last token of letters and digits: valid (an alphanumeric
+        # token holds no space, dot or wildcard), and short enough in any encoding.
+        if (
+            subject[:cut] in _one_off_heads
+            and subject[cut:].isalnum()
+            and len(subject) <= MAX_SUBJECT_BYTES // 4
+        ):
+            return subject
     if _SUBJECT_RE.fullmatch(subject) is None:
         raise InvalidSubject(_explain(subject, wildcards=False))
     if _not_utf8(subject):
         raise _utf8_error("subject", subject)
     if _too_long(subject):
         raise InvalidSubject(f"subject is longer than {MAX_SUBJECT_BYTES} bytes")
-    if subject.startswith(_ONE_OFF):
-        return subject  # used once: caching it would only push the others out
+    if one_off:
+        # Used once: caching it would only push the others out; its head comes back.
+        if len(_one_off_heads) >= _ONE_OFF_HEADS_MAX:
+            _one_off_heads.clear()
+        _one_off_heads[subject[: subject.rfind(".") + 1]] = None
+        return subject
     if len(_valid_subjects) >= _VALID_CACHE_MAX:
         _valid_subjects.clear()
     _valid_subjects[subject] = None

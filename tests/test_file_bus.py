@@ -342,6 +342,23 @@ async def test_what_no_host_captured_is_captured_by_the_next_one(tmp_path: Path)
     assert lines == [f"{i + 1} m {i}" for i in range(5)] + ["done"]
 
 
+async def test_a_broker_joins_a_directory_once_at_a_time(tmp_path: Path) -> None:
+    """A second ``listen()`` of a directory this broker is joined to is refused (by its
+    real path, here through a symlink); once the first is closed, it may join again. Kept
+    on the broker itself, which the compiled build cannot weakly reference."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "d")
+    async with asyncipc.Broker() as broker:
+        first = await broker.listen(f"file://{tmp_path / 'd'}")
+        with pytest.raises(asyncipc.ConfigurationError, match=r"joined to .* already"):
+            await broker.listen(f"file://{tmp_path / 'link'}")
+        async with asyncipc.Broker() as other:  # another broker is not this one
+            await other.listen(f"file://{tmp_path / 'd'}")
+        await first.aclose()
+        await first.wait_closed()
+        await broker.listen(f"file://{tmp_path / 'link'}")
+
+
 def test_the_bus_log_is_trimmed_to_max_bytes_by_whole_segments(tmp_path: Path) -> None:
     url_dir = f"{tmp_path}?max_bytes=1M"
     lines, _ = run("pub", url_dir, "big.x", 4000, "b", 1000)  # about 4 MB

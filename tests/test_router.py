@@ -12,6 +12,7 @@ from typing import Any
 
 from asyncipc.protocol import Overflow
 from asyncipc.router import Route, Router
+from asyncipc.subjects import matches
 
 
 def make(*specs: tuple[str, str | None]) -> tuple[Router[str], list[Route[str]]]:
@@ -266,3 +267,83 @@ def test_uncached_routing_work_does_not_grow_with_unrelated_routes() -> None:
     assert count_calls(lambda: small.route("orders.created")) == count_calls(
         lambda: large.route("orders.created")
     )
+
+
+# --- reply inboxes: routed by their prefix, outside the caches ------------------------
+
+
+def reference(routes: list[Route[str]], subject: str) -> set[int]:
+    return {id(r) for r in routes if matches(r.subject, subject)}
+
+
+INBOX_SUBJECTS = [
+    "_INBOX.a.1",
+    "_INBOX.a.ff",
+    "_INBOX.b.1",
+    "_INBOX.a",
+    "_INBOX.a.1.2",
+    "_INBOX.c.1",
+    "orders.created",
+]
+
+
+def test_reply_inboxes_get_what_a_full_match_would_give() -> None:
+    """Inbox subscriptions (``_INBOX.<id>.*``) are routed by their prefix while nothing
+    else could match an inbox; every other pattern that could (``>``, ``*.*.*``,
+    ``_INBOX.>``, a queue group on an inbox, a literal inbox) puts the full match back.
+    At each step of adding and removing them, every subject gets exactly the routes that
+    match it, no more, no fewer."""
+    specs: list[tuple[str, str | None]] = [
+        ("_INBOX.a.*", None),
+        ("_INBOX.b.*", None),
+        ("_INBOX.a.*", None),  # a second subscription to the same inbox
+        (">", None),
+        ("*.a.*", None),
+        ("_INBOX.>", None),
+        ("_INBOX.a.*", "q"),
+        ("_INBOX.a.1", None),
+        ("*.*", None),
+        ("orders.*", None),
+    ]
+    router: Router[str] = Router()
+    live: list[Route[str]] = []
+
+    def check() -> None:
+        for subject in INBOX_SUBJECTS:
+            got = router.route(subject)
+            picked_groups = [r for r in got if r.queue is not None]
+            plain = {id(r) for r in got if r.queue is None}
+            want = reference([r for r in live if r.queue is None], subject)
+            assert plain == want, subject
+            assert len(picked_groups) == (
+                1 if any(r.queue and matches(r.subject, subject) for r in live) else 0
+            )
+
+    for i, (subject, queue) in enumerate(specs):
+        route = Route(f"o{i}", i + 1, subject, queue)
+        router.add(route)
+        live.append(route)
+        check()
+    for route in [*live[3:], *live[:3]]:  # the others go first, then the inboxes
+        assert router.remove(route)
+        live.remove(route)
+        check()
+    assert len(router) == 0
+
+
+def test_a_reply_inbox_subject_fills_no_cache() -> None:
+    """A stream of reply subjects under one inbox subscription leaves the route cache to
+    the subjects that come back."""
+    router: Router[str] = Router()
+    inbox = Route("requester", 1, "_INBOX.x.*")
+    router.add(inbox)
+    router.add(inbox)  # adding the same route again changes nothing
+    router.add(Route("service", 2, "svc.echo"))
+    router.route("svc.echo")
+    for n in range(1000):
+        assert router.route(f"_INBOX.x.{n:x}") == [inbox]
+    assert list(router.cache) == ["svc.echo"]
+    assert router.route("_INBOX.y.1") == []
+    # Nor a trie walk: a new reply subject is one lookup of its prefix (no call beyond
+    # the lambda and route() itself; route() is not seen where the router is compiled).
+    assert count_calls(lambda: router.route("_INBOX.x.new"))["call"] <= 2

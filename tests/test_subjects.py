@@ -430,3 +430,49 @@ def test_non_string_subjects_are_invalid_subjects(bad: Any) -> None:
         validate_subject(bad)
     with pytest.raises(InvalidSubject, match="must be a str"):
         validate_pattern(bad)
+
+
+# --- one-off subjects: the head checked once, the last token alone --------------------
+
+
+@pytest.mark.parametrize("head", ["_INBOX.3f2a.", "$sys.stream.ack.orders.worker."])
+@pytest.mark.parametrize(
+    "tail",
+    [
+        "",
+        " ",
+        "a b",
+        "*",
+        ">",
+        "a*",
+        "x>",
+        "\udcff",
+        "a\u2028",
+        "\xa0",
+        "x" * (MAX_SUBJECT_BYTES + 1),
+        "é" * 600,  # 600 characters, 1200 bytes
+    ],
+)
+def test_a_known_one_off_head_does_not_pass_a_bad_last_token(head: str, tail: str) -> None:
+    """A one-off subject whose head was found valid before is checked by its last token
+    alone; that check must still refuse every bad token."""
+    assert validate_subject(head + "1") == head + "1"  # the head is known now
+    with pytest.raises(InvalidSubject):
+        validate_subject(head + tail)
+
+
+@pytest.mark.parametrize("tail", ["2", "ff", "a-b", "x_y:z", "日本", "é" * 200])
+def test_a_known_one_off_head_passes_every_good_last_token(tail: str) -> None:
+    head = "_INBOX.c0ffee."
+    validate_subject(head + "1")
+    assert validate_subject(head + tail) == head + tail
+    assert head + tail not in known_valid  # made for one message: never cached
+
+
+def test_a_one_off_head_is_no_shortcut_for_a_longer_subject() -> None:
+    validate_subject("_INBOX.dead.1")
+    with pytest.raises(InvalidSubject):
+        validate_subject("_INBOX.dead..1")
+    with pytest.raises(InvalidSubject):
+        validate_subject("_INBOX.dead.*.1")
+    assert validate_subject("_INBOX.dead.1.2") == "_INBOX.dead.1.2"

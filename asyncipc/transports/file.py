@@ -393,8 +393,6 @@ class _Embedded:
 _embedded: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Embedded]] = (
     weakref.WeakKeyDictionary()
 )
-# Brokers joined to a directory already, so that a second listen() of it is refused.
-_joined: weakref.WeakKeyDictionary[Broker, set[str]] = weakref.WeakKeyDictionary()
 
 
 class FileTransport:
@@ -471,7 +469,7 @@ class FileTransport:
         """Join ``broker`` to ``url``'s directory (see the module docstring)."""
         wanted = FileOptions.from_url(url)
         key = await asyncio.to_thread(os.path.realpath, wanted.directory)
-        joined = _joined.setdefault(broker, set())
+        joined = broker.joined_directories  # a second listen() of a directory is refused
         if key in joined:
             raise ConfigurationError(f"{url.raw}: this broker is joined to {key} already")
         joined.add(key)
