@@ -147,11 +147,29 @@ class RingPort:
             self.poke()
 
     def consumed(self) -> None:
-        """Records left the inbound ring: ring the peer's writer if it waits for space."""
+        """Records left the inbound ring: ring the peer's writer if it waits for space
+        and at least half the ring is free now (or when this side stops reading: see
+        :meth:`_ring_writer`)."""
         rx = self._rx
         assert rx is not None
         seq = rx.writer_wait
-        if seq & 1 and seq != self._rung_writer and self._bell_out is not None:
+        if seq & 1 and seq != self._rung_writer:
+            if rx.backlog <= rx.capacity >> 1:
+                self._ring_writer(seq)
+            elif self._handle is None and not self._closed:
+                # Not yet: a writer woken for one record's space sleeps again at once,
+                # one wake-up (two system calls and a fence) per record on a full ring.
+                # A poll is due so that if reading stops here, _sleep rings it anyway.
+                self._handle = self._loop.call_soon(self._poll)
+
+    def _ring_writer(self, seq: int) -> None:
+        """Wake the peer's writer, once per wait (``seq``, its wait counter, is odd).
+
+        The reader rings when half the ring is free (:meth:`consumed`), or when it goes
+        to sleep with the writer still waiting (:meth:`_sleep`): it has freed what it
+        will free for now, so whatever space there is must not wait for more reading.
+        """
+        if self._bell_out is not None:
             self._rung_writer = seq
             self._bell_out.ring()
 
@@ -199,6 +217,10 @@ class RingPort:
         owner = self._owner
         reading = owner.port_reading and self._rx is not None
         waiting = owner.port_writes_waiting and self._tx is not None
+        if self._rx is not None:
+            seq = self._rx.writer_wait
+            if seq & 1 and seq != self._rung_writer:
+                self._ring_writer(seq)  # consumed() was waiting for half the ring
         if reading:
             assert self._rx is not None
             self._rx.set_sleeping(True)

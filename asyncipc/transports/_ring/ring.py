@@ -408,6 +408,12 @@ class RingReader(_RingEnd):
         self._tail_seen = tail
         return tail
 
+    @property
+    def backlog(self) -> int:
+        """Bytes between this reader and the writer's tail as last read (no fresh load:
+        at most what is there, the writer may have committed more since)."""
+        return self._tail_seen - self.head
+
     def has_data(self) -> bool:
         """True if a record (or a pad) waits; reads the writer's tail afresh."""
         return self.head != self._tail_seen or self._load_tail() != self.head
