@@ -10,6 +10,7 @@ import asyncio
 import json
 import mmap
 import os
+import random
 import shutil
 import signal
 import socket
@@ -283,6 +284,56 @@ async def test_without_membarrier_a_sleeper_still_wakes(monkeypatch: pytest.Monk
             assert b._port._backstop_handle is not None
             await a.send(b"%d" % i)
             assert await task == b"%d" % i
+        await a.aclose()
+        await b.aclose()
+
+
+@pytest.mark.parametrize("big", [1200, 16000])
+async def test_no_wake_up_is_lost_when_the_reader_sleeps_as_the_writer_writes(big: int) -> None:
+    """Another process writes in runs after random pauses while this side, at ``spin=0``,
+    sleeps whenever the ring is empty (and, with 16 KB records in a 64 KiB ring, the
+    writer sleeps whenever it is full and this side reads in random pauses): thousands
+    of sleeps that race a commit. Every record arrives, in order, none held back behind
+    a lost wake-up (which would stall a receive for good: each has 10 s)."""
+    n = 4000
+    async with await listen_channel(f"shm://{name()}?size=64K&spin=0") as listener:
+        proc = await child("channel-jitter", listener.url, str(n), "12", str(big))
+        try:
+            ch = await listener.accept()
+            rnd = random.Random(34)
+            sleeps = ch._port._rx
+            assert sleeps is not None
+            for i in range(n):
+                data = await asyncio.wait_for(ch.recv(), 10)
+                assert data[:4] == i.to_bytes(4, "big")
+                assert len(data) in (4, 64, big)
+                if rnd.random() < 0.01:
+                    await asyncio.sleep(rnd.random() * 1e-3)
+            assert await asyncio.wait_for(line(proc), 10) == "sent"
+            # Not a vacuous pass: this side did sleep, over and over, during the run.
+            assert sleeps._sleep_seq > 50
+            with pytest.raises(asyncipc.BrokenLinkError, match="closed the channel"):
+                await asyncio.wait_for(ch.recv(), 10)
+            assert await proc.wait() == 0
+        finally:
+            await reap(proc)
+
+
+async def test_a_waiting_writer_is_woken_when_the_reader_stops_short_of_half() -> None:
+    """A reader wakes a writer that waits for space only once half the ring is free, or
+    when it stops reading: a few records' space freed, then no more reading, must still
+    let the waiting writer put a record there."""
+    async with await listen_channel(f"shm://{name()}?size=64K&spin=0") as listener:
+        a = await connect_channel(listener.url)
+        b = await listener.accept()
+        record = bytes(1000)
+        while a._tx.try_write(record):
+            pass  # fill the ring directly (b does not read yet)
+        sends = asyncio.create_task(_send_many(a, record, 2))
+        await until(lambda: b._rx.writer_waiting, "a to wait for space")
+        for _ in range(3):  # far from half: consumed() does not ring for this
+            assert await b.recv() == record
+        await asyncio.wait_for(sends, 10)  # b stopped reading: its port rang anyway
         await a.aclose()
         await b.aclose()
 
