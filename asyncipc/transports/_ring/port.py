@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from typing import Protocol
+from typing import Final, Protocol
 
 from ...errors import CorruptRing
 from .doorbell import BACKSTOP, FENCE, EventfdBell, FifoBell
@@ -42,7 +42,7 @@ __all__ = ["DEFAULT_SPIN", "PortOwner", "RingPort"]
 DEFAULT_SPIN = 0.0002
 """Seconds a port keeps polling after the last record before it goes to sleep."""
 
-_BATCH = 512  # frames handled per poll before the loop gets a turn
+_BATCH: Final = 512  # frames handled per poll before the loop gets a turn
 DURABLE_BACKSTOP = 1.0
 """Seconds between looks of a sleeping side that has no control socket to tell it its
 peer died (``mmap://`` ring files): once a second, so idle still costs nothing."""
