@@ -267,6 +267,12 @@ class RingPort:
             return
         self._bell_in.clear()
         self.poke()
+        # Look now rather than on the next loop turn: what rang is in the ring already,
+        # and a sleeper woken for a reply is on the latency path of a round trip.
+        handle = self._handle
+        if handle is not None:
+            handle.cancel()
+        self._poll()
 
     def _on_ctl(self) -> None:
         ctl = self._ctl
