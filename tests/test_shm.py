@@ -311,7 +311,7 @@ async def test_no_wake_up_is_lost_when_the_reader_sleeps_as_the_writer_writes(bi
                     await asyncio.sleep(rnd.random() * 1e-3)
             assert await asyncio.wait_for(line(proc), 10) == "sent"
             # Not a vacuous pass: this side did sleep, over and over, during the run.
-            assert sleeps._sleep_seq > 50
+            assert sleeps._sleep_seq > 10  # (44, two per sleep, in the fewest seen)
             with pytest.raises(asyncipc.BrokenLinkError, match="closed the channel"):
                 await asyncio.wait_for(ch.recv(), 10)
             assert await proc.wait() == 0
