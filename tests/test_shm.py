@@ -319,8 +319,8 @@ async def test_no_wake_up_is_lost_when_the_reader_sleeps_as_the_writer_writes(bi
             await reap(proc)
 
 
-async def test_a_waiting_writer_is_woken_when_the_reader_stops_short_of_half() -> None:
-    """A reader wakes a writer that waits for space only once half the ring is free, or
+async def test_a_waiting_writer_is_woken_when_the_reader_stops_short_of_a_quarter() -> None:
+    """A reader wakes a writer that waits for space only once a quarter of the ring is free, or
     when it stops reading: a few records' space freed, then no more reading, must still
     let the waiting writer put a record there."""
     async with await listen_channel(f"shm://{name()}?size=64K&spin=0") as listener:
@@ -331,7 +331,7 @@ async def test_a_waiting_writer_is_woken_when_the_reader_stops_short_of_half() -
             pass  # fill the ring directly (b does not read yet)
         sends = asyncio.create_task(_send_many(a, record, 2))
         await until(lambda: b._rx.writer_waiting, "a to wait for space")
-        for _ in range(3):  # far from half: consumed() does not ring for this
+        for _ in range(3):  # far from a quarter: consumed() does not ring for this
             assert await b.recv() == record
         await asyncio.wait_for(sends, 10)  # b stopped reading: its port rang anyway
         await a.aclose()

@@ -148,13 +148,13 @@ class RingPort:
 
     def consumed(self) -> None:
         """Records left the inbound ring: ring the peer's writer if it waits for space
-        and at least half the ring is free now (or when this side stops reading: see
-        :meth:`_ring_writer`)."""
+        and at least a quarter of the ring is free now (or when this side stops reading:
+        see :meth:`_ring_writer`)."""
         rx = self._rx
         assert rx is not None
         seq = rx.writer_wait
         if seq & 1 and seq != self._rung_writer:
-            if rx.backlog <= rx.capacity >> 1:
+            if rx.capacity - rx.backlog >= rx.capacity >> 2:
                 self._ring_writer(seq)
             elif self._handle is None and not self._closed:
                 # Not yet: a writer woken for one record's space sleeps again at once,
@@ -165,7 +165,7 @@ class RingPort:
     def _ring_writer(self, seq: int) -> None:
         """Wake the peer's writer, once per wait (``seq``, its wait counter, is odd).
 
-        The reader rings when half the ring is free (:meth:`consumed`), or when it goes
+        The reader rings when a quarter of the ring is free (:meth:`consumed`), or when it goes
         to sleep with the writer still waiting (:meth:`_sleep`): it has freed what it
         will free for now, so whatever space there is must not wait for more reading.
         """
@@ -220,7 +220,7 @@ class RingPort:
         if self._rx is not None:
             seq = self._rx.writer_wait
             if seq & 1 and seq != self._rung_writer:
-                self._ring_writer(seq)  # consumed() was waiting for half the ring
+                self._ring_writer(seq)  # consumed() was waiting for a quarter free
         if reading:
             assert self._rx is not None
             self._rx.set_sleeping(True)
