@@ -338,6 +338,44 @@ async def test_a_waiting_writer_is_woken_when_the_reader_stops_short_of_a_quarte
         await b.aclose()
 
 
+async def test_a_receive_looks_in_place_briefly_then_lets_the_loop_run() -> None:
+    """With ``spin`` a receive on an empty ring looks again in place, holding the loop,
+    but once and briefly (``LOOK_IN_PLACE``): other tasks keep running while it waits,
+    and the record that comes later is still delivered through the loop. With
+    ``spin=0`` it does not look at all."""
+    from asyncipc.transports._ring.channel import LOOK_IN_PLACE
+
+    assert LOOK_IN_PLACE <= 0.001
+    async with await listen_channel(f"shm://{name()}?spin=1") as listener:
+        a = await connect_channel(listener.url)
+        b = await listener.accept()
+        assert b._look == LOOK_IN_PLACE
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        tick = asyncio.create_task(ticker())
+        waiting = asyncio.create_task(b.recv())
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        assert ticks > 50  # the loop ran on while the receive waited
+        await a.send(b"late")
+        assert await asyncio.wait_for(waiting, 5) == b"late"
+        tick.cancel()
+        await a.aclose()
+        await b.aclose()
+    async with await listen_channel(f"shm://{name()}?spin=0") as listener:
+        a = await connect_channel(listener.url)
+        b = await listener.accept()
+        assert b._look == 0
+        await a.aclose()
+        await b.aclose()
+
+
 async def _send_many(ch: object, data: bytes, n: int) -> None:
     for _ in range(n):
         await ch.send(data)  # type: ignore[attr-defined]
