@@ -28,6 +28,11 @@ COMPILED = [
     "asyncipc/message.py",
     "asyncipc/subscription.py",
     "asyncipc/transports/_stream/link.py",
+    # the direct shm channel's per-record path: the rings, records in place, the port
+    "asyncipc/transports/_ring/ring.py",
+    "asyncipc/transports/_ring/record.py",
+    "asyncipc/transports/_ring/port.py",
+    "asyncipc/transports/_ring/channel.py",
 ]
 
 ext_modules = []

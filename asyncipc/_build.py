@@ -26,6 +26,10 @@ COMPILABLE = (
     "asyncipc.message",
     "asyncipc.subscription",
     "asyncipc.transports._stream.link",
+    "asyncipc.transports._ring.ring",
+    "asyncipc.transports._ring.record",
+    "asyncipc.transports._ring.port",
+    "asyncipc.transports._ring.channel",
 )
 """The modules ``setup.py`` compiles (the hot path's pure code: docs/decisions.md, mypyc)."""
 

@@ -5,6 +5,9 @@
 * ``channel-echo URL``: opens a direct channel, sends every record back, exits on FIN;
 * ``channel-burst URL N``: opens a direct channel, sends N numbered records, prints
   ``sent``, then kills itself with SIGKILL (no FIN: the parent must notice the death);
+* ``channel-jitter URL N SEED BIG``: opens a direct channel, sends N numbered records in runs
+  of random length after random busy pauses (so that a reader with ``spin=0`` goes to
+  sleep exactly as records land), prints ``sent``, closes;
 * ``file-writer PATH START COUNT [KILL]``: appends records START.. to a durable ring file,
   printing ``wrote i`` after each, and with KILL sends itself SIGKILL after COUNT;
 * ``file-reader PATH COUNT [hold]``: reads COUNT records from a durable ring file, printing
@@ -54,6 +57,32 @@ async def channel_burst(url: str, n: int) -> None:
         await ch.send(i.to_bytes(4, "big") * 16)
     print("sent", flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+async def channel_jitter(url: str, n: int, seed: int, big: int) -> None:
+    """Sends ``n`` numbered records (4, 64 or ``big`` bytes) in runs of random length,
+    each run after a random pause of 0 to 300 us: the reader keeps going to sleep just
+    as records land."""
+    import random
+    import time
+
+    from asyncipc.transports.shm import connect_channel
+
+    rnd = random.Random(seed)
+    async with await connect_channel(url) as ch:
+        i = 0
+        while i < n:
+            for _ in range(rnd.choice((1, 1, 1, 1, 2, 3, 50))):
+                if i < n:
+                    await ch.send(i.to_bytes(4, "big") * rnd.choice((1, 16, big // 4)))
+                    i += 1
+            pause = rnd.random() * 300e-6
+            t0 = time.perf_counter()
+            while time.perf_counter() - t0 < pause:
+                pass  # a busy pause: sleeping would round up to the timer's slack
+            if rnd.random() < 0.1:
+                await asyncio.sleep(0)
+        print("sent", flush=True)
 
 
 async def file_writer(path: str, start: int, count: int, kill: bool) -> None:
@@ -114,6 +143,8 @@ def main(argv: list[str]) -> None:
         asyncio.run(channel_echo(args[0]))
     elif mode == "channel-burst":
         asyncio.run(channel_burst(args[0], int(args[1])))
+    elif mode == "channel-jitter":
+        asyncio.run(channel_jitter(args[0], int(args[1]), int(args[2]), int(args[3])))
     elif mode == "file-writer":
         asyncio.run(file_writer(args[0], int(args[1]), int(args[2]), len(args) > 3))
     elif mode == "file-reader":

@@ -10,6 +10,7 @@ import asyncio
 import json
 import mmap
 import os
+import random
 import shutil
 import signal
 import socket
@@ -283,6 +284,94 @@ async def test_without_membarrier_a_sleeper_still_wakes(monkeypatch: pytest.Monk
             assert b._port._backstop_handle is not None
             await a.send(b"%d" % i)
             assert await task == b"%d" % i
+        await a.aclose()
+        await b.aclose()
+
+
+@pytest.mark.parametrize("big", [1200, 16000])
+async def test_no_wake_up_is_lost_when_the_reader_sleeps_as_the_writer_writes(big: int) -> None:
+    """Another process writes in runs after random pauses while this side, at ``spin=0``,
+    sleeps whenever the ring is empty (and, with 16 KB records in a 64 KiB ring, the
+    writer sleeps whenever it is full and this side reads in random pauses): thousands
+    of sleeps that race a commit. Every record arrives, in order, none held back behind
+    a lost wake-up (which would stall a receive for good: each has 10 s)."""
+    n = 4000
+    async with await listen_channel(f"shm://{name()}?size=64K&spin=0") as listener:
+        proc = await child("channel-jitter", listener.url, str(n), "12", str(big))
+        try:
+            ch = await listener.accept()
+            rnd = random.Random(34)
+            sleeps = ch._port._rx
+            assert sleeps is not None
+            for i in range(n):
+                data = await asyncio.wait_for(ch.recv(), 10)
+                assert data[:4] == i.to_bytes(4, "big")
+                assert len(data) in (4, 64, big)
+                if rnd.random() < 0.01:
+                    await asyncio.sleep(rnd.random() * 1e-3)
+            assert await asyncio.wait_for(line(proc), 10) == "sent"
+            # Not a vacuous pass: this side did sleep, over and over, during the run.
+            assert sleeps._sleep_seq > 10  # (44, two per sleep, in the fewest seen)
+            with pytest.raises(asyncipc.BrokenLinkError, match="closed the channel"):
+                await asyncio.wait_for(ch.recv(), 10)
+            assert await proc.wait() == 0
+        finally:
+            await reap(proc)
+
+
+async def test_a_waiting_writer_is_woken_when_the_reader_stops_short_of_a_quarter() -> None:
+    """A reader wakes a writer that waits for space only once a quarter of the ring is free, or
+    when it stops reading: a few records' space freed, then no more reading, must still
+    let the waiting writer put a record there."""
+    async with await listen_channel(f"shm://{name()}?size=64K&spin=0") as listener:
+        a = await connect_channel(listener.url)
+        b = await listener.accept()
+        record = bytes(1000)
+        while a._tx.try_write(record):
+            pass  # fill the ring directly (b does not read yet)
+        sends = asyncio.create_task(_send_many(a, record, 2))
+        await until(lambda: b._rx.writer_waiting, "a to wait for space")
+        for _ in range(3):  # far from a quarter: consumed() does not ring for this
+            assert await b.recv() == record
+        await asyncio.wait_for(sends, 10)  # b stopped reading: its port rang anyway
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_a_receive_looks_in_place_briefly_then_lets_the_loop_run() -> None:
+    """With ``spin`` a receive on an empty ring looks again in place, holding the loop,
+    but once and briefly (``LOOK_IN_PLACE``): other tasks keep running while it waits,
+    and the record that comes later is still delivered through the loop. With
+    ``spin=0`` it does not look at all."""
+    from asyncipc.transports._ring.channel import LOOK_IN_PLACE
+
+    assert LOOK_IN_PLACE <= 0.001
+    async with await listen_channel(f"shm://{name()}?spin=1") as listener:
+        a = await connect_channel(listener.url)
+        b = await listener.accept()
+        assert b._look == LOOK_IN_PLACE
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        tick = asyncio.create_task(ticker())
+        waiting = asyncio.create_task(b.recv())
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        assert ticks > 50  # the loop ran on while the receive waited
+        await a.send(b"late")
+        assert await asyncio.wait_for(waiting, 5) == b"late"
+        tick.cancel()
+        await a.aclose()
+        await b.aclose()
+    async with await listen_channel(f"shm://{name()}?spin=0") as listener:
+        a = await connect_channel(listener.url)
+        b = await listener.accept()
+        assert b._look == 0
         await a.aclose()
         await b.aclose()
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from typing import Protocol
+from typing import Final, Protocol
 
 from ...errors import CorruptRing
 from .doorbell import BACKSTOP, FENCE, EventfdBell, FifoBell
@@ -42,7 +42,7 @@ __all__ = ["DEFAULT_SPIN", "PortOwner", "RingPort"]
 DEFAULT_SPIN = 0.0002
 """Seconds a port keeps polling after the last record before it goes to sleep."""
 
-_BATCH = 512  # frames handled per poll before the loop gets a turn
+_BATCH: Final = 512  # frames handled per poll before the loop gets a turn
 DURABLE_BACKSTOP = 1.0
 """Seconds between looks of a sleeping side that has no control socket to tell it its
 peer died (``mmap://`` ring files): once a second, so idle still costs nothing."""
@@ -147,11 +147,29 @@ class RingPort:
             self.poke()
 
     def consumed(self) -> None:
-        """Records left the inbound ring: ring the peer's writer if it waits for space."""
+        """Records left the inbound ring: ring the peer's writer if it waits for space
+        and at least a quarter of the ring is free now (or when this side stops reading:
+        see :meth:`_ring_writer`)."""
         rx = self._rx
         assert rx is not None
         seq = rx.writer_wait
-        if seq & 1 and seq != self._rung_writer and self._bell_out is not None:
+        if seq & 1 and seq != self._rung_writer:
+            if rx.capacity - rx.backlog >= rx.capacity >> 2:
+                self._ring_writer(seq)
+            elif self._handle is None and not self._closed:
+                # Not yet: a writer woken for one record's space sleeps again at once,
+                # one wake-up (two system calls and a fence) per record on a full ring.
+                # A poll is due so that if reading stops here, _sleep rings it anyway.
+                self._handle = self._loop.call_soon(self._poll)
+
+    def _ring_writer(self, seq: int) -> None:
+        """Wake the peer's writer, once per wait (``seq``, its wait counter, is odd).
+
+        The reader rings when a quarter of the ring is free (:meth:`consumed`), or when it goes
+        to sleep with the writer still waiting (:meth:`_sleep`): it has freed what it
+        will free for now, so whatever space there is must not wait for more reading.
+        """
+        if self._bell_out is not None:
             self._rung_writer = seq
             self._bell_out.ring()
 
@@ -199,6 +217,10 @@ class RingPort:
         owner = self._owner
         reading = owner.port_reading and self._rx is not None
         waiting = owner.port_writes_waiting and self._tx is not None
+        if self._rx is not None:
+            seq = self._rx.writer_wait
+            if seq & 1 and seq != self._rung_writer:
+                self._ring_writer(seq)  # consumed() was waiting for a quarter free
         if reading:
             assert self._rx is not None
             self._rx.set_sleeping(True)
@@ -245,6 +267,12 @@ class RingPort:
             return
         self._bell_in.clear()
         self.poke()
+        # Look now rather than on the next loop turn: what rang is in the ring already,
+        # and a sleeper woken for a reply is on the latency path of a round trip.
+        handle = self._handle
+        if handle is not None:
+            handle.cancel()
+        self._poll()
 
     def _on_ctl(self) -> None:
         ctl = self._ctl

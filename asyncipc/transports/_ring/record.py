@@ -61,7 +61,9 @@ class Record:
         self._start = start
         self._stop = start + length
         self._released = False
-        self._handed: list[memoryview] = []
+        # The memoryviews handed out (RecordView.memoryview), made on the first: most
+        # records never hand one out, and a list per record is an allocation per record.
+        self._handed: list[memoryview] | None = None
         self._on_release = on_release
         self.flags = flags
         """The record's flags (``FLAG_MORE``, ``FLAG_FIN``: used by the links)."""
@@ -97,7 +99,10 @@ class Record:
         """
         if self._released:
             return
-        self.invalidate()
+        if self._handed is None:
+            self._released = True  # nothing handed out: nothing to release or refuse
+        else:
+            self.invalidate()
         self._consume()
         if self._on_release is not None:
             self._on_release()
@@ -111,15 +116,17 @@ class Record:
         under it. Raises BufferError, as :meth:`release` does, while an exported buffer
         is alive.
         """
-        for mv in self._handed:
-            try:
-                mv.release()
-            except BufferError:
-                raise BufferError(
-                    "cannot release the record: a buffer exported from its memoryview is "
-                    "still in use; drop it first"
-                ) from None
-        self._handed.clear()
+        handed = self._handed
+        if handed is not None:
+            for mv in handed:
+                try:
+                    mv.release()
+                except BufferError:
+                    raise BufferError(
+                        "cannot release the record: a buffer exported from its memoryview "
+                        "is still in use; drop it first"
+                    ) from None
+            handed.clear()
         self._released = True
 
     def __enter__(self) -> Record:
@@ -194,7 +201,10 @@ class RecordView:
         RecordView, and never keep a memoryview past the record.
         """
         mv = self._buf().toreadonly()
-        self._rec._handed.append(mv)
+        rec = self._rec
+        if rec._handed is None:
+            rec._handed = []
+        rec._handed.append(mv)
         return mv
 
     def __eq__(self, other: object) -> bool:

@@ -29,7 +29,7 @@ import struct
 import sys
 import zlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from ...errors import CorruptRing, FrameTooLarge
 from .record import Record, RecordView
@@ -55,39 +55,42 @@ __all__ = [
     "ring_size",
 ]
 
-MAGIC = b"AIPCRNG1"
-VERSION = 1
+# Final: mypyc (the accelerated build) inlines them, instead of a module dict lookup
+# per use on the per-record path.
+MAGIC: Final = b"AIPCRNG1"
+VERSION: Final = 1
 
 # --- the ring header: 512 bytes, one concern per 64-byte cache line -----------------
-HEADER_SIZE = 512
-DATA_OFFSET = HEADER_SIZE
-_META = struct.Struct("<8sIIQ")  # line 0, written once: magic, version, ring flags, capacity
-TAIL = 64  # line 1: u64, written by the writer on every commit
-HEAD = 128  # line 2: u64, written by the reader as it consumes
-READER_SLEEP = 192  # line 3: u32 counter, odd while the reader sleeps (reader-written)
-WRITER_WAIT = 256  # line 4: u32 counter, odd while the writer waits for space (writer-written)
-RING_CHECKSUM = 1  # ring flag: every record carries the CRC-32 of its payload
+HEADER_SIZE: Final = 512
+DATA_OFFSET: Final = HEADER_SIZE
+_META: Final = struct.Struct("<8sIIQ")  # line 0, written once: magic, version, ring flags, capacity
+TAIL: Final = 64  # line 1: u64, written by the writer on every commit
+HEAD: Final = 128  # line 2: u64, written by the reader as it consumes
+READER_SLEEP: Final = 192  # line 3: u32 counter, odd while the reader sleeps (reader-written)
+WRITER_WAIT: Final = 256  # line 4: u32 counter, odd while the writer waits for space (writer)
+RING_CHECKSUM: Final = 1  # ring flag: every record carries the CRC-32 of its payload
 
 # The shared words are read and written through memoryviews cast to "Q" / "I", never with
 # struct.pack_into: pack_into zeroes its target before it writes the value (CPython's
 # s_pack_internal memsets first), so a peer reading at that moment sees 0. A cast view's
 # item assignment is one fixed-size memcpy: one aligned store (docs/shm.md).
-_TAIL_Q = TAIL // 8
-_HEAD_Q = HEAD // 8
-_SLEEP_I = READER_SLEEP // 4
-_WAIT_I = WRITER_WAIT // 4
+_TAIL_Q: Final = TAIL // 8
+_HEAD_Q: Final = HEAD // 8
+_SLEEP_I: Final = READER_SLEEP // 4
+_WAIT_I: Final = WRITER_WAIT // 4
 
 # --- records ---------------------------------------------------------------------------
-RECORD = struct.Struct("<IIIBBH")  # length, payload crc, tag, kind, flags, header check
-RECORD_HEADER = RECORD.size  # 16
-ALIGN = 16  # records start on 16-byte boundaries, so a gap at the end always fits a pad
-KIND_DATA = 1
-KIND_PAD = 2
-FLAG_MORE = 1  # (link level) the payload continues in the next record
-FLAG_FIN = 2  # (link level) the writer closed: nothing follows
+RECORD: Final = struct.Struct("<IIIBBH")  # length, payload crc, tag, kind, flags, header check
+RECORD_HEADER: Final = 16
+assert RECORD.size == RECORD_HEADER
+ALIGN: Final = 16  # records start on 16-byte boundaries, so a gap at the end always fits a pad
+KIND_DATA: Final = 1
+KIND_PAD: Final = 2
+FLAG_MORE: Final = 1  # (link level) the payload continues in the next record
+FLAG_FIN: Final = 2  # (link level) the writer closed: nothing follows
 
-MIN_CAPACITY = 4096
-MAX_CAPACITY = 1 << 40
+MIN_CAPACITY: Final = 4096
+MAX_CAPACITY: Final = 1 << 40
 
 
 def ring_size(capacity: int) -> int:
@@ -408,6 +411,12 @@ class RingReader(_RingEnd):
         self._tail_seen = tail
         return tail
 
+    @property
+    def backlog(self) -> int:
+        """Bytes between this reader and the writer's tail as last read (no fresh load:
+        at most what is there, the writer may have committed more since)."""
+        return self._tail_seen - self.head
+
     def has_data(self) -> bool:
         """True if a record (or a pad) waits; reads the writer's tail afresh."""
         return self.head != self._tail_seen or self._load_tail() != self.head
@@ -423,6 +432,13 @@ class RingReader(_RingEnd):
         """
         mv = self._mv
         cap = self.capacity
+        # Typed, so that the compiled build does their arithmetic on machine integers.
+        length: int
+        crc: int
+        tag: int
+        kind: int
+        flags: int
+        check: int
         while True:
             head = self.head
             if head == self._tail_seen and self._load_tail() == head:
