@@ -33,6 +33,7 @@ COMPILED = [
     "asyncipc/transports/_ring/record.py",
     "asyncipc/transports/_ring/port.py",
     "asyncipc/transports/_ring/channel.py",
+    "asyncipc/transports/_ring/link.py",
 ]
 
 ext_modules = []

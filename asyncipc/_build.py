@@ -30,6 +30,7 @@ COMPILABLE = (
     "asyncipc.transports._ring.record",
     "asyncipc.transports._ring.port",
     "asyncipc.transports._ring.channel",
+    "asyncipc.transports._ring.link",
 )
 """The modules ``setup.py`` compiles (the hot path's pure code: docs/decisions.md, mypyc)."""
 
