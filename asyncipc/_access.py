@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from .permissions import Permissions
-from .subjects import is_literal
+from .subjects import ONE_OFF, is_literal
 from .users import User, verify_password
 
 __all__ = [
@@ -41,7 +41,6 @@ _CACHE_MAX = 1024
 """Subjects whose answer one session remembers; past it, the cache starts over."""
 _REPLIES_MAX = 4096
 """Requests delivered to one session that it may still answer; past it, the oldest go."""
-_ONE_OFF = ("_INBOX.", "$sys.stream.ack.")  # used once: never cached (as in subjects.py)
 
 
 class Access:
@@ -78,7 +77,7 @@ class Access:
             why = cache[subject]
         else:
             why = self.perms.publish_refusal(subject)
-            if not subject.startswith(_ONE_OFF):
+            if not subject.startswith(ONE_OFF):
                 if len(cache) >= _CACHE_MAX:
                     cache.clear()
                 cache[subject] = why
@@ -136,7 +135,7 @@ class Access:
         if pattern in cache:
             return cache[pattern]
         why = self.perms.subscribe_refusal(pattern)
-        if not pattern.startswith(_ONE_OFF) or not is_literal(pattern):
+        if not pattern.startswith(ONE_OFF) or not is_literal(pattern):
             if len(cache) >= _CACHE_MAX:
                 cache.clear()
             cache[pattern] = why

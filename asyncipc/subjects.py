@@ -20,6 +20,7 @@ from .errors import InvalidSubject
 
 __all__ = [
     "MAX_SUBJECT_BYTES",
+    "ONE_OFF",
     "SubjectIndex",
     "covers",
     "is_literal",
@@ -45,14 +46,15 @@ _QUEUE_RE = re.compile(r"[^\s*>]+")
 known_valid: dict[str, None] = {}
 _valid_subjects = known_valid
 _VALID_CACHE_MAX = 4096
-_ONE_OFF = ("_INBOX.", "$sys.stream.ack.")
+ONE_OFF = ("_INBOX.", "$sys.stream.ack.")
 """Subjects made for one message (a reply inbox, a stream message's ack subject): they are
-never cached, here or in the router, so that a stream of them leaves the caches to the
-subjects that come back."""
-_one_off_heads: dict[str, None] = {}
-"""What comes before the last token of one-off subjects found valid (``_INBOX.<id>.``):
-the same few come back with a new last token each, which is checked alone."""
-_ONE_OFF_HEADS_MAX = 1024
+never cached, here, in the router or in the permission checks, so that a stream of them
+leaves the caches to the subjects that come back."""
+_inbox_heads: dict[str, None] = {}
+"""What comes before the last token of reply subjects found valid (``_INBOX.<id>.``):
+the same few come back with a new last token each, which is checked alone. (Not for ack
+subjects: their head holds the message's sequence, new each time.)"""
+_INBOX_HEADS_MAX = 1024
 
 
 def _too_long(text: str) -> bool:
@@ -86,29 +88,30 @@ def validate_subject(subject: object) -> str:
         raise InvalidSubject(f"subject must be a str, not {type(subject).__name__}")
     if subject in _valid_subjects:
         return subject
-    one_off = subject.startswith(_ONE_OFF)
-    if one_off:
-        cut = subject.rfind(".") + 1
-        # A known head and a last token of letters and digits: valid (an alphanumeric
-        # token holds no space, dot or wildcard), and short enough in any encoding.
-        if (
-            subject[:cut] in _one_off_heads
-            and subject[cut:].isalnum()
-            and len(subject) <= MAX_SUBJECT_BYTES // 4
-        ):
-            return subject
+    inbox = subject.startswith("_INBOX.")
+    cut = subject.rfind(".") + 1
+    # A known inbox head and a last token of letters and digits: valid (an alphanumeric
+    # token holds no space, dot or wildcard), and short enough in any encoding.
+    if (
+        inbox
+        and subject[:cut] in _inbox_heads
+        and subject[cut:].isalnum()
+        and len(subject) <= MAX_SUBJECT_BYTES // 4
+    ):
+        return subject
     if _SUBJECT_RE.fullmatch(subject) is None:
         raise InvalidSubject(_explain(subject, wildcards=False))
     if _not_utf8(subject):
         raise _utf8_error("subject", subject)
     if _too_long(subject):
         raise InvalidSubject(f"subject is longer than {MAX_SUBJECT_BYTES} bytes")
-    if one_off:
-        # Used once: caching it would only push the others out; its head comes back.
-        if len(_one_off_heads) >= _ONE_OFF_HEADS_MAX:
-            _one_off_heads.clear()
-        _one_off_heads[subject[: subject.rfind(".") + 1]] = None
+    if inbox:  # used once: caching it would only push the others out; its head comes back
+        if len(_inbox_heads) >= _INBOX_HEADS_MAX:
+            _inbox_heads.clear()
+        _inbox_heads[subject[:cut]] = None
         return subject
+    if subject.startswith(ONE_OFF):
+        return subject  # used once
     if len(_valid_subjects) >= _VALID_CACHE_MAX:
         _valid_subjects.clear()
     _valid_subjects[subject] = None
