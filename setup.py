@@ -22,6 +22,7 @@ COMPILED = [
     "asyncipc/subjects.py",
     # the broker's and the clients' per-message path (docs/architecture.md)
     "asyncipc/_session.py",
+    "asyncipc/_stats.py",
     "asyncipc/broker.py",
     "asyncipc/_inflight.py",
     "asyncipc/client.py",

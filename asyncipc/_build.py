@@ -20,6 +20,7 @@ COMPILABLE = (
     "asyncipc.router",
     "asyncipc.subjects",
     "asyncipc._session",
+    "asyncipc._stats",
     "asyncipc.broker",
     "asyncipc._inflight",
     "asyncipc.client",
