@@ -12,7 +12,7 @@ import asyncio
 import hmac
 import logging
 import time
-from typing import Protocol
+from typing import Final, Protocol
 
 from ._access import Access, check_password, password_known, password_pool
 from ._logsafe import peer_log, printable
@@ -54,7 +54,7 @@ __all__ = ["Session", "SessionHost"]
 
 log = logging.getLogger("asyncipc.broker")
 
-_HELD_MAX = 64
+_HELD_MAX: Final = 64
 """Frames a client may send after its HELLO while its password is being checked."""
 
 

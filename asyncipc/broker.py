@@ -23,7 +23,7 @@ import os
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import anyio
 
@@ -58,7 +58,7 @@ __all__ = ["Broker", "BrokerAdapter", "BrokerStats", "Relay", "TransportStats"]
 
 log = logging.getLogger("asyncipc.broker")
 
-NO_RESPONDERS_HEADERS = {STATUS_HEADER: NO_RESPONDERS_STATUS}
+NO_RESPONDERS_HEADERS: Final = {STATUS_HEADER: NO_RESPONDERS_STATUS}
 """Sent, with an empty body, to the reply subject of a request nobody is subscribed to."""
 
 

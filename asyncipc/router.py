@@ -7,7 +7,7 @@ share a queue name, each message goes to one member, round robin (NATS semantics
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
 from .protocol import Overflow
 from .subjects import SubjectIndex
@@ -16,8 +16,8 @@ __all__ = ["Route", "Router"]
 
 O = TypeVar("O")  # noqa: E741 - the owner of a route: the broker's session object
 
-_CACHE_MAX = 8192
-_INBOX_CACHE_MAX = 256
+_CACHE_MAX: Final = 8192
+_INBOX_CACHE_MAX: Final = 256
 
 
 class Route(Generic[O]):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Hashable, Iterator
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
 from .errors import InvalidSubject
 
@@ -32,29 +32,29 @@ __all__ = [
     "validate_subject",
 ]
 
-MAX_SUBJECT_BYTES = 1024
+MAX_SUBJECT_BYTES: Final = 1024
 """Longest subject or pattern, in UTF-8 bytes. The wire format could carry 64 KiB; a
 kilobyte is already far more than any sane subject needs and keeps the index cheap."""
 
 _TOKEN = r"[^\s.*>]+"
-_SUBJECT_RE = re.compile(rf"{_TOKEN}(?:\.{_TOKEN})*")
-_PATTERN_RE = re.compile(rf"(?:{_TOKEN}|\*)(?:\.(?:{_TOKEN}|\*))*(?:\.>)?|>")
-_QUEUE_RE = re.compile(r"[^\s*>]+")
+_SUBJECT_RE: Final = re.compile(rf"{_TOKEN}(?:\.{_TOKEN})*")
+_PATTERN_RE: Final = re.compile(rf"(?:{_TOKEN}|\*)(?:\.(?:{_TOKEN}|\*))*(?:\.>)?|>")
+_QUEUE_RE: Final = re.compile(r"[^\s*>]+")
 
 # Publishing re-validates the same few subjects millions of times; a dict hit is several
 # times cheaper than the regex. Bounded so that a stream of unique subjects cannot grow it.
-known_valid: dict[str, None] = {}
-_valid_subjects = known_valid
-_VALID_CACHE_MAX = 4096
-ONE_OFF = ("_INBOX.", "$sys.stream.ack.")
+known_valid: Final[dict[str, None]] = {}
+_valid_subjects: Final = known_valid
+_VALID_CACHE_MAX: Final = 4096
+ONE_OFF: Final = ("_INBOX.", "$sys.stream.ack.")
 """Subjects made for one message (a reply inbox, a stream message's ack subject): they are
 never cached, here, in the router or in the permission checks, so that a stream of them
 leaves the caches to the subjects that come back."""
-_inbox_heads: dict[str, None] = {}
+_inbox_heads: Final[dict[str, None]] = {}
 """What comes before the last token of reply subjects found valid (``_INBOX.<id>.``):
 the same few come back with a new last token each, which is checked alone. (Not for ack
 subjects: their head holds the message's sequence, new each time.)"""
-_INBOX_HEADS_MAX = 1024
+_INBOX_HEADS_MAX: Final = 1024
 
 
 def _too_long(text: str) -> bool:

@@ -24,7 +24,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from ._native import mypyc_attr
 from .errors import ClosedError, ConnectionClosed, InvalidBody, PermissionDenied
@@ -51,7 +51,7 @@ _Fields = tuple[str, bytes, "Headers | None", "str | None"]
 
 # Message.__new__ is object.__new__ for the pure-Python class; a compiled (mypyc) Message
 # has its own, which object.__new__ refuses to stand in for.
-_new_message = Message.__new__
+_new_message: Final = Message.__new__
 
 
 class SubscriptionOwner(Publisher, Protocol):
@@ -385,7 +385,7 @@ class Subscription:
         await self.unsubscribe()
 
 
-INVALID_LOG_INTERVAL = 10.0
+INVALID_LOG_INTERVAL: Final = 10.0
 """At most one warning per subscription per this many seconds for bodies that do not
 decode (each is counted in :attr:`TypedSubscription.invalid`)."""
 

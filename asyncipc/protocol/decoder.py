@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import struct
-from typing import Any
+from typing import Any, Final
 
 from ..errors import FrameTooLarge, RemoteProtocolError
 from .frames import (
@@ -44,22 +44,32 @@ from .frames import (
 
 __all__ = ["FrameDecoder", "decode_headers", "parse_frame"]
 
-_LEN = struct.Struct(">I")
-_U16 = struct.Struct(">H")
-_SUB = struct.Struct(">IIQB")
-_ERR = struct.Struct(">HI")
-_HTTP_METHODS = (b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"OPTI", b"PATC", b"CONN", b"PRI ")
+_LEN: Final = struct.Struct(">I")
+_U16: Final = struct.Struct(">H")
+_SUB: Final = struct.Struct(">IIQB")
+_ERR: Final = struct.Struct(">HI")
+_HTTP_METHODS: Final = (
+    b"GET ",
+    b"POST",
+    b"PUT ",
+    b"HEAD",
+    b"DELE",
+    b"OPTI",
+    b"PATC",
+    b"CONN",
+    b"PRI ",
+)
 # What an HTTP server sends first. As a length prefix "HTTP" is 1.2 GB and "/" is no op,
 # so no valid first frame can start with it.
-_HTTP_RESPONSE = b"HTTP/1."
-_OP_MSG = int(Op.MSG)
+_HTTP_RESPONSE: Final = b"HTTP/1."
+_OP_MSG: Final = int(Op.MSG)
 # What get_buffer offers a read. A new link offers _READ_MAX, what uvloop and asyncio read
 # at a time into their own buffers (a busy link needs few system calls, and a peer that
 # sends a bad frame has it read, not reset, before it hears ERR). An empty buffer halves
 # towards _READ_MIN while reads use little of it, and doubles back when a read fills it:
 # a quiet link comes down to 64 KiB (libuv's suggested read size), not the largest frame.
-_READ_MIN = 64 * 1024
-_READ_MAX = 256 * 1024
+_READ_MIN: Final = 64 * 1024
+_READ_MAX: Final = 256 * 1024
 
 
 class FrameDecoder:
@@ -230,7 +240,8 @@ class FrameDecoder:
         held = self._end - self._start
         n = max(_READ_MIN, size // 2)
         if held >= n and not (self._need_preamble or self._response_start):
-            rest = _LEN.unpack_from(self._buf, self._start)[0] + 4 - held
+            announced: int = _LEN.unpack_from(self._buf, self._start)[0]
+            rest = announced + 4 - held
             n = max(1, min(rest, held))
         elif size > len(self._buf):  # the last read filled its offer: offer more
             new = bytearray(size)
@@ -336,6 +347,9 @@ class FrameDecoder:
         )
 
     def _frames(self) -> list[Frame]:
+        # Typed, so that the compiled build does the arithmetic on them natively: a
+        # struct's unpack gives Any.
+        length: int
         buf = self._buf
         out: list[Frame] = []
         pos = self._start
@@ -420,8 +434,8 @@ def _msg_in_place(buf: bytearray, view: memoryview, off: int, end: int) -> Msg:
     """
     if off + 6 > end:
         raise struct.error
-    sid = _LEN.unpack_from(buf, off)[0]
-    n = _U16.unpack_from(buf, off + 4)[0]
+    sid: int = _LEN.unpack_from(buf, off)[0]
+    n: int = _U16.unpack_from(buf, off + 4)[0]
     p = off + 6
     if n == 0 or p + n + 2 > end:
         raise struct.error
@@ -433,7 +447,7 @@ def _msg_in_place(buf: bytearray, view: memoryview, off: int, end: int) -> Msg:
         raise struct.error
     reply = buf[p : p + n].decode() if n else None
     p += n
-    hlen = _LEN.unpack_from(buf, p)[0]
+    hlen: int = _LEN.unpack_from(buf, p)[0]
     p += 4
     if p + hlen > end:
         raise struct.error
@@ -494,7 +508,7 @@ def _pub_fields(body: bytes, off: int) -> tuple[str, str | None, Headers | None,
     if not subject:
         raise RemoteProtocolError("message with an empty subject")
     reply, off = _text(body, off, "reply subject")
-    hlen = _LEN.unpack_from(body, off)[0]
+    hlen: int = _LEN.unpack_from(body, off)[0]
     off += 4
     if off + hlen > len(body):
         raise RemoteProtocolError(f"header block of {hlen} bytes runs past the frame end")
@@ -503,7 +517,7 @@ def _pub_fields(body: bytes, off: int) -> tuple[str, str | None, Headers | None,
 
 
 def _text(body: bytes, off: int, what: str) -> tuple[str | None, int]:
-    n = _U16.unpack_from(body, off)[0]
+    n: int = _U16.unpack_from(body, off)[0]
     off += 2
     if n == 0:
         return None, off
@@ -527,7 +541,9 @@ def decode_headers(body: bytes | bytearray, off: int = 0, end: int | None = None
         end = len(body)
     if end - off < 2:
         raise RemoteProtocolError(f"header block of {end - off} byte(s) has no room for its count")
-    count = _U16.unpack_from(body, off)[0]
+    count: int = _U16.unpack_from(body, off)[0]
+    klen: int
+    vlen: int
     off += 2
     out: Headers = {}
     try:

@@ -53,15 +53,15 @@ MSG_EXTRA: Final = 4
 """A MSG may exceed the maximum frame by this much: it is a PUB plus the 4-byte sid, and
 a PUB that fitted must stay deliverable."""
 
-_HEAD = struct.Struct(">IB")  # length, op
-_HEAD_SID = struct.Struct(">IBI")  # length, op, sid
-_HEAD_PUB = struct.Struct(">IBH")  # length, op, subject length
-_NO_REPLY_NO_HEADERS = b"\x00\x00\x00\x00\x00\x00"  # reply length 0, header block length 0
-_U16 = struct.Struct(">H")
-_U32 = struct.Struct(">I")
-_SUB = struct.Struct(">IIQB")  # sid, max_msgs, max_bytes, overflow
-_ERR = struct.Struct(">HI")  # code, sid
-_EMPTY_HDR = b"\x00\x00\x00\x00"
+_HEAD: Final = struct.Struct(">IB")  # length, op
+_HEAD_SID: Final = struct.Struct(">IBI")  # length, op, sid
+_HEAD_PUB: Final = struct.Struct(">IBH")  # length, op, subject length
+_NO_REPLY_NO_HEADERS: Final = b"\x00\x00\x00\x00\x00\x00"  # reply length 0, header block length 0
+_U16: Final = struct.Struct(">H")
+_U32: Final = struct.Struct(">I")
+_SUB: Final = struct.Struct(">IIQB")  # sid, max_msgs, max_bytes, overflow
+_ERR: Final = struct.Struct(">HI")  # code, sid
+_EMPTY_HDR: Final = b"\x00\x00\x00\x00"
 
 
 class Op(IntEnum):

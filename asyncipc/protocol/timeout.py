@@ -12,21 +12,22 @@ from __future__ import annotations
 import math
 import re
 from decimal import Decimal
+from typing import Final
 
 __all__ = ["format_timeout", "parse_timeout"]
 
-_DECIMAL = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_DECIMAL: Final = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 """What a reader accepts: ASCII digits, an optional fraction, leniently an exponent. No
 sign, no spaces, no ``inf``/``nan``, no ``_`` or non-ASCII digits (all of which Python's
 ``float()`` would take and other languages' parsers would not)."""
 
 
-_MEMO_MAX = 64
+_MEMO_MAX: Final = 64
 """Entries kept per memo below. A program uses a handful of time-outs, each thousands of
 times a second; a peer that sends a fresh value per request only empties the memo."""
 
-_formatted: dict[float, str | None] = {}
-_parsed: dict[str, float | None] = {}
+_formatted: Final[dict[float, str | None]] = {}
+_parsed: Final[dict[str, float | None]] = {}
 
 
 def format_timeout(seconds: float) -> str | None:

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable
-from typing import cast
+from typing import Final, cast
 
 from ..._logsafe import peer_log
 from ...errors import BrokenLinkError, ClosedError, ConnectError, FrameTooLarge, ProtocolError
@@ -45,26 +45,33 @@ _HTTP_400 = (
     b"Content-Length: 55\r\n\r\nthis is an asyncipc broker socket, not an HTTP server.\n"
 )
 
-HELD_RCVBUF = 4096
+HELD_RCVBUF: Final = 4096
 """The receive buffer of a held link (:meth:`StreamLink.hold`); the kernel doubles it."""
 
-HANG_UP_LINGER = 0.5
+HANG_UP_LINGER: Final = 0.5
 """Seconds a socket link that sent an ERR before hanging up (bad input, a broken limit)
 goes on reading, and dropping, what its peer still sends, its own side shut
 (:meth:`StreamLink._hang_up`). Closing a socket with unread input resets the
 connection at once, and the reset can reach the peer before it read the ERR."""
 
-HANG_UP_MAX_DROP = 256 * 1024
+HANG_UP_MAX_DROP: Final = 256 * 1024
 """What a link hanging up reads and drops at most: a peer that sends more after its ERR
 is not listening, and is closed on (a reset) at once."""
 
-_SCRATCH = memoryview(bytearray(64 * 1024))  # what is read to be dropped: never looked at
+_SCRATCH: Final = memoryview(bytearray(64 * 1024))  # what is read to be dropped: never looked at
 
 _HOLD, _DROP = 1, 2  # StreamLink._ignoring: input left unread, or read and dropped
 
 
 class StreamLink(asyncio.BufferedProtocol, Link):
     """A :class:`~asyncipc.link.Link` over an asyncio stream transport."""
+
+    # Declared again, not only on Link (a Python class): in the compiled build they are
+    # then this object's own fields, so that the per-message path reads and writes them
+    # directly instead of through the generic attribute lookup and the instance dict.
+    max_frame: int
+    write_blocked: bool
+    direct: LinkReceiver | None
 
     def __init__(
         self,
@@ -81,6 +88,8 @@ class StreamLink(asyncio.BufferedProtocol, Link):
         self.transport = transport_name
         self.peer = PeerInfo(transport_name)
         self.max_frame = options.max_frame
+        self.write_blocked = False
+        self.direct = None  # never offered: a stream link always encodes
         self._high_water = options.high_water
         self._low_water = options.high_water // 4
         # A client receives MSGs, which may carry MSG_EXTRA bytes more than the maximum.
