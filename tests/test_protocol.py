@@ -256,6 +256,40 @@ def test_decode_headers_names_a_block_that_does_not_end_where_it_should() -> Non
         parse_frame(99, b"")
 
 
+def test_a_header_block_seen_again_decodes_to_a_map_of_its_own() -> None:
+    """Small blocks are remembered (every request carries the same time-out block), but
+    each decode hands out a dict of its own: a receiver may change a message's headers,
+    and the next message with the same block must not see it."""
+    block = encode_headers({"asyncipc-timeout": "5"})[4:]
+    first = decode_headers(block)
+    first["added"] = "by the first receiver"
+    second = decode_headers(bytearray(block))  # the receive path decodes from a bytearray
+    assert second == {"asyncipc-timeout": "5"}
+    assert second is not first
+    second.clear()
+    framed = b"xy" + block
+    assert decode_headers(framed, 2, len(framed)) == {"asyncipc-timeout": "5"}
+
+
+def test_remembered_header_blocks_stay_few_and_small() -> None:
+    """A stream of unique headers cannot grow the memory of encoded and decoded blocks,
+    and a large block is never kept."""
+    from asyncipc.protocol import decoder, frames
+
+    for i in range(1000):
+        block = encode_headers({"trace": f"{i:08d}"})
+        assert decode_headers(block[4:]) == {"trace": f"{i:08d}"}
+    assert 0 < len(frames._encoded) <= 64
+    assert 0 < len(decoder._decoded) <= 64
+    big = {"big": "v" * 300}
+    block = encode_headers(big)
+    assert decode_headers(block[4:]) == big
+    assert ("big", "v" * 300) not in frames._encoded
+    assert block[4:] not in decoder._decoded
+    # The same one-header map encodes to the same bytes, remembered or not.
+    assert encode_headers({"k": "v"}) == encode_headers({"k": "v"}) == hblock([(b"k", b"v")])
+
+
 def test_pub_with_and_without_headers_and_reply() -> None:
     plain = encode(Pub("a.b", b"xyz"))
     assert plain == raw(Op.PUB, s16(b"a.b") + b"\x00\x00" + NO_HDR + b"xyz")

@@ -541,6 +541,28 @@ def decode_headers(body: bytes | bytearray, off: int = 0, end: int | None = None
         end = len(body)
     if end - off < 2:
         raise RemoteProtocolError(f"header block of {end - off} byte(s) has no room for its count")
+    if end - off > _DECODED_BLOCK_MAX:
+        return _decode_headers(body, off, end)
+    block = bytes(body[off:end])
+    known = _decoded.get(block)
+    if known is not None:
+        return known.copy()  # the caller's own dict: a Message's headers may be changed
+    out = _decode_headers(body, off, end)
+    if len(_decoded) >= _DECODED_MAX:
+        _decoded.clear()
+    _decoded[block] = out.copy()
+    return out
+
+
+_DECODED_MAX: Final = 64
+_DECODED_BLOCK_MAX: Final = 256
+_decoded: Final[dict[bytes, Headers]] = {}
+"""Header blocks decoded lately, by their bytes: most headers on the wire are the same
+few blocks over and over (every request's time-out), and a dict copy costs a fraction of
+decoding one. Only small blocks, and at most 64: a stream of unique ones clears it."""
+
+
+def _decode_headers(body: bytes | bytearray, off: int, end: int) -> Headers:
     count: int = _U16.unpack_from(body, off)[0]
     klen: int
     vlen: int

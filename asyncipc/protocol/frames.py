@@ -301,6 +301,28 @@ def encode_headers(headers: Headers | None) -> bytes:
     """The header block *with* its u32 length prefix (``00000000`` when empty)."""
     if not headers:
         return _EMPTY_HDR
+    if len(headers) == 1:
+        for item in headers.items():
+            block = _encoded.get(item)
+            if block is None:
+                block = _encode_headers(headers)
+                if len(block) <= _ENCODED_BLOCK_MAX:
+                    if len(_encoded) >= _ENCODED_MAX:
+                        _encoded.clear()
+                    _encoded[item] = block
+            return block
+    return _encode_headers(headers)
+
+
+_ENCODED_MAX: Final = 64
+_ENCODED_BLOCK_MAX: Final = 256
+_encoded: Final[dict[tuple[str, str], bytes]] = {}
+"""Blocks of one header encoded lately, by their one (name, value): the most common header
+map is a request's time-out alone, with the same few values over and over. Small blocks
+only, at most 64: a stream of unique values clears it."""
+
+
+def _encode_headers(headers: Headers) -> bytes:
     parts = [_U16.pack(len(headers))]
     for key, value in headers.items():
         k = key.encode()
