@@ -17,6 +17,7 @@ most the broker's ``drain_timeout`` for them.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Hashable
 from typing import Generic, TypeVar
 
@@ -37,7 +38,7 @@ class InFlight(Generic[S]):
         self.replies: dict[str, S] = {}
         """Reply subject -> requester. The broker reads it directly on the hot path."""
         self._by_requester: dict[S, set[str]] = {}
-        self._expires: dict[str, float] = {}  # reply -> loop time the requester gives up
+        self._expires: dict[str, float] = {}  # reply -> when the requester gives up
         self._max = max_tracked
         self._waiter: asyncio.Future[None] | None = None
 
@@ -46,7 +47,8 @@ class InFlight(Generic[S]):
 
     def add(self, reply: str, requester: S, expires: float | None = None) -> None:
         """A request with reply subject ``reply`` reached at least one responder;
-        ``expires``: the loop time after which its requester no longer waits."""
+        ``expires``: the :func:`time.monotonic` time after which its requester no longer
+        waits."""
         replies = self.replies
         if reply in replies:
             return
@@ -91,7 +93,7 @@ class InFlight(Generic[S]):
         requester's time-out."""
         loop = asyncio.get_running_loop()
         while self.replies:
-            now = loop.time()
+            now = time.monotonic()
             for reply in [r for r, t in self._expires.items() if t <= now]:
                 self.answered(reply)
             if not self.replies:

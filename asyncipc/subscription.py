@@ -102,6 +102,7 @@ class Subscription:
         "_draining",
         "_ended",
         "_error",
+        "_loop",
         "_queue",
         "_running",
         "_task",
@@ -137,6 +138,9 @@ class Subscription:
         self._queue: deque[_Fields] = deque()
         self._bytes = 0
         self._waiter: asyncio.Future[None] | None = None
+        # The loop, once a wait has found it: asyncio.get_running_loop() costs a getpid()
+        # system call on Python 3.11, and a consumer that keeps up waits once a message.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._blocking = False
         self._ended = False  # no more messages will arrive (unsubscribed, bus closed)
         self._error: BaseException | None = None
@@ -266,7 +270,10 @@ class Subscription:
                 if self._error is not None:
                     raise self._error
                 raise StopAsyncIteration
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            loop = self._loop
+            if loop is None:
+                loop = self._loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
             try:
                 await waiter
             finally:
