@@ -342,6 +342,29 @@ async def test_broker_close_waits_for_the_reply_to_a_request_in_flight() -> None
         await closing
 
 
+async def test_broker_close_does_not_wait_past_the_requesters_time_out() -> None:
+    """A request carries its requester's time-out; a closing broker stops waiting for its
+    reply once the requester has stopped waiting, long before ``drain_timeout``."""
+    name = f"memory://gave-up-{os.urandom(4).hex()}"
+    started = asyncio.Event()
+
+    async def never(msg: asyncipc.Message) -> bytes:
+        started.set()
+        await asyncio.Event().wait()
+        return b"never"
+
+    broker = asyncipc.Broker(drain_timeout=10 * GUARD)
+    await broker.listen(name)
+    async with asyncipc.connect(name) as service, asyncipc.connect(name) as client:
+        service.serve("never", never)
+        await service.flush()
+        asking = asyncio.create_task(client.request("never", timeout=0.2))
+        await started.wait()
+        await asyncio.wait_for(broker.close(), GUARD)  # not 10 * GUARD
+        with pytest.raises(asyncipc.RequestTimeout):
+            await asking
+
+
 async def test_drain_on_signals_closes_buses_then_brokers() -> None:
     name = f"memory://drain-{os.urandom(4).hex()}"
     broker = asyncipc.Broker()
