@@ -24,7 +24,7 @@ import logging
 import socket
 import struct
 from collections import deque
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from ...errors import (
     BrokenLinkError,
@@ -62,16 +62,16 @@ __all__ = ["CORRUPT_GRACE", "RingLink"]
 
 log = logging.getLogger("asyncipc.transport")
 
-CORRUPT_GRACE = 0.1
+CORRUPT_GRACE: Final = 0.1
 """Seconds a record that fails validation is looked at again before it counts as
 corruption: on a weakly ordered CPU its last bytes may still be on their way
 (``docs/shm.md``). On x86-64 a failing record is corrupt the first time."""
 
-_HEAD = struct.Struct(">IB")
-_HEAD_SID = struct.Struct(">IBI")
-_U16 = struct.Struct(">H")
-_U32 = struct.Struct(">I")
-_NONE = b"\x00\x00"
+_HEAD: Final = struct.Struct(">IB")
+_HEAD_SID: Final = struct.Struct(">IBI")
+_U16: Final = struct.Struct(">H")
+_U32: Final = struct.Struct(">I")
+_NONE: Final = b"\x00\x00"
 
 _Parts = tuple[Any, ...]
 _MsgFields = tuple[int, str, bytes, "str | None", "Headers | None"]
@@ -126,6 +126,12 @@ def _decode_msg(mv: memoryview, start: int, end: int) -> _MsgFields:
 class RingLink(Link):
     """One end of a link over two rings. Built by ``shm.py`` and ``mmap.py``."""
 
+    # Declared again, not only on Link (a Python class): compiled, they are this object's
+    # own fields, read and written directly on the per-message path (as StreamLink's).
+    max_frame: int
+    write_blocked: bool
+    direct: LinkReceiver | None
+
     def __init__(
         self,
         transport_name: str,
@@ -144,6 +150,8 @@ class RingLink(Link):
         self.transport = transport_name
         self.peer = peer
         self.max_frame = options.max_frame
+        self.write_blocked = False
+        self.direct = None  # never offered: a ring link always encodes
         self._high_water = options.high_water
         self._low_water = options.high_water // 4
         self._rx_max = options.max_frame + (0 if server_side else MSG_EXTRA)
