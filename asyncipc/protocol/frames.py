@@ -303,7 +303,10 @@ def encode_headers(headers: Headers | None) -> bytes:
         return _EMPTY_HDR
     if len(headers) == 1:
         for item in headers.items():
-            block = _encoded.get(item)
+            try:
+                block = _encoded.get(item)
+            except TypeError:  # not a str (unhashable): _encode_headers says so, as before
+                break
             if block is None:
                 block = _encode_headers(headers)
                 if len(block) <= _ENCODED_BLOCK_MAX:
