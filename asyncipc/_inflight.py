@@ -45,18 +45,19 @@ class InFlight(Generic[S]):
     def __len__(self) -> int:
         return len(self.replies)
 
-    def add(self, reply: str, requester: S, expires: float | None = None) -> None:
+    def add(self, reply: str, requester: S, waits: float | None = None) -> None:
         """A request with reply subject ``reply`` reached at least one responder;
-        ``expires``: the :func:`time.monotonic` time after which its requester no longer
-        waits."""
+        ``waits``: the seconds its requester waits for the answer (None: no limit)."""
         replies = self.replies
         if reply in replies:
             return
         if len(replies) >= self._max:
             self.answered(next(iter(replies)))
         replies[reply] = requester
-        if expires is not None:
-            self._expires[reply] = expires
+        if waits is not None:
+            # The monotonic clock, not the loop's: asyncio.get_running_loop() makes a
+            # getpid() system call on Python 3.11, and this runs once per request.
+            self._expires[reply] = time.monotonic() + waits
         mine = self._by_requester.get(requester)
         if mine is None:
             mine = self._by_requester[requester] = set()

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -63,8 +62,8 @@ NO_RESPONDERS_HEADERS: Final = {STATUS_HEADER: NO_RESPONDERS_STATUS}
 """Sent, with an empty body, to the reply subject of a request nobody is subscribed to."""
 
 
-def _deadline(headers: Headers | None) -> float | None:
-    """When the requester stops waiting, from a request's ``asyncipc-timeout`` header."""
+def _waits(headers: Headers | None) -> float | None:
+    """How long the requester waits, from a request's ``asyncipc-timeout`` header."""
     if not headers:
         return None
     text = headers.get(TIMEOUT_HEADER)
@@ -73,9 +72,7 @@ def _deadline(headers: Headers | None) -> float | None:
     seconds = parse_timeout(text)  # the spec's form only: float() would take "inf", "1_0"
     if seconds is None or seconds >= 1e9:  # a requester that waits for ever: no deadline
         return None
-    # The monotonic clock, not the loop's: asyncio.get_running_loop() costs a getpid()
-    # system call on Python 3.11, once per request. InFlight reads the same clock.
-    return time.monotonic() + seconds
+    return seconds
 
 
 class Relay(Protocol):
@@ -607,7 +604,7 @@ class Broker:
                 owner.access.request_delivered(reply)  # it may answer (allow_responses)
         stats.messages_out += sent
         if reply is not None and source is not None and sent:
-            self._inflight.add(reply, source, _deadline(headers))
+            self._inflight.add(reply, source, _waits(headers))
 
     def _observe(
         self,
