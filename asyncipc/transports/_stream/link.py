@@ -6,7 +6,8 @@ task switch per frame would cost more than the frame) around the sans-I/O
 (``get_buffer``), so a frame's bytes are copied once, from that buffer into the frame, not
 first into a ``bytes`` per read and then onto the end of the decoder's buffer. Writes are
 gathered and handed to the transport once per event-loop turn, so a burst of publishes costs
-one system call, not one each.
+one system call, not one each, and a frame queued when nothing else is goes out at once
+(see :class:`_ReadBatch`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import weakref
 from collections.abc import Callable
 from typing import Final, cast
 
@@ -61,6 +63,56 @@ is not listening, and is closed on (a reset) at once."""
 _SCRATCH: Final = memoryview(bytearray(64 * 1024))  # what is read to be dropped: never looked at
 
 _HOLD, _DROP = 1, 2  # StreamLink._ignoring: input left unread, or read and dropped
+
+
+_TURN: Final = 0  # _ReadBatch.mode: queued by a task, a timer, ...: not in a read
+_ONE: Final = 1  # handling a read of one frame
+_MANY: Final = 2  # handling a read of several frames
+
+
+class _ReadBatch:
+    """When a loop's stream links write what they queue; one per event loop.
+
+    - Handling a read of several frames (a burst of PUBs), what any stream link of the
+      loop queues is gathered and written when the read is handled: one write per
+      destination and read.
+    - Handling a read of one frame (a request, a reply: latency), what it makes is
+      written at once.
+    - Queued outside a read (a task publishing), a link's first frame of a loop turn is
+      written at once, and the frames queued after it in the same turn are gathered and
+      written in one call when the turn ends (``call_soon``): a burst of publishes costs
+      two system calls, not one each.
+
+    Before, every write waited for the end of the turn. A handle scheduled while uvloop
+    runs handles runs in its next turn, after a zero-timeout poll: a request's frame
+    waited a loop iteration in the requester and the broker, and its reply one in the
+    responder and the broker (docs/decisions.md, "A frame waits for nothing")."""
+
+    __slots__ = ("links", "mode")
+
+    def __init__(self) -> None:
+        self.mode = _TURN
+        self.links: list[StreamLink] = []  # links with output gathered in a _MANY read
+
+    def flush(self) -> None:
+        links = self.links
+        try:
+            for link in links:
+                link._flush()
+        finally:
+            links.clear()
+
+
+_batches: Final[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _ReadBatch]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _batch_of(loop: asyncio.AbstractEventLoop) -> _ReadBatch:
+    batch = _batches.get(loop)
+    if batch is None:
+        batch = _batches[loop] = _ReadBatch()
+    return batch
 
 
 class StreamLink(asyncio.BufferedProtocol, Link):
@@ -113,6 +165,7 @@ class StreamLink(asyncio.BufferedProtocol, Link):
         self._out: list[bytes] = []
         self._out_bytes = 0
         self._flush_handle: asyncio.Handle | None = None
+        self._batched = False  # in the loop's _ReadBatch.links: written when its read is
         self._transport_paused = False  # the OS buffer is full (pause_writing)
         self._reading_paused = False
         self._ignoring = 0  # _HOLD: a refused link kept unread; _DROP: hanging up
@@ -124,6 +177,7 @@ class StreamLink(asyncio.BufferedProtocol, Link):
         self._exc: BaseException | None = None
         self._closed_fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._loop = asyncio.get_running_loop()
+        self._batch = _batch_of(self._loop)
         self._last_rx = self._loop.time()
 
     # --- asyncio.Protocol callbacks -------------------------------------------------
@@ -158,7 +212,7 @@ class StreamLink(asyncio.BufferedProtocol, Link):
         except (ProtocolError, FrameTooLarge) as exc:
             self._protocol_violation(exc)
             return
-        self._handle(frames)
+        self._handle_batch(frames)
 
     def data_received(self, data: bytes) -> None:
         """Bytes from a transport that does not read into our buffer (a pipe's read half:
@@ -172,7 +226,19 @@ class StreamLink(asyncio.BufferedProtocol, Link):
         except (ProtocolError, FrameTooLarge) as exc:
             self._protocol_violation(exc)
             return
-        self._handle(frames)
+        self._handle_batch(frames)
+
+    def _handle_batch(self, frames: list[Frame]) -> None:
+        """:meth:`_handle` the frames of one read, then write what that gathered."""
+        batch = self._batch
+        outer = batch.mode
+        batch.mode = _MANY if len(frames) > 1 else _ONE
+        try:
+            self._handle(frames)
+        finally:
+            batch.mode = outer
+            if outer == _TURN and batch.links:
+                batch.flush()
 
     # --- the deadline of a started frame (slowloris) ------------------------------------
 
@@ -340,16 +406,27 @@ class StreamLink(asyncio.BufferedProtocol, Link):
             self._queue2(msg_head(sid, pub, self.max_frame), pub.raw)
 
     def _queue(self, data: bytes) -> None:
-        self._out.append(data)
-        self._out_bytes += len(data)
-        if self._out_bytes > self._high_water:
-            self.write_blocked = self._blocked_reported = True
-        if self._flush_handle is None:
-            self._flush_handle = self._loop.call_soon(self._flush)
+        self._queue2(data, b"")
 
     def _queue2(self, head: bytes, body: bytes) -> None:
-        """:meth:`_queue` of a frame in two parts, not concatenated: the flush's join
-        is the one copy of ``body``."""
+        """Queue a frame given in two parts (head, payload), or write it now: see
+        :class:`_ReadBatch` for when. Not concatenated when queued: the flush's join is
+        the one copy of ``body``."""
+        if self._flush_handle is None and not self._batched:
+            # Nothing of this turn, or of the read being handled, is queued yet.
+            batch = self._batch
+            mode = batch.mode
+            tr = self._tr
+            if mode != _MANY and tr is not None and not self._out and not self._transport_paused:
+                if mode == _TURN:
+                    self._flush_handle = self._loop.call_soon(self._turn_ended)
+                tr.write(head + body if body else head)
+                return
+            if mode == _MANY:
+                self._batched = True
+                batch.links.append(self)
+            else:
+                self._flush_handle = self._loop.call_soon(self._turn_ended)
         out = self._out
         out.append(head)
         if body:
@@ -357,11 +434,17 @@ class StreamLink(asyncio.BufferedProtocol, Link):
         self._out_bytes += len(head) + len(body)
         if self._out_bytes > self._high_water:
             self.write_blocked = self._blocked_reported = True
-        if self._flush_handle is None:
-            self._flush_handle = self._loop.call_soon(self._flush)
+
+    def _turn_ended(self) -> None:
+        self._flush_handle = None
+        self._flush()
 
     def _flush(self) -> None:
-        self._flush_handle = None
+        self._batched = False
+        handle = self._flush_handle
+        if handle is not None:  # written before the turn's end (closing, hanging up)
+            handle.cancel()
+            self._flush_handle = None
         if not self._out or self._tr is None:
             return
         out = self._out
@@ -478,9 +561,7 @@ class StreamLink(asyncio.BufferedProtocol, Link):
             if self._linger is not None and self._tr is not None:
                 self._tr.close()  # hanging up: the broker or the Bus closes, now
             return
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush()
+        self._flush()
         self._closing = True
         self._exc = self._exc or ClosedError(f"{self.transport} link is closed")
         if self._tr is not None:

@@ -1,0 +1,206 @@
+"""When a stream link writes what it queues (``transports/_stream/link.py``, ``_ReadBatch``).
+
+A frame that nothing is queued before goes on the wire at once, not a loop turn later; a
+burst is still gathered into one write. Each test drives a real ``StreamLink`` over a real
+Unix socket pair and looks at the other end with a non-blocking ``recv``: what it finds
+there at a given moment is what the link has written by then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from asyncipc.protocol import PING, PONG, PREAMBLE, Frame, FrameDecoder, Headers, encode
+from asyncipc.transports import TransportOptions
+from asyncipc.transports._stream.link import StreamLink
+
+
+def _available(sock: socket.socket) -> bytes:
+    """Everything the link has written so far, without waiting (a non-blocking socket)."""
+    got = b""
+    while True:
+        try:
+            chunk = sock.recv(1 << 20)
+        except BlockingIOError:
+            return got
+        if not chunk:
+            return got
+        got += chunk
+
+
+def _frames(data: bytes) -> list[Frame]:
+    decoder = FrameDecoder(msg_extra=1024)
+    return decoder.feed(data)
+
+
+class _Replier:
+    """A receiver that answers each PING with a PONG, calling ``on_ping`` first."""
+
+    def __init__(self, link: StreamLink, on_ping: Callable[[int], None]) -> None:
+        self.link = link
+        self.on_ping = on_ping
+        self.pings = 0
+
+    def frame_received(self, frame: Frame) -> None:
+        assert frame == PING
+        self.pings += 1
+        self.on_ping(self.pings)
+        self.link.send(PONG)
+
+    def link_lost(self, exc: BaseException | None) -> None:
+        pass
+
+    def writing_resumed(self) -> None:
+        pass
+
+    def pub_received(
+        self, subject: str, data: bytes, reply: str | None, headers: Headers | None
+    ) -> None:
+        raise AssertionError("a stream link hands over frames")
+
+    def msg_received(
+        self, sid: int, subject: str, data: bytes, reply: str | None, headers: Headers | None
+    ) -> None:
+        raise AssertionError("a stream link hands over frames")
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[tuple[StreamLink, socket.socket]]:
+    """A client-side StreamLink on one end of a socket pair, a plain socket on the other
+    (the PREAMBLE the link sends first already read)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    loop = asyncio.get_running_loop()
+    _, link = await loop.create_unix_connection(
+        lambda: StreamLink("unix", TransportOptions(), server_side=False), sock=ours
+    )
+    assert isinstance(link, StreamLink)
+    theirs.settimeout(5)
+    assert theirs.recv(len(PREAMBLE)) == PREAMBLE
+    theirs.setblocking(False)
+    try:
+        yield link, theirs
+    finally:
+        link.close()
+        await link.wait_closed()
+        theirs.close()
+
+
+async def test_a_frame_a_task_publishes_is_written_before_publish_returns(
+    pair: tuple[StreamLink, socket.socket],
+) -> None:
+    link, peer = pair
+    link.publish("a.b", b"payload", "r.1", None)
+    # No await since: a frame deferred to the end of the loop turn would not be there.
+    frames = _frames(_available(peer))
+    assert [(f.subject, f.data, f.reply) for f in frames] == [("a.b", b"payload", "r.1")]  # type: ignore[union-attr]
+
+
+async def test_a_burst_from_a_task_is_the_first_frame_then_one_write_of_the_rest(
+    pair: tuple[StreamLink, socket.socket],
+) -> None:
+    link, peer = pair
+    for i in range(100):
+        link.publish("burst", str(i).encode(), None, None)
+    first = _frames(_available(peer))
+    assert [f.data for f in first] == [b"0"]  # type: ignore[union-attr]
+    assert link.buffered > 0  # the other 99 wait for the end of the turn, in one piece
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    rest = _frames(_available(peer))
+    assert [f.data for f in rest] == [str(i).encode() for i in range(1, 100)]  # type: ignore[union-attr]
+    assert link.buffered == 0
+    link.publish("later", b"x", None, None)  # a new turn: at once again
+    assert [f.data for f in _frames(_available(peer))] == [b"x"]  # type: ignore[union-attr]
+
+
+async def test_the_answer_to_a_read_of_one_frame_is_written_while_the_read_is_handled(
+    pair: tuple[StreamLink, socket.socket],
+) -> None:
+    link, peer = pair
+    seen: list[bytes] = []
+    looked = asyncio.Event()
+
+    def look() -> None:
+        seen.append(_available(peer))
+        looked.set()
+
+    def on_ping(n: int) -> None:
+        # Runs in the link's read callback, before the PONG is queued. A handle
+        # scheduled here runs before any the link could schedule for its PONG.
+        asyncio.get_running_loop().call_soon(look)
+
+    link.set_receiver(_Replier(link, on_ping))
+    peer.sendall(encode(PING))
+    await asyncio.wait_for(looked.wait(), 5)
+    assert _frames(seen[0]) == [PONG]
+
+
+async def test_the_answers_to_a_read_of_many_frames_are_gathered_into_one_write(
+    pair: tuple[StreamLink, socket.socket],
+) -> None:
+    link, peer = pair
+    during: list[bytes] = []
+    after: list[bytes] = []
+    looked = asyncio.Event()
+
+    def look() -> None:
+        after.append(_available(peer))
+        looked.set()
+
+    def on_ping(n: int) -> None:
+        during.append(_available(peer))  # nothing yet: the read is still being handled
+        if n == 1:
+            asyncio.get_running_loop().call_soon(look)
+
+    replier = _Replier(link, on_ping)
+    link.set_receiver(replier)
+    peer.sendall(encode(PING) * 3)  # one write: one read on the link's side
+    await asyncio.wait_for(looked.wait(), 5)
+    if replier.pings < 3:
+        pytest.fail(f"the 3 PINGs did not arrive in one read ({replier.pings} then more)")
+    assert during == [b"", b"", b""]
+    # Written when the read was handled: before the next turn's first handle ran.
+    assert _frames(after[0]) == [PONG, PONG, PONG]
+
+
+async def test_frames_stay_in_order_across_the_ways_they_are_written(
+    pair: tuple[StreamLink, socket.socket],
+) -> None:
+    """At once, gathered per turn, gathered per read, after the OS buffer filled: the
+    peer reads every frame once, in the order queued."""
+    link, peer = pair
+    sent: list[bytes] = []
+    big = b"z" * 60_000
+
+    def on_ping(n: int) -> None:
+        for _ in range(3):
+            data = f"read{n}.{len(sent)}".encode()
+            sent.append(data)
+            link.publish("o", data, None, None)
+
+    link.set_receiver(_Replier(link, on_ping))
+    decoder = FrameDecoder(msg_extra=1024)
+    got: list[bytes] = []
+
+    def drain_peer() -> None:
+        for f in decoder.feed(_available(peer)):
+            if f != PONG:
+                got.append(f.data)  # type: ignore[union-attr]
+
+    for round_ in range(5):
+        for i in range(20):  # fills the socket buffer: later frames queue behind
+            data = big if i % 5 == 4 else f"t{round_}.{i}".encode()
+            sent.append(data)
+            link.publish("o", data, None, None)
+        peer.sendall(encode(PING) * (1 + round_ % 2))
+        for _ in range(50):
+            await asyncio.sleep(0.002)
+            drain_peer()
+    while len(got) < len(sent):
+        await asyncio.sleep(0.01)
+        drain_peer()
+    assert got == sent
