@@ -18,22 +18,34 @@ would avoid it; on 3.11 this pool does:
 - A worker whose callback ended goes back to leading if nobody leads, else waits idle (a
   few are kept, the rest end). At most ``limit`` callbacks run; the leader takes no
   message while they all do, so the queue's bound and overflow policy hold.
+- A message that arrives while the leader waits on an empty queue does not wake it: the
+  subscription hands it to :meth:`_Pool.run_inline` at once, in the link's read callback,
+  which runs the callback's first step there as the leader would have (``current_task()``
+  is the leader, the step runs in the leader's context). Waking the leader would cost a
+  future and a loop turn; a handler that answers at once now answers within the read
+  that brought its request, and its reply is written before the loop polls again. One
+  that waits is handed to the leader (:class:`_Handoff`), which drives it to its end as
+  above. Not when a task is running (a memory:// publisher delivering in its own task):
+  then the message is queued as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
+from asyncio import tasks as _asyncio_tasks
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConnectionClosed, SlowConsumer
+from .subscription import Subscription
 
 if TYPE_CHECKING:
     from .message import Message
-    from .subscription import Subscription
+    from .protocol import Headers
 
 __all__ = ["run_pool"]
 
@@ -42,13 +54,45 @@ log = logging.getLogger("asyncipc.client")
 KEEP_IDLE = 4
 """Idle workers kept for the next burst; more end."""
 
+# What makes a task the current one while something else runs its step: asyncio's own
+# (Task.__step uses them), private but present in every Python we support. Without them
+# no message runs inline.
+_enter_task: Callable[[asyncio.AbstractEventLoop, asyncio.Task[Any]], None] | None = getattr(
+    _asyncio_tasks, "_enter_task", None
+)
+_leave_task: Callable[[asyncio.AbstractEventLoop, asyncio.Task[Any]], None] | None = getattr(
+    _asyncio_tasks, "_leave_task", None
+)
+
+
+class _Handoff(Exception):
+    """Raised in the leader, from its wait on the subscription: a callback whose first
+    step ran inline waits, and the leader drives the rest; or it raised what only the
+    leader may raise (``SystemExit``, ``CancelledError``). Also ``_Pool.handoff``."""
+
+    def __init__(
+        self,
+        coro: Coroutine[Any, Any, None] | None,
+        step: Any,
+        raised: BaseException | None,
+        waiter: asyncio.Future[None],
+    ) -> None:
+        super().__init__("an inline callback for the leader")
+        self.coro = coro
+        self.step = step
+        self.raised = raised
+        self.waiter = waiter
+
 
 class _Pool:
     __slots__ = (
         "busy",
         "callback",
         "ended",
+        "handoff",
         "idle",
+        "leader",
+        "leader_ctx",
         "leading",
         "limit",
         "loop",
@@ -76,6 +120,13 @@ class _Pool:
         self.idle: deque[asyncio.Future[bool]] = deque()
         self.room: asyncio.Future[None] | None = None  # the leader waits for a slot
         self.workers: set[asyncio.Task[None]] = set()
+        # The worker waiting on the subscription, and the context its steps run in.
+        self.leader: asyncio.Task[None] | None = None
+        self.leader_ctx: contextvars.Context | None = None
+        # An inline callback for the leader to finish: (its coroutine and what it waits
+        # on, or what it raised that is not an Exception; the waiter future the leader
+        # was woken by), until the leader takes it.
+        self.handoff: _Handoff | None = None
 
     def promote(self) -> None:
         """A callback is waiting: make sure another worker leads."""
@@ -87,7 +138,10 @@ class _Pool:
             if not fut.done():
                 fut.set_result(True)
                 return
-        task = self.loop.create_task(self.work(), name=f"asyncipc callback {self.sub.subject}")
+        ctx = contextvars.copy_context()
+        task = self.loop.create_task(
+            self.work(ctx), name=f"asyncipc callback {self.sub.subject}", context=ctx
+        )
         self.workers.add(task)
         self.tasks.add(task)
         task.add_done_callback(self._gone)
@@ -99,46 +153,60 @@ class _Pool:
     def end(self) -> None:
         self.ended = True
         self.leading = False
+        self.leader = self.leader_ctx = None
+        self.sub._offer = None
         while self.idle:
             fut = self.idle.popleft()
             if not fut.done():
                 fut.set_result(False)
 
-    async def work(self) -> None:
-        """One worker: lead, run a callback, then lead again, idle, or end."""
+    async def work(self, ctx: contextvars.Context) -> None:
+        """One worker: lead, run a callback, then lead again, idle, or end. ``ctx`` is
+        the context this worker's task runs in (the inline steps run in it too)."""
         sub, callback, loop, limit = self.sub, self.callback, self.loop, self.limit
         subject = sub.subject
+        me = asyncio.current_task()
         try:
             while True:
                 # Leading.
                 while self.busy >= limit:
                     self.room = room = loop.create_future()
                     await room
+                self.leader, self.leader_ctx = me, ctx
+                handoff = None
                 try:
                     msg = await sub.__anext__()
                 except StopAsyncIteration:
                     self.end()
                     return
+                except BaseException as exc:
+                    handoff = self.handoff
+                    if handoff is None:
+                        raise
+                    # A callback's first step ran inline and it waits: ours to drive.
+                    self.handoff = None
+                    if not handoff.waiter.cancelled():
+                        handoff.waiter.exception()  # retrieved, whatever woke us instead
+                    error = None if exc is handoff else exc  # cancelled before we woke
                 self.leading = False
-                self.busy += 1
+                self.leader = self.leader_ctx = None
+                if handoff is None:
+                    self.busy += 1
                 try:
-                    coro = _as_coroutine(callback(msg))
-                    try:
-                        step = coro.send(None)
-                    except StopIteration:
-                        pass  # done without waiting
+                    if handoff is None:
+                        coro, step = _start(callback, msg)
+                        error = None
+                    elif handoff.raised is not None:
+                        raise handoff.raised
                     else:
+                        coro, step = handoff.coro, handoff.step
+                    if coro is not None:
                         self.promote()  # it waits: another worker takes the next message
-                        await _resume(coro, step)
+                        await _resume(coro, step, error)
                 except Exception:
                     log.exception("callback for %r raised", subject)
                 finally:
-                    self.busy -= 1
-                    waiting = self.room
-                    if waiting is not None:
-                        self.room = None
-                        if not waiting.done():
-                            waiting.set_result(None)
+                    self.release()
                 if self.ended:
                     return
                 if not self.leading:
@@ -154,6 +222,78 @@ class _Pool:
             if isinstance(exc, SlowConsumer):
                 log.warning("%s", exc)
             self.end()
+
+    def release(self) -> None:
+        """A callback ended: its slot is free."""
+        self.busy -= 1
+        waiting = self.room
+        if waiting is not None:
+            self.room = None
+            if not waiting.done():
+                waiting.set_result(None)
+
+    def run_inline(
+        self, subject: str, data: bytes, headers: Headers | None, reply: str | None
+    ) -> bool:
+        """The subscription's ``_offer`` hook: a message arrived while the leader waits
+        on an empty queue. Run the callback's first step now, as the leader: True if it
+        was taken, False to queue it (a task is running, no slot is free)."""
+        sub, loop = self.sub, self.loop
+        task, ctx, waiter = self.leader, self.leader_ctx, sub._waiter
+        enter, leave = _enter_task, _leave_task
+        if (
+            enter is None
+            or leave is None
+            or task is None
+            or ctx is None
+            or waiter is None
+            or waiter.done()
+            or self.busy >= self.limit
+            or self.handoff is not None
+            or asyncio.current_task(loop) is not None
+        ):
+            return False
+        msg = sub._message(subject, data, headers, reply)
+        self.busy += 1
+        # Messages a callback makes arrive for this subscription meanwhile are queued,
+        # not run inside it: the leader's waiter is off the subscription while it runs.
+        sub._waiter = None
+        raised: BaseException | None = None
+        coro: Coroutine[Any, Any, None] | None = None
+        step: Any = None
+        enter(loop, task)
+        try:
+            coro, step = ctx.run(_start, self.callback, msg)
+        except Exception:
+            log.exception("callback for %r raised", sub.subject)
+        except BaseException as exc:
+            raised = exc  # SystemExit, CancelledError...: the leader raises it, as it would
+        finally:
+            leave(loop, task)
+        if coro is None and raised is None:  # done without waiting
+            self.release()
+            if not waiter.done():  # (cancelled if the leader was, meanwhile)
+                if sub._queue or sub._ended:
+                    waiter.set_result(None)  # what came meanwhile, or the end: the leader's
+                else:
+                    sub._waiter = waiter
+            return True
+        self.handoff = handoff = _Handoff(coro, step, raised, waiter)
+        if not waiter.done():
+            waiter.set_exception(handoff)
+        return True
+
+
+def _start(
+    callback: Callable[[Message], Awaitable[None]], msg: Message
+) -> tuple[Coroutine[Any, Any, None] | None, Any]:
+    """Call ``callback`` and run its first step: its coroutine and what it waits on, or
+    ``(None, None)`` if it finished without waiting."""
+    coro = _as_coroutine(callback(msg))
+    try:
+        return coro, coro.send(None)
+    except StopIteration:
+        return None, None
 
 
 def _as_coroutine(aw: Awaitable[None]) -> Coroutine[Any, Any, None]:
@@ -179,11 +319,19 @@ class _Yield:
         return (yield self.step)
 
 
-async def _resume(coro: Coroutine[Any, Any, None], step: Any) -> None:
+async def _resume(
+    coro: Coroutine[Any, Any, None], step: Any, error: BaseException | None = None
+) -> None:
     """Drive ``coro``, suspended on ``step`` (what its last ``send`` yielded), to its
     end in the current task: the task waits on what ``coro`` waits on, and cancelling
-    the task throws into ``coro``, as if the task had run ``coro`` from the start."""
+    the task throws into ``coro``, as if the task had run ``coro`` from the start.
+    ``error``: the task was cancelled before it could wait on ``step`` (an inline
+    callback handed over): ``step`` is cancelled and ``error`` thrown in first."""
     try:
+        if error is not None:
+            if isinstance(step, asyncio.Future):
+                step.cancel()
+            step = coro.throw(error)
         while True:
             try:
                 value = await _Yield(step)
@@ -200,8 +348,13 @@ async def run_pool(
     callback: Callable[[Message], Awaitable[None]],
     limit: int,
     tasks: set[asyncio.Task[None]],
+    ctx: contextvars.Context,
 ) -> None:
-    """The subscription's runner (``sub._task``): the first worker of its pool."""
+    """The subscription's runner (``sub._task``): the first worker of its pool, run in
+    ``ctx`` (``create_task(..., context=ctx)``)."""
     pool = _Pool(sub, callback, limit, tasks)
     sub._running = pool.workers
-    await pool.work()
+    if _enter_task is not None and _leave_task is not None and type(sub) is Subscription:
+        # Not a typed subscription: its messages are decoded on the way out of the queue.
+        sub._offer = pool.run_inline
+    await pool.work(ctx)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import math
 import os
@@ -748,12 +749,14 @@ class Bus:
                 self._subs.pop(sid, None)
                 raise
         if callback is not None:
+            # The pool runs callbacks in this context (its first worker's) inline too.
+            ctx = contextvars.copy_context()
             run = (
                 self._run_callback(sub, callback)
                 if max_concurrency == 1
-                else run_pool(sub, callback, max_concurrency, self._tasks)
+                else run_pool(sub, callback, max_concurrency, self._tasks, ctx)
             )
-            task = self._loop.create_task(run, name=f"asyncipc callback {subject}")
+            task = self._loop.create_task(run, name=f"asyncipc callback {subject}", context=ctx)
             sub._task = task
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
