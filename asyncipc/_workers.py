@@ -41,7 +41,7 @@ from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConnectionClosed, SlowConsumer
-from .subscription import Subscription
+from .subscription import Subscription, _make_message
 
 if TYPE_CHECKING:
     from .message import Message
@@ -123,9 +123,7 @@ class _Pool:
         # The worker waiting on the subscription, and the context its steps run in.
         self.leader: asyncio.Task[None] | None = None
         self.leader_ctx: contextvars.Context | None = None
-        # An inline callback for the leader to finish: (its coroutine and what it waits
-        # on, or what it raised that is not an Exception; the waiter future the leader
-        # was woken by), until the leader takes it.
+        # An inline callback the leader is to take over, until it does.
         self.handoff: _Handoff | None = None
 
     def promote(self) -> None:
@@ -253,7 +251,7 @@ class _Pool:
             or asyncio.current_task(loop) is not None
         ):
             return False
-        msg = sub._message(subject, data, headers, reply)
+        msg = _make_message(sub._bus, subject, data, headers, reply)
         self.busy += 1
         # Messages a callback makes arrive for this subscription meanwhile are queued,
         # not run inside it: the leader's waiter is off the subscription while it runs.
