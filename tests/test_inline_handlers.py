@@ -123,6 +123,8 @@ async def test_handlers_that_wait_run_at_once_each_in_a_task_of_its_own(url: str
 async def test_a_handler_that_fails_before_or_after_waiting_is_answered_and_logged(
     url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A callback starts at once and only gets a task if it waits: it may fail before
+    or after waiting, and either way it is logged and the next messages still run."""
     caplog.set_level(logging.ERROR, "asyncipc.client")
     async with asyncipc.connect(url) as service, asyncipc.connect(url) as client:
         seen: list[bytes] = []
@@ -185,14 +187,20 @@ async def test_max_concurrency_still_bounds_the_callbacks(url: str) -> None:
         assert sorted(done) == sorted(b"%d" % i for i in range(10))
 
 
-async def test_a_handler_may_close_its_own_bus_before_waiting(url: str) -> None:
+@pytest.mark.parametrize("waits_first", [False, True])
+async def test_a_handler_may_close_its_own_bus(url: str, waits_first: bool) -> None:
+    """close() from inside a concurrent handler does not wait for that handler (it would
+    wait for itself until drain_timeout): in the step run inline, or after a wait, in a
+    worker of its own."""
     closed = asyncio.Event()
     async with asyncipc.connect(url) as client:
-        service = await asyncipc.connect(url, options=asyncipc.ConnectOptions(drain_timeout=30))
+        service = await asyncipc.connect(url, options=asyncipc.ConnectOptions(drain_timeout=60))
 
         @service.handler("stop")
         async def stop(msg: asyncipc.Message) -> bytes:
-            await service.close()  # the first thing it does, in the step run inline
+            if waits_first:
+                await asyncio.sleep(0)
+            await service.close()
             closed.set()
             return b""
 

@@ -37,6 +37,27 @@ def _frames(data: bytes) -> list[Frame]:
     return decoder.feed(data)
 
 
+class _LookSoon:
+    """What the peer holds, looked at by a handle :meth:`schedule` puts on the loop: it
+    runs before any handle the link schedules after it (its end-of-turn flush)."""
+
+    def __init__(self, peer: socket.socket) -> None:
+        self.peer = peer
+        self._seen: list[bytes] = []
+        self._looked = asyncio.Event()
+
+    def schedule(self) -> None:
+        asyncio.get_running_loop().call_soon(self._look)
+
+    def _look(self) -> None:
+        self._seen.append(_available(self.peer))
+        self._looked.set()
+
+    async def seen(self) -> bytes:
+        await asyncio.wait_for(self._looked.wait(), 5)
+        return self._seen[0]
+
+
 class _Replier:
     """A receiver that answers each PING with a PONG, calling ``on_ping`` first."""
 
@@ -121,22 +142,15 @@ async def test_the_answer_to_a_read_of_one_frame_is_written_while_the_read_is_ha
     pair: tuple[StreamLink, socket.socket],
 ) -> None:
     link, peer = pair
-    seen: list[bytes] = []
-    looked = asyncio.Event()
-
-    def look() -> None:
-        seen.append(_available(peer))
-        looked.set()
+    look = _LookSoon(peer)
 
     def on_ping(n: int) -> None:
-        # Runs in the link's read callback, before the PONG is queued. A handle
-        # scheduled here runs before any the link could schedule for its PONG.
-        asyncio.get_running_loop().call_soon(look)
+        # Runs in the link's read callback, before the PONG is queued.
+        look.schedule()
 
     link.set_receiver(_Replier(link, on_ping))
     peer.sendall(encode(PING))
-    await asyncio.wait_for(looked.wait(), 5)
-    assert _frames(seen[0]) == [PONG]
+    assert _frames(await look.seen()) == [PONG]
 
 
 async def test_the_answers_to_a_read_of_many_frames_are_gathered_into_one_write(
@@ -144,27 +158,22 @@ async def test_the_answers_to_a_read_of_many_frames_are_gathered_into_one_write(
 ) -> None:
     link, peer = pair
     during: list[bytes] = []
-    after: list[bytes] = []
-    looked = asyncio.Event()
-
-    def look() -> None:
-        after.append(_available(peer))
-        looked.set()
+    look = _LookSoon(peer)
 
     def on_ping(n: int) -> None:
         during.append(_available(peer))  # nothing yet: the read is still being handled
         if n == 1:
-            asyncio.get_running_loop().call_soon(look)
+            look.schedule()
 
     replier = _Replier(link, on_ping)
     link.set_receiver(replier)
     peer.sendall(encode(PING) * 3)  # one write: one read on the link's side
-    await asyncio.wait_for(looked.wait(), 5)
+    after = await look.seen()
     if replier.pings < 3:
         pytest.fail(f"the 3 PINGs did not arrive in one read ({replier.pings} then more)")
     assert during == [b"", b"", b""]
     # Written when the read was handled: before the next turn's first handle ran.
-    assert _frames(after[0]) == [PONG, PONG, PONG]
+    assert _frames(after) == [PONG, PONG, PONG]
 
 
 async def test_frames_stay_in_order_across_the_ways_they_are_written(

@@ -404,37 +404,6 @@ async def test_bad_max_concurrency_and_encoding() -> None:
             await bus.request("x", Quote(sku="a", qty=1), encoding="xml")
 
 
-async def test_concurrent_callbacks_that_raise_are_logged_and_the_rest_go_on(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """A callback starts at once and only gets a task if it waits: it may fail before
-    or after waiting, and either way it is logged and the next messages still run."""
-    caplog.set_level(logging.ERROR, "asyncipc.client")
-    seen: list[bytes] = []
-    all_seen = asyncio.Event()
-    async with asyncipc.connect("memory://typed-raise") as bus:
-
-        async def on_msg(msg: asyncipc.Message) -> None:
-            if msg.data == b"now":
-                raise RuntimeError("failed before waiting")
-            await asyncio.sleep(0)
-            if msg.data == b"later":
-                raise RuntimeError("failed after waiting")
-            seen.append(msg.data)
-            if len(seen) == 2:
-                all_seen.set()
-
-        bus.subscribe("c", callback=on_msg, max_concurrency=4)
-        await bus.flush()
-        for data in (b"now", b"a", b"later", b"b"):
-            await bus.publish("c", data)
-        await asyncio.wait_for(all_seen.wait(), 5)
-        assert sorted(seen) == [b"a", b"b"]
-        texts = [r.getMessage() + str(r.exc_info[1]) for r in caplog.records if r.exc_info]
-        assert any("failed before waiting" in t for t in texts)
-        assert any("failed after waiting" in t for t in texts)
-
-
 async def test_close_cancels_a_handler_that_never_ends() -> None:
     cancelled = asyncio.Event()
     entered = asyncio.Event()
@@ -596,30 +565,6 @@ async def test_worker_pool_shrinks_after_a_burst_and_drain_waits_for_it() -> Non
         assert late.done()
         assert (await late).data == b"late"
         assert not sub._running
-
-
-async def test_a_handler_may_close_its_own_bus() -> None:
-    """close() from inside a concurrent handler does not wait for that handler (it would
-    wait for itself until drain_timeout)."""
-    closed = asyncio.Event()
-    options = asyncipc.ConnectOptions(drain_timeout=60)
-    async with asyncipc.Broker() as broker:
-        await broker.listen("memory://typed-self-close")
-        server = await asyncipc.connect("memory://typed-self-close", options=options)
-        client = await asyncipc.connect("memory://typed-self-close")
-
-        @server.handler("stop")
-        async def stop(msg: asyncipc.Message) -> bytes:
-            await asyncio.sleep(0)  # waiting first: this handler runs in a worker of its own
-            await server.close()
-            closed.set()
-            return b""
-
-        await server.flush()
-        await client.publish("stop", b"")
-        await asyncio.wait_for(closed.wait(), 20)  # a guard against the hang, not a timing
-        assert server.is_closed
-        await client.close()
 
 
 def test_bytes_annotations_keep_the_bytes_path() -> None:
