@@ -7,7 +7,7 @@ task switch per frame would cost more than the frame) around the sans-I/O
 first into a ``bytes`` per read and then onto the end of the decoder's buffer. Writes are
 gathered and handed to the transport once per event-loop turn, so a burst of publishes costs
 one system call, not one each, and a frame queued when nothing else is goes out at once
-(see :class:`_ReadBatch`).
+(see :class:`_Reading`).
 """
 
 from __future__ import annotations
@@ -65,54 +65,45 @@ _SCRATCH: Final = memoryview(bytearray(64 * 1024))  # what is read to be dropped
 _HOLD, _DROP = 1, 2  # StreamLink._ignoring: input left unread, or read and dropped
 
 
-_TURN: Final = 0  # _ReadBatch.mode: queued by a task, a timer, ...: not in a read
+_TURN: Final = 0  # _Reading.mode: queued by a task, a timer, ...: not in a read
 _ONE: Final = 1  # handling a read of one frame
 _MANY: Final = 2  # handling a read of several frames
 
 
-class _ReadBatch:
-    """When a loop's stream links write what they queue; one per event loop.
+class _Reading:
+    """What a loop's stream links are doing, which decides when a frame is written.
 
-    - Handling a read of several frames (a burst of PUBs), what any stream link of the
-      loop queues is gathered and written when the read is handled: one write per
-      destination and read.
-    - Handling a read of one frame (a request, a reply: latency), what it makes is
-      written at once.
-    - Queued outside a read (a task publishing), a link's first frame of a loop turn is
-      written at once, and the frames queued after it in the same turn are gathered and
-      written in one call when the turn ends (``call_soon``): a burst of publishes costs
-      two system calls, not one each.
+    - Handling a read of one frame (a request, a reply: someone waits for it), what the
+      frame makes is written at once.
+    - Outside a read (a task publishing), a link's first frame of a loop turn is written
+      at once, and the frames queued after it in the same turn are gathered and written
+      in one call when the turn ends (``call_soon``): a burst costs two system calls.
+    - Handling a read of several frames (a burst of PUBs), what they make is gathered
+      and each link writes once when the turn ends, as before: libuv reads a busy socket
+      up to 32 times in a turn, and one write per destination and turn kept 16 KiB over
+      unix ahead of tcp, where one per read did not.
 
     Before, every write waited for the end of the turn. A handle scheduled while uvloop
-    runs handles runs in its next turn, after a zero-timeout poll: a request's frame
-    waited a loop iteration in the requester and the broker, and its reply one in the
-    responder and the broker (docs/decisions.md, "A frame waits for nothing")."""
+    runs handles runs in its next turn, after a zero-timeout poll: a request waited a loop
+    iteration in the requester and the broker, and its reply one in the responder and the
+    broker (docs/decisions.md, "A frame waits for nothing")."""
 
-    __slots__ = ("links", "mode")
+    __slots__ = ("mode",)
 
     def __init__(self) -> None:
         self.mode = _TURN
-        self.links: list[StreamLink] = []  # links with output gathered in a _MANY read
-
-    def flush(self) -> None:
-        links = self.links
-        try:
-            for link in links:
-                link._flush()
-        finally:
-            links.clear()
 
 
-_batches: Final[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _ReadBatch]] = (
+_readings: Final[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Reading]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def _batch_of(loop: asyncio.AbstractEventLoop) -> _ReadBatch:
-    batch = _batches.get(loop)
-    if batch is None:
-        batch = _batches[loop] = _ReadBatch()
-    return batch
+def _reading_of(loop: asyncio.AbstractEventLoop) -> _Reading:
+    reading = _readings.get(loop)
+    if reading is None:
+        reading = _readings[loop] = _Reading()
+    return reading
 
 
 class StreamLink(asyncio.BufferedProtocol, Link):
@@ -165,7 +156,6 @@ class StreamLink(asyncio.BufferedProtocol, Link):
         self._out: list[bytes] = []
         self._out_bytes = 0
         self._flush_handle: asyncio.Handle | None = None
-        self._batched = False  # in the loop's _ReadBatch.links: written when its read is
         self._transport_paused = False  # the OS buffer is full (pause_writing)
         self._reading_paused = False
         self._ignoring = 0  # _HOLD: a refused link kept unread; _DROP: hanging up
@@ -177,7 +167,7 @@ class StreamLink(asyncio.BufferedProtocol, Link):
         self._exc: BaseException | None = None
         self._closed_fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._loop = asyncio.get_running_loop()
-        self._batch = _batch_of(self._loop)
+        self._reading = _reading_of(self._loop)
         self._last_rx = self._loop.time()
 
     # --- asyncio.Protocol callbacks -------------------------------------------------
@@ -212,7 +202,7 @@ class StreamLink(asyncio.BufferedProtocol, Link):
         except (ProtocolError, FrameTooLarge) as exc:
             self._protocol_violation(exc)
             return
-        self._handle_batch(frames)
+        self._handle_read(frames)
 
     def data_received(self, data: bytes) -> None:
         """Bytes from a transport that does not read into our buffer (a pipe's read half:
@@ -226,19 +216,18 @@ class StreamLink(asyncio.BufferedProtocol, Link):
         except (ProtocolError, FrameTooLarge) as exc:
             self._protocol_violation(exc)
             return
-        self._handle_batch(frames)
+        self._handle_read(frames)
 
-    def _handle_batch(self, frames: list[Frame]) -> None:
-        """:meth:`_handle` the frames of one read, then write what that gathered."""
-        batch = self._batch
-        outer = batch.mode
-        batch.mode = _MANY if len(frames) > 1 else _ONE
+    def _handle_read(self, frames: list[Frame]) -> None:
+        """:meth:`_handle` the frames of one read, the loop's links knowing how many
+        (:class:`_Reading`)."""
+        reading = self._reading
+        outer = reading.mode
+        reading.mode = _MANY if len(frames) > 1 else _ONE
         try:
             self._handle(frames)
         finally:
-            batch.mode = outer
-            if outer == _TURN and batch.links:
-                batch.flush()
+            reading.mode = outer
 
     # --- the deadline of a started frame (slowloris) ------------------------------------
 
@@ -410,23 +399,18 @@ class StreamLink(asyncio.BufferedProtocol, Link):
 
     def _queue2(self, head: bytes, body: bytes) -> None:
         """Queue a frame given in two parts (head, payload), or write it now: see
-        :class:`_ReadBatch` for when. Not concatenated when queued: the flush's join is
+        :class:`_Reading` for when. Not concatenated when queued: the flush's join is
         the one copy of ``body``."""
-        if self._flush_handle is None and not self._batched:
-            # Nothing of this turn, or of the read being handled, is queued yet.
-            batch = self._batch
-            mode = batch.mode
+        if self._flush_handle is None:
+            # Nothing of this turn is queued yet.
+            mode = self._reading.mode
             tr = self._tr
             if mode != _MANY and tr is not None and not self._out and not self._transport_paused:
-                if mode == _TURN:
+                if mode == _TURN:  # what the rest of the turn queues: at its end
                     self._flush_handle = self._loop.call_soon(self._turn_ended)
                 tr.write(head + body if body else head)
                 return
-            if mode == _MANY:
-                self._batched = True
-                batch.links.append(self)
-            else:
-                self._flush_handle = self._loop.call_soon(self._turn_ended)
+            self._flush_handle = self._loop.call_soon(self._turn_ended)
         out = self._out
         out.append(head)
         if body:
@@ -440,7 +424,6 @@ class StreamLink(asyncio.BufferedProtocol, Link):
         self._flush()
 
     def _flush(self) -> None:
-        self._batched = False
         handle = self._flush_handle
         if handle is not None:  # written before the turn's end (closing, hanging up)
             handle.cancel()
