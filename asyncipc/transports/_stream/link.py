@@ -4,10 +4,10 @@
 task switch per frame would cost more than the frame) around the sans-I/O
 :class:`~asyncipc.protocol.FrameDecoder`. The transport reads into the decoder's own buffer
 (``get_buffer``), so a frame's bytes are copied once, from that buffer into the frame, not
-first into a ``bytes`` per read and then onto the end of the decoder's buffer. Writes are
-gathered and handed to the transport once per event-loop turn, so a burst of publishes costs
-one system call, not one each, and a frame queued when nothing else is goes out at once
-(see :class:`_Reading`).
+first into a ``bytes`` per read and then onto the end of the decoder's buffer. A frame
+nothing is queued before goes out at once; what follows it in the same event-loop turn is
+gathered and handed to the transport in one piece when the turn ends, so a burst of
+publishes costs two system calls, not one each (see :class:`_Reading`).
 """
 
 from __future__ import annotations
