@@ -2,6 +2,8 @@
 
 * ``echo URL``: connects a bus, serves ``echo`` (the payload back), prints ``ready``, runs
   until killed or until its broker goes (then prints ``bus closed``);
+* ``publish URL SUBJECT N``: connects a bus, publishes N numbered 64-byte messages
+  (``b"%-64d" % i``) on SUBJECT as fast as it can, flushes, prints ``sent``, closes;
 * ``channel-echo URL``: opens a direct channel, sends every record back, exits on FIN;
 * ``channel-burst URL N``: opens a direct channel, sends N numbered records, prints
   ``sent``, then kills itself with SIGKILL (no FIN: the parent must notice the death);
@@ -38,6 +40,14 @@ async def echo(url: str) -> None:
         print("ready", flush=True)
         await bus.wait_closed()
         print("bus closed", flush=True)
+
+
+async def publish(url: str, subject: str, n: int) -> None:
+    async with asyncipc.connect(url, name=f"pub-{os.getpid()}") as bus:
+        for i in range(n):
+            await bus.publish(subject, b"%-64d" % i)
+        await bus.flush()
+        print("sent", flush=True)
 
 
 async def channel_echo(url: str) -> None:
@@ -139,6 +149,8 @@ def main(argv: list[str]) -> None:
     mode, *args = argv
     if mode == "echo":
         asyncio.run(echo(args[0]))
+    elif mode == "publish":
+        asyncio.run(publish(args[0], args[1], int(args[2])))
     elif mode == "channel-echo":
         asyncio.run(channel_echo(args[0]))
     elif mode == "channel-burst":

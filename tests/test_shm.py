@@ -253,6 +253,43 @@ async def test_an_idle_side_sleeps_and_a_record_wakes_it() -> None:
         await b.aclose()
 
 
+async def test_a_publisher_that_fills_the_brokers_ring_loses_nothing_and_raises_nothing(
+    broker: asyncipc.Broker,
+) -> None:
+    """A publisher in another process, faster than the broker, keeps the broker's inbound
+    ring full and waits for space; the broker's read then schedules its next look from
+    inside the look (its port's ``consumed``: less than a quarter of the ring free). The
+    compiled build raised a TypeError from the port's poll there, read after read (mypy
+    had narrowed the port's handle to None across the owner's calls), and the loop
+    logged it while the messages still went through: the loop must report nothing."""
+    loop = asyncio.get_running_loop()
+    problems: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _, ctx: problems.append(ctx))
+    count = 50_000
+    try:
+        # Records of up to 64 KiB (one per publisher turn) in a 1 MiB ring: a record
+        # read frees less than a quarter of a full ring.
+        url = (await broker.listen(f"shm://{name()}?size=1M")).url
+        async with asyncipc.connect(url) as bus, bus.subscribe("fill") as sub:
+            await bus.flush()
+            proc = await child("publish", url, "fill", str(count))
+            try:
+                got = 0
+                async with asyncio.timeout(60):
+                    async for msg in sub:
+                        assert msg.data == b"%-64d" % got
+                        got += 1
+                        if got == count:
+                            break
+                assert await line(proc) == "sent"
+                assert await proc.wait() == 0
+            finally:
+                await reap(proc)
+    finally:
+        loop.set_exception_handler(None)
+    assert [str(p.get("exception") or p.get("message")) for p in problems] == []
+
+
 async def test_a_pad_committed_alone_wakes_the_reader_and_its_space_the_writer() -> None:
     """A record that does not fit the end commits a pad alone and waits; the sleeping
     reader must be rung for the pad, and its writer for the space the pad frees."""

@@ -201,7 +201,7 @@ class RingPort:
             owner.port_write()
             if self._closed:
                 return
-        if self._handle is not None:
+        if self._scheduled():
             return  # the owner poked us meanwhile: that poll is already scheduled
         now = self._loop.time()
         if n:
@@ -212,6 +212,13 @@ class RingPort:
             self._handle = self._loop.call_soon(self._poll)
         else:
             self._sleep()
+
+    def _scheduled(self) -> bool:
+        """True if a poll is scheduled. A method, not ``self._handle is not None`` in
+        :meth:`_poll`: there mypy narrows the handle to None from the poll's first line on,
+        across the owner's calls that may schedule one, and the compiled build checks
+        that narrowing: a scheduled handle raised ``TypeError`` (tests/test_shm.py)."""
+        return self._handle is not None
 
     def _sleep(self) -> None:
         owner = self._owner
