@@ -1,13 +1,15 @@
-"""Instructions per message in each process of a unix round trip or pub/sub, by callgrind.
+"""Instructions per message in each process of a round trip or pub/sub, by callgrind.
 
 Timed runs on a shared 2-core machine move by more than most changes to the hot path;
 instruction counts do not. This starts a broker, a responder (or subscriber) and a
-requester (or publisher) over ``unix://``, uvloop, 64 B, keep-alives off, each under
-``valgrind --tool=callgrind``, for ``N1`` and then ``N2`` messages, and prints
-``(count(N2) - count(N1)) / (N2 - N1)`` for each process, so that start-up cancels out::
+requester (or publisher) over ``unix://`` (``--transport shm``: ``shm://``), uvloop,
+64 B, keep-alives off, each under ``valgrind --tool=callgrind``, for ``N1`` and then
+``N2`` messages, and prints ``(count(N2) - count(N1)) / (N2 - N1)`` for each process,
+so that start-up cancels out::
 
     python -m benchmarks.instructions rr 500 1500    # request/reply, one in flight
     python -m benchmarks.instructions ps 500 1500    # pub/sub 1 -> 1, a flush every 50
+    python -m benchmarks.instructions ps 500 1500 --transport shm
 
 The build measured is the one this interpreter imports: run it from a compiled copy with
 ``PYTHONPATH`` set to it for the accelerated build (as ``make pytest-accel`` does). The
@@ -42,15 +44,21 @@ async def _until_term() -> None:
     await stop.wait()
 
 
+def _url(d: Path) -> str:
+    """The broker's address, which it wrote next to its ``ready`` file."""
+    return (d / "url").read_text()
+
+
 async def broker(d: Path, n: int) -> None:
     async with asyncipc.Broker(ping_interval=0) as b:
-        await b.listen(f"unix://{d / 's.sock'}")
+        where = f"unix://{d / 's.sock'}" if (d / "unix").exists() else f"shm://cg{d.name[-8:]}"
+        (d / "url").write_text((await b.listen(where)).url)
         (d / "ready").touch()
         await _until_term()
 
 
 async def resp(d: Path, n: int) -> None:
-    async with asyncipc.connect(f"unix://{d / 's.sock'}", options=QUIET) as bus:
+    async with asyncipc.connect(_url(d), options=QUIET) as bus:
 
         @bus.handler("echo")
         async def echo(msg: asyncipc.Message) -> bytes:
@@ -62,13 +70,13 @@ async def resp(d: Path, n: int) -> None:
 
 
 async def req(d: Path, n: int) -> None:
-    async with asyncipc.connect(f"unix://{d / 's.sock'}", options=QUIET) as bus:
+    async with asyncipc.connect(_url(d), options=QUIET) as bus:
         for _ in range(n):
             await bus.request("echo", PAYLOAD)
 
 
 async def sub(d: Path, n: int) -> None:
-    async with asyncipc.connect(f"unix://{d / 's.sock'}", options=QUIET) as bus:
+    async with asyncipc.connect(_url(d), options=QUIET) as bus:
         s = bus.subscribe("bench", overflow="block")
         await bus.flush()
         (d / "peer-ready").touch()
@@ -80,7 +88,7 @@ async def sub(d: Path, n: int) -> None:
 
 
 async def pub(d: Path, n: int) -> None:
-    async with asyncipc.connect(f"unix://{d / 's.sock'}", options=QUIET) as bus:
+    async with asyncipc.connect(_url(d), options=QUIET) as bus:
         for i in range(n + WARM):
             await bus.publish("bench", PAYLOAD)
             if i % 50 == 49:
@@ -104,11 +112,13 @@ def _wait_for(path: Path) -> None:
         time.sleep(0.1)
 
 
-def count(mode: str, n: int, keep: Path | None) -> dict[str, int]:
+def count(mode: str, n: int, keep: Path | None, transport: str = "unix") -> dict[str, int]:
     """One run of ``n`` messages: the instructions each process executed in all."""
     other, main = PEERS[mode]
     with tempfile.TemporaryDirectory(prefix="aipc-cg-") as tmp:
         d = Path(tmp)
+        if transport == "unix":
+            (d / "unix").touch()
 
         def start(role: str) -> subprocess.Popen[bytes]:
             argv = [
@@ -148,7 +158,7 @@ def count(mode: str, n: int, keep: Path | None) -> dict[str, int]:
             totals[role] = _total(out)
             if keep is not None:  # for callgrind_annotate
                 keep.mkdir(parents=True, exist_ok=True)
-                os.replace(out, keep / f"{mode}.{n}.{role}")
+                os.replace(out, keep / f"{mode}.{transport}.{n}.{role}")
         return totals
 
 
@@ -158,17 +168,18 @@ def main() -> None:
     p.add_argument("n1", type=int)
     p.add_argument("n2", type=int)
     p.add_argument("--keep", type=Path, help="keep the callgrind files in this directory")
+    p.add_argument("--transport", choices=("unix", "shm"), default="unix")
     p.add_argument("--role", choices=sorted(ROLES), help=argparse.SUPPRESS)
     p.add_argument("--dir", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.role:
         uvloop.run(ROLES[args.role](Path(args.dir), args.n1))
         return
-    a = count(args.mode, args.n1, args.keep)
-    b = count(args.mode, args.n2, args.keep)
+    a = count(args.mode, args.n1, args.keep, args.transport)
+    b = count(args.mode, args.n2, args.keep, args.transport)
     build = "compiled" if asyncipc.compiled else "pure"
     per = "  ".join(f"{k} {(b[k] - a[k]) / (args.n2 - args.n1):,.0f}" for k in a)
-    print(f"{args.mode} ({build}): {per} instructions/message")
+    print(f"{args.mode} {args.transport} ({build}): {per} instructions/message")
 
 
 if __name__ == "__main__":

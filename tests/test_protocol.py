@@ -467,6 +467,50 @@ def test_feed_lets_a_large_buffer_go_once_empty() -> None:
     assert dec.capacity <= 256 * 1024
 
 
+@given(st.lists(any_frame, max_size=20))
+@SETTINGS
+def test_a_record_of_whole_frames_gives_them_all(frames: list[Frame]) -> None:
+    """FrameDecoder.record: a shared-memory ring record, parsed as a stream's read is."""
+    dec = FrameDecoder(msg_extra=MSG_EXTRA)
+    for _ in range(2):  # and again: nothing is left from the record before
+        got = dec.record(memoryview(b"".join(encode(f) for f in frames)))
+        assert [canon(f) for f in got] == [canon(f) for f in frames]
+        assert dec.buffered == 0
+        assert dec.error is None
+
+
+def test_a_record_larger_than_a_read_is_parsed_whole_and_its_buffer_let_go() -> None:
+    many = [Pub(f"s.{i}", b"z" * 1000) for i in range(400)]  # 400 KiB of frames
+    dec = FrameDecoder()
+    got = dec.record(memoryview(b"".join(encode(f) for f in many)))
+    assert [f.subject for f in got if isinstance(f, Pub)] == [f.subject for f in many]
+    assert dec.record(memoryview(encode(PING))) == [PING]
+    assert dec.capacity <= 256 * 1024
+
+
+@pytest.mark.parametrize(
+    ("tail", "problem"),
+    [
+        (b"\x00\x00\x00", "3 stray bytes at the end of a ring record"),
+        (struct.pack(">IB", 100, Op.PUB) + b"abc", "frame of 100 bytes runs past its ring record"),
+    ],
+)
+def test_a_record_that_ends_inside_a_frame_is_named_after_its_good_frames(
+    tail: bytes, problem: str
+) -> None:
+    dec = FrameDecoder()
+    good = [Pub("a", b"1"), PING]
+    got = dec.record(memoryview(b"".join(encode(f) for f in good) + tail))
+    assert [canon(f) for f in got] == [canon(f) for f in good]
+    assert isinstance(dec.error, RemoteProtocolError)
+    assert problem in str(dec.error)
+    with pytest.raises(RemoteProtocolError, match=problem):
+        dec.record(memoryview(encode(PING)))
+    # Alone, the bad tail raises at once.
+    with pytest.raises(RemoteProtocolError, match=problem):
+        FrameDecoder().record(memoryview(tail))
+
+
 @given(msgs, st.data())
 @SETTINGS
 def test_a_msg_read_in_place_is_what_parse_frame_reads(msg: Msg, data: st.DataObject) -> None:

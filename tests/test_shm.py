@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 import asyncipc
+from asyncipc.protocol import Op, Pub, encode
 from asyncipc.transports import parse_url
 from asyncipc.transports._ring import port as _ringport
 from asyncipc.transports._ring import setup as _ringsetup
@@ -574,6 +575,36 @@ async def test_a_scribbled_tail_cuts_off_that_client_alone(
         await until(lambda: broker.sessions == 1, "the scribbler to be cut off")
         assert f"the writer's tail {10 * tx.capacity} is out of range" in caplog.text
         await good.flush()
+
+
+@pytest.mark.parametrize(
+    ("tail", "problem"),
+    [
+        (b"\x00\x00\x00", "3 stray bytes at the end of a ring record"),
+        (struct.pack(">IB", 100, Op.PUB) + b"abc", "frame of 100 bytes runs past its ring record"),
+    ],
+)
+async def test_a_record_that_ends_inside_a_frame_delivers_its_good_frames_then_cuts_off(
+    broker: asyncipc.Broker, caplog: pytest.LogCaptureFixture, tail: bytes, problem: str
+) -> None:
+    """A client's record of small frames is parsed whole: the PUBs before a frame that
+    runs past the record's end are delivered, then that client alone is cut off."""
+    n = name()
+    url = (await broker.listen(f"shm://{n}")).url
+    once = asyncipc.ConnectOptions(reconnect=False)
+    async with asyncipc.connect(url) as good, good.subscribe("ok") as sub:
+        await good.flush()
+        async with asyncipc.connect(url, options=once) as bad:
+            await until(lambda: broker.sessions == 2, "both sessions")
+            record = encode(Pub("ok", b"one")) + encode(Pub("ok", b"two")) + tail
+            link = bad._link  # type: ignore[attr-defined]
+            assert link._tx.try_write_parts((record,), len(record), 0)
+            link._port.wrote()
+            await until(lambda: broker.sessions == 1, "the bad client to be cut off")
+            assert problem in caplog.text
+        assert [(await sub.next_msg(timeout=5)).data for _ in range(2)] == [b"one", b"two"]
+        await good.publish("ok", b"still here")
+        assert (await sub.next_msg(timeout=5)).data == b"still here"
 
 
 class FakeListener:

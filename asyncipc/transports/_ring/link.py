@@ -7,8 +7,12 @@ event-loop turn share one (as a stream link's one ``send`` per turn), because th
 per record (header, checks, commit, doorbell) costs more than a small frame's copy. A
 large frame (16 KiB or more) is a record of its own, written part by part with no join:
 a client's payload, or on the broker the PUB body it forwards behind a MSG head, is
-copied once, into the ring. A frame larger than half the ring travels as several records
-flagged ``MORE`` and is reassembled on the other side (bounded by the maximum frame size).
+copied once, into the ring, and read in place on the other side (only its payload is
+copied out). A record of small frames is copied out whole and parsed by the stream
+links' :class:`~asyncipc.protocol.FrameDecoder`: one copy of a few KiB costs less than
+reading each field of each frame through a view of the shared memory. A frame larger
+than half the ring travels as several records flagged ``MORE`` and is reassembled on the
+other side (bounded by the maximum frame size).
 
 Closing is in-band: :meth:`RingLink.close` writes what is queued, then a ``FIN`` record,
 then hangs up the control socket. The peer reads everything up to the ``FIN`` even
@@ -42,6 +46,7 @@ from ...protocol import (
     Err,
     ErrorCode,
     Frame,
+    FrameDecoder,
     Headers,
     Msg,
     Op,
@@ -72,6 +77,9 @@ _HEAD_SID: Final = struct.Struct(">IBI")
 _U16: Final = struct.Struct(">H")
 _U32: Final = struct.Struct(">I")
 _NONE: Final = b"\x00\x00"
+_IN_PLACE: Final = 16 * 1024
+"""A record of one frame this large or larger is read in place (its payload copied out
+once); a record of smaller frames is copied out whole and parsed (``port_read``)."""
 
 _Parts = tuple[Any, ...]
 _MsgFields = tuple[int, str, bytes, "str | None", "Headers | None"]
@@ -169,7 +177,11 @@ class RingLink(Link):
         self._mids: dict[str, bytes] = {}  # subject -> its encoded PUB fields, no reply/headers
         self._pending: deque[tuple[_Parts, int, int]] = deque()
         self._pending_bytes = 0
-        self._cur = self._cur_end = 0  # the record being read, when a pause split it
+        self._decoder = FrameDecoder(
+            max_frame=options.max_frame, msg_extra=0 if server_side else MSG_EXTRA
+        )
+        self._held: list[Frame] | None = None  # the frames of the record being read
+        self._held_at = 0  # the next of them to hand on (a pause stops between two)
         self._partial: bytearray | None = None
         self._receiver: LinkReceiver | None = None
         self._paused = False
@@ -429,8 +441,8 @@ class RingLink(Link):
         n = 0
         try:
             while n < limit:
-                p, end = self._cur, self._cur_end
-                if p == end:  # no record in hand: take the next one
+                held = self._held
+                if held is None:  # no record in hand: take the next one
                     got = rx.next_record()
                     if got is None:
                         break
@@ -454,24 +466,38 @@ class RingLink(Link):
                             if self._paused or self._lost or self._closing:
                                 break
                         continue
-                    p, end = start, start + length
-                # The frames of one record, each copied out before it is handed on; a
-                # pause between two of them keeps the rest in the ring for later.
-                while p < end:
-                    stop = self._frame_end(mv, p, end)
-                    item = self._frame(mv, p, stop)
-                    p = stop
+                    end = start + length
+                    if length >= _IN_PLACE and self._frame_end(mv, start, end) == end:
+                        # One large frame: read in place, only its payload copied out.
+                        item = self._frame(mv, start, end)
+                        rx.consume()
+                        n += 1
+                        self._deliver(receiver, item)
+                        if self._paused or self._lost or self._closing:
+                            break
+                        continue
+                    held = self._held = self._decoder.record(mv[start:end])
+                    self._held_at = 0
+                # The frames of the record, handed on one by one; a pause between two
+                # keeps the rest, and the record in the ring, for later.
+                i = self._held_at
+                while i < len(held):
+                    frame = held[i]
+                    i += 1
                     n += 1
-                    self._deliver(receiver, item)
+                    receiver.frame_received(frame)
                     if self._paused or self._lost or self._closing:
                         break
                 if self._lost:
                     break
-                if p < end:
-                    self._cur, self._cur_end = p, end
+                if i < len(held):
+                    self._held_at = i
                     break
-                self._cur = self._cur_end = 0
+                self._held = None
                 rx.consume()
+                error = self._decoder.error
+                if error is not None:
+                    raise error  # after the good frames that came before it
                 if self._paused or self._closing:
                     break
         except CorruptRing as exc:
@@ -492,7 +518,7 @@ class RingLink(Link):
         if rx.head != head:
             # (Not "if n": a pad consumed alone frees space a writer may be waiting for.)
             self._port.consumed()
-        if self._peer_gone and not self._paused and self._cur == self._cur_end:
+        if self._peer_gone and not self._paused and self._held is None:
             try:
                 more = rx.has_data()
             except CorruptRing:
@@ -667,6 +693,8 @@ class RingLink(Link):
         self._pending.clear()
         self._pending_bytes = 0
         self._partial = None
+        self._held = None
+        self._decoder.release()
         for bell in self._bells:
             bell.close()
         try:
