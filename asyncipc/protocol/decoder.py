@@ -46,6 +46,7 @@ __all__ = ["FrameDecoder", "decode_headers", "parse_frame"]
 
 _LEN: Final = struct.Struct(">I")
 _U16: Final = struct.Struct(">H")
+_SID_U16: Final = struct.Struct(">IH")  # a MSG's sid and its subject's length
 _SUB: Final = struct.Struct(">IIQB")
 _ERR: Final = struct.Struct(">HI")
 _HTTP_METHODS: Final = (
@@ -466,16 +467,20 @@ def _msg_in_place(buf: bytearray, view: memoryview, off: int, end: int) -> Msg:
     MSG raises ``struct.error`` or ``ValueError`` without a useful message: the caller
     then hands it to :func:`parse_frame`, the one place that names what is wrong.
     """
+    # One struct call for the sid and the subject's length, and the reply's length read
+    # byte by byte: a struct call costs about 500 instructions compiled (the call, a
+    # buffer request, a tuple), two indexings a few dozen, and pure Python no more.
+    sid: int
+    n: int
     if off + 6 > end:
         raise struct.error
-    sid: int = _LEN.unpack_from(buf, off)[0]
-    n: int = _U16.unpack_from(buf, off + 4)[0]
+    sid, n = _SID_U16.unpack_from(buf, off)
     p = off + 6
     if n == 0 or p + n + 2 > end:
         raise struct.error
     subject = buf[p : p + n].decode()
     p += n
-    n = _U16.unpack_from(buf, p)[0]
+    n = (buf[p] << 8) | buf[p + 1]
     p += 2
     if p + n + 4 > end:
         raise struct.error
@@ -531,7 +536,7 @@ def parse_frame(op: int, body: bytes) -> Frame:
         if op == Op.ERR:
             code, sid = _ERR.unpack_from(body)
             return Err(code, body[_ERR.size :].decode("utf-8", "replace"), sid)
-    except struct.error:
+    except (struct.error, IndexError):
         name = Op(op).name
         raise RemoteProtocolError(f"{name} frame truncated: body of {len(body)} bytes") from None
     raise RemoteProtocolError(f"unknown frame op {op}")
@@ -551,7 +556,7 @@ def _pub_fields(body: bytes, off: int) -> tuple[str, str | None, Headers | None,
 
 
 def _text(body: bytes, off: int, what: str) -> tuple[str | None, int]:
-    n: int = _U16.unpack_from(body, off)[0]
+    n = (body[off] << 8) | body[off + 1]  # not _U16: see _msg_in_place (IndexError if short)
     off += 2
     if n == 0:
         return None, off
