@@ -105,6 +105,7 @@ class FrameDecoder:
         "_raised",
         "_response_start",
         "_start",
+        "_view",
         "foreign_protocol",
         "max_frame",
         "msg_extra",
@@ -125,7 +126,12 @@ class FrameDecoder:
         # Consumed bytes are skipped by moving _start, never deleted: a BufferedProtocol's
         # transport holds a view of _buf while buffer_updated runs, so _buf cannot be
         # resized then. get_buffer, which runs with no view held, moves and resizes.
+        # _view is a memoryview of _buf, kept (a read slices it, the parser reads
+        # payloads through it): making one per read cost about 1k instructions compiled.
+        # _buf is therefore always exported: it is replaced (_use), never resized in
+        # place; slice assignments of the same length, which move bytes, are allowed.
         self._buf = bytearray()  # sized by the first get_buffer or feed
+        self._view = memoryview(self._buf)
         self._start = 0
         self._end = 0
         self._offered = 0  # the size of the last view get_buffer handed out
@@ -175,7 +181,7 @@ class FrameDecoder:
         """Let the receive buffer go: the stream is over (its link is closed), and a
         buffer grown for a large frame must not live as long as this object does.
         Only with no :meth:`get_buffer` view out."""
-        self._buf = bytearray()
+        self._use(bytearray())
         self._start = self._end = self._offered = self._last_read = 0
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
@@ -187,7 +193,7 @@ class FrameDecoder:
         if self._start == self._end:
             self._start = self._end = 0
             if len(self._buf) > _READ_MAX:
-                self._buf = bytearray(_READ_MIN)  # after a large frame: let it go
+                self._use(bytearray(_READ_MIN))  # after a large frame: let it go
         self._make_room(n, self._end - self._start)  # doubles: a few copies in all
         self._buf[self._end : self._end + n] = data
         self._end += n
@@ -207,7 +213,7 @@ class FrameDecoder:
             raise self._error
         n = len(data)
         if len(self._buf) < n or len(self._buf) > max(n, _READ_MAX):
-            self._buf = bytearray(max(n, _READ_MIN))
+            self._use(bytearray(max(n, _READ_MIN)))
         self._buf[:n] = data
         self._start, self._end = 0, n
         frames = self._process()
@@ -246,12 +252,12 @@ class FrameDecoder:
         if empty:
             self._start = self._end = 0
             if size != len(self._buf):
-                self._buf = bytearray(size)
+                self._use(bytearray(size))
         else:
             self._make_room_for_read(size)
         self._offered = len(self._buf) - self._end
         self._last_read = 0
-        return memoryview(self._buf)[self._end :]
+        return self._view[self._end :]
 
     def buffer_updated(self, nbytes: int) -> list[Frame]:
         """``nbytes`` were read into the last :meth:`get_buffer` view; return every frame
@@ -282,7 +288,8 @@ class FrameDecoder:
         elif size > len(self._buf):  # the last read filled its offer: offer more
             new = bytearray(size)
             new[:held] = self._buf[self._start : self._end]
-            self._buf, self._start, self._end = new, 0, held
+            self._use(new)
+            self._start, self._end = 0, held
             return
         self._make_room(n, n)
 
@@ -299,8 +306,13 @@ class FrameDecoder:
         else:
             new = bytearray(held + max(n, grow))
             new[:held] = buf[start:end]
-            self._buf = new
+            self._use(new)
         self._start, self._end = 0, held
+
+    def _use(self, buf: bytearray) -> None:
+        """Make ``buf`` the receive buffer (with its view: see ``__init__``)."""
+        self._buf = buf
+        self._view = memoryview(buf)
 
     def _process(self) -> list[Frame]:
         try:
@@ -405,7 +417,7 @@ class FrameDecoder:
             if pos + 4 + length > end:
                 return out
             self._first_max = None  # the whole first frame is in: max_frame from now on
-        view = memoryview(buf)
+        view = self._view
         failure: RemoteProtocolError | FrameTooLarge | None = None
         try:
             while end - pos >= 4:
@@ -442,8 +454,6 @@ class FrameDecoder:
             if not out:
                 raise
             failure = exc  # hand out the good frames first; the error waits in .error
-        finally:
-            view.release()
         if failure is not None:
             self._error = failure
             self._start = self._end = 0
@@ -453,7 +463,7 @@ class FrameDecoder:
                 # After a large frame: let the buffer go now, not at the next read, which
                 # may never come (a quiet client). Rebinding is safe while the transport
                 # holds a view of the old buffer; it is freed when that view is released.
-                self._buf = bytearray()
+                self._use(bytearray())
         else:
             self._start = pos
         return out
