@@ -607,7 +607,9 @@ def decode_headers(body: bytes | bytearray, off: int = 0, end: int | None = None
         raise RemoteProtocolError(f"header block of {end - off} byte(s) has no room for its count")
     if end - off > _DECODED_BLOCK_MAX:
         return _decode_headers(body, off, end)
-    block = bytes(body[off:end])
+    # A PUB's body is bytes: its slice is the key as it is (compiled, a primitive), not a
+    # bytes() of a slice through the generic path, as a receive buffer's must be.
+    block = body[off:end] if isinstance(body, bytes) else bytes(body[off:end])
     known = _decoded.get(block)
     if known is not None:
         return known.copy()  # the caller's own dict: a Message's headers may be changed
