@@ -1,8 +1,7 @@
 """Run a subscription's callback on up to N messages at once (package-internal).
 
-``Bus.subscribe(..., callback=..., max_concurrency=N)`` runs here, ``N=1`` (the default:
-one at a time, in order, all in one task) included, and so every request handler (64 at
-once by default). The obvious way, a task per message, costs a task and an extra turn of the
+``Bus.subscribe(..., max_concurrency=N)``, and so every request handler (64 by default),
+runs here. The obvious way, a task per message, costs a task and an extra turn of the
 event loop per message: about 6 us of CPU per request on memory://, +35% on the round
 trip of a handler that answers at once, which is most of them. Python 3.12's eager tasks
 would avoid it; on 3.11 this pool does:
@@ -128,10 +127,8 @@ class _Pool:
         self.handoff: _Handoff | None = None
 
     def promote(self) -> None:
-        """A callback is waiting: make sure another worker leads. Not with one slot:
-        another leader would only wait for it, and the one worker runs every callback,
-        in its task and context, in order, as ``max_concurrency=1`` promises."""
-        if self.leading or self.ended or self.limit == 1:
+        """A callback is waiting: make sure another worker leads."""
+        if self.leading or self.ended:
             return
         self.leading = True
         while self.idle:

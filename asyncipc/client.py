@@ -750,15 +750,29 @@ class Bus:
                 raise
         if callback is not None:
             # The pool runs callbacks in this context (its first worker's) inline too.
-            # With max_concurrency=1 that worker is the only one: every callback runs in
-            # its task and context, one at a time, in order (_workers.py).
             ctx = contextvars.copy_context()
-            run = run_pool(sub, callback, max_concurrency, self._tasks, ctx)
+            run = (
+                self._run_callback(sub, callback)
+                if max_concurrency == 1
+                else run_pool(sub, callback, max_concurrency, self._tasks, ctx)
+            )
             task = self._loop.create_task(run, name=f"asyncipc callback {subject}", context=ctx)
             sub._task = task
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return sub
+
+    async def _run_callback(self, sub: Subscription, callback: Callback) -> None:
+        try:
+            async for msg in sub:
+                try:
+                    await callback(msg)
+                except Exception:
+                    log.exception("callback for %r raised", sub.subject)
+        except ConnectionClosed:
+            pass
+        except SlowConsumer as exc:
+            log.warning("%s", exc)
 
     def handler(
         self,

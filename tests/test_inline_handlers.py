@@ -1,10 +1,9 @@
 """Callbacks run at once, in the read that brought their message (``_workers.run_inline``).
 
-A request handler, and any callback (``max_concurrency=1`` included), whose message
-arrives while the pool's leader waits runs its first step inside the link's read
-callback, as the leader, instead of a loop turn later in the leader's task. What the
-handler sees must not change: its task, its context, its time-outs, its errors, its
-concurrency. Each test runs
+A request handler (and any ``max_concurrency > 1`` callback) whose message arrives while
+the pool's leader waits runs its first step inside the link's read callback, as the
+leader, instead of a loop turn later in the leader's task. What the handler sees must not
+change: its task, its context, its time-outs, its errors, its concurrency. Each test runs
 over a real unix broker in this process (where messages arrive in read callbacks and run
 inline) and over ``memory://`` (delivered inside the publisher's task: queued as before),
 and must hold on both.
@@ -188,43 +187,11 @@ async def test_max_concurrency_still_bounds_the_callbacks(url: str) -> None:
         assert sorted(done) == sorted(b"%d" % i for i in range(10))
 
 
-async def test_one_at_a_time_callbacks_also_run_without_waking_their_task(
-    tmp_path: Path,
-) -> None:
-    """``max_concurrency=1`` (``subscribe(callback=...)``'s default) goes through the
-    pool too: over unix, a callback that returns at once runs in the read, and the
-    task's wait on the subscription outlives every message."""
-    async with asyncipc.Broker() as broker:
-        url = (await broker.listen(f"unix://{tmp_path}/b.sock")).url
-        async with asyncipc.connect(url) as service, asyncipc.connect(url) as client:
-            got: list[bytes] = []
-
-            async def on_msg(msg: asyncipc.Message) -> None:
-                got.append(msg.data)
-
-            sub = service.subscribe("one", callback=on_msg)
-            await service.flush()
-            await client.publish("one", b"first")
-            # Both flushed: the broker has forwarded the message, and the service has read
-            # it (the broker wrote it before the service's PONG).
-            await client.flush()
-            await service.flush()
-            assert got == [b"first"]
-            waiter = sub._waiter
-            assert waiter is not None
-            assert not waiter.done()
-            for i in range(20):
-                await client.publish("one", b"%d" % i)
-                await client.flush()
-                await service.flush()
-                assert sub._waiter is waiter
-            assert got == [b"first", *(b"%d" % i for i in range(20))]
-
-
 async def test_one_at_a_time_callbacks_run_in_order_in_one_task_and_context(url: str) -> None:
-    """``max_concurrency=1``: one at a time, in arrival order, every callback in the same
-    task and context (a context variable one sets, the next sees), whether they wait or
-    not, inline or not."""
+    """``max_concurrency=1`` (not through the pool: its own loop): one at a time, in
+    arrival order, every callback in the same task and context (a context variable one
+    sets, the next sees), whether they wait or not; beside the pool's tests, what the
+    pool must match if it ever runs these too."""
     async with asyncipc.connect(url) as service, asyncipc.connect(url) as client:
         running = 0
         seen: list[tuple[bytes, str, bool]] = []
