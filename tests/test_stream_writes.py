@@ -120,22 +120,58 @@ async def test_a_frame_a_task_publishes_is_written_before_publish_returns(
     assert [(f.subject, f.data, f.reply) for f in frames] == [("a.b", b"payload", "r.1")]  # type: ignore[union-attr]
 
 
-async def test_a_burst_from_a_task_is_the_first_frame_then_one_write_of_the_rest(
+async def test_a_burst_from_a_task_is_its_first_frames_then_one_write_of_the_rest(
     pair: tuple[StreamLink, socket.socket],
 ) -> None:
     link, peer = pair
     for i in range(100):
         link.publish("burst", str(i).encode(), None, None)
     first = _frames(_available(peer))
-    assert [f.data for f in first] == [b"0"]  # type: ignore[union-attr]
-    assert link.buffered > 0  # the other 99 wait for the end of the turn, in one piece
+    # The first frame schedules nothing (nothing says its turn is the link's last
+    # lone frame's); the second, in the same turn, is written and schedules the end.
+    assert [f.data for f in first] == [b"0", b"1"]  # type: ignore[union-attr]
+    assert link.buffered > 0  # the other 98 wait for the end of the turn, in one piece
     await asyncio.sleep(0)
     await asyncio.sleep(0)
     rest = _frames(_available(peer))
-    assert [f.data for f in rest] == [str(i).encode() for i in range(1, 100)]  # type: ignore[union-attr]
+    assert [f.data for f in rest] == [str(i).encode() for i in range(2, 100)]  # type: ignore[union-attr]
     assert link.buffered == 0
     link.publish("later", b"x", None, None)  # a new turn: at once again
     assert [f.data for f in _frames(_available(peer))] == [b"x"]  # type: ignore[union-attr]
+    link.publish("later", b"y", None, None)
+    link.publish("later", b"z", None, None)
+    assert [f.data for f in _frames(_available(peer))] == [b"y"]  # type: ignore[union-attr]
+    await asyncio.sleep(0)
+    assert [f.data for f in _frames(_available(peer))] == [b"z"]  # type: ignore[union-attr]
+
+
+async def test_after_a_read_a_tasks_frame_is_written_and_nothing_scheduled(
+    pair: tuple[StreamLink, socket.socket],
+) -> None:
+    """A requester's loop: the reply is read, the task sends the next request. The link
+    knows a new turn began (a read came between), so it writes the request and schedules
+    no end of turn: the loop can sleep at once, with no zero-timeout poll first."""
+    link, peer = pair
+    read = asyncio.Event()
+    link.set_receiver(_Replier(link, lambda n: read.set()))
+    for n in range(1, 4):
+        read.clear()
+        peer.sendall(encode(PING))  # the "reply"
+        await asyncio.wait_for(read.wait(), 5)
+        assert _frames(_available(peer)) == [PONG]  # answered in the read, at once
+        link.publish("req", str(n).encode(), "inbox.1", None)  # the next "request"
+        assert [f.data for f in _frames(_available(peer))] == [str(n).encode()]  # type: ignore[union-attr]
+        assert link._flush_handle is None  # no extra loop iteration to pay for it
+    # A second frame in the same turn cannot tell the turn apart: the end is scheduled
+    # then, and what follows is gathered into one write.
+    link.publish("req", b"a", None, None)
+    assert link._flush_handle is not None
+    link.publish("req", b"b", None, None)
+    link.publish("req", b"c", None, None)
+    assert [f.data for f in _frames(_available(peer))] == [b"a"]  # type: ignore[union-attr]
+    await asyncio.sleep(0)
+    assert [f.data for f in _frames(_available(peer))] == [b"b", b"c"]  # type: ignore[union-attr]
+    assert link._flush_handle is None
 
 
 async def test_the_answer_to_a_read_of_one_frame_is_written_while_the_read_is_handled(

@@ -78,6 +78,14 @@ class _Reading:
     - Outside a read (a task publishing), a link's first frame of a loop turn is written
       at once, and the frames queued after it in the same turn are gathered and written
       in one call when the turn ends (``call_soon``): a burst costs two system calls.
+      The end of the turn is not scheduled after a first frame when the link knows that
+      a new turn began since its last such frame: a read was handled on the loop since
+      (:attr:`reads`), or its end-of-turn flush ran. When it cannot know (no read came
+      between), the second frame is written at once too and the end of the turn
+      scheduled then, so a burst costs three system calls and no frame waits. A
+      requester's next request (its reply was read between) thus costs one loop
+      iteration, not two: the handle scheduled after every request cost a zero-timeout
+      poll (``epoll_pwait``) per request.
     - Handling a read of several frames (a burst of PUBs), what they make is gathered
       and each link writes once when the turn ends, as before: libuv reads a busy socket
       up to 32 times in a turn, and one write per destination and turn kept 16 KiB over
@@ -88,10 +96,11 @@ class _Reading:
     iteration in the requester and the broker, and its reply one in the responder and the
     broker (docs/decisions.md, "A frame waits for nothing")."""
 
-    __slots__ = ("mode",)
+    __slots__ = ("mode", "reads")
 
     def __init__(self) -> None:
         self.mode = _TURN
+        self.reads = 0  # reads handled by the loop's stream links: a new turn since?
 
 
 _readings: Final[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Reading]] = (
@@ -156,6 +165,9 @@ class StreamLink(asyncio.BufferedProtocol, Link):
         self._out: list[bytes] = []
         self._out_bytes = 0
         self._flush_handle: asyncio.Handle | None = None
+        # The loop's read count when this link last wrote a task's frame at once with
+        # nothing scheduled after it (-1: none since its last end-of-turn flush).
+        self._lone_reads = -1
         self._transport_paused = False  # the OS buffer is full (pause_writing)
         self._reading_paused = False
         self._ignoring = 0  # _HOLD: a refused link kept unread; _DROP: hanging up
@@ -224,6 +236,7 @@ class StreamLink(asyncio.BufferedProtocol, Link):
         reading = self._reading
         outer = reading.mode
         reading.mode = _MANY if len(frames) > 1 else _ONE
+        reading.reads += 1
         try:
             self._handle(frames)
         finally:
@@ -406,8 +419,14 @@ class StreamLink(asyncio.BufferedProtocol, Link):
             mode = self._reading.mode
             tr = self._tr
             if mode != _MANY and tr is not None and not self._out and not self._transport_paused:
-                if mode == _TURN:  # what the rest of the turn queues: at its end
-                    self._flush_handle = self._loop.call_soon(self._turn_ended)
+                if mode == _TURN:
+                    reads = self._reading.reads
+                    if reads == self._lone_reads:
+                        # Perhaps the turn of this link's last lone frame: what the
+                        # rest of the turn queues is written at its end.
+                        self._flush_handle = self._loop.call_soon(self._turn_ended)
+                    else:  # a new turn: nothing to schedule (no extra loop iteration)
+                        self._lone_reads = reads
                 tr.write(head + body if body else head)
                 return
             self._flush_handle = self._loop.call_soon(self._turn_ended)
@@ -421,6 +440,7 @@ class StreamLink(asyncio.BufferedProtocol, Link):
 
     def _turn_ended(self) -> None:
         self._flush_handle = None
+        self._lone_reads = -1  # the turn has ended: the next frame is a new turn's
         self._flush()
 
     def _flush(self) -> None:
