@@ -72,7 +72,7 @@ async def channel_burst(url: str, n: int) -> None:
 async def channel_jitter(url: str, n: int, seed: int, big: int) -> None:
     """Sends ``n`` numbered records (4, 64 or ``big`` bytes) in runs of random length,
     each run after a random pause of 0 to 300 us: the reader keeps going to sleep just
-    as records land."""
+    as records land. Every 100 records, a 5 ms pause too (see below)."""
     import random
     import time
 
@@ -80,7 +80,7 @@ async def channel_jitter(url: str, n: int, seed: int, big: int) -> None:
 
     rnd = random.Random(seed)
     async with await connect_channel(url) as ch:
-        i = 0
+        i = prev = 0
         while i < n:
             for _ in range(rnd.choice((1, 1, 1, 1, 2, 3, 50))):
                 if i < n:
@@ -92,6 +92,11 @@ async def channel_jitter(url: str, n: int, seed: int, big: int) -> None:
                 pass  # a busy pause: sleeping would round up to the timer's slack
             if rnd.random() < 0.1:
                 await asyncio.sleep(0)
+            if i % 100 < prev % 100 or i - prev >= 100:
+                # Every 100 records, a real pause: a reader slower than the busy pauses
+                # (a loaded machine) still empties the ring and sleeps, 40 times a run.
+                await asyncio.sleep(0.005)
+            prev = i
         print("sent", flush=True)
 
 

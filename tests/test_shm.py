@@ -336,6 +336,7 @@ async def test_no_wake_up_is_lost_when_the_reader_sleeps_as_the_writer_writes(bi
     n = 4000
     async with await listen_channel(f"shm://{name()}?size=64K&spin=0") as listener:
         proc = await child("channel-jitter", listener.url, str(n), "12", str(big))
+        ch = None
         try:
             ch = await listener.accept()
             rnd = random.Random(34)
@@ -355,6 +356,8 @@ async def test_no_wake_up_is_lost_when_the_reader_sleeps_as_the_writer_writes(bi
             assert await proc.wait() == 0
         finally:
             await reap(proc)
+            if ch is not None:  # a failure above must not leak its sockets into later tests
+                await ch.aclose()
 
 
 async def test_a_waiting_writer_is_woken_when_the_reader_stops_short_of_a_quarter() -> None:
