@@ -129,10 +129,15 @@ def responder(
             )
             await _fail(msg, f"the handler returned {kind}, not bytes")
             return
-        if msg.reply_to is None:
+        reply, bus = msg.reply_to, msg._bus
+        if reply is None:
             return
+        body = bytes(result) if type(result) is not bytes else result
         try:
-            await msg.respond(bytes(result) if type(result) is not bytes else result)
+            if bus is not None:  # always, from a subscription: one coroutine less
+                await bus.publish(reply, body)
+            else:
+                await msg.respond(body)  # which says what is wrong
         except FrameTooLarge as exc:
             log.error("handler for %r: its reply cannot be sent: %s", subject, exc)
             await _fail(msg, f"the reply is too large to send: {exc}")
