@@ -47,7 +47,7 @@ from .protocol.system import (
     allowed_signals,
 )
 from .router import Route, Router
-from .subjects import validate_pattern, validate_queue, validate_subject
+from .subjects import known_valid, validate_pattern, validate_queue, validate_subject
 from .users import User, identify
 
 __all__ = ["Session", "SessionHost"]
@@ -76,6 +76,9 @@ class SessionHost(Protocol):
     stats: BrokerStats
     router: Router[Session]
     server_id: str
+    awaited: dict[str, Session]
+    """Reply subjects of requests in flight, each validated when its request came: a PUB
+    on one (the answer) need not be validated again."""
 
     def publish(
         self,
@@ -146,6 +149,7 @@ class Session:
         self.open = False
         self.closed = False
         self.routes: dict[int, Route[Session]] = {}
+        self._awaited = broker.awaited  # read on every PUB: held, not looked up
         # --- users and permissions (issue 13, docs/security.md) ---
         self.user: User | None = None
         """The user this client connected as; ``None``: no users, the token, in-process."""
@@ -216,14 +220,19 @@ class Session:
 
     def frame_received(self, frame: Frame) -> None:
         if type(frame) is Pub and self.open:
+            subject, reply = frame.subject, frame.reply
             try:
-                validate_subject(frame.subject)
-                if frame.reply is not None:
-                    validate_subject(frame.reply)
+                # A subject known valid, or the reply subject of a request in flight (an
+                # answer: that subject was validated as the request's reply), is not
+                # validated again: an inbox costs the full check, and each round trip
+                # brings its answer on a new one.
+                if subject not in known_valid and subject not in self._awaited:
+                    validate_subject(subject)
+                if reply is not None:
+                    validate_subject(reply)
             except InvalidSubject as exc:
                 self.send_error(ErrorCode.INVALID_SUBJECT, str(exc))
                 return
-            subject, reply = frame.subject, frame.reply
             # A restricted client's common case costs one dict lookup: an allowed subject,
             # cached, and no reply subject to check.
             access = self.access

@@ -128,7 +128,8 @@ class Broker:
         self._closed: asyncio.Event | None = None
         # Requests a responder holds, so that close() can wait for their replies.
         self._inflight: InFlight[Session] = InFlight()
-        self._awaited = self._inflight.replies
+        self.awaited = self._inflight.replies
+        """Reply subjects of requests in flight (package-internal: ``SessionHost``)."""
         # Links of spawned children not yet adopted (a child adopts on its first write).
         self._unadopted: weakref.WeakSet[Link] = weakref.WeakSet()
         store = options.store
@@ -560,7 +561,7 @@ class Broker:
         # Streams, relays and requests in flight are three attribute checks when none is
         # there; their work lives in _observe() so that the plain path stays short.
         relayed = False
-        if self.streams.capturing or self._relays or self._awaited:
+        if self.streams.capturing or self._relays or self.awaited:
             relayed = self._observe(subject, data, reply, headers, pub)
         # The router's cache answers the common case (a subject seen before, no queue
         # group) without a call: a frame less per message.
@@ -633,7 +634,7 @@ class Broker:
                         headers,
                     )
                     relayed = True
-        if self._awaited and subject in self._awaited:
+        if self.awaited and subject in self.awaited:
             self._inflight.answered(subject)  # the reply to a request we saw
         return relayed
 

@@ -548,6 +548,24 @@ async def test_bad_subjects_are_refused_and_the_connection_stays(url: str) -> No
         assert parse_msg(await c.expect(MSG)) == Msg(8, "ok.x", None, {}, b"fine")
 
 
+async def test_with_a_request_in_flight_bad_subjects_are_still_refused(url: str) -> None:
+    """The broker skips validating a PUB's subject only when it is the reply subject of a
+    request in flight (validated when the request came): the answer is delivered, and
+    anything else is checked as always."""
+    async with client(url) as requester, client(url) as responder:
+        responder.send(sub(1, "svc"))
+        requester.send(sub(2, "_INBOX.raw.*"))
+        await responder.flush()
+        await requester.flush()
+        requester.send(pub("svc", b"q", reply="_INBOX.raw.1"))
+        assert parse_msg(await responder.expect(MSG)) == Msg(1, "svc", "_INBOX.raw.1", {}, b"q")
+        for bad in ("bad subject", "_INBOX.raw.1 ", "_INBOX.raw.*", "_INBOX..1"):
+            responder.send(pub(bad, b"x"))
+            assert (await responder.expect_err())[:2] == (100, 0), bad
+        responder.send(pub("_INBOX.raw.1", b"answer"))
+        assert parse_msg(await requester.expect(MSG)) == Msg(2, "_INBOX.raw.1", None, {}, b"answer")
+
+
 def spec_subject_grammar() -> dict[str, re.Pattern[str]]:
     """§11's regular expressions, read from the spec: ``T``, ``subject``, ``pattern``,
     ``queue``, with ``T`` put in place (Python's ``re`` reads ``\\uXXXX`` as the spec means)."""
