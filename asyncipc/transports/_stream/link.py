@@ -7,7 +7,7 @@ task switch per frame would cost more than the frame) around the sans-I/O
 first into a ``bytes`` per read and then onto the end of the decoder's buffer. A frame
 nothing is queued before goes out at once; what follows it in the same event-loop turn is
 gathered and handed to the transport in one piece when the turn ends, so a burst of
-publishes costs two system calls, not one each (see :class:`_Reading`).
+publishes costs three system calls, not one each (see :class:`_Reading`).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class _Reading:
       frame makes is written at once.
     - Outside a read (a task publishing), a link's first frame of a loop turn is written
       at once, and the frames queued after it in the same turn are gathered and written
-      in one call when the turn ends (``call_soon``): a burst costs two system calls.
+      in one call when the turn ends (``call_soon``).
       The end of the turn is not scheduled after a first frame when the link knows that
       a new turn began since its last such frame: a read was handled on the loop since
       (:attr:`reads`), or its end-of-turn flush ran. When it cannot know (no read came
