@@ -79,6 +79,18 @@ class Certs:
         return f"?ca={self.ca_file}"
 
 
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A fresh directory with a short path (``/tmp/aipc-...``), removed afterwards: for
+    Unix socket paths, which hold 107 bytes at most, where ``tmp_path`` can be long (under
+    pytest-xdist it gains a ``popen-gwN`` level)."""
+    d = Path(tempfile.mkdtemp(prefix="aipc-"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     d = tmp_path_factory.mktemp("certs")

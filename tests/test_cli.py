@@ -415,11 +415,15 @@ def busy_port() -> Iterator[int]:
         # after an adapter was bound: its own client logs as it closes, and must not
         ("http://127.0.0.1:0 --listen tcp://127.0.0.1:{busy_port}", "in use"),
         ("unix://{tmp_path}/missing-dir/b.sock", "No such file or directory"),
+        ("unix:///{long}/b.sock", "the socket path is 108 bytes long"),
     ],
 )
-def test_broker_bad_listen_url_exits_2(url: str, says: str, busy_port: int, tmp_path: Path) -> None:
-    *first, url = url.format(busy_port=busy_port, tmp_path=tmp_path).split(" --listen ")
-    args = [a for u in [f"unix://{tmp_path}/ok.sock", *first, url] for a in ("--listen", u)]
+def test_broker_bad_listen_url_exits_2(
+    url: str, says: str, busy_port: int, short_tmp: Path
+) -> None:
+    long = "d" * (108 - len("//b.sock"))
+    *first, url = url.format(busy_port=busy_port, tmp_path=short_tmp, long=long).split(" --listen ")
+    args = [a for u in [f"unix://{short_tmp}/ok.sock", *first, url] for a in ("--listen", u)]
     done = run("broker", *args)
     assert done.returncode == 2, done.stderr
     # Only the error: no "listening on" or "broker closed" about the listener that was
@@ -428,7 +432,7 @@ def test_broker_bad_listen_url_exits_2(url: str, says: str, busy_port: int, tmp_
     assert line.startswith(f"asyncipc broker: cannot listen on {url}: ")
     assert says in line
     assert done.stdout == ""
-    assert not (tmp_path / "ok.sock").exists(), "a listener bound before the error was left"
+    assert not (short_tmp / "ok.sock").exists(), "a listener bound before the error was left"
 
 
 def test_broker_log_json_error_is_one_json_line() -> None:

@@ -20,8 +20,37 @@ async def test_socket_file_is_private_and_removed_on_close(tmp_path: Path) -> No
         await b.listen(f"unix://{path}")
         assert stat.S_ISSOCK(path.stat().st_mode)
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
-        assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+        assert list(tmp_path.iterdir()) == [path]  # its temporary name was renamed
     assert not path.exists()
+
+
+@pytest.mark.one_loop("path lengths, not the event loop")
+@pytest.mark.parametrize("name", ["b.sock", "a-much-longer-socket-file-name.sock"])
+async def test_a_path_of_the_longest_length_a_unix_socket_takes_is_listened_on(
+    short_tmp: Path, name: str
+) -> None:
+    """The socket is bound under a temporary name beside the path, then renamed: that name
+    must fit wherever the path fits (107 bytes on Linux). One byte more is refused, with
+    the length, before anything is created."""
+    pad = 107 - len(f"{short_tmp}/") - len(f"/{name}")
+    directory = short_tmp / ("d" * pad)
+    directory.mkdir()
+    path = directory / name
+    assert len(os.fsencode(str(path))) == 107
+    async with asyncipc.Broker() as b:
+        url = (await b.listen(f"unix://{path}")).url
+        assert list(directory.iterdir()) == [path]
+        async with asyncipc.connect(url) as bus, bus.subscribe("x") as sub:
+            await bus.publish("x", b"fits")
+            assert (await sub.next_msg(timeout=5)).data == b"fits"
+    assert list(directory.iterdir()) == []
+    longer = directory / ("z" + name)
+    async with asyncipc.Broker() as b:
+        with pytest.raises(asyncipc.ConfigurationError, match=r"is 108 bytes long.* 107 at most"):
+            await b.listen(f"unix://{longer}")
+        with pytest.raises(asyncipc.ConfigurationError, match="is 108 bytes long"):
+            await asyncipc.connect(f"unix://{longer}")
+    assert list(directory.iterdir()) == []
 
 
 async def test_mode_from_the_url(tmp_path: Path) -> None:

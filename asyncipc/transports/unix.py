@@ -2,8 +2,10 @@
 
 The socket file is created with mode 0600 (``?mode=0660`` to share with a group): it is
 bound under a temporary name, its mode set, then renamed into place, so there is no moment
-at which the path exists with looser permissions. A file left at the path by a dead broker
-is replaced; a live broker's socket, or anything that is not a socket, is never touched.
+at which the path exists with looser permissions (``_unixpath.py``). Any path the kernel
+takes (107 bytes on Linux) can be listened on; a longer one is refused with its length. A
+file left at the path by a dead broker is replaced; a live broker's socket, or anything
+that is not a socket, is never touched.
 Peer credentials (pid, uid, gid) come from ``SO_PEERCRED``.
 
 The socket buffers stay at the kernel's default (``net.core.wmem_default``, 208 KiB on
@@ -30,6 +32,7 @@ from ..errors import ConfigurationError, ConnectError
 from ..link import Accept, Link, Listener, PeerInfo
 from . import NOBODY, URL, TransportOptions, register
 from ._stream.link import StreamLink, StreamListener
+from ._unixpath import MAX_PATH, bind_and_listen, is_live
 
 __all__ = ["UnixTransport"]
 
@@ -40,6 +43,12 @@ def _path(url: URL) -> str:
     path = url.path if not url.host else f"/{url.host}{url.path}"
     if not path or path == "/":
         raise ConfigurationError(f"unix URL {url.raw!r} has no socket path (unix:///path.sock)")
+    size = len(os.fsencode(path))
+    if size > MAX_PATH:
+        raise ConfigurationError(
+            f"unix URL {url.raw!r}: the socket path is {size} bytes long, a Unix socket's "
+            f"can be {MAX_PATH} at most"
+        )
     return path
 
 
@@ -54,22 +63,6 @@ def _peer_info(path: str) -> Callable[[asyncio.Transport], PeerInfo]:
         return PeerInfo("unix", path, pid, uid, gid)
 
     return info
-
-
-async def _is_live(path: str) -> bool:
-    """True if something accepts connections at ``path`` (so it is not a stale file)."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.setblocking(False)
-    try:
-        async with asyncio.timeout(1.0):
-            await asyncio.get_running_loop().sock_connect(probe, path)
-    except (ConnectionRefusedError, FileNotFoundError):
-        return False
-    except (OSError, TimeoutError):
-        return True  # something is there and not refusing: leave it alone
-    finally:
-        probe.close()
-    return True
 
 
 class UnixTransport:
@@ -114,19 +107,13 @@ class UnixTransport:
                 raise ConfigurationError(
                     f"refusing to replace {path}: it exists and is not a socket"
                 )
-            if await _is_live(path):
+            if await is_live(path):
                 raise ConfigurationError(f"{path} is in use: a live server is listening there")
-        tmp = f"{path}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.bind(tmp)
-            os.chmod(tmp, mode)
-            sock.listen(512)
-            os.rename(tmp, path)  # atomic: replaces a stale socket file, never half-exists
+            bind_and_listen(sock, path, mode, 512)
         except OSError as exc:
             sock.close()
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
             if exc.errno in (errno.EACCES, errno.EPERM):
                 raise ConfigurationError(
                     f"cannot create socket at {path}: permission denied"

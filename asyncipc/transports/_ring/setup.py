@@ -37,6 +37,7 @@ from typing import Any
 from ..._logsafe import peer_log
 from ...errors import ConfigurationError, ConnectError, CorruptRing, RemoteProtocolError
 from ...link import Listener, PeerInfo
+from .._unixpath import bind_and_listen, is_live
 from .doorbell import EventfdBell
 from .ring import RingReader, RingWriter, format_ring, ring_size
 
@@ -374,20 +375,14 @@ async def listen_control(
             raise ConfigurationError(f"refusing to replace {path}: it exists and is not a socket")
         if st.st_uid != os.getuid():
             raise ConfigurationError(f"refusing {path}: it belongs to uid {st.st_uid}")
-        if await _is_live(path):
+        if await is_live(path, socket.SOCK_SEQPACKET):
             raise ConfigurationError(f"{url} is in use: a live listener answers at {path}")
-    tmp = f"{path}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
-        sock.bind(tmp)
-        os.chmod(tmp, 0o600)
-        sock.listen(128)
+        bind_and_listen(sock, path, 0o600, 128)
         sock.setblocking(False)
-        os.rename(tmp, path)  # atomic: replaces a stale socket, never exists half-made
     except OSError as exc:
         sock.close()
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         raise ConfigurationError(f"cannot listen on {url}: {exc.strerror or exc}") from None
     return ControlListener(
         url,
@@ -401,21 +396,6 @@ async def listen_control(
         make_segment=make_segment,
         on_endpoint=on_endpoint,
     )
-
-
-async def _is_live(path: str) -> bool:
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    probe.setblocking(False)
-    try:
-        async with asyncio.timeout(1.0):
-            await asyncio.get_running_loop().sock_connect(probe, path)
-    except (ConnectionRefusedError, FileNotFoundError):
-        return False
-    except (OSError, TimeoutError):
-        return True  # something is there and not refusing: leave it alone
-    finally:
-        probe.close()
-    return True
 
 
 # --- the connecting side ---------------------------------------------------------------------
