@@ -12,96 +12,121 @@ A request that carries its requester's time-out (the ``asyncipc-timeout`` header
 entries whose answer never comes (the responder ignored it) go when their requester
 disconnects, or when the table is full (oldest first). A shutdown therefore waits at
 most the broker's ``drain_timeout`` for them.
+
+The hot path is one dict insert and one pop per round trip, and a counter on the
+requesting session (``Session.awaiting``). The time-out header is read only when a
+shutdown waits, and the table is scanned only when a session leaves with requests of
+its own still out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Hashable
-from typing import Generic, TypeVar
 
-__all__ = ["InFlight"]
+from ._session import Session
+from .protocol import Headers, parse_timeout
+from .protocol.system import TIMEOUT_HEADER
 
-S = TypeVar("S", bound=Hashable)  # the requester: the broker's session
+__all__ = ["InFlight", "Request", "waits"]
 
 MAX_TRACKED = 65536
 """Unanswered requests remembered at once; beyond, the oldest are forgotten."""
 
+Request = tuple[Session, float, "Headers | None"]
+"""The requester, when the broker routed the request (monotonic clock), its headers."""
 
-class InFlight(Generic[S]):
+
+def waits(headers: Headers | None) -> float | None:
+    """How long the requester waits, from a request's ``asyncipc-timeout`` header."""
+    if not headers:
+        return None
+    text = headers.get(TIMEOUT_HEADER)
+    if text is None:
+        return None
+    seconds = parse_timeout(text)  # the spec's form only: float() would take "inf", "1_0"
+    if seconds is None or seconds >= 1e9:  # a requester that waits for ever: no deadline
+        return None
+    return seconds
+
+
+class InFlight:
     """Reply subjects awaited, each with the session that asked."""
 
-    __slots__ = ("_by_requester", "_expires", "_max", "_waiter", "replies")
+    __slots__ = ("_max", "_waiter", "replies")
 
     def __init__(self, max_tracked: int = MAX_TRACKED) -> None:
-        self.replies: dict[str, S] = {}
-        """Reply subject -> requester. The broker reads it directly on the hot path."""
-        self._by_requester: dict[S, set[str]] = {}
-        self._expires: dict[str, float] = {}  # reply -> when the requester gives up
+        self.replies: dict[str, Request] = {}
+        """Reply subject -> the request. The broker and its sessions read it directly on
+        the hot path (``subject in replies``)."""
         self._max = max_tracked
         self._waiter: asyncio.Future[None] | None = None
 
     def __len__(self) -> int:
         return len(self.replies)
 
-    def add(self, reply: str, requester: S, waits: float | None = None) -> None:
-        """A request with reply subject ``reply`` reached at least one responder;
-        ``waits``: the seconds its requester waits for the answer (None: no limit)."""
+    def add(self, reply: str, requester: Session, headers: Headers | None) -> None:
+        """A request with reply subject ``reply`` and ``headers`` reached at least one
+        responder."""
         replies = self.replies
         if reply in replies:
             return
         if len(replies) >= self._max:
             self.answered(next(iter(replies)))
-        replies[reply] = requester
-        if waits is not None:
-            # The monotonic clock, not the loop's: asyncio.get_running_loop() makes a
-            # getpid() system call on Python 3.11, and this runs once per request.
-            self._expires[reply] = time.monotonic() + waits
-        mine = self._by_requester.get(requester)
-        if mine is None:
-            mine = self._by_requester[requester] = set()
-        mine.add(reply)
+        # The monotonic clock, not the loop's: asyncio.get_running_loop() makes a
+        # getpid() system call on Python 3.11, and this runs once per request.
+        replies[reply] = (requester, time.monotonic(), headers)
+        requester.awaiting += 1
 
     def answered(self, reply: str) -> None:
         """A PUB on ``reply`` arrived (or the request is given up)."""
-        requester = self.replies.pop(reply, None)
-        if requester is None:
+        replies = self.replies
+        request = replies.get(reply)  # compiled, get and del are primitives; pop is a call
+        if request is None:
             return
-        if self._expires:
-            self._expires.pop(reply, None)
-        mine = self._by_requester.get(requester)
-        if mine is not None:
-            # An emptied set stays until its requester leaves (forget): a client asking
-            # one request at a time would otherwise make and drop one per request.
-            mine.discard(reply)
-        self._wake()
+        del replies[reply]
+        request[0].awaiting -= 1
+        if self._waiter is not None:
+            self._wake()
 
-    def forget(self, requester: S) -> None:
+    def forget(self, requester: Session) -> None:
         """The requester left: nobody waits for those replies any more."""
-        for reply in self._by_requester.pop(requester, ()):
-            self.replies.pop(reply, None)
-            self._expires.pop(reply, None)
-        self._wake()
+        if requester.awaiting:
+            replies = self.replies
+            for reply in [r for r, request in replies.items() if request[0] is requester]:
+                del replies[reply]
+            requester.awaiting = 0
+            self._wake()
 
     def _wake(self) -> None:
         waiter = self._waiter
         if not self.replies and waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _expired(self, now: float) -> float | None:
+        """Give up the requests whose requester has stopped waiting; the seconds until
+        the next one stops, or None if some request has no time-out."""
+        horizon: float | None = float("inf")
+        for reply, (_, routed, headers) in list(self.replies.items()):
+            seconds = waits(headers)
+            if seconds is None:
+                horizon = None
+                continue
+            left = routed + seconds - now
+            if left <= 0:
+                self.answered(reply)
+            elif horizon is not None:
+                horizon = min(horizon, left)
+        return horizon
+
     async def wait_empty(self) -> None:
         """Return once every tracked request is answered, forgotten or past its
         requester's time-out."""
         loop = asyncio.get_running_loop()
         while self.replies:
-            now = time.monotonic()
-            for reply in [r for r, t in self._expires.items() if t <= now]:
-                self.answered(reply)
+            horizon = self._expired(time.monotonic())
             if not self.replies:
                 return
-            horizon = None  # wake at the next expiry, if every entry has one
-            if len(self._expires) == len(self.replies):
-                horizon = min(self._expires.values()) - now
             waiter = self._waiter = loop.create_future()
             try:
                 await asyncio.wait({waiter}, timeout=horizon)

@@ -76,7 +76,7 @@ class SessionHost(Protocol):
     stats: BrokerStats
     router: Router[Session]
     server_id: str
-    awaited: dict[str, Session]
+    awaited: dict[str, tuple[Session, float, Headers | None]]
     """Reply subjects of requests in flight, each validated when its request came: a PUB
     on one (the answer) need not be validated again."""
 
@@ -150,6 +150,8 @@ class Session:
         self.closed = False
         self.routes: dict[int, Route[Session]] = {}
         self._awaited = broker.awaited  # read on every PUB: held, not looked up
+        self.awaiting = 0
+        """Its requests in the broker's table of requests in flight (``InFlight``)."""
         # --- users and permissions (issue 13, docs/security.md) ---
         self.user: User | None = None
         """The user this client connected as; ``None``: no users, the token, in-process."""

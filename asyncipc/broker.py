@@ -39,12 +39,11 @@ from ._stats import BrokerStats, TransportStats
 from .errors import ClosedError, ConnectionClosed, FrameTooLarge
 from .link import Link, Listener, PeerInfo
 from .options import BrokerOptions
-from .protocol import ErrorCode, Headers, Overflow, Pub, parse_timeout
+from .protocol import ErrorCode, Headers, Overflow, Pub
 from .protocol.system import (
     DELIVER_SUBJECT_HEADER,
     NO_RESPONDERS_STATUS,
     STATUS_HEADER,
-    TIMEOUT_HEADER,
 )
 from .router import Route, Router
 from .streams.manager import StreamManager
@@ -60,19 +59,6 @@ log = logging.getLogger("asyncipc.broker")
 
 NO_RESPONDERS_HEADERS: Final = {STATUS_HEADER: NO_RESPONDERS_STATUS}
 """Sent, with an empty body, to the reply subject of a request nobody is subscribed to."""
-
-
-def _waits(headers: Headers | None) -> float | None:
-    """How long the requester waits, from a request's ``asyncipc-timeout`` header."""
-    if not headers:
-        return None
-    text = headers.get(TIMEOUT_HEADER)
-    if text is None:
-        return None
-    seconds = parse_timeout(text)  # the spec's form only: float() would take "inf", "1_0"
-    if seconds is None or seconds >= 1e9:  # a requester that waits for ever: no deadline
-        return None
-    return seconds
 
 
 class Relay(Protocol):
@@ -127,7 +113,7 @@ class Broker:
         self._closing = False
         self._closed: asyncio.Event | None = None
         # Requests a responder holds, so that close() can wait for their replies.
-        self._inflight: InFlight[Session] = InFlight()
+        self._inflight = InFlight()
         self.awaited = self._inflight.replies
         """Reply subjects of requests in flight (package-internal: ``SessionHost``)."""
         # Links of spawned children not yet adopted (a child adopts on its first write).
@@ -605,7 +591,7 @@ class Broker:
                 owner.access.request_delivered(reply)  # it may answer (allow_responses)
         stats.messages_out += sent
         if reply is not None and source is not None and sent:
-            self._inflight.add(reply, source, _waits(headers))
+            self._inflight.add(reply, source, headers)
 
     def _observe(
         self,
@@ -634,8 +620,8 @@ class Broker:
                         headers,
                     )
                     relayed = True
-        if self.awaited and subject in self.awaited:
-            self._inflight.answered(subject)  # the reply to a request we saw
+        if self.awaited:
+            self._inflight.answered(subject)  # if it is the reply to a request we saw
         return relayed
 
     def apply_overflow(self, route: Route[Session], source: Session | None) -> bool:

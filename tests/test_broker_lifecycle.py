@@ -135,6 +135,54 @@ async def test_shutdown_does_not_wait_for_replies_nobody_reads(tmp_path: Path) -
     assert seen == [{"asyncipc-timeout": "0.2"}]
 
 
+@pytest.mark.one_loop("the broker's bookkeeping, not the event loop")
+async def test_a_requester_that_leaves_takes_only_its_own_requests_in_flight(
+    tmp_path: Path,
+) -> None:
+    """Requests with no time-out stay in the broker's table until answered or until their
+    requester leaves; a leaving requester takes its own entries and no one else's."""
+    broker = asyncipc.Broker(drain_timeout=20)
+    listener = await broker.listen(f"unix://{tmp_path}/b.sock")
+    table = broker._inflight
+    try:
+        async with (
+            asyncipc.connect(listener.url) as service,
+            asyncipc.connect(listener.url) as stayer,
+        ):
+            ignored = service.subscribe("ignored")  # receives, never answers
+            await service.flush()
+            leaver = await asyncipc.connect(listener.url)
+            for n in range(3):  # no asyncipc-timeout header: no deadline
+                await leaver.publish("ignored", b"?", reply_to=f"_INBOX.leaver.{n}")
+            await stayer.publish("ignored", b"?", reply_to="_INBOX.stayer.0")
+            for _ in range(4):
+                assert (await ignored.next_msg(timeout=5)).headers is None
+            assert sorted(table.replies) == [
+                "_INBOX.leaver.0",
+                "_INBOX.leaver.1",
+                "_INBOX.leaver.2",
+                "_INBOX.stayer.0",
+            ]
+            await leaver.close()
+            for _ in range(500):
+                if len(table) == 1:
+                    break
+                await asyncio.sleep(0.01)
+            assert list(table.replies) == ["_INBOX.stayer.0"]
+            # The answer clears the last one, and a shutdown then has nothing to wait for.
+            await service.publish("_INBOX.stayer.0", b"!")
+            await service.flush()
+            assert len(table) == 0
+            await stayer.publish("ignored", b"?", reply_to="_INBOX.stayer.1")
+            await ignored.next_msg(timeout=5)
+            assert list(table.replies) == ["_INBOX.stayer.1"]
+        # Both requester and responder are gone: nothing is left to wait for.
+        await asyncio.wait_for(broker.close(), 10)
+        assert len(table) == 0
+    finally:
+        await broker.close()
+
+
 async def test_an_orderly_broker_shutdown_is_not_logged_as_a_fault(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
