@@ -44,6 +44,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .adapters import _natspy as natspy
 from .errors import ClosedError, ConfigurationError
 from .protocol import Headers, parse_timeout
 from .protocol.system import (
@@ -288,7 +289,7 @@ class Bridge:
                 pending_msgs_limit=SUB_PENDING_MSGS,
                 pending_bytes_limit=self.max_pending_in,
             )
-            await nc.flush()
+            await natspy.flush(nc)  # the SUBs reach the server before start() returns
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bad option, refused credentials: nothing will cross

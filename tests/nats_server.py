@@ -7,6 +7,7 @@ free one is picked; the server is ready when its client port accepts a connectio
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-__all__ = ["NatsCluster", "NatsServer", "free_port", "nats_server_binary"]
+__all__ = ["NatsCluster", "NatsServer", "RecordingProxy", "free_port", "nats_server_binary"]
 
 
 def nats_server_binary() -> str | None:
@@ -185,3 +186,52 @@ class NatsCluster:
             s.close()
         if self.store is not None:
             shutil.rmtree(self.store, ignore_errors=True)
+
+
+class RecordingProxy:
+    """A TCP relay in this event loop between NATS clients and a real nats-server on
+    ``port``, keeping every byte the clients sent (``sent``), in the order the relay read
+    it: what the server reads, and in which order. Start with ``await start()``."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.sent = bytearray()
+        self.url = ""
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> RecordingProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"nats://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, record: bool) -> None:
+            try:
+                while data := await src.read(65536):
+                    if record:
+                        self.sent += data
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        for task in (
+            asyncio.create_task(pipe(reader, up_writer, True)),
+            asyncio.create_task(pipe(up_reader, writer, False)),
+        ):
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()

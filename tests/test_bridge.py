@@ -18,7 +18,9 @@ from typing import Any
 import pytest
 
 import asyncipc
+from asyncipc.adapters import _natspy as natspy
 from asyncipc.errors import ConfigurationError
+from tests.nats_server import RecordingProxy
 
 nats = pytest.importorskip("nats")
 
@@ -129,12 +131,11 @@ async def _eventually(check: Any, timeout: float = 5.0, what: Any = None) -> Non
 
 
 async def _interest(nc: Any) -> None:
-    """Let what ``nc`` subscribed to take effect. A flush alone is not enough: now and then
-    (about once in 50 tries, with nats-py 2.16 and nats-server 2.15 on loopback) a request
-    published by another connection right after the flush still finds no interest and gets
-    NATS's no-responders status. Not the bridge's doing: plain nats-py does the same."""
-    await nc.flush()
-    await asyncio.sleep(0.1)
+    """Let what ``nc`` subscribed to take effect on the server. ``nc.flush()`` alone is
+    not enough: nats-py writes its PING ahead of a SUB still in its buffer, so about once
+    in 50 tries a request published by another connection right after still found no
+    interest (asyncipc/adapters/_natspy.py); ``natspy.flush`` is what the bridge uses."""
+    await natspy.flush(nc)
 
 
 async def _take_all(sub: asyncipc.Subscription, quiet: float = 1.0) -> list[bytes]:
@@ -215,6 +216,52 @@ async def test_each_message_once_with_subscribers_on_both_sides(
     # Order within one side's publisher is kept.
     assert [m for m in local_seen if m.startswith(b"R")] == [b"R%d" % i for i in range(n)]
     assert [m for m in nats_seen if m.startswith(b"L")] == [b"L%d" % i for i in range(n)]
+
+
+def _before_last_ping(wire: bytes) -> bytes:
+    """What a client sent before its last PING: what the server had read when it answered
+    the PONG that ended the client's last flush."""
+    return wire[: wire.rindex(b"PING\r\n")]
+
+
+async def test_a_flush_reaches_the_server_after_the_subscription_before_it(
+    server: NatsServer,
+) -> None:
+    """nats-py writes a flush's PING straight to the socket, ahead of a SUB still in its
+    buffer (asyncipc/adapters/_natspy.py): the PONG could come before the server has the
+    subscription. natspy.flush returns once the PING went out after it."""
+    proxy = await RecordingProxy(server.port).start()
+    nc = await nats.connect(proxy.url)
+
+    async def ignore(msg: Any) -> None:
+        pass
+
+    try:
+        for n in range(3):
+            await nc.subscribe(f"orders.{n}.>", cb=ignore)
+            await natspy.flush(nc)
+            assert f"SUB orders.{n}.> ".encode() in _before_last_ping(bytes(proxy.sent))
+    finally:
+        await nc.close()
+        await proxy.close()
+
+
+async def test_the_bridge_is_subscribed_on_nats_when_bridge_returns(
+    broker: asyncipc.Broker, server: NatsServer
+) -> None:
+    """What a message published on NATS once ``bridge()`` has returned relies on (the test
+    below failed under load when the PONG overtook the SUB)."""
+    proxy = await RecordingProxy(server.port).start()
+    try:
+        bridge = await broker.bridge(proxy.url, SUBJECTS)
+        assert bridge.connected
+        before = _before_last_ping(bytes(proxy.sent))
+        for pattern in SUBJECTS:
+            assert f"SUB {pattern} ".encode() in before
+        assert f"SUB {bridge.inbox}.* ".encode() in before
+        await bridge.close()
+    finally:
+        await proxy.close()
 
 
 async def test_two_brokers_bridged_to_one_cluster_see_each_message_once(

@@ -69,6 +69,7 @@ from ..streams.config import (
 )
 from ..streams.manager import DEAD_HEADERS, Refusal, ack_body, ack_kind, pull_options, refusal
 from ..subjects import covers, validate_subject
+from . import _natspy as natspy
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
@@ -949,7 +950,7 @@ class JetStreamGateway:
                 queue="asyncipc-dead-letter",
                 cb=on_advisory,
             )
-        await self._nc.flush(timeout=2)
+        await natspy.flush(self._nc, timeout=2)  # the advisories' SUBs are on the server
 
     async def _bury(self, key: tuple[str, str], reason: str, data: bytes) -> None:
         """An advisory: publish the message it names to the consumer's dead letter."""

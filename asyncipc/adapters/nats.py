@@ -76,6 +76,7 @@ from ..protocol.system import (
     STREAM_PREFIX,
 )
 from ..transports import URL, TransportOptions, register
+from . import _natspy as natspy
 from . import missing_extra
 from .jetstream import (
     EXPECTED,
@@ -544,7 +545,7 @@ class NatsLink(Link):
                         await self._up.wait()
                 continue
             try:
-                await nc.flush(timeout=5)
+                await natspy.flush(nc, timeout=5)  # after the SUBs nats-py still holds
                 return True
             except (nats_errors.FlushTimeoutError, nats_errors.ConnectionReconnectingError):
                 continue
@@ -563,7 +564,7 @@ class NatsLink(Link):
         try:
             if flush and nc.is_connected:
                 with contextlib.suppress(nats_errors.Error, TimeoutError, OSError):
-                    await nc.flush(timeout=2)
+                    await natspy.flush(nc, timeout=2)
             if not nc.is_closed:
                 with contextlib.suppress(nats_errors.Error, OSError):
                     await nc.close()
