@@ -5,6 +5,7 @@ Pure: no broker, no links. Owners are plain strings standing in for broker sessi
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -242,11 +243,16 @@ def count_calls(fn: Callable[[], object]) -> Counter[str]:
         if event in ("call", "c_call"):
             counts[event] += 1
 
+    # A collection in the window would count the finalizers it runs (objects other
+    # tests left behind): collect first, and none while counting.
+    gc.collect()
+    gc.disable()
     sys.setprofile(profiler)
     try:
         fn()
     finally:
         sys.setprofile(None)
+        gc.enable()
     return counts
 
 
