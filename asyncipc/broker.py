@@ -48,6 +48,7 @@ from .protocol.system import (
 from .router import Route, Router
 from .streams.manager import StreamManager
 from .transports import URL, TransportOptions, lookup, parse_url
+from .transports._stream.link import StreamLink
 
 if TYPE_CHECKING:
     from .bridge import Bridge
@@ -539,7 +540,11 @@ class Broker:
         """
         stats = self.stats
         stats.messages_in += 1
-        size = len(data) if data is not None else pub.size  # type: ignore[union-attr]
+        if data is not None:
+            size = len(data)
+        else:
+            assert pub is not None  # one or the other: and a native read, compiled
+            size = pub.size
         if source is not None:
             counters = source.counters
             counters.messages_in += 1
@@ -564,11 +569,18 @@ class Broker:
         for route in routes:
             owner = route.owner
             link = owner.link
-            if link.write_blocked and not self.apply_overflow(route, source):
+            # A socket's link, the common case, apart: compiled, its attributes are read
+            # and its deliver called natively, where the Link interface (not a native
+            # class) costs a generic lookup each. It is never in-process nor direct.
+            stream = link if isinstance(link, StreamLink) else None
+            blocked = stream.write_blocked if stream is not None else link.write_blocked
+            if blocked and not self.apply_overflow(route, source):
                 continue
             try:
-                direct = link.direct  # in-process and reading: its Bus, called without a hop
-                if direct is not None:
+                if stream is not None:
+                    stream.deliver(route.sid, subject, data, reply, headers, pub)
+                elif (direct := link.direct) is not None:
+                    # In-process and reading: its Bus, called without a hop.
                     if data is None:
                         data = pub.data  # type: ignore[union-attr]
                     direct.msg_received(route.sid, subject, data, reply, headers)
