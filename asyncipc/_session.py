@@ -12,6 +12,7 @@ import asyncio
 import hmac
 import logging
 import time
+from collections.abc import Callable
 from typing import Final, Protocol
 
 from ._access import Access, check_password, password_known, password_pool
@@ -150,6 +151,11 @@ class Session:
         self.closed = False
         self.routes: dict[int, Route[Session]] = {}
         self._awaited = broker.awaited  # read on every PUB: held, not looked up
+        # Bound once: compiled, a call through the SessionHost protocol looks the method
+        # up by name on every PUB.
+        self._publish: Callable[
+            [str, bytes | None, str | None, Headers | None, Pub | None, Session | None], None
+        ] = broker.publish
         self.awaiting = 0
         """Its requests in the broker's table of requests in flight (``InFlight``)."""
         # --- users and permissions (issue 13, docs/security.md) ---
@@ -211,7 +217,7 @@ class Session:
             ):
                 self.broker.system_publish(self, subject, data, reply, headers, None)
                 return
-            self.broker.publish(subject, data, reply, headers, None, self)
+            self._publish(subject, data, reply, headers, None, self)
         else:
             self._handshake(Pub(subject, data, reply, headers))
 
@@ -249,7 +255,7 @@ class Session:
             ):
                 self.broker.system_publish(self, subject, None, reply, frame.headers, frame)
                 return
-            self.broker.publish(frame.subject, None, frame.reply, frame.headers, frame, self)
+            self._publish(frame.subject, None, frame.reply, frame.headers, frame, self)
         elif not self.open:
             self._handshake(frame)
         elif type(frame) is Sub:

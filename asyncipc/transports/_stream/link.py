@@ -161,6 +161,9 @@ class StreamLink(asyncio.BufferedProtocol, Link):
         self._peer_info = peer_info
         self._tr: asyncio.Transport | None = None
         self._receiver: LinkReceiver | None = None
+        # Its frame_received, bound once: compiled, calling a method through the
+        # LinkReceiver protocol looks it up by name for every frame.
+        self._on_frame: Callable[[Frame], None] | None = None
         self._early: list[Frame] = []
         self._out: list[bytes] = []
         self._out_bytes = 0
@@ -298,14 +301,14 @@ class StreamLink(asyncio.BufferedProtocol, Link):
     def _handle(self, frames: list[Frame]) -> None:
         if self._frame_timeout:  # after each read, whichever way it came
             self._track_partial(bool(frames))
-        receiver = self._receiver
-        if receiver is None:
+        on_frame = self._on_frame
+        if on_frame is None:
             self._early += frames
         else:
             for frame in frames:
                 if self._exc is not None:
                     return
-                receiver.frame_received(frame)
+                on_frame(frame)
         error = self._decoder.error
         if error is not None and self._exc is None:
             # Good frames came before a malformed one in this chunk: they were handled
@@ -367,6 +370,7 @@ class StreamLink(asyncio.BufferedProtocol, Link):
 
     def set_receiver(self, receiver: LinkReceiver) -> None:
         self._receiver = receiver
+        self._on_frame = receiver.frame_received
         early, self._early = self._early, []
         for frame in early:
             receiver.frame_received(frame)
