@@ -150,6 +150,14 @@ class Session:
         self.open = False
         self.closed = False
         self.routes: dict[int, Route[Session]] = {}
+        # Its link if it is a socket's (unix, tcp, tls, pipes; a StreamLink), the common
+        # case: compiled, Broker.publish then reads its attributes and calls deliver
+        # natively, where the Link interface (not a native class) costs a lookup by name
+        # each. Imported here, not with this module: its transport has loaded it by now,
+        # and ``import asyncipc`` loads no transport (tests/test_imports.py).
+        from .transports._stream.link import StreamLink
+
+        self.stream: StreamLink | None = link if isinstance(link, StreamLink) else None
         self._awaited = broker.awaited  # read on every PUB: held, not looked up
         # Bound once: compiled, a call through the SessionHost protocol looks the method
         # up by name on every PUB.

@@ -48,7 +48,6 @@ from .protocol.system import (
 from .router import Route, Router
 from .streams.manager import StreamManager
 from .transports import URL, TransportOptions, lookup, parse_url
-from .transports._stream.link import StreamLink
 
 if TYPE_CHECKING:
     from .bridge import Bridge
@@ -569,10 +568,9 @@ class Broker:
         for route in routes:
             owner = route.owner
             link = owner.link
-            # A socket's link, the common case, apart: compiled, its attributes are read
-            # and its deliver called natively, where the Link interface (not a native
-            # class) costs a generic lookup each. It is never in-process nor direct.
-            stream = link if isinstance(link, StreamLink) else None
+            # A socket's link (Session.stream), the common case, apart: compiled, it is
+            # read and called natively. It is never in-process nor direct.
+            stream = owner.stream
             blocked = stream.write_blocked if stream is not None else link.write_blocked
             if blocked and not self.apply_overflow(route, source):
                 continue
