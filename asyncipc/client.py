@@ -101,6 +101,13 @@ class Bus:
         self.url = url
         self.options = options
         self._link = link
+        # The link again if it is a socket's (a StreamLink: unix, tcp, tls, pipes), kept
+        # with _link: compiled, publish() then calls it natively, where the Link interface
+        # (not a native class) costs a lookup by name per call. Imported here, not with
+        # this module: ``import asyncipc`` loads no transport (tests/test_imports.py).
+        from .transports._stream.link import StreamLink
+
+        self._stream: StreamLink | None = link if isinstance(link, StreamLink) else None
         self._link_url = link.reached or url
         # Reconnecting: who to dial, the task that does, and what publish() held meanwhile.
         self._dialer = dialer if dialer is not None and options.reconnect else None
@@ -461,7 +468,10 @@ class Bus:
                 except (ConnectionClosed, ConnectError, ConfigurationError, OSError) as exc:
                     last = exc
                     continue
+                from .transports._stream.link import StreamLink  # loaded: see __init__
+
                 self._link, self._link_url = link, url
+                self._stream = link if isinstance(link, StreamLink) else None
                 self._fresh_handshake()
                 try:
                     await self._handshake()
@@ -603,9 +613,12 @@ class Bus:
             await self._hold(subject, data, reply_to, headers)
             return
         link = self._link
+        stream = self._stream
         try:
-            direct = link.direct  # in-process: the broker's session, called without a hop
-            if direct is not None:
+            if stream is not None:
+                stream.publish(subject, data, reply_to, headers)
+            elif (direct := link.direct) is not None:
+                # In-process: the broker's session, called without a hop.
                 direct.pub_received(subject, data, reply_to, headers)
             else:
                 link.publish(subject, data, reply_to, headers)
@@ -615,7 +628,7 @@ class Bus:
             # The link is gone and link_lost() is on its way: the reconnect sends it.
             await self._hold(subject, data, reply_to, headers)
             return
-        if link.write_blocked:
+        if stream.write_blocked if stream is not None else link.write_blocked:
             await link.drain()
 
     async def _hold(
