@@ -24,17 +24,14 @@ from __future__ import annotations
 import asyncio
 import time
 
-from ._session import Session
+from ._session import Request, Session
 from .protocol import Headers, parse_timeout
 from .protocol.system import TIMEOUT_HEADER
 
-__all__ = ["InFlight", "Request", "waits"]
+__all__ = ["InFlight", "waits"]
 
 MAX_TRACKED = 65536
 """Unanswered requests remembered at once; beyond, the oldest are forgotten."""
-
-Request = tuple[Session, float, "Headers | None"]
-"""The requester, when the broker routed the request (monotonic clock), its headers."""
 
 
 def waits(headers: Headers | None) -> float | None:

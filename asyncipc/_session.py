@@ -51,7 +51,7 @@ from .router import Route, Router
 from .subjects import known_valid, validate_pattern, validate_queue, validate_subject
 from .users import User, identify
 
-__all__ = ["Session", "SessionHost"]
+__all__ = ["Request", "Session", "SessionHost"]
 
 log = logging.getLogger("asyncipc.broker")
 
@@ -63,6 +63,11 @@ def _reserved(subject: str, reply: str | None) -> bool:
     return subject.startswith(RESERVED_PREFIX) or (
         reply is not None and reply.startswith(RESERVED_PREFIX)
     )
+
+
+Request = tuple["Session", float, "Headers | None"]
+"""A request in flight as the broker keeps it (``_inflight.InFlight``): the session that
+asked, when the broker routed it (monotonic clock), its headers."""
 
 
 class SessionHost(Protocol):
@@ -77,7 +82,7 @@ class SessionHost(Protocol):
     stats: BrokerStats
     router: Router[Session]
     server_id: str
-    awaited: dict[str, tuple[Session, float, Headers | None]]
+    awaited: dict[str, Request]
     """Reply subjects of requests in flight, each validated when its request came: a PUB
     on one (the answer) need not be validated again."""
 
