@@ -90,7 +90,7 @@ ACCEL_TESTS := tests/test_build.py tests/test_protocol.py tests/test_protocol_ed
                tests/test_reconnect.py::test_a_reader_that_never_reads_does_not_hold_the_bus \
                tests/test_file_bus.py::test_a_broker_joins_a_directory_once_at_a_time \
                tests/test_ring.py tests/test_shm.py tests/test_mmap.py tests/test_monitor.py \
-               tests/test_stream_writes.py tests/test_inline_handlers.py \
+               tests/test_stream_writes.py tests/test_inline_handlers.py tests/test_services.py \
                --deselect tests/test_shm.py::test_the_shm_pipeline_example_runs
 ACCEL_RUN    = cd $(ACCEL) && ASYNCIPC_EXPECT_COMPILED=1 PYTHONPATH=$(abspath $(ACCEL)) \
                $(abspath $(BIN))/python -m pytest -p no:cacheprovider

@@ -26,6 +26,8 @@ COMPILED = [
     "asyncipc/broker.py",
     "asyncipc/_inflight.py",
     "asyncipc/client.py",
+    "asyncipc/_workers.py",
+    "asyncipc/_responder.py",
     "asyncipc/message.py",
     "asyncipc/subscription.py",
     "asyncipc/transports/_stream/link.py",

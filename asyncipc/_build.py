@@ -24,6 +24,8 @@ COMPILABLE = (
     "asyncipc.broker",
     "asyncipc._inflight",
     "asyncipc.client",
+    "asyncipc._workers",
+    "asyncipc._responder",
     "asyncipc.message",
     "asyncipc.subscription",
     "asyncipc.transports._stream.link",
