@@ -133,6 +133,10 @@ class Bus:
         self._requests: dict[str, tuple[asyncio.Future[Message], str, float, float]] = {}
         """Requests waiting for a reply, by inbox token: (future, subject, deadline, timeout)."""
         self._next_request = 0
+        self._unchecked: str | None = None
+        """A subject :meth:`publish` need not validate, by identity: the reply inbox this
+        bus just made for a request, or the reply subject of a request it received (which
+        its broker validated), set just before the publish that sends it."""
         self._expiry: asyncio.TimerHandle | None = None  # the time-outs' one timer
         self._expiry_at = math.inf  # when it fires
         self.refused = 0
@@ -597,9 +601,11 @@ class Bus:
         bad subject and :class:`~asyncipc.FrameTooLarge` for a payload over the maximum,
         before anything is sent.
         """
-        if subject not in known_valid:  # the common case costs one dict lookup
+        # The common case costs one dict lookup; a request's fresh inbox, or the reply to
+        # one (``_unchecked``), one comparison.
+        if subject not in known_valid and subject is not self._unchecked:
             validate_subject(subject)
-        if reply_to is not None and reply_to not in known_valid:
+        if reply_to is not None and reply_to is not self._unchecked and reply_to not in known_valid:
             validate_subject(reply_to)
         if type(data) is not bytes:
             data, headers = _as_body(data, headers)
@@ -987,7 +993,8 @@ class Bus:
             # without a finite time-out.
             waits = format_timeout(timeout)
             sent_headers = headers if waits is None else {**(headers or {}), TIMEOUT_HEADER: waits}
-            await self.publish(subject, data, sent_headers, self._inbox_prefix + token)
+            self._unchecked = inbox = self._inbox_prefix + token  # valid: ours, hex
+            await self.publish(subject, data, sent_headers, inbox)
             return await fut
         except BaseException as exc:
             failure = exc

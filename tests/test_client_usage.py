@@ -303,3 +303,37 @@ async def test_request_timeouts_of_different_lengths(where: str, unix_url: str) 
         await slow
         assert ended == ["fast", "slow"]
         assert client._requests == {}, "every request left the table"
+
+
+async def test_a_round_trip_does_not_validate_its_inbox_but_a_user_s_reply_is(
+    broker_process: dict[str, str],
+) -> None:
+    """The inbox a request makes, and the reply subject a handler answers (which the
+    broker checked), are not validated again in the client: an inbox is new each time and
+    costs the full check. The broker runs in its own process, so the only validation here
+    is the clients'. A subject or reply a user passes is still checked, after requests
+    too."""
+    from asyncipc import subjects
+
+    url = broker_process["unix"]
+    async with asyncipc.connect(url) as service, asyncipc.connect(url) as client:
+
+        @service.handler("skip.echo")
+        async def echo(msg: asyncipc.Message) -> bytes:
+            return msg.data
+
+        await service.flush()
+        assert (await client.request("skip.echo", b"a")).data == b"a"
+        subjects._inbox_heads.clear()  # what validating an inbox fills
+        for i in range(3):
+            assert (await client.request("skip.echo", str(i).encode())).data == str(i).encode()
+        assert not subjects._inbox_heads, "an inbox was validated in the client"
+        # What a user passes is checked as before, whatever a request left behind.
+        with pytest.raises(asyncipc.InvalidSubject):
+            await client.publish("skip.echo", b"", reply_to="not valid")
+        with pytest.raises(asyncipc.InvalidSubject):
+            await client.publish("_INBOX.x.not valid", b"")
+        with pytest.raises(asyncipc.InvalidSubject):
+            await service.publish("skip.*", b"")
+        await client.publish("skip.echo", b"", reply_to="_INBOX.user.1")  # a valid one
+        assert "_INBOX.user." in subjects._inbox_heads
