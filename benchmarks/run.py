@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from importlib import import_module
 from pathlib import Path
 from typing import Any
@@ -170,17 +170,38 @@ def _median_run(case: Case, runs: list[dict[str, Any]]) -> dict[str, Any]:
     return ordered[(len(ordered) - 1) // 2]
 
 
-async def _cell(case: Case, system: System, scale: Scale, repeat: int) -> Cell:
-    reason = system.unavailable()
-    if reason is not None:
-        return Cell("skipped", reason=reason)
-    runs: list[dict[str, Any]] = []
-    for _ in range(repeat):
-        try:
-            runs.append(await run_cell(case, system, scale))
-        except BenchError as exc:
-            return Cell("error", reason=str(exc), detail=exc.detail, runs=runs)
-    return Cell("ok", metrics=_median_run(case, runs), runs=runs)
+async def _cells(
+    case: Case, columns: dict[str, System], scale: Scale, repeat: int
+) -> AsyncIterator[tuple[str, Cell, float]]:
+    """Each system's cell of ``case``: ``(system, cell, seconds)`` as each finishes.
+
+    With ``repeat`` > 1 the runs take turns: a round runs every system once, then the
+    next round starts. A slow minute on a shared machine then falls on one run of
+    several systems, not on all the runs of one, and the medians compare like with like
+    (run in blocks, our five round trips once all came out slow and the peers' did not).
+    A system that fails or is unavailable is left out of the later rounds."""
+    runs: dict[str, list[dict[str, Any]]] = {}
+    seconds: dict[str, float] = {}
+    for name, system in columns.items():
+        reason = system.unavailable()
+        if reason is not None:
+            yield name, Cell("skipped", reason=reason), 0.0
+        else:
+            runs[name], seconds[name] = [], 0.0
+    for round_no in range(repeat):
+        for name in list(runs):
+            t0 = time.monotonic()
+            try:
+                runs[name].append(await run_cell(case, columns[name], scale))
+            except BenchError as exc:
+                done = runs.pop(name)
+                yield name, Cell("error", reason=str(exc), detail=exc.detail, runs=done), 0.0
+                continue
+            finally:
+                seconds[name] = seconds.get(name, 0.0) + time.monotonic() - t0
+            if round_no == repeat - 1:
+                metrics = _median_run(case, runs[name])
+                yield name, Cell("ok", metrics=metrics, runs=runs[name]), seconds[name]
 
 
 def _summary(case: Case, cell: Cell) -> str:
@@ -341,13 +362,11 @@ async def amain(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         for case in cases:
-            for name in systems:
-                t0 = time.monotonic()
-                cell = await _cell(case, columns[name], scale, args.repeat)
+            chosen_columns = {name: columns[name] for name in systems}
+            async for name, cell, took in _cells(case, chosen_columns, scale, args.repeat):
                 cells[case.id, name] = cell
                 print(
-                    f"{case.id:>9} {name:<24} {time.monotonic() - t0:5.1f} s  "
-                    f"{_summary(case, cell)}",
+                    f"{case.id:>9} {name:<24} {took:5.1f} s  {_summary(case, cell)}",
                     file=sys.stderr,
                     flush=True,
                 )
