@@ -340,20 +340,17 @@ async def _resume(
     and cancelling the task throws into ``coro``, as if the task had run ``coro`` from the
     start. ``error``: the task was cancelled before it could wait on ``step`` (an inline
     callback handed over): ``step`` is cancelled and ``error`` thrown in first."""
-    try:
-        if error is not None:
-            if isinstance(step, asyncio.Future):
-                step.cancel()
-            step = coro.throw(error)
-        while step is not _DONE:
-            try:
-                value = await _Yield(step)
-            except BaseException as exc:  # CancelledError too: the callback decides
-                step = coro.throw(exc)
-            else:
-                step = coro.send(value)
-    except StopIteration:  # not from _run, which ends on _DONE; kept for safety
-        return
+    if error is not None:
+        if isinstance(step, asyncio.Future):
+            step.cancel()
+        step = coro.throw(error)
+    while step is not _DONE:  # _run's last step: it never returns, so no StopIteration
+        try:
+            value = await _Yield(step)
+        except BaseException as exc:  # CancelledError too: the callback decides
+            step = coro.throw(exc)
+        else:
+            step = coro.send(value)
 
 
 async def run_pool(

@@ -72,6 +72,13 @@ class Cell:
     runs: list[dict[str, Any]] = field(default_factory=list)
 
 
+def median_run(runs: Sequence[dict[str, Any]], key: str, higher_is_better: bool) -> dict[str, Any]:
+    """The run whose ``key`` is the median of ``runs`` (of an even number, the better of
+    the two middle ones): what a repeated cell or a repeated pair reports."""
+    ordered = sorted(runs, key=lambda run: float(run[key]), reverse=higher_is_better)
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def _si(value: float) -> str:
     for factor, suffix in ((1e6, "M"), (1e3, "k")):
         if value >= factor:

@@ -32,7 +32,14 @@ import uvloop
 from ._accel import SUFFIX, ensure_compiled
 from ._cases import CASES, Case, Scale, run_cell
 from ._procs import REPO_ROOT, BenchError, run_module, running_compiled
-from ._report import Cell, render_inprocess, render_summary, render_tables, write_json
+from ._report import (
+    Cell,
+    median_run,
+    render_inprocess,
+    render_summary,
+    render_tables,
+    write_json,
+)
 from ._rest_cases import REST_SYSTEMS
 from ._systems import SYSTEMS, Nats, System, compiled_twin
 from .chart import draw
@@ -164,12 +171,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _median_run(case: Case, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    key = case.primary.metric
-    ordered = sorted(runs, key=lambda m: m[key], reverse=case.primary.higher_is_better)
-    return ordered[(len(ordered) - 1) // 2]
-
-
 async def _cells(
     case: Case, columns: dict[str, System], scale: Scale, repeat: int
 ) -> AsyncIterator[tuple[str, Cell, float]]:
@@ -191,16 +192,19 @@ async def _cells(
     for round_no in range(repeat):
         for name in list(runs):
             t0 = time.monotonic()
+            failure: BenchError | None = None
             try:
                 runs[name].append(await run_cell(case, columns[name], scale))
             except BenchError as exc:
+                failure = exc
+            seconds[name] += time.monotonic() - t0
+            if failure is not None:
                 done = runs.pop(name)
-                yield name, Cell("error", reason=str(exc), detail=exc.detail, runs=done), 0.0
-                continue
-            finally:
-                seconds[name] = seconds.get(name, 0.0) + time.monotonic() - t0
-            if round_no == repeat - 1:
-                metrics = _median_run(case, runs[name])
+                cell = Cell("error", reason=str(failure), detail=failure.detail, runs=done)
+                yield name, cell, seconds[name]
+            elif round_no == repeat - 1:
+                primary = case.primary
+                metrics = median_run(runs[name], primary.metric, primary.higher_is_better)
                 yield name, Cell("ok", metrics=metrics, runs=runs[name]), seconds[name]
 
 

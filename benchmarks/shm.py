@@ -53,7 +53,7 @@ import asyncipc
 
 from ._cases import Case, _pubsub_metrics
 from ._procs import BenchError, worker
-from ._report import section_main
+from ._report import median_run, section_main
 
 __all__ = ["measure", "memcpy_bandwidth", "table"]
 
@@ -223,8 +223,8 @@ def _median_msgs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     failed = [run for run in runs if "msgs_per_s" not in run]
     if failed:
         return failed[0]
-    ordered = sorted(runs, key=lambda run: float(run["msgs_per_s"]))
-    return {**ordered[(len(ordered) - 1) // 2], "runs": [run["msgs_per_s"] for run in runs]}
+    middle = median_run(runs, "msgs_per_s", higher_is_better=True)
+    return {**middle, "runs": [run["msgs_per_s"] for run in runs]}
 
 
 async def _cell(results: dict[str, Any], key: str, run: Any) -> None:
