@@ -247,10 +247,15 @@ class _Pool:
             or waiter.done()
             or self.busy >= self.limit
             or self.handoff is not None
-            or asyncio.current_task(loop) is not None
         ):
             return False
         msg = _make_message(sub._bus, subject, data, headers, reply)
+        try:
+            enter(loop, task)
+        except RuntimeError:
+            # A task is running (an in-process publish from one): the message is queued.
+            # Asked of enter() itself, not first of asyncio.current_task(): one call less.
+            return False
         self.busy += 1
         # Messages a callback makes arrive for this subscription meanwhile are queued,
         # not run inside it: the leader's waiter is off the subscription while it runs.
@@ -258,7 +263,6 @@ class _Pool:
         raised: BaseException | None = None
         coro: Coroutine[Any, Any, None] | None = None
         step: Any = None
-        enter(loop, task)
         try:
             coro, step = ctx.run(_start, self.callback, msg)
         except Exception:

@@ -548,10 +548,12 @@ class Broker:
             counters = source.counters
             counters.messages_in += 1
             counters.bytes_in += size
-        # Streams, relays and requests in flight are three attribute checks when none is
-        # there; their work lives in _observe() so that the plain path stays short.
+        # Streams and relays are two attribute checks when none is there; their work
+        # lives in _observe() so that the plain path stays short. A reply to a request in
+        # flight is marked answered after its delivery (_answered), off the round trip's
+        # path: its requester is reading it meanwhile.
         relayed = False
-        if self.streams.capturing or self._relays or self.awaited:
+        if self.streams.capturing or self._relays:
             relayed = self._observe(subject, data, reply, headers, pub)
         # The router's cache answers the common case (a subject seen before, no queue
         # group) without a call: a frame less per message.
@@ -563,6 +565,8 @@ class Broker:
             if reply is not None and not relayed and not self._relaying:
                 stats.no_responders += 1
                 self.publish(reply, b"", None, NO_RESPONDERS_HEADERS, None, None)
+            if self.awaited:
+                self._inflight.answered(subject)
             return
         sent = 0
         for route in routes:
@@ -600,6 +604,8 @@ class Broker:
             if reply is not None and owner.access is not None:
                 owner.access.request_delivered(reply)  # it may answer (allow_responses)
         stats.messages_out += sent
+        if self.awaited:
+            self._inflight.answered(subject)  # if it is the reply to a request we saw
         if reply is not None and source is not None and sent:
             self._inflight.add(reply, source, headers)
 
@@ -611,8 +617,8 @@ class Broker:
         headers: Headers | None,
         pub: Pub | None,
     ) -> bool:
-        """What a publish owes besides its routes: stream capture, relays, the reply to
-        a request in flight. True if a relay took the message."""
+        """What a publish owes besides its routes: stream capture and relays. True if a
+        relay took the message."""
         if self.streams.capturing:
             self.streams.capture(
                 subject,
@@ -630,8 +636,6 @@ class Broker:
                         headers,
                     )
                     relayed = True
-        if self.awaited:
-            self._inflight.answered(subject)  # if it is the reply to a request we saw
         return relayed
 
     def apply_overflow(self, route: Route[Session], source: Session | None) -> bool:

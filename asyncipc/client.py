@@ -979,7 +979,7 @@ class Bus:
             if self._up:  # else the reconnect subscribes it
                 self._link.send(Sub(self._inbox_sid, self._inbox_prefix + "*"))
         self._next_request += 1
-        token = f"{self._next_request:x}"
+        token = str(self._next_request)  # compiled, a primitive; a format spec is a call
         fut: asyncio.Future[Message] = self._loop.create_future()
         loop = self._loop
         deadline = loop.time() + max(timeout, 0.0) if timeout < math.inf else math.inf
@@ -993,7 +993,7 @@ class Bus:
             # without a finite time-out.
             waits = format_timeout(timeout)
             sent_headers = headers if waits is None else {**(headers or {}), TIMEOUT_HEADER: waits}
-            self._unchecked = inbox = self._inbox_prefix + token  # valid: ours, hex
+            self._unchecked = inbox = self._inbox_prefix + token  # valid: ours, digits
             await self.publish(subject, data, sent_headers, inbox)
             return await fut
         except BaseException as exc:
