@@ -543,6 +543,46 @@ def test_a_msg_read_in_place_is_what_parse_frame_reads(msg: Msg, data: st.DataOb
         assert str(got.value) == problem
 
 
+@given(
+    st.lists(st.sampled_from([0, 10, 1000, 1030, 5000]), min_size=1, max_size=100),
+    st.data(),
+)
+@SETTINGS
+def test_small_and_large_frames_in_one_read_come_out_once_each_in_order(
+    sizes: list[int], data: st.DataObject
+) -> None:
+    """Compiled, the small frames of a read are parsed from one copy of up to 64 KiB of it
+    and a large one where it lies (decoder._copied_frames): reads that mix them, run past
+    the copy's end or stop inside a frame must give every frame once, in order."""
+    frames: list[Frame] = [
+        Msg(i, f"s.{i}", bytes([i % 256]) * size) if i % 3 else Pub(f"p.{i}", b"z" * size)
+        for i, size in enumerate(sizes)
+    ]
+    stream = b"".join(encode(f) for f in frames)
+    cuts = sorted(data.draw(st.sets(st.integers(0, len(stream)), max_size=6)))
+    dec = FrameDecoder(msg_extra=MSG_EXTRA)
+    got: list[Frame] = []
+    prev = 0
+    for cut in [*cuts, len(stream)]:
+        got += read_into(dec, stream[prev:cut])
+        prev = cut
+    dec.eof()
+    assert [canon(f) for f in got] == [canon(f) for f in frames]
+
+
+def test_a_frame_over_a_small_max_frame_after_good_ones_in_the_same_read() -> None:
+    """max_frame under 1 KiB: the copied frames' reader stops before the large one, and
+    the decoder refuses it after handing out the good frames."""
+    dec = FrameDecoder(max_frame=300)
+    stream = (
+        encode(Pub("a", b"x" * 100)) + encode(Pub("b", b"y" * 200)) + encode(Pub("c", b"z" * 400))
+    )
+    got = read_into(dec, stream)
+    assert [p.subject for p in got if isinstance(p, Pub)] == ["a", "b"]
+    assert isinstance(dec.error, FrameTooLarge)
+    assert "exceeds the maximum frame size 300" in str(dec.error)
+
+
 def test_partial_frame_is_held_not_returned() -> None:
     wire = encode(Pub("a.b", b"x" * 50))
     dec = FrameDecoder()
@@ -1106,3 +1146,32 @@ def test_pub_head_refuses_what_encode_refuses() -> None:
     with pytest.raises(FrameTooLarge):
         msg_head(7, pub, 50)
     assert msg_head(7, pub, 1 << 20) + pub.raw == encode(Msg(7, "a.b", b"x" * 100))
+
+
+@given(sid=st.integers(0, 0xFFFFFFFF), size=st.integers(0, 70_000))
+def test_msg_head_is_the_msg_frame_for_every_u32_sid(sid: int, size: int) -> None:
+    """Compiled, a MSG head is one integer turned to bytes, its fields shifted into place:
+    a sid or length that spilled into its neighbour would still be 9 bytes. Read back,
+    the head must say what encode() says."""
+    pub = Pub("a.b", b"x" * size)
+    assert msg_head(sid, pub, 1 << 20) + pub.raw == encode(Msg(sid, "a.b", pub.data))
+
+
+def test_a_sid_past_u32_is_refused_not_folded_into_the_head() -> None:
+    pub = Pub("a.b", b"x")
+    with pytest.raises(LocalProtocolError, match="out of range"):
+        encode(Msg(1 << 32, "a.b", b"x"))
+    with pytest.raises(struct.error):  # not a 9-byte head with the op byte changed
+        msg_head(1 << 32, pub, 1 << 20)
+    with pytest.raises(struct.error):
+        msg_head(-1, pub, 1 << 20)
+
+
+def test_a_pub_head_s_length_field_holds_to_u32_and_no_further() -> None:
+    """The head alone, for a payload that is never made: its length field at the u32
+    limit, then one byte past it (refused, not wrapped into the op byte)."""
+    size = 0xFFFFFFFF - 3 - 1 - 6  # op, subject length, "a", no reply, no headers
+    head = pub_head("a", None, None, size, 1 << 40)
+    assert head[:7] == bytes.fromhex("ffffffff030001")
+    with pytest.raises(struct.error):
+        pub_head("a", None, None, size + 1, 1 << 40)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import struct
 from enum import IntEnum
+from types import FunctionType
 from typing import Any, Final
 
 from ..errors import FrameTooLarge, LocalProtocolError
@@ -341,9 +342,20 @@ def _short(text: str | None, what: str) -> bytes:
     if text is None:
         return b"\x00\x00"
     b = text.encode()
-    if len(b) > 0xFFFF:
+    n = len(b)
+    if n > 0xFFFF:
         raise LocalProtocolError(f"{what} longer than 65535 bytes")
-    return _U16.pack(len(b)) + b
+    return n.to_bytes(2, "big") + b  # compiled, a primitive (a pack is a call); as fast else
+
+
+# Compiled, int.to_bytes is a mypyc primitive and a struct's pack a generic method call
+# with its arguments boxed: a frame head costs about 500 instructions fewer as one integer
+# turned to bytes. Interpreted, the pack is faster (a MSG head 0.10 against 0.25 us), so
+# the pure build keeps it. Either way an integer too large for its field (a length past
+# 4 GiB, a sid past u32) goes to the pack, which refuses it as before.
+_BY_INT: Final = not isinstance(_short, FunctionType)
+_PUB_OP: Final = Op.PUB.value << 16  # (length << 24) | _PUB_OP | subject length: 7 bytes
+_MSG_OP: Final = Op.MSG.value << 32  # (length << 40) | _MSG_OP | sid: 9 bytes
 
 
 def _pub_body(subject: str, reply: str | None, headers: Headers | None, data: bytes) -> bytes:
@@ -372,6 +384,8 @@ def pub_head(
         raise FrameTooLarge(
             f"PUB frame of {length} bytes exceeds the maximum frame size {max_frame}"
         )
+    if _BY_INT and length <= 0xFFFFFFFF:
+        return ((length << 24) | _PUB_OP | n).to_bytes(7, "big") + s + tail
     return _HEAD_PUB.pack(length, Op.PUB, n) + s + tail
 
 
@@ -382,6 +396,8 @@ def msg_head(sid: int, pub: Pub, max_frame: int) -> bytes:
     length = len(pub.raw) + 5
     if length > max_frame + MSG_EXTRA:
         raise FrameTooLarge(f"message of {length} bytes exceeds the maximum frame {max_frame}")
+    if _BY_INT and length <= 0xFFFFFFFF and 0 <= sid <= 0xFFFFFFFF:
+        return ((length << 40) | _MSG_OP | sid).to_bytes(9, "big")
     return _HEAD_SID.pack(length, Op.MSG, sid)
 
 
