@@ -413,19 +413,26 @@ def read_into(dec: FrameDecoder, data: bytes) -> list[Frame]:
     return got
 
 
-@given(st.lists(any_frame, min_size=1, max_size=8), st.data())
-@SETTINGS
-def test_reading_into_the_decoder_buffer_gives_the_same_frames(
-    frames: list[Frame], data: st.DataObject
-) -> None:
-    stream = PREAMBLE + b"".join(encode(f) for f in frames)
-    cuts = sorted(data.draw(st.sets(st.integers(0, len(stream)), max_size=12)))
-    dec = FrameDecoder(expect_preamble=True)
+def read_in_pieces(
+    dec: FrameDecoder, stream: bytes, data: st.DataObject, max_cuts: int
+) -> list[Frame]:
+    """``stream`` read into ``dec`` in pieces cut where hypothesis draws (read_into)."""
+    cuts = sorted(data.draw(st.sets(st.integers(0, len(stream)), max_size=max_cuts)))
     got: list[Frame] = []
     prev = 0
     for cut in [*cuts, len(stream)]:
         got += read_into(dec, stream[prev:cut])
         prev = cut
+    return got
+
+
+@given(st.lists(any_frame, min_size=1, max_size=8), st.data())
+@SETTINGS
+def test_reading_into_the_decoder_buffer_gives_the_same_frames(
+    frames: list[Frame], data: st.DataObject
+) -> None:
+    dec = FrameDecoder(expect_preamble=True)
+    got = read_in_pieces(dec, PREAMBLE + b"".join(encode(f) for f in frames), data, 12)
     dec.eof()
     assert dec.buffered == 0
     assert [canon(f) for f in got] == [canon(f) for f in frames]
@@ -558,14 +565,8 @@ def test_small_and_large_frames_in_one_read_come_out_once_each_in_order(
         Msg(i, f"s.{i}", bytes([i % 256]) * size) if i % 3 else Pub(f"p.{i}", b"z" * size)
         for i, size in enumerate(sizes)
     ]
-    stream = b"".join(encode(f) for f in frames)
-    cuts = sorted(data.draw(st.sets(st.integers(0, len(stream)), max_size=6)))
     dec = FrameDecoder(msg_extra=MSG_EXTRA)
-    got: list[Frame] = []
-    prev = 0
-    for cut in [*cuts, len(stream)]:
-        got += read_into(dec, stream[prev:cut])
-        prev = cut
+    got = read_in_pieces(dec, b"".join(encode(f) for f in frames), data, 6)
     dec.eof()
     assert [canon(f) for f in got] == [canon(f) for f in frames]
 
