@@ -550,8 +550,8 @@ class Broker:
             counters.bytes_in += size
         # Streams and relays are two attribute checks when none is there; their work
         # lives in _observe() so that the plain path stays short. A reply to a request in
-        # flight is marked answered after its delivery (_answered), off the round trip's
-        # path: its requester is reading it meanwhile.
+        # flight is marked answered after its delivery (InFlight.answered, below), off
+        # the round trip's path: its requester is reading it meanwhile.
         relayed = False
         if self.streams.capturing or self._relays:
             relayed = self._observe(subject, data, reply, headers, pub)
