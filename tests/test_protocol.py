@@ -571,6 +571,23 @@ def test_small_and_large_frames_in_one_read_come_out_once_each_in_order(
     assert [canon(f) for f in got] == [canon(f) for f in frames]
 
 
+@pytest.mark.parametrize("field", [0, 200, 500, 509, 510, 2000])
+def test_a_large_msg_whose_fields_lie_past_its_first_512_bytes_reads_whole(field: int) -> None:
+    """Compiled, a MSG over 1 KiB has its fields read from a copy of its first 512 bytes
+    (decoder._msg_from_head); a header block, reply or subject that runs past them must
+    be read where it lies instead, not cut or refused."""
+    frames: list[Frame] = [
+        Msg(1, "s" * (field or 1), b"p" * 3000),
+        Msg(2, "a", b"q" * 3000, "r" * (field or 1)),
+        Msg(3, "a", b"t" * 3000, None, {"k": "v" * field}),
+        Msg(4, "a", b"u" * 3000, "r", {"k": "v" * field, "x": "y"}),
+    ]
+    dec = FrameDecoder(msg_extra=MSG_EXTRA)
+    assert [canon(f) for f in dec.feed(b"".join(encode(f) for f in frames))] == [
+        canon(f) for f in frames
+    ]
+
+
 def test_a_frame_over_a_small_max_frame_after_good_ones_in_the_same_read() -> None:
     """max_frame under 1 KiB: the copied frames' reader stops before the large one, and
     the decoder refuses it after handing out the good frames."""

@@ -459,6 +459,11 @@ class FrameDecoder:
                     break
                 op = buf[pos + 4]
                 if op == _OP_MSG and length > _IN_PLACE_MIN:
+                    msg = _msg_from_head(view, pos + 5, stop) if _COPY_MAX else None
+                    if msg is not None:
+                        out.append(msg)
+                        pos = stop
+                        continue
                     try:
                         out.append(_msg_in_place(buf, view, pos + 5, stop))
                     except (struct.error, ValueError, RemoteProtocolError):
@@ -505,6 +510,22 @@ def _copied_frames(copy: bytes, small: int, out: list[Frame]) -> int:
         out.append(parse_frame(copy[p + 4], copy[p + 5 : stop]))
         p = stop
     return p
+
+
+def _msg_from_head(view: memoryview, off: int, end: int) -> Msg | None:
+    """Compiled: the large MSG whose body is ``view[off:end]``, its fields read from a
+    ``bytes`` copy of its first :data:`_HEAD_COPY` bytes (native indexes, as
+    :func:`_copied_frames` reads small frames) and its payload copied out once. None if
+    the fields do not lie within that head or are not right: :func:`_msg_in_place` then
+    reads it, or :func:`parse_frame` says what is wrong. Saves the in-place reader's
+    generic calls, about 3k instructions a MSG over 1 KiB."""
+    head = bytes(view[off : min(end, off + _HEAD_COPY)])
+    try:
+        sid = _u32(head, 0)
+        subject, reply, headers, at = _pub_fields(head, 4)
+    except (RemoteProtocolError, IndexError):
+        return None
+    return Msg(sid, subject, bytes(view[off + at : end]), reply, headers)
 
 
 def _msg_in_place(buf: bytearray, view: memoryview, off: int, end: int) -> Msg:
@@ -609,6 +630,10 @@ _IN_PLACE_MIN: Final = 0 if isinstance(parse_frame, FunctionType) else 1024
 # reads stay in place: there an index costs more than the unpack it replaces.
 _COPY_MAX: Final = 0 if _IN_PLACE_MIN == 0 else 64 * 1024
 _COPY_PEEK: Final = 4096
+# Compiled, a MSG over _IN_PLACE_MIN has its fields read from a copy of this many bytes of
+# its head when they lie there (_msg_from_head): a subject, a reply and a small header
+# block do.
+_HEAD_COPY: Final = 512
 
 
 def _pub_fields(body: bytes, off: int) -> tuple[str, str | None, Headers | None, int]:
