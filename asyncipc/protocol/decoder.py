@@ -459,15 +459,13 @@ class FrameDecoder:
                     break
                 op = buf[pos + 4]
                 if op == _OP_MSG and length > _IN_PLACE_MIN:
-                    msg = _msg_from_head(view, pos + 5, stop) if _COPY_MAX else None
-                    if msg is not None:
-                        out.append(msg)
-                        pos = stop
-                        continue
-                    try:
-                        out.append(_msg_in_place(buf, view, pos + 5, stop))
-                    except (struct.error, ValueError, RemoteProtocolError):
-                        out.append(parse_frame(op, bytes(view[pos + 5 : stop])))  # says why
+                    large: Frame | None = _msg_from_head(view, pos + 5, stop) if _COPY_MAX else None
+                    if large is None:
+                        try:
+                            large = _msg_in_place(buf, view, pos + 5, stop)
+                        except (struct.error, ValueError, RemoteProtocolError):
+                            large = parse_frame(op, bytes(view[pos + 5 : stop]))  # says why
+                    out.append(large)
                 else:
                     out.append(parse_frame(op, bytes(view[pos + 5 : stop])))
                 pos = stop
@@ -503,7 +501,7 @@ def _copied_frames(copy: bytes, small: int, out: list[Frame]) -> int:
     p = 0
     n = len(copy)
     while n - p >= 5:
-        length = (copy[p] << 24) | (copy[p + 1] << 16) | (copy[p + 2] << 8) | copy[p + 3]
+        length = _u32(copy, p)
         stop = p + 4 + length
         if length == 0 or length > small or stop > n:
             break
