@@ -9,14 +9,17 @@ there at a given moment is what the link has written by then.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from asyncipc.protocol import PING, PONG, PREAMBLE, Frame, FrameDecoder, Headers, encode
 from asyncipc.transports import TransportOptions
-from asyncipc.transports._stream.link import StreamLink
+from asyncipc.transports._stream.link import _WRITEV_MIN, StreamLink, _gathered
 
 
 def _available(sock: socket.socket) -> bytes:
@@ -118,6 +121,30 @@ async def test_a_frame_a_task_publishes_is_written_before_publish_returns(
     # No await since: a frame deferred to the end of the loop turn would not be there.
     frames = _frames(_available(peer))
     assert [(f.subject, f.data, f.reply) for f in frames] == [("a.b", b"payload", "r.1")]  # type: ignore[union-attr]
+
+
+async def test_a_lone_large_frame_is_written_before_publish_returns(
+    pair: tuple[StreamLink, socket.socket],
+) -> None:
+    """Its head and payload go out as two parts of one write (no concatenation)."""
+    link, peer = pair
+    big = bytes(range(256)) * 200
+    link.publish("a.b", big, None, None)
+    frames = _frames(_available(peer))
+    assert [(f.subject, f.data) for f in frames] == [("a.b", big)]  # type: ignore[union-attr]
+
+
+@given(st.lists(st.sampled_from([0, 1, 100, _WRITEV_MIN - 1, _WRITEV_MIN, 70_000]), max_size=30))
+def test_a_gathered_batch_keeps_large_parts_whole_and_joins_the_small_ones(
+    sizes: list[int],
+) -> None:
+    out = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
+    parts = _gathered(out)
+    assert b"".join(parts) == b"".join(out)
+    large = [p for p in out if len(p) >= _WRITEV_MIN]
+    assert [p for p in parts if len(p) >= _WRITEV_MIN and any(p is q for q in large)] == large
+    for a, b in itertools.pairwise(parts):
+        assert len(a) >= _WRITEV_MIN or len(b) >= _WRITEV_MIN  # no two small ones apart
 
 
 async def test_a_burst_from_a_task_is_its_first_frames_then_one_write_of_the_rest(

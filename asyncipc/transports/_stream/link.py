@@ -62,6 +62,10 @@ is not listening, and is closed on (a reset) at once."""
 
 _SCRATCH: Final = memoryview(bytearray(64 * 1024))  # what is read to be dropped: never looked at
 
+_WRITEV_MIN: Final = 4096
+"""A queued part this long is written as it is, beside the joined small ones, not copied
+into the turn's join: ``writelines`` hands uvloop's ``writev`` the parts (on asyncio
+before 3.12 it joins them, the copy this saves elsewhere)."""
 _HOLD, _DROP = 1, 2  # StreamLink._ignoring: input left unread, or read and dropped
 
 
@@ -167,6 +171,7 @@ class StreamLink(asyncio.BufferedProtocol, Link):
         self._early: list[Frame] = []
         self._out: list[bytes] = []
         self._out_bytes = 0
+        self._out_large = False  # _out holds a part of _WRITEV_MIN bytes or more
         self._flush_handle: asyncio.Handle | None = None
         # The loop's read count when this link last wrote a task's frame at once with
         # nothing scheduled after it (-1: none since its last end-of-turn flush).
@@ -349,6 +354,7 @@ class StreamLink(asyncio.BufferedProtocol, Link):
         self._closing = True
         self._out.clear()
         self._out_bytes = 0
+        self._out_large = False
         self.write_blocked = False
         self._wake_drainers()
         if not self._closed_fut.done():
@@ -431,13 +437,20 @@ class StreamLink(asyncio.BufferedProtocol, Link):
                         self._flush_handle = self._loop.call_soon(self._turn_ended)
                     else:  # a new turn: nothing to schedule (no extra loop iteration)
                         self._lone_reads = reads
-                tr.write(head + body if body else head)
+                if len(body) < _WRITEV_MIN:
+                    tr.write(head + body if body else head)
+                else:
+                    tr.writelines((head, body))
                 return
             self._flush_handle = self._loop.call_soon(self._turn_ended)
         out = self._out
         out.append(head)
         if body:
             out.append(body)
+            if len(body) >= _WRITEV_MIN:
+                self._out_large = True
+        elif len(head) >= _WRITEV_MIN:
+            self._out_large = True
         self._out_bytes += len(head) + len(body)
         if self._out_bytes > self._high_water:
             self.write_blocked = self._blocked_reported = True
@@ -455,11 +468,19 @@ class StreamLink(asyncio.BufferedProtocol, Link):
         if not self._out or self._tr is None:
             return
         out = self._out
+        large = self._out_large
         self._out = []
         self._out_bytes = 0
+        self._out_large = False
         self.write_blocked = self._transport_paused
-        # One write of the joined batch: a single send() system call for the whole turn.
-        self._tr.write(out[0] if len(out) == 1 else b"".join(out))
+        # One system call for the whole turn: the batch joined, or, with large parts in
+        # it, the large parts as they are and the runs of small ones between them joined.
+        if len(out) == 1:
+            self._tr.write(out[0])
+        elif not large:
+            self._tr.write(b"".join(out))
+        else:
+            self._tr.writelines(_gathered(out))
         self._maybe_unblocked()
 
     def _send_error(self) -> Exception:
@@ -619,6 +640,27 @@ class StreamLink(asyncio.BufferedProtocol, Link):
         self._flush()
         self._tr.write(encode(Err(code, text[:1000])))
         self._hang_up()
+
+
+def _gathered(out: list[bytes]) -> list[bytes]:
+    """``out`` with each run of parts shorter than ``_WRITEV_MIN`` joined into one: what
+    a gathered write is given, so that a large payload is not copied and a small frame
+    is not a vector entry of its own."""
+    parts: list[bytes] = []
+    start = 0
+    for i, part in enumerate(out):
+        if len(part) >= _WRITEV_MIN:
+            if i - start == 1:
+                parts.append(out[start])
+            elif i > start:
+                parts.append(b"".join(out[start:i]))
+            parts.append(part)
+            start = i + 1
+    if len(out) - start == 1:
+        parts.append(out[start])
+    elif len(out) > start:
+        parts.append(b"".join(out[start:]))
+    return parts
 
 
 def _http_hint(peer: PeerInfo) -> str:
