@@ -295,7 +295,7 @@ def render_inprocess(r: dict[str, Any]) -> str:
         ("publish, 10,000 unrelated subs", r["publish_10k_unrelated_per_s"] / 1e6, "M msg/s"),
         ("10k / 0 (1.00 = no slowdown)", r["routing_10k_vs_0"], "x"),
     ]
-    lines = ["in-process (one process, uvloop, 64 B, best of 3)"]
+    lines = ["in-process (one process, uvloop, 64 B, best of 5 rounds in turn; routing: 3)"]
     lines += [f"  {name:<34}{value:8.3f} {unit}" for name, value, unit in rows]
     return "\n".join(lines)
 

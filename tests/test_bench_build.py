@@ -80,7 +80,10 @@ def test_both_builds_in_one_table(tmp_path: Path) -> None:
     summary = done.stdout.split("## Summary")[1]
     assert "| asyncipc-unix            | request/reply 64 B, round trip: p50" in summary
     assert f"| {compiled} | request/reply 64 B, round trip: p50" in summary
-    assert "## [compiled] in-process (one process, uvloop, 64 B, best of 3)" in done.stdout
+    assert (
+        "## [compiled] in-process (one process, uvloop, 64 B, best of 5 rounds in turn; routing: 3)"
+        in done.stdout
+    )
 
 
 def test_the_compiled_modules_are_read_from_setup_py() -> None:
