@@ -326,6 +326,61 @@ async def test_without_membarrier_a_sleeper_still_wakes(monkeypatch: pytest.Monk
         await b.aclose()
 
 
+async def test_a_record_committed_without_its_ring_is_found_after_the_fence(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a lost wake-up leaves: a record committed as the reader went to sleep, and
+    no ring. The sleeper fences and looks again ``FENCE_AFTER`` after going to sleep,
+    and finds it (before that look existed it would have waited for the next ring).
+    ``FENCE_AFTER`` is stretched so that the commit surely comes before the look."""
+    if _ringport.FENCE is None:
+        pytest.skip("no membarrier(2) here: the 50 ms backstop covers this (test above)")
+    monkeypatch.setattr(_ringport, "FENCE_AFTER", 2.0)
+    async with await listen_channel(f"shm://{name()}?spin=0") as listener:
+        a = await connect_channel(listener.url)
+        b = await listener.accept()
+        assert a._tx is not None
+        for i in range(2):
+            task = asyncio.create_task(b.recv())
+            await until(lambda: a._tx.reader_sleeping, "b to go to sleep")
+            assert a._tx.try_write(b"unrung %d" % i)  # committed; the doorbell not rung
+            assert b._port._backstop_handle is not None  # the deferred look is to come
+            assert await asyncio.wait_for(task, 10) == b"unrung %d" % i
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_a_sleeper_rung_before_fence_after_issues_no_fence(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stream whose reader sleeps between records: each ring comes before the deferred
+    fence, which is then never issued (the fence interrupts every CPU the peer runs on)."""
+    real = _ringport.FENCE
+    if real is None:
+        pytest.skip("no membarrier(2) here: sleepers use the backstop timer instead")
+    fences = 0
+
+    def counted() -> None:
+        nonlocal fences
+        fences += 1
+        real()
+
+    monkeypatch.setattr(_ringport, "FENCE", counted)
+    monkeypatch.setattr(_ringport, "FENCE_AFTER", 60.0)
+    async with await listen_channel(f"shm://{name()}?spin=0") as listener:
+        a = await connect_channel(listener.url)
+        b = await listener.accept()
+        for i in range(20):
+            task = asyncio.create_task(b.recv())
+            await until(lambda: a._tx.reader_sleeping, "b to go to sleep")
+            assert b._port._backstop_handle is not None  # the fence, deferred
+            await a.send(b"%d" % i)
+            assert await task == b"%d" % i
+        assert fences == 0
+        await a.aclose()
+        await b.aclose()
+
+
 @pytest.mark.parametrize("big", [1200, 16000])
 async def test_no_wake_up_is_lost_when_the_reader_sleeps_as_the_writer_writes(big: int) -> None:
     """Another process writes in runs after random pauses while this side, at ``spin=0``,

@@ -17,7 +17,8 @@ Each pair is a store followed by a load of a different location, which even x86-
 reorders (the store waits in the store buffer while the load runs ahead), and Arm more
 so: without a full barrier on both sides, both can miss each other and the sleeper sleeps
 on a record that is already there. Pure Python has no fence instruction. The sleeper's
-side is rare (once per idle period), the ringer's side is every message, so we use the
+side is rare (once per idle period: ``port.FENCE_AFTER`` defers it until a sleep has
+lasted 1 ms), the ringer's side is every message, so we use the
 *asymmetric* fence Linux offers for exactly this: ``membarrier(GLOBAL_EXPEDITED)`` on the
 sleeper's side makes every running thread of every registered process execute a full
 barrier, which stands in for the barrier the hot side never issues (``docs/shm.md``).

@@ -12,9 +12,10 @@ rings. The port decides when the owner is asked to, following the doorbell proto
   usually comes within that time and catching it by polling saves two system calls and
   a scheduler wake-up.
 * **Asleep:** then it publishes "sleeping" in the ring header (an odd sleep counter),
-  issues the cross-process fence, looks once more (a record may have landed between its
-  last look and the flag), and if there is still nothing, waits for its doorbell through
-  ``loop.add_reader``: no CPU at all while idle.
+  looks once more (a record may have landed between its last look and the flag), and if
+  there is still nothing, waits for its doorbell through ``loop.add_reader``. If nothing
+  rings within :data:`FENCE_AFTER`, it issues the cross-process fence and looks once
+  more: no CPU at all while idle after that.
 
 The writer side is symmetric: a record that does not fit waits in the owner's queue,
 the port publishes "waiting" in the outbound ring and sleeps the same way; the peer's
@@ -43,6 +44,11 @@ DEFAULT_SPIN = 0.0002
 """Seconds a port keeps polling after the last record before it goes to sleep."""
 
 _BATCH: Final = 512  # frames handled per poll before the loop gets a turn
+FENCE_AFTER = 0.001
+"""Seconds a side that went to sleep waits for its doorbell before it issues the fence and
+looks once more (docs/shm.md, "The lost wake-up, and the fence"): a side woken before
+then needs no fence, so a stream whose reader sleeps between records costs no
+``membarrier`` (and no interrupt of the peer's CPU) per record."""
 DURABLE_BACKSTOP = 1.0
 """Seconds between looks of a sleeping side that has no control socket to tell it its
 peer died (``mmap://`` ring files): once a second, so idle still costs nothing."""
@@ -235,17 +241,39 @@ class RingPort:
             assert self._tx is not None
             self._tx.set_waiting(True)
         self._asleep = True
-        if FENCE is not None:
-            FENCE()
-        # One more look after the flags are visible: a record (or space) that arrived
-        # before the peer could see them would otherwise never be rung for.
-        if (reading and self._rx is not None and self._has_data()) or (
-            waiting and owner.port_write()
-        ):
+        # One more look now the flags are stored: a record (or space) that arrived
+        # before the peer could see them would otherwise never be rung for. Without a
+        # fence this look can still miss one committed in the same instant (each side's
+        # store waiting in its CPU's store buffer while it loads the other's word).
+        if self._look_again():
             self.poke()
             return
         if FENCE is None or self._bell_in is None:
             self._backstop_handle = self._loop.call_later(BACKSTOP, self._backstop)
+        else:
+            # The fence, and a look after it, unless the doorbell rings first (poke()
+            # cancels this): that ring is the proof the peer saw the flags.
+            self._backstop_handle = self._loop.call_later(FENCE_AFTER, self._fenced_look)
+
+    def _look_again(self) -> bool:
+        """True if there is something to read, or a queued write went out."""
+        owner = self._owner
+        return (owner.port_reading and self._rx is not None and self._has_data()) or (
+            owner.port_writes_waiting and self._tx is not None and owner.port_write()
+        )
+
+    def _fenced_look(self) -> None:
+        """Still asleep :data:`FENCE_AFTER` after the flags: the fence, then a last look.
+        After the fence, either the peer's commit is visible here or the peer's next
+        load of the flags sees them and it rings (docs/shm.md)."""
+        self._backstop_handle = None
+        if self._closed or not self._asleep:
+            return
+        fence = FENCE
+        assert fence is not None  # scheduled only with one
+        fence()
+        if self._look_again():
+            self.poke()
         elif self._ctl is None:
             # No control socket (a durable ring file): a writer killed between its commit
             # and its ring would leave us asleep on a record with nobody to say so.
