@@ -14,7 +14,10 @@ sender's ``SO_SNDBUF`` bounds the bytes in flight. Raising it did not help (issu
 16 KiB pub/sub through the broker went from 26-31k msgs/s to 20-24k with 1 MiB and
 24-29k with 4 MiB, and the broker spent more CPU per message (likely: more bytes in flight
 fall out of the CPU caches). At 16 KiB unix:// costs the broker 14-18 us of CPU per
-message against 23-28 us for tcp://.
+message against 23-28 us for tcp://. What held unix:// back at 16 KiB was the
+publisher joining a megabyte batch per turn, which a 208 KiB buffer then took a fifth
+at a time; large payloads are now written with ``writev`` beside the joined small
+frames (docs/decisions.md, the two "level" targets, session 14).
 """
 
 from __future__ import annotations
