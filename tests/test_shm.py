@@ -28,6 +28,7 @@ from asyncipc.protocol import Op, Pub, encode
 from asyncipc.transports import parse_url
 from asyncipc.transports._ring import port as _ringport
 from asyncipc.transports._ring import setup as _ringsetup
+from asyncipc.transports._ring.channel import RingChannel
 from asyncipc.transports._ring.ring import KIND_DATA, RECORD, TAIL, format_ring, header_check
 from asyncipc.transports._ring.setup import connect_control, layout
 from asyncipc.transports.shm import connect_channel, listen_channel, memfd_segment
@@ -54,6 +55,21 @@ async def until(predicate: Callable[[], bool], what: str, timeout: float = 10.0)
                 await asyncio.sleep(0.01)
     except TimeoutError:
         raise AssertionError(f"timed out waiting for {what}") from None
+
+
+async def ring_each_sleep(
+    a: RingChannel, b: RingChannel, n: int, asleep: Callable[[], None] | None = None
+) -> None:
+    """``n`` times: ``b`` waits in ``recv()`` until it has gone to sleep, ``asleep()`` runs,
+    then ``a`` sends it a record, which rings ``b``'s doorbell, and ``b`` returns it."""
+    for i in range(n):
+        task = asyncio.create_task(b.recv())
+        # b waits in recv(): it spins, then publishes "sleeping" (an odd counter).
+        await until(lambda: a._tx.reader_sleeping, "b to go to sleep")
+        if asleep is not None:
+            asleep()
+        await a.send(b"%d" % i)  # rings b's eventfd: b's loop wakes
+        assert await task == b"%d" % i
 
 
 async def child(*args: str) -> asyncio.subprocess.Process:
@@ -237,12 +253,7 @@ async def test_an_idle_side_sleeps_and_a_record_wakes_it() -> None:
     async with await listen_channel(f"shm://{name()}?spin=0.001") as listener:
         a = await connect_channel(listener.url)
         b = await listener.accept()
-        for burst in range(30):
-            # b waits in recv(): it spins, then publishes "sleeping" (an odd counter).
-            task = asyncio.create_task(b.recv())
-            await until(lambda: a._tx.reader_sleeping, "b to go to sleep")
-            await a.send(b"%d" % burst)  # rings b's eventfd: b's loop wakes
-            assert await task == b"%d" % burst
+        await ring_each_sleep(a, b, 30)
         # The writer side too: a full ring makes a writer wait; space wakes it.
         big = bytes(a.max_record // 3)
         sends = asyncio.create_task(_send_many(a, big, 10))
@@ -308,6 +319,10 @@ async def test_a_pad_committed_alone_wakes_the_reader_and_its_space_the_writer()
         await b.aclose()
 
 
+def _backstop_armed(b: RingChannel) -> None:
+    assert b._port._backstop_handle is not None
+
+
 async def test_without_membarrier_a_sleeper_still_wakes(monkeypatch: pytest.MonkeyPatch) -> None:
     """Where membarrier(2) is missing the port sleeps with a backstop timer too: records
     still arrive, whether the doorbell or the timer wakes it."""
@@ -316,12 +331,7 @@ async def test_without_membarrier_a_sleeper_still_wakes(monkeypatch: pytest.Monk
     async with await listen_channel(f"shm://{name()}?spin=0") as listener:
         a = await connect_channel(listener.url)
         b = await listener.accept()
-        for i in range(5):
-            task = asyncio.create_task(b.recv())
-            await until(lambda: a._tx.reader_sleeping, "b to go to sleep")
-            assert b._port._backstop_handle is not None
-            await a.send(b"%d" % i)
-            assert await task == b"%d" % i
+        await ring_each_sleep(a, b, 5, lambda: _backstop_armed(b))
         await a.aclose()
         await b.aclose()
 
@@ -370,12 +380,7 @@ async def test_a_sleeper_rung_before_fence_after_issues_no_fence(
     async with await listen_channel(f"shm://{name()}?spin=0") as listener:
         a = await connect_channel(listener.url)
         b = await listener.accept()
-        for i in range(20):
-            task = asyncio.create_task(b.recv())
-            await until(lambda: a._tx.reader_sleeping, "b to go to sleep")
-            assert b._port._backstop_handle is not None  # the fence, deferred
-            await a.send(b"%d" % i)
-            assert await task == b"%d" % i
+        await ring_each_sleep(a, b, 20, lambda: _backstop_armed(b))  # the fence, deferred
         assert fences == 0
         await a.aclose()
         await b.aclose()
