@@ -171,7 +171,7 @@ class StreamLink(asyncio.BufferedProtocol, Link):
         self._early: list[Frame] = []
         self._out: list[bytes] = []
         self._out_bytes = 0
-        self._out_large = False  # _out holds a part of _WRITEV_MIN bytes or more
+        self._out_large = False  # _out may hold a part of _WRITEV_MIN bytes or more
         self._flush_handle: asyncio.Handle | None = None
         # The loop's read count when this link last wrote a task's frame at once with
         # nothing scheduled after it (-1: none since its last end-of-turn flush).
@@ -447,11 +447,10 @@ class StreamLink(asyncio.BufferedProtocol, Link):
         out.append(head)
         if body:
             out.append(body)
-            if len(body) >= _WRITEV_MIN:
-                self._out_large = True
-        elif len(head) >= _WRITEV_MIN:
-            self._out_large = True
-        self._out_bytes += len(head) + len(body)
+        size = len(head) + len(body)
+        if size >= _WRITEV_MIN:
+            self._out_large = True  # perhaps: _gathered looks at each part
+        self._out_bytes += size
         if self._out_bytes > self._high_water:
             self.write_blocked = self._blocked_reported = True
 
@@ -650,15 +649,11 @@ def _gathered(out: list[bytes]) -> list[bytes]:
     start = 0
     for i, part in enumerate(out):
         if len(part) >= _WRITEV_MIN:
-            if i - start == 1:
-                parts.append(out[start])
-            elif i > start:
+            if i > start:  # (a join of one bytes object returns that object: no copy)
                 parts.append(b"".join(out[start:i]))
             parts.append(part)
             start = i + 1
-    if len(out) - start == 1:
-        parts.append(out[start])
-    elif len(out) > start:
+    if start < len(out):
         parts.append(b"".join(out[start:]))
     return parts
 
